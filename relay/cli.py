@@ -1,0 +1,362 @@
+"""The ``synq`` command (DESIGN §10).
+
+Exit codes: 0 success, 1 a user error (one line on stderr, ``synq: error: …``), 2 bad usage
+(argparse). ``--json`` makes every data-printing command print one JSON document instead.
+
+Operator commands (``send``, ``inbox``, ``status``, ``agent``) work on the store directly, as
+Postfix's ``postqueue``/``postsuper`` work on the queue directory: they run whether or not the
+relay is up, and a running relay sees their writes (the store wakes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from relay import __version__
+from relay.config import (
+    Config,
+    DiscoverySection,
+    KeysSection,
+    RelaySection,
+    StoreSection,
+    config_path,
+    load_config,
+    render_config,
+)
+from relay.core import records
+from relay.core.address import RESERVED_LOCALS, Address, normalize_local
+from relay.core.clock import SystemClock
+from relay.core.envelope import format_timestamp
+from relay.core.errors import ConfigError, InvalidAddress, NotFound, SynqError
+from relay.core.ids import hash_token, new_token
+from relay.keyring import KeyEntry, load_keyring, selector_for, write_key
+from relay.core.jws import SigningKey
+from relay.server.api import envelope_payload, status_to_wire
+from relay.server.app import build_app
+from relay.server.runtime import Relay
+
+log = logging.getLogger("synq")
+
+
+class UserError(Exception):
+    """A mistake the operator can fix; printed as one line, exit status 1."""
+
+
+def out(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif text:
+        print(text)
+
+
+# --- init ---------------------------------------------------------------------------------------
+
+
+def dns_records(config: Config, keys: Sequence[Any]) -> list[dict[str, str]]:
+    domain = config.relay.domain
+    recs = [
+        {
+            "name": records.relay_record_name(domain) + ".",
+            "type": "TXT",
+            "value": records.RelayRecord(config.public_url).to_txt(),
+        }
+    ]
+    for key in keys:
+        recs.append(
+            {
+                "name": records.key_record_name(key.selector, domain) + ".",
+                "type": "TXT",
+                "value": records.KeyRecord(key).to_txt(),
+            }
+        )
+    return recs
+
+
+def format_records(recs: list[dict[str, str]]) -> str:
+    return "\n".join(f'{r["name"]} IN TXT "{r["value"]}"' for r in recs)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    path = directory / "synq.toml"
+    if path.exists():
+        raise UserError(f"{path} already exists; refusing to overwrite it")
+    try:
+        config = Config(
+            relay=RelaySection(
+                domain=args.domain,
+                listen=args.listen,
+                public_url=args.public_url or f"http://{args.listen}",
+            ),
+            store=StoreSection(url=args.store),
+            discovery=DiscoverySection(
+                nameservers=args.nameserver or None,
+                allow_private_addresses=args.allow_private_addresses,
+            ),
+            keys=KeysSection(dir="keys"),
+            base_dir=directory.resolve(),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc).splitlines()[-1] if str(exc) else "invalid arguments") from None
+    now = SystemClock().now()
+    key = SigningKey.generate(selector_for(now))
+    directory.mkdir(parents=True, exist_ok=True)
+    write_key(config.keys_dir, KeyEntry(key=key, created=now, activates=now, retires=None))
+    path.write_text(render_config(config), encoding="utf-8")
+    recs = dns_records(config, [key.public_key])
+    out(
+        args,
+        {"config": str(path), "domain": config.relay.domain, "selector": key.selector, "dns": recs},
+        f"wrote {path} and key {key.selector}\n\nPublish these DNS records:\n{format_records(recs)}",
+    )
+    return 0
+
+
+# --- serve --------------------------------------------------------------------------------------
+
+
+async def serve(config: Config, ready: Callable[[str], None]) -> None:
+    relay = await Relay.open(config)
+    app = build_app(relay, own_relay=True)
+    # handler_cancellation: a client that hangs up mid long-poll or mid SSE stream frees its
+    # handler at once instead of holding it until the wait times out.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    host, port = config.listen_host_port
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # noqa: SLF001 — aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    ready(f"http://{host}:{bound}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(config_path(args.config))
+
+    def ready(url: str) -> None:
+        print(f"synq: {config.relay.domain} listening on {url}", flush=True)
+
+    asyncio.run(serve(config, ready))
+    return 0
+
+
+# --- commands on the store ----------------------------------------------------------------------
+
+
+async def with_relay(args: argparse.Namespace, fn: Callable[[Relay], Awaitable[int]]) -> int:
+    relay = await Relay.open(load_config(config_path(args.config)))
+    try:
+        return await fn(relay)
+    finally:
+        await relay.close()
+
+
+def run_on_relay(fn: Callable[[argparse.Namespace, Relay], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        return asyncio.run(with_relay(args, lambda relay: fn(args, relay)))
+
+    return command
+
+
+def local_name(relay: Relay, name: str) -> str:
+    """Accept ``bob`` or ``bob@<our domain>``."""
+    if "@" in name:
+        addr = Address.parse(name)
+        if addr.domain != relay.domain:
+            raise UserError(f"{addr} is not an address of {relay.domain}")
+        return addr.local
+    return normalize_local(name)
+
+
+async def agent_add(args: argparse.Namespace, relay: Relay) -> int:
+    name = local_name(relay, args.name)
+    if name in RESERVED_LOCALS:
+        raise UserError(f"{name} is reserved for the relay itself")
+    token = new_token()
+    await relay.store.create_agent(name, "inbox", hash_token(token), None, relay.clock.now())
+    address = f"{name}@{relay.domain}"
+    out(
+        args,
+        {"address": address, "kind": "inbox", "token": token},
+        f"{address}\ntoken: {token}\n(the token is shown once; store it now)",
+    )
+    return 0
+
+
+async def agent_list(args: argparse.Namespace, relay: Relay) -> int:
+    agents = await relay.store.list_agents()
+    rows = [
+        {
+            "address": f"{a.name}@{relay.domain}",
+            "kind": a.kind,
+            "endpoint": a.endpoint,
+            "created": format_timestamp(a.created),
+        }
+        for a in agents
+    ]
+    out(args, rows, "\n".join(f"{r['address']}\t{r['kind']}\t{r['endpoint'] or '-'}" for r in rows))
+    return 0
+
+
+async def agent_remove(args: argparse.Namespace, relay: Relay) -> int:
+    name = local_name(relay, args.name)
+    if not await relay.store.remove_agent(name):
+        raise UserError(f"no agent {name}@{relay.domain}")
+    out(args, {"removed": f"{name}@{relay.domain}"}, f"removed {name}@{relay.domain}")
+    return 0
+
+
+async def send(args: argparse.Namespace, relay: Relay) -> int:
+    sender = Address(local_name(relay, args.sender), relay.domain)
+    if await relay.store.get_agent(sender.local) is None:
+        raise UserError(f"no local agent {sender}")
+    to = [Address.parse(a) for a in args.to.split(",")]
+    submitted = await relay.router.submit(
+        sender, to, "text/plain", args.text, thread=args.thread, via="cli"
+    )
+    out(args, {"id": submitted.envelope.id, "status": "queued"}, submitted.envelope.id)
+    return 0
+
+
+async def inbox(args: argparse.Namespace, relay: Relay) -> int:
+    name = local_name(relay, args.name)
+    if await relay.store.get_agent(name) is None:
+        raise UserError(f"no local agent {name}@{relay.domain}")
+    from relay.store.base import inbox_channel
+
+    loop = asyncio.get_running_loop()
+    async with relay.store.notifier.listen(inbox_channel(name)) as listener:
+        items = await relay.store.inbox(name, limit=args.limit, include_acked=args.all)
+        deadline = loop.time() + args.wait
+        while not items and (remaining := deadline - loop.time()) > 0:
+            await listener.wait(remaining)
+            items = await relay.store.inbox(name, limit=args.limit, include_acked=args.all)
+    messages = [json.loads(envelope_payload(i)) for i in items]
+    if args.ack:
+        now = relay.clock.now()
+        for item in items:
+            await relay.store.ack(name, item.id, now)
+    lines = []
+    for m in messages:
+        body = m["body"] if isinstance(m["body"], str) else json.dumps(m["body"], ensure_ascii=False)
+        lines.append(f"{m['created']}  {m['id']}  from {m['from']}  [{m['content_type']}]\n    {body}")
+    out(args, {"messages": messages}, "\n".join(lines) if lines else "(inbox empty)")
+    return 0
+
+
+async def status(args: argparse.Namespace, relay: Relay) -> int:
+    st = await relay.store.message_status(relay.domain, args.id)
+    if st is None:
+        raise NotFound(f"no message {args.id} sent from {relay.domain}")
+    wire = status_to_wire(st)
+    lines = [f"{wire['id']}  from {wire['from']}  created {wire['created']}  expires {wire['expires']}"]
+    for addr, r in wire["recipients"].items():
+        code = f" {r['code']}" if "code" in r else ""
+        reason = f" ({r['reason']})" if "reason" in r else ""
+        lines.append(f"  {addr}: {r['state']}{code}{reason}, attempts {r['attempts']}")
+    for ev in wire["events"]:
+        hop = f" via {ev['hop']}" if "hop" in ev else ""
+        code = f" {ev['code']}" if "code" in ev else ""
+        lines.append(f"    {ev['at']} {ev['recipient']} {ev['event']}{code}{hop}")
+    out(args, wire, "\n".join(lines))
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The global options are accepted before and after the command. The copies on the
+    # subcommands default to SUPPRESS, or their default would overwrite a value given earlier.
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--config", help="config file (default ./synq.toml or $SYNQ_CONFIG)")
+    top.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = argparse.ArgumentParser(prog="synq", description="Synq relay", parents=[top])
+    p.add_argument("--version", action="version", version=f"synq {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", parents=[common], help="write a config file and a key pair")
+    init.add_argument("--domain", required=True)
+    init.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
+    init.add_argument("--public-url", default="")
+    init.add_argument("--store", default="sqlite:///./synq.db", metavar="URL")
+    init.add_argument("--dir", default=".")
+    init.add_argument("--nameserver", action="append", metavar="HOST:PORT")
+    init.add_argument("--allow-private-addresses", action="store_true")
+    init.set_defaults(func=cmd_init)
+
+    sv = sub.add_parser("serve", parents=[common], help="run the relay")
+    sv.set_defaults(func=cmd_serve)
+
+    agent = sub.add_parser("agent", parents=[common], help="manage local agents")
+    asub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    add = asub.add_parser("add", parents=[common], help="register an inbox agent")
+    add.add_argument("name")
+    add.set_defaults(func=run_on_relay(agent_add))
+    ls = asub.add_parser("list", parents=[common], help="list local agents")
+    ls.set_defaults(func=run_on_relay(agent_list))
+    rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
+    rm.add_argument("name")
+    rm.set_defaults(func=run_on_relay(agent_remove))
+
+    sd = sub.add_parser("send", parents=[common], help="send as a local agent (operator)")
+    sd.add_argument("sender", metavar="FROM")
+    sd.add_argument("to", metavar="TO", help="address, or several separated by commas")
+    sd.add_argument("text", metavar="TEXT")
+    sd.add_argument("--thread")
+    sd.set_defaults(func=run_on_relay(send))
+
+    ib = sub.add_parser("inbox", parents=[common], help="read a local agent's inbox")
+    ib.add_argument("name")
+    ib.add_argument("--wait", type=float, default=0.0, metavar="S")
+    ib.add_argument("--ack", action="store_true", help="acknowledge what is printed")
+    ib.add_argument("--all", action="store_true", help="include acknowledged messages")
+    ib.add_argument("--limit", type=int, default=50)
+    ib.set_defaults(func=run_on_relay(inbox))
+
+    stt = sub.add_parser("status", parents=[common], help="per-recipient state of a message")
+    stt.add_argument("id")
+    stt.set_defaults(func=run_on_relay(status))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (UserError, SynqError) as exc:
+        message = exc.message if isinstance(exc, SynqError) else str(exc)
+        print(f"synq: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

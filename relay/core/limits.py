@@ -1,0 +1,70 @@
+"""Named size and count limits, each with the abuse it stops.
+
+Every number a peer can push against lives here, so an operator can read in one place what a
+relay will accept. Changing one is a wire-visible decision: SPEC.md §limits lists the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Final
+
+#: Largest envelope JSON (the JWS payload, before base64url). Bounds the memory and signature
+#: work one envelope can cost; bodies larger than this belong in a URL part, not inline.
+MAX_ENVELOPE_BYTES: Final = 256 * 1024
+
+#: Largest compact JWS token: base64url inflates by 4/3, plus header and signature.
+MAX_JWS_BYTES: Final = (MAX_ENVELOPE_BYTES * 4) // 3 + 1024
+
+#: Recipients in one envelope's ``to``. Stops one accepted envelope fanning out into an
+#: unbounded number of deliveries (the "RCPT TO" amplification Postfix caps with
+#: smtpd_recipient_limit = 1000; agents address few peers, so ours is lower).
+MAX_RECIPIENTS: Final = 100
+
+#: Nesting depth of any JSON document a peer sends. Stops stack exhaustion in recursive
+#: decoders and validators (deeply nested ``[[[[…]]]]`` bodies).
+MAX_JSON_DEPTH: Final = 64
+
+#: Length of ids (envelope id, thread, in_reply_to) and of the ``kind`` field.
+MAX_ID_LENGTH: Final = 128
+
+#: Length of a ``content_type`` value (RFC 6838 limits each name part to 127 characters).
+MAX_CONTENT_TYPE_LENGTH: Final = 255
+
+#: Length of the local part of an address (DESIGN §3: 1 + 63 characters).
+MAX_LOCAL_PART: Final = 64
+
+#: Length of a domain in its ASCII (A-label) form (RFC 1035 §2.3.4).
+MAX_DOMAIN_LENGTH: Final = 253
+
+#: Largest JWS protected header, decoded. Stops header-stuffing before any crypto is done.
+MAX_JWS_HEADER_BYTES: Final = 1024
+
+#: Largest request body on the local agent API (an envelope body plus the request framing).
+MAX_API_BODY_BYTES: Final = MAX_ENVELOPE_BYTES + 16 * 1024
+
+#: Envelopes in one federation transaction (Matrix caps a transaction at 50 PDUs; we batch
+#: more because envelopes are independent and group-committed).
+MAX_TXN_ENVELOPES: Final = 200
+
+#: Bytes in one federation transaction body. Bounds the memory one PUT can pin.
+MAX_TXN_BYTES: Final = 4 * 1024 * 1024
+
+#: Default lifetime of an envelope when the sender gives none (Postfix's
+#: maximal_queue_lifetime is 5 days; agents' conversations go stale sooner).
+DEFAULT_LIFETIME: Final = timedelta(days=2)
+
+#: Longest lifetime a sender may ask for. Stops a queue full of envelopes that never expire.
+MAX_LIFETIME: Final = timedelta(days=7)
+
+#: How far in the future ``created`` may lie (clock skew between relays). Stops envelopes
+#: pre-dated to outlive the replay window.
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
+
+#: Longest long-poll a client may ask for on ``GET /synq/v1/inbox?wait=``. Bounds how long an
+#: idle connection pins a handler; clients simply poll again.
+MAX_LONG_POLL_SECONDS: Final = 60.0
+
+#: Most messages one inbox read returns.
+MAX_INBOX_PAGE: Final = 500
+DEFAULT_INBOX_PAGE: Final = 50

@@ -1,0 +1,163 @@
+"""Submission and routing: turn a local agent's request into a signed envelope in custody.
+
+This is the relay's equivalent of Postfix's cleanup + trivial-rewrite: it decides, per
+recipient, "local inbox now" or "queue for the partner relay", builds and signs the envelope,
+and hands it to the store in one call, so the answer 202 means every row is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from relay.core import envelope as env_mod
+from relay.core import jws
+from relay.core.address import RESERVED_LOCALS, Address
+from relay.core.clock import Clock
+from relay.core.envelope import KIND_MESSAGE, Envelope
+from relay.core.errors import InvalidEnvelope, PayloadTooLarge, UnknownRecipient
+from relay.core.ids import uuid7
+from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
+from relay.store.base import AcceptResult, NewEnvelope, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    envelope: Envelope
+    token: str
+    result: AcceptResult
+
+
+class Router:
+    def __init__(
+        self,
+        store: Store,
+        domain: str,
+        signer: Callable[[datetime], jws.SigningKey],
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.domain = domain
+        self._signer = signer
+        self._clock = clock
+
+    def split(self, recipients: Sequence[Address]) -> tuple[list[str], list[str]]:
+        """(local agent names, remote addresses)."""
+        local = [a.local for a in recipients if a.domain == self.domain]
+        remote = [str(a) for a in recipients if a.domain != self.domain]
+        return local, remote
+
+    async def check_local(self, names: Sequence[str]) -> None:
+        """Refuse the whole submission if any local recipient does not exist (SMTP's 550 5.1.1
+        at RCPT time: better to tell the sender now than to accept and bounce later)."""
+        wanted = set(names)
+        missing = sorted(wanted - await self.store.existing_agents(wanted))
+        if missing:
+            addrs = [f"{n}@{self.domain}" for n in missing]
+            raise UnknownRecipient(f"no such agent: {', '.join(addrs)}", recipients=addrs)
+
+    def build(
+        self,
+        sender: Address,
+        to: Sequence[Address],
+        content_type: str,
+        body: Any,
+        *,
+        kind: str = KIND_MESSAGE,
+        thread: str | None = None,
+        in_reply_to: str | None = None,
+        expires: datetime | None = None,
+        trace: str | None = None,
+    ) -> tuple[Envelope, str]:
+        now = self._clock.now()
+        if expires is None:
+            expires = now + DEFAULT_LIFETIME
+        elif expires <= now:
+            raise InvalidEnvelope("expires lies in the past")
+        elif expires - now > MAX_LIFETIME:
+            raise InvalidEnvelope(f"expires lies more than {MAX_LIFETIME.days} days ahead")
+        envelope = env_mod.from_dict(
+            {
+                "v": 1,
+                "id": uuid7(now),
+                "from": str(sender),
+                "to": [str(a) for a in to],
+                "created": now,
+                "expires": expires,
+                "kind": kind,
+                "content_type": content_type,
+                "body": body,
+                "thread": thread,
+                "in_reply_to": in_reply_to,
+                "trace": trace,
+            }
+        )
+        payload = env_mod.encode(envelope)
+        if len(payload) > MAX_ENVELOPE_BYTES:
+            raise PayloadTooLarge(
+                f"envelope is {len(payload)} bytes; the limit is {MAX_ENVELOPE_BYTES}"
+            )
+        return envelope, jws.sign(payload, self._signer(now))
+
+    async def submit(
+        self,
+        sender: Address,
+        to: Sequence[Address],
+        content_type: str,
+        body: Any,
+        *,
+        kind: str = KIND_MESSAGE,
+        thread: str | None = None,
+        in_reply_to: str | None = None,
+        expires: datetime | None = None,
+        trace: str | None = None,
+        via: str = "api",
+    ) -> Submitted:
+        """Build, sign and take custody of an envelope from a local sender."""
+        if sender.domain != self.domain:
+            raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
+        local, remote = self.split(to)
+        for name in local:
+            if name in RESERVED_LOCALS:
+                raise UnknownRecipient(f"{name}@{self.domain} does not accept agent messages")
+        await self.check_local(local)
+        envelope, token = self.build(
+            sender,
+            to,
+            content_type,
+            body,
+            kind=kind,
+            thread=thread,
+            in_reply_to=in_reply_to,
+            expires=expires,
+            trace=trace,
+        )
+        result = await self.store.accept(new_envelope(envelope, token, local, remote, via), self._clock.now())
+        return Submitted(envelope, token, result)
+
+
+def new_envelope(
+    envelope: Envelope,
+    token: str,
+    local: Sequence[str],
+    remote: Sequence[str],
+    via: str,
+    refused: Sequence[tuple[str, str, str]] = (),
+) -> NewEnvelope:
+    return NewEnvelope(
+        origin=envelope.sender.domain,
+        id=envelope.id,
+        sender=envelope.from_,
+        token=token,
+        created=envelope.created,
+        expires=envelope.expires,
+        thread=envelope.thread,
+        kind=envelope.kind,
+        local=list(local),
+        remote=list(remote),
+        via=via,
+        refused=list(refused),
+    )
+

@@ -1,0 +1,350 @@
+"""The sending side of federation: the per-destination queue runner (SPEC.md §8.2, §9).
+
+Like Postfix's qmgr + smtp, without a queue directory: the queue is the set of ``queued``
+remote recipient rows in the store. One pass (``run_once``):
+
+1. lease the due rows (a lease hides them from other relay processes on the same store);
+2. bounce rows whose envelope has expired (5.4.7) — lifetime is the envelope's ``expires``;
+3. per destination domain, unless its breaker is open: resolve the relay URL, send the
+   envelopes in transactions of at most ``MAX_TXN_ENVELOPES`` / ``MAX_TXN_BYTES``;
+4. map each result onto each row: ``sent`` on 2.x.x, deferred with backoff on 4.x.x or on any
+   transport failure, bounced on 5.x.x;
+5. commit all outcomes together with the DSN envelopes for the bounces, in one store
+   transaction (``Store.settle``), so a bounce without its DSN — or a DSN twice — cannot happen.
+
+``run`` loops ``run_once``, sleeping until the next row is due or the store says something new
+was queued. Tests drive ``run_once`` with a fake clock: nothing waits for a real retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final, Protocol
+
+from relay.core import dsn as dsn_mod
+from relay.core import envelope as env_mod
+from relay.core import status as st
+from relay.core import txn as txn_mod
+from relay.core.address import MAILER_DAEMON, Address
+from relay.core.clock import Clock
+from relay.core.errors import DiscoveryError, SynqError
+from relay.core.ids import uuid7
+from relay.core.jws import b64url_decode
+from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
+from relay.core.retry import Breaker, RetryPolicy
+from relay.delivery.router import Router, new_envelope
+from relay.store.base import QUEUE_CHANNEL, NewEnvelope, Outcome, QueueEntry, Store
+
+log = logging.getLogger("synq.federation.outbound")
+
+#: Rows leased per pass. Bounds the memory of one pass; a larger queue takes several passes.
+LEASE_BATCH: Final = 2000
+#: How long a lease hides rows from other processes. Longer than one transaction can take
+#: (connect + send + the partner's commit, bounded by TRANSACTION_TIMEOUT), so a live sender
+#: never loses its rows to another, short enough that a dead sender's rows return soon.
+LEASE_DURATION: Final = timedelta(seconds=120)
+#: Transactions in flight at once across all destinations.
+MAX_CONCURRENT_TRANSACTIONS: Final = 8
+#: Longest idle wait between passes when nothing is due: a safety net for wake-ups lost to
+#: another process's crash (PostgreSQL NOTIFY is not delivered across a connection loss).
+MAX_IDLE_WAIT: Final = 30.0
+#: Whole-request timeout for one transaction.
+TRANSACTION_TIMEOUT: Final = 60.0
+
+
+class TransportFailure(Exception):
+    """The transaction did not get a usable answer: connection refused, timeout, 5xx,
+    garbage. Carries the transient status to record."""
+
+    def __init__(self, status: st.Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Transport(Protocol):
+    async def put_transaction(self, relay_url: str, txn_id: str, body: bytes) -> bytes:
+        """PUT the transaction; return the 200 body or raise TransportFailure."""
+        ...
+
+
+class RelayResolver(Protocol):
+    async def relay_url(self, domain: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """One envelope to send to one destination, with its rows there."""
+
+    origin: str
+    id: str
+    token: str
+    rows: list[QueueEntry]
+
+
+class FederationSender:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        resolver: RelayResolver,
+        transport: Transport,
+        router: Router,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+        breaker: Breaker | None = None,
+        rng: random.Random | None = None,
+        lease_batch: int = LEASE_BATCH,
+        max_txn_envelopes: int = MAX_TXN_ENVELOPES,
+    ) -> None:
+        self.store = store
+        self.resolver = resolver
+        self.transport = transport
+        self.router = router
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.breaker = breaker or Breaker(self.policy)
+        self.rng = rng or random.Random()  # noqa: S311 — jitter, not secrecy
+        self.lease_batch = lease_batch
+        self.max_txn_envelopes = max_txn_envelopes
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_TRANSACTIONS)
+
+    @property
+    def domain(self) -> str:
+        return self.router.domain
+
+    # --- one pass -------------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Process every row due now; return how many rows were settled."""
+        total = 0
+        while True:
+            now = self.clock.now()
+            rows = await self.store.lease_due(
+                now, lease_until=now + LEASE_DURATION, limit=self.lease_batch
+            )
+            if not rows:
+                return total
+            await self._process(rows, now)
+            total += len(rows)
+            if len(rows) < self.lease_batch:
+                return total
+
+    async def _process(self, rows: Sequence[QueueEntry], now: datetime) -> None:
+        outcomes: list[Outcome] = []
+        live: dict[str, list[QueueEntry]] = defaultdict(list)
+        for row in rows:
+            if row.expires <= now:
+                outcomes.append(
+                    self._outcome(row, "bounced", st.EXPIRED, _expiry_reason(row), None, event="expired")
+                )
+            else:
+                live[row.domain].append(row)
+        results = await asyncio.gather(*(self._destination(d, rs, now) for d, rs in live.items()))
+        for chunk in results:
+            outcomes.extend(chunk)
+        dsns = await self._dsns([o for o in outcomes if o.state == "bounced"], rows, now)
+        await self.store.settle(outcomes, dsns, self.clock.now())
+
+    async def _destination(self, domain: str, rows: list[QueueEntry], now: datetime) -> list[Outcome]:
+        if not self.breaker.allows(domain, now):
+            until = self.breaker.open_until(domain)
+            return [
+                self._outcome(r, "queued", st.NO_ANSWER, f"{domain} is down; backing off", None, until)
+                for r in rows
+            ]
+        try:
+            relay_url = await self.resolver.relay_url(domain)
+        except DiscoveryError as exc:
+            if exc.status.is_permanent:
+                return [self._outcome(r, "bounced", exc.status, exc.message, None) for r in rows]
+            self.breaker.failure(domain, now, self.rng)
+            return [self._defer(r, exc.status, exc.message, None, now) for r in rows]
+
+        by_envelope: dict[tuple[str, str], _Envelope] = {}
+        for r in rows:
+            key = (r.origin, r.id)
+            if key not in by_envelope:
+                by_envelope[key] = _Envelope(r.origin, r.id, r.token, [])
+            by_envelope[key].rows.append(r)
+        outcomes: list[Outcome] = []
+        for batch in _batches(list(by_envelope.values()), self.max_txn_envelopes):
+            outcomes.extend(await self._transaction(domain, relay_url, batch, now))
+        return outcomes
+
+    async def _transaction(
+        self, domain: str, relay_url: str, batch: list[_Envelope], now: datetime
+    ) -> list[Outcome]:
+        txn_id = uuid7(now)
+        body = txn_mod.encode_request(self.domain, [e.token for e in batch])
+        try:
+            async with self._slots:
+                answer = await self.transport.put_transaction(relay_url, txn_id, body)
+            results = txn_mod.parse_results(answer)
+        except TransportFailure as exc:
+            self.breaker.failure(domain, now, self.rng)
+            log.info("txn %s to %s failed: %s", txn_id, domain, exc.reason)
+            return [self._defer(r, exc.status, exc.reason, relay_url, now) for e in batch for r in e.rows]
+        except SynqError as exc:
+            self.breaker.failure(domain, now, self.rng)
+            reason = f"unusable answer from {domain}: {exc.message}"
+            return [
+                self._defer(r, st.REMOTE_PROTOCOL, reason, relay_url, now) for e in batch for r in e.rows
+            ]
+        self.breaker.success(domain)
+        outcomes = []
+        for e in batch:
+            result = results.get(e.id)
+            for r in e.rows:
+                outcomes.append(self._apply(r, result, relay_url, now))
+        return outcomes
+
+    def _apply(
+        self, row: QueueEntry, result: txn_mod.EnvelopeResult | None, hop: str, now: datetime
+    ) -> Outcome:
+        if result is None:
+            return self._defer(row, st.REMOTE_PROTOCOL, "the partner relay returned no result for it", hop, now)
+        per = result.recipients.get(row.recipient)
+        code, reason = (per.code, per.reason) if per else (result.code, result.reason)
+        klass = int(code[0])
+        if per is None and result.status in ("accepted", "duplicate"):
+            return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
+        if klass == 2:
+            return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
+        if klass == 4:
+            return self._defer(row, st.Status(code, ""), reason, hop, now)
+        return self._outcome(row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop)
+
+    # --- outcomes and DSNs ----------------------------------------------------------------------
+
+    def _outcome(
+        self,
+        row: QueueEntry,
+        state: str,
+        status: st.Status,
+        reason: str,
+        hop: str | None,
+        next_attempt: datetime | None = None,
+        event: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            origin=row.origin,
+            id=row.id,
+            recipient=row.recipient,
+            state=state,  # type: ignore[arg-type]
+            code=status.code,
+            reason=reason,
+            hop=hop,
+            next_attempt=next_attempt,
+            event=event,
+        )
+
+    def _defer(
+        self, row: QueueEntry, status: st.Status, reason: str, hop: str | None, now: datetime
+    ) -> Outcome:
+        retry_at = self.policy.next_attempt(now, row.attempts + 1, self.rng)
+        if retry_at >= row.expires:
+            # Another try could only happen after expiry: retry once right at expiry so the
+            # bounce carries the last real failure rather than waiting a full backoff.
+            retry_at = row.expires
+        return self._outcome(row, "queued", status, reason, hop, retry_at)
+
+    async def _dsns(
+        self, bounced: list[Outcome], rows: Sequence[QueueEntry], now: datetime
+    ) -> list[NewEnvelope]:
+        if not bounced:
+            return []
+        by_key = {(r.origin, r.id, r.recipient): r for r in rows}
+        senders = {Address.parse(by_key[(o.origin, o.id, o.recipient)].sender) for o in bounced}
+        existing = await self.store.existing_agents(a.local for a in senders if a.domain == self.domain)
+        out: list[NewEnvelope] = []
+        for o in bounced:
+            row = by_key[(o.origin, o.id, o.recipient)]
+            original = env_mod.decode(txn_payload(row.token))
+            failure = dsn_mod.Failure(
+                original_id=row.id,
+                original_from=row.sender,
+                original_kind=original.kind,
+                thread=original.thread,
+                recipient=row.recipient,
+                status=o.code,
+                diagnostic=o.reason,
+                attempts=row.attempts + (0 if o.event == "expired" else 1),
+                last_attempt=now,
+            )
+            sender = Address.parse(row.sender)
+            if not dsn_mod.should_report(failure) or sender.domain != self.domain:
+                continue
+            if sender.local not in existing:
+                continue
+            envelope, token = self.router.build(
+                Address(MAILER_DAEMON, self.domain),
+                [sender],
+                dsn_mod.CONTENT_TYPE,
+                dsn_mod.dsn_body(failure, self.domain, original.created),
+                kind=dsn_mod.KIND_DSN,
+                thread=original.thread,
+                in_reply_to=row.id,
+            )
+            out.append(new_envelope(envelope, token, [sender.local], (), "relay"))
+        return out
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run passes forever (cancel to stop). A failing pass is logged and retried."""
+        async with self.store.notifier.listen(QUEUE_CHANNEL) as listener:
+            while True:
+                try:
+                    await self.run_once()
+                except SynqError as exc:
+                    log.warning("queue pass failed: %s", exc.message)
+                except Exception:
+                    log.exception("queue pass failed")
+                next_due = await _next_due(self.store)
+                wait = MAX_IDLE_WAIT
+                if next_due is not None:
+                    # At least a few milliseconds, so rows due "now" that another process holds
+                    # leased do not turn this loop into a busy spin.
+                    wait = min(wait, max((next_due - self.clock.now()).total_seconds(), 0.05))
+                await listener.wait(wait)
+
+
+async def _next_due(store: Store) -> datetime | None:
+    try:
+        return await store.next_due()
+    except SynqError:
+        return None
+
+
+def txn_payload(token: str) -> bytes:
+    """The envelope bytes inside a compact JWS we stored ourselves (already verified)."""
+    return b64url_decode(token.split(".")[1])
+
+
+def _expiry_reason(row: QueueEntry) -> str:
+    last = f"; last error: {row.code} {row.reason}" if row.code else ""
+    return f"not delivered before it expired at {env_mod.format_timestamp(row.expires)}{last}"
+
+
+def _batches(envelopes: list[_Envelope], max_count: int) -> list[list[_Envelope]]:
+    """Split into transactions within the count and byte limits (SPEC.md §10)."""
+    batches: list[list[_Envelope]] = []
+    current: list[_Envelope] = []
+    size = 64
+    for e in envelopes:
+        cost = len(e.token) + 3
+        if current and (len(current) >= max_count or size + cost > MAX_TXN_BYTES):
+            batches.append(current)
+            current, size = [], 64
+        current.append(e)
+        size += cost
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,60 @@
+"""HTTP transport for outbound transactions (aiohttp), translating every client-side failure
+into ``TransportFailure`` with the transient status a sender records (STYLE §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import aiohttp
+
+from relay.core import status as st
+from relay.core.limits import MAX_TXN_BYTES
+from relay.federation.outbound import TRANSACTION_TIMEOUT, TransportFailure
+
+#: Largest answer read from a partner: results for MAX_TXN_ENVELOPES envelopes with reasons fit
+#: in far less; the bound stops a hostile partner streaming an endless body into our memory.
+MAX_ANSWER_BYTES = min(MAX_TXN_BYTES, 1024 * 1024)
+
+
+class HttpTransport:
+    """Sends transactions over a shared ``aiohttp.ClientSession`` (connection reuse per
+    partner; the session's connector carries the SSRF guard)."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float = TRANSACTION_TIMEOUT) -> None:
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def put_transaction(self, relay_url: str, txn_id: str, body: bytes) -> bytes:
+        url = f"{relay_url.rstrip('/')}/synq/v1/federation/txn/{txn_id}"
+        try:
+            async with self.session.put(
+                url,
+                # A file-like body is streamed; raw bytes over 1 MiB would be copied in one go on
+                # the event loop (aiohttp warns about exactly that).
+                data=io.BytesIO(body),
+                headers={"Content-Type": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as resp:
+                answer = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                if len(answer) > MAX_ANSWER_BYTES:
+                    raise TransportFailure(st.REMOTE_PROTOCOL, "answer too large")
+                if resp.status == 200:
+                    return answer
+                if resp.status in (429, 503):
+                    raise TransportFailure(st.CONGESTED, f"partner relay answered {resp.status}")
+                if resp.status >= 500:
+                    raise TransportFailure(st.REMOTE_PROTOCOL, f"partner relay answered {resp.status}")
+                # A 4xx for the whole transaction means the two relays disagree about the
+                # protocol (or a proxy is in the way). Nothing about one envelope is known to be
+                # permanent, so keep it queued: it bounces at expiry if nobody fixes it.
+                raise TransportFailure(st.REMOTE_PROTOCOL, f"partner relay refused the transaction ({resp.status})")
+        except TransportFailure:
+            raise
+        except TimeoutError:
+            raise TransportFailure(st.NO_ANSWER, "timed out") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportFailure(st.NO_ANSWER, f"cannot connect ({exc.os_error.strerror or 'refused'})") from None
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise TransportFailure(st.BAD_CONNECTION, f"connection failed ({type(exc).__name__})") from None

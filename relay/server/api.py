@@ -1,0 +1,337 @@
+"""The local agent API (SPEC.md §6, DESIGN §7). Every route here acts as one local agent,
+identified by its bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from relay.core import errors as E
+from relay.core import jsonutil
+from relay.core.address import Address
+from relay.core.cards import inbox_agent_card
+from relay.core.envelope import (
+    CONTENT_TYPE_PATTERN,
+    ID_PATTERN,
+    KIND_DSN,
+    KIND_PATTERN,
+    format_timestamp,
+    parse_timestamp,
+)
+from relay.core.ids import hash_token
+from relay.core.jws import b64url_decode
+from relay.core.limits import (
+    DEFAULT_INBOX_PAGE,
+    MAX_API_BODY_BYTES,
+    MAX_INBOX_PAGE,
+    MAX_LONG_POLL_SECONDS,
+    MAX_RECIPIENTS,
+)
+from relay.server.keys import RELAY
+from relay.server.runtime import Relay
+from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
+
+#: How often an idle SSE stream sends a comment line. Keeps proxies and NATs from dropping the
+#: connection (many idle-timeout at 30–60 s) and lets the server notice a vanished client.
+SSE_HEARTBEAT_SECONDS = 15.0
+
+routes = web.RouteTableDef()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def authenticate(request: web.Request) -> AgentRecord:
+    """The agent whose bearer token (RFC 6750 §2.1) the request carries."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise E.Unauthenticated()
+    agent = await request.app[RELAY].store.agent_for_token(hash_token(token.strip()))
+    if agent is None:
+        raise E.Unauthenticated("the bearer token is not valid")
+    return agent
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_API_BODY_BYTES:
+        raise E.PayloadTooLarge(f"request body is larger than {MAX_API_BODY_BYTES} bytes")
+    ctype = request.content_type
+    if ctype != "application/json":
+        raise E.MalformedRequest("Content-Type must be application/json", http_status=415)
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise E.PayloadTooLarge(f"request body is larger than {MAX_API_BODY_BYTES} bytes") from None
+    return jsonutil.loads(data, max_bytes=MAX_API_BODY_BYTES, what="request body")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=jsonutil.dumps(data), content_type="application/json", headers=headers
+    )
+
+
+def _query_number(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise E.MalformedRequest(f"{name} must be a number") from None
+    if not lo <= value <= hi:
+        raise E.MalformedRequest(f"{name} must be between {lo:g} and {hi:g}")
+    return value
+
+
+def _query_flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def envelope_payload(item: InboxItem) -> bytes:
+    """The envelope JSON exactly as signed: the JWS payload (SPEC.md §6: inbox entries)."""
+    return b64url_decode(item.token.split(".")[1])
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+class SendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: Annotated[list[str], Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    content_type: Annotated[str, Field(pattern=CONTENT_TYPE_PATTERN)] = "text/plain"
+    body: Any
+    kind: Annotated[str, Field(pattern=KIND_PATTERN, max_length=64)] = "message"
+    thread: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    in_reply_to: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    expires: str | None = None
+    trace: str | None = None
+
+
+def _parse_send(data: Any) -> SendRequest:
+    if not isinstance(data, dict):
+        raise E.MalformedRequest("the request body must be a JSON object")
+    if "body" not in data:
+        raise E.InvalidEnvelope("body: field required")
+    try:
+        return SendRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise E.InvalidEnvelope(f"{where}: {first['msg']}") from None
+
+
+@routes.post("/synq/v1/messages")
+async def send_message(request: web.Request) -> web.Response:
+    """Send as the token's agent.
+
+    ``POST /synq/v1/messages {"to": ["bob@acme.test"], "content_type": "text/plain", "body": "hi"}``
+    → ``202 {"id": "0190…", "status": "queued"}``. The envelope is durable before the answer.
+    """
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    req = _parse_send(await read_json(request))
+    if req.kind == KIND_DSN:
+        raise E.Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
+    to = [Address.parse(a) for a in req.to]
+    if len(set(to)) != len(to):
+        raise E.InvalidEnvelope("to: recipients must not repeat")
+    expires = None
+    if req.expires is not None:
+        try:
+            expires = parse_timestamp(req.expires)
+        except ValueError as exc:
+            raise E.InvalidEnvelope(f"expires: {exc}") from None
+    sender = Address(agent.name, relay.domain)
+    # Shielded: once the store has the write, a client that hangs up must not cancel it half way.
+    submitted = await asyncio.shield(
+        relay.router.submit(
+            sender,
+            to,
+            req.content_type,
+            req.body,
+            kind=req.kind,
+            thread=req.thread,
+            in_reply_to=req.in_reply_to,
+            expires=expires,
+            trace=req.trace,
+        )
+    )
+    relay.metrics.accepted.labels(via="api").inc()
+    env_id = submitted.envelope.id
+    return json_response(
+        {"id": env_id, "status": "queued"},
+        status=202,
+        headers={"Location": f"/synq/v1/messages/{env_id}"},
+    )
+
+
+def status_to_wire(status: MessageStatus) -> dict[str, Any]:
+    recipients: dict[str, Any] = {}
+    for r in status.recipients:
+        entry: dict[str, Any] = {"state": r.state, "attempts": r.attempts}
+        if r.code:
+            entry["code"] = r.code
+        if r.reason:
+            entry["reason"] = r.reason
+        if r.next_attempt and r.state == "queued":
+            entry["next_attempt"] = format_timestamp(r.next_attempt)
+        entry["updated"] = format_timestamp(r.updated)
+        recipients[r.address] = entry
+    return {
+        "id": status.id,
+        "from": status.sender,
+        "created": format_timestamp(status.created),
+        "expires": format_timestamp(status.expires),
+        "recipients": recipients,
+        "events": [
+            {
+                k: v
+                for k, v in {
+                    "at": format_timestamp(ev.at),
+                    "recipient": ev.recipient,
+                    "event": ev.event,
+                    "code": ev.code,
+                    "reason": ev.reason,
+                    "hop": ev.hop,
+                }.items()
+                if v is not None
+            }
+            for ev in status.events
+        ],
+    }
+
+
+@routes.get("/synq/v1/messages/{id}")
+async def message_status(request: web.Request) -> web.Response:
+    """Per-recipient state of a message the token's agent sent. Another agent's message is
+    answered 404 like a missing one, so ids cannot be probed."""
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    status = await relay.store.message_status(relay.domain, request.match_info["id"])
+    if status is None or status.sender != f"{agent.name}@{relay.domain}":
+        raise E.NotFound("no such message")
+    return json_response(status_to_wire(status))
+
+
+# --- inbox --------------------------------------------------------------------------------------
+
+
+def _inbox_body(items: list[InboxItem]) -> bytes:
+    # The payloads are already compact JSON objects: splice them instead of re-encoding.
+    cursor = items[-1].seq if items else None
+    head = b'{"messages":[' + b",".join(envelope_payload(i) for i in items) + b"]"
+    return head + b',"cursor":' + jsonutil.dumps(cursor) + b"}"
+
+
+@routes.get("/synq/v1/inbox")
+async def read_inbox(request: web.Request) -> web.Response:
+    """``GET /synq/v1/inbox?wait=30&limit=50`` → ``{"messages": [envelope…], "cursor": seq}``.
+
+    Unacked messages, oldest first; waits up to ``wait`` seconds for the first one. With
+    ``all=1`` acked ones too (history), ``thread=`` filters, ``after=<cursor>`` pages. Reading
+    never consumes: a message stays until acked, so a client that vanishes mid-poll loses nothing.
+    """
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    wait = _query_number(request, "wait", 0.0, 0.0, MAX_LONG_POLL_SECONDS)
+    limit = int(_query_number(request, "limit", DEFAULT_INBOX_PAGE, 1, MAX_INBOX_PAGE))
+    after = request.query.get("after")
+    after_seq = int(_query_number(request, "after", 0, 0, 2**62)) if after is not None else None
+    include_acked = _query_flag(request, "all")
+    thread = request.query.get("thread") or None
+
+    async def fetch() -> list[InboxItem]:
+        return await relay.store.inbox(
+            agent.name, limit=limit, include_acked=include_acked, thread=thread, after_seq=after_seq
+        )
+
+    loop = asyncio.get_running_loop()
+    async with relay.store.notifier.listen(inbox_channel(agent.name)) as listener:
+        items = await fetch()
+        deadline = loop.time() + wait
+        while not items and (remaining := deadline - loop.time()) > 0:
+            await listener.wait(remaining)
+            items = await fetch()
+    return web.Response(body=_inbox_body(items), content_type="application/json")
+
+
+@routes.post("/synq/v1/inbox/{id}/ack")
+async def ack_message(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    env_id = request.match_info["id"]
+    if not await relay.store.ack(agent.name, env_id, relay.clock.now()):
+        raise E.NotFound("no such message in this inbox")
+    relay.metrics.inbox_acks.inc()
+    return json_response({"id": env_id, "acked": True})
+
+
+@routes.get("/synq/v1/inbox/stream")
+async def stream_inbox(request: web.Request) -> web.StreamResponse:
+    """Server-sent events (WHATWG HTML §9.2): one ``message`` event per unacked inbox entry,
+    ``id:`` = its inbox sequence, so a reconnecting client sends ``Last-Event-ID`` and resumes
+    exactly after the last event it saw."""
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    last = request.headers.get("Last-Event-ID") or request.query.get("after")
+    try:
+        after_seq = int(last) if last else None
+    except ValueError:
+        raise E.MalformedRequest("Last-Event-ID must be an inbox sequence number") from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError):
+        async with relay.store.notifier.listen(inbox_channel(agent.name)) as listener:
+            while True:
+                items = await relay.store.inbox(agent.name, limit=MAX_INBOX_PAGE, after_seq=after_seq)
+                for item in items:
+                    await response.write(
+                        b"event: message\nid: %d\ndata: " % item.seq + envelope_payload(item) + b"\n\n"
+                    )
+                    after_seq = item.seq
+                if items:
+                    continue
+                if not await listener.wait(SSE_HEARTBEAT_SECONDS):
+                    await response.write(b": keepalive\n\n")
+    return response
+
+
+# --- cards and health ---------------------------------------------------------------------------
+
+
+@routes.get("/synq/v1/agents/{address}")
+async def agent_card(request: web.Request) -> web.Response:
+    """The agent card of an address (public, like the well-known card it mirrors)."""
+    relay = request.app[RELAY]
+    address = Address.parse(request.match_info["address"])
+    if address.domain != relay.domain:
+        raise E.NotFound(f"{address} is not an address of this relay")
+    agent = await relay.store.get_agent(address.local)
+    if agent is None:
+        raise E.NotFound(f"no agent {address}")
+    return json_response(inbox_agent_card(address, relay.public_url))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    await request.app[RELAY].store.ping()
+    return json_response({"status": "ok"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RELAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,52 @@
+"""Federation routes: the transaction endpoint and the well-known document (SPEC.md §7, §8)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.core import errors as E
+from relay.core import txn as txn_mod
+from relay.core.limits import MAX_TXN_BYTES
+from relay.discovery.wellknown import (
+    WELL_KNOWN_CACHE_CONTROL,
+    WELL_KNOWN_CONTENT_TYPE,
+    WELL_KNOWN_PATH,
+    build_well_known,
+)
+from relay.server.keys import RELAY
+
+routes = web.RouteTableDef()
+
+
+@routes.put("/synq/v1/federation/txn/{txn_id}")
+async def put_transaction(request: web.Request) -> web.Response:
+    """``PUT /synq/v1/federation/txn/{txn_id}`` ``{"origin": "globex.test", "envelopes": [jws…]}``
+    → ``200 {"results": {"<id>": {"status": "accepted", "code": "2.0.0"}, …}}``.
+
+    No bearer token: every envelope carries its own signature, checked against the key its
+    ``from`` domain publishes. Accepted envelopes are durable before the answer.
+    """
+    relay = request.app[RELAY]
+    txn_id = txn_mod.check_txn_id(request.match_info["txn_id"])
+    if request.content_length is not None and request.content_length > MAX_TXN_BYTES:
+        raise E.PayloadTooLarge(f"transactions are limited to {MAX_TXN_BYTES} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise E.PayloadTooLarge(f"transactions are limited to {MAX_TXN_BYTES} bytes") from None
+    txn = txn_mod.parse_request(body)
+    results = await relay.inbound.handle(txn_id, txn)
+    for result in results.values():
+        relay.metrics.federation_results.labels(status=result.status).inc()
+    return web.Response(body=txn_mod.encode_results(results), content_type="application/json")
+
+
+@routes.get(WELL_KNOWN_PATH)
+async def well_known(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    doc = build_well_known(relay.domain, relay.public_url, relay.keyring.published(relay.clock.now()))
+    return web.Response(
+        body=doc.to_json(),
+        content_type=WELL_KNOWN_CONTENT_TYPE,
+        headers={"Cache-Control": WELL_KNOWN_CACHE_CONTROL},
+    )

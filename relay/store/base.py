@@ -1,0 +1,330 @@
+"""The one ``Store`` interface (DESIGN §9, STYLE §3). Dialects live beside it; nothing above the
+store knows which one runs.
+
+Data model (SPEC.md §store is not normative; this is the relay's own business):
+
+* **agents** — local agents: name (the local part), kind (``inbox``/``a2a``/``mcp``), the
+  adapter endpoint, and the SHA-256 of the bearer token (never the token).
+* **envelopes** — every envelope in the relay's custody, keyed by ``(origin, id)``, the dedup key
+  of DESIGN §4, holding the signed JWS exactly as received or created.
+* **recipients** — one row per (envelope, recipient): the per-recipient delivery state
+  (``queued`` → ``sent`` | ``delivered`` | ``bounced``), last code and reason, attempts, next
+  attempt time and a lease. Remote rows in state ``queued`` *are* the federation queue.
+* **inbox** — one row per (agent, envelope) delivered locally, with a per-store sequence number
+  (for SSE resumption) and the ack time.
+* **events** — the per-recipient hop log shown by ``synq status``.
+
+Durability contract: when ``accept``/``accept_many`` returns, the envelope and every row it
+implies are committed (for SQLite with ``synchronous=FULL``: fsynced). The relay answers 202
+or "accepted" only after that (Postfix: queue file on disk before 250 OK).
+
+Accept is an idempotent union: a second accept of the same ``(origin, id)`` inserts only the
+recipient rows that were missing, and reports ``duplicate`` when it inserted nothing. Replays
+therefore never deliver twice, and a retry that adds a recipient the first try refused works.
+
+Every method raises only ``relay.core.errors`` types (``StoreUnavailable``, ``Conflict``…):
+driver exceptions are translated inside the dialect.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Literal
+
+AgentKind = Literal["inbox", "a2a", "mcp"]
+RecipientState = Literal["queued", "sent", "delivered", "bounced"]
+
+#: Notifier channel names. ``inbox:<agent>`` wakes long polls and SSE streams for one agent;
+#: ``queue`` wakes the federation workers when remote rows are queued or flushed.
+QUEUE_CHANNEL: Final = "queue"
+
+
+def inbox_channel(agent: str) -> str:
+    return f"inbox:{agent}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    name: str
+    kind: AgentKind
+    endpoint: str | None
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEnvelope:
+    """What the relay hands the store to take custody of one envelope.
+
+    ``local`` are local agent names (already checked to exist) whose inbox gets the envelope now;
+    ``remote`` are recipient addresses on other domains, queued for federation. ``via`` says where
+    the envelope came from, for the hop log (``api``, ``federation:<domain>``, ``relay``).
+    """
+
+    origin: str
+    id: str
+    sender: str
+    token: str
+    created: datetime
+    expires: datetime
+    thread: str | None
+    kind: str
+    local: Sequence[str]
+    remote: Sequence[str]
+    via: str
+    #: Recipients refused at acceptance (unknown, policy…), recorded as already bounced so that
+    #: ``status`` shows them: (address, code, reason).
+    refused: Sequence[tuple[str, str, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    origin: str
+    id: str
+    #: True when every row this envelope implies already existed: a replay, nothing changed.
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    seq: int
+    origin: str
+    id: str
+    token: str
+    delivered_at: datetime
+    acked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    at: datetime
+    recipient: str
+    event: str  # accepted | delivered | deferred | sent | bounced | expired | flushed | deleted
+    code: str | None
+    reason: str | None
+    hop: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientStatus:
+    address: str
+    state: RecipientState
+    code: str | None
+    reason: str | None
+    attempts: int
+    next_attempt: datetime | None
+    updated: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    origin: str
+    id: str
+    sender: str
+    created: datetime
+    expires: datetime
+    recipients: list[RecipientStatus]
+    events: list[DeliveryEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One remote recipient row awaiting federation (``state = queued``)."""
+
+    origin: str
+    id: str
+    sender: str
+    recipient: str
+    domain: str
+    token: str
+    expires: datetime
+    attempts: int
+    next_attempt: datetime
+    code: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery attempt for one queued row, applied by ``settle``.
+
+    ``state``: ``sent`` (the partner took custody), ``queued`` (deferred: retry at
+    ``next_attempt``) or ``bounced`` (permanent failure or expiry).
+    """
+
+    origin: str
+    id: str
+    recipient: str
+    state: Literal["queued", "sent", "bounced"]
+    code: str
+    reason: str
+    hop: str | None
+    next_attempt: datetime | None = None
+    event: str | None = None  # defaults: sent→sent, queued→deferred, bounced→bounced
+
+
+class Listener:
+    """A registration for wake-ups on one channel, made *before* reading, so no wake-up between
+    the read and the wait is lost."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True if woken, False on timeout. Clears the wake-up for the next wait."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class Notifier:
+    """In-process wake-ups by channel name. A multi-process dialect (PostgreSQL LISTEN/NOTIFY)
+    subclasses it and calls ``_deliver`` for notifications from other processes."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Listener]] = {}
+
+    def notify(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            self._deliver(channel)
+
+    def _deliver(self, channel: str) -> None:
+        for listener in self._listeners.get(channel, ()):
+            listener.fire()
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[Listener]:
+        listener = Listener()
+        self._listeners.setdefault(channel, set()).add(listener)
+        try:
+            yield listener
+        finally:
+            listeners = self._listeners.get(channel)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[channel]
+
+    def listener_count(self, prefix: str = "") -> int:
+        """Listeners whose channel starts with ``prefix`` (exported as a metric)."""
+        return sum(len(v) for k, v in self._listeners.items() if k.startswith(prefix))
+
+
+class Store(abc.ABC):
+    """Durable state of one relay. One instance per process, shared by every request."""
+
+    def __init__(self) -> None:
+        self.notifier = Notifier()
+
+    # lifecycle ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations (numbered, per dialect)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a trivial query succeeds (for /healthz)."""
+
+    # agents ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_agent(
+        self, name: str, kind: AgentKind, token_hash: str, endpoint: str | None, now: datetime
+    ) -> AgentRecord:
+        """Raise Conflict if the name is taken."""
+
+    @abc.abstractmethod
+    async def get_agent(self, name: str) -> AgentRecord | None: ...
+
+    @abc.abstractmethod
+    async def agent_for_token(self, token_hash: str) -> AgentRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_agents(self) -> list[AgentRecord]: ...
+
+    @abc.abstractmethod
+    async def remove_agent(self, name: str) -> bool:
+        """Remove the agent and its inbox rows; False if there was none."""
+
+    @abc.abstractmethod
+    async def existing_agents(self, names: Iterable[str]) -> set[str]:
+        """The subset of ``names`` that are registered agents (one query, for recipient checks)."""
+
+    # custody -----------------------------------------------------------------------------------
+    async def accept(self, item: NewEnvelope, now: datetime) -> AcceptResult:
+        """Take custody of one envelope (see the module docstring); durable when it returns."""
+        return (await self.accept_many([item], now))[0]
+
+    @abc.abstractmethod
+    async def accept_many(self, items: Sequence[NewEnvelope], now: datetime) -> list[AcceptResult]:
+        """Take custody of several envelopes in one transaction (group commit).
+
+        Wakes ``inbox:<agent>`` for every agent that got a new inbox row and ``queue`` when a
+        remote row was queued — after the commit, never before.
+        """
+
+    @abc.abstractmethod
+    async def message_status(self, origin: str, id: str) -> MessageStatus | None: ...
+
+    # inbox -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def inbox(
+        self,
+        agent: str,
+        *,
+        limit: int,
+        include_acked: bool = False,
+        thread: str | None = None,
+        after_seq: int | None = None,
+    ) -> list[InboxItem]:
+        """Oldest first. Unacked only unless ``include_acked``."""
+
+    @abc.abstractmethod
+    async def ack(self, agent: str, id: str, now: datetime) -> bool:
+        """Ack every inbox row of ``agent`` whose envelope id is ``id``; False if none exists.
+        Acking twice is not an error (True again)."""
+
+    # federation queue --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def lease_due(
+        self, now: datetime, *, lease_until: datetime, limit: int, domain: str | None = None
+    ) -> list[QueueEntry]:
+        """Lease up to ``limit`` queued remote rows whose next attempt is due and whose lease has
+        lapsed, oldest first, grouped by nothing: the caller batches by domain. A leased row is
+        invisible to other callers until ``lease_until`` or until ``settle`` releases it."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> datetime | None:
+        """The earliest next attempt among queued remote rows (lease ignored), or None."""
+
+    @abc.abstractmethod
+    async def settle(
+        self, outcomes: Sequence[Outcome], new: Sequence[NewEnvelope], now: datetime
+    ) -> None:
+        """Apply delivery outcomes and accept ``new`` envelopes (DSNs) in one transaction, so a
+        bounce and its DSN are both recorded or neither is. Releases the leases."""
+
+    @abc.abstractmethod
+    async def list_queue(self, domain: str | None = None) -> list[QueueEntry]: ...
+
+    @abc.abstractmethod
+    async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:
+        """Make queued rows due now (postqueue -f / -s; ``id``: one envelope). Returns the count."""
+
+    @abc.abstractmethod
+    async def delete_queued(self, now: datetime, id: str | None = None, domain: str | None = None) -> int:
+        """Drop queued rows without a DSN (postsuper -d), recording a ``deleted`` event.
+        The row's state becomes ``bounced`` with code 5.0.0 so ``status`` explains it."""

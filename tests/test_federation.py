@@ -1,0 +1,213 @@
+"""Federation between two real relays on loopback, discovered through a real DNS server.
+
+The sending relay's queue is driven by hand under a shared fake clock, so backoff and expiry
+are tested without waiting for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from relay.core import records
+from relay.dnsserver import Fault
+from tests.fedenv import World, world
+
+
+@pytest.fixture
+async def w(tmp_path: Path) -> AsyncIterator[World]:
+    async with world(tmp_path, "acme.test", "globex.test") as env:
+        yield env
+
+
+async def test_message_crosses_the_boundary_and_the_reply_comes_back(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "hello", "thread": "t1"})
+    status = await w.status(acme, alice, sent["id"])
+    assert status["recipients"]["bob@globex.test"]["state"] == "queued"
+
+    assert await acme.relay.sender.run_once() == 1
+    [got] = await w.inbox(globex, bob)
+    assert (got["id"], got["from"], got["body"], got["thread"]) == (sent["id"], "alice@acme.test", "hello", "t1")
+    status = await w.status(acme, alice, sent["id"])
+    rec = status["recipients"]["bob@globex.test"]
+    assert (rec["state"], rec["code"], rec["attempts"]) == ("sent", "2.0.0", 1)
+    assert any(ev["event"] == "sent" and ev.get("hop") == globex.url for ev in status["events"])
+
+    reply = await w.send(
+        globex, bob, {"to": ["alice@acme.test"], "body": "hi back", "thread": "t1", "in_reply_to": sent["id"]}
+    )
+    assert await globex.relay.sender.run_once() == 1
+    [back] = await w.inbox(acme, alice)
+    assert (back["id"], back["in_reply_to"], back["thread"]) == (reply["id"], sent["id"], "t1")
+
+
+async def test_unknown_remote_recipient_bounces_with_a_dsn(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    sent = await w.send(acme, alice, {"to": ["bob@globex.test", "ghost@globex.test"], "body": "x"})
+    assert await acme.relay.sender.run_once() == 2
+    assert [m["id"] for m in await w.inbox(globex, bob)] == [sent["id"]]
+
+    status = await w.status(acme, alice, sent["id"])
+    assert status["recipients"]["bob@globex.test"]["state"] == "sent"
+    ghost = status["recipients"]["ghost@globex.test"]
+    assert (ghost["state"], ghost["code"]) == ("bounced", "5.1.1")
+
+    [dsn] = await w.inbox(acme, alice)
+    assert (dsn["kind"], dsn["from"], dsn["in_reply_to"]) == ("dsn", "mailer-daemon@acme.test", sent["id"])
+    assert dsn["content_type"] == "application/synq-dsn+json"
+    assert dsn["body"]["final_recipient"] == "ghost@globex.test"
+    assert (dsn["body"]["status"], dsn["body"]["action"]) == ("5.1.1", "failed")
+    # Nothing more is queued: a bounce is final, and a DSN is local.
+    assert await acme.relay.sender.run_once() == 0
+
+
+async def test_partner_down_then_back_delivers_everything_once(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    await globex.stop()
+    ids = [(await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"] for i in range(30)]
+    for attempt in range(1, 5):
+        assert await acme.relay.sender.run_once() == 30
+        status = await w.status(acme, alice, ids[0])
+        rec = status["recipients"]["bob@globex.test"]
+        assert (rec["state"], rec["code"]) == ("queued", "4.4.1")
+        # Nothing is due until the backoff has passed.
+        assert await acme.relay.sender.run_once() == 0
+        w.clock.advance(3600)
+    assert acme.relay.sender.breaker.open_until("globex.test") is not None
+
+    await globex.start()
+    w.clock.advance(3600)
+    assert await acme.relay.sender.run_once() == 30
+    # Retries are jittered per envelope, so arrival order is not send order (SPEC.md §9.1).
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted(ids)
+    # A second pass (and a flushed queue) sends nothing again.
+    assert await acme.relay.store.flush(w.clock.now()) == 0
+    assert await acme.relay.sender.run_once() == 0
+    assert len(await w.inbox(globex, bob)) == 30
+
+
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (web.Response(status=500, text="boom"), "4.5.0"),
+        (web.Response(status=503, text="busy"), "4.4.5"),
+        (web.Response(status=200, text="<html>not json</html>"), "4.5.0"),
+        (web.Response(status=200, text='{"results": 5}'), "4.5.0"),
+        (web.Response(status=200, text='{"results": {}}'), "4.5.0"),
+        (web.Response(status=404, text="no"), "4.5.0"),
+    ],
+    ids=["500", "503", "garbage", "wrong-shape", "no-results", "404"],
+)
+async def test_partner_answering_errors_or_garbage_keeps_the_envelope_queued(
+    w: World, response: web.Response, code: str
+) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+
+    async def bad(request: web.Request) -> web.Response:
+        await request.read()
+        return response
+
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", bad)
+    async with TestServer(app) as liar:
+        w.dns.set_txt(
+            records.relay_record_name("globex.test"),
+            [records.RelayRecord(str(liar.make_url("")).rstrip("/")).to_txt()],
+            ttl=60,
+        )
+        sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
+        assert await acme.relay.sender.run_once() == 1
+        rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+        assert (rec["state"], rec["code"]) == ("queued", code)
+
+    # The partner fixes its relay: after the DNS TTL and the backoff it is delivered, once.
+    w.publish(globex)
+    w.clock.advance(3600)
+    assert await acme.relay.sender.run_once() == 1
+    assert [m["id"] for m in await w.inbox(globex, bob)] == [sent["id"]]
+
+
+async def test_expired_envelope_bounces_with_dsn(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    await globex.stop()
+    expires = (w.clock.now() + timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
+    sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x", "expires": expires})
+    assert await acme.relay.sender.run_once() == 1
+    w.clock.advance(3600)
+    assert await acme.relay.sender.run_once() == 1
+    rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+    assert (rec["state"], rec["code"]) == ("bounced", "5.4.7")
+    [dsn] = await w.inbox(acme, alice)
+    assert dsn["kind"] == "dsn" and dsn["body"]["status"] == "5.4.7"
+    assert "4.4.1" in dsn["body"]["diagnostic"]
+
+
+async def test_nxdomain_destination_bounces(w: World) -> None:
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+    sent = await w.send(acme, alice, {"to": ["bob@nowhere.test"], "body": "x"})
+    assert await acme.relay.sender.run_once() == 1
+    rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@nowhere.test"]
+    assert (rec["state"], rec["code"]) == ("bounced", "5.1.2")
+    [dsn] = await w.inbox(acme, alice)
+    assert dsn["body"]["final_recipient"] == "bob@nowhere.test"
+
+
+async def test_dns_timeout_defers(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    w.dns.set_fault(Fault.DROP)
+    sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
+    assert await acme.relay.sender.run_once() == 1
+    rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+    assert (rec["state"], rec["code"]) == ("queued", "4.4.3")
+    w.dns.clear_faults()
+    w.clock.advance(3600)
+    assert await acme.relay.sender.run_once() == 1
+    assert [m["id"] for m in await w.inbox(globex, bob)] == [sent["id"]]
+
+
+async def test_many_envelopes_are_batched_into_transactions(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    ids = [(await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"] for i in range(450)]
+    assert await acme.relay.sender.run_once() == 450
+    async with w.http.get(f"{globex.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'synq_federation_inbound_envelopes_total{status="accepted"} 450.0' in text
+    seen: list[str] = []
+    cursor: Any = None
+    while True:
+        page = await w.inbox(globex, bob, **({"after": cursor} if cursor else {}))
+        if not page:
+            break
+        seen += [m["id"] for m in page]
+        cursor = await _cursor(w, globex, bob, cursor)
+    assert seen == ids
+
+
+async def _cursor(w: World, org: Any, agent: Any, after: Any) -> Any:
+    params = {"limit": 500, **({"after": after} if after else {})}
+    async with w.http.get(f"{org.url}/synq/v1/inbox", params=params, headers=agent.auth) as resp:
+        return (await resp.json())["cursor"]
+
+
+async def test_well_known_document_is_served(w: World) -> None:
+    acme = w.orgs["acme.test"]
+    async with w.http.get(f"{acme.url}/.well-known/synq.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["domain"] == "acme.test" and doc["relay"] == acme.url
+    assert doc["keys"]["keys"][0]["x"] == acme.key.public_key.b64url

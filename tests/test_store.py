@@ -1,0 +1,788 @@
+"""The ``Store`` contract (relay/store/base.py), run against every backend.
+
+Everything above the "SQLite dialect" section goes through the ``Store`` interface and
+``open_store`` only, through the ``store_url`` fixture. To add a backend, add its name to
+``BACKENDS`` and teach ``store_url`` to hand out a fresh, empty database for it.
+
+Time is always an explicit ``now``: nothing here sleeps or reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from relay.core import envelope as env_mod
+from relay.core import jws
+from relay.core.envelope import Envelope, encode
+from relay.core.errors import (
+    ConfigError,
+    Conflict,
+    StoreUnavailable,
+    UnknownRecipient,
+)
+from relay.core.ids import hash_token
+from relay.store import (
+    QUEUE_CHANNEL,
+    AgentKind,
+    AgentRecord,
+    NewEnvelope,
+    Outcome,
+    Store,
+    inbox_channel,
+    open_store,
+)
+
+BACKENDS = ["sqlite"]
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+KEY = jws.SigningKey.generate("s1")
+HERE = "a.test"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL naming a fresh, empty database of one backend (opened as often as a test likes)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'relay.db'}"
+    raise AssertionError(f"no database for backend {request.param!r}")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await open_store(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def new(
+    id: str,
+    *,
+    local: Sequence[str] = (),
+    remote: Sequence[str] = (),
+    refused: Sequence[tuple[str, str, str]] = (),
+    sender: str = f"alice@{HERE}",
+    thread: str | None = None,
+    created: datetime = T0,
+    kind: str = "message",
+    via: str = "api",
+) -> NewEnvelope:
+    """A real signed envelope, handed to the store the way the router does."""
+    to = [f"{n}@{HERE}" for n in local] + list(remote) + [r[0] for r in refused]
+    envelope = Envelope(
+        v=1,
+        id=id,
+        from_=sender,
+        to=list(dict.fromkeys(to)) or [f"nobody@{HERE}"],
+        created=created,
+        expires=created + timedelta(days=2),
+        thread=thread,
+        kind=kind,
+        content_type="text/plain",
+        body=f"body of {id}",
+    )
+    token = jws.sign(encode(envelope), KEY)
+    return NewEnvelope(
+        origin=envelope.sender.domain,
+        id=envelope.id,
+        sender=envelope.from_,
+        token=token,
+        created=envelope.created,
+        expires=envelope.expires,
+        thread=envelope.thread,
+        kind=envelope.kind,
+        local=list(local),
+        remote=list(remote),
+        via=via,
+        refused=list(refused),
+    )
+
+
+async def add_agent(
+    store: Store, name: str, kind: AgentKind = "inbox", endpoint: str | None = None
+) -> AgentRecord:
+    return await store.create_agent(name, kind, hash_token(f"token-{name}"), endpoint, T0)
+
+
+def sent(id: str, recipient: str) -> Outcome:
+    """The outcome of a delivery the partner relay took custody of."""
+    domain = recipient.split("@")[1]
+    return Outcome(HERE, id, recipient, "sent", "2.0.0", "accepted", f"relay.{domain}")
+
+
+# agents ---------------------------------------------------------------------------------------
+
+
+async def test_agents_create_get_list_remove(store: Store) -> None:
+    bob = await add_agent(store, "bob")
+    carol = await add_agent(store, "carol", "a2a", "http://127.0.0.1:9/a2a")
+    assert bob == AgentRecord("bob", "inbox", None, T0)
+    assert carol.kind == "a2a"
+    assert carol.endpoint == "http://127.0.0.1:9/a2a"
+    assert bob.created.tzinfo is UTC
+
+    assert await store.get_agent("bob") == bob
+    assert await store.get_agent("nobody") is None
+    assert await store.agent_for_token(hash_token("token-carol")) == carol
+    assert await store.agent_for_token(hash_token("wrong")) is None
+    assert await store.list_agents() == [bob, carol]
+    assert await store.existing_agents(["bob", "zed", "carol", "bob"]) == {"bob", "carol"}
+    assert await store.existing_agents([]) == set()
+
+    assert await store.remove_agent("bob") is True
+    assert await store.remove_agent("bob") is False
+    assert await store.get_agent("bob") is None
+    assert await store.list_agents() == [carol]
+
+
+async def test_taken_agent_name_is_conflict(store: Store) -> None:
+    await add_agent(store, "bob")
+    with pytest.raises(Conflict):
+        await store.create_agent("bob", "mcp", hash_token("other"), None, T0)
+    # A token hash names one agent, or agent_for_token would be ambiguous.
+    with pytest.raises(Conflict):
+        await store.create_agent("carol", "inbox", hash_token("token-bob"), None, T0)
+    assert [a.name for a in await store.list_agents()] == ["bob"]
+
+
+async def test_removing_an_agent_removes_its_inbox(store: Store) -> None:
+    await add_agent(store, "bob")
+    await store.accept(new("e1", local=["bob"]), T0)
+    assert await store.remove_agent("bob")
+    await add_agent(store, "bob")
+    assert await store.inbox("bob", limit=10, include_acked=True) == []
+
+
+# custody and inbox ----------------------------------------------------------------------------
+
+
+async def test_accept_delivers_to_inbox_and_ack(store: Store) -> None:
+    await add_agent(store, "bob")
+    await add_agent(store, "carol")
+    item = new("e1", local=["bob"])
+    result = await store.accept(item, at(1))
+    assert (result.origin, result.id, result.duplicate) == (HERE, "e1", False)
+
+    [row] = await store.inbox("bob", limit=10)
+    assert (row.origin, row.id, row.token) == (HERE, "e1", item.token)
+    assert row.delivered_at == at(1)
+    assert row.delivered_at.tzinfo is UTC
+    assert row.acked_at is None
+    # The token is stored untouched: it still parses to the envelope that was signed.
+    assert env_mod.decode(jws.parse_compact(row.token).payload).id == "e1"
+
+    assert await store.ack("carol", "e1", at(2)) is False  # not carol's
+    assert await store.ack("bob", "nope", at(2)) is False
+    assert await store.ack("bob", "e1", at(2)) is True
+    assert await store.ack("bob", "e1", at(3)) is True  # twice is not an error
+    assert await store.inbox("bob", limit=10) == []
+    [acked] = await store.inbox("bob", limit=10, include_acked=True)
+    assert acked.acked_at == at(2)  # the first ack time is kept
+
+
+async def test_accept_is_an_idempotent_union(store: Store) -> None:
+    await add_agent(store, "bob")
+    await add_agent(store, "carol")
+    assert not (await store.accept(new("e1", local=["bob"]), T0)).duplicate
+    assert (await store.accept(new("e1", local=["bob"]), at(1))).duplicate
+    assert len(await store.inbox("bob", limit=10)) == 1
+
+    # A replay that adds a recipient inserts only that row, and is not a duplicate.
+    assert not (await store.accept(new("e1", local=["bob", "carol"]), at(2))).duplicate
+    assert len(await store.inbox("bob", limit=10)) == 1
+    assert len(await store.inbox("carol", limit=10)) == 1
+    more = new("e1", local=["bob", "carol"], remote=["dave@b.test"])
+    assert not (await store.accept(more, at(3))).duplicate
+    assert (await store.accept(more, at(4))).duplicate
+    assert [q.recipient for q in await store.list_queue()] == ["dave@b.test"]
+
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert sorted(r.address for r in status.recipients) == ["bob", "carol", "dave@b.test"]
+    assert len(status.events) == 3  # one per recipient row, none for the replays
+
+
+async def test_accept_many_reports_each_item(store: Store) -> None:
+    await add_agent(store, "bob")
+    await store.accept(new("old", local=["bob"]), T0)
+    results = await store.accept_many(
+        [
+            new("e1", local=["bob"]),
+            new("old", local=["bob"]),
+            new("e2", local=["bob"]),
+            new("e1", local=["bob"]),
+        ],
+        at(1),
+    )
+    assert [(r.id, r.duplicate) for r in results] == [
+        ("e1", False),
+        ("old", True),
+        ("e2", False),
+        ("e1", True),  # the same envelope twice in one batch: the first copy counts
+    ]
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["old", "e1", "e2"]
+    assert await store.accept_many([], at(2)) == []
+
+
+async def test_concurrent_accepts_of_one_envelope_count_once(store: Store) -> None:
+    await add_agent(store, "bob")
+    first, second = await asyncio.gather(
+        store.accept(new("e1", local=["bob"]), T0), store.accept(new("e1", local=["bob"]), T0)
+    )
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert len(await store.inbox("bob", limit=10)) == 1
+
+
+async def test_refused_then_taken_in_one_batch(store: Store) -> None:
+    refused = new("e1", refused=[("carol@b.test", "5.7.1", "refused by policy")])
+    taken = new("e1", remote=["carol@b.test"])
+    for results in (
+        await store.accept_many([refused, taken], T0),
+        await asyncio.gather(
+            store.accept(new("e2", refused=[("carol@b.test", "5.7.1", "no")]), T0),
+            store.accept(new("e2", remote=["carol@b.test"]), T0),
+        ),
+    ):
+        assert [r.duplicate for r in results] == [False, False]
+    for id in ("e1", "e2"):
+        status = await store.message_status(HERE, id)
+        assert status is not None
+        assert [(r.address, r.state) for r in status.recipients] == [("carol@b.test", "queued")]
+        assert [e.event for e in status.events] == ["bounced", "accepted"]
+
+
+async def test_refused_recipients_are_recorded_as_bounced(store: Store) -> None:
+    await add_agent(store, "bob")
+    item = new("e1", local=["bob"], refused=[(f"zed@{HERE}", "5.1.1", "no such agent")])
+    await store.accept(item, T0)
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    zed = next(r for r in status.recipients if r.address == f"zed@{HERE}")
+    assert (zed.state, zed.code, zed.reason, zed.attempts) == (
+        "bounced",
+        "5.1.1",
+        "no such agent",
+        0,
+    )
+    assert any(
+        e.recipient == f"zed@{HERE}" and e.event == "bounced" and e.code == "5.1.1"
+        for e in status.events
+    )
+    assert await store.list_queue() == []
+
+
+async def test_a_retry_may_take_a_recipient_the_first_try_refused(store: Store) -> None:
+    refused = ("carol@b.test", "5.7.1", "refused by policy")
+    await store.accept(new("e1", refused=[refused]), T0)
+    taken = await store.accept(new("e1", remote=["carol@b.test"]), at(1))
+    assert not taken.duplicate
+    [queued] = await store.list_queue()
+    assert (queued.recipient, queued.next_attempt) == ("carol@b.test", at(1))
+    # A later refusal does not undo an acceptance.
+    assert (await store.accept(new("e1", refused=[refused]), at(2))).duplicate
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [(r.address, r.state) for r in status.recipients] == [("carol@b.test", "queued")]
+
+
+async def test_inbox_order_limit_thread_and_paging(store: Store) -> None:
+    await add_agent(store, "bob")
+    await add_agent(store, "carol")
+    threads = {"e1": "t1", "e2": None, "e3": "t1", "e4": "t2", "e5": "t1"}
+    for n, (id, thread) in enumerate(threads.items()):
+        await store.accept(new(id, local=["bob"], thread=thread), at(n))
+    await store.accept(new("c1", local=["carol"], thread="t1"), at(9))
+
+    items = await store.inbox("bob", limit=10)
+    assert [i.id for i in items] == ["e1", "e2", "e3", "e4", "e5"]
+    seqs = [i.seq for i in items]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+
+    first = await store.inbox("bob", limit=2)
+    assert [i.id for i in first] == ["e1", "e2"]
+    rest = await store.inbox("bob", limit=10, after_seq=first[-1].seq)
+    assert [i.id for i in rest] == ["e3", "e4", "e5"]
+    assert await store.inbox("bob", limit=10, after_seq=items[-1].seq) == []
+    assert await store.inbox("bob", limit=0) == []
+
+    assert [i.id for i in await store.inbox("bob", limit=10, thread="t1")] == ["e1", "e3", "e5"]
+    assert [i.id for i in await store.inbox("bob", limit=1, thread="t1")] == ["e1"]
+
+    await store.ack("bob", "e1", at(20))
+    await store.ack("bob", "e4", at(20))
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["e2", "e3", "e5"]
+    assert [i.id for i in await store.inbox("bob", limit=10, thread="t1")] == ["e3", "e5"]
+    history = await store.inbox("bob", limit=10, include_acked=True)
+    assert [i.id for i in history] == ["e1", "e2", "e3", "e4", "e5"]
+    assert [i.acked_at is not None for i in history] == [True, False, False, True, False]
+    assert [i.id for i in await store.inbox("bob", limit=10, include_acked=True, thread="t1")] == [
+        "e1",
+        "e3",
+        "e5",
+    ]
+    assert [i.id for i in await store.inbox("carol", limit=10)] == ["c1"]
+    assert await store.inbox("nobody", limit=10) == []
+
+
+async def test_message_status_shows_recipients_and_events(store: Store) -> None:
+    assert await store.message_status(HERE, "missing") is None
+    await add_agent(store, "bob")
+    item = new(
+        "e1",
+        local=["bob"],
+        remote=["dave@b.test"],
+        refused=[(f"zed@{HERE}", "5.1.1", "no such agent")],
+        via="federation:b.test",
+    )
+    await store.accept(item, at(1))
+    assert await store.message_status("other.test", "e1") is None  # the key is (origin, id)
+
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert (status.origin, status.id, status.sender) == (HERE, "e1", f"alice@{HERE}")
+    assert (status.created, status.expires) == (item.created, item.expires)
+    by_address = {r.address: r for r in status.recipients}
+    assert {a: r.state for a, r in by_address.items()} == {
+        "bob": "delivered",
+        "dave@b.test": "queued",
+        f"zed@{HERE}": "bounced",
+    }
+    assert by_address["dave@b.test"].next_attempt == at(1)
+    assert all(r.updated == at(1) and r.updated.tzinfo is UTC for r in status.recipients)
+    assert [(e.recipient, e.event, e.hop) for e in status.events] == [
+        ("bob", "delivered", "federation:b.test"),
+        ("dave@b.test", "accepted", "federation:b.test"),
+        (f"zed@{HERE}", "bounced", "federation:b.test"),
+    ]
+
+    await store.lease_due(at(2), lease_until=at(60), limit=10)
+    await store.settle([sent("e1", "dave@b.test")], [], at(3))
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    dave = next(r for r in status.recipients if r.address == "dave@b.test")
+    assert (dave.state, dave.code, dave.attempts, dave.updated) == ("sent", "2.0.0", 1, at(3))
+    assert (status.events[-1].event, status.events[-1].hop, status.events[-1].at) == (
+        "sent",
+        "relay.b.test",
+        at(3),
+    )
+
+
+# federation queue -----------------------------------------------------------------------------
+
+
+async def test_lease_due_respects_due_time_limit_and_domain(store: Store) -> None:
+    await store.accept(new("e1", remote=["x@b.test"]), at(0))
+    await store.accept(new("e2", remote=["y@c.test"]), at(60))
+    await store.accept(new("e3", remote=["z@b.test"]), at(120))
+
+    assert await store.lease_due(at(-1), lease_until=at(600), limit=10) == []
+    assert await store.lease_due(at(200), lease_until=at(600), limit=0) == []
+
+    only_b = await store.lease_due(at(90), lease_until=at(600), limit=10, domain="b.test")
+    assert [(q.id, q.recipient, q.domain) for q in only_b] == [("e1", "x@b.test", "b.test")]
+    entry = only_b[0]
+    assert (entry.origin, entry.sender, entry.attempts) == (HERE, f"alice@{HERE}", 0)
+    assert (entry.next_attempt, entry.code, entry.reason) == (at(0), None, None)
+    assert entry.expires == at(0) + timedelta(days=2)
+    assert env_mod.decode(jws.parse_compact(entry.token).payload).to == ["x@b.test"]
+
+    # Oldest first, up to the limit; e1 is leased and stays invisible.
+    [oldest] = await store.lease_due(at(200), lease_until=at(600), limit=1)
+    assert oldest.id == "e2"
+    [last] = await store.lease_due(at(200), lease_until=at(600), limit=10)
+    assert last.id == "e3"
+    assert await store.lease_due(at(300), lease_until=at(900), limit=10) == []
+    assert len(await store.list_queue()) == 3  # leased rows are still queued
+
+
+async def test_leased_row_is_not_leased_again_until_the_lease_lapses(store: Store) -> None:
+    await store.accept(new("e1", remote=["x@b.test"]), T0)
+    assert len(await store.lease_due(T0, lease_until=at(60), limit=10)) == 1
+    assert await store.lease_due(at(30), lease_until=at(90), limit=10) == []
+    assert await store.lease_due(at(59.999), lease_until=at(90), limit=10) == []
+    again = await store.lease_due(at(60), lease_until=at(120), limit=10)
+    assert [q.id for q in again] == ["e1"]
+
+    # Two workers racing for the same row: exactly one gets it.
+    racing = await asyncio.gather(
+        *(store.lease_due(at(200), lease_until=at(300), limit=10) for _ in range(5))
+    )
+    assert sorted(len(r) for r in racing) == [0, 0, 0, 0, 1]
+
+
+async def test_settle_sent_deferred_and_bounced_with_dsn(store: Store) -> None:
+    await add_agent(store, "alice")
+    await store.accept(new("e1", remote=["x@b.test", "y@c.test", "z@d.test"]), T0)
+    assert len(await store.lease_due(T0, lease_until=at(60), limit=10)) == 3
+
+    dsn = new(
+        "dsn1",
+        sender=f"mailer-daemon@{HERE}",
+        local=["alice"],
+        kind="dsn",
+        via="relay",
+        created=at(5),
+    )
+    outcomes = [
+        sent("e1", "x@b.test"),
+        Outcome(HERE, "e1", "y@c.test", "queued", "4.4.1", "no answer", "relay.c.test", at(600)),
+        Outcome(HERE, "e1", "z@d.test", "bounced", "5.1.1", "unknown recipient", "relay.d.test"),
+    ]
+    async with store.notifier.listen(inbox_channel("alice")) as woken:
+        await store.settle(outcomes, [dsn], at(5))
+        assert await woken.wait(5)
+
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    rows = {r.address: (r.state, r.code, r.attempts, r.next_attempt) for r in status.recipients}
+    assert rows == {
+        "x@b.test": ("sent", "2.0.0", 1, None),
+        "y@c.test": ("queued", "4.4.1", 1, at(600)),
+        "z@d.test": ("bounced", "5.1.1", 1, None),
+    }
+    assert [e.event for e in status.events[3:]] == ["sent", "deferred", "bounced"]
+    assert [i.id for i in await store.inbox("alice", limit=10)] == ["dsn1"]
+
+    # The deferred row is queued again, its lease released, due at its next attempt.
+    [queued] = await store.list_queue()
+    assert (queued.recipient, queued.attempts, queued.code) == ("y@c.test", 1, "4.4.1")
+    assert await store.next_due() == at(600)
+    assert await store.lease_due(at(599), lease_until=at(700), limit=10) == []
+    assert [q.recipient for q in await store.lease_due(at(600), lease_until=at(700), limit=10)] == [
+        "y@c.test"
+    ]
+
+    # An expiry is not an attempt; a row that already left the queue is left alone.
+    expired = Outcome(HERE, "e1", "y@c.test", "bounced", "5.4.7", "expired", None, event="expired")
+    await store.settle([expired, sent("e1", "x@b.test")], [], at(700))
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    final = {r.address: (r.state, r.code, r.attempts) for r in status.recipients}
+    assert final["y@c.test"] == ("bounced", "5.4.7", 1)
+    assert final["x@b.test"] == ("sent", "2.0.0", 1)
+    assert status.events[-1].event == "expired"
+    assert await store.list_queue() == []
+    assert await store.next_due() is None
+
+
+async def test_settle_and_its_dsn_commit_together(store: Store) -> None:
+    """A DSN that cannot be stored (its local recipient is gone) takes the bounce with it."""
+    await store.accept(new("e1", remote=["z@d.test"]), T0)
+    await store.lease_due(T0, lease_until=at(60), limit=10)
+    bounce = Outcome(HERE, "e1", "z@d.test", "bounced", "5.1.1", "unknown", "relay.d.test")
+    dsn = new("dsn1", sender=f"mailer-daemon@{HERE}", local=["ghost"], kind="dsn", via="relay")
+    with pytest.raises(UnknownRecipient):
+        await store.settle([bounce], [dsn], at(5))
+    [still] = await store.list_queue()
+    assert (still.recipient, still.attempts) == ("z@d.test", 0)
+    assert await store.message_status(HERE, "dsn1") is None
+
+
+async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
+    assert await store.next_due() is None
+    assert await store.list_queue() == []
+    await store.accept(new("e1", remote=["x@b.test", "y@c.test"]), T0)
+    await store.accept(new("e2", remote=["w@b.test"]), at(10))
+    await store.lease_due(T0, lease_until=at(60), limit=10)
+    await store.settle(
+        [
+            Outcome(HERE, "e1", r, "queued", "4.4.1", "no answer", None, at(3600))
+            for r in ("x@b.test", "y@c.test")
+        ],
+        [],
+        at(1),
+    )
+    assert await store.next_due() == at(10)
+    assert [(q.id, q.recipient) for q in await store.list_queue()] == [
+        ("e2", "w@b.test"),
+        ("e1", "x@b.test"),
+        ("e1", "y@c.test"),
+    ]
+    assert [q.recipient for q in await store.list_queue("b.test")] == ["w@b.test", "x@b.test"]
+    assert await store.list_queue("nowhere.test") == []
+
+    async with store.notifier.listen(QUEUE_CHANNEL) as woken:
+        assert await store.flush(at(20), domain="b.test") == 2
+        assert await woken.wait(5)
+    due = {q.recipient: q.next_attempt for q in await store.list_queue()}
+    assert due == {"w@b.test": at(10), "x@b.test": at(20), "y@c.test": at(3600)}
+    assert await store.flush(at(30), domain="nowhere.test") == 0
+
+    assert await store.flush(at(40), id="e1") == 2
+    assert await store.next_due() == at(10)
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [e.event for e in status.events].count("flushed") == 3
+
+    assert await store.delete_queued(at(50), id="e1") == 2
+    assert [q.id for q in await store.list_queue()] == ["e2"]
+    assert await store.delete_queued(at(50), id="e1") == 0
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert {(r.state, r.code) for r in status.recipients} == {("bounced", "5.0.0")}
+    assert [e.event for e in status.events][-2:] == ["deleted", "deleted"]
+    # A worker that still held a lease cannot resurrect a deleted row.
+    await store.settle([sent("e1", "x@b.test")], [], at(60))
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert {r.state for r in status.recipients} == {"bounced"}
+
+    assert await store.delete_queued(at(70), domain="b.test") == 1
+    assert await store.list_queue() == []
+    assert await store.next_due() is None
+
+
+# notifications --------------------------------------------------------------------------------
+
+
+async def test_wake_ups_come_after_the_commit(store: Store) -> None:
+    await add_agent(store, "bob")
+    seen: list[list[str]] = []
+
+    async def long_poll() -> None:
+        async with store.notifier.listen(inbox_channel("bob")) as woken:
+            ready.set()
+            assert await woken.wait(5)
+            # Woken means committed: the row must be readable right now.
+            seen.append([i.id for i in await store.inbox("bob", limit=10)])
+
+    ready = asyncio.Event()
+    poller = asyncio.create_task(long_poll())
+    await ready.wait()
+    async with store.notifier.listen(QUEUE_CHANNEL) as queue_woken:
+        await store.accept(new("e1", local=["bob"], remote=["x@b.test"]), T0)
+        assert await queue_woken.wait(5)
+    await poller
+    assert seen == [["e1"]]
+
+
+async def test_replays_and_other_agents_wake_nobody(store: Store) -> None:
+    await add_agent(store, "bob")
+    await add_agent(store, "carol")
+    await store.accept(new("e1", local=["bob"], remote=["x@b.test"]), T0)
+    async with (
+        store.notifier.listen(inbox_channel("bob")) as bob,
+        store.notifier.listen(inbox_channel("carol")) as carol,
+        store.notifier.listen(QUEUE_CHANNEL) as queue,
+    ):
+        await store.accept(new("e1", local=["bob"], remote=["x@b.test"]), at(1))
+        # wait(0) returns at once: True only if the wake-up already happened.
+        assert not await bob.wait(0)
+        assert not await queue.wait(0)
+        await store.accept(new("e2", local=["bob"]), at(2))
+        assert await bob.wait(0)
+        assert not await carol.wait(0)
+        assert not await queue.wait(0)
+
+
+# group commit ---------------------------------------------------------------------------------
+
+
+async def test_a_failing_operation_does_not_fail_the_others_in_its_group(store: Store) -> None:
+    await add_agent(store, "bob")
+    results = await asyncio.gather(
+        store.accept(new("e1", local=["bob"]), T0),
+        store.accept(new("e2", local=["ghost"]), T0),  # removed after the caller's check
+        store.create_agent("bob", "inbox", hash_token("again"), None, T0),
+        store.accept(new("e3", local=["bob"]), T0),
+        store.ack("bob", "e1", at(1)),
+        return_exceptions=True,
+    )
+    ok1, ghost, taken, ok3, acked = results
+    assert not isinstance(ok1, BaseException)
+    assert not ok1.duplicate
+    assert isinstance(ghost, UnknownRecipient)
+    assert "ghost" in ghost.message
+    assert isinstance(taken, Conflict)
+    assert not isinstance(ok3, BaseException)
+    assert not ok3.duplicate
+    assert acked is True  # sees e1, written earlier in the same group
+    assert [i.id for i in await store.inbox("bob", limit=10, include_acked=True)] == ["e1", "e3"]
+    assert await store.message_status(HERE, "e2") is None  # rolled back as a whole
+
+
+async def test_concurrent_accepts_all_land_and_survive_reopening(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await add_agent(store, "bob")
+        items = [new(f"m{n:03d}", local=["bob"], remote=["x@b.test"]) for n in range(200)]
+        async with store.notifier.listen(inbox_channel("bob")) as woken:
+            results = await asyncio.gather(*(store.accept(i, T0) for i in items))
+            assert await woken.wait(5)
+        assert [r.id for r in results] == [i.id for i in items]
+        assert not any(r.duplicate for r in results)
+    finally:
+        await store.close()
+
+    reopened = await open_store(store_url)
+    try:
+        inbox = await reopened.inbox("bob", limit=500)
+        assert sorted(i.id for i in inbox) == [i.id for i in items]
+        assert len(await reopened.list_queue("b.test")) == 200
+        status = await reopened.message_status(HERE, "m199")
+        assert status is not None
+        assert {r.address for r in status.recipients} == {"bob", "x@b.test"}
+    finally:
+        await reopened.close()
+
+
+async def test_reopening_keeps_everything(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        bob = await add_agent(store, "bob")
+        await store.accept(new("e1", local=["bob"], remote=["x@b.test"], thread="t"), T0)
+        await store.ack("bob", "e1", at(1))
+        leased = await store.lease_due(T0, lease_until=at(60), limit=10)
+    finally:
+        await store.close()
+    for _ in range(2):  # opening an up-to-date store applies nothing and loses nothing
+        again = await open_store(store_url)
+        try:
+            assert await again.get_agent("bob") == bob
+            assert await again.agent_for_token(hash_token("token-bob")) == bob
+            [row] = await again.inbox("bob", limit=10, include_acked=True, thread="t")
+            assert row.acked_at == at(1)
+            assert await again.list_queue() == leased
+            # The lease is durable too.
+            assert await again.lease_due(at(30), lease_until=at(90), limit=10) == []
+        finally:
+            await again.close()
+
+
+async def test_a_closed_store_is_unavailable(store: Store) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    with pytest.raises(StoreUnavailable):
+        await store.get_agent("bob")
+    with pytest.raises(StoreUnavailable):
+        await store.accept(new("e1", local=["bob"]), T0)
+    await store.close()  # closing twice is harmless
+
+
+async def test_open_store_refuses_unknown_schemes() -> None:
+    for url in ("mysql://db/x", "relay.db", "file:///tmp/relay.db"):
+        with pytest.raises(ConfigError, match="scheme"):
+            await open_store(url)
+    with pytest.raises(ConfigError, match="not yet supported") as info:
+        await open_store("postgresql://synq:s3cret@db.example/synq")
+    assert "s3cret" not in info.value.message
+
+
+# SQLite dialect -------------------------------------------------------------------------------
+# What the interface cannot show: URL forms, pragmas' consequences, migrations bookkeeping, and
+# the translation of driver errors.
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///:memory:", "sqlite:///", "sqlite://", "sqlite:relay.db", "sqlite:///file:x"]
+)
+async def test_sqlite_url_must_name_a_file(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"sqlite:///"):
+        await open_store(url)
+
+
+async def test_sqlite_relative_and_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = await open_store("sqlite:///rel.db")
+    await relative.close()
+    assert (tmp_path / "rel.db").is_file()
+    absolute = await open_store(f"sqlite:///{tmp_path / 'abs.db'}")
+    await absolute.close()
+    assert (tmp_path / "abs.db").is_file()
+
+
+async def test_sqlite_options_are_checked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    with pytest.raises(ConfigError, match="synchronous"):
+        await open_store(url, synchronous="OFF")
+    with pytest.raises(ConfigError, match="unknown SQLite store option"):
+        await open_store(url, journal="memory")
+    with pytest.raises(ConfigError, match="does not exist"):
+        await open_store(f"sqlite:///{tmp_path / 'missing' / 'relay.db'}")
+    normal = await open_store(url, synchronous="normal")
+    await normal.close()
+
+
+async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    for _ in range(3):
+        s = await open_store(f"sqlite:///{path}")
+        await s.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "init")]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+
+
+async def test_sqlite_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    s = await open_store(f"sqlite:///{path}")
+    await s.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (99, 'future', 'x')")
+    db.close()
+    with pytest.raises(ConfigError, match="newer"):
+        await open_store(f"sqlite:///{path}")
+
+
+async def test_sqlite_not_a_database_is_unavailable_without_sql(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    path.write_bytes(b"this is not an SQLite database file" * 200)
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store(f"sqlite:///{path}")
+    assert "not an SQLite database" in info.value.message
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_sqlite_locked_database_fails_the_group_cleanly(tmp_path: Path) -> None:
+    """Another process holding the write lock past busy_timeout: every operation of the group
+    gets StoreUnavailable (never a driver exception, never SQL), reads go on (WAL), and the
+    store recovers when the lock is released."""
+    path = tmp_path / "relay.db"
+    store = await open_store(f"sqlite:///{path}", busy_timeout=0.05)
+    try:
+        await add_agent(store, "bob")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            results = await asyncio.gather(
+                *(store.accept(new(f"e{n}", local=["bob"]), T0) for n in range(3)),
+                return_exceptions=True,
+            )
+            for error in results:
+                assert isinstance(error, StoreUnavailable)
+                assert "locked" in error.message
+                for word in ("INSERT", "BEGIN", "SELECT", "sqlite3"):
+                    assert word not in error.message
+            assert await store.get_agent("bob") is not None
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert not (await store.accept(new("e0", local=["bob"]), T0)).duplicate
+        assert [i.id for i in await store.inbox("bob", limit=10)] == ["e0"]
+    finally:
+        await store.close()
+
+
+def test_store_exports() -> None:
+    import relay.store
+
+    for name in relay.store.__all__:
+        assert hasattr(relay.store, name), name
