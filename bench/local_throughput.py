@@ -131,13 +131,23 @@ async def main() -> None:
         "baseline_aiohttp_post_per_s": args.n / base_s,
         "relay_send_to_inbox_per_s": args.n / relay_s,
     }
-    rows["ratio_relay_to_baseline"] = rows["relay_send_to_inbox_per_s"] / rows["baseline_aiohttp_post_per_s"]
+    rows["ratio_relay_to_baseline"] = (
+        rows["relay_send_to_inbox_per_s"] / rows["baseline_aiohttp_post_per_s"]
+    )
     if args.json:
-        print(json.dumps({"n": args.n, "concurrency": args.c, "cpus": os.cpu_count(), **rows}, indent=2))
+        print(
+            json.dumps(
+                {"n": args.n, "concurrency": args.c, "cpus": os.cpu_count(), **rows}, indent=2
+            )
+        )
     else:
         print(f"local send→inbox, n={args.n}, concurrency={args.c}")
-        print(f"  {'bare aiohttp POST (baseline)':32} {rows['baseline_aiohttp_post_per_s']:10.0f} req/s")
-        print(f"  {'relay send→inbox (SQLite FULL)':32} {rows['relay_send_to_inbox_per_s']:10.0f} msg/s")
+        print(
+            f"  {'bare aiohttp POST (baseline)':32} {rows['baseline_aiohttp_post_per_s']:10.0f} req/s"
+        )
+        print(
+            f"  {'relay send→inbox (SQLite FULL)':32} {rows['relay_send_to_inbox_per_s']:10.0f} msg/s"
+        )
         print(f"  {'ratio relay / baseline':32} {rows['ratio_relay_to_baseline']:10.2f}")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -38,10 +37,11 @@ from relay.core import records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
 from relay.core.clock import SystemClock
 from relay.core.envelope import format_timestamp
-from relay.core.errors import ConfigError, InvalidAddress, NotFound, SynqError
+from relay.core.errors import NotFound, SynqError
 from relay.core.ids import hash_token, new_token
-from relay.keyring import KeyEntry, load_keyring, selector_for, write_key
 from relay.core.jws import SigningKey
+from relay.demo import run_demo
+from relay.keyring import KeyEntry, selector_for, write_key
 from relay.server.api import envelope_payload, status_to_wire
 from relay.server.app import build_app
 from relay.server.runtime import Relay
@@ -136,7 +136,7 @@ async def serve(config: Config, ready: Callable[[str], None]) -> None:
     host, port = config.listen_host_port
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server  # noqa: SLF001 — aiohttp exposes the bound sockets only here
+    server = site._server
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     ready(f"http://{host}:{bound}")
@@ -171,7 +171,9 @@ async def with_relay(args: argparse.Namespace, fn: Callable[[Relay], Awaitable[i
         await relay.close()
 
 
-def run_on_relay(fn: Callable[[argparse.Namespace, Relay], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+def run_on_relay(
+    fn: Callable[[argparse.Namespace, Relay], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         return asyncio.run(with_relay(args, lambda relay: fn(args, relay)))
 
@@ -258,8 +260,12 @@ async def inbox(args: argparse.Namespace, relay: Relay) -> int:
             await relay.store.ack(name, item.id, now)
     lines = []
     for m in messages:
-        body = m["body"] if isinstance(m["body"], str) else json.dumps(m["body"], ensure_ascii=False)
-        lines.append(f"{m['created']}  {m['id']}  from {m['from']}  [{m['content_type']}]\n    {body}")
+        body = (
+            m["body"] if isinstance(m["body"], str) else json.dumps(m["body"], ensure_ascii=False)
+        )
+        lines.append(
+            f"{m['created']}  {m['id']}  from {m['from']}  [{m['content_type']}]\n    {body}"
+        )
     out(args, {"messages": messages}, "\n".join(lines) if lines else "(inbox empty)")
     return 0
 
@@ -269,7 +275,9 @@ async def status(args: argparse.Namespace, relay: Relay) -> int:
     if st is None:
         raise NotFound(f"no message {args.id} sent from {relay.domain}")
     wire = status_to_wire(st)
-    lines = [f"{wire['id']}  from {wire['from']}  created {wire['created']}  expires {wire['expires']}"]
+    lines = [
+        f"{wire['id']}  from {wire['from']}  created {wire['created']}  expires {wire['expires']}"
+    ]
     for addr, r in wire["recipients"].items():
         code = f" {r['code']}" if "code" in r else ""
         reason = f" ({r['reason']})" if "reason" in r else ""
@@ -279,6 +287,99 @@ async def status(args: argparse.Namespace, relay: Relay) -> int:
         code = f" {ev['code']}" if "code" in ev else ""
         lines.append(f"    {ev['at']} {ev['recipient']} {ev['event']}{code}{hop}")
     out(args, wire, "\n".join(lines))
+    return 0
+
+
+# --- dns ----------------------------------------------------------------------------------------
+
+
+async def _txt_values(config: Config, name: str) -> list[str] | str:
+    """The TXT strings DNS returns for ``name`` (chunks joined), or a one-word problem."""
+    from relay.discovery.dnsclient import make_resolver, query
+
+    resolver = make_resolver(config.discovery.nameservers, timeout=config.discovery.timeout)
+    try:
+        answer = await query(resolver, name, "TXT", lifetime=config.discovery.timeout)
+    except SynqError as exc:
+        return f"error: {exc.message}"
+    if answer.rrset is None:
+        return "missing"
+    return [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer.rrset]
+
+
+async def dns_command(args: argparse.Namespace, relay: Relay) -> int:
+    recs = dns_records(relay.config, relay.keyring.published(relay.clock.now()))
+    if not args.check:
+        out(args, recs, format_records(recs))
+        return 0
+    problems = 0
+    for rec in recs:
+        found = await _txt_values(relay.config, rec["name"])
+        if isinstance(found, str):
+            rec["check"], problems = found, problems + 1
+        elif found == [rec["value"]]:
+            rec["check"] = "ok"
+        else:
+            rec["check"], problems = "different: " + " | ".join(found), problems + 1
+    out(args, recs, "\n".join(f'{r["check"]:10} {r["name"]} "{r["value"]}"' for r in recs))
+    if problems:
+        raise UserError(f"{problems} of {len(recs)} DNS records are missing or differ")
+    return 0
+
+
+# --- queue --------------------------------------------------------------------------------------
+
+
+async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
+    """Like ``postqueue -p``: what waits for which destination, and why."""
+    entries = await relay.store.list_queue(args.domain)
+    rows = [
+        {
+            "id": e.id,
+            "from": e.sender,
+            "recipient": e.recipient,
+            "domain": e.domain,
+            "attempts": e.attempts,
+            "next_attempt": format_timestamp(e.next_attempt),
+            "expires": format_timestamp(e.expires),
+            "code": e.code,
+            "reason": e.reason,
+        }
+        for e in entries
+    ]
+    lines = [
+        f"{r['id']}  {r['from']} -> {r['recipient']}  attempts {r['attempts']}  "
+        f"next {r['next_attempt']}" + (f"\n    ({r['code']} {r['reason']})" if r["code"] else "")
+        for r in rows
+    ]
+    out(args, rows, "\n".join(lines) + f"\n-- {len(rows)} queued" if rows else "queue is empty")
+    return 0
+
+
+async def queue_flush(args: argparse.Namespace, relay: Relay) -> int:
+    """Like ``postqueue -f`` (or ``-s DOMAIN``): everything queued is due now."""
+    count = await relay.store.flush(relay.clock.now(), domain=args.domain)
+    out(args, {"flushed": count}, f"{count} queued recipients are due now")
+    return 0
+
+
+async def queue_retry(args: argparse.Namespace, relay: Relay) -> int:
+    """Requeue one message (``postsuper -r``): its queued recipients are due now."""
+    count = await relay.store.flush(relay.clock.now(), id=args.id)
+    if count == 0:
+        raise UserError(f"no queued recipients for message {args.id}")
+    out(args, {"retried": count}, f"{count} recipients of {args.id} are due now")
+    return 0
+
+
+async def queue_delete(args: argparse.Namespace, relay: Relay) -> int:
+    """Like ``postsuper -d``: drop queued recipients without a DSN."""
+    if args.id is None and args.domain is None and not args.all:
+        raise UserError("say which: an ID, --domain D, or --all")
+    count = await relay.store.delete_queued(relay.clock.now(), id=args.id, domain=args.domain)
+    if count == 0 and args.id is not None:
+        raise UserError(f"no queued recipients for message {args.id}")
+    out(args, {"deleted": count}, f"{count} queued recipients deleted")
     return 0
 
 
@@ -293,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print JSON for scripts")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
 
     p = argparse.ArgumentParser(prog="synq", description="Synq relay", parents=[top])
     p.add_argument("--version", action="version", version=f"synq {__version__}")
@@ -338,6 +441,32 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--limit", type=int, default=50)
     ib.set_defaults(func=run_on_relay(inbox))
 
+    dn = sub.add_parser("dns", parents=[common], help="DNS records to publish; --check compares")
+    dn.add_argument("--check", action="store_true", help="compare with what DNS returns")
+    dn.set_defaults(func=run_on_relay(dns_command))
+
+    q = sub.add_parser("queue", parents=[common], help="the federation queue (postqueue/postsuper)")
+    qsub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    ql = qsub.add_parser("list", parents=[common], help="list queued recipients (postqueue -p)")
+    ql.add_argument("--domain")
+    ql.set_defaults(func=run_on_relay(queue_list))
+    qf = qsub.add_parser("flush", parents=[common], help="retry everything now (postqueue -f)")
+    qf.add_argument("--domain")
+    qf.set_defaults(func=run_on_relay(queue_flush))
+    qr = qsub.add_parser("retry", parents=[common], help="retry one message now (postsuper -r)")
+    qr.add_argument("id")
+    qr.set_defaults(func=run_on_relay(queue_retry))
+    qd = qsub.add_parser("delete", parents=[common], help="drop queued recipients (postsuper -d)")
+    qd.add_argument("id", nargs="?")
+    qd.add_argument("--domain")
+    qd.add_argument("--all", action="store_true", help="everything queued")
+    qd.set_defaults(func=run_on_relay(queue_delete))
+
+    dm = sub.add_parser(
+        "demo", parents=[common], help="two relays federating on loopback, step by step"
+    )
+    dm.set_defaults(func=lambda args: run_demo())
+
     stt = sub.add_parser("status", parents=[common], help="per-recipient state of a message")
     stt.add_argument("id")
     stt.set_defaults(func=run_on_relay(status))
@@ -347,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except (UserError, SynqError) as exc:

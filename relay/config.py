@@ -168,7 +168,11 @@ def render_config(config: Config) -> str:
         lines.append(f"nameservers = [{servers}]   # absent: the system resolver")
     lines += [
         "allow_private_addresses = "
-        + ("true   # loopback tests and demos only" if config.discovery.allow_private_addresses else "false"),
+        + (
+            "true   # loopback tests and demos only"
+            if config.discovery.allow_private_addresses
+            else "false"
+        ),
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",

@@ -71,5 +71,7 @@ def make_agent(relay: Relay) -> AgentFactory:
 @pytest.fixture
 async def client(relay: Relay, aiohttp_client: Any) -> TestClient[Any, Any]:
     app = build_app(relay)
-    c: TestClient[Any, Any] = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    c: TestClient[Any, Any] = await aiohttp_client(
+        app, server_kwargs={"handler_cancellation": True}
+    )
     return c

@@ -46,15 +46,15 @@ class Org:
 
     async def agent(self, name: str) -> Agent:
         token = new_token()
-        await self.relay.store.create_agent(name, "inbox", hash_token(token), None, self.relay.clock.now())
+        await self.relay.store.create_agent(
+            name, "inbox", hash_token(token), None, self.relay.clock.now()
+        )
         self.agents[name] = Agent(name, f"{name}@{self.domain}", token)
         return self.agents[name]
 
     async def start(self) -> None:
         """Serve on this org's port (again, after ``stop``: a partner coming back)."""
-        self.server = TestServer(
-            build_app(self.relay), port=self.port, handler_cancellation=True
-        )
+        self.server = TestServer(build_app(self.relay), port=self.port, handler_cancellation=True)
         await self.server.start_server()
 
     async def stop(self) -> None:
@@ -72,7 +72,9 @@ class World:
     base: Path
 
     def publish(self, org: Org, ttl: int = 60) -> None:
-        self.dns.set_txt(records.relay_record_name(org.domain), [records.RelayRecord(org.url).to_txt()], ttl=ttl)
+        self.dns.set_txt(
+            records.relay_record_name(org.domain), [records.RelayRecord(org.url).to_txt()], ttl=ttl
+        )
         self.dns.set_txt(
             records.key_record_name(org.key.selector, org.domain),
             [records.KeyRecord(org.key.public_key).to_txt()],
@@ -84,7 +86,9 @@ class World:
         directory.mkdir(parents=True)
         key = SigningKey.generate("s1")
         start = self.clock.now() - timedelta(days=1)
-        write_key(directory / "keys", KeyEntry(key=key, created=start, activates=start, retires=None))
+        write_key(
+            directory / "keys", KeyEntry(key=key, created=start, activates=start, retires=None)
+        )
         sock = bound_socket()
         port = sock.getsockname()[1]
         sock.close()
@@ -129,7 +133,10 @@ class World:
 
 @asynccontextmanager
 async def world(base: Path, *domains: str) -> AsyncIterator[World]:
-    async with DNSServer(host="127.0.0.1", zones=["test"]) as dns_server, aiohttp.ClientSession() as http:
+    async with (
+        DNSServer(host="127.0.0.1", zones=["test"]) as dns_server,
+        aiohttp.ClientSession() as http,
+    ):
         clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
         w = World(dns=dns_server, clock=clock, http=http, orgs={}, base=base)
         try:

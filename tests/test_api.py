@@ -81,19 +81,79 @@ async def test_missing_or_invalid_token_is_401(
 
 BAD_SENDS = [
     pytest.param(b"{not json", 400, "malformed_request", "5.5.2", id="malformed-json"),
-    pytest.param(b'{"to":["bob@acme.test"],"to":["x@acme.test"],"body":"x"}', 400, "malformed_request", "5.5.2", id="duplicate-key"),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"to":["x@acme.test"],"body":"x"}',
+        400,
+        "malformed_request",
+        "5.5.2",
+        id="duplicate-key",
+    ),
     pytest.param(b"[]", 400, "malformed_request", "5.5.2", id="not-an-object"),
-    pytest.param(b'{"to":["bob@acme.test"],"body":"x","colour":"red"}', 422, "invalid_envelope", "5.6.0", id="unknown-field"),
-    pytest.param(b'{"to":["not an address"],"body":"x"}', 400, "invalid_address", "5.1.3", id="invalid-address"),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"body":"x","colour":"red"}',
+        422,
+        "invalid_envelope",
+        "5.6.0",
+        id="unknown-field",
+    ),
+    pytest.param(
+        b'{"to":["not an address"],"body":"x"}',
+        400,
+        "invalid_address",
+        "5.1.3",
+        id="invalid-address",
+    ),
     pytest.param(b'{"to":[],"body":"x"}', 422, "invalid_envelope", "5.6.0", id="no-recipients"),
     pytest.param(b'{"to":["bob@acme.test"]}', 422, "invalid_envelope", "5.6.0", id="no-body"),
-    pytest.param(b'{"to":["bob@acme.test"],"body":{"a":1},"content_type":"text/plain"}', 422, "invalid_envelope", "5.6.0", id="text-body-not-string"),
-    pytest.param(b'{"to":["bob@acme.test","BOB@acme.test"],"body":"x"}', 422, "invalid_envelope", "5.6.0", id="repeated-recipient"),
-    pytest.param(b'{"to":["nobody@acme.test"],"body":"x"}', 422, "unknown_recipient", "5.1.1", id="unknown-recipient"),
-    pytest.param(b'{"to":["postmaster@acme.test"],"body":"x"}', 422, "unknown_recipient", "5.1.1", id="reserved-recipient"),
-    pytest.param(b'{"to":["bob@acme.test"],"body":"x","expires":"2001-01-01T00:00:00Z"}', 422, "invalid_envelope", "5.6.0", id="expired-expires"),
-    pytest.param(b'{"to":["bob@acme.test"],"body":"x","expires":"tomorrow"}', 422, "invalid_envelope", "5.6.0", id="unparseable-expires"),
-    pytest.param(b'{"to":["bob@acme.test"],"body":"x","kind":"dsn"}', 403, "forbidden", "5.7.1", id="kind-dsn"),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"body":{"a":1},"content_type":"text/plain"}',
+        422,
+        "invalid_envelope",
+        "5.6.0",
+        id="text-body-not-string",
+    ),
+    pytest.param(
+        b'{"to":["bob@acme.test","BOB@acme.test"],"body":"x"}',
+        422,
+        "invalid_envelope",
+        "5.6.0",
+        id="repeated-recipient",
+    ),
+    pytest.param(
+        b'{"to":["nobody@acme.test"],"body":"x"}',
+        422,
+        "unknown_recipient",
+        "5.1.1",
+        id="unknown-recipient",
+    ),
+    pytest.param(
+        b'{"to":["postmaster@acme.test"],"body":"x"}',
+        422,
+        "unknown_recipient",
+        "5.1.1",
+        id="reserved-recipient",
+    ),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"body":"x","expires":"2001-01-01T00:00:00Z"}',
+        422,
+        "invalid_envelope",
+        "5.6.0",
+        id="expired-expires",
+    ),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"body":"x","expires":"tomorrow"}',
+        422,
+        "invalid_envelope",
+        "5.6.0",
+        id="unparseable-expires",
+    ),
+    pytest.param(
+        b'{"to":["bob@acme.test"],"body":"x","kind":"dsn"}',
+        403,
+        "forbidden",
+        "5.7.1",
+        id="kind-dsn",
+    ),
 ]
 
 
@@ -118,7 +178,9 @@ async def test_unknown_recipient_refuses_the_whole_message(
     client: Client, make_agent: AgentFactory
 ) -> None:
     alice, bob = await make_agent("alice"), await make_agent("bob")
-    status, body = await send(client, alice.token, {"to": ["bob@acme.test", "ghost@acme.test"], "body": "x"})
+    status, body = await send(
+        client, alice.token, {"to": ["bob@acme.test", "ghost@acme.test"], "body": "x"}
+    )
     assert status == 422
     assert body["error"]["details"]["recipients"] == ["ghost@acme.test"]
     assert await inbox(client, bob.token) == []
@@ -137,7 +199,9 @@ async def test_oversize_body_is_413(client: Client, make_agent: AgentFactory) ->
 
 async def test_wrong_content_type_is_415(client: Client, make_agent: AgentFactory) -> None:
     alice = await make_agent("alice")
-    resp = await client.post("/synq/v1/messages", data="hi", headers={**alice.auth, "Content-Type": "text/plain"})
+    resp = await client.post(
+        "/synq/v1/messages", data="hi", headers={**alice.auth, "Content-Type": "text/plain"}
+    )
     assert resp.status == 415
     assert (await resp.json())["error"]["code"] == "malformed_request"
 
@@ -146,8 +210,12 @@ async def test_ack_removes_from_unacked_but_keeps_history(
     client: Client, make_agent: AgentFactory
 ) -> None:
     alice, bob = await make_agent("alice"), await make_agent("bob")
-    _, first = await send(client, alice.token, {"to": ["bob@acme.test"], "body": "one", "thread": "t1"})
-    _, second = await send(client, alice.token, {"to": ["bob@acme.test"], "body": "two", "thread": "t2"})
+    _, first = await send(
+        client, alice.token, {"to": ["bob@acme.test"], "body": "one", "thread": "t1"}
+    )
+    _, second = await send(
+        client, alice.token, {"to": ["bob@acme.test"], "body": "two", "thread": "t2"}
+    )
     resp = await client.post(f"/synq/v1/inbox/{first['id']}/ack", headers=bob.auth)
     assert resp.status == 200
     assert [m["id"] for m in await inbox(client, bob.token)] == [second["id"]]
@@ -159,16 +227,23 @@ async def test_ack_removes_from_unacked_but_keeps_history(
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"
     # Alice cannot ack bob's message.
-    assert (await client.post(f"/synq/v1/inbox/{second['id']}/ack", headers=alice.auth)).status == 404
+    assert (
+        await client.post(f"/synq/v1/inbox/{second['id']}/ack", headers=alice.auth)
+    ).status == 404
 
 
 async def test_inbox_paging_with_cursor(client: Client, make_agent: AgentFactory) -> None:
     alice, bob = await make_agent("alice"), await make_agent("bob")
-    ids = [(await send(client, alice.token, {"to": ["bob@acme.test"], "body": str(i)}))[1]["id"] for i in range(5)]
+    ids = [
+        (await send(client, alice.token, {"to": ["bob@acme.test"], "body": str(i)}))[1]["id"]
+        for i in range(5)
+    ]
     resp = await client.get("/synq/v1/inbox", params={"limit": 2}, headers=bob.auth)
     page = await resp.json()
     assert [m["id"] for m in page["messages"]] == ids[:2]
-    resp = await client.get("/synq/v1/inbox", params={"limit": 10, "after": page["cursor"]}, headers=bob.auth)
+    resp = await client.get(
+        "/synq/v1/inbox", params={"limit": 10, "after": page["cursor"]}, headers=bob.auth
+    )
     assert [m["id"] for m in (await resp.json())["messages"]] == ids[2:]
 
 

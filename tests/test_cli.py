@@ -21,7 +21,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def relay_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    code, out, _ = run(capsys, "init", "--domain", "Acme.Test", "--dir", str(tmp_path), "--listen", "127.0.0.1:0")
+    code, out, _ = run(
+        capsys, "init", "--domain", "Acme.Test", "--dir", str(tmp_path), "--listen", "127.0.0.1:0"
+    )
     assert code == 0
     assert "_synq.acme.test. IN TXT" in out
     return tmp_path
@@ -35,7 +37,9 @@ def cli(capsys: pytest.CaptureFixture[str], relay_dir: Path, *argv: str) -> tupl
 def test_init_writes_config_key_with_0600_and_dns_records(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "--json", "init", "--domain", "acme.test", "--dir", str(tmp_path / "r"))
+    code, out, _ = run(
+        capsys, "--json", "init", "--domain", "acme.test", "--dir", str(tmp_path / "r")
+    )
     assert code == 0
     data = json.loads(out)
     assert [r["name"] for r in data["dns"]] == [
@@ -48,12 +52,15 @@ def test_init_writes_config_key_with_0600_and_dns_records(
     # A second init refuses to overwrite.
     code, _, err = run(capsys, "init", "--domain", "acme.test", "--dir", str(tmp_path / "r"))
     assert code == 1
-    assert err.startswith("synq: error: ") and "already exists" in err
+    assert err.startswith("synq: error: ")
+    assert "already exists" in err
 
 
 def test_agents_send_inbox_ack_status(relay_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, alice, _ = cli(capsys, relay_dir, "agent", "add", "alice")
-    assert code == 0 and alice["address"] == "alice@acme.test" and alice["token"].startswith("synq_")
+    assert code == 0
+    assert alice["address"] == "alice@acme.test"
+    assert alice["token"].startswith("synq_")
     assert cli(capsys, relay_dir, "agent", "add", "bob")[0] == 0
     code, agents, _ = cli(capsys, relay_dir, "agent", "list")
     assert [a["address"] for a in agents] == ["alice@acme.test", "bob@acme.test"]
@@ -91,14 +98,18 @@ def test_user_errors_are_one_line_and_exit_1(
     cli(capsys, relay_dir, "agent", "add", "alice")
     code, _, err = cli(capsys, relay_dir, *argv)
     assert code == 1
-    assert err.count("\n") == 1 and err.startswith("synq: error: ")
+    assert err.count("\n") == 1
+    assert err.startswith("synq: error: ")
     assert message in err
 
 
-def test_agent_add_twice_is_a_clear_error(relay_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_agent_add_twice_is_a_clear_error(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli(capsys, relay_dir, "agent", "add", "alice")[0] == 0
     code, _, err = cli(capsys, relay_dir, "agent", "add", "ALICE")
-    assert code == 1 and "synq: error:" in err
+    assert code == 1
+    assert "synq: error:" in err
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,11 +120,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_missing_or_invalid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--config", str(tmp_path / "none.toml"), "agent", "list")
-    assert code == 1 and "no config file" in err
+    assert code == 1
+    assert "no config file" in err
     bad = tmp_path / "bad.toml"
     bad.write_text('[relay]\ndomain = "acme.test"\nlisten = "127.0.0.1:0"\ncolour = "red"\n')
     code, _, err = run(capsys, "--config", str(bad), "agent", "list")
-    assert code == 1 and "relay.colour" in err
+    assert code == 1
+    assert "relay.colour" in err
 
 
 def test_key_file_with_loose_permissions_is_refused(
@@ -122,4 +135,5 @@ def test_key_file_with_loose_permissions_is_refused(
     [key_file] = (relay_dir / "keys").glob("*.json")
     os.chmod(key_file, 0o644)
     code, _, err = cli(capsys, relay_dir, "agent", "list")
-    assert code == 1 and "chmod 600" in err
+    assert code == 1
+    assert "chmod 600" in err

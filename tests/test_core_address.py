@@ -29,6 +29,9 @@ VALID = [
     pytest.param("bot@xn--bcher-kva.example", "bot@xn--bcher-kva.example", id="a-label-kept"),
     pytest.param("bot@例え.テスト", "bot@xn--r8jz45g.xn--zckzah", id="idna-cjk"),
     pytest.param("bot@a-b.c-d.example", "bot@a-b.c-d.example", id="hyphens-inside-labels"),
+    pytest.param("bot@\uff25\uff38.example", "bot@ex.example", id="uts46-fullwidth-mapped"),
+    pytest.param("bot@ex\u00adample.com", "bot@example.com", id="uts46-soft-hyphen-removed"),
+    pytest.param("bot@XN--BCHER-KVA.example", "bot@xn--bcher-kva.example", id="a-label-upper"),
     pytest.param("bot@1.2.3.example", "bot@1.2.3.example", id="numeric-labels-not-last"),
     pytest.param("postmaster@example.com", "postmaster@example.com", id="reserved-postmaster"),
 ]
@@ -80,6 +83,10 @@ INVALID = [
     pytest.param("alice@" + "é" * 300 + ".example", id="u-label-domain-too-long"),
     pytest.param("alice@exam\u200dple.com", id="zero-width-joiner"),
     pytest.param("alice@xn--.example", id="bad-a-label"),
+    pytest.param("alice@xn--abc.example", id="a-label-not-punycode-of-a-valid-u-label"),
+    pytest.param("alice@xn--ls8h.example", id="a-label-of-an-emoji"),
+    pytest.param("alice@ab--cd.example", id="hyphens-in-third-and-fourth-position"),
+    pytest.param("alice@\U0001f600.example", id="emoji-u-label"),
 ]
 
 

@@ -212,3 +212,47 @@ def test_core_files_were_found() -> None:
     assert {"address.py", "envelope.py", "errors.py", "jws.py"} <= {
         p.name for p in CORE_DIR.glob("*.py")
     }
+
+
+# ---------------------------------------------------------------------------- SPEC.md agrees
+
+SPEC = Path(relay.core.__file__).parents[2] / "SPEC.md"
+
+
+def spec_error_rows() -> dict[str, tuple[int, str]]:
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \| (\d\.\d+\.\d+) \|", SPEC.read_text("utf-8"), re.M)
+    return {code: (int(http), status_code) for code, http, status_code in rows}
+
+
+#: Abstract classes and ConfigError never reach the wire; SPEC.md §5.3 names them in prose.
+NOT_ON_THE_WIRE = (SynqError, PeerError, RelayError, errors.ConfigError)
+WIRE_CLASSES = [
+    pytest.param(cls, id=cls.__name__) for cls in error_classes() if cls not in NOT_ON_THE_WIRE
+]
+
+
+@pytest.mark.parametrize("cls", WIRE_CLASSES)
+def test_spec_lists_error_code(cls: type[SynqError]) -> None:
+    assert spec_error_rows().get(cls.code) == (cls.http_status, cls.status.code)
+
+
+def test_spec_names_the_abstract_codes() -> None:
+    text = SPEC.read_text("utf-8")
+    for cls in NOT_ON_THE_WIRE:
+        assert f"`{cls.code}`" in text
+
+
+def test_spec_lists_every_limit() -> None:
+    from relay.core import limits
+
+    text = SPEC.read_text("utf-8")
+    names = [n for n in vars(limits) if n.isupper()]
+    assert names
+    for name in names:
+        assert f"| `{name}` |" in text, f"SPEC.md §10 does not list {name}"
+
+
+def test_spec_lists_every_status_code() -> None:
+    text = SPEC.read_text("utf-8")
+    for s in status_constants():
+        assert f"| {s.code} |" in text, f"SPEC.md §5.1 does not list {s.code}"

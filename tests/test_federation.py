@@ -35,14 +35,21 @@ async def test_message_crosses_the_boundary_and_the_reply_comes_back(w: World) -
 
     assert await acme.relay.sender.run_once() == 1
     [got] = await w.inbox(globex, bob)
-    assert (got["id"], got["from"], got["body"], got["thread"]) == (sent["id"], "alice@acme.test", "hello", "t1")
+    assert (got["id"], got["from"], got["body"], got["thread"]) == (
+        sent["id"],
+        "alice@acme.test",
+        "hello",
+        "t1",
+    )
     status = await w.status(acme, alice, sent["id"])
     rec = status["recipients"]["bob@globex.test"]
     assert (rec["state"], rec["code"], rec["attempts"]) == ("sent", "2.0.0", 1)
     assert any(ev["event"] == "sent" and ev.get("hop") == globex.url for ev in status["events"])
 
     reply = await w.send(
-        globex, bob, {"to": ["alice@acme.test"], "body": "hi back", "thread": "t1", "in_reply_to": sent["id"]}
+        globex,
+        bob,
+        {"to": ["alice@acme.test"], "body": "hi back", "thread": "t1", "in_reply_to": sent["id"]},
     )
     assert await globex.relay.sender.run_once() == 1
     [back] = await w.inbox(acme, alice)
@@ -62,7 +69,11 @@ async def test_unknown_remote_recipient_bounces_with_a_dsn(w: World) -> None:
     assert (ghost["state"], ghost["code"]) == ("bounced", "5.1.1")
 
     [dsn] = await w.inbox(acme, alice)
-    assert (dsn["kind"], dsn["from"], dsn["in_reply_to"]) == ("dsn", "mailer-daemon@acme.test", sent["id"])
+    assert (dsn["kind"], dsn["from"], dsn["in_reply_to"]) == (
+        "dsn",
+        "mailer-daemon@acme.test",
+        sent["id"],
+    )
     assert dsn["content_type"] == "application/synq-dsn+json"
     assert dsn["body"]["final_recipient"] == "ghost@globex.test"
     assert (dsn["body"]["status"], dsn["body"]["action"]) == ("5.1.1", "failed")
@@ -74,8 +85,11 @@ async def test_partner_down_then_back_delivers_everything_once(w: World) -> None
     acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
     alice, bob = await acme.agent("alice"), await globex.agent("bob")
     await globex.stop()
-    ids = [(await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"] for i in range(30)]
-    for attempt in range(1, 5):
+    ids = [
+        (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
+        for i in range(30)
+    ]
+    for _attempt in range(1, 5):
         assert await acme.relay.sender.run_once() == 30
         status = await w.status(acme, alice, ids[0])
         rec = status["recipients"]["bob@globex.test"]
@@ -150,7 +164,8 @@ async def test_expired_envelope_bounces_with_dsn(w: World) -> None:
     rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
     assert (rec["state"], rec["code"]) == ("bounced", "5.4.7")
     [dsn] = await w.inbox(acme, alice)
-    assert dsn["kind"] == "dsn" and dsn["body"]["status"] == "5.4.7"
+    assert dsn["kind"] == "dsn"
+    assert dsn["body"]["status"] == "5.4.7"
     assert "4.4.1" in dsn["body"]["diagnostic"]
 
 
@@ -182,7 +197,10 @@ async def test_dns_timeout_defers(w: World) -> None:
 async def test_many_envelopes_are_batched_into_transactions(w: World) -> None:
     acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
     alice, bob = await acme.agent("alice"), await globex.agent("bob")
-    ids = [(await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"] for i in range(450)]
+    ids = [
+        (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
+        for i in range(450)
+    ]
     assert await acme.relay.sender.run_once() == 450
     async with w.http.get(f"{globex.url}/metrics") as resp:
         text = await resp.text()
@@ -209,5 +227,6 @@ async def test_well_known_document_is_served(w: World) -> None:
     async with w.http.get(f"{acme.url}/.well-known/synq.json") as resp:
         assert resp.status == 200
         doc = await resp.json()
-    assert doc["domain"] == "acme.test" and doc["relay"] == acme.url
+    assert doc["domain"] == "acme.test"
+    assert doc["relay"] == acme.url
     assert doc["keys"]["keys"][0]["x"] == acme.key.public_key.b64url

@@ -47,16 +47,24 @@ def make_token(w: World, key: SigningKey, **fields: Any) -> str:
     return jws.sign(json.dumps(doc, separators=(",", ":")).encode(), key)
 
 
-async def put(w: World, org: Org, txn_id: str, body: Any, raw: bytes | None = None) -> tuple[int, Any]:
+async def put(
+    w: World, org: Org, txn_id: str, body: Any, raw: bytes | None = None
+) -> tuple[int, Any]:
     data = io.BytesIO(raw if raw is not None else json.dumps(body).encode())
     async with w.http.put(
-        f"{org.url}/synq/v1/federation/txn/{txn_id}", data=data, headers={"Content-Type": "application/json"}
+        f"{org.url}/synq/v1/federation/txn/{txn_id}",
+        data=data,
+        headers={"Content-Type": "application/json"},
     ) as resp:
         return resp.status, await resp.json()
 
 
-async def deliver(w: World, *tokens: str, origin: str = "acme.test", txn: str = "t1") -> dict[str, Any]:
-    status, body = await put(w, w.orgs["globex.test"], txn, {"origin": origin, "envelopes": list(tokens)})
+async def deliver(
+    w: World, *tokens: str, origin: str = "acme.test", txn: str = "t1"
+) -> dict[str, Any]:
+    status, body = await put(
+        w, w.orgs["globex.test"], txn, {"origin": origin, "envelopes": list(tokens)}
+    )
     assert status == 200, body
     results: dict[str, Any] = body["results"]
     return results
@@ -99,7 +107,10 @@ async def test_self_chosen_key_under_unpublished_selector_is_refused(w: World) -
     token = make_token(w, SigningKey.generate("evil"))
     results = await deliver(w, token)
     assert only(results) == ("rejected", "5.7.7")
-    assert "selector" in next(iter(results.values()))["reason"] or "key" in next(iter(results.values()))["reason"]
+    assert (
+        "selector" in next(iter(results.values()))["reason"]
+        or "key" in next(iter(results.values()))["reason"]
+    )
 
 
 async def test_envelope_from_a_domain_other_than_origin_is_refused_5_7_1(w: World) -> None:
@@ -178,16 +189,32 @@ async def test_unknown_field_and_garbage_tokens_are_refused_individually(w: Worl
 async def test_oversize_transaction_is_413(w: World) -> None:
     globex = w.orgs["globex.test"]
     token = make_token(w, w.orgs["acme.test"].key)
-    status, body = await put(w, globex, "big", {"origin": "acme.test", "envelopes": [token] * (MAX_TXN_ENVELOPES + 1)})
+    status, body = await put(
+        w, globex, "big", {"origin": "acme.test", "envelopes": [token] * (MAX_TXN_ENVELOPES + 1)}
+    )
     assert (status, body["error"]["code"], body["error"]["status"]) == (413, "too_large", "5.3.4")
-    status, body = await put(w, globex, "huge", None, raw=b'{"origin":"acme.test","envelopes":["' + b"a" * (5 * 1024 * 1024) + b'"]}')
+    status, body = await put(
+        w,
+        globex,
+        "huge",
+        None,
+        raw=b'{"origin":"acme.test","envelopes":["' + b"a" * (5 * 1024 * 1024) + b'"]}',
+    )
     assert status == 413
     assert await bob_inbox(w) == []
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b"[]", b'{"origin":"acme.test"}', b'{"origin":"acme.test","envelopes":[]}', b'{"origin":"not a domain","envelopes":["x"]}', b'{"origin":"acme.test","envelopes":[1]}', b'{"origin":"acme.test","envelopes":["x"],"extra":1}'],
+    [
+        b"{",
+        b"[]",
+        b'{"origin":"acme.test"}',
+        b'{"origin":"acme.test","envelopes":[]}',
+        b'{"origin":"not a domain","envelopes":["x"]}',
+        b'{"origin":"acme.test","envelopes":[1]}',
+        b'{"origin":"acme.test","envelopes":["x"],"extra":1}',
+    ],
     ids=["truncated", "array", "no-envelopes", "empty", "bad-origin", "non-string", "extra-field"],
 )
 async def test_malformed_transaction_is_400(w: World, raw: bytes) -> None:
@@ -196,17 +223,25 @@ async def test_malformed_transaction_is_400(w: World, raw: bytes) -> None:
 
 
 async def test_invalid_transaction_id_is_400(w: World) -> None:
-    status, body = await put(w, w.orgs["globex.test"], "-bad", {"origin": "acme.test", "envelopes": ["x"]})
+    status, body = await put(
+        w, w.orgs["globex.test"], "-bad", {"origin": "acme.test", "envelopes": ["x"]}
+    )
     assert (status, body["error"]["code"]) == (400, "malformed_request")
 
 
-async def test_unpublished_key_after_rotation_is_refused_but_dns_change_is_honoured(w: World) -> None:
+async def test_unpublished_key_after_rotation_is_refused_but_dns_change_is_honoured(
+    w: World,
+) -> None:
     """Keys come from DNS at verification time: a key published later verifies later (after
     the negative-cache TTL), without the receiver ever calling the sender."""
     new_key = SigningKey.generate("s2")
     token = make_token(w, new_key)
     assert only(await deliver(w, token, txn="before")) == ("rejected", "5.7.7")
-    w.dns.set_txt(records.key_record_name("s2", "acme.test"), [records.KeyRecord(new_key.public_key).to_txt()], ttl=60)
+    w.dns.set_txt(
+        records.key_record_name("s2", "acme.test"),
+        [records.KeyRecord(new_key.public_key).to_txt()],
+        ttl=60,
+    )
     w.clock.advance(600)
     token = make_token(w, new_key)
     assert only(await deliver(w, token, txn="after")) == ("accepted", "2.0.0")

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 
 async def synq(*argv: str, cwd: Path) -> dict[str, object]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "--json", *argv,
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "--json",
+        *argv,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -29,12 +35,20 @@ async def synq(*argv: str, cwd: Path) -> dict[str, object]:
 
 
 @asynccontextmanager
-async def serve(cwd: Path, log: list[bytes]) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def serve(
+    cwd: Path, log: list[bytes]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "serve",
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
     assert "listening on" in line, line
     url = line.rsplit(" ", 1)[1].strip()
@@ -54,7 +68,16 @@ async def serve(cwd: Path, log: list[bytes]) -> AsyncIterator[tuple[asyncio.subp
 
 
 async def test_accepted_message_survives_sigkill(tmp_path: Path) -> None:
-    await synq("init", "--domain", "acme.test", "--dir", str(tmp_path), "--listen", "127.0.0.1:0", cwd=tmp_path)
+    await synq(
+        "init",
+        "--domain",
+        "acme.test",
+        "--dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:0",
+        cwd=tmp_path,
+    )
     alice = await synq("agent", "add", "alice", cwd=tmp_path)
     bob = await synq("agent", "add", "bob", cwd=tmp_path)
     log: list[bytes] = []
@@ -86,13 +109,23 @@ async def test_accepted_message_survives_sigkill(tmp_path: Path) -> None:
                 assert resp.status == 401
     text = b"".join(log).decode()
     assert "synq_guessing" not in text
-    assert str(alice["token"]) not in text and str(bob["token"]) not in text
+    assert str(alice["token"]) not in text
+    assert str(bob["token"]) not in text
 
 
 async def test_cli_send_wakes_a_long_poll_on_the_running_relay(tmp_path: Path) -> None:
     """The operator's ``synq send`` writes the store from another process; the serving relay
     notices the commit and wakes the waiting long poll."""
-    await synq("init", "--domain", "acme.test", "--dir", str(tmp_path), "--listen", "127.0.0.1:0", cwd=tmp_path)
+    await synq(
+        "init",
+        "--domain",
+        "acme.test",
+        "--dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:0",
+        cwd=tmp_path,
+    )
     await synq("agent", "add", "alice", cwd=tmp_path)
     bob = await synq("agent", "add", "bob", cwd=tmp_path)
     log: list[bytes] = []

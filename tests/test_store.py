@@ -57,9 +57,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     raise AssertionError(f"no database for backend {request.param!r}")
 
 
+async def connect(url: str) -> Store:
+    """Open a store the way the relay of domain ``HERE`` does."""
+    return await open_store(url, domain=HERE)
+
+
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    s = await open_store(store_url)
+    s = await connect(store_url)
     try:
         yield s
     finally:
@@ -209,7 +214,11 @@ async def test_accept_is_an_idempotent_union(store: Store) -> None:
 
     status = await store.message_status(HERE, "e1")
     assert status is not None
-    assert sorted(r.address for r in status.recipients) == ["bob", "carol", "dave@b.test"]
+    assert sorted(r.address for r in status.recipients) == [
+        f"bob@{HERE}",
+        f"carol@{HERE}",
+        "dave@b.test",
+    ]
     assert len(status.events) == 3  # one per recipient row, none for the replays
 
 
@@ -296,6 +305,22 @@ async def test_a_retry_may_take_a_recipient_the_first_try_refused(store: Store) 
     assert [(r.address, r.state) for r in status.recipients] == [("carol@b.test", "queued")]
 
 
+async def test_a_retry_may_deliver_to_a_local_agent_the_first_try_refused(store: Store) -> None:
+    """A partner's envelope for bob before bob existed, replayed after: one row, now delivered."""
+    await add_agent(store, "alice")
+    unknown = (f"bob@{HERE}", "5.1.1", "no such agent")
+    await store.accept(new("e1", local=["alice"], refused=[unknown]), T0)
+    await add_agent(store, "bob")
+    assert not (await store.accept(new("e1", local=["alice", "bob"]), at(1))).duplicate
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert {r.address: r.state for r in status.recipients} == {
+        f"alice@{HERE}": "delivered",
+        f"bob@{HERE}": "delivered",
+    }
+
+
 async def test_inbox_order_limit_thread_and_paging(store: Store) -> None:
     await add_agent(store, "bob")
     await add_agent(store, "carol")
@@ -355,14 +380,14 @@ async def test_message_status_shows_recipients_and_events(store: Store) -> None:
     assert (status.created, status.expires) == (item.created, item.expires)
     by_address = {r.address: r for r in status.recipients}
     assert {a: r.state for a, r in by_address.items()} == {
-        "bob": "delivered",
+        f"bob@{HERE}": "delivered",
         "dave@b.test": "queued",
         f"zed@{HERE}": "bounced",
     }
     assert by_address["dave@b.test"].next_attempt == at(1)
     assert all(r.updated == at(1) and r.updated.tzinfo is UTC for r in status.recipients)
     assert [(e.recipient, e.event, e.hop) for e in status.events] == [
-        ("bob", "delivered", "federation:b.test"),
+        (f"bob@{HERE}", "delivered", "federation:b.test"),
         ("dave@b.test", "accepted", "federation:b.test"),
         (f"zed@{HERE}", "bounced", "federation:b.test"),
     ]
@@ -588,6 +613,23 @@ async def test_replays_and_other_agents_wake_nobody(store: Store) -> None:
         assert not await queue.wait(0)
 
 
+async def test_a_commit_by_another_process_wakes_listeners(store_url: str) -> None:
+    """``synq send`` writes from another process while ``synq serve`` waits on a long poll."""
+    serving = await connect(store_url)
+    try:
+        await add_agent(serving, "bob")
+        cli = await connect(store_url)
+        try:
+            async with serving.notifier.listen(inbox_channel("bob")) as woken:
+                await cli.accept(new("e1", local=["bob"]), T0)
+                assert await woken.wait(10)
+        finally:
+            await cli.close()
+        assert [i.id for i in await serving.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await serving.close()
+
+
 # group commit ---------------------------------------------------------------------------------
 
 
@@ -615,7 +657,7 @@ async def test_a_failing_operation_does_not_fail_the_others_in_its_group(store: 
 
 
 async def test_concurrent_accepts_all_land_and_survive_reopening(store_url: str) -> None:
-    store = await open_store(store_url)
+    store = await connect(store_url)
     try:
         await add_agent(store, "bob")
         items = [new(f"m{n:03d}", local=["bob"], remote=["x@b.test"]) for n in range(200)]
@@ -627,20 +669,20 @@ async def test_concurrent_accepts_all_land_and_survive_reopening(store_url: str)
     finally:
         await store.close()
 
-    reopened = await open_store(store_url)
+    reopened = await connect(store_url)
     try:
         inbox = await reopened.inbox("bob", limit=500)
         assert sorted(i.id for i in inbox) == [i.id for i in items]
         assert len(await reopened.list_queue("b.test")) == 200
         status = await reopened.message_status(HERE, "m199")
         assert status is not None
-        assert {r.address for r in status.recipients} == {"bob", "x@b.test"}
+        assert {r.address for r in status.recipients} == {f"bob@{HERE}", "x@b.test"}
     finally:
         await reopened.close()
 
 
 async def test_reopening_keeps_everything(store_url: str) -> None:
-    store = await open_store(store_url)
+    store = await connect(store_url)
     try:
         bob = await add_agent(store, "bob")
         await store.accept(new("e1", local=["bob"], remote=["x@b.test"], thread="t"), T0)
@@ -649,7 +691,7 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
     finally:
         await store.close()
     for _ in range(2):  # opening an up-to-date store applies nothing and loses nothing
-        again = await open_store(store_url)
+        again = await connect(store_url)
         try:
             assert await again.get_agent("bob") == bob
             assert await again.agent_for_token(hash_token("token-bob")) == bob
@@ -694,6 +736,20 @@ async def test_open_store_refuses_unknown_schemes() -> None:
 async def test_sqlite_url_must_name_a_file(url: str) -> None:
     with pytest.raises(ConfigError, match=r"sqlite:///"):
         await open_store(url)
+
+
+async def test_sqlite_without_a_domain_names_local_recipients_by_agent(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path / 'relay.db'}")
+    try:
+        await add_agent(store, "bob")
+        await store.accept(new("e1", local=["bob"]), T0)
+        status = await store.message_status(HERE, "e1")
+        assert status is not None
+        assert [r.address for r in status.recipients] == ["bob"]
+    finally:
+        await store.close()
+    with pytest.raises(ConfigError, match="domain"):
+        await open_store(f"sqlite:///{tmp_path / 'relay.db'}", domain="not a domain")
 
 
 async def test_sqlite_relative_and_absolute_paths(

@@ -22,11 +22,14 @@ def a2a_base_url(public_url: str, address: Address) -> str:
     return f"{public_url.rstrip('/')}/a2a/{address}"
 
 
-def inbox_agent_card(address: Address, public_url: str, description: str | None = None) -> dict[str, Any]:
+def inbox_agent_card(
+    address: Address, public_url: str, description: str | None = None
+) -> dict[str, Any]:
     base = a2a_base_url(public_url, address)
     return {
         "name": str(address),
-        "description": description or f"Synq agent {address}: send it messages; it reads its inbox.",
+        "description": description
+        or f"Synq agent {address}: send it messages; it reads its inbox.",
         "version": "1",
         "supportedInterfaces": [
             {"url": base, "protocolBinding": "JSONRPC", "protocolVersion": A2A_PROTOCOL_VERSION},

@@ -38,7 +38,9 @@ def should_report(failure: Failure) -> bool:
     return failure.original_kind != KIND_DSN
 
 
-def dsn_body(failure: Failure, reporting_domain: str, arrival: datetime | None = None) -> dict[str, Any]:
+def dsn_body(
+    failure: Failure, reporting_domain: str, arrival: datetime | None = None
+) -> dict[str, Any]:
     """The JSON body: RFC 3464 §2.2 (per-message) and §2.3 (per-recipient) fields."""
     body: dict[str, Any] = {
         "reporting_mta": reporting_domain,

@@ -1,4 +1,4 @@
-"""The ``synq/1`` envelope (SPEC.md §envelope, DESIGN §4): model, codec and time checks.
+"""The ``synq/1`` envelope (SPEC.md §3, DESIGN §4): model, codec and time checks.
 
 Every message, whatever protocol it came from, is one envelope. The envelope JSON bytes are the
 JWS payload exactly as sent (see :mod:`relay.core.jws`), so this module never has to
@@ -46,9 +46,7 @@ ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}$" % (MAX_ID_LENGTH - 1)
 #: ``kind``: lower-case dotted words (``message``, ``task.update``, ``dsn``, ``signal``).
 KIND_PATTERN: Final = r"^[a-z][a-z0-9]*(?:[.-][a-z0-9]+)*$"
 #: A media type without parameters (RFC 6838 §4.2 restricted-name).
-CONTENT_TYPE_PATTERN: Final = (
-    r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
-)
+CONTENT_TYPE_PATTERN: Final = r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
 #: W3C Trace Context ``traceparent`` (version 00).
 TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
@@ -212,19 +210,19 @@ def check_times(
     max_skew: timedelta = MAX_CLOCK_SKEW,
     max_lifetime: timedelta = MAX_LIFETIME,
 ) -> None:
-    """The receiver's time checks (SPEC.md §envelope.times).
+    """The receiver's time checks (SPEC.md §3.4).
 
     Refuses an expired envelope, one created further in the future than the allowed clock skew,
     and one whose lifetime exceeds the maximum (which would let it outlive any replay window).
     """
     if envelope.expires <= now:
-        raise EnvelopeExpired(f"envelope {envelope.id} expired at {format_timestamp(envelope.expires)}")
+        raise EnvelopeExpired(
+            f"envelope {envelope.id} expired at {format_timestamp(envelope.expires)}"
+        )
     if envelope.created > now + max_skew:
         raise EnvelopeFromFuture(
             f"envelope {envelope.id} is dated {format_timestamp(envelope.created)}, "
             f"more than {int(max_skew.total_seconds())} s ahead of this relay's clock"
         )
     if envelope.expires - envelope.created > max_lifetime:
-        raise InvalidEnvelope(
-            f"envelope lifetime exceeds the maximum of {max_lifetime.days} days"
-        )
+        raise InvalidEnvelope(f"envelope lifetime exceeds the maximum of {max_lifetime.days} days")

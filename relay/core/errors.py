@@ -58,7 +58,7 @@ class SynqError(Exception):
         super().__init__(self.message)
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON error object of SPEC.md §errors."""
+        """The JSON error object of SPEC.md §5.2."""
         err: dict[str, Any] = {
             "code": self.code,
             "status": self.status.code,

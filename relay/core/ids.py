@@ -17,12 +17,14 @@ def uuid7(now: datetime) -> str:
     """A UUIDv7 string for the given time (RFC 9562 §5.7)."""
     ms = int(now.timestamp() * 1000) & ((1 << 48) - 1)
     rand = secrets.randbits(74)
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    value = (
+        (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    )
     return str(uuid.UUID(int=value))
 
 
 #: Agent tokens carry 256 random bits: guessing one is not a threat worth rate-limiting for.
-TOKEN_PREFIX = "synq_"
+TOKEN_PREFIX = "synq_"  # noqa: S105 — a prefix that makes leaked tokens greppable, not a secret
 
 
 def new_token() -> str:

@@ -5,7 +5,7 @@ is the envelope JSON bytes as sent, so nothing is canonicalised: a verifier chec
 received and parses those same bytes.
 
 The key that verifies an envelope is the one published at ``<kid>._synqkey.<domain>`` where
-``domain`` is the envelope's ``from`` domain (SPEC.md §signing). That binding — a signature
+``domain`` is the envelope's ``from`` domain (SPEC.md §4.3). That binding — a signature
 counts only for the domain whose DNS publishes the key — is what stops one partner signing for
 another's domain.
 
@@ -172,7 +172,9 @@ def parse_compact(token: str) -> ParsedJWS:
     if not isinstance(token, str):
         raise InvalidEnvelope("a signed envelope is a JWS compact serialization string")
     if len(token) > MAX_JWS_BYTES:
-        raise PayloadTooLarge(f"signed envelope is {len(token)} bytes; the limit is {MAX_JWS_BYTES}")
+        raise PayloadTooLarge(
+            f"signed envelope is {len(token)} bytes; the limit is {MAX_JWS_BYTES}"
+        )
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         raise InvalidEnvelope("not a JWS compact serialization (expected three non-empty parts)")

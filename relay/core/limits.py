@@ -1,7 +1,7 @@
 """Named size and count limits, each with the abuse it stops.
 
 Every number a peer can push against lives here, so an operator can read in one place what a
-relay will accept. Changing one is a wire-visible decision: SPEC.md §limits lists the same values.
+relay will accept. Changing one is a wire-visible decision: SPEC.md §10 lists the same values.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The DNS TXT records a relay publishes (SPEC.md §discovery), built and parsed without I/O.
+"""The DNS TXT records a relay publishes (SPEC.md §4.3), built and parsed without I/O.
 
 Both use DKIM's tag=value list syntax (RFC 6376 §3.2): ``;``-separated, whitespace (SP, HTAB,
 CR, LF) around tags and values ignored, a tag may appear once, unknown tags are ignored so later

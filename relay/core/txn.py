@@ -124,7 +124,11 @@ def parse_results(data: bytes) -> dict[str, EnvelopeResult]:
         raise MalformedRequest('expected {"results": {…}}')
     results: dict[str, EnvelopeResult] = {}
     for key, raw in doc["results"].items():
-        if not isinstance(raw, dict) or raw.get("status") not in ("accepted", "duplicate", "rejected"):
+        if not isinstance(raw, dict) or raw.get("status") not in (
+            "accepted",
+            "duplicate",
+            "rejected",
+        ):
             continue
         try:
             recipients = {

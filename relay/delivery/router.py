@@ -134,7 +134,9 @@ class Router:
             expires=expires,
             trace=trace,
         )
-        result = await self.store.accept(new_envelope(envelope, token, local, remote, via), self._clock.now())
+        result = await self.store.accept(
+            new_envelope(envelope, token, local, remote, via), self._clock.now()
+        )
         return Submitted(envelope, token, result)
 
 
@@ -160,4 +162,3 @@ def new_envelope(
         via=via,
         refused=list(refused),
     )
-

@@ -162,7 +162,7 @@ class WellKnown(BaseModel):
         # A Literal accepts True for 1 (they compare equal); JSON's true is not a version.
         # ValueError, not TypeError: pydantic turns only the former into a validation error.
         if isinstance(value, bool):
-            raise ValueError("v must be the number 1")  # noqa: TRY004
+            raise ValueError("v must be the number 1")
         return value
 
     @field_validator("domain")

@@ -26,8 +26,8 @@ from typing import Protocol
 from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core import status as st
-from relay.core.envelope import Envelope
 from relay.core.clock import Clock
+from relay.core.envelope import Envelope
 from relay.core.errors import Forbidden, SynqError, UnknownRecipient, WrongDomain
 from relay.core.jws import PublicKey
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
@@ -93,9 +93,7 @@ class InboundHandler:
             if a.local not in existing
         ]
         if not local:
-            raise UnknownRecipient(
-                "no such agent: " + ", ".join(r[0] for r in refused)
-            )
+            raise UnknownRecipient("no such agent: " + ", ".join(r[0] for r in refused))
         return local, refused
 
     async def handle(self, txn_id: str, request: TxnRequest) -> dict[str, EnvelopeResult]:
@@ -119,13 +117,18 @@ class InboundHandler:
             )
             for c, res in zip(to_store, accepted, strict=True):
                 assert c.item is not None
-                recipients = {addr: RecipientResult(code, reason) for addr, code, reason in c.item.refused}
+                recipients = {
+                    addr: RecipientResult(code, reason) for addr, code, reason in c.item.refused
+                }
                 results[c.key] = EnvelopeResult(
                     "duplicate" if res.duplicate else "accepted", st.OK.code, "", recipients
                 )
         rejected = sum(1 for r in results.values() if r.status == "rejected")
         log.info(
-            "txn %s from %s: %d envelopes, %d rejected", txn_id, request.origin, len(request.envelopes), rejected
+            "txn %s from %s: %d envelopes, %d rejected",
+            txn_id,
+            request.origin,
+            len(request.envelopes),
+            rejected,
         )
         return results
-

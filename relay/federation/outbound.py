@@ -142,7 +142,9 @@ class FederationSender:
         for row in rows:
             if row.expires <= now:
                 outcomes.append(
-                    self._outcome(row, "bounced", st.EXPIRED, _expiry_reason(row), None, event="expired")
+                    self._outcome(
+                        row, "bounced", st.EXPIRED, _expiry_reason(row), None, event="expired"
+                    )
                 )
             else:
                 live[row.domain].append(row)
@@ -152,13 +154,28 @@ class FederationSender:
         dsns = await self._dsns([o for o in outcomes if o.state == "bounced"], rows, now)
         await self.store.settle(outcomes, dsns, self.clock.now())
 
-    async def _destination(self, domain: str, rows: list[QueueEntry], now: datetime) -> list[Outcome]:
+    async def _destination(
+        self, domain: str, rows: list[QueueEntry], now: datetime
+    ) -> list[Outcome]:
         if not self.breaker.allows(domain, now):
+            # The destination is known to be down. New envelopes wait for the breaker instead of
+            # each costing a connection attempt; rows already in backoff are due because their
+            # own schedule says so or because the operator flushed the queue: those are tried.
             until = self.breaker.open_until(domain)
-            return [
-                self._outcome(r, "queued", st.NO_ANSWER, f"{domain} is down; backing off", None, until)
-                for r in rows
+            held = [r for r in rows if r.attempts == 0]
+            rows = [r for r in rows if r.attempts > 0]
+            outcomes = [
+                self._outcome(
+                    r, "queued", st.NO_ANSWER, f"{domain} is down; backing off", None, until
+                )
+                for r in held
             ]
+            if rows:
+                outcomes += await self._attempt(domain, rows, now)
+            return outcomes
+        return await self._attempt(domain, rows, now)
+
+    async def _attempt(self, domain: str, rows: list[QueueEntry], now: datetime) -> list[Outcome]:
         try:
             relay_url = await self.resolver.relay_url(domain)
         except DiscoveryError as exc:
@@ -190,12 +207,18 @@ class FederationSender:
         except TransportFailure as exc:
             self.breaker.failure(domain, now, self.rng)
             log.info("txn %s to %s failed: %s", txn_id, domain, exc.reason)
-            return [self._defer(r, exc.status, exc.reason, relay_url, now) for e in batch for r in e.rows]
+            return [
+                self._defer(r, exc.status, exc.reason, relay_url, now)
+                for e in batch
+                for r in e.rows
+            ]
         except SynqError as exc:
             self.breaker.failure(domain, now, self.rng)
             reason = f"unusable answer from {domain}: {exc.message}"
             return [
-                self._defer(r, st.REMOTE_PROTOCOL, reason, relay_url, now) for e in batch for r in e.rows
+                self._defer(r, st.REMOTE_PROTOCOL, reason, relay_url, now)
+                for e in batch
+                for r in e.rows
             ]
         self.breaker.success(domain)
         outcomes = []
@@ -209,7 +232,9 @@ class FederationSender:
         self, row: QueueEntry, result: txn_mod.EnvelopeResult | None, hop: str, now: datetime
     ) -> Outcome:
         if result is None:
-            return self._defer(row, st.REMOTE_PROTOCOL, "the partner relay returned no result for it", hop, now)
+            return self._defer(
+                row, st.REMOTE_PROTOCOL, "the partner relay returned no result for it", hop, now
+            )
         per = result.recipients.get(row.recipient)
         code, reason = (per.code, per.reason) if per else (result.code, result.reason)
         klass = int(code[0])
@@ -219,7 +244,9 @@ class FederationSender:
             return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
         if klass == 4:
             return self._defer(row, st.Status(code, ""), reason, hop, now)
-        return self._outcome(row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop)
+        return self._outcome(
+            row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop
+        )
 
     # --- outcomes and DSNs ----------------------------------------------------------------------
 
@@ -262,7 +289,9 @@ class FederationSender:
             return []
         by_key = {(r.origin, r.id, r.recipient): r for r in rows}
         senders = {Address.parse(by_key[(o.origin, o.id, o.recipient)].sender) for o in bounced}
-        existing = await self.store.existing_agents(a.local for a in senders if a.domain == self.domain)
+        existing = await self.store.existing_agents(
+            a.local for a in senders if a.domain == self.domain
+        )
         out: list[NewEnvelope] = []
         for o in bounced:
             row = by_key[(o.origin, o.id, o.recipient)]

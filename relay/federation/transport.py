@@ -21,7 +21,9 @@ class HttpTransport:
     """Sends transactions over a shared ``aiohttp.ClientSession`` (connection reuse per
     partner; the session's connector carries the SSRF guard)."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float = TRANSACTION_TIMEOUT) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, timeout: float = TRANSACTION_TIMEOUT
+    ) -> None:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
@@ -45,16 +47,24 @@ class HttpTransport:
                 if resp.status in (429, 503):
                     raise TransportFailure(st.CONGESTED, f"partner relay answered {resp.status}")
                 if resp.status >= 500:
-                    raise TransportFailure(st.REMOTE_PROTOCOL, f"partner relay answered {resp.status}")
+                    raise TransportFailure(
+                        st.REMOTE_PROTOCOL, f"partner relay answered {resp.status}"
+                    )
                 # A 4xx for the whole transaction means the two relays disagree about the
                 # protocol (or a proxy is in the way). Nothing about one envelope is known to be
                 # permanent, so keep it queued: it bounces at expiry if nobody fixes it.
-                raise TransportFailure(st.REMOTE_PROTOCOL, f"partner relay refused the transaction ({resp.status})")
+                raise TransportFailure(
+                    st.REMOTE_PROTOCOL, f"partner relay refused the transaction ({resp.status})"
+                )
         except TransportFailure:
             raise
         except TimeoutError:
             raise TransportFailure(st.NO_ANSWER, "timed out") from None
         except aiohttp.ClientConnectorError as exc:
-            raise TransportFailure(st.NO_ANSWER, f"cannot connect ({exc.os_error.strerror or 'refused'})") from None
+            raise TransportFailure(
+                st.NO_ANSWER, f"cannot connect ({exc.os_error.strerror or 'refused'})"
+            ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise TransportFailure(st.BAD_CONNECTION, f"connection failed ({type(exc).__name__})") from None
+            raise TransportFailure(
+                st.BAD_CONNECTION, f"connection failed ({type(exc).__name__})"
+            ) from None

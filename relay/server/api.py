@@ -32,7 +32,6 @@ from relay.core.limits import (
     MAX_RECIPIENTS,
 )
 from relay.server.keys import RELAY
-from relay.server.runtime import Relay
 from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
 
 #: How often an idle SSE stream sends a comment line. Keeps proxies and NATs from dropping the
@@ -70,7 +69,9 @@ async def read_json(request: web.Request) -> Any:
     return jsonutil.loads(data, max_bytes=MAX_API_BODY_BYTES, what="request body")
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status, body=jsonutil.dumps(data), content_type="application/json", headers=headers
     )
@@ -296,10 +297,14 @@ async def stream_inbox(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionResetError):
         async with relay.store.notifier.listen(inbox_channel(agent.name)) as listener:
             while True:
-                items = await relay.store.inbox(agent.name, limit=MAX_INBOX_PAGE, after_seq=after_seq)
+                items = await relay.store.inbox(
+                    agent.name, limit=MAX_INBOX_PAGE, after_seq=after_seq
+                )
                 for item in items:
                     await response.write(
-                        b"event: message\nid: %d\ndata: " % item.seq + envelope_payload(item) + b"\n\n"
+                        b"event: message\nid: %d\ndata: " % item.seq
+                        + envelope_payload(item)
+                        + b"\n\n"
                     )
                     after_seq = item.seq
                 if items:
@@ -334,4 +339,6 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[RELAY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

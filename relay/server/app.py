@@ -54,7 +54,7 @@ def build_app(relay: Relay, *, own_relay: bool = False) -> web.Application:
     if own_relay:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            relay.start_background()
+            await relay.start_background()
             yield
             await relay.close()
 

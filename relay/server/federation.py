@@ -44,7 +44,9 @@ async def put_transaction(request: web.Request) -> web.Response:
 @routes.get(WELL_KNOWN_PATH)
 async def well_known(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    doc = build_well_known(relay.domain, relay.public_url, relay.keyring.published(relay.clock.now()))
+    doc = build_well_known(
+        relay.domain, relay.public_url, relay.keyring.published(relay.clock.now())
+    )
     return web.Response(
         body=doc.to_json(),
         content_type=WELL_KNOWN_CONTENT_TYPE,

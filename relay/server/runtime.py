@@ -107,16 +107,29 @@ class Relay:
     async def open(cls, config: Config, clock: Clock | None = None) -> Relay:
         """Load keys (refusing loose permissions) and open the store with migrations applied."""
         keyring = load_keyring(config.keys_dir)
-        store = await open_store(config.store_url, synchronous=config.store.synchronous)
+        store = await open_store(
+            config.store_url, domain=config.relay.domain, synchronous=config.store.synchronous
+        )
         try:
             return cls(config=config, store=store, keyring=keyring, clock=clock)
         except BaseException:
             await store.close()
             raise
 
-    def start_background(self) -> None:
-        """Start the federation queue runner (``synq serve`` does; tests drive it by hand)."""
-        self._background.append(asyncio.create_task(self.sender.run(), name="synq-federation-sender"))
+    async def start_background(self) -> None:
+        """Start the federation queue runner (``synq serve`` does; tests drive it by hand).
+
+        On a store that only this process serves (SQLite), leases left by a previous process
+        that was killed mid-delivery are released first: that process is gone, and waiting for
+        its leases to lapse would only delay the retry. (Resending is safe: receivers dedup.)
+        """
+        if not self.store.shared_by_processes:
+            released = await self.store.release_leases()
+            if released:
+                log.info("released %d queue leases left by a previous run", released)
+        self._background.append(
+            asyncio.create_task(self.sender.run(), name="synq-federation-sender")
+        )
 
     async def close(self) -> None:
         for task in self._background:

@@ -5,6 +5,9 @@ returns it; nothing else in the relay names a dialect.
 
 * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — the embedded default.
   Options: ``synchronous`` (``FULL``, ``NORMAL``, ``EXTRA``), ``busy_timeout`` (seconds).
+
+Every dialect takes ``domain``, the relay's own domain: local recipients are then reported by
+address (``bob@acme.test``) rather than by bare agent name.
 * ``postgresql://…`` — the scale-out engine, not yet supported by this version.
 """
 
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 _SQLITE_PREFIX: Final = "sqlite:///"
-_SQLITE_OPTIONS: Final = frozenset({"synchronous", "busy_timeout"})
+_SQLITE_OPTIONS: Final = frozenset({"domain", "synchronous", "busy_timeout"})
 
 
 def _sqlite_path(url: str) -> str:

@@ -318,6 +318,15 @@ class Store(abc.ABC):
         bounce and its DSN are both recorded or neither is. Releases the leases."""
 
     @abc.abstractmethod
+    async def release_leases(self) -> int:
+        """Release every lease (single-process dialects only, at relay start: the process that
+        held them is gone). Returns how many rows were released."""
+
+    #: True when several relay processes may share this store (their leases are real);
+    #: False for SQLite, which one ``synq serve`` owns at a time.
+    shared_by_processes: bool = False
+
+    @abc.abstractmethod
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]: ...
 
     @abc.abstractmethod
@@ -325,6 +334,8 @@ class Store(abc.ABC):
         """Make queued rows due now (postqueue -f / -s; ``id``: one envelope). Returns the count."""
 
     @abc.abstractmethod
-    async def delete_queued(self, now: datetime, id: str | None = None, domain: str | None = None) -> int:
+    async def delete_queued(
+        self, now: datetime, id: str | None = None, domain: str | None = None
+    ) -> int:
         """Drop queued rows without a DSN (postsuper -d), recording a ``deleted`` event.
         The row's state becomes ``bounced`` with code 5.0.0 so ``status`` explains it."""

@@ -28,9 +28,14 @@ Group commit
     4 transactions and about 0.13 s.
 
 Recipients
-    A local recipient row is keyed, and reported by ``message_status``, by its agent name
-    (``NewEnvelope.local`` carries names; the store does not know the relay's domain); remote and
-    refused rows by their address.
+    ``NewEnvelope.local`` carries agent names. Given the relay's ``domain``, a local recipient
+    row is keyed and reported by its address, like remote and refused rows; without it, by the
+    bare agent name.
+
+Other processes
+    The ``synq`` CLI writes the same file while ``synq serve`` runs. The writer task notices
+    their commits (``PRAGMA data_version``, at most :data:`OTHER_PROCESS_POLL_INTERVAL` late)
+    and wakes every listener, as base.py asks of a multi-process dialect.
 
 Errors
     ``sqlite3`` exceptions never leave this module. Constraint failures belong to the operation
@@ -55,10 +60,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiosqlite
 
+from relay.core.address import normalize_domain
 from relay.core.errors import (
     ConfigError,
     Conflict,
@@ -77,6 +83,7 @@ from relay.store.base import (
     InboxItem,
     MessageStatus,
     NewEnvelope,
+    Notifier,
     Outcome,
     QueueEntry,
     RecipientState,
@@ -85,7 +92,13 @@ from relay.store.base import (
     inbox_channel,
 )
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT", "MAX_GROUP_OPS", "MIN_SQLITE_VERSION", "SQLiteStore"]
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "MAX_GROUP_OPS",
+    "MIN_SQLITE_VERSION",
+    "OTHER_PROCESS_POLL_INTERVAL",
+    "SQLiteStore",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +115,13 @@ MAX_GROUP_OPS: Final = 256
 #: (https://www.sqlite.org/pragma.html#pragma_busy_timeout). Only another process can hold the
 #: write lock (this process has one writer): ``synq agent add`` while ``synq serve`` runs.
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
+
+#: Seconds between two looks for commits made by another process (``synq send``, ``synq agent
+#: add`` beside ``synq serve``), which then wake every listener. SQLite has no cross-process
+#: notification, so this bounds how late a long poll learns of such a commit; each look is one
+#: ``PRAGMA data_version``, nothing when idle otherwise. Postfix's pickup polls its maildrop
+#: for the same reason (its default is 60 s, but it is also poked through a FIFO).
+OTHER_PROCESS_POLL_INTERVAL: Final = 0.5
 
 #: ``PRAGMA synchronous`` values we accept (https://www.sqlite.org/pragma.html#pragma_synchronous).
 #: In WAL mode FULL syncs the WAL on every commit, so a commit survives power loss; NORMAL
@@ -474,28 +494,39 @@ def _domain_of(address: str) -> str:
     return domain
 
 
-def _recipient_rows(item: NewEnvelope) -> list[tuple[str, str | None, str]]:
-    """(recipient, domain, class) for one envelope, each recipient once; the class is
-    ``local``, ``remote`` or ``refused``. An address both taken and refused counts as taken."""
-    rows: list[tuple[str, str | None, str]] = []
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    key: str  # the recipients row's key: an address, or a bare agent name (see SQLiteStore)
+    domain: str | None  # NULL for local rows
+    klass: Literal["local", "remote", "refused"]
+    agent: str | None = None  # the inbox owner, for local rows
+
+
+def _recipients_of(item: NewEnvelope, local_domain: str | None) -> list[_Recipient]:
+    """The recipient rows of one envelope, each once. An address both taken and refused counts
+    as taken."""
+    rows: list[_Recipient] = []
     seen: set[str] = set()
     for name in item.local:
-        if name not in seen:
-            seen.add(name)
-            rows.append((name, None, "local"))
+        key = f"{name}@{local_domain}" if local_domain else name
+        if key not in seen:
+            seen.add(key)
+            rows.append(_Recipient(key, None, "local", name))
     for address in item.remote:
         if address not in seen:
             seen.add(address)
-            rows.append((address, _domain_of(address), "remote"))
+            rows.append(_Recipient(address, _domain_of(address), "remote"))
     for address, _code, _reason in item.refused:
         if address not in seen:
             seen.add(address)
-            rows.append((address, address.rpartition("@")[2] or None, "refused"))
+            rows.append(_Recipient(address, address.rpartition("@")[2] or None, "refused"))
     return rows
 
 
 async def _accept_rows(
-    conn: aiosqlite.Connection, batch: Sequence[tuple[NewEnvelope, str]]
+    conn: aiosqlite.Connection,
+    batch: Sequence[tuple[NewEnvelope, str]],
+    local_domain: str | None,
 ) -> tuple[list[AcceptResult], set[str]]:
     """Take custody of ``(item, accepted-at)`` pairs on ``conn``, inside the caller's
     transaction: four statements however many envelopes and recipients there are.
@@ -523,18 +554,18 @@ async def _accept_rows(
         for row in await conn.execute_fetchall(_INSERT_ENVELOPES, (json.dumps(envelope_json),))
     }
 
-    per_item = [_recipient_rows(it) for it, _ts_ in batch]
+    per_item = [_recipients_of(it, local_domain) for it, _ts_ in batch]
     refusals = [{addr: (code, reason) for addr, code, reason in it.refused} for it, _ts_ in batch]
     recipient_json: list[list[Any]] = []
     for (it, ts), rows, refused in zip(batch, per_item, refusals, strict=True):
-        for recipient, domain, klass in rows:
-            if klass == "local":
-                row = [recipient, None, "delivered", 0, None, None, None]
-            elif klass == "remote":
-                row = [recipient, domain, "queued", 0, None, None, ts]
+        for r in rows:
+            if r.klass == "local":
+                row = [r.key, None, "delivered", 0, None, None, None]
+            elif r.klass == "remote":
+                row = [r.key, r.domain, "queued", 0, None, None, ts]
             else:
-                code, reason = refused[recipient]
-                row = [recipient, domain, "bounced", 1, code, reason, None]
+                code, reason = refused[r.key]
+                row = [r.key, r.domain, "bounced", 1, code, reason, None]
             recipient_json.append([it.origin, it.id, *row, ts])
     # (origin, id, recipient, refused) → envelope pk. A recipient refused by one item and
     # taken by a later one in the same batch changes twice (insert, then upgrade): once per
@@ -554,21 +585,21 @@ async def _accept_rows(
         key = (it.origin, it.id)
         fresh = key in new_envelopes
         new_envelopes.discard(key)
-        for recipient, _domain, klass in rows:
-            pk = changed.pop((it.origin, it.id, recipient, int(klass == "refused")), None)
+        for r in rows:
+            pk = changed.pop((it.origin, it.id, r.key, int(r.klass == "refused")), None)
             if pk is None:
                 continue
             fresh = True
-            if klass == "local":
-                inbox_rows.append((recipient, pk, ts))
-                event_rows.append((pk, ts, recipient, "delivered", None, None, it.via))
-                channels.add(inbox_channel(recipient))
-            elif klass == "remote":
-                event_rows.append((pk, ts, recipient, "accepted", None, None, it.via))
+            if r.agent is not None:
+                inbox_rows.append((r.agent, pk, ts))
+                event_rows.append((pk, ts, r.key, "delivered", None, None, it.via))
+                channels.add(inbox_channel(r.agent))
+            elif r.klass == "remote":
+                event_rows.append((pk, ts, r.key, "accepted", None, None, it.via))
                 channels.add(QUEUE_CHANNEL)
             else:
-                code, reason = refused[recipient]
-                event_rows.append((pk, ts, recipient, "bounced", code, reason, it.via))
+                code, reason = refused[r.key]
+                event_rows.append((pk, ts, r.key, "bounced", code, reason, it.via))
         results.append(AcceptResult(origin=it.origin, id=it.id, duplicate=not fresh))
 
     if inbox_rows:
@@ -611,10 +642,23 @@ def _queue_entry(row: Any) -> QueueEntry:
 # the store ------------------------------------------------------------------------------------
 
 
+class _PollingNotifier(Notifier):
+    """In-process wake-ups, plus :meth:`wake_all` for a commit made by another process (the
+    ``synq`` CLI): SQLite can tell that another connection committed, not what it changed, so
+    every listener re-reads. A spurious wake-up costs a listener one read."""
+
+    def wake_all(self) -> None:
+        for channel in list(self._listeners):
+            self._deliver(channel)
+
+
 class SQLiteStore(Store):
     """The embedded store: one SQLite file, one writer task, one reader connection.
 
     ``path`` is a file path (``:memory:`` is refused: durability is the point).
+    ``domain``: the relay's own domain. With it, local recipient rows are keyed and reported by
+    address (``bob@acme.test``), like remote and refused ones, so a retry that takes a local
+    recipient the first try refused upgrades that row; without it, by bare agent name.
     ``synchronous``: ``FULL`` (default) or ``NORMAL``/``EXTRA``, see :data:`_SYNCHRONOUS`.
     ``busy_timeout``: seconds to wait for another process's lock, see :data:`DEFAULT_BUSY_TIMEOUT`.
     """
@@ -623,10 +667,20 @@ class SQLiteStore(Store):
         self,
         path: str | os.PathLike[str],
         *,
+        domain: str | None = None,
         synchronous: str = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         super().__init__()
+        self._notifier = _PollingNotifier()
+        self.notifier = self._notifier
+        if domain is None:
+            self.domain: str | None = None
+        else:
+            try:
+                self.domain = normalize_domain(domain)
+            except SynqError:
+                raise ConfigError(f"the store's domain {domain[:80]!r} is not a domain") from None
         text = os.fspath(path)
         if not text or text == ":memory:" or text.startswith("file:"):
             raise ConfigError(
@@ -648,6 +702,7 @@ class SQLiteStore(Store):
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Op | None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._data_version: int | None = None
         self._closed = False
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -670,6 +725,7 @@ class SQLiteStore(Store):
             await self._migrate(self._writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure_reader(self._reader)
+            self._data_version = await self._read_data_version(self._writer)
         except BaseException as exc:
             await self._close_connections()
             if isinstance(exc, sqlite3.Error):
@@ -722,6 +778,29 @@ class SQLiteStore(Store):
         except BaseException:
             await self._rollback_quietly(conn)
             raise
+
+    @staticmethod
+    async def _read_data_version(conn: aiosqlite.Connection) -> int:
+        rows = list(await conn.execute_fetchall("PRAGMA data_version"))
+        return int(rows[0][0])
+
+    async def _poll_other_processes(self) -> None:
+        """Wake every listener if another process committed since the last look.
+
+        ``PRAGMA data_version`` on a connection changes when *another* connection commits,
+        never for its own commits (https://www.sqlite.org/pragma.html#pragma_data_version). On
+        the writer connection, whose own commits were already announced, it therefore means
+        exactly "someone else wrote". Runs in the writer task, between transactions.
+        """
+        assert self._writer is not None
+        try:
+            version = await self._read_data_version(self._writer)
+        except sqlite3.Error:
+            _log.warning("cannot read the SQLite data version", exc_info=True)
+            return
+        if version != self._data_version:
+            self._data_version = version
+            self._notifier.wake_all()
 
     def _check_not_newer(self, applied: set[int], newest: int) -> None:
         if applied and max(applied) > newest:
@@ -935,7 +1014,7 @@ class SQLiteStore(Store):
         batch = tuple((item, at) for item in items)
 
         async def run(conn: aiosqlite.Connection) -> tuple[list[AcceptResult], Collection[str]]:
-            return await _accept_rows(conn, batch)
+            return await _accept_rows(conn, batch, self.domain)
 
         results: list[AcceptResult] = await self._write(run, accepts=batch)
         return results
@@ -972,6 +1051,17 @@ class SQLiteStore(Store):
         entries: list[QueueEntry] = await self._write(run)
         return entries
 
+    async def release_leases(self) -> int:
+        async def run(conn: aiosqlite.Connection) -> tuple[int, Collection[str]]:
+            cursor = await conn.execute(
+                "UPDATE recipients SET lease_until = NULL "
+                "WHERE state = 'queued' AND lease_until IS NOT NULL"
+            )
+            return cursor.rowcount, (QUEUE_CHANNEL,)
+
+        released: int = await self._write(run)
+        return released
+
     async def settle(
         self, outcomes: Sequence[Outcome], new: Sequence[NewEnvelope], now: datetime
     ) -> None:
@@ -1000,7 +1090,8 @@ class SQLiteStore(Store):
                 await conn.executemany(_SETTLE_UPDATE, update_rows)
             channels: Collection[str] = ()
             if new:
-                _results, channels = await _accept_rows(conn, [(item, at) for item in new])
+                batch = [(item, at) for item in new]
+                _results, channels = await _accept_rows(conn, batch, self.domain)
             return None, channels
 
         await self._write(run)
@@ -1036,10 +1127,19 @@ class SQLiteStore(Store):
     async def _write_loop(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time() + OTHER_PROCESS_POLL_INTERVAL
         pending: list[_Op] = []
         try:
             while True:
-                first = await queue.get()
+                if loop.time() >= next_poll:
+                    await self._poll_other_processes()
+                    next_poll = loop.time() + OTHER_PROCESS_POLL_INTERVAL
+                try:
+                    async with asyncio.timeout_at(next_poll):
+                        first = await queue.get()
+                except TimeoutError:
+                    continue
                 if first is None:
                     return
                 pending = [first]
@@ -1153,7 +1253,7 @@ class SQLiteStore(Store):
         batch = [pair for op in run for pair in op.accepts or ()]
         await self._exec(conn, "SAVEPOINT batch")
         try:
-            results, batch_channels = await _accept_rows(conn, batch)
+            results, batch_channels = await _accept_rows(conn, batch, self.domain)
         except Exception as exc:
             if _is_group_fatal(exc):
                 raise _GroupFailed(_translate(exc)) from exc
