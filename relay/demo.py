@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import socket
 import tempfile
@@ -261,6 +262,8 @@ class Demo:
 
 
 def run_demo(say: Callable[[str], None] = print) -> int:
+    # The steps tell the story; the relays' own INFO lines would interleave with them.
+    logging.getLogger().setLevel(logging.WARNING)
     try:
         asyncio.run(Demo(say).run())
     except DemoFailed as exc:
