@@ -332,6 +332,9 @@ async def test_agent_card_for_local_agents_only(client: Client, make_agent: Agen
     assert card["name"] == "bob@acme.test"
     assert card["supportedInterfaces"][0]["url"].endswith("/a2a/bob@acme.test")
     assert (await client.get("/synq/v1/agents/ghost@acme.test")).status == 404
+    published = await client.get("/agents/bob/.well-known/agent-card.json")
+    assert await published.json() == card
+    assert (await client.get("/agents/ghost/.well-known/agent-card.json")).status == 404
     bad = await client.get("/synq/v1/agents/not-an-address")
     assert bad.status == 400
     assert (await bad.json())["error"]["code"] == "invalid_address"

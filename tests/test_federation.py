@@ -230,3 +230,18 @@ async def test_well_known_document_is_served(w: World) -> None:
     assert doc["domain"] == "acme.test"
     assert doc["relay"] == acme.url
     assert doc["keys"]["keys"][0]["x"] == acme.key.public_key.b64url
+
+
+async def test_agent_card_of_a_partner_address_is_fetched_from_its_relay(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    await globex.agent("bob")
+    async with w.http.get(f"{acme.url}/synq/v1/agents/bob@globex.test") as resp:
+        assert resp.status == 200
+        card = await resp.json()
+    assert card["name"] == "bob@globex.test"
+    assert card["supportedInterfaces"][0]["url"] == f"{globex.url}/a2a/bob@globex.test"
+    async with w.http.get(f"{acme.url}/synq/v1/agents/ghost@globex.test") as resp:
+        assert resp.status == 404
+    async with w.http.get(f"{acme.url}/synq/v1/agents/bob@nowhere.test") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["status"] == "5.1.2"

@@ -39,7 +39,7 @@ class TxnRequest:
 
 
 def check_txn_id(txn_id: str) -> str:
-    if not TXN_ID_RE.match(txn_id):
+    if not TXN_ID_RE.fullmatch(txn_id):
         raise MalformedRequest("transaction id must match [A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
     return txn_id
 

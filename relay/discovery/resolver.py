@@ -33,21 +33,29 @@ recently used entry (see :mod:`relay.discovery.cache`).
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
+from relay.core import jsonutil
 from relay.core.address import normalize_domain
 from relay.core.clock import Clock, SystemClock
-from relay.core.errors import ConfigError, DiscoveryError, InvalidAddress, SynqError, UnknownKey
+from relay.core.errors import (
+    ConfigError,
+    DiscoveryError,
+    InvalidAddress,
+    NotFound,
+    SynqError,
+    UnknownKey,
+)
 from relay.core.jws import SELECTOR_RE, PublicKey
 from relay.core.records import (
     KeyRecord,
     RecordError,
     RelayRecord,
+    is_synq_record,
     key_record_name,
     parse_tags,
     relay_record_name,
@@ -116,7 +124,6 @@ MAX_CACHE_ENTRIES: Final = 10_000
 MAX_WELL_KNOWN_CACHE_ENTRIES: Final = 1_000
 
 #: The tag that starts a Synq record (RFC 7208 §4.5 style: exactly this version, first).
-_VERSION_RE: Final = re.compile(rb"^[ \t]*v[ \t]*=[ \t]*synq1[ \t]*(?:;|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +150,8 @@ class _Txt:
     nxdomain: bool
 
     def synq_records(self) -> list[bytes]:
-        return [text for text in self.texts if _VERSION_RE.match(text)]
+        # One rule for "is this a Synq record" everywhere: relay.core.records.
+        return [t for t in self.texts if is_synq_record(t.decode("latin-1"))]
 
 
 _T = TypeVar("_T")
@@ -357,6 +365,28 @@ class Discovery:
             return _Failure.of(exc), MAX_NEGATIVE_TTL
         max_age = WELL_KNOWN_DEFAULT_TTL if result.max_age is None else result.max_age
         return doc, _clamp(max_age, MIN_TTL, MAX_TTL)
+
+    async def agent_card(self, domain: str, local: str) -> dict[str, Any]:
+        """The agent card a partner relay publishes for ``local@domain`` (DESIGN §5):
+        ``<relay>/agents/<local>/.well-known/agent-card.json``, fetched under the same SSRF
+        guard and size cap as well-known documents. Not cached: cards change with the agent.
+
+        Raises NotFound (no such agent there), or a DiscoveryError subclass.
+        """
+        relay = await self.relay_url(domain)
+        url = f"{relay}/agents/{local}/.well-known/agent-card.json"
+        result = await self._fetcher.get(url, accept=("application/json",))
+        if result.status == 404:
+            raise NotFound(f"{local}@{domain} has no agent card")
+        if result.status != 200:
+            raise DiscoveryError(f"{domain}: agent card answered {result.status}")
+        try:
+            card = jsonutil.loads(result.body, max_bytes=MAX_WELL_KNOWN_BYTES, what="agent card")
+        except SynqError as exc:
+            raise MisconfiguredDomain(f"{domain}: {exc.message}") from None
+        if not isinstance(card, dict):
+            raise MisconfiguredDomain(f"{domain}: an agent card is a JSON object")
+        return card
 
     # ---------------------------------------------------------------- cache plumbing
 

@@ -27,6 +27,7 @@ from relay.core.jws import b64url_decode
 from relay.core.limits import (
     DEFAULT_INBOX_PAGE,
     MAX_API_BODY_BYTES,
+    MAX_ID_LENGTH,
     MAX_INBOX_PAGE,
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
@@ -108,7 +109,7 @@ class SendRequest(BaseModel):
     to: Annotated[list[str], Field(min_length=1, max_length=MAX_RECIPIENTS)]
     content_type: Annotated[str, Field(pattern=CONTENT_TYPE_PATTERN)] = "text/plain"
     body: Any
-    kind: Annotated[str, Field(pattern=KIND_PATTERN, max_length=64)] = "message"
+    kind: Annotated[str, Field(pattern=KIND_PATTERN, max_length=MAX_ID_LENGTH)] = "message"
     thread: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     in_reply_to: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     expires: str | None = None
@@ -317,17 +318,33 @@ async def stream_inbox(request: web.Request) -> web.StreamResponse:
 # --- cards and health ---------------------------------------------------------------------------
 
 
+async def local_card(request: web.Request, address: Address) -> dict[str, Any]:
+    relay = request.app[RELAY]
+    if await relay.store.get_agent(address.local) is None:
+        raise E.NotFound(f"no agent {address}")
+    return inbox_agent_card(address, relay.public_url)
+
+
 @routes.get("/synq/v1/agents/{address}")
 async def agent_card(request: web.Request) -> web.Response:
-    """The agent card of an address (public, like the well-known card it mirrors)."""
+    """The agent card of any address: a local agent's own, or a partner's fetched from its
+    relay (``/agents/<local>/.well-known/agent-card.json``). Public, as cards are."""
     relay = request.app[RELAY]
     address = Address.parse(request.match_info["address"])
-    if address.domain != relay.domain:
-        raise E.NotFound(f"{address} is not an address of this relay")
-    agent = await relay.store.get_agent(address.local)
-    if agent is None:
-        raise E.NotFound(f"no agent {address}")
-    return json_response(inbox_agent_card(address, relay.public_url))
+    if address.domain == relay.domain:
+        return json_response(await local_card(request, address))
+    return json_response(await relay.discovery.agent_card(address.domain, address.local))
+
+
+@routes.get("/agents/{local}/.well-known/agent-card.json")
+async def published_card(request: web.Request) -> web.Response:
+    """Where partners fetch a local agent's card (DESIGN §5)."""
+    relay = request.app[RELAY]
+    try:
+        address = Address.parse(f"{request.match_info['local']}@{relay.domain}")
+    except E.InvalidAddress:
+        raise E.NotFound("no such agent") from None
+    return json_response(await local_card(request, address))
 
 
 @routes.get("/healthz")
