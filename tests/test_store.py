@@ -782,7 +782,10 @@ async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
         s = await open_store(f"sqlite:///{path}")
         await s.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "init")]
+        assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [
+            (1, "init"),
+            (2, "local_deliveries"),
+        ]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     db.close()
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import jws
-from relay.core.address import RESERVED_LOCALS, Address
+from relay.core.address import MAILER_DAEMON, RESERVED_LOCALS, Address
 from relay.core.clock import Clock
 from relay.core.envelope import KIND_MESSAGE, Envelope
 from relay.core.errors import InvalidEnvelope, PayloadTooLarge, UnknownRecipient
@@ -141,6 +142,28 @@ class Router:
             new_envelope(envelope, token, local, remote, via), self._clock.now()
         )
         return Submitted(envelope, token, result)
+
+    async def dsn(self, failure: dsn_mod.Failure, arrival: datetime | None) -> NewEnvelope | None:
+        """The delivery-status envelope reporting ``failure`` to the original sender, from
+        ``mailer-daemon@<this domain>`` (RFC 3464), ready for the store — queued for federation
+        when the sender is remote. None when no DSN is due: a failure of a DSN (RFC 3464 §2),
+        or a local sender that no longer exists."""
+        if not dsn_mod.should_report(failure):
+            return None
+        sender = Address.parse(failure.original_from)
+        local, remote = self.split([sender])
+        if local and not await self.store.existing_agents(local):
+            return None
+        envelope, token = self.build(
+            Address(MAILER_DAEMON, self.domain),
+            [sender],
+            dsn_mod.CONTENT_TYPE,
+            dsn_mod.dsn_body(failure, self.domain, arrival),
+            kind=dsn_mod.KIND_DSN,
+            thread=failure.thread,
+            in_reply_to=failure.original_id,
+        )
+        return new_envelope(envelope, token, local, remote, "relay")
 
 
 def new_envelope(

@@ -31,14 +31,13 @@ from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import status as st
 from relay.core import txn as txn_mod
-from relay.core.address import MAILER_DAEMON, Address
 from relay.core.clock import Clock
 from relay.core.errors import DiscoveryError, SynqError
 from relay.core.ids import uuid7
 from relay.core.jws import b64url_decode
 from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.retry import Breaker, RetryPolicy
-from relay.delivery.router import Router, new_envelope
+from relay.delivery.router import Router
 from relay.store.base import QUEUE_CHANNEL, NewEnvelope, Outcome, QueueEntry, Store
 
 log = logging.getLogger("synq.federation.outbound")
@@ -285,13 +284,7 @@ class FederationSender:
     async def _dsns(
         self, bounced: list[Outcome], rows: Sequence[QueueEntry], now: datetime
     ) -> list[NewEnvelope]:
-        if not bounced:
-            return []
         by_key = {(r.origin, r.id, r.recipient): r for r in rows}
-        senders = {Address.parse(by_key[(o.origin, o.id, o.recipient)].sender) for o in bounced}
-        existing = await self.store.existing_agents(
-            a.local for a in senders if a.domain == self.domain
-        )
         out: list[NewEnvelope] = []
         for o in bounced:
             row = by_key[(o.origin, o.id, o.recipient)]
@@ -307,21 +300,9 @@ class FederationSender:
                 attempts=row.attempts + (0 if o.event == "expired" else 1),
                 last_attempt=now,
             )
-            sender = Address.parse(row.sender)
-            if not dsn_mod.should_report(failure) or sender.domain != self.domain:
-                continue
-            if sender.local not in existing:
-                continue
-            envelope, token = self.router.build(
-                Address(MAILER_DAEMON, self.domain),
-                [sender],
-                dsn_mod.CONTENT_TYPE,
-                dsn_mod.dsn_body(failure, self.domain, original.created),
-                kind=dsn_mod.KIND_DSN,
-                thread=original.thread,
-                in_reply_to=row.id,
-            )
-            out.append(new_envelope(envelope, token, [sender.local], (), "relay"))
+            dsn = await self.router.dsn(failure, original.created)
+            if dsn is not None:
+                out.append(dsn)
         return out
 
     # --- the loop -------------------------------------------------------------------------------

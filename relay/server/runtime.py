@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Mapping
 from datetime import datetime
 
 import aiohttp
@@ -20,6 +21,8 @@ from relay import __version__
 from relay.config import Config
 from relay.core.clock import Clock, SystemClock
 from relay.core.jws import SigningKey
+from relay.delivery.adapters import AgentAdapter
+from relay.delivery.dispatch import Dispatcher
 from relay.delivery.router import Router
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
@@ -57,6 +60,7 @@ class Relay:
         clock: Clock | None = None,
         *,
         rng: random.Random | None = None,
+        adapters: Mapping[str, AgentAdapter] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -90,6 +94,13 @@ class Relay:
             clock=self.clock,
             rng=rng,
         )
+        self.dispatcher = Dispatcher(
+            store=store,
+            router=self.router,
+            clock=self.clock,
+            adapters=adapters if adapters is not None else {},
+            rng=rng,
+        )
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -104,14 +115,19 @@ class Relay:
         return self.keyring.signing_key(now)
 
     @classmethod
-    async def open(cls, config: Config, clock: Clock | None = None) -> Relay:
+    async def open(
+        cls,
+        config: Config,
+        clock: Clock | None = None,
+        adapters: Mapping[str, AgentAdapter] | None = None,
+    ) -> Relay:
         """Load keys (refusing loose permissions) and open the store with migrations applied."""
         keyring = load_keyring(config.keys_dir)
         store = await open_store(
             config.store_url, domain=config.relay.domain, synchronous=config.store.synchronous
         )
         try:
-            return cls(config=config, store=store, keyring=keyring, clock=clock)
+            return cls(config=config, store=store, keyring=keyring, clock=clock, adapters=adapters)
         except BaseException:
             await store.close()
             raise
@@ -138,6 +154,7 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        await self.dispatcher.close()
         await self._http.close()
         await self.discovery.close()
         await self.store.close()

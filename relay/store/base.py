@@ -42,6 +42,8 @@ RecipientState = Literal["queued", "sent", "delivered", "bounced"]
 #: Notifier channel names. ``inbox:<agent>`` wakes long polls and SSE streams for one agent;
 #: ``queue`` wakes the federation workers when remote rows are queued or flushed.
 QUEUE_CHANNEL: Final = "queue"
+#: Wakes the local dispatcher when an adapter-backed agent (A2A, MCP) got an inbox row.
+DELIVERY_CHANNEL: Final = "deliveries"
 
 
 def inbox_channel(agent: str) -> str:
@@ -165,6 +167,38 @@ class Outcome:
     hop: str | None
     next_attempt: datetime | None = None
     event: str | None = None  # defaults: sent→sent, queued→deferred, bounced→bounced
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDelivery:
+    """One inbox row of an adapter-backed agent, leased for handing over to the agent."""
+
+    agent: str
+    seq: int
+    origin: str
+    id: str
+    sender: str
+    token: str
+    expires: datetime
+    attempts: int
+    code: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """The result of one attempt to hand an inbox row to its agent, applied by
+    ``settle_deliveries``: ``delivered`` (the agent took it: the row is acked), ``queued``
+    (retry at ``next_attempt``) or ``bounced`` (permanent failure or expiry: acked, and the
+    caller passes the DSN in the same call)."""
+
+    agent: str
+    seq: int
+    state: Literal["delivered", "queued", "bounced"]
+    code: str
+    reason: str
+    hop: str | None = None
+    next_attempt: datetime | None = None
 
 
 class Listener:
@@ -316,6 +350,27 @@ class Store(abc.ABC):
     ) -> None:
         """Apply delivery outcomes and accept ``new`` envelopes (DSNs) in one transaction, so a
         bounce and its DSN are both recorded or neither is. Releases the leases."""
+
+    # local delivery to adapter-backed agents ----------------------------------------------------
+    # ``accept``/``accept_many`` give every new inbox row of an agent whose kind is not
+    # ``inbox`` a delivery row, due at once, and wake ``DELIVERY_CHANNEL``.
+
+    @abc.abstractmethod
+    async def lease_deliveries(
+        self, now: datetime, *, lease_until: datetime, limit: int
+    ) -> list[LocalDelivery]:
+        """Lease due delivery rows (next attempt passed, lease lapsed), oldest first."""
+
+    @abc.abstractmethod
+    async def settle_deliveries(
+        self, outcomes: Sequence[DeliveryOutcome], new: Sequence[NewEnvelope], now: datetime
+    ) -> None:
+        """Apply outcomes and accept ``new`` envelopes (replies' DSNs) in one transaction.
+        ``delivered``/``bounced`` remove the delivery row, ack the inbox row and log an event
+        for the recipient; ``queued`` counts an attempt and sets the next one."""
+
+    @abc.abstractmethod
+    async def next_delivery_due(self) -> datetime | None: ...
 
     @abc.abstractmethod
     async def release_leases(self) -> int:

@@ -75,12 +75,15 @@ from relay.core.errors import (
     UnknownRecipient,
 )
 from relay.store.base import (
+    DELIVERY_CHANNEL,
     QUEUE_CHANNEL,
     AcceptResult,
     AgentKind,
     AgentRecord,
     DeliveryEvent,
+    DeliveryOutcome,
     InboxItem,
+    LocalDelivery,
     MessageStatus,
     NewEnvelope,
     Notifier,
@@ -220,6 +223,36 @@ _INSERT_INBOX = """
 INSERT INTO inbox (agent, envelope, delivered_at) VALUES (?, ?, ?)
 ON CONFLICT (agent, envelope) DO NOTHING
 """
+_INSERT_DELIVERY = """
+INSERT INTO deliveries (seq, agent, next_attempt)
+SELECT i.seq, i.agent, ?3 FROM inbox AS i JOIN agents AS a ON a.name = i.agent
+WHERE i.agent = ?1 AND i.envelope = ?2 AND a.kind <> 'inbox'
+ON CONFLICT (seq) DO NOTHING
+"""
+_DELIVERY_SELECT = """
+SELECT d.agent, d.seq, e.origin, e.id, e.sender, e.token, e.expires, d.attempts, d.code, d.reason
+FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq JOIN envelopes AS e ON e.pk = i.envelope
+WHERE d.next_attempt <= ?1 AND (d.lease_until IS NULL OR d.lease_until <= ?1)
+ORDER BY d.next_attempt, d.seq LIMIT ?2
+"""
+_DELIVERY_LEASE = "UPDATE deliveries SET lease_until = ? WHERE seq = ?"
+_DELIVERY_DEFER = """
+UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?2, lease_until = NULL,
+    code = ?3, reason = ?4
+WHERE seq = ?1
+"""
+_DELIVERY_DONE = "DELETE FROM deliveries WHERE seq = ?"
+_DELIVERY_ACK = "UPDATE inbox SET acked_at = coalesce(acked_at, ?2) WHERE seq = ?1"
+_DELIVERY_EVENT = """
+INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
+SELECT i.envelope, ?2, ?3, ?4, ?5, ?6, ?7 FROM inbox AS i WHERE i.seq = ?1
+"""
+_DELIVERY_BOUNCE = """
+UPDATE recipients SET state = 'bounced', code = ?3, reason = ?4, updated = ?2
+WHERE recipient = ?5 AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?1)
+"""
+_NEXT_DELIVERY_DUE = "SELECT min(next_attempt) FROM deliveries"
+
 _INSERT_EVENT = """
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -614,6 +647,10 @@ async def _accept_rows(
             if missing:
                 raise UnknownRecipient(f"no local agent named {', '.join(missing)}") from exc
             raise
+        # Adapter-backed agents (A2A, MCP) get their new rows handed over by the dispatcher.
+        cursor = await conn.executemany(_INSERT_DELIVERY, inbox_rows)
+        if cursor.rowcount > 0:
+            channels.add(DELIVERY_CHANNEL)
     if event_rows:
         await conn.executemany(_INSERT_EVENT, event_rows)
     return results, channels
@@ -1051,13 +1088,88 @@ class SQLiteStore(Store):
         entries: list[QueueEntry] = await self._write(run)
         return entries
 
+    async def lease_deliveries(
+        self, now: datetime, *, lease_until: datetime, limit: int
+    ) -> list[LocalDelivery]:
+        if limit <= 0:
+            return []
+        at, until = _ts(now), _ts(lease_until)
+
+        async def run(conn: aiosqlite.Connection) -> tuple[list[LocalDelivery], Collection[str]]:
+            rows = list(await conn.execute_fetchall(_DELIVERY_SELECT, (at, limit)))
+            if rows:
+                await conn.executemany(_DELIVERY_LEASE, [(until, row[1]) for row in rows])
+            return [
+                LocalDelivery(
+                    agent=r[0],
+                    seq=r[1],
+                    origin=r[2],
+                    id=r[3],
+                    sender=r[4],
+                    token=r[5],
+                    expires=_dt(r[6]),
+                    attempts=r[7],
+                    code=r[8],
+                    reason=r[9],
+                )
+                for r in rows
+            ], ()
+
+        leased: list[LocalDelivery] = await self._write(run)
+        return leased
+
+    async def settle_deliveries(
+        self, outcomes: Sequence[DeliveryOutcome], new: Sequence[NewEnvelope], now: datetime
+    ) -> None:
+        at = _ts(now)
+        new = list(new)
+        if not outcomes and not new:
+            return
+        for o in outcomes:
+            if o.state == "queued" and o.next_attempt is None:
+                raise InternalError("a deferred delivery needs next_attempt")
+
+        async def run(conn: aiosqlite.Connection) -> tuple[None, Collection[str]]:
+            for o in outcomes:
+                address = f"{o.agent}@{self.domain}"
+                event = {"delivered": "delivered", "queued": "deferred", "bounced": "bounced"}[
+                    o.state
+                ]
+                await conn.execute(
+                    _DELIVERY_EVENT, (o.seq, at, address, event, o.code, o.reason, o.hop)
+                )
+                if o.state == "queued":
+                    assert o.next_attempt is not None
+                    await conn.execute(
+                        _DELIVERY_DEFER, (o.seq, _ts(o.next_attempt), o.code, o.reason)
+                    )
+                    continue
+                await conn.execute(_DELIVERY_DONE, (o.seq,))
+                await conn.execute(_DELIVERY_ACK, (o.seq, at))
+                if o.state == "bounced":
+                    await conn.execute(_DELIVERY_BOUNCE, (o.seq, at, o.code, o.reason, address))
+            channels: Collection[str] = ()
+            if new:
+                _results, channels = await _accept_rows(conn, [(i, at) for i in new], self.domain)
+            return None, channels
+
+        await self._write(run)
+
+    async def next_delivery_due(self) -> datetime | None:
+        row = await self._read_one(_NEXT_DELIVERY_DUE, ())
+        return _dt_or_none(row[0] if row else None)
+
     async def release_leases(self) -> int:
         async def run(conn: aiosqlite.Connection) -> tuple[int, Collection[str]]:
             cursor = await conn.execute(
                 "UPDATE recipients SET lease_until = NULL "
                 "WHERE state = 'queued' AND lease_until IS NOT NULL"
             )
-            return cursor.rowcount, (QUEUE_CHANNEL,)
+            released = cursor.rowcount
+            cursor = await conn.execute(
+                "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
+            )
+            return released + cursor.rowcount, (QUEUE_CHANNEL, DELIVERY_CHANNEL)
 
         released: int = await self._write(run)
         return released

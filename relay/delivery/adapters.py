@@ -1,0 +1,63 @@
+"""The relay's small adapter interface (DESIGN §2, §8): what an adapter implements, and the
+only relay types an adapter sees.
+
+An adapter translates between envelopes and one protocol (A2A, MCP). For an agent it backs,
+the relay hands it each envelope from the agent's inbox (``deliver``) together with a
+``Replier``: everything the agent answers — a direct reply, each task status or artifact
+update, progress — goes back to the original sender as envelopes, in the order the adapter
+emits them, each durable before ``reply`` returns. Adapters hold no routing and no storage:
+the relay's store is the inbox, its dispatcher does the retrying, its router does the rest.
+
+An adapter reports failure by raising ``DeliveryFailed`` with an RFC 3463 status: a 4.x.x
+status keeps the envelope in the inbox for another attempt (the agent is down, timed out,
+answered 5xx), a 5.x.x status bounces it to its sender with a DSN (the agent refused the
+message for good). Any other exception counts as transient (4.0.0) and is logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.core.envelope import Envelope
+from relay.core.status import Status
+from relay.store.base import AgentRecord
+
+
+class DeliveryFailed(Exception):
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One envelope the agent sends back to the original sender. ``thread`` and
+    ``in_reply_to`` default to the original's thread and id."""
+
+    kind: str
+    content_type: str
+    body: Any
+    thread: str | None = None
+    in_reply_to: str | None = None
+
+
+class Replier(Protocol):
+    async def __call__(self, reply: Reply) -> str:
+        """Submit the reply (signed, durable); return its envelope id."""
+        ...
+
+
+class AgentAdapter(Protocol):
+    #: The agent kind this adapter serves (``a2a``, ``mcp``): ``AgentRecord.kind``.
+    kind: str
+
+    async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
+        """Hand ``envelope`` to the agent; send what it answers through ``reply``.
+        Return when the agent has taken the envelope and everything it answered is sent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and child processes."""
+        ...

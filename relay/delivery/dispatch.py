@@ -1,0 +1,239 @@
+"""Local delivery to adapter-backed agents: how an A2A agent or an MCP server gains an inbox.
+
+Every envelope for such an agent is first committed to its inbox like any other. The
+dispatcher then leases due inbox rows (``Store.lease_deliveries``), hands each to the agent's
+adapter, and settles the outcome:
+
+* the agent took it → the inbox row is acked, the event log says ``delivered``;
+* a transient failure (agent down, timeout, 5xx) → retry with backoff, the row stays in the
+  inbox, so an agent that is down for an hour receives its mail when it is back;
+* a permanent refusal, or expiry of the envelope → ``bounced``, and a DSN from
+  ``mailer-daemon@<our domain>`` goes to the sender — across federation when the sender is a
+  partner's agent ("a delivery that the receiver accepted and later fails locally is bounced by
+  the receiver", DESIGN §6).
+
+Deliveries run concurrently up to ``MAX_CONCURRENT_DELIVERIES``, each bounded by
+``DELIVERY_TIMEOUT``. A crash mid-delivery leaves the lease to lapse (or, on SQLite, to be
+released at the next start) and the envelope is delivered again: adapters pass the envelope id
+to the agent (A2A ``messageId``) so the agent can recognise the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Final, Literal
+
+from relay.core import dsn as dsn_mod
+from relay.core import envelope as env_mod
+from relay.core import status as st
+from relay.core.address import Address
+from relay.core.clock import Clock
+from relay.core.envelope import KIND_DSN, Envelope
+from relay.core.errors import SynqError
+from relay.core.jws import b64url_decode
+from relay.core.retry import RetryPolicy
+from relay.delivery.adapters import AgentAdapter, DeliveryFailed, Reply
+from relay.delivery.router import Router
+from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, LocalDelivery, NewEnvelope, Store
+
+log = logging.getLogger("synq.delivery")
+
+#: Inbox rows leased per pass.
+LEASE_BATCH: Final = 200
+#: Deliveries in flight at once. Bounds the connections and memory a burst of mail for
+#: adapter-backed agents can take.
+MAX_CONCURRENT_DELIVERIES: Final = 32
+#: Longest one delivery may take, including streaming every update of the task it starts.
+#: A hung agent costs one slot for this long, then the envelope is retried later.
+DELIVERY_TIMEOUT: Final = 600.0
+#: Lease longer than a delivery can take, so a live dispatcher never loses its rows.
+LEASE_DURATION: Final = timedelta(seconds=DELIVERY_TIMEOUT + 60)
+#: Local agents restart faster than partner relays: retry sooner, cap lower.
+LOCAL_RETRY: Final = RetryPolicy(initial=timedelta(seconds=2), maximum=timedelta(minutes=5))
+#: Longest idle wait between passes (a safety net for lost wake-ups).
+MAX_IDLE_WAIT: Final = 30.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        router: Router,
+        clock: Clock,
+        adapters: Mapping[str, AgentAdapter],
+        policy: RetryPolicy = LOCAL_RETRY,
+        rng: random.Random | None = None,
+        timeout: float = DELIVERY_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.clock = clock
+        self.adapters = dict(adapters)
+        self.policy = policy
+        self.rng = rng or random.Random()  # noqa: S311 — jitter, not secrecy
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
+
+    async def run_once(self) -> int:
+        """Hand over every due inbox row once; return how many were settled."""
+        total = 0
+        while True:
+            now = self.clock.now()
+            rows = await self.store.lease_deliveries(
+                now, lease_until=now + LEASE_DURATION, limit=LEASE_BATCH
+            )
+            if not rows:
+                return total
+            results = await asyncio.gather(*(self._one(row) for row in rows))
+            outcomes = [o for o, _ in results]
+            dsns = [d for _, d in results if d is not None]
+            await self.store.settle_deliveries(outcomes, dsns, self.clock.now())
+            total += len(rows)
+            if len(rows) < LEASE_BATCH:
+                return total
+
+    async def _one(self, row: LocalDelivery) -> tuple[DeliveryOutcome, NewEnvelope | None]:
+        now = self.clock.now()
+        envelope = env_mod.decode(b64url_decode(row.token.split(".")[1]))
+        if row.expires <= now:
+            last = f"; last error: {row.code} {row.reason}" if row.code else ""
+            reason = f"not delivered to the agent before it expired{last}"
+            return await self._bounce(row, envelope, st.EXPIRED, reason, counted=False)
+        if envelope.kind == KIND_DSN:
+            # Delivery reports stay in the inbox for the operator (``synq inbox``); an A2A or
+            # MCP agent has no notion of them, and answering one could start a loop.
+            return self._settled(row, "delivered", st.OK, "kept in the inbox", "inbox"), None
+        agent = await self.store.get_agent(row.agent)
+        adapter = self.adapters.get(agent.kind) if agent is not None else None
+        if agent is None or adapter is None:
+            kind = agent.kind if agent else "?"
+            return self._defer(row, st.TRANSIENT, f"no adapter for {kind} agents here", now), None
+        try:
+            async with self._slots, asyncio.timeout(self.timeout):
+                await adapter.deliver(agent, envelope, self._replier(row.agent, envelope))
+        except DeliveryFailed as exc:
+            if exc.status.is_permanent:
+                return await self._bounce(row, envelope, exc.status, exc.reason, counted=True)
+            return self._defer(row, exc.status, exc.reason, self.clock.now()), None
+        except TimeoutError:
+            reason = f"the agent did not finish within {self.timeout:g} s"
+            return self._defer(row, st.NO_ANSWER, reason, self.clock.now()), None
+        except SynqError as exc:
+            return self._defer(
+                row,
+                exc.status if exc.status.is_transient else st.TRANSIENT,
+                exc.message,
+                self.clock.now(),
+            ), None
+        except Exception:
+            log.exception("delivery of %s to %s failed", row.id, row.agent)
+            return self._defer(row, st.TRANSIENT, "delivery failed", self.clock.now()), None
+        return self._settled(
+            row, "delivered", st.DELIVERED, "the agent took it", agent.endpoint
+        ), None
+
+    def _replier(self, agent: str, original: Envelope) -> _Replier:
+        return _Replier(self.router, Address(agent, self.router.domain), original)
+
+    def _settled(
+        self,
+        row: LocalDelivery,
+        state: Literal["delivered", "bounced"],
+        status: st.Status,
+        reason: str,
+        hop: str | None,
+    ) -> DeliveryOutcome:
+        return DeliveryOutcome(
+            agent=row.agent,
+            seq=row.seq,
+            state=state,
+            code=status.code,
+            reason=reason,
+            hop=hop,
+        )
+
+    def _defer(
+        self, row: LocalDelivery, status: st.Status, reason: str, now: datetime
+    ) -> DeliveryOutcome:
+        retry_at = min(self.policy.next_attempt(now, row.attempts + 1, self.rng), row.expires)
+        return DeliveryOutcome(
+            agent=row.agent,
+            seq=row.seq,
+            state="queued",
+            code=status.code,
+            reason=reason,
+            next_attempt=retry_at,
+        )
+
+    async def _bounce(
+        self,
+        row: LocalDelivery,
+        envelope: Envelope,
+        status: st.Status,
+        reason: str,
+        *,
+        counted: bool,
+    ) -> tuple[DeliveryOutcome, NewEnvelope | None]:
+        failure = dsn_mod.Failure(
+            original_id=envelope.id,
+            original_from=envelope.from_,
+            original_kind=envelope.kind,
+            thread=envelope.thread,
+            recipient=f"{row.agent}@{self.router.domain}",
+            status=status.code,
+            diagnostic=reason,
+            attempts=row.attempts + (1 if counted else 0),
+            last_attempt=self.clock.now(),
+        )
+        dsn = await self.router.dsn(failure, envelope.created)
+        return self._settled(row, "bounced", status, reason, None), dsn
+
+    async def run(self) -> None:
+        """Run passes forever (cancel to stop)."""
+        async with self.store.notifier.listen(DELIVERY_CHANNEL) as listener:
+            while True:
+                try:
+                    await self.run_once()
+                except SynqError as exc:
+                    log.warning("delivery pass failed: %s", exc.message)
+                except Exception:
+                    log.exception("delivery pass failed")
+                wait = MAX_IDLE_WAIT
+                try:
+                    due = await self.store.next_delivery_due()
+                except SynqError:
+                    due = None
+                if due is not None:
+                    wait = min(wait, max((due - self.clock.now()).total_seconds(), 0.05))
+                await listener.wait(wait)
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.close()
+
+
+class _Replier:
+    """Sends an agent's answers back to the original sender, as the agent."""
+
+    def __init__(self, router: Router, agent: Address, original: Envelope) -> None:
+        self.router = router
+        self.agent = agent
+        self.original = original
+
+    async def __call__(self, reply: Reply) -> str:
+        submitted = await self.router.submit(
+            self.agent,
+            [self.original.sender],
+            reply.content_type,
+            reply.body,
+            kind=reply.kind,
+            thread=reply.thread if reply.thread is not None else self.original.thread,
+            in_reply_to=reply.in_reply_to if reply.in_reply_to is not None else self.original.id,
+            via="adapter",
+        )
+        return submitted.envelope.id
