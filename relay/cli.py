@@ -45,6 +45,7 @@ from relay.keyring import KeyEntry, selector_for, write_key
 from relay.server.api import envelope_payload, status_to_wire
 from relay.server.app import build_app
 from relay.server.runtime import Relay
+from relay.store.base import AgentKind
 
 log = logging.getLogger("synq")
 
@@ -194,13 +195,28 @@ async def agent_add(args: argparse.Namespace, relay: Relay) -> int:
     name = local_name(relay, args.name)
     if name in RESERVED_LOCALS:
         raise UserError(f"{name} is reserved for the relay itself")
+    kind: AgentKind = "inbox"
+    endpoint: str | None = None
+    if args.a2a:
+        kind, endpoint = "a2a", args.a2a
+    elif args.mcp_stdio:
+        kind, endpoint = "mcp", "stdio:" + args.mcp_stdio
+    elif args.mcp_http:
+        kind, endpoint = "mcp", args.mcp_http
+    if endpoint is not None:
+        adapter = relay.dispatcher.adapters.get(kind)
+        if adapter is None:
+            raise UserError(f"this relay has no {kind} adapter")
+        # The adapter checks the endpoint now (card, tool list), not at the first message.
+        endpoint = await adapter.check(endpoint)
     token = new_token()
-    await relay.store.create_agent(name, "inbox", hash_token(token), None, relay.clock.now())
+    await relay.store.create_agent(name, kind, hash_token(token), endpoint, relay.clock.now())
     address = f"{name}@{relay.domain}"
     out(
         args,
-        {"address": address, "kind": "inbox", "token": token},
-        f"{address}\ntoken: {token}\n(the token is shown once; store it now)",
+        {"address": address, "kind": kind, "endpoint": endpoint, "token": token},
+        f"{address} ({kind}{', ' + endpoint if endpoint else ''})\ntoken: {token}\n"
+        "(the token is shown once; store it now)",
     )
     return 0
 
@@ -417,8 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", parents=[common], help="manage local agents")
     asub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    add = asub.add_parser("add", parents=[common], help="register an inbox agent")
+    add = asub.add_parser("add", parents=[common], help="register a local agent")
     add.add_argument("name")
+    backing = add.add_mutually_exclusive_group()
+    backing.add_argument(
+        "--a2a",
+        metavar="URL",
+        help="an A2A agent: its base URL (card at URL/.well-known/agent-card.json)",
+    )
+    backing.add_argument(
+        "--mcp-stdio", metavar="CMD", help="an MCP server started as CMD, spoken to on stdio"
+    )
+    backing.add_argument("--mcp-http", metavar="URL", help="an MCP server at a streamable HTTP URL")
     add.set_defaults(func=run_on_relay(agent_add))
     ls = asub.add_parser("list", parents=[common], help="list local agents")
     ls.set_defaults(func=run_on_relay(agent_list))

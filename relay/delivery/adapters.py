@@ -53,6 +53,16 @@ class AgentAdapter(Protocol):
     #: The agent kind this adapter serves (``a2a``, ``mcp``): ``AgentRecord.kind``.
     kind: str
 
+    async def check(self, endpoint: str) -> str:
+        """Validate an endpoint at ``synq agent add`` time (fetch and validate the A2A card,
+        start the MCP server and list its tools); return the endpoint in the form to store.
+        Raise a ``relay.core.errors.SynqError`` with a one-line message if it is unusable."""
+        ...
+
+    async def card(self, agent: AgentRecord, address: str, public_url: str) -> dict[str, Any]:
+        """The A2A agent card the relay publishes for this agent's address."""
+        ...
+
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
         """Hand ``envelope`` to the agent; send what it answers through ``reply``.
         Return when the agent has taken the envelope and everything it answered is sent."""

@@ -320,8 +320,12 @@ async def stream_inbox(request: web.Request) -> web.StreamResponse:
 
 async def local_card(request: web.Request, address: Address) -> dict[str, Any]:
     relay = request.app[RELAY]
-    if await relay.store.get_agent(address.local) is None:
+    agent = await relay.store.get_agent(address.local)
+    if agent is None:
         raise E.NotFound(f"no agent {address}")
+    adapter = relay.dispatcher.adapters.get(agent.kind)
+    if adapter is not None:
+        return await adapter.card(agent, str(address), relay.public_url)
     return inbox_agent_card(address, relay.public_url)
 
 

@@ -51,6 +51,11 @@ class CheckedRelayResolver:
         return url
 
 
+def default_adapters(config: Config) -> dict[str, AgentAdapter]:
+    """The adapters a relay runs with, by agent kind (``AgentRecord.kind``)."""
+    return {}
+
+
 class Relay:
     def __init__(
         self,
@@ -98,7 +103,7 @@ class Relay:
             store=store,
             router=self.router,
             clock=self.clock,
-            adapters=adapters if adapters is not None else {},
+            adapters=adapters if adapters is not None else default_adapters(config),
             rng=rng,
         )
         self._background: list[asyncio.Task[None]] = []
