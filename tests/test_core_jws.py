@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jwcrypto import jws as jwc
 
 from relay.core import jws
 from relay.core.errors import BadSignature, ConfigError, InvalidEnvelope, PayloadTooLarge, SynqError
@@ -351,3 +352,24 @@ def test_any_single_character_change_is_caught(key: jws.SigningKey, data: st.Dat
         return
     with pytest.raises(SynqError):
         jws.verify(jws.parse_compact(changed), key.public_key)
+
+
+def test_tokens_interoperate_with_jwcrypto_both_ways() -> None:
+    """The compact framing is done here; jwcrypto, an independent JOSE implementation, must
+    agree with it in both directions."""
+    key = jws.SigningKey.generate("s1")
+    payload = b'{"v":1,"hello":"world"}'
+    ours = jws.sign(payload, key)
+    checked = jwc.JWS()
+    checked.deserialize(ours)
+    checked.verify(key.public_key.to_jwk(), alg="EdDSA")
+    assert checked.payload == payload
+
+    theirs = jwc.JWS(payload)
+    theirs.add_signature(
+        key.key,
+        alg=None,
+        protected=json.dumps({"alg": "EdDSA", "kid": "s1", "typ": "synq+jws"}),
+    )
+    token = str(theirs.serialize(compact=True))
+    jws.verify(jws.parse_compact(token), key.public_key)

@@ -10,6 +10,7 @@ equal everywhere (store keys, dedup keys, policy rules).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -46,8 +47,14 @@ def normalize_local(local: str) -> str:
     return folded
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
-    """IDNA-normalise a domain to lower-case A-labels; raise InvalidAddress if it is not one."""
+    """IDNA-normalise a domain to lower-case A-labels; raise InvalidAddress if it is not one.
+
+    Cached: UTS #46 mapping costs tens of microseconds and a relay sees the same few domains
+    on every envelope. The cache is bounded (LRU, 4096) so junk domains from a hostile peer
+    cannot grow it; exceptions are not cached, so junk costs the full price each time.
+    """
     raw = domain[:-1] if domain.endswith(".") else domain
     if not raw or len(raw) > MAX_DOMAIN_LENGTH * 4:
         raise InvalidAddress(f"invalid domain {domain[:80]!r}")

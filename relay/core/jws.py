@@ -20,10 +20,12 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from jwcrypto import jwk, jws
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jwcrypto import jwk
 from jwcrypto.common import JWException
 
 from relay.core import jsonutil
@@ -70,6 +72,8 @@ class SigningKey:
 
     selector: str
     key: jwk.JWK
+    private_key: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    header_b64: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_selector(self.selector)
@@ -77,6 +81,13 @@ class SigningKey:
             raise ConfigError(f"key {self.selector!r} is not an Ed25519 key")
         if not self.key.has_private:
             raise ConfigError(f"key {self.selector!r} has no private part")
+        private = self.key.get_op_key("sign")
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ConfigError(f"key {self.selector!r} is not an Ed25519 private key")
+        header = json.dumps({"alg": ALG, "kid": self.selector, "typ": TYP}, separators=(",", ":"))
+        # Derived once per key, not per envelope.
+        object.__setattr__(self, "private_key", private)
+        object.__setattr__(self, "header_b64", b64url_encode(header.encode("ascii")))
 
     @classmethod
     def generate(cls, selector: str) -> SigningKey:
@@ -104,10 +115,12 @@ class PublicKey:
 
     selector: str
     raw: bytes
+    verifier: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
+        object.__setattr__(self, "verifier", Ed25519PublicKey.from_public_bytes(self.raw))
 
     @classmethod
     def from_raw(cls, selector: str, raw: bytes) -> PublicKey:
@@ -143,14 +156,17 @@ def check_selector(selector: object) -> str:
 
 
 def sign(payload: bytes, key: SigningKey) -> str:
-    """Sign envelope bytes; return the compact JWS."""
-    token = jws.JWS(payload)
-    token.add_signature(
-        key.key,
-        alg=None,
-        protected=json.dumps({"alg": ALG, "kid": key.selector, "typ": TYP}, separators=(",", ":")),
-    )
-    return str(token.serialize(compact=True))
+    """Sign envelope bytes; return the compact JWS (RFC 7515 §7.1).
+
+    The compact form is ``b64url(header) . b64url(payload) . b64url(Ed25519(signing input))``
+    (RFC 8037 §3.1); the signature itself is computed by ``cryptography``'s Ed25519, on the key
+    object jwcrypto loaded. Doing the framing here rather than through ``jwcrypto.jws.JWS``
+    saves that class's per-token header-registry copies, two thirds of the signing cost; a test
+    checks that jwcrypto verifies what this produces and vice versa.
+    """
+    signing_input = key.header_b64 + "." + b64url_encode(payload)
+    signature = key.private_key.sign(signing_input.encode("ascii"))
+    return signing_input + "." + b64url_encode(signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +219,15 @@ def parse_compact(token: str) -> ParsedJWS:
 
 
 def verify(parsed: ParsedJWS, key: PublicKey) -> None:
-    """Check the signature with the given public key; raise BadSignature."""
+    """Check the signature with the given public key; raise BadSignature.
+
+    Ed25519 over the signing input exactly as received (RFC 7515 §5.2 step 8; RFC 8037 §3.1),
+    with ``cryptography``; ``parse_compact`` has already checked the three parts' encoding.
+    """
     if key.selector != parsed.kid:
         raise BadSignature(f"key selector {key.selector!r} does not match kid {parsed.kid!r}")
+    signing_input, _, signature_b64 = parsed.token.rpartition(".")
     try:
-        token = jws.JWS()
-        token.deserialize(parsed.token)
-        token.verify(key.to_jwk(), alg=ALG)
-    except JWException:
+        key.verifier.verify(b64url_decode(signature_b64), signing_input.encode("ascii"))
+    except (InvalidSignature, ValueError):
         raise BadSignature() from None
