@@ -73,6 +73,9 @@ class StoreSection(_Section):
 class DiscoverySection(_Section):
     nameservers: list[str] | None = None
     allow_private_addresses: bool = False
+    #: Non-public networks partners may nevertheless be reached in (CIDR strings), e.g. a
+    #: partner across a private interconnect; like Synapse's ip_range_whitelist.
+    allowed_networks: list[str] = []
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
 
     @field_validator("nameservers")

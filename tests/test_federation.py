@@ -6,6 +6,7 @@ are tested without waiting for them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -245,3 +246,102 @@ async def test_agent_card_of_a_partner_address_is_fetched_from_its_relay(w: Worl
     async with w.http.get(f"{acme.url}/synq/v1/agents/bob@nowhere.test") as resp:
         assert resp.status == 502
         assert (await resp.json())["error"]["status"] == "5.1.2"
+
+
+async def test_partner_that_takes_only_small_transactions_gets_them_split(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    sizes: list[int] = []
+    forwarded: list[int] = []
+
+    async def small_only(request: web.Request) -> web.Response:
+        body = await request.read()
+        count = len(json.loads(body)["envelopes"])
+        sizes.append(count)
+        if count > 4:
+            return web.Response(status=413, text="too large")
+        forwarded.append(count)
+        async with w.http.put(
+            f"{globex.url}/synq/v1/federation/txn/{request.match_info['txn']}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type="application/json"
+            )
+
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", small_only)
+    async with TestServer(app) as proxy:
+        w.dns.set_txt(
+            records.relay_record_name("globex.test"),
+            [records.RelayRecord(str(proxy.make_url("")).rstrip("/")).to_txt()],
+            ttl=60,
+        )
+        ids = [
+            (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
+            for i in range(12)
+        ]
+        assert await acme.relay.sender.run_once() == 12
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted(ids)
+    assert sizes[0] == 12
+    assert sum(forwarded) == 12
+    assert max(forwarded) <= 4
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expect_state", "expect_code"),
+    [
+        ("rejected", "2.0.0", "queued", "4.5.0"),
+        ("accepted", "5.1.1", "queued", "4.5.0"),
+        ("rejected", "5.7.1", "bounced", "5.7.1"),
+        ("rejected", "4.7.0", "queued", "4.7.0"),
+    ],
+    ids=["rejected-with-success-code", "accepted-with-failure-code", "refused", "rate-limited"],
+)
+async def test_results_are_read_strictly(
+    w: World, status: str, code: str, expect_state: str, expect_code: str
+) -> None:
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+
+    async def answer(request: web.Request) -> web.Response:
+        doc = json.loads(await request.read())
+        # Answer by index, as a receiver does for envelopes it could not read an id from.
+        results = {f"#{i}": {"status": status, "code": code} for i in range(len(doc["envelopes"]))}
+        return web.json_response({"results": results})
+
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", answer)
+    async with TestServer(app) as partner:
+        w.dns.set_txt(
+            records.relay_record_name("globex.test"),
+            [records.RelayRecord(str(partner.make_url("")).rstrip("/")).to_txt()],
+            ttl=60,
+        )
+        sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
+        assert await acme.relay.sender.run_once() == 1
+    rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+    assert (rec["state"], rec["code"]) == (expect_state, expect_code)
+
+
+async def test_relay_host_on_a_refused_address_bounces_without_connecting() -> None:
+    """A partner's DNS must not point our sender at internal services (SSRF): the guarded
+    connector refuses the address before any packet is sent, and the refusal is permanent."""
+    import aiohttp
+
+    from relay.discovery.dnsclient import make_resolver
+    from relay.discovery.ssrf import AddressPolicy, make_guarded_connector
+    from relay.federation.outbound import TransportFailure
+    from relay.federation.transport import HttpTransport
+
+    policy = AddressPolicy.build(allow_private=False)
+    connector = make_guarded_connector(policy, make_resolver(["127.0.0.1:9"], timeout=0.2))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        transport = HttpTransport(session, policy)
+        # Loopback stands for any non-public address: refused by this policy, and harmless
+        # to reach should the guard ever fail.
+        for url in ("https://127.0.0.2:9", "https://[::1]:9"):
+            with pytest.raises(TransportFailure) as exc:
+                await transport.put_transaction(url, "t1", b"{}")
+            assert exc.value.status.code == "5.7.1"

@@ -59,12 +59,14 @@ TRANSACTION_TIMEOUT: Final = 60.0
 
 class TransportFailure(Exception):
     """The transaction did not get a usable answer: connection refused, timeout, 5xx,
-    garbage. Carries the transient status to record."""
+    garbage, or a refusal of the relay host itself. Carries the status to record; ``too_large``
+    marks a 413 for the whole transaction."""
 
-    def __init__(self, status: st.Status, reason: str) -> None:
+    def __init__(self, status: st.Status, reason: str, *, too_large: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.too_large = too_large
 
 
 class Transport(Protocol):
@@ -204,8 +206,23 @@ class FederationSender:
                 answer = await self.transport.put_transaction(relay_url, txn_id, body)
             results = txn_mod.parse_results(answer)
         except TransportFailure as exc:
-            self.breaker.failure(domain, now, self.rng)
+            if exc.too_large and len(batch) > 1:
+                # The partner takes smaller transactions than we send (its policy hint may
+                # say so too): halve and try again, down to one envelope per transaction.
+                half = len(batch) // 2
+                return await self._transaction(
+                    domain, relay_url, batch[:half], now
+                ) + await self._transaction(domain, relay_url, batch[half:], now)
             log.info("txn %s to %s failed: %s", txn_id, domain, exc.reason)
+            if exc.status.is_permanent:
+                # Discovery-level refusals surfacing at connect time: the relay host has no
+                # address, or only addresses our SSRF policy refuses. Retrying cannot help.
+                return [
+                    self._outcome(r, "bounced", exc.status, exc.reason, relay_url)
+                    for e in batch
+                    for r in e.rows
+                ]
+            self.breaker.failure(domain, now, self.rng)
             return [
                 self._defer(r, exc.status, exc.reason, relay_url, now)
                 for e in batch
@@ -221,8 +238,9 @@ class FederationSender:
             ]
         self.breaker.success(domain)
         outcomes = []
-        for e in batch:
-            result = results.get(e.id)
+        for index, e in enumerate(batch):
+            # An envelope the receiver could not read an id from is answered by its index.
+            result = results.get(e.id) or results.get(f"{txn_mod.INDEX_PREFIX}{index}")
             for r in e.rows:
                 outcomes.append(self._apply(r, result, relay_url, now))
         return outcomes
@@ -237,8 +255,12 @@ class FederationSender:
         per = result.recipients.get(row.recipient)
         code, reason = (per.code, per.reason) if per else (result.code, result.reason)
         klass = int(code[0])
-        if per is None and result.status in ("accepted", "duplicate"):
-            return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
+        accepted = result.status in ("accepted", "duplicate")
+        if per is None and accepted != (klass == 2):
+            # "rejected" with a 2.x code, or "accepted" with a failure code: the partner
+            # contradicts itself (SPEC.md §8.4). Neither reading is safe; keep it and retry.
+            reason = f"inconsistent result ({result.status} {code})"
+            return self._defer(row, st.REMOTE_PROTOCOL, reason, hop, now)
         if klass == 2:
             return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
         if klass == 4:
@@ -276,8 +298,8 @@ class FederationSender:
     ) -> Outcome:
         retry_at = self.policy.next_attempt(now, row.attempts + 1, self.rng)
         if retry_at >= row.expires:
-            # Another try could only happen after expiry: retry once right at expiry so the
-            # bounce carries the last real failure rather than waiting a full backoff.
+            # Another try could only happen after expiry: come back at expiry to bounce it then
+            # (with this failure as the DSN's diagnostic) rather than a backoff later.
             retry_at = row.expires
         return self._outcome(row, "queued", status, reason, hop, retry_at)
 

@@ -7,9 +7,12 @@ import asyncio
 import io
 
 import aiohttp
+from yarl import URL
 
 from relay.core import status as st
+from relay.core.errors import SynqError
 from relay.core.limits import MAX_TXN_BYTES
+from relay.discovery.ssrf import AddressPolicy
 from relay.federation.outbound import TRANSACTION_TIMEOUT, TransportFailure
 
 #: Largest answer read from a partner: results for MAX_TXN_ENVELOPES envelopes with reasons fit
@@ -22,14 +25,21 @@ class HttpTransport:
     partner; the session's connector carries the SSRF guard)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, timeout: float = TRANSACTION_TIMEOUT
+        self,
+        session: aiohttp.ClientSession,
+        policy: AddressPolicy,
+        timeout: float = TRANSACTION_TIMEOUT,
     ) -> None:
         self.session = session
+        self.policy = policy
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def put_transaction(self, relay_url: str, txn_id: str, body: bytes) -> bytes:
         url = f"{relay_url.rstrip('/')}/synq/v1/federation/txn/{txn_id}"
         try:
+            # aiohttp does not pass IP literals through the guarded resolver: the scheme and
+            # literal-address rules must be applied here, before any connection is made.
+            self.policy.check_url(URL(url))
             async with self.session.put(
                 url,
                 # A file-like body is streamed; raw bytes over 1 MiB would be copied in one go on
@@ -44,6 +54,10 @@ class HttpTransport:
                     raise TransportFailure(st.REMOTE_PROTOCOL, "answer too large")
                 if resp.status == 200:
                     return answer
+                if resp.status == 413:
+                    raise TransportFailure(
+                        st.TOO_BIG, "partner relay refused the transaction's size", too_large=True
+                    )
                 if resp.status in (429, 503):
                     raise TransportFailure(st.CONGESTED, f"partner relay answered {resp.status}")
                 if resp.status >= 500:
@@ -58,6 +72,10 @@ class HttpTransport:
                 )
         except TransportFailure:
             raise
+        except SynqError as exc:
+            # The guarded connector refuses the relay host at connect time (discovery errors
+            # pass through aiohttp untouched): keep the refusal's own status.
+            raise TransportFailure(exc.status, exc.message) from None
         except TimeoutError:
             raise TransportFailure(st.NO_ANSWER, "timed out") from None
         except aiohttp.ClientConnectorError as exc:

@@ -78,6 +78,7 @@ class Relay:
             disc.nameservers,
             self.clock,
             allow_private_addresses=disc.allow_private_addresses,
+            allowed_networks=disc.allowed_networks,
             dns_timeout=disc.timeout,
         )
         self.inbound = InboundHandler(store, self.discovery, self.domain, self.clock)
@@ -94,7 +95,7 @@ class Relay:
         self.sender = FederationSender(
             store=store,
             resolver=CheckedRelayResolver(self.discovery),
-            transport=HttpTransport(self._http),
+            transport=HttpTransport(self._http, self.discovery.policy),
             router=self.router,
             clock=self.clock,
             rng=rng,

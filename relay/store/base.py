@@ -166,7 +166,9 @@ class Outcome:
     reason: str
     hop: str | None
     next_attempt: datetime | None = None
-    event: str | None = None  # defaults: sent→sent, queued→deferred, bounced→bounced
+    #: Defaults: sent→sent, queued→deferred, bounced→bounced. ``expired`` and ``held`` (the
+    #: destination is known down; not tried) do not count as attempts.
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,9 @@ _INSERT_INBOX = """
 INSERT INTO inbox (agent, envelope, delivered_at) VALUES (?, ?, ?)
 ON CONFLICT (agent, envelope) DO NOTHING
 """
+#: Settle events that record no delivery attempt (Store.settle).
+_NOT_ATTEMPTS: Final = frozenset({"expired", "held"})
+
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (seq, agent, next_attempt)
 SELECT i.seq, i.agent, ?3 FROM inbox AS i JOIN agents AS a ON a.name = i.agent
@@ -1186,8 +1189,8 @@ class SQLiteStore(Store):
             event = o.event or _DEFAULT_EVENT[o.state]
             next_attempt = _ts(o.next_attempt) if o.state == "queued" and o.next_attempt else None
             # Every outcome is one delivery attempt, except a row that expired in the queue
-            # without being tried.
-            tried = 0 if event == "expired" else 1
+            # without being tried, or one held back because its destination is known down.
+            tried = 0 if event in _NOT_ATTEMPTS else 1
             event_rows.append((at, event, o.code, o.reason, o.hop, o.origin, o.id, o.recipient))
             update_rows.append(
                 (o.state, o.code, o.reason, next_attempt, tried, at, o.origin, o.id, o.recipient)
