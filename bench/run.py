@@ -1,17 +1,21 @@
-"""Synq throughput, each figure beside a baseline measured in the same run.
+"""Synq's benchmark suite: every figure beside a baseline measured in the same run.
 
-    python bench/run.py [-n 5000] [-c 32] [--json]
+    python -m bench                     the quick run (about 2 minutes on an idle 2-core machine)
+    python -m bench --full              N = 10,000 and 100,000; queues of 100,000 and 1,000,000
+    python -m bench --json              the same figures as one JSON document
+    python -m bench --store postgresql  adds relay→relay with the receiver on PostgreSQL (1, 3 procs)
+    python -m bench --profile DIR       py-spy profiles of the relays, summarised at the end
+    python bench/run.py …               the same
 
-Every server is its own process on loopback; the load generator is this process.
+Sections (``--only``/``--skip`` pick them): ``throughput`` (bare aiohttp baseline, local
+send→inbox, relay→relay; bench/throughput.py), ``floor`` (the same per-envelope work with no
+HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/postfix.py),
+``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``backlog``
+(memory with a queue for a partner that is down, and the drain; bench/backlog.py).
 
-* ``baseline``: an aiohttp server answering the API's JSON POST with 202 and doing nothing else;
-* ``local``: one relay, send → recipient's inbox (accepted with 202 = durable in SQLite);
-* ``federated``: two relays and a loopback DNS server; alice@acme.test → bob@globex.test, end to
-  end: accepted at acme (durable), signed, batched into transactions, verified and committed at
-  globex, read from bob's inbox.
-
-Ratios: local / baseline shows what the relay's own work costs on top of HTTP; federated /
-local shows what crossing the boundary costs on top of local delivery.
+Every server is its own process on loopback, on ports the OS chose; the load generator is this
+process. Relays run with SQLite ``synchronous=FULL`` (committed and fsynced before any 202 or
+"accepted") and with the per-sender rate limits lifted (the suite measures capacity).
 """
 
 from __future__ import annotations
@@ -23,182 +27,363 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+# ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.dnsserver import DNSServer
+from bench import backlog, floor, postfix, protocols, throughput
+from bench.common import Proc
+from bench.profile import Profile, Profiler
 
-BASELINE_SERVER = """
-import sys
-from aiohttp import web
-async def h(request):
-    await request.read()
-    return web.json_response({"id": "x", "status": "queued"}, status=202)
-app = web.Application()
-app.router.add_post("/synq/v1/messages", h)
-async def main():
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print("listening on http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1], flush=True)
-    import asyncio
-    await asyncio.Event().wait()
-import asyncio
-asyncio.run(main())
-"""
+SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog")
+
+#: The targets of issue 9.
+TARGET_RATE = 5_000.0
+TARGET_FLOOR_SHARE = 0.60
+TARGET_POSTFIX_RATIO = 8.0
+TARGET_ADDED_P50 = 0.005
+TARGET_RSS_GROWTH = 0.20
+TARGET_DRAIN_SHARE = 0.80
 
 
-async def start(argv: list[str], cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """Start a server process and read the URL it prints once listening."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    assert proc.stdout is not None
-    line = (await proc.stdout.readline()).decode()
-    if "listening on" not in line:
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+def _sizes(text: str) -> list[int]:
+    return sorted({int(s.replace("_", "")) for s in text.split(",") if s.strip()})
 
 
-async def cli(cwd: Path, *argv: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "--json", *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    result: dict[str, Any] = json.loads(out)
-    return result
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
-async def blast(url: str, token: str, n: int, concurrency: int, to: str = "bob@acme.test") -> float:
-    """POST n messages of ~1 KB (as signed envelopes) over ``concurrency`` connections."""
-    payload = {"to": [to], "content_type": "text/plain", "body": "x" * 512}
-    headers = {"Authorization": f"Bearer {token}"}
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as http:
+class Report:
+    """The figures of one run: rows for the table, values for --json, notes for what was not
+    measured and why."""
 
-        async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                async with http.post(f"{url}/synq/v1/messages", json=payload, headers=headers) as r:
-                    if r.status != 202:
-                        raise RuntimeError(f"send failed: {r.status} {await r.text()}")
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {}
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.notes: list[str] = []
+        self.targets: list[tuple[str, str, str, bool | None]] = []
+        self.profiles: list[Profile] = []
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started
+    def section(self, title: str) -> None:
+        self.rows.append((f"[{title}]", "", "", ""))
 
+    def row(self, name: str, value: str, baseline: str = "", ratio: str = "") -> None:
+        self.rows.append((name, value, baseline, ratio))
 
-async def drain_inbox(url: str, token: str, n: int) -> None:
-    """Long-poll the inbox, page after page, until ``n`` messages have arrived."""
-    headers = {"Authorization": f"Bearer {token}"}
-    seen, after = 0, None
-    async with aiohttp.ClientSession() as http:
-        while seen < n:
-            params: dict[str, str] = {"limit": "500", "wait": "30", "all": "1"}
-            if after is not None:
-                params["after"] = str(after)
-            async with http.get(f"{url}/synq/v1/inbox", params=params, headers=headers) as r:
-                page = await r.json()
-            seen += len(page["messages"])
-            after = page["cursor"] if page["cursor"] is not None else after
+    def target(self, what: str, reached: str, goal: str, met: bool | None) -> None:
+        self.targets.append((what, reached, goal, met))
 
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
-async def federated(n: int, concurrency: int, base: Path) -> float:
-    """Seconds for n envelopes alice@acme.test → bob@globex.test, end to end."""
-    async with DNSServer(host="127.0.0.1", zones=["test"]) as dns:
-        procs = []
-        urls: dict[str, str] = {}
-        tokens: dict[str, str] = {}
-        try:
-            for domain, agent in (("acme.test", "alice"), ("globex.test", "bob")):
-                cwd = base / domain
-                cwd.mkdir()
-                await cli(
-                    cwd, "init", "--domain", domain, "--dir", str(cwd), "--listen", "127.0.0.1:0",
-                    "--nameserver", dns.address, "--allow-private-addresses",
-                )  # fmt: skip
-                tokens[agent] = (await cli(cwd, "agent", "add", agent))["token"]
-                for rec in await cli(cwd, "dns"):
-                    if "._synqkey." in rec["name"]:
-                        dns.set_txt(rec["name"].rstrip("."), [rec["value"]], ttl=3600)
-                proc, url = await start([sys.executable, "-m", "relay.cli", "serve"], cwd)
-                procs.append(proc)
-                urls[domain] = url
-                dns.set_txt(f"_synq.{domain}", [f"v=synq1; relay={url}"], ttl=3600)
-            started = time.perf_counter()
-            await blast(urls["acme.test"], tokens["alice"], n, concurrency, to="bob@globex.test")
-            await drain_inbox(urls["globex.test"], tokens["bob"], n)
-            return time.perf_counter() - started
-        finally:
-            for proc in procs:
-                proc.terminate()
-                await proc.wait()
-
-
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-n", type=int, default=5000, help="messages (default 5000)")
-    ap.add_argument("-c", type=int, default=32, help="concurrent client connections")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = Path(tmp)
-        base_proc, base_url = await start([sys.executable, "-c", BASELINE_SERVER], cwd)
-        try:
-            base_s = await blast(base_url, "x", args.n, args.c)
-        finally:
-            base_proc.kill()
-            await base_proc.wait()
-
-        await cli(cwd, "init", "--domain", "acme.test", "--dir", tmp, "--listen", "127.0.0.1:0")
-        alice = await cli(cwd, "agent", "add", "alice")
-        bob = await cli(cwd, "agent", "add", "bob")
-        proc, url = await start([sys.executable, "-m", "relay.cli", "serve"], cwd)
-        try:
-            started = time.perf_counter()
-            await blast(url, alice["token"], args.n, args.c)
-            await drain_inbox(url, bob["token"], args.n)
-            relay_s = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            await proc.wait()
-
-        fed_base = Path(tmp) / "federated"
-        fed_base.mkdir()
-        fed_s = await federated(args.n, args.c, fed_base)
-
-    rows = {
-        "baseline_aiohttp_post_per_s": args.n / base_s,
-        "local_send_to_inbox_per_s": args.n / relay_s,
-        "federated_relay_to_relay_per_s": args.n / fed_s,
-    }
-    local, fed = rows["local_send_to_inbox_per_s"], rows["federated_relay_to_relay_per_s"]
-    rows["ratio_local_to_baseline"] = local / rows["baseline_aiohttp_post_per_s"]
-    rows["ratio_federated_to_local"] = fed / local
-    if args.json:
-        doc = {"n": args.n, "concurrency": args.c, "cpus": os.cpu_count(), **rows}
-        print(json.dumps(doc, indent=2))
-        return
-    print(f"Synq throughput: n={args.n}, concurrency={args.c}, {os.cpu_count()} CPUs, SQLite FULL")
-    table = [
-        ("bare aiohttp POST (baseline)", rows["baseline_aiohttp_post_per_s"], "req/s"),
-        ("local send -> inbox", local, "msg/s"),
-        ("relay -> relay, end to end", fed, "msg/s"),
-        ("ratio local / baseline", rows["ratio_local_to_baseline"], ""),
-        ("ratio relay->relay / local", rows["ratio_federated_to_local"], ""),
-    ]
-    for name, value, unit in table:
+    def print(self) -> None:
+        doc = self.doc
         print(
-            f"  {name:32} {value:10.2f} {unit}" if not unit else f"  {name:32} {value:10.0f} {unit}"
+            f"\nSynq benchmarks: {doc['cpus']} CPUs, load average {doc['load_before']} before "
+            f"and {doc['load_after']} after, SQLite synchronous=FULL, "
+            f"{doc['seconds']:.0f} s in all"
         )
+        widths = (46, 20, 26, 10)
+        head = ("figure", "value", "beside", "ratio")
+        print("  " + "".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+        for name, value, baseline, ratio in self.rows:
+            if name.startswith("["):
+                print(f"  {name}")
+                continue
+            cells = (name, value, baseline, ratio)
+            print("  " + "".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+        if self.targets:
+            print("\n  targets (issue 9)")
+            for what, reached, goal, met in self.targets:
+                mark = "n/a" if met is None else ("met" if met else "MISSED")
+                print(f"  {what:46}{reached:20}{goal:26}{mark}")
+        for text in self.notes:
+            print(f"  note: {text}")
+        for profile in self.profiles:
+            print(f"\n  profile {profile.label}: {profile.samples} samples ({profile.path})")
+            print("    self                                                        total")
+            totals = profile.top("total", 12)
+            for i, (name, share) in enumerate(profile.top("self", 12)):
+                other = f"{totals[i][1]:5.1%} {totals[i][0][:55]}" if i < len(totals) else ""
+                print(f"    {share:5.1%} {name[:55]:55} {other}")
+
+
+def _rate(value: float, unit: str = "/s") -> str:
+    return f"{value:,.0f} {unit}".strip()
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _mb(value: float) -> str:
+    return f"{value / 2**20:.0f} MB"
+
+
+async def run(args: argparse.Namespace) -> Report:
+    report = Report()
+    sections = [s for s in (args.only or SECTIONS) if s not in (args.skip or ())]
+    profiler: Profiler | None = None
+    if args.profile is not None:
+        why = Profiler.missing()
+        if why:
+            report.note(f"no profile: {why}")
+        else:
+            profiler = Profiler(args.profile)
+    on_serve: Callable[[str, list[Proc]], Any] | None = profiler.attach if profiler else None
+    sizes: list[int] = args.n
+    doc = report.doc
+    doc.update(
+        cpus=os.cpu_count(), concurrency=args.c, load_before=_loadavg(), n=sizes,
+        backlog_sizes=args.backlog, calls=args.calls,
+    )  # fmt: skip
+    started = time.perf_counter()
+    fresh: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="synq-bench-") as tmp:
+        base = Path(tmp)
+        if "throughput" in sections:
+            report.section(f"throughput over HTTP, concurrency {args.c}")
+            n0 = sizes[0]
+            base_rate = await throughput.baseline(n0, args.c, base)
+            local_rate = await throughput.local(n0, args.c, base)
+            doc["baseline_aiohttp_post_per_s"] = base_rate
+            doc["local_send_to_inbox_per_s"] = local_rate
+            report.row(f"bare aiohttp POST (baseline), n={n0:,}", _rate(base_rate, "req/s"))
+            report.row(
+                f"local send -> inbox, n={n0:,}", _rate(local_rate, "msg/s"),
+                _rate(base_rate, "req/s baseline"), f"{local_rate / base_rate:.2f}",
+            )  # fmt: skip
+            for n in sizes:
+                hook = on_serve if n == sizes[-1] else None
+                rate = await throughput.federated(n, args.c, base / f"federated-{n}", on_serve=hook)
+                fresh[n] = rate
+                report.row(
+                    f"relay -> relay, SQLite, n={n:,}", _rate(rate, "env/s"),
+                    _rate(local_rate, "msg/s local"), f"{rate / local_rate:.2f}",
+                )  # fmt: skip
+            doc["federated_relay_to_relay_per_s"] = fresh[sizes[0]]
+            doc["federated_by_n"] = {str(k): v for k, v in fresh.items()}
+            if args.store == "postgresql":
+                why = throughput.postgresql_available()
+                if why is None:
+                    try:
+                        pg = await throughput.federated_postgresql(sizes[0], args.c, base)
+                    except Exception as exc:
+                        why = f"PostgreSQL run failed: {exc}"
+                    else:
+                        for count, rate in pg.items():
+                            word = "process" if count == 1 else "processes"
+                            doc[f"federated_postgresql_{count}_{word}_per_s"] = rate
+                            report.row(
+                                f"relay -> relay, receiver PostgreSQL x{count}",
+                                _rate(rate, "env/s"), _rate(fresh[sizes[0]], "env/s SQLite"),
+                                f"{rate / fresh[sizes[0]]:.2f}",
+                            )  # fmt: skip
+                if why is not None:
+                    report.note(f"relay -> relay on PostgreSQL skipped: {why}")
+            else:
+                report.note("PostgreSQL not measured (add --store postgresql)")
+            best = max(fresh.values())
+            report.target(
+                "relay -> relay, SQLite durable", _rate(best, "env/s"), ">= 5,000 env/s",
+                best >= TARGET_RATE,
+            )  # fmt: skip
+
+        if "floor" in sections:
+            n = sizes[-1]
+            result = await floor.run(n, base / "floor")
+            doc["floor"] = {
+                "n": n,
+                "batch": result.batch,
+                "per_envelope_us": result.per_envelope_us(),
+                "floor_per_s": result.floor_rate,
+                "floor_with_queue_per_s": result.with_queue_rate,
+                "cpu_only_per_s": result.cpu_only_rate,
+            }
+            report.section(f"the floor: no HTTP, no processes, one core, batches of {result.batch}")
+            report.row(
+                f"floor: build+sign+verify+2 accepts, n={n:,}", _rate(result.floor_rate, "env/s")
+            )
+            report.row("floor + sender lease and settle", _rate(result.with_queue_rate, "env/s"))
+            report.row("build+sign+verify only (no store)", _rate(result.cpu_only_rate, "env/s"))
+            for stage, us in result.per_envelope_us().items():
+                report.row(f"  {stage}", f"{us:.0f} us/env")
+            if fresh:
+                rate = fresh.get(n, max(fresh.values()))
+                share = rate / result.floor_rate
+                doc["relay_share_of_floor"] = share
+                report.row(
+                    "relay -> relay / floor", f"{share:.2f}",
+                    _rate(result.floor_rate, "env/s floor"), f"{share:.2f}",
+                )  # fmt: skip
+                report.target(
+                    "relay -> relay / floor", f"{share:.0%}", ">= 60%", share >= TARGET_FLOOR_SHARE
+                )
+
+        if "postfix" in sections:
+            n = sizes[0]
+            why = postfix.ensure_installed() if args.install_postfix else postfix.missing()
+            if why is None:
+                pf = await postfix.run(n)
+                doc["postfix_per_s"] = pf.rate
+                doc["postfix_version"] = pf.version
+                report.section("SMTP anchor: Postfix, on-disk queue, smtp-source -> smtp-sink")
+                report.row(f"Postfix {pf.version} relaying, n={n:,}", _rate(pf.rate, "msg/s"))
+                if fresh:
+                    ratio = fresh[n] / pf.rate
+                    doc["ratio_relay_to_postfix"] = ratio
+                    report.row(
+                        "relay -> relay / Postfix", f"{ratio:.2f}x",
+                        _rate(pf.rate, "msg/s Postfix"), f"{ratio:.2f}",
+                    )  # fmt: skip
+                    report.target(
+                        "relay -> relay / Postfix", f"{ratio:.2f}x", ">= 8x",
+                        ratio >= TARGET_POSTFIX_RATIO,
+                    )  # fmt: skip
+            else:
+                report.note(f"Postfix anchor skipped: {why}")
+
+        if "protocols" in sections:
+            why = protocols.bridges_missing()
+            if why is None:
+                results = await protocols.run(args.calls, base / "protocols")
+                report.section(f"protocol overhead: {args.calls} sequential calls, after warm-up")
+                for o in results:
+                    key = o.protocol.lower()
+                    doc[f"{key}_direct_p50_ms"] = o.direct.p50 * 1000
+                    doc[f"{key}_direct_p99_ms"] = o.direct.p99 * 1000
+                    doc[f"{key}_relayed_p50_ms"] = o.relayed.p50 * 1000
+                    doc[f"{key}_relayed_p99_ms"] = o.relayed.p99 * 1000
+                    report.row(
+                        f"{o.protocol} direct, p50 / p99",
+                        f"{_ms(o.direct.p50)} / {_ms(o.direct.p99)}",
+                    )
+                    report.row(
+                        f"{o.protocol} through two relays, p50 / p99",
+                        f"{_ms(o.relayed.p50)} / {_ms(o.relayed.p99)}",
+                        f"{_ms(o.direct.p50)} direct p50", f"{o.ratio_p50:.1f}",
+                    )  # fmt: skip
+                    report.target(
+                        f"{o.protocol} added p50", f"+{_ms(o.added_p50)}", "<= +5 ms",
+                        o.added_p50 <= TARGET_ADDED_P50,
+                    )  # fmt: skip
+            else:
+                report.note(f"A2A/MCP overhead skipped: the relay's bridges are {why}")
+
+        if "backlog" in sections:
+            report.section("backlog: queue for a partner that is down, then the drain")
+            results_b = []
+            for q in args.backlog:
+                hook = on_serve if q == args.backlog[-1] else None
+                r = await backlog.run(q, base / f"backlog-{q}", on_serve=hook)
+                results_b.append(r)
+                doc[f"backlog_{q}"] = {
+                    "fill_s": r.fill_seconds, "sweep_s": r.sweep_seconds,
+                    "rss_start": r.rss_start, "rss_peak": r.rss_peak, "rss_end": r.rss_end,
+                    "rss_per_envelope": r.rss_per_envelope, "drain_s": r.drain_seconds,
+                    "drain_per_s": r.drain_rate,
+                }  # fmt: skip
+                report.row(
+                    f"queued {q:,}: RSS peak / at sweep end", f"{_mb(r.rss_peak)} / {_mb(r.rss_end)}",
+                    f"{_mb(r.rss_start)} at start", f"{r.rss_per_envelope:,.0f} B/env",
+                )  # fmt: skip
+                report.row(
+                    f"queued {q:,}: sweep while down",
+                    f"{r.sweep_seconds:.1f} s",
+                    _rate(r.sweep_rate, "rows/s"),
+                )
+                fresh_rate = fresh.get(q) or (max(fresh.values()) if fresh else None)
+                report.row(
+                    f"queued {q:,}: drain", f"{r.drain_seconds:.1f} s", _rate(r.drain_rate, "env/s"),
+                    f"{r.drain_rate / fresh_rate:.2f}" if fresh_rate else "",
+                )  # fmt: skip
+            small, large = results_b[0], results_b[-1]
+            if len(results_b) > 1:
+                growth = large.rss_peak / small.rss_peak - 1
+                doc["rss_growth"] = growth
+                report.target(
+                    f"RSS growth {small.queued:,} -> {large.queued:,}", f"{growth:+.0%}", "< +20%",
+                    growth < TARGET_RSS_GROWTH,
+                )  # fmt: skip
+            if fresh:
+                fresh_rate = max(fresh.values())
+                for r in results_b:
+                    share = r.drain_rate / fresh_rate
+                    doc[f"drain_share_{r.queued}"] = share
+                    report.target(
+                        f"drain {r.queued:,} vs fresh relay -> relay", f"{share:.0%}", ">= 80%",
+                        share >= TARGET_DRAIN_SHARE,
+                    )  # fmt: skip
+
+    if profiler is not None:
+        report.profiles = await profiler.finish()
+        doc["profiles"] = {
+            p.label: {"samples": p.samples, "file": str(p.path), "self": p.top("self", 25),
+                      "total": p.top("total", 25)}
+            for p in report.profiles
+        }  # fmt: skip
+    doc["load_after"] = _loadavg()
+    doc["seconds"] = time.perf_counter() - started
+    doc["targets"] = [
+        {"what": w, "reached": r, "goal": g, "met": m} for w, r, g, m in report.targets
+    ]
+    doc["notes"] = report.notes
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    ap.add_argument("-n", type=_sizes, default=None, help="relay->relay sizes, e.g. 10000,100000")
+    ap.add_argument("-c", type=int, default=32, help="concurrent client connections (32)")
+    ap.add_argument("--backlog", type=_sizes, default=None, help="queue sizes, e.g. 100000,1000000")
+    ap.add_argument("--calls", type=int, default=None, help="A2A/MCP calls per side")
+    ap.add_argument("--full", action="store_true", help="the documented full run")
+    ap.add_argument("--only", type=lambda s: s.split(","), help=f"sections: {','.join(SECTIONS)}")
+    ap.add_argument("--skip", type=lambda s: s.split(","), help="sections to leave out")
+    ap.add_argument(
+        "--store",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="postgresql: also run relay->relay with the receiver on PostgreSQL, 1 and 3 processes",
+    )
+    ap.add_argument("--profile", type=Path, help="py-spy profiles of the relays into this dir")
+    ap.add_argument(
+        "--no-install", dest="install_postfix", action="store_false",
+        help="do not apt-get install postfix when it is missing (skip the anchor instead)",
+    )  # fmt: skip
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead")
+    ap.add_argument("--json-file", type=Path, help="also write the JSON document to this file")
+    args = ap.parse_args(argv)
+    args.n = args.n or ([10_000, 100_000] if args.full else [10_000])
+    args.backlog = args.backlog or ([100_000, 1_000_000] if args.full else [10_000, 30_000])
+    args.calls = args.calls or (200 if args.full else 30)
+    for section in (args.only or []) + (args.skip or []):
+        if section not in SECTIONS:
+            ap.error(f"unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = asyncio.run(run(args))
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(report.doc, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(report.doc, indent=2, default=str))
+    else:
+        report.print()
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

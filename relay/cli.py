@@ -31,6 +31,7 @@ from relay.config import (
     StoreSection,
     config_path,
     load_config,
+    parse_duration,
     render_config,
 )
 from relay.core import records
@@ -40,10 +41,15 @@ from relay.core.envelope import format_timestamp
 from relay.core.errors import NotFound, SynqError
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
-from relay.demo import run_demo
-from relay.keyring import KeyEntry, selector_for, write_key
+from relay.keyring import (
+    KeyEntry,
+    load_keyring,
+    retire_key,
+    rotate_key,
+    selector_for,
+    write_key,
+)
 from relay.server.api import envelope_payload, status_to_wire
-from relay.server.app import build_app
 from relay.server.runtime import Relay
 from relay.store.base import AgentKind
 
@@ -127,12 +133,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- serve --------------------------------------------------------------------------------------
 
 
-async def serve(config: Config, ready: Callable[[str], None]) -> None:
+async def serve(
+    config: Config, ready: Callable[[str], None], config_file: Path | None = None
+) -> None:
     relay = await Relay.open(config)
+    # The web faces (and the SDKs behind them) are imported only by the commands that serve:
+    # operator commands such as ``synq queue list`` start in a fraction of the time.
+    from relay.server.app import build_app
+    from relay.server.http import make_runner
+
     app = build_app(relay, own_relay=True)
-    # handler_cancellation: a client that hangs up mid long-poll or mid SSE stream frees its
-    # handler at once instead of holding it until the wait times out.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # The server's limits (header sizes, idle and body deadlines) and handler cancellation: a
+    # client that hangs up mid long-poll or mid SSE stream frees its handler at once.
+    runner = make_runner(app)
     await runner.setup()
     host, port = config.listen_host_port
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -145,27 +158,52 @@ async def serve(config: Config, ready: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        # SIGHUP, as for Postfix and nginx: reread the keys directory and the config file's
+        # [policy], [rate_limits] and [keys]; nothing queued is dropped.
+        problem = None
+        try:
+            relay.reload(load_config(config_file) if config_file is not None else None)
+        except SynqError as exc:
+            problem = exc.message
+        if problem is not None:
+            log.error("reload failed; still running with the previous keys and policy: %s", problem)
+            return
+        log.info(
+            "reloaded: keys %s; policy default %s",
+            ", ".join(e.selector for e in relay.keyring.entries),
+            relay.policy.default,
+        )
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    path = config_path(args.config)
+    config = load_config(path)
 
     def ready(url: str) -> None:
         print(f"synq: {config.relay.domain} listening on {url}", flush=True)
 
-    asyncio.run(serve(config, ready))
+    asyncio.run(serve(config, ready, path))
     return 0
 
 
 # --- commands on the store ----------------------------------------------------------------------
 
 
-async def with_relay(args: argparse.Namespace, fn: Callable[[Relay], Awaitable[int]]) -> int:
-    relay = await Relay.open(load_config(config_path(args.config)))
+async def with_relay(
+    args: argparse.Namespace, fn: Callable[[Relay], Awaitable[int]], *, adapters: bool
+) -> int:
+    config = load_config(config_path(args.config))
+    # Store-only commands run without the protocol adapters (and their SDK imports).
+    relay = await Relay.open(config, adapters=None if adapters else {})
     try:
         return await fn(relay)
     finally:
@@ -173,10 +211,10 @@ async def with_relay(args: argparse.Namespace, fn: Callable[[Relay], Awaitable[i
 
 
 def run_on_relay(
-    fn: Callable[[argparse.Namespace, Relay], Awaitable[int]],
+    fn: Callable[[argparse.Namespace, Relay], Awaitable[int]], *, adapters: bool = False
 ) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        return asyncio.run(with_relay(args, lambda relay: fn(args, relay)))
+        return asyncio.run(with_relay(args, lambda relay: fn(args, relay), adapters=adapters))
 
     return command
 
@@ -306,6 +344,58 @@ async def status(args: argparse.Namespace, relay: Relay) -> int:
     return 0
 
 
+# --- migrate ------------------------------------------------------------------------------------
+
+
+async def migrate(config: Config) -> dict[str, Any]:
+    """Open the store, which applies pending migrations (on PostgreSQL under an advisory lock, so
+    replicas starting together apply each once), and say where the schema stands. ``serve``
+    does the same at start; running this first lets a deploy migrate before rolling replicas."""
+    from relay.store import open_store, schema_version
+
+    store = await open_store(
+        config.store_url, domain=config.relay.domain, synchronous=config.store.synchronous
+    )
+    try:
+        applied = list(getattr(store, "applied_migrations", []))
+        # The scheme only: a PostgreSQL URL may carry a password.
+        return {
+            "store": config.store_url.partition(":")[0],
+            "schema_version": schema_version(store),
+            "applied": applied,
+        }
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    result = asyncio.run(migrate(load_config(config_path(args.config))))
+    applied = ", ".join(str(v) for v in result["applied"])
+    out(
+        args,
+        result,
+        f"{result['store']} store at schema version {result['schema_version']}"
+        + (f" (applied now: {applied})" if applied else ""),
+    )
+    return 0
+
+
+# --- mcp ----------------------------------------------------------------------------------------
+
+
+async def mcp_stdio(args: argparse.Namespace, relay: Relay) -> int:
+    """``synq mcp --agent NAME``: the relay's MCP face on stdin/stdout, acting as NAME (for a
+    desktop MCP client that starts its servers as commands). Logs go to stderr."""
+    name = local_name(relay, args.agent)
+    agent = await relay.store.get_agent(name)
+    if agent is None:
+        raise UserError(f"no local agent {name}@{relay.domain}")
+    from relay.server.mcp import serve_stdio as serve_mcp_stdio
+
+    await serve_mcp_stdio(relay, agent)
+    return 0
+
+
 # --- dns ----------------------------------------------------------------------------------------
 
 
@@ -340,6 +430,73 @@ async def dns_command(args: argparse.Namespace, relay: Relay) -> int:
     out(args, recs, "\n".join(f'{r["check"]:10} {r["name"]} "{r["value"]}"' for r in recs))
     if problems:
         raise UserError(f"{problems} of {len(recs)} DNS records are missing or differ")
+    return 0
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def _duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _key_row(config: Config, entry: KeyEntry, state: str) -> dict[str, Any]:
+    return {
+        "selector": entry.selector,
+        "state": state,
+        "created": format_timestamp(entry.created),
+        "activates": format_timestamp(entry.activates),
+        "retires": format_timestamp(entry.retires) if entry.retires else None,
+        "dns": dns_records(config, [entry.key.public_key])[1],
+    }
+
+
+_RELOAD_HINT = "a running relay picks this up within seconds (or at once on SIGHUP)"
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    """Every key file and its state now: pending, signing, verifying (superseded, still
+    published for envelopes in flight) or retired (its DNS record can go)."""
+    config = load_config(config_path(args.config))
+    keyring = load_keyring(config.keys_dir)
+    now = SystemClock().now()
+    rows = [_key_row(config, e, keyring.state(e, now)) for e in keyring.entries]
+    lines = [
+        f"{r['selector']:16} {r['state']:9}  activates {r['activates']}"
+        + (f"  retires {r['retires']}" if r["retires"] else "")
+        for r in rows
+    ]
+    out(args, rows, "\n".join(lines))
+    return 0
+
+
+def keys_rotate(args: argparse.Namespace) -> int:
+    """A new key, published now and signing after the overlap; or, with ``--retire``, the end
+    of an old key's publication once nothing it signed can still be in flight."""
+    config = load_config(config_path(args.config))
+    now = SystemClock().now()
+    overlap = args.overlap if args.overlap is not None else config.keys.overlap
+    if args.retire is not None:
+        entry = retire_key(config.keys_dir, args.retire, now, overlap)
+        row = _key_row(config, entry, load_keyring(config.keys_dir).state(entry, now))
+        rec = row["dns"]
+        text = (
+            f"key {entry.selector} stays published until {row['retires']}; after that, remove\n"
+            f'    {rec["name"]} IN TXT "{rec["value"]}"\n({_RELOAD_HINT})'
+        )
+        out(args, row, text)
+        return 0
+    entry = rotate_key(config.keys_dir, now, overlap, args.selector)
+    row = _key_row(config, entry, "pending")
+    text = (
+        f"wrote key {entry.selector}; it signs from {row['activates']}.\n\n"
+        f"Publish this DNS record now:\n{format_records([row['dns']])}\n\n"
+        f"({_RELOAD_HINT}; then 'synq keys rotate --retire OLD' retires the old key)"
+    )
+    out(args, row, text)
     return 0
 
 
@@ -402,6 +559,12 @@ async def queue_delete(args: argparse.Namespace, relay: Relay) -> int:
 # --- parser -------------------------------------------------------------------------------------
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from relay.demo import run_demo
+
+    return run_demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The global options are accepted before and after the command. The copies on the
     # subcommands default to SUPPRESS, or their default would overwrite a value given earlier.
@@ -445,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mcp-stdio", metavar="CMD", help="an MCP server started as CMD, spoken to on stdio"
     )
     backing.add_argument("--mcp-http", metavar="URL", help="an MCP server at a streamable HTTP URL")
-    add.set_defaults(func=run_on_relay(agent_add))
+    add.set_defaults(func=run_on_relay(agent_add, adapters=True))
     ls = asub.add_parser("list", parents=[common], help="list local agents")
     ls.set_defaults(func=run_on_relay(agent_list))
     rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
@@ -467,9 +630,35 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--limit", type=int, default=50)
     ib.set_defaults(func=run_on_relay(inbox))
 
+    mg = sub.add_parser(
+        "migrate", parents=[common], help="apply pending store migrations; print the version"
+    )
+    mg.set_defaults(func=cmd_migrate)
+
     dn = sub.add_parser("dns", parents=[common], help="DNS records to publish; --check compares")
     dn.add_argument("--check", action="store_true", help="compare with what DNS returns")
     dn.set_defaults(func=run_on_relay(dns_command))
+
+    ky = sub.add_parser("keys", parents=[common], help="signing keys: list, rotate, retire")
+    ksub = ky.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kl = ksub.add_parser("list", parents=[common], help="key selectors and their state")
+    kl.set_defaults(func=keys_list)
+    kr = ksub.add_parser(
+        "rotate", parents=[common], help="publish a new key that signs after the overlap"
+    )
+    kr.add_argument(
+        "--overlap",
+        type=_duration,
+        metavar="DURATION",
+        help="publication before signing, e.g. 48h (default: [keys] overlap)",
+    )
+    kr.add_argument("--selector", help="the new key's selector (default: s<activation date>)")
+    kr.add_argument(
+        "--retire",
+        metavar="SELECTOR",
+        help="instead: retire this key once nothing it signed can be in flight",
+    )
+    kr.set_defaults(func=keys_rotate)
 
     q = sub.add_parser("queue", parents=[common], help="the federation queue (postqueue/postsuper)")
     qsub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -491,7 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser(
         "demo", parents=[common], help="two relays federating on loopback, step by step"
     )
-    dm.set_defaults(func=lambda args: run_demo())
+    dm.set_defaults(func=_demo)
+
+    mc = sub.add_parser(
+        "mcp", parents=[common], help="the relay's MCP face on stdio, acting as a local agent"
+    )
+    mc.add_argument("--agent", required=True, metavar="NAME")
+    mc.set_defaults(func=run_on_relay(mcp_stdio, adapters=True))
 
     stt = sub.add_parser("status", parents=[common], help="per-recipient state of a message")
     stt.add_argument("id")

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from relay.core.address import normalize_domain
+from relay.core import ratelimit
+from relay.core.address import normalize_domain, normalize_local
 from relay.core.errors import ConfigError, SynqError
+from relay.core.policy import Policy
 
 DEFAULT_CONFIG: Final = "synq.toml"
 CONFIG_ENV: Final = "SYNQ_CONFIG"
@@ -87,8 +99,131 @@ class DiscoverySection(_Section):
         return v
 
 
+#: How long ``synq keys rotate`` publishes a new key before it signs, and the least time a
+#: retired key stays published. Partners must be able to look the new selector up before the
+#: first envelope signed with it reaches them: 48 hours covers slow DNS publication (a zone
+#: edited by hand, a provider's propagation delay) plus any TTL, as DKIM operators allow for
+#: (M3AAWG, "DKIM Key Rotation Best Common Practices", 2019).
+DEFAULT_KEY_OVERLAP: Final = timedelta(hours=48)
+
+_DURATION_RE: Final = re.compile(r"(\d+)([smhdw])", re.ASCII)
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``90s``, ``30m``, ``48h``, ``7d``, ``2w`` or a sum such as ``1d12h``; ``0`` is zero."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a duration is a string such as 48h, 30m or 1d12h")
+    text = value.strip().lower()
+    if text == "0":
+        return timedelta(0)
+    parts = _DURATION_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {value!r} (expected e.g. 48h, 30m, 1d12h)")
+    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest spelling :func:`parse_duration` reads back as ``value`` (whole seconds)."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0"
+    out = []
+    for unit in "dhms":
+        step = _UNIT_SECONDS[unit]
+        if seconds >= step:
+            out.append(f"{seconds // step}{unit}")
+            seconds %= step
+    return "".join(out)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), Field(ge=timedelta(0))]
+
+
 class KeysSection(_Section):
     dir: str = "keys"
+    overlap: Duration = DEFAULT_KEY_OVERLAP
+
+
+class AgentRulesSection(_Section):
+    """``[policy.agents.<name>]``: who may message one local agent (``*``, a domain, an
+    address); see relay.core.policy for how the lists combine."""
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class PolicySection(_Section):
+    """``[policy]``: the partner policy (relay.core.policy). Reloaded on SIGHUP."""
+
+    #: Domains in neither list.
+    default: Literal["allow", "deny"] = "allow"
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    agents: dict[str, AgentRulesSection] = Field(default_factory=dict)
+
+
+class RateSection(_Section):
+    per_second: Annotated[float, Field(gt=0)]
+    burst: Annotated[float, Field(ge=1)]
+
+    @classmethod
+    def of(cls, rate: ratelimit.Rate) -> RateSection:
+        return cls(per_second=rate.per_second, burst=rate.burst)
+
+    @property
+    def rate(self) -> ratelimit.Rate:
+        return ratelimit.Rate(self.per_second, self.burst)
+
+
+class RateLimitsSection(_Section):
+    """``[rate_limits]``: token buckets (relay.core.ratelimit, where each default is explained
+    by the abuse it stops). Reloaded on SIGHUP, keeping every bucket's level."""
+
+    sender_domain: RateSection = RateSection.of(ratelimit.DEFAULT_SENDER_DOMAIN_RATE)
+    sender: RateSection = RateSection.of(ratelimit.DEFAULT_SENDER_RATE)
+    agent: RateSection = RateSection.of(ratelimit.DEFAULT_AGENT_RATE)
+
+
+class McpSection(_Section):
+    """``[mcp]``: the relay's MCP faces (SPEC.md "MCP mapping")."""
+
+    #: A local agent that requests to ``/mcp/<address>`` without an ``Authorization`` header act
+    #: as. Absent (the default), every request needs an agent's bearer token. For an MCP
+    #: gateway on a trusted network, or a client that cannot send headers.
+    anonymous_agent: str | None = None
+
+    @field_validator("anonymous_agent")
+    @classmethod
+    def _local(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return normalize_local(v)
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
+
+
+class A2ASection(_Section):
+    """``[a2a]``: the relay's A2A face (SPEC.md "A2A mapping")."""
+
+    #: A local agent that calls to ``/a2a/<address>`` without an ``Authorization`` header act
+    #: as; the face's cards then declare no security requirement. Absent (the default), every
+    #: call needs a local agent's bearer token. For conformance runs (the A2A TCK sends no
+    #: credentials) and A2A clients on a trusted network.
+    anonymous_agent: str | None = None
+
+    @field_validator("anonymous_agent")
+    @classmethod
+    def _local(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return normalize_local(v)
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
 
 
 class Config(BaseModel):
@@ -98,8 +233,33 @@ class Config(BaseModel):
     store: StoreSection = StoreSection()
     discovery: DiscoverySection = DiscoverySection()
     keys: KeysSection = KeysSection()
+    policy: PolicySection = PolicySection()
+    rate_limits: RateLimitsSection = RateLimitsSection()
+    mcp: McpSection = McpSection()
+    a2a: A2ASection = A2ASection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _policy_is_coherent(self) -> Config:
+        self.partner_policy()  # raises ValueError naming the bad entry
+        return self
+
+    def partner_policy(self) -> Policy:
+        """The ``[policy]`` section, normalised and checked."""
+        section = self.policy
+        try:
+            return Policy.build(
+                self.relay.domain,
+                default=section.default,
+                allow=section.allow,
+                deny=section.deny,
+                agents={name: (r.allow, r.deny) for name, r in section.agents.items()},
+            )
+        except SynqError as exc:
+            raise ValueError(f"policy: {exc.message}") from None
+        except ValueError as exc:
+            raise ValueError(f"policy: {exc}") from None
 
     @property
     def public_url(self) -> str:
@@ -143,7 +303,8 @@ def load_config(path: Path) -> Config:
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where}: {msg}" if where else f"{path}: {msg}") from None
 
 
 def _toml_str(value: str) -> str:
@@ -179,6 +340,21 @@ def render_config(config: Config) -> str:
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",
+        f"overlap = {_toml_str(format_duration(config.keys.overlap))}"
+        "   # a new key is published this long before it signs",
         "",
+        "[policy]",
+        f"default = {_toml_str(config.policy.default)}"
+        '   # domains in neither allow = [...] nor deny = [...]; "deny" = closed federation',
     ]
+    for name in ("allow", "deny"):
+        if entries := getattr(config.policy, name):
+            lines.append(f"{name} = [{', '.join(_toml_str(e) for e in entries)}]")
+    for agent, rules in config.policy.agents.items():
+        lines += ["", f"[policy.agents.{_toml_str(agent)}]"]
+        lines += [
+            f"{name} = [{', '.join(_toml_str(e) for e in getattr(rules, name))}]"
+            for name in ("allow", "deny")
+        ]
+    lines.append("")
     return "\n".join(lines)

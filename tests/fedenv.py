@@ -1,11 +1,14 @@
 """Two (or more) relays in one event loop, a real DNS server on loopback publishing their
 records, each relay's HTTP face on a real loopback socket. The federation queue is driven by
-hand (``org.relay.sender.run_once()``) under one shared fake clock, so retries never wait."""
+hand (``org.relay.sender.run_once()``) under one shared fake clock, so retries never wait.
+
+Each relay's store comes from ``store_url(domain)`` (tests/pg.py ``store_urls``: its own SQLite
+file, or its own fresh PostgreSQL database), so the same tests run on every backend."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -70,6 +73,7 @@ class World:
     http: aiohttp.ClientSession
     orgs: dict[str, Org]
     base: Path
+    store_url: Callable[[str], str] = lambda _domain: "sqlite:///synq.db"
 
     def publish(self, org: Org, ttl: int = 60) -> None:
         self.dns.set_txt(
@@ -95,7 +99,7 @@ class World:
         url = f"http://127.0.0.1:{port}"
         config = Config(
             relay=RelaySection(domain=domain, listen=f"127.0.0.1:{port}", public_url=url),
-            store=StoreSection(url="sqlite:///synq.db"),
+            store=StoreSection(url=self.store_url(domain)),
             discovery=DiscoverySection(
                 nameservers=[self.dns.address], allow_private_addresses=True, timeout=0.5
             ),
@@ -132,13 +136,17 @@ class World:
 
 
 @asynccontextmanager
-async def world(base: Path, *domains: str) -> AsyncIterator[World]:
+async def world(
+    base: Path, *domains: str, store_url: Callable[[str], str] | None = None
+) -> AsyncIterator[World]:
     async with (
         DNSServer(host="127.0.0.1", zones=["test"]) as dns_server,
         aiohttp.ClientSession() as http,
     ):
         clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
         w = World(dns=dns_server, clock=clock, http=http, orgs={}, base=base)
+        if store_url is not None:
+            w.store_url = store_url
         try:
             for domain in domains:
                 await w.add_org(domain)

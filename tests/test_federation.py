@@ -18,12 +18,14 @@ from aiohttp.test_utils import TestServer
 
 from relay.core import records
 from relay.dnsserver import Fault
+from tests import pg
 from tests.fedenv import World, world
 
 
-@pytest.fixture
-async def w(tmp_path: Path) -> AsyncIterator[World]:
-    async with world(tmp_path, "acme.test", "globex.test") as env:
+@pytest.fixture(params=pg.BACKENDS)
+async def w(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    urls = pg.store_urls(request, request.param)
+    async with world(tmp_path, "acme.test", "globex.test", store_url=urls) as env:
         yield env
 
 
@@ -111,17 +113,26 @@ async def test_partner_down_then_back_delivers_everything_once(w: World) -> None
     assert len(await w.inbox(globex, bob)) == 30
 
 
+@pytest.fixture
+def response(request: pytest.FixtureRequest) -> web.Response:
+    """A fresh response per test: aiohttp sends a response object once, and every case runs
+    once per store backend."""
+    status, text = request.param
+    return web.Response(status=status, text=text)
+
+
 @pytest.mark.parametrize(
     ("response", "code"),
     [
-        (web.Response(status=500, text="boom"), "4.5.0"),
-        (web.Response(status=503, text="busy"), "4.4.5"),
-        (web.Response(status=200, text="<html>not json</html>"), "4.5.0"),
-        (web.Response(status=200, text='{"results": 5}'), "4.5.0"),
-        (web.Response(status=200, text='{"results": {}}'), "4.5.0"),
-        (web.Response(status=404, text="no"), "4.5.0"),
+        ((500, "boom"), "4.5.0"),
+        ((503, "busy"), "4.4.5"),
+        ((200, "<html>not json</html>"), "4.5.0"),
+        ((200, '{"results": 5}'), "4.5.0"),
+        ((200, '{"results": {}}'), "4.5.0"),
+        ((404, "no"), "4.5.0"),
     ],
     ids=["500", "503", "garbage", "wrong-shape", "no-results", "404"],
+    indirect=["response"],
 )
 async def test_partner_answering_errors_or_garbage_keeps_the_envelope_queued(
     w: World, response: web.Response, code: str

@@ -20,12 +20,14 @@ from relay.core import jws, records
 from relay.core.ids import uuid7
 from relay.core.jws import SigningKey, b64url_decode, b64url_encode
 from relay.core.limits import MAX_TXN_ENVELOPES
+from tests import pg
 from tests.fedenv import Org, World, world
 
 
-@pytest.fixture
-async def w(tmp_path: Path) -> AsyncIterator[World]:
-    async with world(tmp_path, "acme.test", "globex.test") as env:
+@pytest.fixture(params=pg.BACKENDS)
+async def w(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    urls = pg.store_urls(request, request.param)
+    async with world(tmp_path, "acme.test", "globex.test", store_url=urls) as env:
         await env.orgs["globex.test"].agent("bob")
         yield env
 

@@ -1,8 +1,9 @@
 """The ``Store`` contract (relay/store/base.py), run against every backend.
 
 Everything above the "SQLite dialect" section goes through the ``Store`` interface and
-``open_store`` only, through the ``store_url`` fixture. To add a backend, add its name to
-``BACKENDS`` and teach ``store_url`` to hand out a fresh, empty database for it.
+``open_store`` only, through the ``store_url`` fixture, on every backend: SQLite, and a fresh
+database of the session's throwaway PostgreSQL cluster (tests/pg.py). To add a backend, add
+its name to ``BACKENDS`` and teach ``store_url`` to hand out a fresh, empty database for it.
 
 Time is always an explicit ``now``: nothing here sleeps or reads the wall clock.
 """
@@ -10,7 +11,10 @@ Time is always an explicit ``now``: nothing here sleeps or reads the wall clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,9 +40,13 @@ from relay.store import (
     Store,
     inbox_channel,
     open_store,
+    schema_version,
 )
+from relay.store import postgres as pg_dialect
+from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome
+from tests import pg
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KEY = jws.SigningKey.generate("s1")
@@ -54,6 +62,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL naming a fresh, empty database of one backend (opened as often as a test likes)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'relay.db'}"
+    if request.param == "postgresql":
+        return pg.database_url(request)
     raise AssertionError(f"no database for backend {request.param!r}")
 
 
@@ -570,6 +580,39 @@ async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
     assert await store.next_due() is None
 
 
+# local deliveries -----------------------------------------------------------------------------
+
+
+async def test_adapter_backed_agents_get_delivery_rows(store: Store) -> None:
+    await add_agent(store, "echo", "a2a", "http://127.0.0.1:9/a2a")
+    await add_agent(store, "bob")
+    async with store.notifier.listen(DELIVERY_CHANNEL) as woken:
+        await store.accept(new("e1", local=["echo", "bob"]), T0)
+        assert await woken.wait(5)
+    assert await store.next_delivery_due() == T0
+    # Only the A2A agent's row is handed over; bob reads his inbox himself.
+    [row] = await store.lease_deliveries(T0, lease_until=at(60), limit=10)
+    assert (row.agent, row.origin, row.id, row.attempts, row.code) == ("echo", HERE, "e1", 0, None)
+    assert await store.lease_deliveries(at(1), lease_until=at(60), limit=10) == []
+
+    down = DeliveryOutcome("echo", row.seq, "queued", "4.4.1", "agent down", None, at(30))
+    await store.settle_deliveries([down], [], at(2))
+    assert await store.next_delivery_due() == at(30)
+    assert await store.lease_deliveries(at(29), lease_until=at(90), limit=10) == []
+    [again] = await store.lease_deliveries(at(30), lease_until=at(90), limit=10)
+    assert (again.seq, again.attempts, again.code) == (row.seq, 1, "4.4.1")
+
+    taken = DeliveryOutcome("echo", again.seq, "delivered", "2.0.0", "taken", "a2a")
+    await store.settle_deliveries([taken], [], at(31))
+    assert await store.next_delivery_due() is None
+    assert await store.inbox("echo", limit=10) == []  # handed over means acked
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    echo_events = [e.event for e in status.events if e.recipient == f"echo@{HERE}"]
+    assert echo_events == ["delivered", "deferred", "delivered"]
+
+
 # notifications --------------------------------------------------------------------------------
 
 
@@ -720,9 +763,13 @@ async def test_open_store_refuses_unknown_schemes() -> None:
     for url in ("mysql://db/x", "relay.db", "file:///tmp/relay.db"):
         with pytest.raises(ConfigError, match="scheme"):
             await open_store(url)
-    with pytest.raises(ConfigError, match="not yet supported") as info:
-        await open_store("postgresql://synq:s3cret@db.example/synq")
+    # A PostgreSQL URL selects the dialect; a server that is not there is unavailable, and the
+    # message never repeats the URL's password.
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store("postgresql://synq:s3cret@127.0.0.1:1/synq")
     assert "s3cret" not in info.value.message
+    with pytest.raises(ConfigError, match="unknown PostgreSQL store option"):
+        await open_store("postgres://synq:s3cret@127.0.0.1:1/synq", busy_timeout=1)
 
 
 # SQLite dialect -------------------------------------------------------------------------------
@@ -785,6 +832,7 @@ async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
         assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [
             (1, "init"),
             (2, "local_deliveries"),
+            (3, "a2a_tasks"),
         ]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     db.close()
@@ -838,6 +886,219 @@ async def test_sqlite_locked_database_fails_the_group_cleanly(tmp_path: Path) ->
         assert [i.id for i in await store.inbox("bob", limit=10)] == ["e0"]
     finally:
         await store.close()
+
+
+# PostgreSQL dialect ---------------------------------------------------------------------------
+# What the interface cannot show: migrations under a lock, leases of a dead process, the
+# listener connection coming back, a lost connection, notification payload bounds, and inbox
+# order with several writers. Each runs on a fresh database of the session's cluster.
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    return pg.database_url(request)
+
+
+def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """One statement on ``url``'s database, beside the store (as an operator's psql would)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+async def test_postgres_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(connect(pg_url) for _ in range(4)))
+    try:
+        newest = len(pg_dialect._migrations())
+        assert {schema_version(s) for s in stores} == {newest}
+        applied = [getattr(s, "applied_migrations", None) for s in stores]
+        assert sorted(applied, key=len) == [[], [], [], list(range(1, newest + 1))]
+        rows = sql(pg_url, "SELECT version FROM schema_migrations ORDER BY 1")
+        assert [r[0] for r in rows] == list(range(1, newest + 1))
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_postgres_schema_newer_than_the_code_is_refused(pg_url: str) -> None:
+    s = await connect(pg_url)
+    await s.close()
+    sql(pg_url, "INSERT INTO schema_migrations (version, name) VALUES (99, 'future')")
+    with pytest.raises(ConfigError, match="newer"):
+        await connect(pg_url)
+
+
+def _backend_gone(pid: int) -> bool:
+    rows = pg.current().execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (f"synq/{pid}",)
+    )
+    return bool(rows[0][0] == 0)
+
+
+_LEASE_AND_HANG = """
+import asyncio, sys
+from datetime import datetime, timedelta
+from relay.store import open_store
+async def main():
+    store = await open_store(sys.argv[1], domain="a.test")
+    now = datetime.fromisoformat(sys.argv[2])
+    rows = await store.lease_due(now, lease_until=now + timedelta(minutes=2), limit=10)
+    print(len(rows), flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_postgres_leases_of_a_killed_process_are_taken_over_at_once(pg_url: str) -> None:
+    """A relay process SIGKILLed mid-delivery: its rows are leased again by the next pass of
+    another process, not after the two-minute lease."""
+    store = await connect(pg_url)
+    try:
+        await store.accept(new("e1", remote=["x@b.test"]), T0)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _LEASE_AND_HANG, pg_url, T0.isoformat(),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"1"
+        # While the other process lives, its lease holds.
+        assert await store.lease_due(at(1), lease_until=at(60), limit=10) == []
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        async with asyncio.timeout(10):  # the server notices the closed socket
+            while not _backend_gone(proc.pid):  # noqa: ASYNC110
+                await asyncio.sleep(0)
+        [row] = await store.lease_due(at(2), lease_until=at(60), limit=10)
+        assert row.id == "e1"
+    finally:
+        await store.close()
+
+
+async def test_postgres_listener_reconnects_and_wakes_everyone(pg_url: str) -> None:
+    serving = await connect(pg_url)
+    other = await connect(pg_url)
+    try:
+        await add_agent(serving, "bob")
+        instance = serving.instance  # type: ignore[attr-defined]
+        async with serving.notifier.listen(inbox_channel("bob")) as woken:
+            killed = pg.current().execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = %s AND objid = %s AND objsubid = 2",
+                (pg_dialect.LEASE_LOCK_CLASS, instance),
+            )
+            assert killed == [(True,)]
+            # Nothing was committed: the wake-up says "you may have missed one, look again".
+            assert await woken.wait(10)
+            # LISTEN is back: another process's commit wakes the long poll again.
+            await other.accept(new("e1", local=["bob"]), T0)
+            assert await woken.wait(10)
+        assert [i.id for i in await serving.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await other.close()
+        await serving.close()
+
+
+async def test_postgres_lost_connections_fail_cleanly_then_recover(pg_url: str) -> None:
+    store = await connect(pg_url)
+    try:
+        await add_agent(store, "bob")
+        name = pg_url.split("/")[3].split("?")[0]
+        pg.current().execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        # The group on the dead writer connection fails as a whole, in words, without SQL.
+        with pytest.raises(StoreUnavailable) as info:
+            await store.accept(new("e0", local=["bob"]), T0)
+        for word in ("INSERT", "BEGIN", "SELECT", "psycopg", "postgresql://"):
+            assert word not in info.value.message
+        # The next group reconnects; a read on a dead pooled connection is retried once.
+        assert not (await store.accept(new("e1", local=["bob"]), T0)).duplicate
+        assert await store.get_agent("bob") is not None
+        assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await store.close()
+
+
+def test_postgres_notify_payloads_are_bounded() -> None:
+    channels = [inbox_channel("a" * 60 + str(n)) for n in range(400)] + [QUEUE_CHANNEL]
+    payloads = pg_dialect._notify_payloads(42, channels)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) <= pg_dialect.MAX_NOTIFY_PAYLOAD for p in payloads)
+    assert all(p.split("\n")[0] == "42" for p in payloads)
+    assert sorted(c for p in payloads for c in p.split("\n")[1:]) == sorted(channels)
+    # A channel that could never fit becomes "wake everyone".
+    [huge] = pg_dialect._notify_payloads(7, ["x" * 9000])
+    assert huge == "7\n*"
+
+
+async def test_postgres_a_commit_waking_many_agents_reaches_another_process(pg_url: str) -> None:
+    names = [f"agent-{n:03d}-" + "x" * 50 for n in range(150)]  # > one payload of channels
+    serving = await connect(pg_url)
+    cli = await connect(pg_url)
+    try:
+        for name in names:
+            await add_agent(serving, name)
+        async with contextlib.AsyncExitStack() as stack:
+            listeners = [
+                await stack.enter_async_context(serving.notifier.listen(inbox_channel(n)))
+                for n in names
+            ]
+            # Local parts are ≤ 64 characters and an envelope names ≤ 100 recipients: two
+            # envelopes in one transaction then wake more agents than one payload can name.
+            await cli.accept_many([new("e1", local=names[:75]), new("e2", local=names[75:])], T0)
+            woken = await asyncio.gather(*(listener.wait(10) for listener in listeners))
+        assert all(woken)
+    finally:
+        await cli.close()
+        await serving.close()
+
+
+async def test_postgres_inbox_numbers_follow_commit_order_across_processes(pg_url: str) -> None:
+    """Two processes delivering to one agent while a reader pages with ``after_seq``: a row
+    committed late with a lower number would be skipped by the reader for good."""
+    first, second = await connect(pg_url), await connect(pg_url)
+    try:
+        await add_agent(first, "bob")
+        total = 300
+
+        async def deliver(store: Store, prefix: str) -> None:
+            for start in range(0, total // 2, 10):
+                await asyncio.gather(
+                    *(
+                        store.accept(new(f"{prefix}{n:03d}", local=["bob"]), T0)
+                        for n in range(start, start + 10)
+                    )
+                )
+
+        seen: list[str] = []
+
+        async def read() -> None:
+            cursor = 0
+            async with first.notifier.listen(inbox_channel("bob")) as woken:
+                while len(seen) < total:
+                    page = await first.inbox("bob", limit=7, include_acked=True, after_seq=cursor)
+                    if not page:
+                        await woken.wait(1)
+                        continue
+                    seen.extend(i.id for i in page)
+                    cursor = page[-1].seq
+
+        async with asyncio.timeout(45):
+            await asyncio.gather(deliver(first, "a"), deliver(second, "b"), read())
+        assert len(seen) == len(set(seen)) == total
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_postgres_url_problems_are_config_errors_without_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        await open_store("postgresql://synq:s3cret@host/db?nonsense=1")
+    assert "s3cret" not in info.value.message
+    with pytest.raises(ConfigError, match="synchronous"):
+        await open_store("postgresql://synq:s3cret@host/db", synchronous="OFF")
 
 
 def test_store_exports() -> None:

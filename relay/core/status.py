@@ -85,6 +85,7 @@ BAD_SENDER_SYNTAX: Final = Status("5.1.7", "bad sender's mailbox address syntax"
 BAD_SENDER_DOMAIN: Final = Status("5.1.8", "bad sender's system address")
 TOO_BIG: Final = Status("5.3.4", "message too big for system")
 EXPIRED: Final = Status("5.4.7", "delivery time expired")
+INVALID_COMMAND: Final = Status("5.5.1", "invalid command")
 SYNTAX_ERROR: Final = Status("5.5.2", "syntax error")
 TOO_MANY_RECIPIENTS: Final = Status("5.5.3", "too many recipients")
 INVALID_PARAMETER: Final = Status("5.5.4", "invalid command arguments")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
@@ -18,10 +18,24 @@ from relay.core import jws
 from relay.core.address import MAILER_DAEMON, RESERVED_LOCALS, Address
 from relay.core.clock import Clock
 from relay.core.envelope import KIND_MESSAGE, Envelope
-from relay.core.errors import InvalidEnvelope, PayloadTooLarge, UnknownRecipient
+from relay.core.errors import (
+    Forbidden,
+    InvalidEnvelope,
+    PayloadTooLarge,
+    RateLimited,
+    UnknownRecipient,
+)
 from relay.core.ids import uuid7
 from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
+from relay.core.policy import Policy
+from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
+from relay.store.backpressure import CustodyGate
 from relay.store.base import AcceptResult, NewEnvelope, Store
+
+#: Submissions the per-agent rate limit does not meter: an adapter-backed agent's replies to a
+#: message the relay delivered to it (bounded by the traffic that caused them, and refusing one
+#: would make the dispatcher deliver the original again) and the operator's own ``synq send``.
+UNMETERED_VIA: Final = frozenset({"adapter", "cli"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,13 @@ class Router:
         self.domain = domain
         self._signer = signer
         self._clock = clock
+        #: The partner policy local submissions obey (the relay swaps it on reload).
+        self.policy = Policy.open(domain)
+        #: Bounds the custody writes in flight (relay.store.backpressure).
+        self.custody = CustodyGate()
+        #: Per local agent token buckets (relay.core.ratelimit), charged on every submission an
+        #: agent makes, whatever face it came through (API, A2A, MCP); see UNMETERED_VIA.
+        self.agent_rates = TokenBuckets(DEFAULT_AGENT_RATE)
 
     def split(self, recipients: Sequence[Address]) -> tuple[list[str], list[str]]:
         """(local agent names, remote addresses)."""
@@ -59,6 +80,16 @@ class Router:
             addrs = [f"{n}@{self.domain}" for n in missing]
             raise UnknownRecipient(f"no such agent: {', '.join(addrs)}", recipients=addrs)
 
+    def check_policy(self, sender: Address, recipients: Sequence[Address]) -> None:
+        """Refuse the whole submission if the partner policy refuses any recipient, naming them
+        in ``details.recipients`` as ``check_local`` does (403, 5.7.1)."""
+        refused = [(a, self.policy.refusal(sender, a)) for a in recipients]
+        refused = [(a, why) for a, why in refused if why is not None]
+        if refused:
+            raise Forbidden(
+                f"refused by policy: {refused[0][1]}", recipients=[str(a) for a, _ in refused]
+            )
+
     def build(
         self,
         sender: Address,
@@ -71,7 +102,11 @@ class Router:
         in_reply_to: str | None = None,
         expires: datetime | None = None,
         trace: str | None = None,
+        id: str | None = None,
     ) -> tuple[Envelope, str]:
+        """``id``: the envelope id when the caller had to know it before custody (the A2A face
+        links its task to the envelope first, so that no reply can outrun the link); a fresh
+        UUIDv7 otherwise."""
         # Millisecond precision, as the envelope is written on the wire (SPEC.md §3), so the
         # model and the signed bytes say exactly the same time.
         now = self._clock.now()
@@ -85,7 +120,7 @@ class Router:
         envelope = env_mod.from_dict(
             {
                 "v": 1,
-                "id": uuid7(now),
+                "id": id or uuid7(now),
                 "from": str(sender),
                 "to": [str(a) for a in to],
                 "created": now,
@@ -118,15 +153,26 @@ class Router:
         expires: datetime | None = None,
         trace: str | None = None,
         via: str = "api",
+        id: str | None = None,
     ) -> Submitted:
         """Build, sign and take custody of an envelope from a local sender."""
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
+        wait = (
+            0.0
+            if via in UNMETERED_VIA
+            else self.agent_rates.take(sender.local, self._clock.monotonic())
+        )
+        if wait > 0:
+            raise RateLimited(
+                f"{sender} is sending faster than this relay accepts", retry_after=wait
+            )
         local, remote = self.split(to)
         for name in local:
             if name in RESERVED_LOCALS:
                 raise UnknownRecipient(f"{name}@{self.domain} does not accept agent messages")
         await self.check_local(local)
+        self.check_policy(sender, to)
         envelope, token = self.build(
             sender,
             to,
@@ -137,9 +183,11 @@ class Router:
             in_reply_to=in_reply_to,
             expires=expires,
             trace=trace,
+            id=id,
         )
-        result = await self.store.accept(
-            new_envelope(envelope, token, local, remote, via), self._clock.now()
+        result = await self.custody.write(
+            self.store.accept(new_envelope(envelope, token, local, remote, via), self._clock.now()),
+            size=len(token),
         )
         return Submitted(envelope, token, result)
 

@@ -6,13 +6,28 @@ For every envelope, in this order (the first failing step decides its result):
 2. the envelope's ``from`` domain is the transaction's ``origin`` — a relay speaks only for its
    own domain, so nobody can use a partner as an open relay, and a key lookup for the origin
    is the only one a transaction can trigger;
-3. the key ``<kid>._synqkey.<origin>`` (cached; DNS or well-known), then the signature;
-4. time: not expired, not dated in the future beyond the skew, lifetime within the maximum;
-5. recipients: those of this domain that exist get it; unknown ones are refused 5.1.1 in the
-   per-recipient map; an envelope with no recipient here is refused 5.1.2.
+3. the domain gate of the partner policy (relay.core.policy): a domain this relay does not
+   exchange messages with is refused 5.7.1 before any DNS look-up is spent on it;
+4. the key ``<kid>._synqkey.<origin>`` (cached; DNS or well-known), then the signature;
+5. time: not expired, not dated in the future beyond the skew, lifetime within the maximum;
+6. rate limits (relay.core.ratelimit): one token from the ``from`` domain's bucket and one from
+   the ``from`` address's, or 4.7.0 and the partner's queue retries later. Charged only for
+   authentic envelopes, so forgeries cannot spend a real partner's allowance;
+7. recipients: those of this domain that exist and whose agent rules accept the sender get it;
+   unknown ones are refused 5.1.1 and ones the rules refuse 5.7.1, in the per-recipient map;
+   an envelope with no recipient here is refused 5.1.2, one with none left is refused with
+   the refusal its recipients share (or, when they differ, the first, plus the map).
 
 Every accepted envelope of the transaction is then committed in one store transaction
-(group commit) before the answer is sent: "accepted" means durable.
+(group commit), through the custody gate, before the answer is sent: "accepted" means durable.
+A store that cannot take it — failing, too busy, or slower than FEDERATION_WRITE_TIMEOUT —
+makes every envelope of the transaction 4.3.0: the partner keeps them and retries.
+
+Replay window. A replayed envelope (same ``from`` domain and ``id``) is answered "duplicate"
+and delivered nothing, for as long as the store holds its deduplication key; once it has
+expired, step 5 refuses it 5.4.7 whatever the store holds. A store may therefore forget the
+key once ``expires`` + MAX_CLOCK_SKEW has passed (the skew covers this relay's own clock being
+stepped back), and not before; Synq's stores keep it as long as the envelope itself.
 """
 
 from __future__ import annotations
@@ -26,12 +41,23 @@ from typing import Protocol
 from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core import status as st
+from relay.core.address import MAILER_DAEMON, Address
 from relay.core.clock import Clock
-from relay.core.envelope import Envelope
-from relay.core.errors import Forbidden, SynqError, UnknownRecipient, WrongDomain
+from relay.core.envelope import KIND_DSN, Envelope
+from relay.core.errors import (
+    Forbidden,
+    RateLimited,
+    StoreUnavailable,
+    SynqError,
+    UnknownRecipient,
+    WrongDomain,
+)
 from relay.core.jws import PublicKey
+from relay.core.policy import Policy
+from relay.core.ratelimit import RateLimits, take_all
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
 from relay.delivery.router import new_envelope
+from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT, CustodyGate
 from relay.store.base import NewEnvelope, Store
 
 log = logging.getLogger("synq.federation.inbound")
@@ -53,12 +79,45 @@ def _refusal(exc: SynqError) -> EnvelopeResult:
     return EnvelopeResult("rejected", exc.status.code, exc.message)
 
 
+class _NoRecipientLeft(Exception):
+    """Every recipient at this domain was refused; carries the per-recipient refusals."""
+
+    def __init__(self, refused: list[tuple[str, str, str]]) -> None:
+        super().__init__("every recipient was refused")
+        self.refused = refused
+
+    def result(self) -> EnvelopeResult:
+        codes = {code for _, code, _ in self.refused}
+        _, code, reason = self.refused[0]
+        if len(codes) == 1:
+            joined = "; ".join(f"{addr}: {why}" for addr, _, why in self.refused)
+            return EnvelopeResult("rejected", code, joined[:300])
+        recipients = {addr: RecipientResult(c, r) for addr, c, r in self.refused}
+        return EnvelopeResult("rejected", code, reason, recipients)
+
+
 class InboundHandler:
-    def __init__(self, store: Store, keys: KeySource, domain: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: KeySource,
+        domain: str,
+        clock: Clock,
+        *,
+        policy: Policy | None = None,
+        rates: RateLimits | None = None,
+        custody: CustodyGate | None = None,
+        write_timeout: float = FEDERATION_WRITE_TIMEOUT,
+    ) -> None:
         self.store = store
         self.keys = keys
         self.domain = domain
         self.clock = clock
+        #: The partner policy (the relay swaps it on reload).
+        self.policy = policy or Policy.open(domain)
+        self.rates = rates or RateLimits.build()
+        self.custody = custody or CustodyGate()
+        self.write_timeout = write_timeout
 
     async def _check(self, index: int, origin: str, token: str, now: datetime) -> _Checked:
         key = f"{INDEX_PREFIX}{index}"
@@ -73,28 +132,74 @@ class InboundHandler:
                 raise Forbidden(
                     f"envelope is from {envelope.sender.domain}, but the transaction's origin is {origin}"
                 )
+            if not self.policy.domain_permitted(origin):
+                raise Forbidden(f"this relay does not exchange messages with {origin}")
             jws.verify(parsed, await self.keys.public_key(origin, parsed.kid))
             env_mod.check_times(envelope, now)
+            self._charge(envelope.sender)
             local, refused = await self._recipients(envelope)
+        except _NoRecipientLeft as exc:
+            return _Checked(key, envelope, None, exc.result())
         except SynqError as exc:
             return _Checked(key, envelope, None, _refusal(exc))
         item = new_envelope(envelope, token, local, (), f"federation:{origin}", refused)
         return _Checked(key, envelope, item, None)
+
+    def _charge(self, sender: Address) -> None:
+        rates = self.rates
+        wait = take_all(
+            [(rates.sender_domain, sender.domain), (rates.sender, str(sender))],
+            self.clock.monotonic(),
+        )
+        if wait > 0:
+            raise RateLimited(
+                f"{sender} is sending faster than this relay accepts; retry in {wait:.0f} s",
+                retry_after=wait,
+            )
 
     async def _recipients(self, envelope: Envelope) -> tuple[list[str], list[tuple[str, str, str]]]:
         ours = [a for a in envelope.recipients if a.domain == self.domain]
         if not ours:
             raise WrongDomain(f"no recipient of this envelope is at {self.domain}")
         existing = await self.store.existing_agents(a.local for a in ours)
-        local = [a.local for a in ours if a.local in existing]
-        refused = [
-            (str(a), st.UNKNOWN_RECIPIENT.code, "no such agent")
-            for a in ours
-            if a.local not in existing
-        ]
+        local: list[str] = []
+        refused: list[tuple[str, str, str]] = []
+        for a in ours:
+            if a.local not in existing:
+                refused.append((str(a), st.UNKNOWN_RECIPIENT.code, "no such agent"))
+                continue
+            why = self.policy.refusal(
+                envelope.sender, a, bounce_of_own=await self._bounce_of_own(envelope, a)
+            )
+            if why is not None:
+                refused.append((str(a), st.NOT_AUTHORIZED.code, why))
+            else:
+                local.append(a.local)
         if not local:
-            raise UnknownRecipient("no such agent: " + ", ".join(r[0] for r in refused))
+            if all(code == st.UNKNOWN_RECIPIENT.code for _, code, _ in refused):
+                raise UnknownRecipient("no such agent: " + ", ".join(r[0] for r in refused))
+            raise _NoRecipientLeft(refused)
         return local, refused
+
+    async def _bounce_of_own(self, envelope: Envelope, recipient: Address) -> bool:
+        """Whether ``envelope`` is a delivery-status envelope about one that ``recipient`` sent
+        to the DSN's domain — which agent rules must let through (relay.core.policy). Asked of
+        the store, not of the envelope: a sender cannot make itself a bounce by saying so."""
+        if (
+            envelope.kind != KIND_DSN
+            or envelope.sender.local != MAILER_DAEMON
+            or envelope.in_reply_to is None
+            or self.policy.agents.get(recipient.local) is None
+        ):
+            return False
+        original = await self.store.message_status(self.domain, envelope.in_reply_to)
+        return (
+            original is not None
+            and original.sender == str(recipient)
+            and any(
+                r.address.rpartition("@")[2] == envelope.sender.domain for r in original.recipients
+            )
+        )
 
     async def handle(self, txn_id: str, request: TxnRequest) -> dict[str, EnvelopeResult]:
         now = self.clock.now()
@@ -112,10 +217,21 @@ class InboundHandler:
             else:
                 to_store.append(c)
         if to_store:
-            accepted = await asyncio.shield(
-                self.store.accept_many([c.item for c in to_store if c.item is not None], now)
-            )
-            for c, res in zip(to_store, accepted, strict=True):
+            items = [c.item for c in to_store if c.item is not None]
+            try:
+                accepted = await self.custody.write(
+                    self.store.accept_many(items, now),
+                    size=sum(len(i.token) for i in items),
+                    timeout=self.write_timeout,
+                )
+            except StoreUnavailable as exc:
+                # Refuse what we cannot keep (4.3.0): the partner still holds every envelope
+                # and retries; a write that lands late makes the retry a "duplicate".
+                log.warning("txn %s from %s: %s", txn_id, request.origin, exc.message)
+                for c in to_store:
+                    results[c.key] = _refusal(exc)
+                accepted = []
+            for c, res in zip(to_store if accepted else [], accepted, strict=True):
                 assert c.item is not None
                 recipients = {
                     addr: RecipientResult(code, reason) for addr, code, reason in c.item.refused

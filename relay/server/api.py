@@ -32,6 +32,7 @@ from relay.core.limits import (
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
 )
+from relay.server.http import read_body
 from relay.server.keys import RELAY
 from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
 
@@ -63,10 +64,7 @@ async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json":
         raise E.MalformedRequest("Content-Type must be application/json", http_status=415)
-    try:
-        data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise E.PayloadTooLarge(f"request body is larger than {MAX_API_BODY_BYTES} bytes") from None
+    data = await read_body(request, MAX_API_BODY_BYTES, "request body")
     return jsonutil.loads(data, max_bytes=MAX_API_BODY_BYTES, what="request body")
 
 

@@ -8,15 +8,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from relay.core.errors import SynqError
-from relay.core.limits import MAX_TXN_BYTES
-from relay.server import api, federation
+from relay.server import api, federation, mcp
 from relay.server.errors import Handler, error_middleware
+from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits
 from relay.server.keys import RELAY
 from relay.server.runtime import Relay
-
-#: aiohttp's request body cap. The federation transaction is the largest body any route takes;
-#: aiohttp answers 413 before reading more (its default is 1 MiB).
-CLIENT_MAX_SIZE = MAX_TXN_BYTES + 64 * 1024
 
 
 @web.middleware
@@ -41,16 +37,22 @@ async def count_errors(request: web.Request, handler: Handler) -> web.StreamResp
         raise
 
 
-def build_app(relay: Relay, *, own_relay: bool = False) -> web.Application:
+def build_app(
+    relay: Relay, *, own_relay: bool = False, http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
+) -> web.Application:
     """The application for ``relay``. With ``own_relay`` the app runs the relay's background
-    work (the federation queue) while it serves, and closes the relay on cleanup."""
+    work (the federation queue) while it serves, and closes the relay on cleanup.
+    ``http_limits`` are the HTTP server's limits; run the app with ``make_runner`` (or pass
+    ``http_limits.server_kwargs()`` to a test server) so the server-side ones apply too."""
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, count_errors],
-        client_max_size=CLIENT_MAX_SIZE,
+        client_max_size=http_limits.client_max_size,
     )
     app[RELAY] = relay
+    app[HTTP_LIMITS] = http_limits
     app.add_routes(api.routes)
     app.add_routes(federation.routes)
+    mcp.setup(app, relay)
     if own_relay:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -59,4 +61,10 @@ def build_app(relay: Relay, *, own_relay: bool = False) -> web.Application:
             await relay.close()
 
         app.cleanup_ctx.append(lifecycle)
+    # After the relay's own lifecycle, so the face's tracker stops before the relay closes.
+    # Imported here: the a2a-sdk server modules cost every ``synq`` command a third of a second
+    # at start-up, and only a serving relay needs them.
+    from relay.server.a2a_face import A2AFace
+
+    A2AFace(relay).install(app)
     return app

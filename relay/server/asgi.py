@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -47,14 +47,19 @@ LIFESPAN_TIMEOUT: Final = 30.0
 class _Exchange:
     """One request/response between aiohttp and the ASGI application."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, body: bytes | None = None) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
+        self.body = body
         self.body_done = False
         self.finished = asyncio.Event()
         self.disconnected = asyncio.Event()
 
     async def receive(self) -> Message:
+        if not self.body_done and self.body is not None:
+            # Read by the caller already (with its own size limit and deadline).
+            self.body_done = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
         if not self.body_done:
             chunk = await self.request.content.read(CHUNK_SIZE)
             more = not self.request.content.at_eof()
@@ -102,7 +107,7 @@ class _Exchange:
         # scope, so a conforming application does not send them.
 
 
-def _scope(request: web.Request) -> Scope:
+def _scope(request: web.Request, state: Mapping[str, Any] | None) -> Scope:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     sock = transport.get_extra_info("sockname") if transport is not None else None
@@ -120,7 +125,7 @@ def _scope(request: web.Request) -> Scope:
         "headers": [(name.lower(), value) for name, value in request.raw_headers],
         "client": (peer[0], peer[1]) if peer else None,
         "server": (sock[0], sock[1]) if sock else None,
-        "state": {},
+        "state": dict(state or {}),
     }
 
 
@@ -135,9 +140,21 @@ class AsgiHost:
         self._lifespan_events: asyncio.Queue[Message] = asyncio.Queue()
         self.active = 0
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        exchange = _Exchange(request)
-        task = asyncio.create_task(self.app(_scope(request), exchange.receive, exchange.send))
+    async def handle(
+        self,
+        request: web.Request,
+        *,
+        state: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+    ) -> web.StreamResponse:
+        """Run the application for ``request``. ``state`` becomes the ASGI scope's ``state``
+        (what the relay already knows of the request, such as the authenticated agent);
+        ``body``, when the caller has read the body itself (with a size limit and deadline),
+        is handed over instead of the request's stream."""
+        exchange = _Exchange(request, body)
+        task = asyncio.create_task(
+            self.app(_scope(request, state), exchange.receive, exchange.send)
+        )
         self.active += 1
         try:
             await asyncio.shield(task)

@@ -31,12 +31,17 @@ def error_response(exc: E.SynqError) -> web.Response:
         # RFC 6750 §3: a 401 names the scheme the client must use.
         headers["WWW-Authenticate"] = 'Bearer realm="synq"'
 
-    return web.Response(
+    response = web.Response(
         status=exc.http_status,
         body=jsonutil.dumps(exc.to_wire()),
         content_type="application/json",
         headers=headers,
     )
+    if exc.http_status == 408:
+        # RFC 9110 §15.5.9: the server closes a connection whose request timed out; keeping it
+        # would let a slow client dribble the rest of its body into the next "request".
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> E.SynqError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.core import errors as E
 from relay.core import txn as txn_mod
 from relay.core.limits import MAX_TXN_BYTES
 from relay.discovery.wellknown import (
@@ -13,6 +12,7 @@ from relay.discovery.wellknown import (
     WELL_KNOWN_PATH,
     build_well_known,
 )
+from relay.server.http import read_body
 from relay.server.keys import RELAY
 
 routes = web.RouteTableDef()
@@ -28,13 +28,7 @@ async def put_transaction(request: web.Request) -> web.Response:
     """
     relay = request.app[RELAY]
     txn_id = txn_mod.check_txn_id(request.match_info["txn_id"])
-    if request.content_length is not None and request.content_length > MAX_TXN_BYTES:
-        raise E.PayloadTooLarge(f"transactions are limited to {MAX_TXN_BYTES} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise E.PayloadTooLarge(f"transactions are limited to {MAX_TXN_BYTES} bytes") from None
-    txn = txn_mod.parse_request(body)
+    txn = txn_mod.parse_request(await read_body(request, MAX_TXN_BYTES, "transaction"))
     results = await relay.inbound.handle(txn_id, txn)
     for result in results.values():
         relay.metrics.federation_results.labels(status=result.status).inc()

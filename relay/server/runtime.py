@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import aiohttp
@@ -20,7 +20,10 @@ from yarl import URL
 from relay import __version__
 from relay.config import Config
 from relay.core.clock import Clock, SystemClock
+from relay.core.errors import ConfigError
 from relay.core.jws import SigningKey
+from relay.core.policy import Policy
+from relay.core.ratelimit import RateLimits
 from relay.delivery.adapters import AgentAdapter
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.router import Router
@@ -30,12 +33,18 @@ from relay.discovery.ssrf import make_guarded_connector
 from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
 from relay.federation.transport import HttpTransport
-from relay.keyring import Keyring, load_keyring
+from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.server.metrics import Metrics
 from relay.store import open_store
+from relay.store.backpressure import CustodyGate
 from relay.store.base import Store
 
 log = logging.getLogger("synq.relay")
+
+#: How often a serving relay looks at its keys directory for new or changed key files (a stat
+#: per file, no read). A key written by ``synq keys rotate`` is published in the well-known
+#: document within this time even if nobody sends SIGHUP.
+KEYS_WATCH_INTERVAL = 10.0
 
 
 class CheckedRelayResolver:
@@ -51,9 +60,22 @@ class CheckedRelayResolver:
         return url
 
 
-def default_adapters(config: Config) -> dict[str, AgentAdapter]:
-    """The adapters a relay runs with, by agent kind (``AgentRecord.kind``)."""
-    return {}
+def default_adapters(
+    config: Config,
+    signer: Callable[[datetime], SigningKey] | None = None,
+    clock: Clock | None = None,
+) -> dict[str, AgentAdapter]:
+    """The adapters a relay runs with, by agent kind (``AgentRecord.kind``). ``signer``: the
+    relay's current signing key, for the agent cards adapters publish."""
+    # Imported here, as the store dialects are: commands that never build a relay (init, dns)
+    # do not pay for the a2a-sdk client at start-up.
+    from adapters.a2a import A2AAdapter
+    from adapters.mcp import McpAdapter
+
+    a2a = A2AAdapter(signer=signer, clock=clock)
+    # stdio MCP servers start in the relay's directory, so ``--mcp-stdio "python tool.py"``
+    # means the same file whether ``synq agent add`` or ``synq serve`` starts it.
+    return {"mcp": McpAdapter(cwd=config.base_dir.resolve()), "a2a": a2a}
 
 
 class Relay:
@@ -72,6 +94,19 @@ class Relay:
         self.keyring = keyring
         self.clock: Clock = clock or SystemClock()
         self.router = Router(store, self.domain, self.signing_key, self.clock)
+        # Trust and abuse resistance (SPEC.md "Security considerations"): one policy, one set of
+        # rate-limit tables and one custody gate, shared by the API and federation; reload()
+        # swaps the policy and rates in place.
+        self.policy: Policy = config.partner_policy()
+        limits = config.rate_limits
+        self.rate_limits = RateLimits.build(
+            limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
+        )
+        self.custody = CustodyGate()
+        self.router.policy = self.policy
+        self.router.custody = self.custody
+        self.router.agent_rates = self.rate_limits.agent
+        self._keys_seen = keys_fingerprint(config.keys_dir)
         self.metrics = Metrics(lambda: store.notifier.listener_count("inbox:"))
         disc = config.discovery
         self.discovery = Discovery(
@@ -81,7 +116,15 @@ class Relay:
             allowed_networks=disc.allowed_networks,
             dns_timeout=disc.timeout,
         )
-        self.inbound = InboundHandler(store, self.discovery, self.domain, self.clock)
+        self.inbound = InboundHandler(
+            store,
+            self.discovery,
+            self.domain,
+            self.clock,
+            policy=self.policy,
+            rates=self.rate_limits,
+            custody=self.custody,
+        )
         self._http = aiohttp.ClientSession(
             connector=make_guarded_connector(
                 self.discovery.policy,
@@ -104,7 +147,9 @@ class Relay:
             store=store,
             router=self.router,
             clock=self.clock,
-            adapters=adapters if adapters is not None else default_adapters(config),
+            adapters=adapters
+            if adapters is not None
+            else default_adapters(config, self.signing_key, self.clock),
             rng=rng,
         )
         self._background: list[asyncio.Task[None]] = []
@@ -119,6 +164,59 @@ class Relay:
 
     def signing_key(self, now: datetime) -> SigningKey:
         return self.keyring.signing_key(now)
+
+    def reload(self, config: Config | None = None) -> None:
+        """Reread the keys directory and, given a freshly loaded ``config``, take its policy and
+        rate limits (``synq serve`` does this on SIGHUP). All or nothing: when anything is
+        invalid, ConfigError is raised and the relay keeps what it had.
+
+        Nothing queued is touched: envelopes already in custody stay queued and are delivered
+        as before; the new policy applies to what arrives from now on. Rate-limit buckets keep
+        their levels. ``[relay]``, ``[store]`` and ``[discovery]`` take effect on restart.
+        """
+        new = config or self.config
+        keyring = load_keyring(new.keys_dir)
+        keyring.signing_key(self.clock.now())  # refuse a keys directory that cannot sign now
+        policy = new.partner_policy()
+        self.keyring = keyring
+        self._keys_seen = keys_fingerprint(new.keys_dir)
+        if config is None:
+            return
+        restart_only = ("relay", "store", "discovery")
+        if any(getattr(config, s) != getattr(self.config, s) for s in restart_only):
+            log.warning("changes to [relay], [store] and [discovery] take effect on restart")
+        self.config = self.config.model_copy(
+            update={"keys": config.keys, "policy": config.policy, "rate_limits": config.rate_limits}
+        )
+        self.policy = self.router.policy = self.inbound.policy = policy
+        limits = config.rate_limits
+        self.rate_limits.reconfigure(
+            limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
+        )
+
+    def reload_keys_if_changed(self) -> bool:
+        """Reload the keyring if a key file was added, changed or removed since the last load.
+        True when it was reloaded; a directory that no longer loads is logged and skipped."""
+        seen = keys_fingerprint(self.config.keys_dir)
+        if seen == self._keys_seen:
+            return False
+        self._keys_seen = seen
+        try:
+            keyring = load_keyring(self.config.keys_dir)
+            keyring.signing_key(self.clock.now())
+        except ConfigError as exc:
+            log.warning(
+                "keys directory changed but cannot be loaded; keeping the old keys: %s", exc
+            )
+            return False
+        self.keyring = keyring
+        log.info("keys reloaded: %s", ", ".join(e.selector for e in keyring.entries))
+        return True
+
+    async def _watch_keys(self) -> None:
+        while True:
+            await asyncio.sleep(KEYS_WATCH_INTERVAL)
+            self.reload_keys_if_changed()
 
     @classmethod
     async def open(
@@ -151,6 +249,12 @@ class Relay:
                 log.info("released %d queue leases left by a previous run", released)
         self._background.append(
             asyncio.create_task(self.sender.run(), name="synq-federation-sender")
+        )
+        self._background.append(asyncio.create_task(self._watch_keys(), name="synq-keys-watch"))
+        # Local delivery to adapter-backed agents (A2A, MCP): without it their inboxes fill
+        # and nothing is handed over.
+        self._background.append(
+            asyncio.create_task(self.dispatcher.run(), name="synq-local-dispatcher")
         )
 
     async def close(self) -> None:

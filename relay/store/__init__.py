@@ -5,10 +5,12 @@ returns it; nothing else in the relay names a dialect.
 
 * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — the embedded default.
   Options: ``synchronous`` (``FULL``, ``NORMAL``, ``EXTRA``), ``busy_timeout`` (seconds).
+* ``postgresql://user:password@host:port/dbname?…`` (or ``postgres://…``) — the scale-out
+  engine: several relay processes share one database (relay/store/postgres.py). Options:
+  ``synchronous`` (``FULL``, ``NORMAL``). The URL is libpq's, passed to it as it is.
 
 Every dialect takes ``domain``, the relay's own domain: local recipients are then reported by
 address (``bob@acme.test``) rather than by bare agent name.
-* ``postgresql://…`` — the scale-out engine, not yet supported by this version.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ __all__ = [
     "Store",
     "inbox_channel",
     "open_store",
+    "schema_version",
 ]
 
 _SQLITE_PREFIX: Final = "sqlite:///"
 _SQLITE_OPTIONS: Final = frozenset({"domain", "synchronous", "busy_timeout"})
+_POSTGRES_OPTIONS: Final = frozenset({"domain", "synchronous"})
 
 
 def _sqlite_path(url: str) -> str:
@@ -91,7 +95,13 @@ async def open_store(url: str, **options: Any) -> Store:
 
         store: Store = SQLiteStore(_sqlite_path(url), **options)
     elif scheme in ("postgresql", "postgres"):
-        raise ConfigError("PostgreSQL stores are not yet supported by this version of synq")
+        unknown = sorted(set(options) - _POSTGRES_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown PostgreSQL store option(s): {', '.join(unknown)}")
+        # Imported here so a relay on SQLite never loads the PostgreSQL driver.
+        from relay.store.postgres import PostgresStore
+
+        store = PostgresStore(url, **options)
     else:
         shown = f"{scheme!r}" if sep else "none"
         raise ConfigError(
@@ -99,3 +109,16 @@ async def open_store(url: str, **options: Any) -> Store:
         )
     await store.open()
     return store
+
+
+def schema_version(store: Store) -> int:
+    """The schema version of an opened store: the number of its dialect's migrations, since
+    ``open`` applies every pending one and refuses a schema newer than the code."""
+    version = getattr(store, "schema_version", None)
+    if isinstance(version, int):
+        return version
+    from relay.store import sqlite
+
+    if isinstance(store, sqlite.SQLiteStore):
+        return len(sqlite._migrations())
+    raise ConfigError("this store does not report a schema version")

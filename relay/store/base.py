@@ -13,6 +13,9 @@ Data model (SPEC.md §store is not normative; this is the relay's own business):
 * **inbox** — one row per (agent, envelope) delivered locally, with a per-store sequence number
   (for SSE resumption) and the ack time.
 * **events** — the per-recipient hop log shown by ``synq status``.
+* **a2a_tasks**, **a2a_task_events**, **a2a_task_envelopes**, **a2a_feed** — the tasks of the
+  relay's A2A face, their event logs, the envelopes sent for them, and the reply tracker's
+  cursor over inbox sequence numbers (migration 0003; relay/server/a2a_tasks.py).
 
 Durability contract: when ``accept``/``accept_many`` returns, the envelope and every row it
 implies are committed (for SQLite with ``synchronous=FULL``: fsynced). The relay answers 202
@@ -48,6 +51,11 @@ DELIVERY_CHANNEL: Final = "deliveries"
 
 def inbox_channel(agent: str) -> str:
     return f"inbox:{agent}"
+
+
+def a2a_task_channel(task: str) -> str:
+    """Woken after every change of one A2A face task (``a2a_create_task``, ``a2a_update_task``)."""
+    return f"a2a:{task}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +211,44 @@ class DeliveryOutcome:
     next_attempt: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class A2ATask:
+    """One task of the relay's A2A face (migration 0003; SPEC.md "A2A mapping").
+
+    ``snapshot`` is the A2A ``Task`` JSON the face serves and ``push`` a JSON array of its
+    push-notification configs; the store keeps both as opaque text. ``state`` repeats the
+    snapshot's ``status.state`` (``TASK_STATE_WORKING``…) and ``status_at`` its status time, so
+    listing can filter and order without parsing JSON. ``version`` counts the changes applied.
+    """
+
+    id: str
+    owner: str
+    address: str
+    context: str
+    state: str
+    remote_id: str | None
+    snapshot: str
+    push: str
+    version: int
+    status_at: datetime
+    created: datetime
+    updated: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class A2AFeedItem:
+    """An inbox row of an agent that owns A2A face tasks: a possible reply to one of them."""
+
+    seq: int
+    agent: str
+    token: str
+
+
+#: ``a2a_update_task`` outcomes: written; the version moved on (re-read and retry); the
+#: ``source`` reply was applied before (nothing written).
+A2AUpdate = Literal["updated", "conflict", "duplicate"]
+
+
 class Listener:
     """A registration for wake-ups on one channel, made *before* reading, so no wake-up between
     the read and the wait is lost."""
@@ -242,15 +288,23 @@ class Notifier:
     @contextlib.asynccontextmanager
     async def listen(self, channel: str) -> AsyncIterator[Listener]:
         listener = Listener()
-        self._listeners.setdefault(channel, set()).add(listener)
+        self.attach(channel, listener)
         try:
             yield listener
         finally:
-            listeners = self._listeners.get(channel)
-            if listeners is not None:
-                listeners.discard(listener)
-                if not listeners:
-                    del self._listeners[channel]
+            self.detach(channel, listener)
+
+    def attach(self, channel: str, listener: Listener) -> None:
+        """Wake ``listener`` for ``channel`` too: one listener may wait on several channels
+        (the A2A face's reply tracker waits on the inboxes of every agent with tasks)."""
+        self._listeners.setdefault(channel, set()).add(listener)
+
+    def detach(self, channel: str, listener: Listener) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
 
     def listener_count(self, prefix: str = "") -> int:
         """Listeners whose channel starts with ``prefix`` (exported as a metric)."""
@@ -396,3 +450,73 @@ class Store(abc.ABC):
     ) -> int:
         """Drop queued rows without a DSN (postsuper -d), recording a ``deleted`` event.
         The row's state becomes ``bounced`` with code 5.0.0 so ``status`` explains it."""
+
+    # the A2A face's tasks (0003) ---------------------------------------------------------------
+    # Every write wakes ``a2a_task_channel(task.id)`` after its commit.
+
+    @abc.abstractmethod
+    async def a2a_create_task(self, task: A2ATask, envelope: str) -> None:
+        """Insert a new task (its ``version`` as given, normally 0) and link ``envelope``, the
+        id of the envelope that will carry its first message. Conflict if the id is taken."""
+
+    @abc.abstractmethod
+    async def a2a_get_task(self, id: str) -> A2ATask | None: ...
+
+    @abc.abstractmethod
+    async def a2a_list_tasks(
+        self,
+        owner: str,
+        address: str,
+        *,
+        context: str | None,
+        state: str | None,
+        status_after: datetime | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> tuple[list[A2ATask], int]:
+        """One owner's tasks for one address, newest status first (``status_at`` then ``id``,
+        both descending), filtered by context, state and ``status_at >= status_after``;
+        ``before`` is the (status_at, id) of the last task of the previous page. Returns the
+        page and how many tasks match the filters in all."""
+
+    @abc.abstractmethod
+    async def a2a_update_task(
+        self,
+        task: A2ATask,
+        expected_version: int,
+        events: Sequence[str] = (),
+        *,
+        source: str | None = None,
+        link: str | None = None,
+    ) -> A2AUpdate:
+        """Compare-and-set: if the task's version is still ``expected_version``, replace its
+        state, remote_id, snapshot, push, status_at and updated with ``task``'s, append
+        ``events`` numbered ``expected_version + 1…``, set the version to ``expected_version +
+        max(1, len(events))``, and link the envelope id ``link`` to the task, in one transaction.
+        ``source`` names the reply envelope the events came from, recorded with the first
+        event: a source applied before makes the whole call ``duplicate`` and writes nothing."""
+
+    @abc.abstractmethod
+    async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """The task's events numbered above ``after``, oldest first: (number, event JSON)."""
+
+    @abc.abstractmethod
+    async def a2a_tasks_for_envelopes(self, ids: Sequence[str]) -> dict[str, str]:
+        """Which of the envelope ids belong to a task: envelope id → task id."""
+
+    @abc.abstractmethod
+    async def a2a_feed(self, after_seq: int, limit: int) -> list[A2AFeedItem]:
+        """Inbox rows (acked or not) numbered above ``after_seq`` of agents that own a task
+        created no later than the row arrived, oldest first."""
+
+    @abc.abstractmethod
+    async def a2a_owners(self) -> list[str]:
+        """The local agents that own at least one task (whose inboxes the tracker watches)."""
+
+    @abc.abstractmethod
+    async def a2a_feed_cursor(self) -> int:
+        """The reply tracker's saved position (0 at first)."""
+
+    @abc.abstractmethod
+    async def a2a_set_feed_cursor(self, seq: int) -> None:
+        """Save the reply tracker's position; it never moves back."""

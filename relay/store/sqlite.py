@@ -77,6 +77,9 @@ from relay.core.errors import (
 from relay.store.base import (
     DELIVERY_CHANNEL,
     QUEUE_CHANNEL,
+    A2AFeedItem,
+    A2ATask,
+    A2AUpdate,
     AcceptResult,
     AgentKind,
     AgentRecord,
@@ -92,6 +95,7 @@ from relay.store.base import (
     RecipientState,
     RecipientStatus,
     Store,
+    a2a_task_channel,
     inbox_channel,
 )
 
@@ -255,6 +259,69 @@ UPDATE recipients SET state = 'bounced', code = ?3, reason = ?4, updated = ?2
 WHERE recipient = ?5 AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?1)
 """
 _NEXT_DELIVERY_DUE = "SELECT min(next_attempt) FROM deliveries"
+
+# The A2A face's tasks (0003) -------------------------------------------------------------------
+_A2A_COLUMNS = """
+SELECT id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
+       created, updated
+FROM a2a_tasks
+"""
+_A2A_INSERT_TASK = """
+INSERT INTO a2a_tasks (id, owner, address, context, state, remote_id, snapshot, push, version,
+                       status_at, created, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_A2A_LINK = "INSERT INTO a2a_task_envelopes (envelope, task) VALUES (?, ?)"
+_A2A_GET_TASK = _A2A_COLUMNS + "WHERE id = ?"
+# One text with optional filters: the (owner, address, status_at, id) index serves every form.
+_A2A_FILTER = """
+WHERE owner = ?1 AND address = ?2
+  AND (?3 IS NULL OR context = ?3)
+  AND (?4 IS NULL OR state = ?4)
+  AND (?5 IS NULL OR status_at >= ?5)
+"""
+_A2A_LIST_TASKS = (
+    _A2A_COLUMNS
+    + _A2A_FILTER
+    + """
+  AND (?6 IS NULL OR status_at < ?6 OR (status_at = ?6 AND id < ?7))
+ORDER BY status_at DESC, id DESC LIMIT ?8
+"""
+)
+_A2A_COUNT_TASKS = """
+SELECT count(*) FROM a2a_tasks
+WHERE owner = ?1 AND address = ?2
+  AND (?3 IS NULL OR context = ?3)
+  AND (?4 IS NULL OR state = ?4)
+  AND (?5 IS NULL OR status_at >= ?5)
+"""
+_A2A_UPDATE_TASK = """
+UPDATE a2a_tasks
+SET state = ?3, remote_id = ?4, snapshot = ?5, push = ?6, status_at = ?7, updated = ?8,
+    version = ?9
+WHERE id = ?1 AND version = ?2
+"""
+_A2A_SOURCE_SEEN = "SELECT 1 FROM a2a_task_events WHERE task = ? AND source = ?"
+_A2A_INSERT_EVENT = "INSERT INTO a2a_task_events (task, version, source, event) VALUES (?, ?, ?, ?)"
+_A2A_EVENTS = """
+SELECT version, event FROM a2a_task_events WHERE task = ?1 AND version > ?2
+ORDER BY version LIMIT ?3
+"""
+_A2A_TASKS_FOR_ENVELOPES = """
+SELECT envelope, task FROM a2a_task_envelopes WHERE envelope IN (SELECT value FROM json_each(?))
+"""
+# Rows of agents that owned a task by the time the row arrived: a reply always arrives after
+# the task that asked for it, and older mail of the same agent is none of the tracker's business.
+_A2A_FEED = """
+SELECT i.seq, i.agent, e.token
+FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+WHERE i.seq > ?1
+  AND EXISTS (SELECT 1 FROM a2a_tasks AS t WHERE t.owner = i.agent AND t.created <= i.delivered_at)
+ORDER BY i.seq LIMIT ?2
+"""
+_A2A_OWNERS = "SELECT DISTINCT owner FROM a2a_tasks"
+_A2A_FEED_CURSOR = "SELECT cursor FROM a2a_feed WHERE id = 1"
+_A2A_SET_FEED_CURSOR = "UPDATE a2a_feed SET cursor = max(cursor, ?) WHERE id = 1"
 
 _INSERT_EVENT = """
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
@@ -661,6 +728,23 @@ async def _accept_rows(
 
 def _agent(row: Any) -> AgentRecord:
     return AgentRecord(name=row[0], kind=row[1], endpoint=row[2], created=_dt(row[3]))
+
+
+def _a2a_task(row: Any) -> A2ATask:
+    return A2ATask(
+        id=row[0],
+        owner=row[1],
+        address=row[2],
+        context=row[3],
+        state=row[4],
+        remote_id=row[5],
+        snapshot=row[6],
+        push=row[7],
+        version=row[8],
+        status_at=_dt(row[9]),
+        created=_dt(row[10]),
+        updated=_dt(row[11]),
+    )
 
 
 def _queue_entry(row: Any) -> QueueEntry:
@@ -1236,6 +1320,136 @@ class SQLiteStore(Store):
 
         count: int = await self._write(run)
         return count
+
+    # the A2A face's tasks -----------------------------------------------------------------------
+
+    async def a2a_create_task(self, task: A2ATask, envelope: str) -> None:
+        row = (
+            task.id,
+            task.owner,
+            task.address,
+            task.context,
+            task.state,
+            task.remote_id,
+            task.snapshot,
+            task.push,
+            task.version,
+            _ts(task.status_at),
+            _ts(task.created),
+            _ts(task.updated),
+        )
+
+        async def run(conn: aiosqlite.Connection) -> tuple[None, Collection[str]]:
+            try:
+                await conn.execute(_A2A_INSERT_TASK, row)
+                await conn.execute(_A2A_LINK, (envelope, task.id))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"task {task.id!r} already exists") from exc
+            return None, (a2a_task_channel(task.id),)
+
+        await self._write(run)
+
+    async def a2a_get_task(self, id: str) -> A2ATask | None:
+        row = await self._read_one(_A2A_GET_TASK, (id,))
+        return None if row is None else _a2a_task(row)
+
+    async def a2a_list_tasks(
+        self,
+        owner: str,
+        address: str,
+        *,
+        context: str | None,
+        state: str | None,
+        status_after: datetime | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> tuple[list[A2ATask], int]:
+        after = _ts(status_after) if status_after is not None else None
+        head = (owner, address, context, state, after)
+        cursor = (_ts(before[0]), before[1]) if before is not None else (None, None)
+        rows = await self._read(_A2A_LIST_TASKS, (*head, *cursor, max(limit, 0)))
+        total = await self._read_one(_A2A_COUNT_TASKS, head)
+        return [_a2a_task(row) for row in rows], int(total[0]) if total else 0
+
+    async def a2a_update_task(
+        self,
+        task: A2ATask,
+        expected_version: int,
+        events: Sequence[str] = (),
+        *,
+        source: str | None = None,
+        link: str | None = None,
+    ) -> A2AUpdate:
+        version = expected_version + max(1, len(events))
+        params = (
+            task.id,
+            expected_version,
+            task.state,
+            task.remote_id,
+            task.snapshot,
+            task.push,
+            _ts(task.status_at),
+            _ts(task.updated),
+            version,
+        )
+        # The source is recorded with the first event of the change only: one reply, one
+        # entry in the (task, source) index.
+        event_rows = [
+            (task.id, expected_version + n, source if n == 1 else None, event)
+            for n, event in enumerate(events, 1)
+        ]
+
+        async def run(conn: aiosqlite.Connection) -> tuple[A2AUpdate, Collection[str]]:
+            if source is not None and await conn.execute_fetchall(
+                _A2A_SOURCE_SEEN, (task.id, source)
+            ):
+                return "duplicate", ()
+            cursor = await conn.execute(_A2A_UPDATE_TASK, params)
+            if cursor.rowcount == 0:
+                return "conflict", ()
+            if event_rows:
+                await conn.executemany(_A2A_INSERT_EVENT, event_rows)
+            if link is not None:
+                try:
+                    await conn.execute(_A2A_LINK, (link, task.id))
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict(f"envelope {link!r} already belongs to a task") from exc
+            return "updated", (a2a_task_channel(task.id),)
+
+        outcome: A2AUpdate = await self._write(run)
+        return outcome
+
+    async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        if limit <= 0:
+            return []
+        return [(row[0], row[1]) for row in await self._read(_A2A_EVENTS, (id, after, limit))]
+
+    async def a2a_tasks_for_envelopes(self, ids: Sequence[str]) -> dict[str, str]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        rows = await self._read(_A2A_TASKS_FOR_ENVELOPES, (json.dumps(wanted),))
+        return {row[0]: row[1] for row in rows}
+
+    async def a2a_feed(self, after_seq: int, limit: int) -> list[A2AFeedItem]:
+        if limit <= 0:
+            return []
+        rows = await self._read(_A2A_FEED, (after_seq, limit))
+        return [A2AFeedItem(seq=row[0], agent=row[1], token=row[2]) for row in rows]
+
+    async def a2a_owners(self) -> list[str]:
+        return [row[0] for row in await self._read(_A2A_OWNERS, ())]
+
+    async def a2a_feed_cursor(self) -> int:
+        row = await self._read_one(_A2A_FEED_CURSOR, ())
+        return int(row[0]) if row else 0
+
+    async def a2a_set_feed_cursor(self, seq: int) -> None:
+        async def run(conn: aiosqlite.Connection) -> tuple[None, Collection[str]]:
+            await conn.execute(_A2A_SET_FEED_CURSOR, (seq,))
+            return None, ()
+
+        await self._write(run)
 
     # the writer --------------------------------------------------------------------------------
 

@@ -1,0 +1,366 @@
+"""The MCP adapter: MCP servers as Synq agents (DESIGN §8, SPEC.md "MCP mapping").
+
+For an agent registered with ``synq agent add NAME --mcp-stdio CMD`` or ``--mcp-http URL`` the
+dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliver`:
+
+1. the envelope becomes a :class:`~adapters.mcp.translate.ToolCall` — or is refused (5.6.0);
+2. the server's current tool list is consulted: an unknown tool is refused (5.5.1), arguments
+   that fail the tool's input schema are refused with the schema error (5.5.4) — all before
+   anything crosses to the server, and all bounced to the sender with a DSN;
+3. ``tools/call`` runs with a progress token; each progress notification becomes a
+   ``task.update`` envelope (at most ``MAX_PROGRESS_UPDATES``, newest first when the server is
+   faster than the relay can sign and store);
+4. the result, or the reason there is none (timeout, the server exited, a result over
+   ``MAX_TOOL_RESULT_BYTES``), becomes the final ``task.update`` envelope.
+
+A server that cannot be reached (down, restarting, slow to start) fails the delivery for now:
+the envelope stays in the inbox and the dispatcher retries until it expires, then bounces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import anyio
+from mcp import ClientSession
+
+from adapters.mcp import translate
+from adapters.mcp.client import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+    HTTP_TOOLS_TTL,
+    RESTART_INITIAL,
+    RESTART_MAX,
+    CallFailed,
+    StdioServer,
+    ToolSet,
+    Unavailable,
+    call_tool,
+    describe,
+    http_session,
+    list_tools,
+    never_connected,
+)
+from adapters.mcp.stdio import parse_command, stdio_transport
+from relay.core import status as st
+from relay.core.address import Address
+from relay.core.cards import inbox_agent_card
+from relay.core.envelope import KIND_TASK_UPDATE, Envelope
+from relay.core.errors import ConfigError
+from relay.core.jsonutil import dumps
+from relay.delivery.adapters import DeliveryFailed, Replier, Reply
+from relay.store.base import AgentRecord
+
+log = logging.getLogger("synq.mcp")
+
+STDIO_PREFIX: Final = "stdio:"
+#: Progress envelopes sent for one call. Each is signed and stored like any envelope, so this
+#: stops one chatty server from turning one call into an unbounded stream of envelopes; the
+#: final result is always sent.
+MAX_PROGRESS_UPDATES: Final = 100
+#: Bytes of tool descriptions and schemas one agent card carries. Partners read cards of at most
+#: ``MAX_WELL_KNOWN_BYTES`` (64 KiB); tools past this budget are left out (``truncated``) but can
+#: still be called — the adapter checks them against the live list.
+MAX_CARD_TOOLS_BYTES: Final = 48 * 1024
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _find(exc: BaseException, kind: type[DeliveryFailed]) -> DeliveryFailed | None:
+    return next((e for e in _leaves(exc) if isinstance(e, kind)), None)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """A cancellation (the dispatcher's timeout, shutdown), alone or inside a task group's
+    exception group: it must propagate, never become a reply."""
+    leaves = _leaves(exc)
+    return all(isinstance(e, asyncio.CancelledError) for e in leaves) or any(
+        not isinstance(e, Exception) and not isinstance(e, asyncio.CancelledError) for e in leaves
+    )
+
+
+class _ProgressSender:
+    """Turns progress notifications into ``task.update`` replies, in order, one at a time.
+
+    The SDK calls :meth:`push` from its receive path; waiting there for a signed, durable
+    envelope would stall the session, so the newest pending report is kept and sent as soon as
+    the previous one is stored (intermediate reports are coalesced, never reordered).
+    """
+
+    def __init__(self, call: translate.ToolCall, reply: Replier) -> None:
+        self.call = call
+        self.reply = reply
+        self.sent = 0
+        self._pending: tuple[float, float | None, str | None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run())
+
+    async def push(self, progress: float, total: float | None, message: str | None) -> None:
+        self._pending = (progress, total, message)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, None
+            if pending is not None and self.sent < MAX_PROGRESS_UPDATES:
+                self.sent += 1
+                body = translate.progress_body(self.call, self.sent, *pending)
+                await self.reply(Reply(KIND_TASK_UPDATE, translate.A2A_CONTENT_TYPE, body))
+            if self._closing and self._pending is None:
+                return
+
+    async def close(self) -> None:
+        """Send what is pending, then stop (before the result, so the order holds)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+class McpAdapter:
+    kind = "mcp"
+
+    def __init__(
+        self,
+        *,
+        cwd: Path | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        restart_initial: float = RESTART_INITIAL,
+        restart_max: float = RESTART_MAX,
+    ) -> None:
+        self.cwd = cwd
+        self.call_timeout = call_timeout
+        self.connect_timeout = connect_timeout
+        self.restart_initial = restart_initial
+        self.restart_max = restart_max
+        self._stdio: dict[str, StdioServer] = {}
+        self._http_tools: dict[str, tuple[float, ToolSet]] = {}
+
+    # --- endpoints ------------------------------------------------------------------------------
+
+    def _server(self, endpoint: str) -> StdioServer:
+        server = self._stdio.get(endpoint)
+        if server is None:
+            server = StdioServer(
+                endpoint.removeprefix(STDIO_PREFIX),
+                cwd=self.cwd,
+                connect_timeout=self.connect_timeout,
+                restart_initial=self.restart_initial,
+                restart_max=self.restart_max,
+            )
+            self._stdio[endpoint] = server
+        return server
+
+    async def check(self, endpoint: str) -> str:
+        """Start (or connect to) the server once and list its tools (``synq agent add``)."""
+        try:
+            if endpoint.startswith(STDIO_PREFIX):
+                command = endpoint.removeprefix(STDIO_PREFIX).strip()
+                parse_command(command)
+                with anyio.fail_after(self.connect_timeout):
+                    async with (
+                        stdio_transport(command, cwd=self.cwd) as (read, write, _),
+                        ClientSession(read, write) as session,
+                    ):
+                        await session.initialize()
+                        tools = await list_tools(session)
+                endpoint = STDIO_PREFIX + command
+            else:
+                parts = urlsplit(endpoint)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ConfigError(f"not an http(s) URL: {endpoint!r}")
+                async with http_session(endpoint, self.connect_timeout) as session:
+                    tools = await list_tools(session)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except TimeoutError:
+            raise ConfigError(f"the MCP server at {endpoint} did not answer in time") from None
+        except (Exception, BaseExceptionGroup) as exc:
+            raise ConfigError(
+                f"cannot reach the MCP server at {endpoint}: {describe(exc)}"
+            ) from None
+        log.info("MCP server %s has %d tools", endpoint, len(tools.tools))
+        return endpoint
+
+    async def tools(self, endpoint: str) -> ToolSet | None:
+        """The server's tools now, or as last seen when it cannot be reached (None: never)."""
+        if endpoint.startswith(STDIO_PREFIX):
+            server = self._server(endpoint)
+            try:
+                return (await server.live()).tools
+            except Unavailable:
+                return server.tools
+        cached = self._http_tools.get(endpoint)
+        loop = asyncio.get_running_loop()
+        if cached is not None and loop.time() - cached[0] < HTTP_TOOLS_TTL:
+            return cached[1]
+        try:
+            async with http_session(endpoint, self.connect_timeout) as session:
+                tools = await list_tools(session)
+        except (Exception, BaseExceptionGroup) as exc:
+            log.info("MCP server %s: cannot list tools now: %s", endpoint, describe(exc))
+            return cached[1] if cached is not None else None
+        self._http_tools[endpoint] = (loop.time(), tools)
+        return tools
+
+    # --- the agent card -------------------------------------------------------------------------
+
+    async def card(self, agent: AgentRecord, address: str, public_url: str) -> dict[str, Any]:
+        """An A2A card whose skills are the tools; the MCP tools extension carries each tool's
+        input and output schema (SPEC.md "MCP mapping", cards)."""
+        addr = Address.parse(address)
+        tools = await self.tools(agent.endpoint or "")
+        card = inbox_agent_card(
+            addr,
+            public_url,
+            description=f"MCP server at Synq address {addr}: its tools are its skills.",
+        )
+        listed: list[dict[str, Any]] = []
+        budget = MAX_CARD_TOOLS_BYTES
+        truncated = False
+        for tool in tools.listing() if tools is not None else []:
+            wire = translate.tool_to_wire(tool)
+            cost = len(dumps(wire))
+            if cost > budget:
+                truncated = True
+                continue
+            budget -= cost
+            listed.append(wire)
+        params: dict[str, Any] = {
+            "tools": listed,
+            "mcpUrl": f"{public_url.rstrip('/')}/mcp/{addr}",
+        }
+        if truncated:
+            params["truncated"] = True
+        if tools is None:
+            params["unavailable"] = True
+        card["skills"] = [translate.tool_skill(t) for t in listed]
+        card["defaultInputModes"] = [translate.MCP_CALL_CONTENT_TYPE, translate.A2A_CONTENT_TYPE]
+        card["defaultOutputModes"] = [translate.A2A_CONTENT_TYPE]
+        card["capabilities"]["extensions"].append(
+            {
+                "uri": translate.MCP_TOOLS_EXTENSION,
+                "description": "MCP tools with their input and output schemas",
+                "required": False,
+                "params": params,
+            }
+        )
+        return card
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
+        try:
+            call = translate.parse_call(
+                envelope.content_type, envelope.body, envelope.id, envelope.thread
+            )
+        except translate.CallRefused as exc:
+            raise DeliveryFailed(exc.status, exc.reason) from None
+        endpoint = agent.endpoint or ""
+        if endpoint.startswith(STDIO_PREFIX):
+            await self._deliver_stdio(endpoint, call, reply)
+        else:
+            await self._deliver_http(endpoint, call, reply)
+
+    async def _deliver_stdio(self, endpoint: str, call: translate.ToolCall, reply: Replier) -> None:
+        server = self._server(endpoint)
+        try:
+            live = await server.live()
+        except Unavailable as exc:
+            raise DeliveryFailed(st.NO_ANSWER, str(exc)) from None
+        self._check(live.tools, call)
+        await self._call(live.session, call, reply)
+
+    async def _deliver_http(self, endpoint: str, call: translate.ToolCall, reply: Replier) -> None:
+        crossed = False
+        outcome: dict[str, Any] | CallFailed | None = None
+        progress = _ProgressSender(call, reply)
+        try:
+            async with http_session(endpoint, self.connect_timeout) as session:
+                tools = await list_tools(session)
+                self._http_tools[endpoint] = (asyncio.get_running_loop().time(), tools)
+                self._check(tools, call)
+                crossed = True
+                try:
+                    outcome = await call_tool(session, call, self.call_timeout, progress.push)
+                except CallFailed as exc:
+                    outcome = exc
+        except BaseException as exc:
+            refused = _find(exc, DeliveryFailed)
+            if refused is not None or _cancelled(exc):
+                progress.cancel()
+                if refused is not None:
+                    raise refused from None
+                raise
+            if outcome is None:
+                if not crossed or never_connected(exc):
+                    progress.cancel()
+                    raise DeliveryFailed(
+                        st.NO_ANSWER, f"cannot reach the MCP server: {describe(exc)}"
+                    ) from None
+                outcome = CallFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
+            # Otherwise the session broke while closing, after the answer arrived.
+        assert outcome is not None
+        await progress.close()
+        await self._send_outcome(call, outcome, reply)
+
+    def _check(self, tools: ToolSet, call: translate.ToolCall) -> None:
+        try:
+            tools.check(call)
+        except translate.CallRefused as exc:
+            raise DeliveryFailed(exc.status, exc.reason) from None
+
+    async def _call(self, session: ClientSession, call: translate.ToolCall, reply: Replier) -> None:
+        progress = _ProgressSender(call, reply)
+        try:
+            outcome: dict[str, Any] | CallFailed = await call_tool(
+                session, call, self.call_timeout, progress.push
+            )
+        except CallFailed as exc:
+            outcome = exc
+        except BaseException:
+            progress.cancel()
+            raise
+        await progress.close()
+        await self._send_outcome(call, outcome, reply)
+
+    async def _send_outcome(
+        self, call: translate.ToolCall, outcome: dict[str, Any] | CallFailed, reply: Replier
+    ) -> None:
+        if isinstance(outcome, CallFailed):
+            log.info("MCP call %s (%s) failed: %s", call.task_id, call.tool, outcome.reason)
+            body = translate.failure_body(call, outcome.status, outcome.reason)
+        else:
+            body = translate.result_body(call, outcome)
+            size = len(dumps(body))
+            if size > translate.MAX_TOOL_RESULT_BYTES:
+                body = translate.failure_body(
+                    call,
+                    st.TOO_BIG,
+                    f"the result of {call.tool} is {size} bytes; the limit is "
+                    f"{translate.MAX_TOOL_RESULT_BYTES} (MAX_TOOL_RESULT_BYTES)",
+                )
+        await reply(Reply(KIND_TASK_UPDATE, translate.A2A_CONTENT_TYPE, body))
+
+    async def close(self) -> None:
+        servers, self._stdio = list(self._stdio.values()), {}
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.close()

@@ -1,0 +1,500 @@
+"""MCP ⇄ envelope translation without I/O (SPEC.md "MCP mapping").
+
+Everything here is a pure function of JSON values, so it is tested with tables:
+
+* **calls in** — an ``application/mcp-call+json`` body ``{"tool", "arguments"}``, or an A2A
+  Message (``application/a2a+json``) whose data part is ``{"tool", "arguments"}``, becomes a
+  :class:`ToolCall`; anything else is refused with the RFC 3463 status the sender's DSN carries;
+* **arguments** — checked against the tool's ``inputSchema`` before the call crosses to the MCP
+  server (JSON Schema 2020-12 unless the schema names another dialect: MCP 2025-11-25
+  "Tools" §Tool, SEP-1613);
+* **answers out** — progress notifications (MCP 2025-11-25 "Progress") and the
+  ``CallToolResult`` (content blocks, ``structuredContent``, ``isError``) become A2A 1.0
+  ``StreamResponse`` objects: progress is a ``statusUpdate`` in ``TASK_STATE_WORKING``, the result
+  a ``task`` in ``TASK_STATE_COMPLETED`` (content as the parts of one artifact) or, when
+  ``isError`` is true or the call failed, ``TASK_STATE_FAILED`` (content as the parts of the
+  status message) — the shapes an A2A client sees when an A2A agent completes or fails a task;
+* **answers back** — the inverse, for the relay's ``/mcp/<address>`` face: a ``task`` body gives
+  back the exact ``CallToolResult``, a ``statusUpdate`` the progress triple.
+
+Content blocks map to A2A parts without loss: the block's bulky field moves into the part
+(``text`` → ``text``, ``data``/``blob`` → ``raw``, a resource link's ``uri`` → ``url``) and the
+rest of the block rides in the part's ``metadata.mcp``, so the reverse mapping rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from jsonschema import SchemaError
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
+from jsonschema.validators import Draft202012Validator, validator_for
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+
+from relay.core import status as st
+from relay.core.jsonutil import dumps
+from relay.core.status import Status
+
+#: Content types an MCP-backed agent takes (SPEC.md §3.1).
+MCP_CALL_CONTENT_TYPE: Final = "application/mcp-call+json"
+A2A_CONTENT_TYPE: Final = "application/a2a+json"
+#: A2A extension on the agent card that carries the tools and their schemas (A2A 1.0 §4.6).
+MCP_TOOLS_EXTENSION: Final = "urn:synq:ext:mcp-tools:1"
+
+#: Largest encoded reply body a tool result may become. An envelope holds at most
+#: ``MAX_ENVELOPE_BYTES`` (256 KiB); this leaves room for the envelope's own fields and the A2A
+#: framing. Stops a server's enormous result from turning into an envelope that cannot be sent
+#: (or into unbounded storage): a larger result becomes a failed reply that says so.
+MAX_TOOL_RESULT_BYTES: Final = 192 * 1024
+#: Longest schema error or failure text quoted back to a sender; a hostile schema or server
+#: cannot make the DSN or failed reply arbitrarily long.
+MAX_REASON_CHARS: Final = 1000
+
+STATE_WORKING: Final = "TASK_STATE_WORKING"
+STATE_COMPLETED: Final = "TASK_STATE_COMPLETED"
+STATE_FAILED: Final = "TASK_STATE_FAILED"
+ROLE_AGENT: Final = "ROLE_AGENT"
+
+#: Statuses a refused call bounces with (SPEC.md §5.1).
+UNKNOWN_TOOL: Final = st.INVALID_COMMAND
+BAD_ARGUMENTS: Final = st.INVALID_PARAMETER
+BAD_CALL: Final = st.MEDIA_ERROR
+
+
+class CallRefused(Exception):
+    """The envelope cannot become a ``tools/call``; the sender gets a DSN with this status."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = clip(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    tool: str
+    arguments: dict[str, Any]
+    #: A2A task and context ids of the answers: the call envelope's id and its thread.
+    task_id: str
+    context_id: str
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- calls in -----------------------------------------------------------------------------------
+
+
+def _call_object(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        raise CallRefused(BAD_CALL, f"{where} must be an object {{tool, arguments}}")
+    tool = value.get("tool")
+    if not isinstance(tool, str) or not tool:
+        raise CallRefused(BAD_CALL, f"{where}: tool must be a non-empty string")
+    arguments = value.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, Mapping):
+        raise CallRefused(BAD_CALL, f"{where}: arguments must be an object")
+    return tool, dict(arguments)
+
+
+def parse_call(content_type: str, body: Any, envelope_id: str, thread: str | None) -> ToolCall:
+    """The ``tools/call`` an envelope asks for (SPEC.md "MCP mapping", calls)."""
+    if content_type == MCP_CALL_CONTENT_TYPE:
+        tool, arguments = _call_object(body, "the body")
+    elif content_type == A2A_CONTENT_TYPE:
+        if not isinstance(body, Mapping) or not isinstance(body.get("parts"), list):
+            raise CallRefused(BAD_CALL, "the body must be an A2A Message with parts")
+        calls = [
+            p["data"]
+            for p in body["parts"]
+            if isinstance(p, Mapping) and isinstance(p.get("data"), Mapping) and "tool" in p["data"]
+        ]
+        if len(calls) != 1:
+            raise CallRefused(
+                BAD_CALL,
+                "an A2A message to an MCP agent needs exactly one data part {tool, arguments}",
+            )
+        tool, arguments = _call_object(calls[0], "the data part")
+    else:
+        raise CallRefused(
+            BAD_CALL,
+            f"an MCP agent takes {MCP_CALL_CONTENT_TYPE} or {A2A_CONTENT_TYPE} with a data part "
+            f"{{tool, arguments}}, not {content_type}",
+        )
+    return ToolCall(tool, arguments, task_id=envelope_id, context_id=thread or envelope_id)
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Validator | None:
+    """A validator for a tool's input schema, or None when the schema itself is not valid JSON
+    Schema (then the server, which wrote it, is left to judge the arguments).
+
+    The registry is empty: a ``$ref`` resolves only inside the schema document, so a schema
+    from a server can never make the relay fetch a URL (SSRF) — the rule the SDK's client uses
+    for output schemas too.
+    """
+    document = dict(schema)
+    cls = validator_for(document, default=Draft202012Validator)
+    try:
+        cls.check_schema(document)
+    except SchemaError:
+        return None
+    validator: Validator = cls(document, registry=Registry())
+    return validator
+
+
+def schema_error(validator: Validator, arguments: Mapping[str, Any]) -> str | None:
+    """The most relevant validation error as one line (``path: message``), or None."""
+    try:
+        error = best_match(validator.iter_errors(dict(arguments)))
+    except Unresolvable as exc:
+        return clip(f"the input schema cannot be resolved: {exc}")
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+    return clip(f"{where}: {error.message}")
+
+
+# --- content blocks ⇄ A2A parts -----------------------------------------------------------------
+
+
+def _meta_of(block: Mapping[str, Any], *moved: str) -> dict[str, Any]:
+    return {k: copy.deepcopy(v) for k, v in block.items() if k not in moved}
+
+
+def block_to_part(block: Any) -> dict[str, Any]:
+    """One MCP content block (MCP 2025-11-25 "Tools" §Tool Result) as one A2A part."""
+    if not isinstance(block, Mapping):
+        return {"data": block, "metadata": {"mcp": {"verbatim": True}}}
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return {"text": block["text"], "metadata": {"mcp": _meta_of(block, "text")}}
+    if kind in ("image", "audio") and isinstance(block.get("data"), str):
+        part: dict[str, Any] = {"raw": block["data"], "metadata": {"mcp": _meta_of(block, "data")}}
+        if isinstance(block.get("mimeType"), str):
+            part["mediaType"] = block["mimeType"]
+        return part
+    if kind == "resource" and isinstance(block.get("resource"), Mapping):
+        resource = block["resource"]
+        for field, key in (("text", "text"), ("blob", "raw")):
+            if isinstance(resource.get(field), str):
+                meta = _meta_of(block, "resource")
+                meta["resource"] = _meta_of(resource, field)
+                part = {key: resource[field], "metadata": {"mcp": meta}}
+                if isinstance(resource.get("mimeType"), str):
+                    part["mediaType"] = resource["mimeType"]
+                return part
+    if kind == "resource_link" and isinstance(block.get("uri"), str):
+        part = {"url": block["uri"], "metadata": {"mcp": _meta_of(block)}}
+        if isinstance(block.get("name"), str):
+            part["filename"] = block["name"]
+        if isinstance(block.get("mimeType"), str):
+            part["mediaType"] = block["mimeType"]
+        return part
+    # A block type this relay does not know (a later MCP revision): carried whole.
+    return {"data": copy.deepcopy(dict(block)), "metadata": {"mcp": {"verbatim": True}}}
+
+
+def part_to_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The inverse of :func:`block_to_part`; a part from a non-MCP agent becomes the nearest
+    block (text, a resource link, JSON text). None for a structured-content part."""
+    meta = part.get("metadata")
+    mcp = meta.get("mcp") if isinstance(meta, Mapping) else None
+    if isinstance(mcp, Mapping):
+        if mcp.get("structuredContent"):
+            return None
+        if mcp.get("verbatim"):
+            data = part.get("data")
+            return dict(data) if isinstance(data, Mapping) else {"type": "text", "text": str(data)}
+        block = copy.deepcopy(dict(mcp))
+        kind = block.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            block["text"] = part["text"]
+            return block
+        if kind in ("image", "audio") and isinstance(part.get("raw"), str):
+            block["data"] = part["raw"]
+            return block
+        if kind == "resource" and isinstance(block.get("resource"), Mapping):
+            resource = dict(block["resource"])
+            if isinstance(part.get("text"), str):
+                resource["text"] = part["text"]
+            elif isinstance(part.get("raw"), str):
+                resource["blob"] = part["raw"]
+            block["resource"] = resource
+            return block
+        if kind == "resource_link":
+            return block
+    # A part written by an A2A agent rather than this mapping.
+    if isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    if isinstance(part.get("url"), str):
+        link: dict[str, Any] = {
+            "type": "resource_link",
+            "uri": part["url"],
+            "name": str(part.get("filename") or part["url"]),
+        }
+        if isinstance(part.get("mediaType"), str):
+            link["mimeType"] = part["mediaType"]
+        return link
+    if isinstance(part.get("raw"), str):
+        media = str(part.get("mediaType") or "application/octet-stream")
+        kind = (
+            "image" if media.startswith("image/") else "audio" if media.startswith("audio/") else ""
+        )
+        if kind:
+            return {"type": kind, "data": part["raw"], "mimeType": media}
+        return {
+            "type": "resource",
+            "resource": {"uri": f"data:{media}", "mimeType": media, "blob": part["raw"]},
+        }
+    if "data" in part:
+        return {"type": "text", "text": dumps(part["data"]).decode("utf-8")}
+    return None
+
+
+def result_to_parts(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    content = result.get("content")
+    parts = [block_to_part(b) for b in content] if isinstance(content, list) else []
+    if "structuredContent" in result and result["structuredContent"] is not None:
+        parts.append(
+            {
+                "data": copy.deepcopy(result["structuredContent"]),
+                "mediaType": "application/json",
+                "metadata": {"mcp": {"structuredContent": True}},
+            }
+        )
+    return parts
+
+
+def parts_to_result(parts: Iterable[Any], *, is_error: bool) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"content": content}
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        meta = part.get("metadata")
+        mcp = meta.get("mcp") if isinstance(meta, Mapping) else None
+        if isinstance(mcp, Mapping) and mcp.get("structuredContent") and "data" in part:
+            result["structuredContent"] = copy.deepcopy(part["data"])
+            continue
+        block = part_to_block(part)
+        if block is not None:
+            content.append(block)
+    if is_error:
+        result["isError"] = True
+    return result
+
+
+# --- answers out ----------------------------------------------------------------------------------
+
+
+def _agent_message(call: ToolCall, suffix: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "messageId": f"{call.task_id}.{suffix}",
+        "contextId": call.context_id,
+        "taskId": call.task_id,
+        "role": ROLE_AGENT,
+        "parts": parts,
+    }
+
+
+def progress_body(
+    call: ToolCall, seq: int, progress: float, total: float | None, message: str | None
+) -> dict[str, Any]:
+    """A ``notifications/progress`` (MCP 2025-11-25 "Progress") as an A2A status update."""
+    numbers: dict[str, Any] = {"progress": progress}
+    if total is not None:
+        numbers["total"] = total
+    parts: list[dict[str, Any]] = []
+    if message:
+        parts.append({"text": clip(message)})
+    parts.append(
+        {"data": numbers, "mediaType": "application/json", "metadata": {"mcp": {"progress": True}}}
+    )
+    return {
+        "statusUpdate": {
+            "taskId": call.task_id,
+            "contextId": call.context_id,
+            "status": {
+                "state": STATE_WORKING,
+                "message": _agent_message(call, f"progress.{seq}", parts),
+            },
+            "metadata": {"mcp": {"tool": call.tool}},
+        }
+    }
+
+
+def result_body(call: ToolCall, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``CallToolResult`` as the A2A task that ends: completed, or failed when ``isError``."""
+    parts = result_to_parts(result)
+    is_error = bool(result.get("isError"))
+    metadata: dict[str, Any] = {"mcp": {"tool": call.tool, "isError": is_error}}
+    if isinstance(result.get("_meta"), Mapping):
+        metadata["mcp"]["_meta"] = copy.deepcopy(dict(result["_meta"]))
+    task: dict[str, Any] = {"id": call.task_id, "contextId": call.context_id, "metadata": metadata}
+    if is_error:
+        task["status"] = {
+            "state": STATE_FAILED,
+            "message": _agent_message(call, "result", parts),
+        }
+    else:
+        task["status"] = {"state": STATE_COMPLETED}
+        task["artifacts"] = [
+            {"artifactId": f"{call.task_id}.result", "name": "result", "parts": parts}
+        ]
+    return {"task": task}
+
+
+def failure_body(call: ToolCall, status: Status, reason: str) -> dict[str, Any]:
+    """A call that crossed to the server but produced no usable result (timeout, the server
+    exited, an oversized result): a failed task whose message says why."""
+    text = clip(reason)
+    return {
+        "task": {
+            "id": call.task_id,
+            "contextId": call.context_id,
+            "status": {
+                "state": STATE_FAILED,
+                "message": _agent_message(
+                    call, "result", [{"text": text, "metadata": {"mcp": {"type": "text"}}}]
+                ),
+            },
+            "metadata": {
+                "mcp": {"tool": call.tool, "isError": True},
+                "synq": {"status": status.code, "reason": text},
+            },
+        }
+    }
+
+
+# --- answers back (the relay's /mcp/<address> face) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    progress: float
+    total: float | None
+    message: str | None
+
+
+def progress_from_body(body: Any) -> Progress | None:
+    """The progress a ``statusUpdate`` body reports, or None if it is not one."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("statusUpdate"), Mapping):
+        return None
+    status = body["statusUpdate"].get("status")
+    message = status.get("message") if isinstance(status, Mapping) else None
+    parts = message.get("parts") if isinstance(message, Mapping) else None
+    if not isinstance(parts, list):
+        return None
+    progress: float | None = None
+    total: float | None = None
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        data = part.get("data")
+        if isinstance(data, Mapping) and isinstance(data.get("progress"), int | float):
+            progress = float(data["progress"])
+            if isinstance(data.get("total"), int | float):
+                total = float(data["total"])
+        elif isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    if progress is None:
+        return None
+    return Progress(progress, total, " ".join(texts) or None)
+
+
+def result_from_body(body: Any) -> dict[str, Any] | None:
+    """The ``CallToolResult`` JSON a final ``task`` body carries, or None if the body is not a
+    task in a final state."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("task"), Mapping):
+        return None
+    task = body["task"]
+    status = task.get("status")
+    state = status.get("state") if isinstance(status, Mapping) else None
+    if state == STATE_COMPLETED:
+        parts: list[Any] = []
+        for artifact in task.get("artifacts") or []:
+            if isinstance(artifact, Mapping) and isinstance(artifact.get("parts"), list):
+                parts.extend(artifact["parts"])
+        result = parts_to_result(parts, is_error=False)
+    elif isinstance(state, str) and state in (
+        STATE_FAILED,
+        "TASK_STATE_REJECTED",
+        "TASK_STATE_CANCELED",
+    ):
+        assert isinstance(status, Mapping)
+        message = status.get("message")
+        failed_parts = message.get("parts") if isinstance(message, Mapping) else None
+        result = parts_to_result(
+            failed_parts if isinstance(failed_parts, list) else [], is_error=True
+        )
+        if not result["content"]:
+            result["content"] = [{"type": "text", "text": f"the task ended: {state}"}]
+    else:
+        return None
+    metadata = task.get("metadata")
+    mcp = metadata.get("mcp") if isinstance(metadata, Mapping) else None
+    if isinstance(mcp, Mapping) and isinstance(mcp.get("_meta"), Mapping):
+        result["_meta"] = copy.deepcopy(dict(mcp["_meta"]))
+    return result
+
+
+def error_result(text: str) -> dict[str, Any]:
+    """A ``CallToolResult`` reporting a failure to the model (``isError``: MCP 2025-11-25
+    "Tools" §Error Handling: tool execution errors are results, so the model can react)."""
+    return {"content": [{"type": "text", "text": clip(text)}], "isError": True}
+
+
+# --- agent cards --------------------------------------------------------------------------------
+
+
+def tool_to_wire(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's copy of one MCP Tool: the fields a client needs to call it."""
+    keep = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+    return {k: copy.deepcopy(tool[k]) for k in keep if k in tool and tool[k] is not None}
+
+
+def tool_skill(tool: Mapping[str, Any]) -> dict[str, Any]:
+    name = str(tool["name"])
+    return {
+        "id": name,
+        "name": str(tool.get("title") or name),
+        "description": str(tool.get("description") or f"MCP tool {name}"),
+        "tags": ["mcp", "tool"],
+        "inputModes": [MCP_CALL_CONTENT_TYPE, A2A_CONTENT_TYPE],
+        "outputModes": [A2A_CONTENT_TYPE],
+    }
+
+
+def tools_from_card(card: Any) -> list[dict[str, Any]] | None:
+    """The tools an agent card publishes in the MCP tools extension; None when the card has no
+    such extension (the address is not MCP-backed)."""
+    if not isinstance(card, Mapping):
+        return None
+    caps = card.get("capabilities")
+    exts = caps.get("extensions") if isinstance(caps, Mapping) else None
+    for ext in exts if isinstance(exts, list) else []:
+        if isinstance(ext, Mapping) and ext.get("uri") == MCP_TOOLS_EXTENSION:
+            params = ext.get("params")
+            tools = params.get("tools") if isinstance(params, Mapping) else None
+            if isinstance(tools, list):
+                return [
+                    dict(t)
+                    for t in tools
+                    if isinstance(t, Mapping)
+                    and isinstance(t.get("name"), str)
+                    and isinstance(t.get("inputSchema"), Mapping)
+                ]
+            return []
+    return None

@@ -1,0 +1,1 @@
+"""Synq's benchmark suite: ``python -m bench`` (see bench/README.md)."""

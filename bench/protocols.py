@@ -1,0 +1,173 @@
+"""Protocol overhead: an SDK client calling an SDK agent directly, and through two relays.
+
+* **A2A**: an a2a-sdk client sends a message (``SendMessage``, blocking) to an a2a-sdk agent
+  that answers with a Message (``bench.agents a2a``): directly at the agent's URL, then at
+  acme's A2A face for ``bob@globex.test`` (``<acme>/a2a/bob@globex.test``, alice's token),
+  where bob is registered at globex with ``synq agent add bob --a2a <agent URL>``. The relayed
+  call is an envelope alice@acme → bob@globex (signed, committed, federated, committed), handed
+  to the agent by globex's dispatcher, and the answer an envelope back the same way.
+* **MCP**: an mcp SDK client calls the ``echo`` tool of an MCP server (``bench.agents mcp``)
+  directly, then at acme's MCP face for ``tools@globex.test`` (``<acme>/mcp/tools@globex.test``),
+  tools registered at globex with ``synq agent add tools --mcp-http <server URL>``.
+
+Calls are sequential (one in flight: latency, not throughput), after a few warm-up calls that
+fill the caches (cards, keys, relay URLs, connections). Each side reports p50 and p99.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import httpx2
+
+from bench.common import Federation, Proc, env_with_root, free_port, percentile, start, workdir
+
+WARMUP = 5
+
+
+@dataclass
+class Latency:
+    samples: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples, 99)
+
+
+@dataclass
+class Overhead:
+    protocol: str
+    direct: Latency
+    relayed: Latency
+
+    @property
+    def added_p50(self) -> float:
+        return self.relayed.p50 - self.direct.p50
+
+    @property
+    def ratio_p50(self) -> float:
+        return self.relayed.p50 / self.direct.p50
+
+
+def bridges_missing() -> str | None:
+    """None when the relay has its A2A and MCP bridges, else which are not there yet."""
+    absent = [m for m in ("adapters.a2a", "adapters.mcp") if importlib.util.find_spec(m) is None]
+    return f"not present yet: {', '.join(absent)}" if absent else None
+
+
+async def _timed(calls: int, call: Callable[[], Awaitable[None]]) -> Latency:
+    for _ in range(WARMUP):
+        await call()
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return Latency(samples)
+
+
+# A2A ------------------------------------------------------------------------------------------
+
+
+async def a2a_latency(base_url: str, calls: int, token: str | None = None) -> Latency:
+    from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+    from a2a.types import Message, Part, Role, SendMessageRequest
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+        card = await A2ACardResolver(http, base_url).get_agent_card()
+        client = ClientFactory(ClientConfig(streaming=False, httpx_client=http)).create(card)
+
+        async def call() -> None:
+            request = SendMessageRequest(
+                message=Message(
+                    message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text="ping")]
+                )
+            )
+            answered = False
+            async for event in client.send_message(request):
+                answered = answered or event.HasField("message") or event.HasField("task")
+            if not answered:
+                raise RuntimeError(f"no answer from {base_url}")
+
+        try:
+            return await _timed(calls, call)
+        finally:
+            await client.close()
+
+
+# MCP ------------------------------------------------------------------------------------------
+
+
+async def mcp_latency(url: str, calls: int, token: str | None = None) -> Latency:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60, read=60)) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+
+        async def call() -> None:
+            result = await session.call_tool("echo", {"text": "ping"})
+            if result.is_error:
+                raise RuntimeError(f"tool call failed at {url}: {result.content}")
+
+        return await _timed(calls, call)
+
+
+# both -----------------------------------------------------------------------------------------
+
+
+async def _agent(kind: str, cwd: Path) -> Proc:
+    return await start(
+        [sys.executable, "-m", "bench.agents", kind], cwd, f"agent-{kind}", env=env_with_root()
+    )
+
+
+async def run(calls: int, base: Path) -> list[Overhead]:
+    workdir(base)
+    a2a_agent = await _agent("a2a", base)
+    mcp_agent = await _agent("mcp", base)
+    try:
+        async with Federation(base) as fed:
+            # Ports chosen here rather than by the relay (port 0): the A2A and MCP faces put
+            # the relay's public URL, written at init, into the cards they serve.
+            acme = await fed.add("acme.test", ["alice"], listen=f"127.0.0.1:{free_port()}")
+            globex = await fed.add(
+                "globex.test",
+                ["carol"],
+                backed={"bob": ["--a2a", a2a_agent.url], "tools": ["--mcp-http", mcp_agent.url]},
+                listen=f"127.0.0.1:{free_port()}",
+            )
+            await fed.serve(acme)
+            await fed.serve(globex)
+            alice = acme.tokens["alice"]
+            a2a = Overhead(
+                "A2A",
+                await a2a_latency(a2a_agent.url, calls),
+                await a2a_latency(f"{acme.url}/a2a/bob@globex.test", calls, alice),
+            )
+            mcp = Overhead(
+                "MCP",
+                await mcp_latency(mcp_agent.url, calls),
+                await mcp_latency(f"{acme.url}/mcp/tools@globex.test", calls, alice),
+            )
+            return [a2a, mcp]
+    finally:
+        await a2a_agent.stop()
+        await mcp_agent.stop()

@@ -1,0 +1,1 @@
+"""Conformance and interoperability runners: they use the installed relay as an outsider would."""

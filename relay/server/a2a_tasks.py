@@ -1,0 +1,746 @@
+"""The tasks of the relay's A2A face: created from A2A calls, advanced by reply envelopes.
+
+A call to the face becomes an envelope from the caller's local agent (SPEC.md "A2A mapping").
+The face's task is in the store (migration 0003), never only in memory:
+
+* **start** — a new task is written first, linked to the id its first envelope will carry,
+  then the envelope is submitted through the router (custody, policy, rate limits), so no
+  reply can arrive before the task that expects it. A follow-up message (``taskId`` given)
+  is linked to the task the same way.
+* **the reply tracker** follows the inboxes of agents that own tasks (``Store.a2a_feed``, a
+  durable cursor). A reply whose ``in_reply_to`` names an envelope of a task, sent by the
+  address the task was sent to (or a delivery-status envelope from a relay on the way), is
+  folded into the task (adapters/a2a/tasks.py), appended to its event log, acked in the
+  owner's inbox, and pushed to the task's webhooks. Applying is idempotent (the event log
+  remembers its source envelope), so a crash between applying and moving the cursor only
+  repeats work.
+* **readers** (SendMessage waiting for a result, SendStreamingMessage, SubscribeToTask) tail
+  the event log, woken by the store's notifier; a restart loses nothing but open connections.
+
+Every change of a task is a compare-and-set on its version, so the tracker and a CancelTask
+never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import aiohttp
+from a2a.types import (
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    Task,
+    TaskPushNotificationConfig,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+)
+from a2a.utils import errors as a2a
+from google.protobuf import json_format
+from yarl import URL
+
+from adapters.a2a import tasks as folding
+from adapters.a2a import wire
+from relay.core import envelope as env_mod
+from relay.core import jsonutil
+from relay.core.address import MAILER_DAEMON, Address
+from relay.core.envelope import ID_PATTERN, KIND_DSN, KIND_MESSAGE, KIND_SIGNAL, Envelope
+from relay.core.errors import PeerError, SynqError
+from relay.core.ids import uuid7
+from relay.core.jws import b64url_decode
+from relay.store.base import A2ATask, Listener, a2a_task_channel, inbox_channel
+
+if TYPE_CHECKING:
+    from relay.server.runtime import Relay
+
+__all__ = [
+    "FIRST_EVENT_WAIT",
+    "MAX_BLOCKING_WAIT",
+    "FaceTasks",
+    "Started",
+    "Tail",
+    "thread_of",
+]
+
+log = logging.getLogger("synq.a2a.face")
+
+#: How long a blocking SendMessage (A2A 1.0 §3.2.2, ``returnImmediately`` false) waits for
+#: the task to end or to ask for input before answering with the task as it stands. Stops
+#: clients pinning connections on agents that take minutes; below the 30 s read timeout
+#: common A2A clients use, so they get an answer rather than an error.
+MAX_BLOCKING_WAIT: Final = 25.0
+#: How long SendStreamingMessage waits for the agent's first event before it streams the
+#: task as submitted. The first event decides whether the answer is a task or a direct
+#: message (A2A 1.0 §3.1.2); an agent that is down must not keep the stream silent longer.
+FIRST_EVENT_WAIT: Final = 5.0
+#: Longest wait of an idle reader between two looks at the event log (a safety net for a lost
+#: wake-up; normally the notifier wakes it at once).
+READER_IDLE: Final = 15.0
+#: Events read from the log at once. Bounds a reader's memory however long the log.
+EVENT_PAGE: Final = 100
+#: Inbox rows the tracker reads per pass.
+FEED_BATCH: Final = 200
+#: Longest idle wait of the tracker (a safety net for lost wake-ups, as the queues have).
+TRACKER_IDLE: Final = 30.0
+#: Compare-and-set attempts before a change gives up. Conflicts need two writers on one task
+#: at the same moment; a handful of retries always suffices unless something is wrong.
+MAX_CAS_ATTEMPTS: Final = 16
+#: Push-notification configs per task (A2A 1.0 §4.3). Each one is a POST per event: stops a
+#: client from multiplying the relay's outbound requests without bound.
+MAX_PUSH_CONFIGS: Final = 10
+#: Push deliveries in flight at once, and how long one may take. Pushes are best effort
+#: (A2A 1.0 §4.3.3): a slow webhook costs a slot for this long, never a task's progress.
+MAX_CONCURRENT_PUSHES: Final = 16
+PUSH_TIMEOUT: Final = 10.0
+#: Pushes waiting for a slot. Beyond it new pushes are dropped (and logged) rather than
+#: queued without bound behind dead webhooks.
+MAX_PENDING_PUSHES: Final = 1_000
+#: A task still ``submitted`` this long after it was created, whose envelope the store does
+#: not hold, lost its envelope to a crash between the two writes: it is marked failed.
+ORPHAN_AGE: Final = timedelta(seconds=60)
+#: ListTasks page size when the client names none, and the largest it may ask for (a2a-sdk's
+#: defaults, A2A 1.0 §3.1.4).
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 100
+
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+
+def thread_of(context_id: str) -> str:
+    """The envelope ``thread`` of an A2A context. A context id that is a valid thread is used
+    as it is; any other (A2A allows any string) by a stable digest of it."""
+    if _ID_RE.fullmatch(context_id):
+        return context_id
+    return "a2a-" + hashlib.sha256(context_id.encode("utf-8")).hexdigest()[:40]
+
+
+def task_json(task: Task) -> str:
+    return json.dumps(wire.to_json(task), separators=(",", ":"), ensure_ascii=False)
+
+
+def event_json(event: StreamResponse) -> str:
+    return json.dumps(wire.to_json(event), separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_task(text: str) -> Task:
+    task: Task = json_format.Parse(text, Task(), ignore_unknown_fields=True)
+    return task
+
+
+def parse_event(text: str) -> StreamResponse:
+    event: StreamResponse = json_format.Parse(text, StreamResponse(), ignore_unknown_fields=True)
+    return event
+
+
+def _status_time(task: Task, fallback: datetime) -> datetime:
+    if task.status.HasField("timestamp"):
+        return task.status.timestamp.ToDatetime(tzinfo=fallback.tzinfo)
+    return fallback
+
+
+def _a2a_error(exc: SynqError) -> a2a.A2AError:
+    """A relay refusal in A2A terms (A2A 1.0 §5.4): the caller's fault → invalid params or
+    request, the relay's → internal error (retry later)."""
+    if isinstance(exc, PeerError):
+        if exc.code in ("unknown_recipient", "invalid_address", "invalid_envelope"):
+            return a2a.InvalidParamsError(message=exc.message)
+        return a2a.InvalidRequestError(message=exc.message)
+    return a2a.InternalError(message=exc.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A message handed to the relay: its task, whether the task is new, and the task's
+    version just before the agent's answer to this message can arrive."""
+
+    task_id: str
+    new: bool
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a mutation of a task produced: the new snapshot and events to log."""
+
+    task: Task
+    events: list[StreamResponse]
+    remote_id: str | None = None
+    push: str | None = None
+
+
+class Tail:
+    """Reads a task's event log from a version on, waiting for new events as they come.
+
+    Use as ``async with Tail(...) as tail`` and call :meth:`next` with a deadline: the wake-up
+    listener is registered before the first read, so no event between a read and a wait is
+    missed, and a deadline never cancels anything half way.
+    """
+
+    def __init__(self, tasks: FaceTasks, task_id: str, after: int) -> None:
+        self.tasks = tasks
+        self.task_id = task_id
+        self.after = after
+        self._buffer: collections.deque[tuple[int, StreamResponse]] = collections.deque()
+        self._stack = contextlib.AsyncExitStack()
+        self._listener: Listener | None = None
+
+    async def __aenter__(self) -> Tail:
+        notifier = self.tasks.store.notifier
+        self._listener = await self._stack.enter_async_context(
+            notifier.listen(a2a_task_channel(self.task_id))
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def next(self, deadline: float | None = None) -> tuple[int, StreamResponse] | None:
+        """The next event, or None when ``deadline`` (event-loop time) passes first."""
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while not self._buffer:
+            rows = await self.tasks.store.a2a_task_events(self.task_id, self.after, EVENT_PAGE)
+            if rows:
+                for version, text in rows:
+                    self._buffer.append((version, parse_event(text)))
+                self.after = rows[-1][0]
+                break
+            wait = READER_IDLE if deadline is None else min(deadline - loop.time(), READER_IDLE)
+            if wait <= 0:
+                return None
+            await self._listener.wait(wait)
+        return self._buffer.popleft()
+
+
+class FaceTasks:
+    """Task state for the A2A face, on the relay's store; see the module docstring."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        push_session: aiohttp.ClientSession | None = None,
+        check_url: Callable[[URL], URL] | None = None,
+    ) -> None:
+        self.relay = relay
+        self.store = relay.store
+        self.clock = relay.clock
+        self.domain: str = relay.domain
+        self._push_session = push_session
+        self._check_url = check_url
+        self._push_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSHES)
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._wake = Listener()
+        self._watched: set[str] = set()
+
+    def set_push_session(self, session: aiohttp.ClientSession) -> None:
+        """The HTTP client webhooks are posted with (SSRF-guarded; the face owns it)."""
+        self._push_session = session
+
+    # reading ---------------------------------------------------------------------------------
+
+    async def load(self, task_id: str) -> tuple[A2ATask, Task] | None:
+        row = await self.store.a2a_get_task(task_id)
+        if row is None:
+            return None
+        task = parse_task(row.snapshot)
+        if row.state == "TASK_STATE_SUBMITTED" and row.created < self.clock.now() - ORPHAN_AGE:
+            row, task = await self._repair_orphan(row, task)
+        return row, task
+
+    async def get(self, owner: str, address: Address, task_id: str) -> tuple[A2ATask, Task]:
+        """The task, if it is this caller's for this address (another's is not found, so task
+        ids cannot be probed)."""
+        found = await self.load(task_id) if task_id else None
+        if found is None or found[0].owner != owner or found[0].address != str(address):
+            raise a2a.TaskNotFoundError
+        return found
+
+    async def list_tasks(
+        self, owner: str, address: Address, params: ListTasksRequest
+    ) -> ListTasksResponse:
+        size = params.page_size if params.HasField("page_size") else DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise a2a.InvalidParamsError(message=f"page size must be 1 to {MAX_PAGE_SIZE}")
+        before = _decode_page_token(params.page_token) if params.page_token else None
+        after = (
+            params.status_timestamp_after.ToDatetime(tzinfo=self.clock.now().tzinfo)
+            if params.HasField("status_timestamp_after")
+            else None
+        )
+        state = TaskState.Name(params.status) if params.status else None
+        rows, total = await self.store.a2a_list_tasks(
+            owner,
+            str(address),
+            context=params.context_id or None,
+            state=state,
+            status_after=after,
+            before=before,
+            limit=size + 1,
+        )
+        page = rows[:size]
+        token = _encode_page_token(page[-1]) if len(rows) > size else ""
+        return ListTasksResponse(
+            tasks=[parse_task(r.snapshot) for r in page],
+            next_page_token=token,
+            page_size=size,
+            total_size=total,
+        )
+
+    # changing --------------------------------------------------------------------------------
+
+    async def change(
+        self,
+        task_id: str,
+        mutate: Callable[[A2ATask, Task], Change | None],
+        *,
+        source: str | None = None,
+        link: str | None = None,
+    ) -> tuple[A2ATask, Task] | None:
+        """Apply ``mutate`` to the current task with compare-and-set, retrying on conflict.
+        Returns the task after the change, or None if ``mutate`` declined (nothing written)
+        or the source was applied before."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            found = await self.store.a2a_get_task(task_id)
+            if found is None:
+                raise a2a.TaskNotFoundError
+            row = found
+            outcome = mutate(row, parse_task(row.snapshot))
+            if outcome is None:
+                return None
+            now = self.clock.now()
+            new_row = replace(
+                row,
+                state=TaskState.Name(outcome.task.status.state),
+                remote_id=outcome.remote_id or row.remote_id,
+                snapshot=task_json(outcome.task),
+                push=outcome.push if outcome.push is not None else row.push,
+                status_at=_status_time(outcome.task, now),
+                updated=now,
+            )
+            written = await self.store.a2a_update_task(
+                new_row,
+                row.version,
+                [event_json(e) for e in outcome.events],
+                source=source,
+                link=link,
+            )
+            if written == "duplicate":
+                return None
+            if written == "updated":
+                self._push(new_row, outcome.events)
+                return new_row, outcome.task
+        raise a2a.InternalError(message="the task is changing too fast; retry")
+
+    async def start(self, owner: str, address: Address, params: SendMessageRequest) -> Started:
+        """Hand a client's message to the relay: a new task, or the next turn of one."""
+        message = params.message
+        if message.role != Role.ROLE_USER:  # A2A 1.0 §4.1.4: clients send user messages
+            raise a2a.InvalidParamsError(message="a client's message has role ROLE_USER")
+        if not message.parts:
+            raise a2a.InvalidParamsError(message="a message needs at least one part")
+        now = self.clock.now()
+        envelope_id = uuid7(now)
+        if message.task_id:
+            return await self._follow_up(owner, address, message, envelope_id)
+        context_id = message.context_id or str(uuid.uuid4())
+        task = folding.new_task(envelope_id, context_id, message, now)
+        push = "[]"
+        if params.configuration.HasField("task_push_notification_config"):
+            config = self._push_config(
+                envelope_id, params.configuration.task_push_notification_config
+            )
+            push = _push_json([config])
+        row = A2ATask(
+            id=envelope_id,
+            owner=owner,
+            address=str(address),
+            context=context_id,
+            state="TASK_STATE_SUBMITTED",
+            remote_id=None,
+            snapshot=task_json(task),
+            push=push,
+            version=0,
+            status_at=now,
+            created=now,
+            updated=now,
+        )
+        await self.store.a2a_create_task(row, envelope_id)
+        self.watch(owner)
+        body = _agent_message(message, task_id="", context_id=context_id)
+        try:
+            await self.relay.router.submit(
+                Address(owner, self.domain),
+                [address],
+                wire.CONTENT_TYPE,
+                body,
+                kind=KIND_MESSAGE,
+                thread=thread_of(context_id),
+                via="a2a",
+                id=envelope_id,
+            )
+        except SynqError as exc:
+            await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
+            raise _a2a_error(exc) from None
+        return Started(task_id=envelope_id, new=True, version=0)
+
+    async def _follow_up(
+        self, owner: str, address: Address, message: Message, envelope_id: str
+    ) -> Started:
+        row, task = await self.get(owner, address, message.task_id)
+        if message.context_id and message.context_id != row.context:
+            raise a2a.InvalidParamsError(
+                message=(
+                    f"Context {message.context_id} does not match context {row.context} "
+                    f"of task {row.id}"
+                )
+            )
+        if task.status.state in wire.TERMINAL_STATES:
+            raise a2a.UnsupportedOperationError(
+                message=(f"Task {row.id} is in terminal state: {TaskState.Name(task.status.state)}")
+            )
+        turn = Message()
+        turn.CopyFrom(message)
+        turn.task_id, turn.context_id = row.id, row.context
+
+        def add_turn(current: A2ATask, snapshot: Task) -> Change | None:
+            if snapshot.status.state in wire.TERMINAL_STATES:
+                return None
+            snapshot.history.append(turn)
+            return Change(task=snapshot, events=[])
+
+        changed = await self.change(row.id, add_turn, link=envelope_id)
+        if changed is None:
+            raise a2a.UnsupportedOperationError(message=f"Task {row.id} has ended")
+        current = changed[0]
+        body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
+        try:
+            await self.relay.router.submit(
+                Address(owner, self.domain),
+                [address],
+                wire.CONTENT_TYPE,
+                body,
+                kind=KIND_MESSAGE,
+                thread=thread_of(row.context),
+                in_reply_to=row.id,
+                via="a2a",
+                id=envelope_id,
+            )
+        except SynqError as exc:
+            raise _a2a_error(exc) from None
+        return Started(task_id=row.id, new=False, version=current.version)
+
+    async def _fail(self, task_id: str, why: str) -> None:
+        def failed(row: A2ATask, task: Task) -> Change | None:
+            if task.status.state in wire.TERMINAL_STATES:
+                return None
+            update = TaskStatusUpdateEvent(
+                status=TaskStatus(
+                    state=TaskState.TASK_STATE_FAILED, message=_agent_text(f"{row.id}-failed", why)
+                )
+            )
+            folded = folding.fold(task, update, self.clock.now())
+            return None if folded is None else Change(task=folded.task, events=[folded.event])
+
+        with contextlib.suppress(SynqError, a2a.A2AError):
+            await self.change(task_id, failed)
+
+    async def _repair_orphan(self, row: A2ATask, task: Task) -> tuple[A2ATask, Task]:
+        if await self.store.message_status(self.domain, row.id) is not None:
+            return row, task
+        await self._fail(row.id, "the relay stopped before it took the message into custody")
+        found = await self.store.a2a_get_task(row.id)
+        return (found, parse_task(found.snapshot)) if found else (row, task)
+
+    async def cancel(self, owner: str, address: Address, task_id: str) -> Task:
+        """Cancel at the face at once and tell the agent with a ``signal`` envelope (A2A 1.0
+        §3.1.5). The face's task is canceled whatever the agent says later; its later events
+        are ignored, as for any ended task."""
+        row, _task = await self.get(owner, address, task_id)
+
+        def canceled(current: A2ATask, task: Task) -> Change | None:
+            if task.status.state in wire.TERMINAL_STATES:
+                raise a2a.TaskNotCancelableError
+            folded = folding.fold(
+                task,
+                TaskStatusUpdateEvent(status=TaskStatus(state=TaskState.TASK_STATE_CANCELED)),
+                self.clock.now(),
+            )
+            assert folded is not None
+            return Change(task=folded.task, events=[folded.event])
+
+        changed = await self.change(row.id, canceled)
+        if changed is None:
+            raise a2a.TaskNotCancelableError
+        current, task = changed
+        try:
+            await self.relay.router.submit(
+                Address(owner, self.domain),
+                [address],
+                wire.CONTENT_TYPE,
+                wire.cancel_signal(current.remote_id or ""),
+                kind=KIND_SIGNAL,
+                thread=thread_of(current.context),
+                in_reply_to=current.id,
+                via="a2a",
+            )
+        except SynqError as exc:
+            # The face's task is canceled; the agent keeps working until it finishes.
+            log.warning("cancel of task %s not sent to the agent: %s", current.id, exc.message)
+        return task
+
+    # push-notification configs (A2A 1.0 §3.1.7-§3.1.10) -------------------------------------
+
+    def _push_config(
+        self, task_id: str, config: TaskPushNotificationConfig
+    ) -> TaskPushNotificationConfig:
+        normal = TaskPushNotificationConfig()
+        normal.CopyFrom(config)
+        normal.task_id = task_id
+        normal.id = normal.id or task_id
+        try:
+            url = URL(normal.url)
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError("not an http(s) URL")
+            if self._check_url is not None:
+                self._check_url(url)
+        except (ValueError, SynqError) as exc:
+            why = exc.message if isinstance(exc, SynqError) else str(exc)
+            raise a2a.InvalidParamsError(message=f"push notification URL refused: {why}") from None
+        return normal
+
+    async def set_push(
+        self, owner: str, address: Address, config: TaskPushNotificationConfig
+    ) -> TaskPushNotificationConfig:
+        row, _ = await self.get(owner, address, config.task_id)
+        normal = self._push_config(row.id, config)
+
+        def store(current: A2ATask, task: Task) -> Change:
+            configs = [c for c in _push_configs(current.push) if c.id != normal.id]
+            if len(configs) >= MAX_PUSH_CONFIGS:
+                raise a2a.InvalidParamsError(
+                    message=f"a task has at most {MAX_PUSH_CONFIGS} push notification configs"
+                )
+            return Change(task=task, events=[], push=_push_json([*configs, normal]))
+
+        await self.change(row.id, store)
+        return normal
+
+    async def push_configs(
+        self, owner: str, address: Address, task_id: str
+    ) -> list[TaskPushNotificationConfig]:
+        row, _ = await self.get(owner, address, task_id)
+        return _push_configs(row.push)
+
+    async def delete_push(self, owner: str, address: Address, task_id: str, id: str) -> None:
+        row, _ = await self.get(owner, address, task_id)
+
+        def drop(current: A2ATask, task: Task) -> Change | None:
+            configs = _push_configs(current.push)
+            kept = [c for c in configs if c.id != id]
+            if len(kept) == len(configs):
+                return None
+            return Change(task=task, events=[], push=_push_json(kept))
+
+        await self.change(row.id, drop)
+
+    def _push(self, row: A2ATask, events: Sequence[StreamResponse]) -> None:
+        """Send the events to the task's webhooks in the background (best effort)."""
+        if not events or self._push_session is None or row.push == "[]":
+            return
+        configs = _push_configs(row.push)
+        for config in configs:
+            for event in events:
+                if len(self._pushes) >= MAX_PENDING_PUSHES:
+                    log.warning(
+                        "push to %s dropped: too many pushes pending", URL(config.url).origin()
+                    )
+                    return
+                task = asyncio.create_task(self._send_push(config, event))
+                self._pushes.add(task)
+                task.add_done_callback(self._pushes.discard)
+
+    async def _send_push(self, config: TaskPushNotificationConfig, event: StreamResponse) -> None:
+        assert self._push_session is not None
+        headers = {"Content-Type": "application/json"}
+        if config.token:
+            headers["X-A2A-Notification-Token"] = config.token
+        if config.HasField("authentication") and config.authentication.scheme:
+            auth = config.authentication
+            if auth.credentials:
+                headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
+        try:
+            url = URL(config.url)
+            if self._check_url is not None:
+                self._check_url(url)
+            async with (
+                self._push_slots,
+                asyncio.timeout(PUSH_TIMEOUT),
+                self._push_session.post(
+                    url,
+                    data=jsonutil.dumps(wire.to_json(event)),
+                    headers=headers,
+                    allow_redirects=False,
+                ) as response,
+            ):
+                await response.read()
+                if response.status >= 300:
+                    log.info("push to %s answered HTTP %d", url.origin(), response.status)
+        except (aiohttp.ClientError, TimeoutError, SynqError, ValueError) as exc:
+            log.info("push to %s failed: %s", config.url[:100], type(exc).__name__)
+
+    # the reply tracker ------------------------------------------------------------------------
+
+    def watch(self, owner: str) -> None:
+        """Wake the tracker when ``owner``'s inbox gets mail (it owns tasks)."""
+        if owner not in self._watched:
+            self._watched.add(owner)
+            self.store.notifier.attach(inbox_channel(owner), self._wake)
+
+    def unwatch_all(self) -> None:
+        for owner in self._watched:
+            self.store.notifier.detach(inbox_channel(owner), self._wake)
+        self._watched.clear()
+
+    async def run_once(self) -> int:
+        """Apply every new reply in the owners' inboxes; return how many rows were read."""
+        cursor = await self.store.a2a_feed_cursor()
+        total = 0
+        while True:
+            rows = await self.store.a2a_feed(cursor, FEED_BATCH)
+            if not rows:
+                return total
+            decoded: list[tuple[str, Envelope]] = []
+            for row in rows:
+                try:
+                    payload = b64url_decode(row.token.split(".")[1])
+                    decoded.append((row.agent, env_mod.decode(payload)))
+                except (ValueError, IndexError, SynqError):
+                    continue  # the store only holds envelopes that parsed; nothing to do
+            wanted = [e.in_reply_to for _, e in decoded if e.in_reply_to]
+            links = await self.store.a2a_tasks_for_envelopes(wanted) if wanted else {}
+            for owner, envelope in decoded:
+                task_id = links.get(envelope.in_reply_to or "")
+                if task_id is not None:
+                    await self.apply(task_id, owner, envelope)
+            cursor = rows[-1].seq
+            await self.store.a2a_set_feed_cursor(cursor)
+            total += len(rows)
+
+    async def apply(self, task_id: str, owner: str, envelope: Envelope) -> bool:
+        """Fold one reply into its task; True if the task changed. The reply is acked in the
+        owner's inbox once it is part of the task, whether it changed it or not."""
+        row = await self.store.a2a_get_task(task_id)
+        if row is None or row.owner != owner or not self._from_partner(row, envelope):
+            return False
+        try:
+            event = wire.event_of_reply(envelope)
+        except wire.WireError as exc:
+            log.info("reply %s to task %s is not A2A: %s", envelope.id, task_id, exc)
+            event = wire.event_of_reply(
+                envelope.model_copy(update={"content_type": "application/json"})
+            )
+        now = self.clock.now()
+
+        def fold(current: A2ATask, task: Task) -> Change | None:
+            folded = folding.fold(task, event, now)
+            if folded is None:
+                return None
+            return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
+
+        # Acked first: once the task shows the reply, the inbox no longer offers it. A crash
+        # between the two is harmless: the feed reads acked rows too, and the cursor has not
+        # moved past this one.
+        await self.store.ack(owner, envelope.id, now)
+        source = f"{envelope.sender.domain}/{envelope.id}"
+        changed = await self.change(task_id, fold, source=source)
+        return changed is not None
+
+    def _from_partner(self, row: A2ATask, envelope: Envelope) -> bool:
+        """Only the address the task was sent to may advance it, or a relay reporting that the
+        message could not be delivered: anyone else could name the envelope id in
+        ``in_reply_to`` and forge the task's progress."""
+        if envelope.from_ == row.address:
+            return True
+        target = Address.parse(row.address)
+        return (
+            envelope.kind == KIND_DSN
+            and envelope.sender.local == MAILER_DAEMON
+            and (envelope.sender.domain in (target.domain, self.domain))
+        )
+
+    async def run(self) -> None:
+        """Run the tracker until cancelled."""
+        for owner in await self.store.a2a_owners():
+            self.watch(owner)
+        while True:
+            try:
+                await self.run_once()
+            except (SynqError, a2a.A2AError) as exc:
+                log.warning("A2A reply tracker pass failed: %s", getattr(exc, "message", exc))
+            except Exception:
+                log.exception("A2A reply tracker pass failed")
+            await self._wake.wait(TRACKER_IDLE)
+
+    async def close(self) -> None:
+        self.unwatch_all()
+        for task in list(self._pushes):
+            task.cancel()
+        for task in list(self._pushes):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _agent_text(message_id: str, text: str) -> Message:
+    message = Message(role=Role.ROLE_AGENT, message_id=message_id[:128])
+    message.parts.add().text = text
+    return message
+
+
+def _agent_message(message: Message, *, task_id: str, context_id: str) -> dict[str, Any]:
+    """The client's message as the agent receives it: the agent's own task id for a follow-up,
+    the context id the face and the agent share."""
+    out = Message()
+    out.CopyFrom(message)
+    out.task_id = task_id
+    out.context_id = context_id
+    return wire.to_json(out)
+
+
+def _push_configs(text: str) -> list[TaskPushNotificationConfig]:
+    configs: list[TaskPushNotificationConfig] = []
+    for item in json.loads(text):
+        configs.append(json_format.ParseDict(item, TaskPushNotificationConfig()))
+    return configs
+
+
+def _push_json(configs: Sequence[TaskPushNotificationConfig]) -> str:
+    return json.dumps([wire.to_json(c) for c in configs], separators=(",", ":"))
+
+
+def _encode_page_token(row: A2ATask) -> str:
+    text = json.dumps([row.status_at.isoformat(), row.id], separators=(",", ":"))
+    return text.encode("utf-8").hex()
+
+
+def _decode_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        at, task_id = json.loads(bytes.fromhex(token).decode("utf-8"))
+        return datetime.fromisoformat(at), str(task_id)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise a2a.InvalidParamsError(message=f"Invalid page token: {token[:80]}") from None

@@ -1,0 +1,689 @@
+"""The relay's MCP faces (DESIGN §8, SPEC.md "MCP mapping"), hosted in the aiohttp server by
+the ASGI bridge (relay.server.asgi) like every SDK's Starlette glue.
+
+* ``/mcp/<address>`` — **remote tools as a local MCP server**. For any reachable MCP-backed
+  address (a local agent, or a partner's, whose agent card carries the MCP tools extension) the
+  relay is a streamable HTTP MCP server whose tools are that agent's tools. ``tools/list`` comes
+  from the agent card; ``tools/call`` is checked against the tool's input schema, becomes an
+  ``application/mcp-call+json`` envelope from the caller's address, and the answers that come
+  back (``task.update`` envelopes) become progress notifications and the ``CallToolResult``.
+* ``/mcp`` — **the relay's own MCP face**: tools ``send_message``, ``check_inbox``,
+  ``find_agents``, ``get_agent_card``, ``message_status`` acting as the calling local agent. The
+  same server runs on stdio as ``synq mcp --agent NAME`` (:func:`serve_stdio`).
+
+Both faces authenticate with the agent's bearer token, as an OAuth 2.1 resource server (MCP
+2025-11-25 "Authorization" §2.6, RFC 6750): a request without a valid token gets ``401`` with
+``WWW-Authenticate: Bearer … resource_metadata="…"`` naming the RFC 9728 protected-resource
+metadata the relay serves at ``/.well-known/oauth-protected-resource/mcp[/<address>]``. A
+streamable HTTP session is bound to the token that opened it. The caller's token never leaves
+the relay: envelopes carry the relay's signature, and the adapter's client sends no
+credentials to the servers behind it (§2.7 "Token Passthrough").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from mcp import types as mt
+from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    BearerAuthBackend,
+    RequireAuthMiddleware,
+)
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.routes import build_resource_metadata_url
+from mcp.server.context import ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from adapters.mcp import translate
+from relay.core import errors as E
+from relay.core.address import Address
+from relay.core.cards import inbox_agent_card
+from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN, parse_timestamp
+from relay.core.ids import hash_token, uuid7
+from relay.core.jsonutil import dumps
+from relay.core.limits import (
+    MAX_API_BODY_BYTES,
+    MAX_INBOX_PAGE,
+    MAX_LONG_POLL_SECONDS,
+    MAX_RECIPIENTS,
+)
+from relay.server.api import envelope_payload, status_to_wire
+from relay.server.asgi import AsgiHost
+from relay.server.keys import RELAY
+from relay.server.runtime import Relay
+from relay.store.base import AgentRecord, inbox_channel
+
+log = logging.getLogger("synq.mcp.face")
+
+#: How long ``/mcp/<address>`` waits for the answer to one ``tools/call``, and the lifetime of
+#: the call envelope. A call that cannot reach its agent in this time bounces instead of
+#: running later, when no client is waiting for it any more. (The remote adapter gives a tool
+#: ``CALL_TIMEOUT`` = 300 s; the rest is room for federation and queues.)
+GATEWAY_WAIT: Final = 600.0
+#: How long a fetched agent card's tool list is reused by ``/mcp/<address>``. Stops every
+#: ``tools/list`` and ``tools/call`` from costing a card fetch across federation.
+CARD_TTL: Final = 30.0
+#: Tool list entries remembered for ``/mcp/<address>``; bounds the memory callers can make the
+#: relay spend by naming many addresses.
+MAX_CARD_CACHE: Final = 1000
+#: Concurrent streamable HTTP sessions per face, and how long an idle one lives. Each session
+#: is a task and a little memory; stops a client opening sessions until the relay runs out.
+MAX_SESSIONS: Final = 1000
+SESSION_IDLE_TIMEOUT: Final = 600.0
+#: Messages ``check_inbox`` returns at once (the local API allows ``MAX_INBOX_PAGE``; a model's
+#: context is the tighter budget).
+MAX_CHECK_INBOX: Final = 100
+#: Scope of the tokens this resource server accepts (advertised in its metadata).
+SCOPE: Final = "synq:agent"
+
+MCP_HOST: web.AppKey[AsgiHost] = web.AppKey("mcp_host")
+#: What an anonymous gateway caller's access record holds in place of a token hash.
+ANONYMOUS: Final = "anonymous"
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+class AgentTokens:
+    """The SDK's ``TokenVerifier`` over the relay's agent tokens (stored as SHA-256 only)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        agent = await self.relay.store.agent_for_token(hash_token(token))
+        if agent is None:
+            return None
+        return _access(self.relay, agent.name, token_hash=hash_token(token))
+
+
+def _access(relay: Relay, name: str, token_hash: str) -> AccessToken:
+    address = f"{name}@{relay.domain}"
+    # ``token`` holds the hash: the secret itself is not kept in memory past the check.
+    return AccessToken(token=token_hash, client_id=address, scopes=[SCOPE], subject=address)
+
+
+class _GatewayAuth:
+    """``/mcp/<address>`` with the bearer rule of ``/mcp`` — except that, when the operator
+    names an ``[mcp] anonymous_agent``, a request with no ``Authorization`` header at all acts
+    as that agent (an invalid token is still refused)."""
+
+    def __init__(self, app: StreamableHTTPASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        anonymous = self.relay.config.mcp.anonymous_agent
+        has_header = any(name == b"authorization" for name, _ in scope["headers"])
+        if anonymous and not has_header and not isinstance(scope.get("user"), AuthenticatedUser):
+            scope["user"] = AuthenticatedUser(_access(self.relay, anonymous, token_hash=ANONYMOUS))
+        address = scope.get("path_params", {}).get("address", "")
+        resource_metadata = AnyHttpUrl(metadata_url(self.relay, f"/mcp/{address}"))
+        await RequireAuthMiddleware(self.app, [], resource_metadata)(scope, receive, send)
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> Address:
+    request = ctx.request
+    user = getattr(request, "user", None) if request is not None else None
+    if not isinstance(user, AuthenticatedUser):
+        raise MCPError(mt.INVALID_REQUEST, "not authenticated")
+    return Address.parse(user.access_token.client_id)
+
+
+def metadata_url(relay: Relay, path: str) -> str:
+    return str(build_resource_metadata_url(AnyHttpUrl(f"{relay.public_url.rstrip('/')}{path}")))
+
+
+def security_settings(relay: Relay) -> TransportSecuritySettings:
+    """DNS-rebinding protection (MCP 2025-11-25 "Transports" §Security Warning): Host must name
+    this relay — its public URL or its listen address — or loopback; a browser Origin must be
+    the relay's own. The SDK turns this on by itself only for loopback hosts."""
+    hosts = {"127.0.0.1:*", "localhost:*", "[::1]:*"}
+    origins = {"http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"}
+    public = urlsplit(relay.public_url)
+    if public.hostname:
+        hosts |= {public.netloc, f"{public.hostname}:*"}
+        origins |= {f"{public.scheme}://{public.netloc}", f"{public.scheme}://{public.hostname}:*"}
+    host, port = relay.config.listen_host_port
+    if host not in ("", "0.0.0.0", "::"):  # noqa: S104 — comparing, not binding
+        hosts.add(f"{host}:{port}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(hosts),
+        allowed_origins=sorted(origins),
+    )
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def _json_result(value: Any) -> mt.CallToolResult:
+    text = dumps(value).decode("utf-8")
+    structured = value if isinstance(value, dict) else {"result": value}
+    return mt.CallToolResult(
+        content=[mt.TextContent(type="text", text=text)], structured_content=structured
+    )
+
+
+def _error_result(text: str) -> mt.CallToolResult:
+    return mt.CallToolResult.model_validate(translate.error_result(text))
+
+
+def _synq_error(exc: E.SynqError) -> mt.CallToolResult:
+    return _error_result(f"{exc.code} ({exc.status.code}): {exc.message}")
+
+
+# --- /mcp/<address>: remote tools ---------------------------------------------------------------
+
+
+class Gateway:
+    """The tools of MCP-backed addresses, called by envelope."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self._cards: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+
+    async def tools_of(self, address: Address) -> list[dict[str, Any]]:
+        key = str(address)
+        now = self.relay.clock.monotonic()
+        cached = self._cards.get(key)
+        if cached is not None and now - cached[0] < CARD_TTL:
+            return cached[1]
+        try:
+            card = await self._card(address)
+        except E.SynqError as exc:
+            raise MCPError(mt.INVALID_PARAMS, f"{address}: {exc.message}") from None
+        tools = translate.tools_from_card(card)
+        if tools is None:
+            raise MCPError(mt.INVALID_PARAMS, f"{address} is not an MCP-backed address")
+        if len(self._cards) >= MAX_CARD_CACHE:
+            self._cards.pop(next(iter(self._cards)))
+        self._cards[key] = (now, tools)
+        return tools
+
+    async def _card(self, address: Address) -> dict[str, Any]:
+        relay = self.relay
+        if address.domain != relay.domain:
+            return await relay.discovery.agent_card(address.domain, address.local)
+        agent = await relay.store.get_agent(address.local)
+        if agent is None:
+            raise E.NotFound(f"no agent {address}")
+        adapter = relay.dispatcher.adapters.get(agent.kind)
+        if adapter is None:
+            return inbox_agent_card(address, relay.public_url)
+        return await adapter.card(agent, str(address), relay.public_url)
+
+    @staticmethod
+    def target(ctx: ServerRequestContext[Any, Any]) -> Address:
+        request = ctx.request
+        params = getattr(request, "path_params", None) or {}
+        try:
+            return Address.parse(params.get("address", ""))
+        except E.SynqError as exc:
+            raise MCPError(mt.INVALID_PARAMS, exc.message) from None
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.PaginatedRequestParams | None
+    ) -> mt.ListToolsResult:
+        tools = await self.tools_of(self.target(ctx))
+        return mt.ListToolsResult(tools=[mt.Tool.model_validate(t) for t in tools])
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
+    ) -> mt.CallToolResult:
+        address = self.target(ctx)
+        caller = _caller(ctx)
+        tools = {t["name"]: t for t in await self.tools_of(address)}
+        tool = tools.get(params.name)
+        if tool is None:
+            # MCP 2025-11-25 "Tools" §Error Handling: an unknown tool is a protocol error.
+            raise MCPError(mt.INVALID_PARAMS, f"Unknown tool: {params.name}")
+        call = translate.ToolCall(params.name, dict(params.arguments or {}), "-", "-")
+        validator = translate.compile_schema(tool["inputSchema"])
+        if validator is not None and (error := translate.schema_error(validator, call.arguments)):
+            # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so the
+            # model can correct itself; nothing crossed.
+            return _error_result(f"Invalid arguments for tool {params.name}: {error}")
+        relay = self.relay
+        thread = f"mcp-{uuid7(relay.clock.now())}"
+        try:
+            submitted = await relay.router.submit(
+                caller,
+                [address],
+                translate.MCP_CALL_CONTENT_TYPE,
+                {"tool": call.tool, "arguments": call.arguments},
+                thread=thread,
+                expires=relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
+                via="mcp",
+            )
+        except E.SynqError as exc:
+            return _synq_error(exc)
+        relay.metrics.accepted.labels(via="mcp").inc()
+        result = await self._answer(ctx, caller.local, thread, submitted.envelope.id)
+        return mt.CallToolResult.model_validate(result)
+
+    async def _answer(
+        self, ctx: ServerRequestContext[Any, Any], agent: str, thread: str, call_id: str
+    ) -> dict[str, Any]:
+        """Wait for the answers to ``call_id`` in the caller's inbox: progress is forwarded, the
+        final task or a DSN is the result. Answers it used are acknowledged."""
+        store = self.relay.store
+        cursor: int | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATEWAY_WAIT
+        async with store.notifier.listen(inbox_channel(agent)) as listener:
+            while True:
+                # Acked rows included, read past a cursor: another reader of the inbox acking
+                # an answer first cannot hide it from the call that waits for it.
+                items = await store.inbox(
+                    agent, limit=MAX_INBOX_PAGE, include_acked=True, thread=thread, after_seq=cursor
+                )
+                for item in items:
+                    cursor = item.seq
+                    envelope = json.loads(envelope_payload(item))
+                    if envelope.get("in_reply_to") != call_id:
+                        continue
+                    await store.ack(agent, item.id, self.relay.clock.now())
+                    result = await self._interpret(ctx, envelope)
+                    if result is not None:
+                        return result
+                if items:
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return translate.error_result(
+                        f"no answer within {GATEWAY_WAIT:g} s; a late answer will be in the "
+                        f"inbox of {agent}@{self.relay.domain}, thread {thread}"
+                    )
+                await listener.wait(remaining)
+
+    async def _interpret(
+        self, ctx: ServerRequestContext[Any, Any], envelope: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        body = envelope.get("body")
+        if envelope.get("kind") == KIND_DSN and isinstance(body, dict):
+            return translate.error_result(
+                f"not delivered ({body.get('status')}): {body.get('diagnostic')}"
+            )
+        progress = translate.progress_from_body(body)
+        if progress is not None:
+            await ctx.session.report_progress(progress.progress, progress.total, progress.message)
+            return None
+        result = translate.result_from_body(body)
+        if result is not None:
+            return result
+        if envelope.get("kind") == KIND_MESSAGE:
+            # An answer from an agent that is not an MCP server: its text is the result.
+            text = body if isinstance(body, str) else dumps(body).decode("utf-8")
+            return {"content": [{"type": "text", "text": text}]}
+        return None  # another update of the task (e.g. an A2A artifact): keep waiting
+
+    def server(self) -> Server[Any]:
+        return Server(
+            "synq-relay-tools",
+            version="1",
+            instructions="The tools of a Synq agent, called across the relay network.",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+        )
+
+
+# --- /mcp and synq mcp: the relay's own face ----------------------------------------------------
+
+_STRING: Final = {"type": "string"}
+OWN_TOOLS: Final = [
+    mt.Tool(
+        name="send_message",
+        title="Send a message",
+        description=(
+            "Send a message to one or more Synq addresses (name@domain) as this agent. The relay "
+            "signs it and delivers it — to partner organisations too. Returns the message id."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "to": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {
+                            "type": "array",
+                            "items": _STRING,
+                            "minItems": 1,
+                            "maxItems": MAX_RECIPIENTS,
+                        },
+                    ],
+                    "description": "recipient address, or a list of addresses",
+                },
+                "body": {"description": "the message: text, or any JSON value"},
+                "content_type": {
+                    "type": "string",
+                    "default": "text/plain",
+                    "description": "media type of body, e.g. text/plain or application/json",
+                },
+                "thread": {"type": "string", "description": "conversation id to continue"},
+                "in_reply_to": {"type": "string", "description": "id of the message answered"},
+                "kind": {"type": "string", "pattern": KIND_PATTERN, "default": "message"},
+                "expires": {"type": "string", "description": "RFC 3339 time; default 2 days"},
+            },
+            "required": ["to", "body"],
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="check_inbox",
+        title="Check the inbox",
+        description=(
+            "Read this agent's unacknowledged messages, oldest first, waiting up to `wait` "
+            "seconds for the first. With ack=true the returned messages are marked as read."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "wait": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": MAX_LONG_POLL_SECONDS,
+                    "default": 0,
+                },
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_CHECK_INBOX,
+                    "default": 20,
+                },
+                "thread": {"type": "string", "description": "only this conversation"},
+                "ack": {"type": "boolean", "default": False},
+            },
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="find_agents",
+        title="Find agents",
+        description=(
+            "List the agents of this relay whose name contains `query` (all when empty). "
+            "Agents elsewhere are reached by address; get_agent_card describes any address."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {"query": {"type": "string", "default": ""}},
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="get_agent_card",
+        title="Get an agent card",
+        description="The A2A agent card of any address, here or at a partner: what it can do.",
+        input_schema={
+            "type": "object",
+            "properties": {"address": _STRING},
+            "required": ["address"],
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="message_status",
+        title="Message status",
+        description="Delivery state of a message this agent sent, per recipient, with its events.",
+        input_schema={
+            "type": "object",
+            "properties": {"id": _STRING},
+            "required": ["id"],
+            "additionalProperties": False,
+        },
+    ),
+]
+
+Identify = Callable[[ServerRequestContext[Any, Any]], Awaitable[AgentRecord]]
+
+
+class OwnFace:
+    """The tools by which an MCP client acts as one local agent."""
+
+    def __init__(self, relay: Relay, identify: Identify) -> None:
+        self.relay = relay
+        self.identify = identify
+        self._validators = {t.name: translate.compile_schema(t.input_schema) for t in OWN_TOOLS}
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.PaginatedRequestParams | None
+    ) -> mt.ListToolsResult:
+        return mt.ListToolsResult(tools=OWN_TOOLS)
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
+    ) -> mt.CallToolResult:
+        handler = self._handlers.get(params.name)
+        if handler is None:
+            raise MCPError(mt.INVALID_PARAMS, f"Unknown tool: {params.name}")
+        arguments = dict(params.arguments or {})
+        validator = self._validators[params.name]
+        if validator is not None and (error := translate.schema_error(validator, arguments)):
+            return _error_result(f"Invalid arguments for tool {params.name}: {error}")
+        agent = await self.identify(ctx)
+        try:
+            return _json_result(await handler(self, agent, arguments))
+        except E.SynqError as exc:
+            return _synq_error(exc)
+
+    async def send_message(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        relay = self.relay
+        to_arg = args["to"]
+        to = [Address.parse(a) for a in ([to_arg] if isinstance(to_arg, str) else to_arg)]
+        if len(set(to)) != len(to):
+            raise E.InvalidEnvelope("to: recipients must not repeat")
+        kind = args.get("kind", KIND_MESSAGE)
+        if kind == KIND_DSN:
+            raise E.Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
+        expires = None
+        if "expires" in args:
+            try:
+                expires = parse_timestamp(args["expires"])
+            except ValueError as exc:
+                raise E.InvalidEnvelope(f"expires: {exc}") from None
+        submitted = await relay.router.submit(
+            Address(agent.name, relay.domain),
+            to,
+            args.get("content_type", "text/plain"),
+            args["body"],
+            kind=kind,
+            thread=args.get("thread"),
+            in_reply_to=args.get("in_reply_to"),
+            expires=expires,
+            via="mcp",
+        )
+        relay.metrics.accepted.labels(via="mcp").inc()
+        return {"id": submitted.envelope.id, "status": "queued"}
+
+    async def check_inbox(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        store = self.relay.store
+        limit = int(args.get("limit", 20))
+        thread = args.get("thread")
+        wait = float(args.get("wait", 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with store.notifier.listen(inbox_channel(agent.name)) as listener:
+            items = await store.inbox(agent.name, limit=limit, thread=thread)
+            while not items and (remaining := deadline - loop.time()) > 0:
+                await listener.wait(remaining)
+                items = await store.inbox(agent.name, limit=limit, thread=thread)
+        if args.get("ack"):
+            now = self.relay.clock.now()
+            for item in items:
+                await store.ack(agent.name, item.id, now)
+        return {"messages": [json.loads(envelope_payload(i)) for i in items]}
+
+    async def find_agents(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        query = str(args.get("query", "")).lower()
+        relay = self.relay
+        return {
+            "agents": [
+                {"address": f"{a.name}@{relay.domain}", "kind": a.kind}
+                for a in await relay.store.list_agents()
+                if query in a.name
+            ]
+        }
+
+    async def get_agent_card(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        address = Address.parse(args["address"])
+        return await Gateway(self.relay)._card(address)
+
+    async def message_status(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        relay = self.relay
+        status = await relay.store.message_status(relay.domain, str(args["id"]))
+        if status is None or status.sender != f"{agent.name}@{relay.domain}":
+            raise E.NotFound("no such message")
+        return status_to_wire(status)
+
+    _handlers: Final[
+        dict[str, Callable[[OwnFace, AgentRecord, dict[str, Any]], Awaitable[Any]]]
+    ] = {
+        "send_message": send_message,
+        "check_inbox": check_inbox,
+        "find_agents": find_agents,
+        "get_agent_card": get_agent_card,
+        "message_status": message_status,
+    }
+
+    def server(self) -> Server[Any]:
+        return Server(
+            "synq-relay",
+            version="1",
+            instructions=(
+                "You are an agent with a Synq address. send_message reaches any address "
+                "(name@domain), here or at partner organisations; check_inbox reads what others "
+                "sent you; message_status says whether your messages arrived."
+            ),
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+        )
+
+
+def http_identify(relay: Relay) -> Identify:
+    async def identify(ctx: ServerRequestContext[Any, Any]) -> AgentRecord:
+        address = _caller(ctx)
+        agent = await relay.store.get_agent(address.local)
+        if agent is None:
+            raise MCPError(mt.INVALID_REQUEST, f"agent {address} no longer exists")
+        return agent
+
+    return identify
+
+
+async def serve_stdio(relay: Relay, agent: AgentRecord) -> None:
+    """``synq mcp --agent NAME``: the own face on this process's stdin and stdout."""
+
+    async def identify(ctx: ServerRequestContext[Any, Any]) -> AgentRecord:
+        return agent
+
+    server = OwnFace(relay, identify).server()
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+# --- hosting -----------------------------------------------------------------------------------
+
+
+def build_asgi(relay: Relay) -> Starlette:
+    """One Starlette application for both faces, with their session managers' lifespans."""
+    security = security_settings(relay)
+
+    def manager(server: Server[Any]) -> StreamableHTTPSessionManager:
+        # SSE answers (json_response=False): a JSON answer cannot carry the progress
+        # notifications that precede it (MCP 2025-11-25 "Transports" §Sending Messages).
+        return StreamableHTTPSessionManager(
+            app=server,
+            json_response=False,
+            security_settings=security,
+            session_idle_timeout=SESSION_IDLE_TIMEOUT,
+            max_request_body_size=MAX_API_BODY_BYTES,
+            max_sessions=MAX_SESSIONS,
+        )
+
+    own = manager(OwnFace(relay, http_identify(relay)).server())
+    gateway = manager(Gateway(relay).server())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with own.run(), gateway.run():
+            yield
+
+    own_endpoint = RequireAuthMiddleware(
+        StreamableHTTPASGIApp(own), [], AnyHttpUrl(metadata_url(relay, "/mcp"))
+    )
+
+    return Starlette(
+        routes=[
+            Route("/mcp", own_endpoint),
+            Route("/mcp/{address}", _GatewayAuth(StreamableHTTPASGIApp(gateway), relay)),
+        ],
+        middleware=[
+            Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(AgentTokens(relay)))
+        ],
+        lifespan=lifespan,
+    )
+
+
+routes = web.RouteTableDef()
+
+
+@routes.route("*", "/mcp")
+@routes.route("*", "/mcp/{address}")
+async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
+    """Streamable HTTP (MCP 2025-11-25 and 2026-07-28 "Transports"), served by the SDK."""
+    return await request.app[MCP_HOST].handle(request)
+
+
+@routes.get("/.well-known/oauth-protected-resource/mcp")
+@routes.get("/.well-known/oauth-protected-resource/mcp/{address}")
+async def protected_resource(request: web.Request) -> web.Response:
+    """RFC 9728 §3 protected-resource metadata for ``/mcp`` and ``/mcp/<address>``.
+
+    Synq tokens are issued by the operator (``synq agent add``), not by an OAuth authorization
+    server, so ``authorization_servers`` is absent: a client learns here that it must be given
+    a bearer token in the ``Authorization`` header (RFC 6750 §2.1).
+    """
+    relay = request.app[RELAY]
+    path = request.path.removeprefix("/.well-known/oauth-protected-resource")
+    return web.json_response(
+        {
+            "resource": f"{relay.public_url.rstrip('/')}{path}",
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": [SCOPE],
+            "resource_name": f"Synq relay {relay.domain}",
+        },
+        headers={"Access-Control-Allow-Origin": "*"},
+    )
+
+
+def setup(app: web.Application, relay: Relay) -> None:
+    """Add the MCP faces to the relay's aiohttp application."""
+    host = AsgiHost(build_asgi(relay), "mcp")
+    app[MCP_HOST] = host
+    app.add_routes(routes)
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await host.startup()
+        yield
+        await host.shutdown()
+
+    app.cleanup_ctx.append(lifecycle)

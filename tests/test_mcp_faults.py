@@ -1,0 +1,203 @@
+"""Faults of MCP servers behind a relay: garbage on stdout, exits at start and mid-call, an HTTP
+server that is down, a client that hangs up mid-call, a tool list that changes.
+
+The queues are driven by hand (``run_once``) under the shared fake clock where a test needs
+retries and expiry without waiting; real processes throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from adapters.mcp import McpAdapter
+from relay.core.ids import hash_token, new_token
+from relay.server.mcp import MCP_HOST
+from tests.conftest import Agent
+from tests.fedenv import Org, World, world
+from tests.helpers import wait_until
+from tests.mcpenv import (
+    add_mcp_agent,
+    await_message,
+    http_server,
+    mcp_client,
+    running,
+    stdio_endpoint,
+    text_of,
+)
+
+
+@pytest.fixture
+async def w(tmp_path: Path) -> AsyncIterator[World]:
+    async with world(tmp_path, "acme.test", "globex.test") as env:
+        yield env
+
+
+def call(tool: str, **arguments: Any) -> dict[str, Any]:
+    return {
+        "to": ["tools@globex.test"],
+        "content_type": "application/mcp-call+json",
+        "body": {"tool": tool, "arguments": arguments},
+    }
+
+
+async def relay_round(w: World) -> None:
+    """One pass of each queue: acme → globex, globex's agent, globex → acme."""
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    await acme.relay.sender.run_once()
+    await globex.relay.dispatcher.run_once()
+    await globex.relay.sender.run_once()
+
+
+def adapter_of(org: Org) -> McpAdapter:
+    adapter = org.relay.dispatcher.adapters["mcp"]
+    assert isinstance(adapter, McpAdapter)
+    return adapter
+
+
+async def final_answer(w: World, agent: Agent, call_id: str) -> dict[str, Any]:
+    answers = [m for m in await w.inbox(w.orgs["acme.test"], agent) if m["in_reply_to"] == call_id]
+    assert answers, "no answer"
+    return answers[-1]
+
+
+async def test_a_server_printing_garbage_at_start_still_serves(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    endpoint = stdio_endpoint("--garbage-at-start")
+    await add_mcp_agent(globex, "tools", endpoint)
+    alice = await acme.agent("alice")
+    sent = await w.send(acme, alice, call("echo", text="through the noise"))
+    await relay_round(w)
+    answer = await final_answer(w, alice, sent["id"])
+    assert answer["body"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    live = await adapter_of(globex)._server(endpoint).ready(30)
+    assert live.process.garbage_lines == 1
+
+
+async def test_a_server_that_exits_mid_call_fails_that_call_and_is_restarted(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    endpoint = stdio_endpoint()
+    await add_mcp_agent(globex, "tools", endpoint, McpAdapter(restart_initial=0.05))
+    alice = await acme.agent("alice")
+    crashed = await w.send(acme, alice, call("crash"))
+    await relay_round(w)
+    answer = await final_answer(w, alice, crashed["id"])
+    task = answer["body"]["task"]
+    # The call crossed to the server: it is not retried (it might have run), it failed.
+    assert task["status"]["state"] == "TASK_STATE_FAILED"
+    assert "closed the connection during the call" in task["status"]["message"]["parts"][0]["text"]
+    server = adapter_of(globex)._server(endpoint)
+    await server.ready(30)
+    assert server.restarts == 1
+    again = await w.send(acme, alice, call("echo", text="back"))
+    await relay_round(w)
+    assert (await final_answer(w, alice, again["id"]))["body"]["task"]["status"]["state"] == (
+        "TASK_STATE_COMPLETED"
+    )
+
+
+async def test_a_server_that_cannot_start_keeps_mail_in_the_inbox_until_expiry(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    await globex.relay.store.create_agent(
+        "tools", "mcp", hash_token(new_token()), stdio_endpoint("--exit-at-start"), w.clock.now()
+    )
+    alice = await acme.agent("alice")
+    expires = (w.clock.now().replace(microsecond=0)).isoformat().replace("+00:00", "Z")
+    w.clock.advance(-3600)
+    sent = await w.send(acme, alice, {**call("echo", text="x"), "expires": expires})
+    await acme.relay.sender.run_once()
+    assert await globex.relay.dispatcher.run_once() == 1  # deferred: the server is down
+    [waiting] = await globex.relay.store.inbox("tools", limit=10)
+    assert waiting.id == sent["id"]
+    w.clock.advance(7200)
+    assert await globex.relay.dispatcher.run_once() == 1  # expired: bounced
+    await globex.relay.sender.run_once()
+    [dsn] = await w.inbox(acme, alice)
+    assert (dsn["kind"], dsn["in_reply_to"], dsn["body"]["status"]) == ("dsn", sent["id"], "5.4.7")
+    assert "exit status 2" in dsn["body"]["diagnostic"]
+
+
+async def test_an_http_server_that_is_down_gets_its_mail_when_it_is_back(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    async with http_server() as server:
+        await add_mcp_agent(globex, "tools", server.url)
+    port = urlsplit(server.url).port
+    assert port is not None
+    sent = await w.send(acme, alice, call("echo", text="are you there"))
+    await acme.relay.sender.run_once()
+    assert await globex.relay.dispatcher.run_once() == 1
+    assert [i.id for i in await globex.relay.store.inbox("tools", limit=10)] == [sent["id"]]
+    async with http_server(port):
+        w.clock.advance(600)
+        assert await globex.relay.dispatcher.run_once() == 1
+        await globex.relay.sender.run_once()
+    answer = await final_answer(w, alice, sent["id"])
+    [part, _] = answer["body"]["task"]["artifacts"][0]["parts"]
+    assert part["text"] == "are you there"
+
+
+async def test_no_token_is_passed_through_to_the_server_behind_the_relay(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    async with http_server() as server, running(w):
+        await add_mcp_agent(globex, "tools", server.url)
+        async with mcp_client(f"{acme.url}/mcp/tools@globex.test", alice) as client:
+            result = await client.call_tool("whoami", {})
+    assert text_of(result) == "none"
+
+
+async def test_a_client_that_disconnects_mid_call_leaves_nothing_behind(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    await add_mcp_agent(globex, "tools", stdio_endpoint())
+    alice = await acme.agent("alice")
+    host = acme.server.app[MCP_HOST] if acme.server is not None else None
+    assert host is not None
+    progressed = asyncio.Event()
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progressed.set()
+
+    async def call_and_hang_up() -> None:
+        async with mcp_client(f"{acme.url}/mcp/tools@globex.test", alice) as client:
+            await client.call_tool(
+                "slow", {"steps": 40, "delay": 0.05}, progress_callback=on_progress
+            )
+
+    async with running(w):
+        caller = asyncio.create_task(call_and_hang_up())
+        await asyncio.wait_for(progressed.wait(), 30)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await wait_until(lambda: host.active == 0, timeout=15)
+        # The call still completes at globex; its answer waits in alice's inbox.
+        final = await await_message(w, acme, alice, lambda m: "task" in m["body"])
+        assert final["body"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        async with mcp_client(f"{acme.url}/mcp/tools@globex.test", alice) as client:
+            assert text_of(await client.call_tool("echo", {"text": "next"})) == "next"
+
+
+async def test_the_tool_list_is_refreshed_when_the_server_says_it_changed(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    endpoint = stdio_endpoint()
+    await add_mcp_agent(globex, "tools", endpoint)
+    alice = await acme.agent("alice")
+    server = adapter_of(globex)._server(endpoint)
+    await server.ready(30)
+    assert server.tools is not None
+    assert "late" not in server.tools.tools
+    sent = await w.send(acme, alice, call("grow"))
+    await relay_round(w)
+    assert (await final_answer(w, alice, sent["id"]))["body"]["task"]["status"]["state"] == (
+        "TASK_STATE_COMPLETED"
+    )
+    await wait_until(lambda: server.tools is not None and "late" in server.tools.tools, 15)
+    async with w.http.get(f"{globex.url}/agents/tools/.well-known/agent-card.json") as resp:
+        card = await resp.json()
+    assert "late" in {s["id"] for s in card["skills"]}
