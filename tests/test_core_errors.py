@@ -173,7 +173,7 @@ FORBIDDEN = {
     "urllib3",
 }
 FORBIDDEN_RELAY = ("relay.store", "relay.server", "relay.federation", "relay.discovery")
-THIRD_PARTY = {"cryptography", "idna", "jwcrypto", "pydantic", "pydantic_core"}
+THIRD_PARTY = {"cryptography", "idna", "jwcrypto", "nacl", "orjson", "pydantic", "pydantic_core"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.bindings
+import nacl.exceptions
 from jwcrypto import jwk
 from jwcrypto.common import JWException
 
@@ -46,20 +47,40 @@ _B64URL_RE: Final = re.compile(r"^[A-Za-z0-9_-]*$")
 _ALLOWED_HEADER: Final = frozenset({"alg", "kid", "typ"})
 
 
+#: base64url → standard alphabet, for binascii's strict decoder.
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+#: The 6-bit value of every base64url character, to check the unused low bits of the last one.
+_SEXTET: Final = {
+    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+#: Unused low bits of the last character, by length mod 4 (RFC 4648 §3.5): 2 chars carry one
+#: byte (4 spare bits), 3 chars carry two bytes (2 spare bits).
+_SPARE_BITS_MASK: Final = {2: 0b1111, 3: 0b0011}
+
+
 def b64url_decode(text: str) -> bytes:
     """Unpadded, canonical base64url (RFC 7515 §2) to bytes; raise ValueError on anything else.
 
-    Strict, so that one byte string has exactly one spelling: ``fullmatch`` because ``$`` would
-    let a trailing newline through (which the lenient decoder then drops), and the re-encoding
-    check because the last character may carry unused bits (RFC 4648 §3.5); either way two
-    different tokens would carry the same signature.
+    Strict, so that one byte string has exactly one spelling: no padding, no characters outside
+    the URL-safe alphabet (a lenient decoder drops them, newlines included), and zero unused
+    bits in the last character (RFC 4648 §3.5); otherwise two different tokens would carry the
+    same signature. ``binascii``'s ``strict_mode`` refuses anything outside the alphabet once
+    ``-_`` are mapped to ``+/``, so ``+``, ``/`` and ``=`` in the input are refused first.
     """
-    if not _B64URL_RE.fullmatch(text) or len(text) % 4 == 1:
+    if len(text) % 4 == 1 or not text.isascii():
         raise ValueError("not unpadded base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:
+    raw = text.encode("ascii")
+    if b"+" in raw or b"/" in raw or b"=" in raw:
+        raise ValueError("not unpadded base64url")
+    spare = _SPARE_BITS_MASK.get(len(raw) % 4)
+    if spare is not None and _SEXTET.get(raw[-1], 0) & spare:
         raise ValueError("not canonical base64url (non-zero trailing bits)")
-    return data
+    try:
+        return binascii.a2b_base64(
+            raw.translate(_TO_STANDARD) + b"=" * (-len(raw) % 4), strict_mode=True
+        )
+    except binascii.Error:
+        raise ValueError("not unpadded base64url") from None
 
 
 def b64url_encode(data: bytes) -> str:
@@ -72,7 +93,8 @@ class SigningKey:
 
     selector: str
     key: jwk.JWK
-    private_key: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    #: libsodium's 64-byte secret key (seed ‖ public key), derived once per key.
+    secret: bytes = field(init=False, repr=False, compare=False)
     header_b64: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,12 +103,16 @@ class SigningKey:
             raise ConfigError(f"key {self.selector!r} is not an Ed25519 key")
         if not self.key.has_private:
             raise ConfigError(f"key {self.selector!r} has no private part")
-        private = self.key.get_op_key("sign")
-        if not isinstance(private, Ed25519PrivateKey):
-            raise ConfigError(f"key {self.selector!r} is not an Ed25519 private key")
+        try:
+            seed = b64url_decode(str(self.key.get("d")))
+            public, secret = nacl.bindings.crypto_sign_seed_keypair(seed)
+        except (ValueError, nacl.exceptions.CryptoError):
+            raise ConfigError(f"key {self.selector!r} is not an Ed25519 private key") from None
+        if public != b64url_decode(str(self.key.get("x"))):
+            raise ConfigError(f"key {self.selector!r}: the public part does not match the private")
         header = json.dumps({"alg": ALG, "kid": self.selector, "typ": TYP}, separators=(",", ":"))
         # Derived once per key, not per envelope.
-        object.__setattr__(self, "private_key", private)
+        object.__setattr__(self, "secret", secret)
         object.__setattr__(self, "header_b64", b64url_encode(header.encode("ascii")))
 
     @classmethod
@@ -115,12 +141,10 @@ class PublicKey:
 
     selector: str
     raw: bytes
-    verifier: Ed25519PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
-        object.__setattr__(self, "verifier", Ed25519PublicKey.from_public_bytes(self.raw))
 
     @classmethod
     def from_raw(cls, selector: str, raw: bytes) -> PublicKey:
@@ -159,14 +183,16 @@ def sign(payload: bytes, key: SigningKey) -> str:
     """Sign envelope bytes; return the compact JWS (RFC 7515 §7.1).
 
     The compact form is ``b64url(header) . b64url(payload) . b64url(Ed25519(signing input))``
-    (RFC 8037 §3.1); the signature itself is computed by ``cryptography``'s Ed25519, on the key
-    object jwcrypto loaded. Doing the framing here rather than through ``jwcrypto.jws.JWS``
-    saves that class's per-token header-registry copies, two thirds of the signing cost; a test
-    checks that jwcrypto verifies what this produces and vice versa.
+    (RFC 8037 §3.1). The framing is done here and the signature by libsodium (PyNaCl): jwcrypto's
+    ``JWS`` object copies its header registry per token (two thirds of the signing cost) and
+    libsodium's Ed25519 signs and verifies in about 0.7 and 0.55 of OpenSSL's time on this
+    hardware (SPEC.md §9: measured costs). A test checks that jwcrypto verifies what this
+    produces and vice versa.
     """
-    signing_input = key.header_b64 + "." + b64url_encode(payload)
-    signature = key.private_key.sign(signing_input.encode("ascii"))
-    return signing_input + "." + b64url_encode(signature)
+    signing_input = (key.header_b64 + "." + b64url_encode(payload)).encode("ascii")
+    # crypto_sign returns signature ‖ message (RFC 8032 §5.1.6 output, then the message).
+    signature = nacl.bindings.crypto_sign(signing_input, key.secret)[:64]
+    return signing_input.decode("ascii") + "." + b64url_encode(signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,23 +204,21 @@ class ParsedJWS:
     payload: bytes
 
 
-def parse_compact(token: str) -> ParsedJWS:
-    """Structural checks, no crypto: three parts, our exact header, decodable payload.
+#: Distinct protected headers whose parse is remembered. Every envelope a relay signs with one
+#: key carries the same header bytes, so a handful of entries serve all honest traffic; the
+#: bound stops a peer that varies its header from growing the cache (least recently used go).
+HEADER_CACHE_SIZE: Final = 256
 
-    Raises PayloadTooLarge or InvalidEnvelope. The header is restricted to exactly ``alg``,
-    ``kid`` and ``typ`` (no ``jku``, ``x5u``, ``jwk`` or ``crit``): a verifier that followed a
-    key URL or an embedded key named by the signer would let the signer pick its own key.
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _header_kid(header_b64: str) -> str:
+    """The ``kid`` of a protected header that passes every check; raise InvalidEnvelope.
+
+    The header is restricted to exactly ``alg``, ``kid`` and ``typ`` (no ``jku``, ``x5u``,
+    ``jwk`` or ``crit``): a verifier that followed a key URL or an embedded key named by the
+    signer would let the signer pick its own key. Only successful parses are cached
+    (``lru_cache`` does not keep exceptions).
     """
-    if not isinstance(token, str):
-        raise InvalidEnvelope("a signed envelope is a JWS compact serialization string")
-    if len(token) > MAX_JWS_BYTES:
-        raise PayloadTooLarge(
-            f"signed envelope is {len(token)} bytes; the limit is {MAX_JWS_BYTES}"
-        )
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise InvalidEnvelope("not a JWS compact serialization (expected three non-empty parts)")
-    header_b64, payload_b64, _sig = parts
     if len(header_b64) > (MAX_JWS_HEADER_BYTES * 4) // 3 + 4:
         raise InvalidEnvelope("JWS protected header too large")
     try:
@@ -202,9 +226,7 @@ def parse_compact(token: str) -> ParsedJWS:
         header = jsonutil.loads(
             b64url_decode(header_b64), max_bytes=MAX_JWS_HEADER_BYTES, what="JWS header"
         )
-        payload = b64url_decode(payload_b64)
-        b64url_decode(_sig)
-    except (ValueError, binascii.Error, MalformedRequest, PayloadTooLarge):
+    except (ValueError, MalformedRequest, PayloadTooLarge):
         raise InvalidEnvelope("JWS parts are not valid base64url JSON") from None
     if not isinstance(header, dict) or set(header) != _ALLOWED_HEADER:
         raise InvalidEnvelope('JWS protected header must be exactly {"alg","kid","typ"}')
@@ -215,6 +237,30 @@ def parse_compact(token: str) -> ParsedJWS:
     kid = header["kid"]
     if not isinstance(kid, str) or not SELECTOR_RE.fullmatch(kid):
         raise InvalidEnvelope("JWS kid must be a key selector (one lower-case DNS label)")
+    return kid
+
+
+def parse_compact(token: str) -> ParsedJWS:
+    """Structural checks, no crypto: three parts, our exact header, decodable payload.
+
+    Raises PayloadTooLarge or InvalidEnvelope.
+    """
+    if not isinstance(token, str):
+        raise InvalidEnvelope("a signed envelope is a JWS compact serialization string")
+    if len(token) > MAX_JWS_BYTES:
+        raise PayloadTooLarge(
+            f"signed envelope is {len(token)} bytes; the limit is {MAX_JWS_BYTES}"
+        )
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise InvalidEnvelope("not a JWS compact serialization (expected three non-empty parts)")
+    header_b64, payload_b64, signature_b64 = parts
+    kid = _header_kid(header_b64)
+    try:
+        payload = b64url_decode(payload_b64)
+        b64url_decode(signature_b64)
+    except ValueError:
+        raise InvalidEnvelope("JWS parts are not valid base64url JSON") from None
     return ParsedJWS(token=token, kid=kid, payload=payload)
 
 
@@ -222,12 +268,16 @@ def verify(parsed: ParsedJWS, key: PublicKey) -> None:
     """Check the signature with the given public key; raise BadSignature.
 
     Ed25519 over the signing input exactly as received (RFC 7515 §5.2 step 8; RFC 8037 §3.1),
-    with ``cryptography``; ``parse_compact`` has already checked the three parts' encoding.
+    with libsodium, which also refuses non-canonical and small-order encodings (RFC 8032
+    §5.1.7's checks and more); ``parse_compact`` has already checked the three parts' encoding.
     """
     if key.selector != parsed.kid:
         raise BadSignature(f"key selector {key.selector!r} does not match kid {parsed.kid!r}")
     signing_input, _, signature_b64 = parsed.token.rpartition(".")
     try:
-        key.verifier.verify(b64url_decode(signature_b64), signing_input.encode("ascii"))
-    except (InvalidSignature, ValueError):
+        signature = b64url_decode(signature_b64)
+        if len(signature) != 64:
+            raise BadSignature()
+        nacl.bindings.crypto_sign_open(signature + signing_input.encode("ascii"), key.raw)
+    except (ValueError, nacl.exceptions.CryptoError):
         raise BadSignature() from None

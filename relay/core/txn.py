@@ -109,8 +109,10 @@ def _code(value: Any) -> str:
 
 def _reason(value: Any) -> str:
     # A partner's reason ends up in our logs and DSNs: bound it, keep it printable.
-    text = value if isinstance(value, str) else ""
-    return "".join(ch for ch in text[:300] if ch.isprintable())
+    text = value[:300] if isinstance(value, str) else ""
+    if text.isprintable():  # the usual case, checked in C
+        return text
+    return "".join(ch for ch in text if ch.isprintable())
 
 
 def parse_results(data: bytes) -> dict[str, EnvelopeResult]:

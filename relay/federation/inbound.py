@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -73,6 +74,16 @@ class _Checked:
     envelope: Envelope | None
     item: NewEnvelope | None
     result: EnvelopeResult | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """An envelope through steps 1–3, waiting for its key."""
+
+    key: str
+    token: str
+    parsed: jws.ParsedJWS
+    envelope: Envelope
 
 
 def _refusal(exc: SynqError) -> EnvelopeResult:
@@ -119,14 +130,14 @@ class InboundHandler:
         self.custody = custody or CustodyGate()
         self.write_timeout = write_timeout
 
-    async def _check(self, index: int, origin: str, token: str, now: datetime) -> _Checked:
+    def _structure(self, index: int, origin: str, token: str) -> _Checked | _Parsed:
+        """Steps 1–3, no I/O: structure, the ``from`` domain, the policy's domain gate."""
         key = f"{INDEX_PREFIX}{index}"
         try:
             parsed = jws.parse_compact(token)
             envelope = env_mod.decode(parsed.payload)
         except SynqError as exc:
             return _Checked(key, None, None, _refusal(exc))
-        key = envelope.id
         try:
             if envelope.sender.domain != origin:
                 raise Forbidden(
@@ -134,16 +145,64 @@ class InboundHandler:
                 )
             if not self.policy.domain_permitted(origin):
                 raise Forbidden(f"this relay does not exchange messages with {origin}")
-            jws.verify(parsed, await self.keys.public_key(origin, parsed.kid))
-            env_mod.check_times(envelope, now)
-            self._charge(envelope.sender)
-            local, refused = await self._recipients(envelope)
-        except _NoRecipientLeft as exc:
-            return _Checked(key, envelope, None, exc.result())
         except SynqError as exc:
-            return _Checked(key, envelope, None, _refusal(exc))
-        item = new_envelope(envelope, token, local, (), f"federation:{origin}", refused)
-        return _Checked(key, envelope, item, None)
+            return _Checked(envelope.id, envelope, None, _refusal(exc))
+        return _Parsed(envelope.id, token, parsed, envelope)
+
+    async def _key(self, origin: str, selector: str) -> PublicKey | SynqError:
+        try:
+            return await self.keys.public_key(origin, selector)
+        except SynqError as exc:
+            return exc
+
+    def _authentic(self, p: _Parsed, key: PublicKey | SynqError, now: datetime) -> _Checked | None:
+        """Steps 4–6: the signature, the times, the rate limits. None if all pass."""
+        try:
+            if isinstance(key, SynqError):
+                raise key
+            jws.verify(p.parsed, key)
+            env_mod.check_times(p.envelope, now)
+            self._charge(p.envelope.sender)
+        except SynqError as exc:
+            return _Checked(p.key, p.envelope, None, _refusal(exc))
+        return None
+
+    async def _check_all(self, origin: str, tokens: list[str], now: datetime) -> list[_Checked]:
+        """Every envelope of a transaction through steps 1–7, each in the order of the module
+        docstring. The I/O is done once per transaction, not once per envelope: one key look-up
+        per selector named, one existence query for every local recipient named."""
+        staged = [self._structure(i, origin, t) for i, t in enumerate(tokens)]
+        selectors = sorted({s.parsed.kid for s in staged if isinstance(s, _Parsed)})
+        found = await asyncio.gather(*(self._key(origin, kid) for kid in selectors))
+        keys = dict(zip(selectors, found, strict=True))
+        out: list[_Checked | _Parsed] = [
+            s if isinstance(s, _Checked) else (self._authentic(s, keys[s.parsed.kid], now) or s)
+            for s in staged
+        ]
+        names = {
+            a.local
+            for s in out
+            if isinstance(s, _Parsed)
+            for a in s.envelope.recipients
+            if a.domain == self.domain
+        }
+        existing = await self.store.existing_agents(names) if names else set()
+        checked: list[_Checked] = []
+        for s in out:
+            if isinstance(s, _Checked):
+                checked.append(s)
+                continue
+            try:
+                local, refused = await self._recipients(s.envelope, existing)
+            except _NoRecipientLeft as exc:
+                checked.append(_Checked(s.key, s.envelope, None, exc.result()))
+                continue
+            except SynqError as exc:
+                checked.append(_Checked(s.key, s.envelope, None, _refusal(exc)))
+                continue
+            item = new_envelope(s.envelope, s.token, local, (), f"federation:{origin}", refused)
+            checked.append(_Checked(s.key, s.envelope, item, None))
+        return checked
 
     def _charge(self, sender: Address) -> None:
         rates = self.rates
@@ -157,11 +216,13 @@ class InboundHandler:
                 retry_after=wait,
             )
 
-    async def _recipients(self, envelope: Envelope) -> tuple[list[str], list[tuple[str, str, str]]]:
+    async def _recipients(
+        self, envelope: Envelope, existing: AbstractSet[str]
+    ) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """Step 7; ``existing``: the local agents among every recipient of the transaction."""
         ours = [a for a in envelope.recipients if a.domain == self.domain]
         if not ours:
             raise WrongDomain(f"no recipient of this envelope is at {self.domain}")
-        existing = await self.store.existing_agents(a.local for a in ours)
         local: list[str] = []
         refused: list[tuple[str, str, str]] = []
         for a in ours:
@@ -203,19 +264,19 @@ class InboundHandler:
 
     async def handle(self, txn_id: str, request: TxnRequest) -> dict[str, EnvelopeResult]:
         now = self.clock.now()
-        checked = await asyncio.gather(
-            *(self._check(i, request.origin, t, now) for i, t in enumerate(request.envelopes))
-        )
+        checked = await self._check_all(request.origin, list(request.envelopes), now)
         results: dict[str, EnvelopeResult] = {}
         to_store: list[_Checked] = []
+        storing: set[str] = set()
         for c in checked:
             if c.result is not None:
                 results[c.key] = c.result
-            elif c.key in results or any(o.key == c.key for o in to_store):
+            elif c.key in results or c.key in storing:
                 # The same envelope twice in one transaction: the first copy counts.
                 results.setdefault(c.key, EnvelopeResult("duplicate", st.OK.code))
             else:
                 to_store.append(c)
+                storing.add(c.key)
         if to_store:
             items = [c.item for c in to_store if c.item is not None]
             try:

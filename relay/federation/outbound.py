@@ -12,8 +12,9 @@ remote recipient rows in the store. One pass (``run_once``):
 5. commit all outcomes together with the DSN envelopes for the bounces, in one store
    transaction (``Store.settle``), so a bounce without its DSN — or a DSN twice — cannot happen.
 
-``run`` loops ``run_once``, sleeping until the next row is due or the store says something new
-was queued. Tests drive ``run_once`` with a fake clock: nothing waits for a real retry.
+``run`` keeps up to ``PIPELINE_PASSES`` such passes in flight, sleeping until the next row is
+due or the store says something new was queued. Tests drive ``run_once`` (one pass after the
+other) with a fake clock: nothing waits for a real retry.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ LEASE_BATCH: Final = 2000
 LEASE_DURATION: Final = timedelta(seconds=120)
 #: Transactions in flight at once across all destinations.
 MAX_CONCURRENT_TRANSACTIONS: Final = 8
+#: Transactions in flight at once to one destination. More than one keeps the partner busy
+#: while the answer to the previous one travels back (pipelining, as SMTP's RFC 2920 does for
+#: commands); the bound keeps one sender from taking every worker of a partner, whose own
+#: limits (4.7.0, 429) have the last word. No order is lost: Synq promises none (SPEC.md §9).
+MAX_TRANSACTIONS_PER_DESTINATION: Final = 4
+#: Passes in flight at once in ``run``: while one pass waits for its partners, the next lease
+#: is read and sent, so neither relay idles while the other commits. Each pass holds at most
+#: ``LEASE_BATCH`` rows: this bounds the rows in memory at PIPELINE_PASSES × LEASE_BATCH.
+PIPELINE_PASSES: Final = 3
 #: Longest idle wait between passes when nothing is due: a safety net for wake-ups lost to
 #: another process's crash (PostgreSQL NOTIFY is not delivered across a connection loss).
 MAX_IDLE_WAIT: Final = 30.0
@@ -115,6 +125,7 @@ class FederationSender:
         self.lease_batch = lease_batch
         self.max_txn_envelopes = max_txn_envelopes
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_TRANSACTIONS)
+        self._per_destination: dict[str, asyncio.Semaphore] = {}
 
     @property
     def domain(self) -> str:
@@ -191,18 +202,26 @@ class FederationSender:
             if key not in by_envelope:
                 by_envelope[key] = _Envelope(r.origin, r.id, r.token, [])
             by_envelope[key].rows.append(r)
-        outcomes: list[Outcome] = []
-        for batch in _batches(list(by_envelope.values()), self.max_txn_envelopes):
-            outcomes.extend(await self._transaction(domain, relay_url, batch, now))
-        return outcomes
+        batches = _batches(list(by_envelope.values()), self.max_txn_envelopes)
+        if len(batches) == 1:
+            return await self._transaction(domain, relay_url, batches[0], now)
+        results = await asyncio.gather(
+            *(self._transaction(domain, relay_url, batch, now) for batch in batches)
+        )
+        return [outcome for chunk in results for outcome in chunk]
 
     async def _transaction(
         self, domain: str, relay_url: str, batch: list[_Envelope], now: datetime
     ) -> list[Outcome]:
         txn_id = uuid7(now)
         body = txn_mod.encode_request(self.domain, [e.token for e in batch])
+        gate = self._per_destination.get(domain)
+        if gate is None:
+            gate = self._per_destination[domain] = asyncio.Semaphore(
+                MAX_TRANSACTIONS_PER_DESTINATION
+            )
         try:
-            async with self._slots:
+            async with gate, self._slots:
                 answer = await self.transport.put_transaction(relay_url, txn_id, body)
             results = txn_mod.parse_results(answer)
         except TransportFailure as exc:
@@ -330,22 +349,62 @@ class FederationSender:
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run passes forever (cancel to stop). A failing pass is logged and retried."""
+        """Run passes forever (cancel to stop). A failing pass is logged; its rows come back
+        when their lease runs out.
+
+        Up to ``PIPELINE_PASSES`` passes run at once: a full lease is followed at once by the
+        next; a partial one means the queue is drained, and the loop waits for a wake-up (a
+        new row committed), for the next row due, or for a pass slot to free. Under load the
+        rows that arrive while every slot is busy make the next lease larger, so transactions
+        grow with the load and stay small (one envelope, no waiting) when the queue is idle.
+        """
+        inflight: set[asyncio.Task[None]] = set()
         async with self.store.notifier.listen(QUEUE_CHANNEL) as listener:
-            while True:
-                try:
-                    await self.run_once()
-                except SynqError as exc:
-                    log.warning("queue pass failed: %s", exc.message)
-                except Exception:
-                    log.exception("queue pass failed")
-                next_due = await _next_due(self.store)
-                wait = MAX_IDLE_WAIT
-                if next_due is not None:
-                    # At least a few milliseconds, so rows due "now" that another process holds
-                    # leased do not turn this loop into a busy spin.
-                    wait = min(wait, max((next_due - self.clock.now()).total_seconds(), 0.05))
-                await listener.wait(wait)
+            try:
+                while True:
+                    if len(inflight) >= PIPELINE_PASSES:
+                        await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    full = await self._start_pass(inflight)
+                    if full:
+                        continue
+                    next_due = await _next_due(self.store)
+                    wait = MAX_IDLE_WAIT
+                    if next_due is not None:
+                        # At least a few milliseconds, so rows due "now" that a pass in flight
+                        # (or another process) holds leased do not turn this into a busy spin.
+                        due_in = (next_due - self.clock.now()).total_seconds()
+                        wait = min(wait, max(due_in, 0.05))
+                    await listener.wait(wait)
+            finally:
+                for task in inflight:
+                    task.cancel()
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _start_pass(self, inflight: set[asyncio.Task[None]]) -> bool:
+        """Lease the next due rows and start a pass on them; True if the lease came back full
+        (more rows may be due right now)."""
+        now = self.clock.now()
+        try:
+            rows = await self.store.lease_due(
+                now, lease_until=now + LEASE_DURATION, limit=self.lease_batch
+            )
+        except SynqError as exc:
+            log.warning("queue lease failed: %s", exc.message)
+            return False
+        if not rows:
+            return False
+        task = asyncio.create_task(self._pass(rows, now))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        return len(rows) >= self.lease_batch
+
+    async def _pass(self, rows: Sequence[QueueEntry], now: datetime) -> None:
+        try:
+            await self._process(rows, now)
+        except SynqError as exc:
+            log.warning("queue pass failed: %s", exc.message)
+        except Exception:
+            log.exception("queue pass failed")
 
 
 async def _next_due(store: Store) -> datetime | None:
