@@ -7,6 +7,7 @@ re-serialise a received envelope: relays store and forward the signed token unto
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
@@ -71,6 +72,9 @@ def parse_timestamp(value: Any) -> datetime:
         return value.astimezone(UTC)
     if not isinstance(value, str) or not _RFC3339_RE.fullmatch(value):
         raise ValueError("expected an RFC 3339 date-time such as 2026-01-01T00:00:00Z")
+    if len(value) == 24 and value[10] == "T" and value[19] == "." and value[23] == "Z":
+        # The form Synq writes (format_timestamp), which fromisoformat reads as it is.
+        return datetime.fromisoformat(value)
     text = value.upper().replace("Z", "+00:00")
     # fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
     if "." in text:
@@ -154,11 +158,12 @@ class Envelope(BaseModel):
             raise ValueError("a text/* body must be a JSON string")
         return self
 
-    @property
+    # Parsed once per envelope: a relay asks for them at several steps of every check.
+    @functools.cached_property
     def sender(self) -> Address:
         return Address.parse(self.from_)
 
-    @property
+    @functools.cached_property
     def recipients(self) -> list[Address]:
         return [Address.parse(a) for a in self.to]
 

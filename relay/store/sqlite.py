@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import aiosqlite
+import orjson
 
 from relay.core.address import normalize_domain
 from relay.core.errors import (
@@ -588,6 +589,14 @@ class _Op:
     #: For accepts: the (item, accepted-at) pairs, so that consecutive accepts of one group can
     #: be merged into one batch (see ``_commit_group``).
     accepts: tuple[tuple[NewEnvelope, str], ...] | None = None
+    #: False for leases: a group of such operations commits without fsync (``_commit_group``).
+    durable: bool = True
+
+
+def _json_param(rows: list[list[Any]]) -> str:
+    """A batch as one JSON text for ``json_each`` (one statement per batch, not per row).
+    Text, not bytes: SQLite 3.45+ would read a BLOB argument as its binary JSONB format."""
+    return orjson.dumps(rows).decode("utf-8")
 
 
 def _domain_of(address: str) -> str:
@@ -654,7 +663,7 @@ async def _accept_rows(
     ]
     new_envelopes = {
         (row[0], row[1])
-        for row in await conn.execute_fetchall(_INSERT_ENVELOPES, (json.dumps(envelope_json),))
+        for row in await conn.execute_fetchall(_INSERT_ENVELOPES, (_json_param(envelope_json),))
     }
 
     per_item = [_recipients_of(it, local_domain) for it, _ts_ in batch]
@@ -676,7 +685,7 @@ async def _accept_rows(
     changed: dict[tuple[str, str, str, int], int] = {}
     if recipient_json:
         for pk, origin, id_, recipient, refused_flag in await conn.execute_fetchall(
-            _INSERT_RECIPIENTS, (json.dumps(recipient_json),)
+            _INSERT_RECIPIENTS, (_json_param(recipient_json),)
         ):
             changed[(origin, id_, recipient, refused_flag)] = pk
 
@@ -828,6 +837,7 @@ class SQLiteStore(Store):
         self._writer_task: asyncio.Task[None] | None = None
         self._data_version: int | None = None
         self._closed = False
+        self._synced = True  # the writer's PRAGMA synchronous is self.synchronous, not NORMAL
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -1089,7 +1099,11 @@ class SQLiteStore(Store):
     # writes ------------------------------------------------------------------------------------
 
     async def _write(
-        self, run: _Run, accepts: tuple[tuple[NewEnvelope, str], ...] | None = None
+        self,
+        run: _Run,
+        accepts: tuple[tuple[NewEnvelope, str], ...] | None = None,
+        *,
+        durable: bool = True,
     ) -> Any:
         """Queue one operation for the writer and wait for its own result or exception."""
         if self._closed or self._queue is None:
@@ -1097,7 +1111,7 @@ class SQLiteStore(Store):
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("the store is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(run, future, accepts))
+        self._queue.put_nowait(_Op(run, future, accepts, durable))
         # If the caller is cancelled the future is cancelled too, and the writer skips the
         # operation if it has not started it yet (or drops its result if it has).
         return await future
@@ -1172,7 +1186,7 @@ class SQLiteStore(Store):
                 await conn.executemany(_LEASE_UPDATE, [(until, row[0]) for row in rows])
             return [_queue_entry(row) for row in rows], ()
 
-        entries: list[QueueEntry] = await self._write(run)
+        entries: list[QueueEntry] = await self._write(run, durable=False)
         return entries
 
     async def lease_deliveries(
@@ -1202,7 +1216,7 @@ class SQLiteStore(Store):
                 for r in rows
             ], ()
 
-        leased: list[LocalDelivery] = await self._write(run)
+        leased: list[LocalDelivery] = await self._write(run, durable=False)
         return leased
 
     async def settle_deliveries(
@@ -1508,7 +1522,16 @@ class SQLiteStore(Store):
         done: list[tuple[_Op, Any]] = []
         failed: list[tuple[_Op, SynqError]] = []
         channels: set[str] = set()
+        # A group of leases only commits without fsync (synchronous NORMAL): a lease lost to a
+        # power cut is harmless, as every lease is released at the next start (release_leases;
+        # one process owns an SQLite store), and the next durable COMMIT syncs the WAL with
+        # these frames in it (https://www.sqlite.org/pragma.html#pragma_synchronous).
+        durable = any(op.durable for op in ops)
         try:
+            if durable != self._synced:
+                mode = self.synchronous if durable else "NORMAL"
+                await self._exec(conn, f"PRAGMA synchronous = {mode}")
+                self._synced = durable
             await self._exec(conn, "BEGIN IMMEDIATE")
             for run in _runs(ops):
                 if len(run) > 1 and await self._merged_accepts(conn, run, done, channels):
