@@ -92,8 +92,10 @@ def parse_timestamp(value: Any) -> datetime:
 
 def format_timestamp(value: datetime) -> str:
     """RFC 3339 UTC with millisecond precision and a ``Z``: the form Synq writes."""
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    # isoformat, not strftime: a third of the time, and it pads years below 1000 to four digits
+    # as RFC 3339 requires (glibc's %Y does not).
+    return utc.isoformat(timespec="milliseconds") + "Z"
 
 
 def _check_address(value: Any) -> str:
