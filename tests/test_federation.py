@@ -6,6 +6,7 @@ are tested without waiting for them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -337,6 +338,46 @@ async def test_results_are_read_strictly(
         assert await acme.relay.sender.run_once() == 1
     rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
     assert (rec["state"], rec["code"]) == (expect_state, expect_code)
+
+
+async def test_an_answer_that_arrives_in_pieces_is_read_whole(w: World) -> None:
+    """A partner's answer may reach the sender in several TCP segments or chunks: the sender
+    reads to the end before parsing (a single read would cut the document short, and the
+    sender would retry a transaction the partner already committed)."""
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        doc = json.loads(await request.read())
+        results = {
+            f"#{i}": {"status": "accepted", "code": "2.0.0"} for i in range(len(doc["envelopes"]))
+        }
+        body = json.dumps({"results": results}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 7):
+            await response.write(body[start : start + 7])
+            await asyncio.sleep(0)  # a separate chunk on the wire, not a wait for a condition
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", answer)
+    async with TestServer(app) as partner:
+        w.dns.set_txt(
+            records.relay_record_name("globex.test"),
+            [records.RelayRecord(str(partner.make_url("")).rstrip("/")).to_txt()],
+            ttl=60,
+        )
+        sent = [
+            (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
+            for i in range(3)
+        ]
+        assert await acme.relay.sender.run_once() == 3
+    for env_id in sent:
+        rec = (await w.status(acme, alice, env_id))["recipients"]["bob@globex.test"]
+        assert (rec["state"], rec["code"]) == ("sent", "2.0.0")
 
 
 async def test_relay_host_on_a_refused_address_bounces_without_connecting() -> None:

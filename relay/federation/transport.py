@@ -20,6 +20,22 @@ from relay.federation.outbound import TRANSACTION_TIMEOUT, TransportFailure
 MAX_ANSWER_BYTES = min(MAX_TXN_BYTES, 1024 * 1024)
 
 
+async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes when it is longer (the caller refuses
+    it). A loop, because ``StreamReader.read(n)`` returns what is buffered — up to ``n`` bytes,
+    often a single TCP segment's worth — not ``n`` bytes: reading once would cut an answer of a
+    few hundred results short and make the sender retry a transaction that succeeded."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 class HttpTransport:
     """Sends transactions over a shared ``aiohttp.ClientSession`` (connection reuse per
     partner; the session's connector carries the SSRF guard)."""
@@ -49,7 +65,7 @@ class HttpTransport:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as resp:
-                answer = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                answer = await read_bounded(resp.content, MAX_ANSWER_BYTES)
                 if len(answer) > MAX_ANSWER_BYTES:
                     raise TransportFailure(st.REMOTE_PROTOCOL, "answer too large")
                 if resp.status == 200:
