@@ -39,7 +39,7 @@ from relay.core.jws import b64url_decode
 from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.retry import Breaker, RetryPolicy
 from relay.delivery.router import Router
-from relay.store.base import QUEUE_CHANNEL, NewEnvelope, Outcome, QueueEntry, Store
+from relay.store.base import QUEUE_CHANNEL, Listener, NewEnvelope, Outcome, QueueEntry, Store
 
 log = logging.getLogger("synq.federation.outbound")
 
@@ -370,15 +370,32 @@ class FederationSender:
                     next_due = await _next_due(self.store)
                     wait = MAX_IDLE_WAIT
                     if next_due is not None:
-                        # At least a few milliseconds, so rows due "now" that a pass in flight
-                        # (or another process) holds leased do not turn this into a busy spin.
                         due_in = (next_due - self.clock.now()).total_seconds()
-                        wait = min(wait, max(due_in, 0.05))
-                    await listener.wait(wait)
+                        if due_in > 0:
+                            wait = min(wait, due_in)
+                        elif not inflight:
+                            # Due rows that another process holds leased: look again in a few
+                            # milliseconds rather than spin.
+                            wait = min(wait, 0.05)
+                        # else they are (most likely) the leases of this process's own passes:
+                        # the end of a pass wakes the loop, not a timer.
+                    await self._wait(listener, inflight, wait)
             finally:
                 for task in inflight:
                     task.cancel()
                 await asyncio.gather(*inflight, return_exceptions=True)
+
+    @staticmethod
+    async def _wait(listener: Listener, inflight: set[asyncio.Task[None]], timeout: float) -> None:
+        """Until a wake-up, the end of a pass in flight, or ``timeout``."""
+        if not inflight:
+            await listener.wait(timeout)
+            return
+        woken = asyncio.ensure_future(listener.wait(timeout))
+        try:
+            await asyncio.wait({woken, *inflight}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
 
     async def _start_pass(self, inflight: set[asyncio.Task[None]]) -> bool:
         """Lease the next due rows and start a pass on them; True if the lease came back full
