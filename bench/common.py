@@ -157,21 +157,40 @@ def percentile(values: Sequence[float], p: float) -> float:
 # load -----------------------------------------------------------------------------------------
 
 
-async def blast(url: str, token: str, n: int, concurrency: int, to: str = "bob@acme.test") -> float:
-    """POST n messages of ~1 KB (as signed envelopes) over ``concurrency`` connections."""
+async def blast(
+    url: str, token: str, n: int, concurrency: int, to: str = "bob@acme.test", batch: int = 1
+) -> float:
+    """POST n messages of ~1 KB (as signed envelopes) over ``concurrency`` connections: one per
+    ``POST /synq/v1/messages`` when ``batch`` is 1, else ``batch`` per
+    ``POST /synq/v1/messages/batch`` (the last batch smaller when ``batch`` does not divide n)."""
     payload = {"to": [to], "content_type": "text/plain", "body": BODY}
     headers = {"Authorization": f"Bearer {token}"}
     counter = itertools.count()
+    batches = [min(batch, n - start) for start in range(0, n, batch)]
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
-        async def worker() -> None:
+        async def single() -> None:
             while next(counter) < n:
                 async with http.post(f"{url}/synq/v1/messages", json=payload, headers=headers) as r:
                     if r.status != 202:
                         raise RuntimeError(f"send failed: {r.status} {await r.text()}")
 
+        async def batched() -> None:
+            while (i := next(counter)) < len(batches):
+                body = {"messages": [payload] * batches[i]}
+                async with http.post(
+                    f"{url}/synq/v1/messages/batch", json=body, headers=headers
+                ) as r:
+                    if r.status != 202:
+                        raise RuntimeError(f"batch send failed: {r.status} {await r.text()}")
+                    answer = await r.json()
+                refused = [res for res in answer["results"] if "id" not in res]
+                if refused:
+                    raise RuntimeError(f"{len(refused)} of a batch refused, e.g. {refused[0]}")
+
+        worker = single if batch <= 1 else batched
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - started

@@ -6,6 +6,10 @@
   end: accepted at acme (durable), signed, batched into transactions, verified and committed at
   globex, read from bob's inbox.
 
+``local`` and ``federated`` take ``batch``: 1 sends one message per ``POST /synq/v1/messages``,
+more sends that many per ``POST /synq/v1/messages/batch`` (SPEC.md §6.2.1), as an agent that
+fans out would.
+
 With PostgreSQL, globex.test runs on a throwaway durable cluster (fsync on,
 ``synchronous_commit`` on, like SQLite's FULL) as 1 and as 3 ``synq serve`` processes sharing
 the database, 3 behind a round-robin balancer in the bench process as a load balancer would
@@ -64,9 +68,10 @@ async def baseline(n: int, concurrency: int, base: Path) -> float:
         await proc.stop()
 
 
-async def local(n: int, concurrency: int, base: Path) -> float:
-    """Messages/s sent to one relay and read back from the recipient's inbox."""
-    cwd = base / "local"
+async def local(n: int, concurrency: int, base: Path, batch: int = 1) -> float:
+    """Messages/s sent to one relay (``batch`` per request) and read back from the recipient's
+    inbox."""
+    cwd = base / ("local" if batch == 1 else f"local-batch-{batch}")
     cwd.mkdir()
     await synq(cwd, "init", "--domain", "acme.test", "--dir", str(cwd), "--listen", "127.0.0.1:0")
     unthrottle(cwd)
@@ -75,7 +80,7 @@ async def local(n: int, concurrency: int, base: Path) -> float:
     proc = await start(serve_argv(), cwd, "serve")
     try:
         started = time.perf_counter()
-        await blast(proc.url, alice, n, concurrency)
+        await blast(proc.url, alice, n, concurrency, batch=batch)
         await drain_inbox(proc.url, bob, n)
         return n / (time.perf_counter() - started)
     finally:
@@ -89,9 +94,11 @@ async def federated(
     store: str | None = None,
     processes: int = 1,
     on_serve: OnServe | None = None,
+    batch: int = 1,
 ) -> float:
     """Envelopes/s alice@acme.test → bob@globex.test, end to end. ``store``: the store URL of
-    globex.test (default its own SQLite file), served by ``processes`` processes."""
+    globex.test (default its own SQLite file), served by ``processes`` processes; ``batch``
+    messages per request to acme."""
     workdir(base)
     async with Federation(base) as fed:
         acme = await fed.add("acme.test", ["alice"])
@@ -101,7 +108,9 @@ async def federated(
         if on_serve is not None:
             await on_serve("relay-to-relay", acme.procs + globex.procs)
         started = time.perf_counter()
-        await blast(acme.url, acme.tokens["alice"], n, concurrency, to="bob@globex.test")
+        await blast(
+            acme.url, acme.tokens["alice"], n, concurrency, to="bob@globex.test", batch=batch
+        )
         await drain_inbox(globex.url, globex.tokens["bob"], n)
         return n / (time.perf_counter() - started)
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from relay.core.address import Address
+from relay.core.clock import FakeClock, SystemClock
+from relay.core.envelope import encode
+from relay.core.errors import InvalidEnvelope
+from relay.core.ids import hash_token, new_token
 from relay.core.limits import MAX_API_BODY_BYTES
+from relay.delivery.router import AGENT_CACHE_TTL
+from relay.server.app import build_app
 from relay.server.runtime import Relay
-from tests.conftest import AgentFactory
+from tests.conftest import AgentFactory, make_config
 from tests.helpers import wait_until
 
 Client = TestClient[Any, Any]
@@ -376,3 +385,129 @@ async def test_tokens_never_appear_in_logs(
     assert caplog.records, "expected the relay to log something at DEBUG"
     for token in (alice.token, bob.token, "synq_wrong"):
         assert token not in caplog.text
+
+
+# --- the agent cache (relay.delivery.router.AgentCache, SPEC.md §6.1) ---------------------------
+
+
+@pytest.fixture
+async def pinned(
+    tmp_path: Path, aiohttp_client: Any
+) -> AsyncIterator[tuple[Relay, Client, FakeClock]]:
+    """A relay whose clock moves only when the test says, and its API on loopback."""
+    config = make_config(tmp_path / "acme")
+    # Started after the signing key was made, so that the key is already valid at its time.
+    clock = FakeClock(SystemClock().now())
+    relay = await Relay.open(config, clock=clock)
+    try:
+        c: Client = await aiohttp_client(build_app(relay))
+        yield relay, c, clock
+    finally:
+        await relay.close()
+
+
+async def add_agent(relay: Relay, name: str) -> dict[str, str]:
+    token = new_token()
+    await relay.store.create_agent(name, "inbox", hash_token(token), None, relay.clock.now())
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_removed_agent_token_and_address_stop_at_once_in_this_process(
+    pinned: tuple[Relay, Client, FakeClock],
+) -> None:
+    relay, client, _ = pinned
+    alice, bob = await add_agent(relay, "alice"), await add_agent(relay, "bob")
+    ok = await client.post(
+        "/synq/v1/messages", json={"to": ["bob@acme.test"], "body": "x"}, headers=alice
+    )
+    assert ok.status == 202  # both now cached
+    assert (await client.get("/synq/v1/inbox", headers=bob)).status == 200
+
+    assert await relay.router.agents.remove("bob")
+    assert (await client.get("/synq/v1/inbox", headers=bob)).status == 401
+    refused = await client.post(
+        "/synq/v1/messages", json={"to": ["bob@acme.test"], "body": "x"}, headers=alice
+    )
+    assert refused.status == 422
+    assert (await refused.json())["error"]["details"]["recipients"] == ["bob@acme.test"]
+
+
+async def test_removal_by_another_process_takes_effect_within_the_cache_ttl(
+    pinned: tuple[Relay, Client, FakeClock],
+) -> None:
+    relay, client, clock = pinned
+    alice, bob = await add_agent(relay, "alice"), await add_agent(relay, "bob")
+    assert (await client.get("/synq/v1/inbox", headers=bob)).status == 200  # cached
+    # Straight to the store, as `synq agent remove` in its own process does.
+    assert await relay.store.remove_agent("bob")
+    assert (await client.get("/synq/v1/inbox", headers=bob)).status == 200  # the bound, used
+    # A send to bob is refused by the store (his inbox row has no agent), with the names.
+    refused = await client.post(
+        "/synq/v1/messages", json={"to": ["bob@acme.test"], "body": "x"}, headers=alice
+    )
+    assert refused.status == 422
+    assert (await refused.json())["error"]["details"]["recipients"] == ["bob@acme.test"]
+    clock.advance(AGENT_CACHE_TTL)
+    assert (await client.get("/synq/v1/inbox", headers=bob)).status == 401
+
+
+async def test_unknown_tokens_are_not_cached_so_a_new_agent_works_at_once(
+    pinned: tuple[Relay, Client, FakeClock],
+) -> None:
+    relay, client, _ = pinned
+    token = new_token()
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/synq/v1/inbox", headers=auth)).status == 401
+    await relay.store.create_agent("late", "inbox", hash_token(token), None, relay.clock.now())
+    assert (await client.get("/synq/v1/inbox", headers=auth)).status == 200
+    alice = await add_agent(relay, "alice")
+    sent = await client.post(
+        "/synq/v1/messages", json={"to": ["late@acme.test"], "body": "x"}, headers=alice
+    )
+    assert sent.status == 202
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"content_type": "text/plain", "body": "hi"},
+        {
+            "content_type": "application/json",
+            "body": {"n": [1, 2.5, None, "é"]},
+            "kind": "task.update",
+            "thread": "conv-42",
+            "in_reply_to": "0195a3c0-5f1e-7c3a-9b2d-4e5f6a7b8c9d",
+            "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+        {"content_type": "application/json", "body": None},
+    ],
+    ids=["text", "every-field", "null-body"],
+)
+async def test_checked_build_signs_the_very_bytes_of_a_validated_build(
+    pinned: tuple[Relay, Client, FakeClock], fields: dict[str, Any]
+) -> None:
+    """The API's requests skip the envelope's second validation (Router.build ``checked``): what
+    it signs must be byte for byte what the validating path signs."""
+    relay, _, _ = pinned
+    sender, to = Address.parse("alice@acme.test"), [Address.parse("bob@acme.test")]
+    args = dict(fields)
+    content_type, body = args.pop("content_type"), args.pop("body")
+    fast, fast_token = relay.router.build(
+        sender, to, content_type, body, id="x1", checked=True, **args
+    )
+    slow, slow_token = relay.router.build(sender, to, content_type, body, id="x1", **args)
+    assert encode(fast) == encode(slow)
+    assert fast_token == slow_token
+    assert fast.to_json_dict() == slow.to_json_dict()
+
+
+async def test_checked_build_still_refuses_a_text_body_that_is_not_a_string(
+    pinned: tuple[Relay, Client, FakeClock],
+) -> None:
+    relay, _, _ = pinned
+    sender, to = Address.parse("alice@acme.test"), [Address.parse("bob@acme.test")]
+    with pytest.raises(InvalidEnvelope) as fast:
+        relay.router.build(sender, to, "text/plain", 42, checked=True)
+    with pytest.raises(InvalidEnvelope) as slow:
+        relay.router.build(sender, to, "text/plain", 42)
+    assert fast.value.message == slow.value.message

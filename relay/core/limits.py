@@ -43,6 +43,18 @@ MAX_JWS_HEADER_BYTES: Final = 1024
 #: Largest request body on the local agent API (an envelope body plus the request framing).
 MAX_API_BODY_BYTES: Final = MAX_ENVELOPE_BYTES + 16 * 1024
 
+#: Messages in one ``POST /synq/v1/messages/batch`` (SPEC.md §6.2.1). Each is built, signed and
+#: stored like a single send, all in one request and one commit, so this bounds the CPU one
+#: request can demand (~0.1 ms of signing each) and the rows one commit writes; a bigger fan-out
+#: is several batches. Past it: ``too_large``. (SMTP servers bound a pipelined session the same
+#: way: Postfix's smtpd_recipient_limit, 1000.)
+MAX_BATCH_MESSAGES: Final = 500
+
+#: Largest ``POST /synq/v1/messages/batch`` body: the same bound as a federation transaction
+#: (MAX_TXN_BYTES below), so a local agent cannot make one request pin more memory than a
+#: partner relay can. 500 messages of ~8 KB fit; batches of large bodies must be smaller.
+MAX_BATCH_BODY_BYTES: Final = 4 * 1024 * 1024
+
 #: Envelopes in one federation transaction (Matrix caps a transaction at 50 PDUs; we batch
 #: more because envelopes are independent and group-committed).
 MAX_TXN_ENVELOPES: Final = 200

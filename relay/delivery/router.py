@@ -7,7 +7,7 @@ and hands it to the store in one call, so the answer 202 means every row is dura
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -30,7 +30,24 @@ from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
 from relay.core.policy import Policy
 from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
 from relay.store.backpressure import CustodyGate
-from relay.store.base import AcceptResult, NewEnvelope, Store
+from relay.store.base import AcceptResult, AgentRecord, NewEnvelope, Store
+
+#: How long, in seconds, a relay process trusts what the store told it about an agent: that a
+#: token hash is the agent's, that a name is a registered agent. Only these positive answers are
+#: kept (an unknown token or name is asked of the store every time), so an agent added anywhere
+#: is usable at once; what the cache can delay is a *removal* made by another process (``synq
+#: agent remove`` runs in its own process; several ``synq serve`` may share one PostgreSQL): for
+#: at most this long after it, a relay that had the agent cached still takes its token and still
+#: routes to its inbox (the store then refuses the inbox row, 422 ``unknown_recipient``, and the
+#: entry is dropped). A removal made through :meth:`AgentCache.remove` in the same process takes
+#: effect at once. SPEC.md §6.1 names the same bound. Why a cache at all: without it every send
+#: costs two store reads (token, recipients), each a hop to the database thread or server.
+AGENT_CACHE_TTL: Final = 5.0
+
+#: Entries each of the two agent maps holds at most. Only agents that exist are ever cached, so
+#: no client can grow the maps with made-up tokens or names; the cap bounds the memory of a relay
+#: with very many agents (past it, the cache starts afresh, costing a store read per miss).
+MAX_AGENT_CACHE_ENTRIES: Final = 10_000
 
 #: Submissions the per-agent rate limit does not meter: an adapter-backed agent's replies to a
 #: message the relay delivered to it (bounded by the traffic that caused them, and refusing one
@@ -43,6 +60,102 @@ class Submitted:
     envelope: Envelope
     token: str
     result: AcceptResult
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An envelope that passed every check of a submission, built and signed, not yet stored."""
+
+    envelope: Envelope
+    token: str
+    item: NewEnvelope
+
+
+class AgentCache:
+    """What the store said about local agents, kept for :data:`AGENT_CACHE_TTL` seconds.
+
+    Positive answers only: a token hash's agent, and the names that exist. Time is the injected
+    clock's monotonic time, so tests move it instead of sleeping. Code in the relay process that
+    removes an agent or changes its token goes through :meth:`remove` or calls :meth:`forget`,
+    so that the old token stops working here at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        ttl: float = AGENT_CACHE_TTL,
+        max_entries: int = MAX_AGENT_CACHE_ENTRIES,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.ttl = ttl
+        self.max_entries = max_entries
+        #: token hash → (valid until, agent)
+        self._tokens: dict[str, tuple[float, AgentRecord]] = {}
+        #: agent name → valid until
+        self._names: dict[str, float] = {}
+        #: Bumped by every removal: a read that began before it must not re-cache what it saw.
+        self._generation = 0
+
+    async def for_token(self, token_hash: str) -> AgentRecord | None:
+        """The agent whose token hashes to ``token_hash``, or None."""
+        now = self._clock.monotonic()
+        hit = self._tokens.get(token_hash)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        generation = self._generation
+        agent = await self._store.agent_for_token(token_hash)
+        if agent is None:
+            self._tokens.pop(token_hash, None)
+        elif generation == self._generation:
+            until = now + self.ttl
+            self._put(self._tokens, token_hash, (until, agent))
+            self._put(self._names, agent.name, until)
+        return agent
+
+    async def existing(self, names: Iterable[str]) -> set[str]:
+        """The subset of ``names`` that are registered agents."""
+        now = self._clock.monotonic()
+        wanted = set(names)
+        known = {n for n in wanted if self._names.get(n, 0.0) > now}
+        if len(known) == len(wanted):
+            return known
+        generation = self._generation
+        found = await self._store.existing_agents(wanted - known)
+        if generation == self._generation:
+            until = now + self.ttl
+            for name in found:
+                self._put(self._names, name, until)
+        return known | found
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop every entry about ``names`` (removed, or found stale by the store)."""
+        gone = set(names)
+        if not gone:
+            return
+        self._generation += 1
+        for name in gone:
+            self._names.pop(name, None)
+        for key in [k for k, (_, agent) in self._tokens.items() if agent.name in gone]:
+            del self._tokens[key]
+
+    async def remove(self, name: str) -> bool:
+        """Remove the agent from the store and from this cache: its token stops working here
+        at once. False if there was no such agent."""
+        try:
+            return await self._store.remove_agent(name)
+        finally:
+            self.forget([name])
+
+    def _put(self, table: dict[str, Any], key: str, value: Any) -> None:
+        if len(table) >= self.max_entries and key not in table:
+            now = self._clock.monotonic()
+            for k in [k for k, v in table.items() if (v[0] if isinstance(v, tuple) else v) <= now]:
+                del table[k]
+            if len(table) >= self.max_entries:
+                table.clear()
+        table[key] = value
 
 
 class Router:
@@ -64,6 +177,9 @@ class Router:
         #: Per local agent token buckets (relay.core.ratelimit), charged on every submission an
         #: agent makes, whatever face it came through (API, A2A, MCP); see UNMETERED_VIA.
         self.agent_rates = TokenBuckets(DEFAULT_AGENT_RATE)
+        #: Local agents by token and by name (:class:`AgentCache`): the API's authentication
+        #: and the recipient check read them here rather than from the store on every send.
+        self.agents = AgentCache(store, clock)
 
     def split(self, recipients: Sequence[Address]) -> tuple[list[str], list[str]]:
         """(local agent names, remote addresses)."""
@@ -71,11 +187,13 @@ class Router:
         remote = [str(a) for a in recipients if a.domain != self.domain]
         return local, remote
 
-    async def check_local(self, names: Sequence[str]) -> None:
+    async def check_local(self, names: Iterable[str]) -> None:
         """Refuse the whole submission if any local recipient does not exist (SMTP's 550 5.1.1
         at RCPT time: better to tell the sender now than to accept and bounce later)."""
         wanted = set(names)
-        missing = sorted(wanted - await self.store.existing_agents(wanted))
+        if not wanted:
+            return
+        missing = sorted(wanted - await self.agents.existing(wanted))
         if missing:
             addrs = [f"{n}@{self.domain}" for n in missing]
             raise UnknownRecipient(f"no such agent: {', '.join(addrs)}", recipients=addrs)
@@ -103,10 +221,17 @@ class Router:
         expires: datetime | None = None,
         trace: str | None = None,
         id: str | None = None,
+        checked: bool = False,
     ) -> tuple[Envelope, str]:
         """``id``: the envelope id when the caller had to know it before custody (the A2A face
         links its task to the envelope first, so that no reply can outrun the link); a fresh
-        UUIDv7 otherwise."""
+        UUIDv7 otherwise.
+
+        ``checked``: the caller has already validated every field against the envelope's own
+        patterns (the local API's request model uses the same ones) and normalised the
+        addresses, and ``to`` does not repeat; the envelope is then assembled without a second
+        validation pass, and only what the request model cannot know is checked here.
+        """
         # Millisecond precision, as the envelope is written on the wire (SPEC.md §3), so the
         # model and the signed bytes say exactly the same time.
         now = self._clock.now()
@@ -117,22 +242,41 @@ class Router:
             raise InvalidEnvelope("expires lies in the past")
         elif expires - now > MAX_LIFETIME:
             raise InvalidEnvelope(f"expires lies more than {MAX_LIFETIME.days} days ahead")
-        envelope = env_mod.from_dict(
-            {
-                "v": 1,
-                "id": id or uuid7(now),
-                "from": str(sender),
-                "to": [str(a) for a in to],
-                "created": now,
-                "expires": expires,
-                "kind": kind,
-                "content_type": content_type,
-                "body": body,
-                "thread": thread,
-                "in_reply_to": in_reply_to,
-                "trace": trace,
-            }
-        )
+        if checked:
+            if content_type.startswith("text/") and not isinstance(body, str):
+                # The same words as the model's own check (relay.core.envelope.Envelope).
+                raise InvalidEnvelope("envelope: Value error, a text/* body must be a JSON string")
+            envelope = Envelope.model_construct(
+                v=1,
+                id=id or uuid7(now),
+                from_=str(sender),
+                to=[str(a) for a in to],
+                created=now,
+                expires=expires,
+                thread=thread,
+                in_reply_to=in_reply_to,
+                kind=kind,
+                content_type=content_type,
+                body=body,
+                trace=trace,
+            )
+        else:
+            envelope = env_mod.from_dict(
+                {
+                    "v": 1,
+                    "id": id or uuid7(now),
+                    "from": str(sender),
+                    "to": [str(a) for a in to],
+                    "created": now,
+                    "expires": expires,
+                    "kind": kind,
+                    "content_type": content_type,
+                    "body": body,
+                    "thread": thread,
+                    "in_reply_to": in_reply_to,
+                    "trace": trace,
+                }
+            )
         payload = env_mod.encode(envelope)
         if len(payload) > MAX_ENVELOPE_BYTES:
             raise PayloadTooLarge(
@@ -140,7 +284,7 @@ class Router:
             )
         return envelope, jws.sign(payload, self._signer(now))
 
-    async def submit(
+    async def prepare(
         self,
         sender: Address,
         to: Sequence[Address],
@@ -154,8 +298,11 @@ class Router:
         trace: str | None = None,
         via: str = "api",
         id: str | None = None,
-    ) -> Submitted:
-        """Build, sign and take custody of an envelope from a local sender."""
+        checked: bool = False,
+    ) -> Prepared:
+        """Every check of a local submission, in order — sender, rate, reserved and unknown
+        local recipients, partner policy, the envelope itself — then build and sign it. Nothing
+        is stored: :meth:`commit` takes custody. ``checked``: see :meth:`build`."""
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
         wait = (
@@ -184,12 +331,85 @@ class Router:
             expires=expires,
             trace=trace,
             id=id,
+            checked=checked,
         )
-        result = await self.custody.write(
-            self.store.accept(new_envelope(envelope, token, local, remote, via), self._clock.now()),
-            size=len(token),
+        item = new_envelope(envelope, token, local, remote, via, origin=self.domain)
+        return Prepared(envelope, token, item)
+
+    async def commit(self, prepared: Sequence[Prepared]) -> list[Submitted]:
+        """Take custody of prepared envelopes in one store call: durable when it returns, all
+        or none. A local recipient removed since the check (by another process, within
+        :data:`AGENT_CACHE_TTL`) fails the call with ``UnknownRecipient`` naming it, as
+        :meth:`check_local` would have, and leaves the cache without the stale entries."""
+        if not prepared:
+            return []
+        items = [p.item for p in prepared]
+        try:
+            results = await self.custody.write(
+                self.store.accept_many(items, self._clock.now()),
+                size=sum(len(p.token) for p in prepared),
+            )
+        except UnknownRecipient:
+            names = {name for item in items for name in item.local}
+            self.agents.forget(names)
+            await self.check_local(names)  # now from the store: raises, naming them
+            raise
+        return [Submitted(p.envelope, p.token, r) for p, r in zip(prepared, results, strict=True)]
+
+    async def commit_each(self, prepared: Sequence[Prepared]) -> list[Submitted | UnknownRecipient]:
+        """:meth:`commit` for a batch whose envelopes are independent: one store call for all,
+        and should a recipient have vanished since the check, only the envelopes addressed to
+        it fail (with ``UnknownRecipient``), the others are committed by a second call."""
+        try:
+            return list(await self.commit(prepared))
+        except UnknownRecipient:
+            pass
+        # commit() dropped the stale entries; the names below come from the store.
+        outcome: list[Submitted | UnknownRecipient | None] = []
+        kept: list[Prepared] = []
+        for p in prepared:
+            try:
+                await self.check_local(p.item.local)
+            except UnknownRecipient as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+                kept.append(p)
+        done = iter(await self.commit(kept))
+        return [next(done) if o is None else o for o in outcome]
+
+    async def submit(
+        self,
+        sender: Address,
+        to: Sequence[Address],
+        content_type: str,
+        body: Any,
+        *,
+        kind: str = KIND_MESSAGE,
+        thread: str | None = None,
+        in_reply_to: str | None = None,
+        expires: datetime | None = None,
+        trace: str | None = None,
+        via: str = "api",
+        id: str | None = None,
+        checked: bool = False,
+    ) -> Submitted:
+        """Build, sign and take custody of an envelope from a local sender."""
+        prepared = await self.prepare(
+            sender,
+            to,
+            content_type,
+            body,
+            kind=kind,
+            thread=thread,
+            in_reply_to=in_reply_to,
+            expires=expires,
+            trace=trace,
+            via=via,
+            id=id,
+            checked=checked,
         )
-        return Submitted(envelope, token, result)
+        return (await self.commit([prepared]))[0]
 
     async def dsn(self, failure: dsn_mod.Failure, arrival: datetime | None) -> NewEnvelope | None:
         """The delivery-status envelope reporting ``failure`` to the original sender, from
@@ -221,9 +441,12 @@ def new_envelope(
     remote: Sequence[str],
     via: str,
     refused: Sequence[tuple[str, str, str]] = (),
+    *,
+    origin: str | None = None,
 ) -> NewEnvelope:
+    """``origin``: the sender's domain when the caller knows it (saves parsing ``from`` again)."""
     return NewEnvelope(
-        origin=envelope.sender.domain,
+        origin=origin or envelope.sender.domain,
         id=envelope.id,
         sender=envelope.from_,
         token=token,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,7 @@ from relay.core.envelope import (
     ID_PATTERN,
     KIND_DSN,
     KIND_PATTERN,
+    TRACEPARENT_PATTERN,
     format_timestamp,
     parse_timestamp,
 )
@@ -27,18 +28,29 @@ from relay.core.jws import b64url_decode
 from relay.core.limits import (
     DEFAULT_INBOX_PAGE,
     MAX_API_BODY_BYTES,
+    MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_MESSAGES,
     MAX_ID_LENGTH,
     MAX_INBOX_PAGE,
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
 )
+from relay.delivery.router import Prepared
 from relay.server.http import read_body
 from relay.server.keys import RELAY
 from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
 
+if TYPE_CHECKING:
+    from relay.server.runtime import Relay
+
 #: How often an idle SSE stream sends a comment line. Keeps proxies and NATs from dropping the
 #: connection (many idle-timeout at 30–60 s) and lets the server notice a vanished client.
 SSE_HEARTBEAT_SECONDS = 15.0
+
+#: Messages of a batch built and signed between two yields to the event loop. Signing one
+#: takes ~0.1 ms, so a full batch (MAX_BATCH_MESSAGES) would otherwise hold the loop for tens of
+#: milliseconds, stalling every other request, heartbeat and delivery meanwhile.
+BATCH_YIELD_EVERY: Final = 50
 
 routes = web.RouteTableDef()
 
@@ -47,25 +59,29 @@ routes = web.RouteTableDef()
 
 
 async def authenticate(request: web.Request) -> AgentRecord:
-    """The agent whose bearer token (RFC 6750 §2.1) the request carries."""
+    """The agent whose bearer token (RFC 6750 §2.1) the request carries.
+
+    Looked up through the router's agent cache (relay.delivery.router.AgentCache): a token
+    stays valid for up to AGENT_CACHE_TTL seconds after another process removed its agent
+    (SPEC.md §6.1); a removal in this process ends it at once."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise E.Unauthenticated()
-    agent = await request.app[RELAY].store.agent_for_token(hash_token(token.strip()))
+    agent = await request.app[RELAY].router.agents.for_token(hash_token(token.strip()))
     if agent is None:
         raise E.Unauthenticated("the bearer token is not valid")
     return agent
 
 
-async def read_json(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_API_BODY_BYTES:
-        raise E.PayloadTooLarge(f"request body is larger than {MAX_API_BODY_BYTES} bytes")
+async def read_json(request: web.Request, max_bytes: int = MAX_API_BODY_BYTES) -> Any:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise E.PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     ctype = request.content_type
     if ctype != "application/json":
         raise E.MalformedRequest("Content-Type must be application/json", http_status=415)
-    data = await read_body(request, MAX_API_BODY_BYTES, "request body")
-    return jsonutil.loads(data, max_bytes=MAX_API_BODY_BYTES, what="request body")
+    data = await read_body(request, max_bytes, "request body")
+    return jsonutil.loads(data, max_bytes=max_bytes, what="request body")
 
 
 def json_response(
@@ -102,6 +118,10 @@ def envelope_payload(item: InboxItem) -> bytes:
 
 
 class SendRequest(BaseModel):
+    """The send request of SPEC.md §6.2. Every field carries the pattern of the envelope field it
+    becomes (relay.core.envelope.Envelope), with the same error words: the router builds the
+    envelope from it without validating it a second time (Router.build ``checked``)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     to: Annotated[list[str], Field(min_length=1, max_length=MAX_RECIPIENTS)]
@@ -111,7 +131,7 @@ class SendRequest(BaseModel):
     thread: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     in_reply_to: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     expires: str | None = None
-    trace: str | None = None
+    trace: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None = None
 
 
 def _parse_send(data: Any) -> SendRequest:
@@ -127,16 +147,10 @@ def _parse_send(data: Any) -> SendRequest:
         raise E.InvalidEnvelope(f"{where}: {first['msg']}") from None
 
 
-@routes.post("/synq/v1/messages")
-async def send_message(request: web.Request) -> web.Response:
-    """Send as the token's agent.
-
-    ``POST /synq/v1/messages {"to": ["bob@acme.test"], "content_type": "text/plain", "body": "hi"}``
-    → ``202 {"id": "0190…", "status": "queued"}``. The envelope is durable before the answer.
-    """
-    relay = request.app[RELAY]
-    agent = await authenticate(request)
-    req = _parse_send(await read_json(request))
+async def _prepare(relay: Relay, agent: AgentRecord, data: Any) -> Prepared:
+    """One send request (the body of ``POST /synq/v1/messages``, or one member of a batch),
+    checked in the order of SPEC.md §6.2 and built into a signed envelope; not yet stored."""
+    req = _parse_send(data)
     if req.kind == KIND_DSN:
         raise E.Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
     to = [Address.parse(a) for a in req.to]
@@ -148,21 +162,35 @@ async def send_message(request: web.Request) -> web.Response:
             expires = parse_timestamp(req.expires)
         except ValueError as exc:
             raise E.InvalidEnvelope(f"expires: {exc}") from None
-    sender = Address(agent.name, relay.domain)
-    # Shielded: once the store has the write, a client that hangs up must not cancel it half way.
-    submitted = await asyncio.shield(
-        relay.router.submit(
-            sender,
-            to,
-            req.content_type,
-            req.body,
-            kind=req.kind,
-            thread=req.thread,
-            in_reply_to=req.in_reply_to,
-            expires=expires,
-            trace=req.trace,
-        )
+    # checked=True: SendRequest holds every field to the envelope's own patterns and the
+    # addresses are parsed (normalised) and distinct, so the envelope is not validated again.
+    return await relay.router.prepare(
+        Address(agent.name, relay.domain),
+        to,
+        req.content_type,
+        req.body,
+        kind=req.kind,
+        thread=req.thread,
+        in_reply_to=req.in_reply_to,
+        expires=expires,
+        trace=req.trace,
+        checked=True,
     )
+
+
+@routes.post("/synq/v1/messages")
+async def send_message(request: web.Request) -> web.Response:
+    """Send as the token's agent.
+
+    ``POST /synq/v1/messages {"to": ["bob@acme.test"], "content_type": "text/plain", "body": "hi"}``
+    → ``202 {"id": "0190…", "status": "queued"}``. The envelope is durable before the answer.
+    """
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    prepared = await _prepare(relay, agent, await read_json(request))
+    # The store write is shielded by the custody gate: a client that hangs up cannot cancel it
+    # half way; before it, nothing has been stored, so a cancellation loses nothing.
+    (submitted,) = await relay.router.commit([prepared])
     relay.metrics.accepted.labels(via="api").inc()
     env_id = submitted.envelope.id
     return json_response(
@@ -170,6 +198,79 @@ async def send_message(request: web.Request) -> web.Response:
         status=202,
         headers={"Location": f"/synq/v1/messages/{env_id}"},
     )
+
+
+def _batch_messages(data: Any) -> list[Any]:
+    if not isinstance(data, dict):
+        raise E.MalformedRequest("the request body must be a JSON object")
+    unknown = sorted(set(data) - {"messages"})
+    if unknown:
+        raise E.MalformedRequest(f"unknown member {unknown[0]!r}; a batch has only 'messages'")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise E.MalformedRequest("messages must be a JSON array of send requests")
+    if not messages:
+        raise E.MalformedRequest("messages must not be empty")
+    if len(messages) > MAX_BATCH_MESSAGES:
+        raise E.PayloadTooLarge(
+            f"a batch holds at most {MAX_BATCH_MESSAGES} messages; this one has {len(messages)}"
+        )
+    return messages
+
+
+def _error_entry(exc: E.SynqError) -> dict[str, Any]:
+    wire = exc.to_wire()
+    if isinstance(exc, E.RateLimited):
+        # No per-message header exists, so the Retry-After delay-seconds (RFC 9110 §10.2.3)
+        # the single endpoint would send travel in the error object.
+        details = wire["error"].setdefault("details", {})
+        details["retry_after"] = max(1, int(exc.retry_after + 0.999))
+    return wire
+
+
+@routes.post("/synq/v1/messages/batch")
+async def send_batch(request: web.Request) -> web.Response:
+    """Send several messages as the token's agent in one request (SPEC.md §6.2.1).
+
+    ``POST /synq/v1/messages/batch {"messages": [{"to": […], "body": "hi"}, {"to": "x"}]}``
+    → ``202 {"results": [{"id": "0190…", "status": "queued"}, {"error": {"code":
+    "invalid_envelope", …}}]}``, one result per message in request order. Each message is
+    checked on its own, exactly as ``POST /synq/v1/messages`` checks it (rate limit included,
+    one charge per message); the accepted ones are committed together, in one store call,
+    before the answer.
+    """
+    relay = request.app[RELAY]
+    agent = await authenticate(request)
+    messages = _batch_messages(await read_json(request, MAX_BATCH_BODY_BYTES))
+    results: list[dict[str, Any] | None] = [None] * len(messages)
+    pending: list[tuple[int, Prepared]] = []
+
+    def refuse(i: int, exc: E.SynqError) -> None:
+        results[i] = _error_entry(exc)
+        # Counted as the single endpoint's refusals are (relay.server.app.count_errors).
+        relay.metrics.rejected.labels(code=exc.code).inc()
+
+    for i, data in enumerate(messages):
+        try:
+            pending.append((i, await _prepare(relay, agent, data)))
+        except E.PeerError as exc:
+            # A refusal of this message only. Anything else (the store failing a recipient
+            # look-up) fails the whole request before anything is stored.
+            refuse(i, exc)
+        if i % BATCH_YIELD_EVERY == BATCH_YIELD_EVERY - 1:
+            # Building and signing are CPU work; let other requests run between slices.
+            await asyncio.sleep(0)
+    outcomes = await relay.router.commit_each([p for _, p in pending])
+    accepted = 0
+    for (i, _), outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, E.SynqError):
+            refuse(i, outcome)
+        else:
+            results[i] = {"id": outcome.envelope.id, "status": "queued"}
+            accepted += 1
+    if accepted:
+        relay.metrics.accepted.labels(via="api").inc(accepted)
+    return json_response({"results": results}, status=202)
 
 
 def status_to_wire(status: MessageStatus) -> dict[str, Any]:
