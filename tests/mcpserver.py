@@ -8,7 +8,8 @@ the same port).
 Tools: ``echo``, ``add`` (typed input schema), ``slow`` (progress notifications), ``hang`` (never
 answers), ``big`` (an enormous result), ``garbage`` (prints a non-JSON line to stdout first),
 ``crash`` (the process exits mid-call), ``grow`` (adds a tool and announces
-``notifications/tools/list_changed``), ``whoami`` (which headers reached it), ``structured``.
+``notifications/tools/list_changed``), ``whoami`` (which headers reached it), ``structured``,
+``count`` (how many times it ran in this process: a call that ran twice shows).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer(name="synq-test-tools", version="1.0")
 seen_headers: dict[str, str] = {}
+runs = {"count": 0}
 
 
 @server.tool()
@@ -99,6 +101,13 @@ async def whoami(ctx: Context) -> str:
     """The Authorization header this call arrived with, or 'none'."""
     headers = ctx.headers or {}
     return headers.get("authorization", "none")
+
+
+@server.tool()
+def count() -> str:
+    """How many times this tool has run in this process, this call included."""
+    runs["count"] += 1
+    return str(runs["count"])
 
 
 def main() -> None:

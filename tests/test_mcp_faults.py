@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.mcp import McpAdapter
+from adapters.mcp.client import HttpServer
 from relay.core.ids import hash_token, new_token
 from relay.server.mcp import MCP_HOST
 from tests.conftest import Agent
@@ -201,3 +202,74 @@ async def test_the_tool_list_is_refreshed_when_the_server_says_it_changed(w: Wor
     async with w.http.get(f"{globex.url}/agents/tools/.well-known/agent-card.json") as resp:
         card = await resp.json()
     assert "late" in {s["id"] for s in card["skills"]}
+
+
+def http_server_of(org: Org, url: str) -> HttpServer:
+    return adapter_of(org)._http_server(url)
+
+
+async def test_an_http_server_is_called_over_one_kept_session(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    async with http_server() as server:
+        await add_mcp_agent(globex, "tools", server.url)
+        sent = [await w.send(acme, alice, call("count")) for _ in range(3)]
+        await relay_round(w)
+        await relay_round(w)
+        answers = [await final_answer(w, alice, s["id"]) for s in sent]
+    texts = sorted(a["body"]["task"]["artifacts"][0]["parts"][0]["text"] for a in answers)
+    assert texts == ["1", "2", "3"]
+    # One initialize for the three calls: the session is kept, not opened per delivery.
+    assert http_server_of(globex, server.url).sessions == 1
+
+
+async def test_a_restarted_http_server_gets_a_new_session_and_the_call_runs_once(
+    w: World,
+) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    async with http_server() as server:
+        await add_mcp_agent(globex, "tools", server.url)
+        first = await w.send(acme, alice, call("count"))
+        await relay_round(w)
+        assert (await final_answer(w, alice, first["id"]))["body"]["task"]["status"]["state"] == (
+            "TASK_STATE_COMPLETED"
+        )
+    port = urlsplit(server.url).port
+    assert port is not None
+    async with http_server(port):
+        # The kept session's id is unknown to the new process: it answers 404 (MCP 2025-11-25
+        # "Transports" §Session Management), so the call did not run and is sent again on a
+        # new session — within the same delivery, and once.
+        again = await w.send(acme, alice, call("count"))
+        await relay_round(w)
+        answer = await final_answer(w, alice, again["id"])
+    assert answer["body"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert answer["body"]["task"]["artifacts"][0]["parts"][0]["text"] == "1"
+    assert http_server_of(globex, server.url).sessions == 2
+
+
+async def test_an_http_server_that_exits_mid_call_fails_that_call_and_does_not_rerun_it(
+    w: World,
+) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+    async with http_server() as server:
+        await add_mcp_agent(globex, "tools", server.url)
+        warm = await w.send(acme, alice, call("echo", text="warm"))
+        await relay_round(w)
+        await final_answer(w, alice, warm["id"])
+        crashed = await w.send(acme, alice, call("crash"))
+        await relay_round(w)
+    # The request reached the server over the kept session: it may have run, so it is answered
+    # as failed rather than sent again on a new session.
+    task = (await final_answer(w, alice, crashed["id"]))["body"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_FAILED"
+    assert await globex.relay.store.inbox("tools", limit=10) == []
+    port = urlsplit(server.url).port
+    assert port is not None
+    async with http_server(port):
+        again = await w.send(acme, alice, call("count"))
+        await relay_round(w)
+        answer = await final_answer(w, alice, again["id"])
+    assert answer["body"]["task"]["artifacts"][0]["parts"][0]["text"] == "1"

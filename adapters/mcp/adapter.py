@@ -33,10 +33,10 @@ from adapters.mcp import translate
 from adapters.mcp.client import (
     CALL_TIMEOUT,
     CONNECT_TIMEOUT,
-    HTTP_TOOLS_TTL,
     RESTART_INITIAL,
     RESTART_MAX,
     CallFailed,
+    HttpServer,
     StdioServer,
     ToolSet,
     Unavailable,
@@ -44,7 +44,6 @@ from adapters.mcp.client import (
     describe,
     http_session,
     list_tools,
-    never_connected,
 )
 from adapters.mcp.stdio import parse_command, stdio_transport
 from relay.core import status as st
@@ -67,25 +66,6 @@ MAX_PROGRESS_UPDATES: Final = 100
 #: ``MAX_WELL_KNOWN_BYTES`` (64 KiB); tools past this budget are left out (``truncated``) but can
 #: still be called — the adapter checks them against the live list.
 MAX_CARD_TOOLS_BYTES: Final = 48 * 1024
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _find(exc: BaseException, kind: type[DeliveryFailed]) -> DeliveryFailed | None:
-    return next((e for e in _leaves(exc) if isinstance(e, kind)), None)
-
-
-def _cancelled(exc: BaseException) -> bool:
-    """A cancellation (the dispatcher's timeout, shutdown), alone or inside a task group's
-    exception group: it must propagate, never become a reply."""
-    leaves = _leaves(exc)
-    return all(isinstance(e, asyncio.CancelledError) for e in leaves) or any(
-        not isinstance(e, Exception) and not isinstance(e, asyncio.CancelledError) for e in leaves
-    )
 
 
 class _ProgressSender:
@@ -149,7 +129,7 @@ class McpAdapter:
         self.restart_initial = restart_initial
         self.restart_max = restart_max
         self._stdio: dict[str, StdioServer] = {}
-        self._http_tools: dict[str, tuple[float, ToolSet]] = {}
+        self._http: dict[str, HttpServer] = {}
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -164,6 +144,13 @@ class McpAdapter:
                 restart_max=self.restart_max,
             )
             self._stdio[endpoint] = server
+        return server
+
+    def _http_server(self, endpoint: str) -> HttpServer:
+        server = self._http.get(endpoint)
+        if server is None:
+            server = HttpServer(endpoint, connect_timeout=self.connect_timeout)
+            self._http[endpoint] = server
         return server
 
     async def check(self, endpoint: str) -> str:
@@ -207,18 +194,7 @@ class McpAdapter:
                 return (await server.live()).tools
             except Unavailable:
                 return server.tools
-        cached = self._http_tools.get(endpoint)
-        loop = asyncio.get_running_loop()
-        if cached is not None and loop.time() - cached[0] < HTTP_TOOLS_TTL:
-            return cached[1]
-        try:
-            async with http_session(endpoint, self.connect_timeout) as session:
-                tools = await list_tools(session)
-        except (Exception, BaseExceptionGroup) as exc:
-            log.info("MCP server %s: cannot list tools now: %s", endpoint, describe(exc))
-            return cached[1] if cached is not None else None
-        self._http_tools[endpoint] = (loop.time(), tools)
-        return tools
+        return await self._http_server(endpoint).listing()
 
     # --- the agent card -------------------------------------------------------------------------
 
@@ -289,35 +265,18 @@ class McpAdapter:
         await self._call(live.session, call, reply)
 
     async def _deliver_http(self, endpoint: str, call: translate.ToolCall, reply: Replier) -> None:
-        crossed = False
-        outcome: dict[str, Any] | CallFailed | None = None
         progress = _ProgressSender(call, reply)
         try:
-            async with http_session(endpoint, self.connect_timeout) as session:
-                tools = await list_tools(session)
-                self._http_tools[endpoint] = (asyncio.get_running_loop().time(), tools)
-                self._check(tools, call)
-                crossed = True
-                try:
-                    outcome = await call_tool(session, call, self.call_timeout, progress.push)
-                except CallFailed as exc:
-                    outcome = exc
-        except BaseException as exc:
-            refused = _find(exc, DeliveryFailed)
-            if refused is not None or _cancelled(exc):
-                progress.cancel()
-                if refused is not None:
-                    raise refused from None
-                raise
-            if outcome is None:
-                if not crossed or never_connected(exc):
-                    progress.cancel()
-                    raise DeliveryFailed(
-                        st.NO_ANSWER, f"cannot reach the MCP server: {describe(exc)}"
-                    ) from None
-                outcome = CallFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
-            # Otherwise the session broke while closing, after the answer arrived.
-        assert outcome is not None
+            outcome = await self._http_server(endpoint).call(call, self.call_timeout, progress.push)
+        except translate.CallRefused as exc:
+            progress.cancel()
+            raise DeliveryFailed(exc.status, exc.reason) from None
+        except Unavailable as exc:
+            progress.cancel()
+            raise DeliveryFailed(st.NO_ANSWER, f"cannot reach the MCP server: {exc}") from None
+        except BaseException:
+            progress.cancel()
+            raise
         await progress.close()
         await self._send_outcome(call, outcome, reply)
 
@@ -364,3 +323,7 @@ class McpAdapter:
         for server in servers:
             with contextlib.suppress(Exception):
                 await server.close()
+        sessions, self._http = list(self._http.values()), {}
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                await session.close()

@@ -8,15 +8,22 @@ Two kinds of endpoint (``AgentRecord.endpoint``):
   the process exits (crash, garbage, an oversized line) restarts it after a backoff that grows
   from ``RESTART_INITIAL`` to ``RESTART_MAX``. While it is down, deliveries fail for now
   (:class:`Unavailable`), so envelopes wait in the agent's inbox.
-* ``http(s)://…`` — a streamable HTTP server, spoken to with a **fresh session per delivery**
-  (:func:`http_session`): initialize, ``tools/list``, ``tools/call``, close. A server that is
-  down fails the connect step, before any call crossed, so the envelope waits and is retried;
-  and each delivery sees the tool list as it is now (no listener has to stay connected to hear
-  ``list_changed``).
+* ``http(s)://…`` — a streamable HTTP server, spoken to over one **kept session**
+  (:class:`HttpServer`): opened (initialize, ``tools/list``) on first use and reused by every
+  delivery, so a call costs one ``tools/call`` request, not a handshake, a listing and a
+  teardown. The tool list is listed again when the server sends ``list_changed``, when it is
+  older than ``HTTP_TOOLS_TTL``, and before a call is refused by it (a tool added since is never
+  refused because of a stale list). A server that is down fails the connect step, before any
+  call crossed, so the envelope waits and is retried. A server that forgot the session (it
+  restarted, or expired it) answers ``404`` (MCP 2025-11-25 "Transports" §Session Management):
+  a new session is opened and the call sent again on it — the 404 says the server did not
+  process it.
 
 A call that has **crossed** to the server (the request was written) is never retried: MCP tool
 calls carry no idempotency key, so a timeout or a server exiting mid-call ends in a failed reply
-(:class:`CallFailed`), at most once — not in a second execution.
+(:class:`CallFailed`), at most once — not in a second execution. Whether a call crossed is
+decided per request by the HTTP transport (:class:`_Attempt`): only a refused connection or a
+``404`` for the session count as not crossed.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -35,7 +44,7 @@ from jsonschema.protocols import Validator
 from mcp import ClientSession
 from mcp import types as mt
 from mcp.client.session import IncomingMessage
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
@@ -64,8 +73,19 @@ MAX_TOOL_PAGES: Final = 50
 #: Largest HTTP response body or SSE event read from an HTTP MCP server: the same bound as one
 #: stdio line.
 MAX_HTTP_MESSAGE_BYTES: Final = MAX_STDIO_MESSAGE_BYTES
-#: How long an HTTP server's tool list (for its agent card) is reused before it is listed again.
+#: How long an HTTP server's tool list is trusted before it is listed again, for its agent card
+#: and for checking calls. A safety net for servers that do not announce ``list_changed``; a
+#: call the list would refuse is checked against a fresh listing first.
 HTTP_TOOLS_TTL: Final = 60.0
+#: How long an idle pooled connection to an HTTP server is kept for the next call. Below the
+#: keep-alive timeouts servers commonly use (uvicorn's and Node.js's default: 5 s), so the relay
+#: does not write a call onto a connection the server is closing at that moment: such a call
+#: might have run, so it could not be sent again, and would fail.
+HTTP_KEEPALIVE_EXPIRY: Final = 2.0
+#: New sessions one delivery may open when the kept one turns out to be gone (refused
+#: connection, or ``404`` for the session). One suffices after a server restart; a server that
+#: drops every new session too is down for now, and the envelope is retried later.
+MAX_SESSION_RENEWALS: Final = 1
 
 CLIENT_INFO: Final = mt.Implementation(name="synq-relay", version="1")
 
@@ -344,7 +364,28 @@ class StdioServer:
         self._live = None
 
 
-# --- HTTP: a session per delivery --------------------------------------------------------------
+# --- HTTP: one kept session per endpoint --------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    """What the HTTP transport saw of one ``tools/call``. The SDK sends each request from the
+    caller's context (its streams carry ``contextvars``), so the transport finds the attempt in
+    :data:`_ATTEMPT` and records the fate of the first request made under it, the call itself.
+
+    ``state``: None (no request was made: the session had already closed), ``"sending"`` (it
+    may have reached the server), ``"unsent"`` (the connection was refused: nothing was
+    written), ``"gone"`` (``404`` for our session id: the server did not process it), ``"sent"``
+    (any other answer or failure)."""
+
+    state: str | None = None
+
+    @property
+    def crossed(self) -> bool:
+        return self.state not in (None, "unsent", "gone")
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("synq_mcp_attempt", default=None)
 
 
 class _BoundedStream(httpx2.AsyncByteStream):
@@ -368,12 +409,40 @@ class _BoundedStream(httpx2.AsyncByteStream):
 
 
 class _BoundedTransport(httpx2.AsyncBaseTransport):
-    def __init__(self, limit: int) -> None:
-        self.inner = httpx2.AsyncHTTPTransport()
+    """Bounds JSON answers, and tells which requests reached the server (see :class:`_Attempt`)
+    and whether the server forgot the session."""
+
+    def __init__(self, limit: int, keepalive_expiry: float | None = None) -> None:
+        limits = httpx2.Limits(keepalive_expiry=keepalive_expiry)
+        self.inner = httpx2.AsyncHTTPTransport(limits=limits)
         self.limit = limit
+        #: A request carrying our session id was answered 404: the session is gone.
+        self.session_gone = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self.inner.handle_async_request(request)
+        attempt = _ATTEMPT.get()
+        if attempt is not None and attempt.state is not None:
+            attempt = None  # a later request of the same call (the call's fate is known)
+        if attempt is not None:
+            attempt.state = "sending"
+        try:
+            response = await self.inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+            if attempt is not None:
+                attempt.state = "unsent"
+            raise
+        except BaseException:
+            if attempt is not None:
+                attempt.state = "sent"
+            raise
+        if response.status_code == 404 and MCP_SESSION_ID in request.headers:
+            # MCP 2025-11-25 "Transports" §Session Management: the server answers 404 to a
+            # session id it no longer knows, and the client must start a new session.
+            self.session_gone = True
+            if attempt is not None:
+                attempt.state = "gone"
+        elif attempt is not None:
+            attempt.state = "sent"
         if response.headers.get("content-type", "").startswith("application/json"):
             assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _BoundedStream(response.stream, self.limit)
@@ -391,12 +460,6 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def never_connected(exc: BaseException) -> bool:
-    """True when the failure is a refused or timed-out connection: no request reached the
-    server, so retrying later cannot execute a call twice."""
-    return any(isinstance(e, httpx2.ConnectError | httpx2.ConnectTimeout) for e in _leaves(exc))
-
-
 def describe(exc: BaseException) -> str:
     leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)]
     first = leaves[0] if leaves else exc
@@ -404,19 +467,23 @@ def describe(exc: BaseException) -> str:
     return translate.clip(text, 300)
 
 
+def _http_client(transport: _BoundedTransport, connect_timeout: float) -> httpx2.AsyncClient:
+    """The relay's HTTP client for one MCP server. It sends no credentials: no caller's token
+    is ever passed through (MCP 2025-11-25 "Authorization" §Token Passthrough)."""
+    return httpx2.AsyncClient(
+        transport=transport,
+        timeout=httpx2.Timeout(connect_timeout, read=CALL_TIMEOUT + 30),
+        trust_env=False,
+        headers={"User-Agent": "Synq-MCP/1"},
+    )
+
+
 @contextlib.asynccontextmanager
 async def http_session(url: str, connect_timeout: float) -> AsyncIterator[ClientSession]:
-    """A streamable HTTP session with the server at ``url``, initialized. The relay's HTTP
-    client sends no credentials: no caller's token is ever passed through (MCP 2025-11-25
-    "Authorization" §Token Passthrough)."""
-    timeout = httpx2.Timeout(connect_timeout, read=CALL_TIMEOUT + 30)
+    """A one-off streamable HTTP session with the server at ``url``, initialized (``synq agent
+    add`` checks a server with it)."""
     async with (
-        httpx2.AsyncClient(
-            transport=_BoundedTransport(MAX_HTTP_MESSAGE_BYTES),
-            timeout=timeout,
-            trust_env=False,
-            headers={"User-Agent": "Synq-MCP/1"},
-        ) as http,
+        _http_client(_BoundedTransport(MAX_HTTP_MESSAGE_BYTES), connect_timeout) as http,
         streamable_http_client(
             url, http_client=http, max_sse_event_size=MAX_HTTP_MESSAGE_BYTES
         ) as (
@@ -428,3 +495,217 @@ async def http_session(url: str, connect_timeout: float) -> AsyncIterator[Client
         with anyio.fail_after(connect_timeout):
             await session.initialize()
         yield session
+
+
+@dataclass
+class _HttpLive:
+    """One open session; its streams belong to the task that opened it (:meth:`HttpServer._keep`)."""
+
+    session: ClientSession
+    transport: _BoundedTransport
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return not (self.ended or self.stop.is_set() or self.transport.session_gone)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's failure as seen: its waiters may all have given up."""
+    if not future.cancelled():
+        future.exception()
+
+
+class HttpServer:
+    """The kept session with one streamable HTTP MCP server (see the module docstring).
+
+    The session's transport and ``ClientSession`` are anyio contexts that must be left by the
+    task that entered them, so one keeper task per session holds them open; deliveries share the
+    session (requests are independent JSON-RPC ids, each on its own POST).
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        #: Sessions opened so far (a new one after each loss).
+        self.sessions = 0
+        #: The last tool listing, kept while the server cannot be reached (for its card).
+        self.tools: ToolSet | None = None
+        self._tools_at = -math.inf
+        self._tools_stale = False
+        self._live: _HttpLive | None = None
+        self._opening: asyncio.Future[_HttpLive] | None = None
+        self._keepers: dict[asyncio.Task[None], anyio.CancelScope] = {}
+
+    # --- the session ------------------------------------------------------------------------------
+
+    async def live(self) -> _HttpLive:
+        """The open session, opening one if there is none. Unavailable when that fails."""
+        live = self._live
+        if live is not None and live.usable:
+            return live
+        if live is not None:
+            self._discard(live)
+        opening = self._opening
+        if opening is None:
+            opening = asyncio.get_running_loop().create_future()
+            opening.add_done_callback(_retrieve)
+            self._opening = opening
+            scope = anyio.CancelScope()
+            keeper = asyncio.create_task(self._keep(opening, scope), name=f"synq-mcp {self.url}")
+            self._keepers[keeper] = scope
+            keeper.add_done_callback(self._forget)
+        # Shielded: one waiter giving up (its delivery cancelled) must not cancel the opening
+        # the other waiters share.
+        return await asyncio.shield(opening)
+
+    def _forget(self, keeper: asyncio.Task[None]) -> None:
+        self._keepers.pop(keeper, None)
+
+    async def _keep(self, opened: asyncio.Future[_HttpLive], scope: anyio.CancelScope) -> None:
+        """Open a session, hand it out through ``opened``, hold it until it is discarded or
+        fails. Stopped by cancelling ``scope`` (an anyio scope, so the transport's own
+        shutdown runs), never the task."""
+        transport = _BoundedTransport(MAX_HTTP_MESSAGE_BYTES, HTTP_KEEPALIVE_EXPIRY)
+        live: _HttpLive | None = None
+
+        async def on_message(message: IncomingMessage) -> None:
+            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again.
+            if isinstance(message, mt.ToolListChangedNotification):
+                self._tools_stale = True
+
+        try:
+            with scope:
+                async with (
+                    _http_client(transport, self.connect_timeout) as http,
+                    streamable_http_client(
+                        self.url, http_client=http, max_sse_event_size=MAX_HTTP_MESSAGE_BYTES
+                    ) as (read, write),
+                    ClientSession(
+                        read, write, message_handler=on_message, client_info=CLIENT_INFO
+                    ) as session,
+                ):
+                    with anyio.fail_after(self.connect_timeout):
+                        await session.initialize()
+                        tools = await list_tools(session)
+                    live = _HttpLive(session, transport)
+                    self._set_tools(tools)
+                    self.sessions += 1
+                    self._live = live
+                    if self._opening is opened:
+                        self._opening = None
+                    opened.set_result(live)
+                    await live.stop.wait()
+        except (Exception, BaseExceptionGroup) as exc:
+            if not opened.done():
+                opened.set_exception(Unavailable(describe(exc)))
+            else:
+                log.info("MCP session with %s ended: %s", self.url, describe(exc))
+        finally:
+            if self._opening is opened:
+                self._opening = None
+            if not opened.done():
+                opened.set_exception(Unavailable("the relay is closing the session"))
+            if live is not None:
+                live.ended = True
+                if self._live is live:
+                    self._live = None
+
+    def _discard(self, live: _HttpLive) -> None:
+        """Stop using ``live``; its keeper leaves it (DELETE, MCP 2025-11-25 "Transports"
+        §Session Management) in the background."""
+        live.stop.set()
+        if self._live is live:
+            self._live = None
+
+    # --- tools ------------------------------------------------------------------------------------
+
+    def _set_tools(self, tools: ToolSet) -> None:
+        self.tools = tools
+        self._tools_at = asyncio.get_running_loop().time()
+        self._tools_stale = False
+
+    def _tools_fresh(self) -> bool:
+        age = asyncio.get_running_loop().time() - self._tools_at
+        return self.tools is not None and not self._tools_stale and age < HTTP_TOOLS_TTL
+
+    async def _relist(self, live: _HttpLive) -> ToolSet:
+        with anyio.fail_after(self.connect_timeout):
+            tools = await list_tools(live.session)
+        self._set_tools(tools)
+        return tools
+
+    async def listing(self) -> ToolSet | None:
+        """The server's tools now, or as last seen when it cannot be reached (None: never)."""
+        if self._tools_fresh():
+            return self.tools
+        try:
+            live = await self.live()
+            if not self._tools_fresh():  # a session just opened has listed them
+                await self._relist(live)
+        except (Exception, BaseExceptionGroup) as exc:
+            log.info("MCP server %s: cannot list tools now: %s", self.url, describe(exc))
+        return self.tools
+
+    # --- calls ------------------------------------------------------------------------------------
+
+    async def call(
+        self, call: translate.ToolCall, timeout: float, on_progress: ProgressFnT
+    ) -> dict[str, Any] | CallFailed:
+        """Check ``call`` against the tool list (:class:`translate.CallRefused` refuses it),
+        then run it once: the result, or :class:`CallFailed` once it crossed. Unavailable when
+        the server cannot be reached and nothing crossed (the envelope is retried)."""
+        why = ""
+        for _ in range(MAX_SESSION_RENEWALS + 1):
+            live = await self.live()
+            try:
+                await self._check(live, call)
+            except translate.CallRefused:
+                raise
+            except Exception as exc:  # the session broke while listing: nothing crossed
+                why = f"listing the tools failed: {describe(exc)}"
+                self._discard(live)
+                continue
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                return await call_tool(live.session, call, timeout, on_progress)
+            except CallFailed as exc:
+                failed = exc
+            except Exception as exc:  # the session's streams broke under the call
+                failed = CallFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
+            finally:
+                _ATTEMPT.reset(token)
+            if attempt.crossed:
+                return failed
+            why = failed.reason
+            self._discard(live)
+        raise Unavailable(f"the MCP server dropped the session: {why}")
+
+    async def _check(self, live: _HttpLive, call: translate.ToolCall) -> None:
+        if self._tools_fresh():
+            assert self.tools is not None
+            try:
+                self.tools.check(call)
+                return
+            except translate.CallRefused:
+                pass  # refused by a list that may be out of date: list again, then decide
+        (await self._relist(live)).check(call)
+
+    async def close(self) -> None:
+        """Leave the session (its DELETE may take up to ``connect_timeout``), then stop."""
+        if self._live is not None:
+            self._discard(self._live)
+        keepers = dict(self._keepers)
+        if not keepers:
+            return
+        opening = self._opening
+        if opening is not None and not opening.done():
+            for scope in keepers.values():
+                scope.cancel()
+        _, slow = await asyncio.wait(keepers, timeout=self.connect_timeout)
+        for keeper in slow:
+            keepers[keeper].cancel()
+        if slow:
+            await asyncio.wait(slow)

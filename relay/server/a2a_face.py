@@ -458,7 +458,8 @@ class A2AFace:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise E.Unauthenticated("use the Bearer scheme with a local agent's token")
-        agent = await relay.store.agent_for_token(hash_token(token.strip()))
+        # Through the router's agent cache, as the API authenticates (AGENT_CACHE_TTL).
+        agent = await relay.router.agents.for_token(hash_token(token.strip()))
         if agent is None:
             raise E.Unauthenticated("the bearer token is not valid")
         if agent.kind != "inbox":

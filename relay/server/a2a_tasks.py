@@ -311,12 +311,15 @@ class FaceTasks:
         *,
         source: str | None = None,
         link: str | None = None,
+        current: A2ATask | None = None,
     ) -> tuple[A2ATask, Task] | None:
         """Apply ``mutate`` to the current task with compare-and-set, retrying on conflict.
         Returns the task after the change, or None if ``mutate`` declined (nothing written)
-        or the source was applied before."""
+        or the source was applied before. ``current``: the row as the caller just read it,
+        for the first try (a stale one only costs a conflict and a re-read)."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            found = await self.store.a2a_get_task(task_id)
+            found = current or await self.store.a2a_get_task(task_id)
+            current = None
             if found is None:
                 raise a2a.TaskNotFoundError
             row = found
@@ -663,12 +666,20 @@ class FaceTasks:
                 return None
             return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
 
-        # Acked first: once the task shows the reply, the inbox no longer offers it. A crash
-        # between the two is harmless: the feed reads acked rows too, and the cursor has not
-        # moved past this one.
-        await self.store.ack(owner, envelope.id, now)
-        source = f"{envelope.sender.domain}/{envelope.id}"
-        changed = await self.change(task_id, fold, source=source)
+        # Acked first: once the task shows the reply, the inbox no longer offers it. The ack
+        # is queued before the task's update rather than awaited first, so its commit overlaps
+        # the update's preparation (one fsync less before the task's readers are woken). On
+        # SQLite it still commits no later than the update (one writer, in order, often both
+        # in one COMMIT); on PostgreSQL the two commit independently, and at worst the inbox
+        # offers for a moment a reply the task already shows. A crash between the two is
+        # harmless: the feed reads acked rows too, and the cursor has not moved past this one.
+        ack = asyncio.ensure_future(self.store.ack(owner, envelope.id, now))
+        try:
+            await asyncio.sleep(0)  # let the ack reach the store's queue first
+            source = f"{envelope.sender.domain}/{envelope.id}"
+            changed = await self.change(task_id, fold, source=source, current=row)
+        finally:
+            await ack
         return changed is not None
 
     def _from_partner(self, row: A2ATask, envelope: Envelope) -> bool:

@@ -32,6 +32,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from jsonschema.protocols import Validator
 from mcp import types as mt
 from mcp.server import Server
 from mcp.server.auth.middleware.bearer_auth import (
@@ -110,10 +111,13 @@ class AgentTokens:
         self.relay = relay
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        agent = await self.relay.store.agent_for_token(hash_token(token))
+        # Through the router's agent cache, as the API authenticates (AGENT_CACHE_TTL): a
+        # store read per request would sit on every call's path.
+        token_hash = hash_token(token)
+        agent = await self.relay.router.agents.for_token(token_hash)
         if agent is None:
             return None
-        return _access(self.relay, agent.name, token_hash=hash_token(token))
+        return _access(self.relay, agent.name, token_hash=token_hash)
 
 
 def _access(relay: Relay, name: str, token_hash: str) -> AccessToken:
@@ -195,19 +199,39 @@ def _synq_error(exc: E.SynqError) -> mt.CallToolResult:
 # --- /mcp/<address>: remote tools ---------------------------------------------------------------
 
 
+class _CardTools:
+    """One address's tools as its card listed them, with their input validators compiled once
+    (checking a JSON Schema against its metaschema costs more than validating a call)."""
+
+    def __init__(self, fetched: float, tools: list[dict[str, Any]]) -> None:
+        self.fetched = fetched
+        self.tools = tools
+        self.by_name = {t["name"]: t for t in tools}
+        self._validators: dict[str, Validator | None] = {}
+
+    def validator(self, name: str) -> Validator | None:
+        if name not in self._validators:
+            self._validators[name] = translate.compile_schema(self.by_name[name]["inputSchema"])
+        return self._validators[name]
+
+
 class Gateway:
     """The tools of MCP-backed addresses, called by envelope."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
-        self._cards: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._cards: dict[str, _CardTools] = {}
+        self._acks: set[asyncio.Task[None]] = set()
 
     async def tools_of(self, address: Address) -> list[dict[str, Any]]:
+        return (await self._tools(address)).tools
+
+    async def _tools(self, address: Address) -> _CardTools:
         key = str(address)
         now = self.relay.clock.monotonic()
         cached = self._cards.get(key)
-        if cached is not None and now - cached[0] < CARD_TTL:
-            return cached[1]
+        if cached is not None and now - cached.fetched < CARD_TTL:
+            return cached
         try:
             card = await self._card(address)
         except E.SynqError as exc:
@@ -217,8 +241,8 @@ class Gateway:
             raise MCPError(mt.INVALID_PARAMS, f"{address} is not an MCP-backed address")
         if len(self._cards) >= MAX_CARD_CACHE:
             self._cards.pop(next(iter(self._cards)))
-        self._cards[key] = (now, tools)
-        return tools
+        entry = self._cards[key] = _CardTools(now, tools)
+        return entry
 
     async def _card(self, address: Address) -> dict[str, Any]:
         relay = self.relay
@@ -252,13 +276,12 @@ class Gateway:
     ) -> mt.CallToolResult:
         address = self.target(ctx)
         caller = _caller(ctx)
-        tools = {t["name"]: t for t in await self.tools_of(address)}
-        tool = tools.get(params.name)
-        if tool is None:
+        tools = await self._tools(address)
+        if params.name not in tools.by_name:
             # MCP 2025-11-25 "Tools" §Error Handling: an unknown tool is a protocol error.
             raise MCPError(mt.INVALID_PARAMS, f"Unknown tool: {params.name}")
         call = translate.ToolCall(params.name, dict(params.arguments or {}), "-", "-")
-        validator = translate.compile_schema(tool["inputSchema"])
+        validator = tools.validator(params.name)
         if validator is not None and (error := translate.schema_error(validator, call.arguments)):
             # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so the
             # model can correct itself; nothing crossed.
@@ -285,7 +308,7 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], agent: str, thread: str, call_id: str
     ) -> dict[str, Any]:
         """Wait for the answers to ``call_id`` in the caller's inbox: progress is forwarded, the
-        final task or a DSN is the result. Answers it used are acknowledged."""
+        final task or a DSN is the result. Answers it used are acknowledged (:meth:`_ack_soon`)."""
         store = self.relay.store
         cursor: int | None = None
         loop = asyncio.get_running_loop()
@@ -302,7 +325,7 @@ class Gateway:
                     envelope = json.loads(envelope_payload(item))
                     if envelope.get("in_reply_to") != call_id:
                         continue
-                    await store.ack(agent, item.id, self.relay.clock.now())
+                    self._ack_soon(agent, item.id)
                     result = await self._interpret(ctx, envelope)
                     if result is not None:
                         return result
@@ -315,6 +338,21 @@ class Gateway:
                         f"inbox of {agent}@{self.relay.domain}, thread {thread}"
                     )
                 await listener.wait(remaining)
+
+    def _ack_soon(self, agent: str, id: str) -> None:
+        """Acknowledge an answer the call used, without holding the caller's result back for
+        that commit: the result is what the call waits for; the ack only keeps the answer from
+        being offered again by the inbox. Should the relay stop first, the answer stays unread
+        in the inbox, as any unacknowledged message does."""
+        task = asyncio.create_task(self._ack(agent, id))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, agent: str, id: str) -> None:
+        try:
+            await self.relay.store.ack(agent, id, self.relay.clock.now())
+        except E.SynqError as exc:
+            log.info("answer %s stays unread in the inbox of %s: %s", id, agent, exc.message)
 
     async def _interpret(
         self, ctx: ServerRequestContext[Any, Any], envelope: dict[str, Any]
