@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
 from datetime import datetime
 
 
@@ -20,7 +19,9 @@ def uuid7(now: datetime) -> str:
     value = (
         (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
     )
-    return str(uuid.UUID(int=value))
+    # The canonical 8-4-4-4-12 lower-case hex form (RFC 9562 §4), without a UUID object.
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 #: Agent tokens carry 256 random bits: guessing one is not a threat worth rate-limiting for.

@@ -47,8 +47,9 @@ _B64URL_RE: Final = re.compile(r"^[A-Za-z0-9_-]*$")
 _ALLOWED_HEADER: Final = frozenset({"alg", "kid", "typ"})
 
 
-#: base64url → standard alphabet, for binascii's strict decoder.
-_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+#: base64url → standard alphabet, for binascii's strict decoder; the standard alphabet's own
+#: ``+`` and ``/`` and the pad ``=`` become ``!``, which the strict decoder refuses.
+_TO_STANDARD: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
 #: The 6-bit value of every base64url character, to check the unused low bits of the last one.
 _SEXTET: Final = {
     c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -65,13 +66,11 @@ def b64url_decode(text: str) -> bytes:
     the URL-safe alphabet (a lenient decoder drops them, newlines included), and zero unused
     bits in the last character (RFC 4648 §3.5); otherwise two different tokens would carry the
     same signature. ``binascii``'s ``strict_mode`` refuses anything outside the alphabet once
-    ``-_`` are mapped to ``+/``, so ``+``, ``/`` and ``=`` in the input are refused first.
+    ``-_`` are mapped to ``+/`` (and ``+/=`` of the input to a character it refuses).
     """
     if len(text) % 4 == 1 or not text.isascii():
         raise ValueError("not unpadded base64url")
     raw = text.encode("ascii")
-    if b"+" in raw or b"/" in raw or b"=" in raw:
-        raise ValueError("not unpadded base64url")
     spare = _SPARE_BITS_MASK.get(len(raw) % 4)
     if spare is not None and _SEXTET.get(raw[-1], 0) & spare:
         raise ValueError("not canonical base64url (non-zero trailing bits)")
@@ -202,6 +201,8 @@ class ParsedJWS:
     token: str
     kid: str
     payload: bytes
+    #: The decoded signature part (checked canonical by ``parse_compact``).
+    signature: bytes = b""
 
 
 #: Distinct protected headers whose parse is remembered. Every envelope a relay signs with one
@@ -258,10 +259,10 @@ def parse_compact(token: str) -> ParsedJWS:
     kid = _header_kid(header_b64)
     try:
         payload = b64url_decode(payload_b64)
-        b64url_decode(signature_b64)
+        signature = b64url_decode(signature_b64)
     except ValueError:
         raise InvalidEnvelope("JWS parts are not valid base64url JSON") from None
-    return ParsedJWS(token=token, kid=kid, payload=payload)
+    return ParsedJWS(token=token, kid=kid, payload=payload, signature=signature)
 
 
 def verify(parsed: ParsedJWS, key: PublicKey) -> None:
@@ -275,7 +276,7 @@ def verify(parsed: ParsedJWS, key: PublicKey) -> None:
         raise BadSignature(f"key selector {key.selector!r} does not match kid {parsed.kid!r}")
     signing_input, _, signature_b64 = parsed.token.rpartition(".")
     try:
-        signature = b64url_decode(signature_b64)
+        signature = parsed.signature or b64url_decode(signature_b64)
         if len(signature) != 64:
             raise BadSignature()
         nacl.bindings.crypto_sign_open(signature + signing_input.encode("ascii"), key.raw)
