@@ -468,9 +468,11 @@ _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounc
 
 def _ts(value: datetime) -> str:
     """An aware datetime as the schema's fixed-width UTC text."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InternalError("the store takes timezone-aware datetimes")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if value.tzinfo is not UTC:  # UTC already: the usual case, and the cheap one
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InternalError("the store takes timezone-aware datetimes")
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _dt(text: str) -> datetime:
