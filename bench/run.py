@@ -147,6 +147,8 @@ async def run(args: argparse.Namespace) -> Report:
     )  # fmt: skip
     started = time.perf_counter()
     fresh: dict[int, float] = {}
+    #: relay -> relay with batched submission, by n (empty with --batch 1).
+    batched: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="synq-bench-") as tmp:
         base = Path(tmp)
         if "throughput" in sections:
@@ -182,7 +184,6 @@ async def run(args: argparse.Namespace) -> Report:
                 )  # fmt: skip
             doc["federated_relay_to_relay_per_s"] = fresh[sizes[0]]
             doc["federated_by_n"] = {str(k): v for k, v in fresh.items()}
-            batched: dict[int, float] = {}
             if batch > 1:
                 for n in sizes:
                     rate = await throughput.federated(
@@ -254,17 +255,25 @@ async def run(args: argparse.Namespace) -> Report:
             report.row("build+sign+verify only (no store)", _rate(result.cpu_only_rate, "env/s"))
             for stage, us in result.per_envelope_us().items():
                 report.row(f"  {stage}", f"{us:.0f} us/env")
-            if fresh:
-                rate = fresh.get(n, max(fresh.values()))
-                share = rate / result.floor_rate
-                doc["relay_share_of_floor"] = share
+            # The floor is the per-envelope work as the relay batches it, without HTTP: the
+            # batched relay -> relay run is the one it bounds, and the one judged; the
+            # single-message run (one HTTP request per envelope) is shown beside it.
+            for label, runs in (("", fresh), (", batched", batched)):
+                if not runs:
+                    continue
+                share = runs.get(n, max(runs.values())) / result.floor_rate
+                doc["relay_share_of_floor" + label.replace(", ", "_")] = share
                 report.row(
-                    "relay -> relay / floor", f"{share:.2f}",
+                    f"relay -> relay{label} / floor", f"{share:.2f}",
                     _rate(result.floor_rate, "env/s floor"), f"{share:.2f}",
                 )  # fmt: skip
+            if fresh or batched:
+                judged = batched or fresh
+                share = judged.get(n, max(judged.values())) / result.floor_rate
                 report.target(
-                    "relay -> relay / floor", f"{share:.0%}", ">= 60%", share >= TARGET_FLOOR_SHARE
-                )
+                    f"relay -> relay{', batched' if batched else ''} / floor",
+                    f"{share:.0%}", ">= 60%", share >= TARGET_FLOOR_SHARE,
+                )  # fmt: skip
 
         if "postfix" in sections:
             n = sizes[0]
@@ -275,16 +284,24 @@ async def run(args: argparse.Namespace) -> Report:
                 doc["postfix_version"] = pf.version
                 report.section("SMTP anchor: Postfix, on-disk queue, smtp-source -> smtp-sink")
                 report.row(f"Postfix {pf.version} relaying, n={n:,}", _rate(pf.rate, "msg/s"))
-                if fresh:
-                    ratio = fresh[n] / pf.rate
-                    doc["ratio_relay_to_postfix"] = ratio
+                # Judged with batched submission, as the 5,000 env/s target is; Postfix's
+                # smtp-source sends one message per SMTP transaction, so the single-message
+                # figure is printed beside it.
+                for label, runs in (("", fresh), (", batched", batched)):
+                    if not runs:
+                        continue
+                    ratio = runs.get(n, max(runs.values())) / pf.rate
+                    doc["ratio_relay_to_postfix" + label.replace(", ", "_")] = ratio
                     report.row(
-                        "relay -> relay / Postfix", f"{ratio:.2f}x",
+                        f"relay -> relay{label} / Postfix", f"{ratio:.2f}x",
                         _rate(pf.rate, "msg/s Postfix"), f"{ratio:.2f}",
                     )  # fmt: skip
+                if fresh or batched:
+                    judged = batched or fresh
+                    ratio = judged.get(n, max(judged.values())) / pf.rate
                     report.target(
-                        "relay -> relay / Postfix", f"{ratio:.2f}x", ">= 8x",
-                        ratio >= TARGET_POSTFIX_RATIO,
+                        f"relay -> relay{', batched' if batched else ''} / Postfix",
+                        f"{ratio:.2f}x", ">= 8x", ratio >= TARGET_POSTFIX_RATIO,
                     )  # fmt: skip
             else:
                 report.note(f"Postfix anchor skipped: {why}")
