@@ -308,12 +308,12 @@ class Federation:
         )  # fmt: skip
         unthrottle(cwd)
         org = Org(domain, cwd)
-        # One CLI process each (the CLI starts slowly), run side by side; SQLite's busy timeout
-        # serialises their writes.
+        # One CLI process per agent (the CLI starts slowly), run side by side; SQLite's busy
+        # timeout serialises their writes. ``synq dns`` after them: started together with the
+        # first process to open a fresh store, it was refused the lock once in a loaded run.
         adds = [[name] for name in agents] + [[name, *f] for name, f in (backed or {}).items()]
-        *added, records = await asyncio.gather(
-            *(synq(cwd, "agent", "add", *argv) for argv in adds), synq(cwd, "dns")
-        )
+        added = await asyncio.gather(*(synq(cwd, "agent", "add", *argv) for argv in adds))
+        records = await synq(cwd, "dns")
         for argv, result in zip(adds, added, strict=True):
             org.tokens[argv[0]] = result["token"]
         for rec in records:
