@@ -201,17 +201,22 @@ async def run(args: argparse.Namespace) -> Report:
                 why = throughput.postgresql_available()
                 if why is None:
                     try:
-                        pg = await throughput.federated_postgresql(sizes[0], args.c, base)
+                        pg = await throughput.federated_postgresql(
+                            sizes[0], args.c, base, batch=batch
+                        )
                     except Exception as exc:
                         why = f"PostgreSQL run failed: {exc}"
                     else:
+                        # Beside the SQLite run with the same intake (batched when --batch > 1).
+                        same = batched.get(sizes[0]) or fresh[sizes[0]]
+                        how = " batched" if batch > 1 else ""
                         for count, rate in pg.items():
                             word = "process" if count == 1 else "processes"
                             doc[f"federated_postgresql_{count}_{word}_per_s"] = rate
                             report.row(
-                                f"relay -> relay, receiver PostgreSQL x{count}",
-                                _rate(rate, "env/s"), _rate(fresh[sizes[0]], "env/s SQLite"),
-                                f"{rate / fresh[sizes[0]]:.2f}",
+                                f"relay -> relay{how}, PostgreSQL x{count}",
+                                _rate(rate, "env/s"), _rate(same, "env/s SQLite"),
+                                f"{rate / same:.2f}",
                             )  # fmt: skip
                 if why is not None:
                     report.note(f"relay -> relay on PostgreSQL skipped: {why}")

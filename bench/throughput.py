@@ -127,9 +127,10 @@ def postgresql_available() -> str | None:
 
 
 async def federated_postgresql(
-    n: int, concurrency: int, base: Path, processes: tuple[int, ...] = (1, 3)
+    n: int, concurrency: int, base: Path, processes: tuple[int, ...] = (1, 3), batch: int = 1
 ) -> dict[int, float]:
-    """Envelopes/s of the federated run with globex.test on PostgreSQL, per process count."""
+    """Envelopes/s of the federated run with globex.test on PostgreSQL, per process count;
+    ``batch`` messages per request to acme (batched, the intake at acme is not what limits)."""
     from tests.pg import Cluster, pg_bindir
 
     bindir = pg_bindir()
@@ -141,7 +142,9 @@ async def federated_postgresql(
         rates: dict[int, float] = {}
         for count in processes:
             url = cluster.url(cluster.create_database())
-            rates[count] = await federated(n, concurrency, base / f"postgresql-{count}", url, count)
+            rates[count] = await federated(
+                n, concurrency, base / f"postgresql-{count}", url, count, batch=batch
+            )
         return rates
     finally:
         cluster.stop()
