@@ -7,8 +7,9 @@ are tested without waiting for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from relay.core import records
 from relay.dnsserver import Fault
 from tests import pg
 from tests.fedenv import World, world
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture(params=pg.BACKENDS)
@@ -207,6 +210,21 @@ async def test_dns_timeout_defers(w: World) -> None:
     assert [m["id"] for m in await w.inbox(globex, bob)] == [sent["id"]]
 
 
+@contextlib.asynccontextmanager
+async def partner_at_globex(w: World, handler: Handler) -> AsyncIterator[TestServer]:
+    """A stand-in relay for globex.test answering transactions with ``handler``, published in
+    the loopback DNS as globex's relay for as long as it runs."""
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", handler)
+    async with TestServer(app) as server:
+        w.dns.set_txt(
+            records.relay_record_name("globex.test"),
+            [records.RelayRecord(str(server.make_url("")).rstrip("/")).to_txt()],
+            ttl=60,
+        )
+        yield server
+
+
 async def test_many_envelopes_are_batched_into_transactions(w: World) -> None:
     acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
     alice, bob = await acme.agent("alice"), await globex.agent("bob")
@@ -285,14 +303,7 @@ async def test_partner_that_takes_only_small_transactions_gets_them_split(w: Wor
                 status=resp.status, body=await resp.read(), content_type="application/json"
             )
 
-    app = web.Application()
-    app.router.add_put("/synq/v1/federation/txn/{txn}", small_only)
-    async with TestServer(app) as proxy:
-        w.dns.set_txt(
-            records.relay_record_name("globex.test"),
-            [records.RelayRecord(str(proxy.make_url("")).rstrip("/")).to_txt()],
-            ttl=60,
-        )
+    async with partner_at_globex(w, small_only):
         ids = [
             (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
             for i in range(12)
@@ -326,14 +337,7 @@ async def test_results_are_read_strictly(
         results = {f"#{i}": {"status": status, "code": code} for i in range(len(doc["envelopes"]))}
         return web.json_response({"results": results})
 
-    app = web.Application()
-    app.router.add_put("/synq/v1/federation/txn/{txn}", answer)
-    async with TestServer(app) as partner:
-        w.dns.set_txt(
-            records.relay_record_name("globex.test"),
-            [records.RelayRecord(str(partner.make_url("")).rstrip("/")).to_txt()],
-            ttl=60,
-        )
+    async with partner_at_globex(w, answer):
         sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
         assert await acme.relay.sender.run_once() == 1
     rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
@@ -362,14 +366,7 @@ async def test_an_answer_that_arrives_in_pieces_is_read_whole(w: World) -> None:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_put("/synq/v1/federation/txn/{txn}", answer)
-    async with TestServer(app) as partner:
-        w.dns.set_txt(
-            records.relay_record_name("globex.test"),
-            [records.RelayRecord(str(partner.make_url("")).rstrip("/")).to_txt()],
-            ttl=60,
-        )
+    async with partner_at_globex(w, answer):
         sent = [
             (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": str(i)}))["id"]
             for i in range(3)
