@@ -20,10 +20,11 @@ other) with a fake clock: nothing waits for a real retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Protocol
@@ -125,7 +126,9 @@ class FederationSender:
         self.lease_batch = lease_batch
         self.max_txn_envelopes = max_txn_envelopes
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_TRANSACTIONS)
-        self._per_destination: dict[str, asyncio.Semaphore] = {}
+        #: destination → (its gate, transactions holding or waiting for it). An entry lives
+        #: only while used: a local agent naming ever new domains cannot grow the map.
+        self._per_destination: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     @property
     def domain(self) -> str:
@@ -215,13 +218,8 @@ class FederationSender:
     ) -> list[Outcome]:
         txn_id = uuid7(now)
         body = txn_mod.encode_request(self.domain, [e.token for e in batch])
-        gate = self._per_destination.get(domain)
-        if gate is None:
-            gate = self._per_destination[domain] = asyncio.Semaphore(
-                MAX_TRANSACTIONS_PER_DESTINATION
-            )
         try:
-            async with gate, self._slots:
+            async with self._destination_gate(domain), self._slots:
                 answer = await self.transport.put_transaction(relay_url, txn_id, body)
             results = txn_mod.parse_results(answer)
         except TransportFailure as exc:
@@ -263,6 +261,24 @@ class FederationSender:
             for r in e.rows:
                 outcomes.append(self._apply(r, result, relay_url, now))
         return outcomes
+
+    @contextlib.asynccontextmanager
+    async def _destination_gate(self, domain: str) -> AsyncIterator[None]:
+        """Hold one of the ``MAX_TRANSACTIONS_PER_DESTINATION`` slots of ``domain``."""
+        gate, users = self._per_destination.get(domain) or (
+            asyncio.Semaphore(MAX_TRANSACTIONS_PER_DESTINATION),
+            0,
+        )
+        self._per_destination[domain] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._per_destination[domain]
+            if users == 1:
+                del self._per_destination[domain]
+            else:
+                self._per_destination[domain] = (gate, users - 1)
 
     def _apply(
         self, row: QueueEntry, result: txn_mod.EnvelopeResult | None, hop: str, now: datetime
