@@ -43,9 +43,9 @@ from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.core.ratelimit import Rate
 from relay.keyring import KeyEntry, write_key
+from relay.runtime import Relay
 from relay.server.a2a_face import A2A_FACE
 from relay.server.app import build_app
-from relay.server.runtime import Relay
 
 ADDRESS = "bob@bench.test"
 

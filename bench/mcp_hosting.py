@@ -29,9 +29,9 @@ from relay.core.clock import SystemClock
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.keyring import KeyEntry, write_key
+from relay.runtime import Relay
 from relay.server.app import build_app
 from relay.server.mcp import build_asgi
-from relay.server.runtime import Relay
 
 
 async def calls_per_second(url: str, token: str, n: int, sessions: int) -> float:

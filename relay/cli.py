@@ -50,8 +50,8 @@ from relay.keyring import (
     selector_for,
     write_key,
 )
+from relay.runtime import Relay
 from relay.server.api import envelope_payload, status_to_wire
-from relay.server.runtime import Relay
 from relay.store.base import AgentKind
 
 log = logging.getLogger("synq")

@@ -30,8 +30,8 @@ from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey, b64url_decode
 from relay.dnsserver import DNSServer
 from relay.keyring import KeyEntry, selector_for, write_key
+from relay.runtime import Relay
 from relay.server.app import build_app
-from relay.server.runtime import Relay
 
 #: How long the demo waits for any one step before declaring it failed.
 STEP_TIMEOUT = 30.0

@@ -15,8 +15,8 @@ from relay.core.clock import SystemClock
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.keyring import KeyEntry, write_key
+from relay.runtime import Relay
 from relay.server.app import build_app
-from relay.server.runtime import Relay
 
 
 def make_config(directory: Path, domain: str = "acme.test", **discovery: Any) -> Config:

@@ -25,8 +25,8 @@ from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.dnsserver import DNSServer
 from relay.keyring import KeyEntry, write_key
+from relay.runtime import Relay
 from relay.server.app import build_app
-from relay.server.runtime import Relay
 from tests.conftest import Agent
 
 

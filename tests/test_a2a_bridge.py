@@ -44,8 +44,8 @@ from jwt.api_jwk import PyJWK
 from adapters.a2a import wire
 from relay.config import A2ASection
 from relay.core.ids import hash_token, new_token
+from relay.runtime import Relay
 from relay.server.a2a_face import A2A_FACE, A2AFace
-from relay.server.runtime import Relay
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
 from tests.fedenv import Org, World, world

@@ -19,8 +19,8 @@ from relay.core.errors import InvalidEnvelope
 from relay.core.ids import hash_token, new_token
 from relay.core.limits import MAX_API_BODY_BYTES
 from relay.delivery.router import AGENT_CACHE_TTL
+from relay.runtime import Relay
 from relay.server.app import build_app
-from relay.server.runtime import Relay
 from tests.conftest import AgentFactory, make_config
 from tests.helpers import wait_until
 

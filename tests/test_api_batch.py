@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from relay.config import Config
 from relay.core.limits import MAX_BATCH_BODY_BYTES, MAX_BATCH_MESSAGES
-from relay.server.runtime import Relay
+from relay.runtime import Relay
 from tests.conftest import AgentFactory
 
 Client = TestClient[Any, Any]

@@ -19,7 +19,7 @@ from relay.config import Config
 from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core.ids import uuid7
-from relay.server.runtime import Relay
+from relay.runtime import Relay
 from tests.fedenv import Org, World, world
 
 

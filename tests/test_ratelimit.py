@@ -13,7 +13,7 @@ import pytest
 
 from relay.config import Config
 from relay.core.errors import StoreUnavailable
-from relay.server.runtime import Relay
+from relay.runtime import Relay
 from tests.fedenv import Org, World, world
 from tests.helpers import wait_until
 

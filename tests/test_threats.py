@@ -49,9 +49,9 @@ from relay.core.limits import MAX_API_BODY_BYTES, MAX_CLOCK_SKEW, MAX_JSON_DEPTH
 from relay.discovery import AddressRefused, Discovery, MisconfiguredDomain, build_well_known
 from relay.discovery.wellknown import MAX_WELL_KNOWN_BYTES
 from relay.dnsserver import DNSServer
+from relay.runtime import Relay
 from relay.server.app import build_app
 from relay.server.http import DEFAULT_HTTP_LIMITS, make_runner
-from relay.server.runtime import Relay
 from tests.conftest import AgentFactory
 from tests.fedenv import World, world
 

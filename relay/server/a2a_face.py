@@ -80,7 +80,7 @@ from relay.server.asgi import AsgiHost
 from relay.server.http import read_body
 
 if TYPE_CHECKING:
-    from relay.server.runtime import Relay
+    from relay.runtime import Relay
 
 __all__ = ["A2A_FACE", "MAX_A2A_BODY_BYTES", "A2AFace", "FaceHandler"]
 

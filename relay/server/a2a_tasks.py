@@ -66,7 +66,7 @@ from relay.core.jws import b64url_decode
 from relay.store.base import A2ATask, Listener, a2a_task_channel, inbox_channel
 
 if TYPE_CHECKING:
-    from relay.server.runtime import Relay
+    from relay.runtime import Relay
 
 __all__ = [
     "FIRST_EVENT_WAIT",

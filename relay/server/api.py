@@ -41,7 +41,7 @@ from relay.server.keys import RELAY
 from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
 
 if TYPE_CHECKING:
-    from relay.server.runtime import Relay
+    from relay.runtime import Relay
 
 #: How often an idle SSE stream sends a comment line. Keeps proxies and NATs from dropping the
 #: connection (many idle-timeout at 30–60 s) and lets the server notice a vanished client.

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from relay.core.errors import SynqError
+from relay.runtime import Relay
 from relay.server import api, federation, mcp
 from relay.server.errors import Handler, error_middleware
 from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits
 from relay.server.keys import RELAY
-from relay.server.runtime import Relay
 
 
 @web.middleware

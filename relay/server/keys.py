@@ -7,6 +7,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from relay.server.runtime import Relay
+    from relay.runtime import Relay
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay")

@@ -67,10 +67,10 @@ from relay.core.limits import (
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
 )
+from relay.runtime import Relay
 from relay.server.api import envelope_payload, status_to_wire
 from relay.server.asgi import AsgiHost
 from relay.server.keys import RELAY
-from relay.server.runtime import Relay
 from relay.store.base import AgentRecord, inbox_channel
 
 log = logging.getLogger("synq.mcp.face")
