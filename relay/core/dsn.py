@@ -27,7 +27,7 @@ class Failure:
     original_kind: str
     thread: str | None
     recipient: str
-    status: str  # RFC 3463 code, 4.x.x only on expiry after transient failures
+    status: str  # RFC 3463 code of the bounce: a 5.x.x refusal, or 5.4.7 on expiry
     diagnostic: str
     attempts: int
     last_attempt: datetime | None
