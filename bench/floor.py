@@ -15,7 +15,7 @@ once):
 
 ``queue`` adds what the sender's queue does besides: ``lease_due`` of the batch before the
 transaction and ``settle`` (recipients ``sent``) after it: two more commits per batch. The relay
-does both; the brief's floor (``floor``) leaves them out, so relay / floor is conservative.
+does both; the floor proper (``floor``) leaves them out, so relay / floor is conservative.
 
 Each stage is timed on its own, so the table shows where the CPU goes per envelope.
 """

@@ -41,7 +41,7 @@ from bench.profile import Profile, Profiler
 
 SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog")
 
-#: The targets of issue 9.
+#: The performance targets the run judges, printed under "targets" (README.md, "Benchmarks").
 TARGET_RATE = 5_000.0
 TARGET_FLOOR_SHARE = 0.60
 TARGET_POSTFIX_RATIO = 8.0

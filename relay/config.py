@@ -1,4 +1,4 @@
-"""The relay's configuration file (TOML, DESIGN §10), validated by pydantic.
+"""The relay's configuration file (TOML, written by ``synq init``), validated by pydantic.
 
 Unknown keys are an error, not a warning: a misspelt ``alow_private_addresses`` silently
 ignored is how a relay ends up more open (or more closed) than its operator believes.

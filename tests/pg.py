@@ -9,9 +9,10 @@ is shared with another run or a system cluster. It listens on loopback on a free
 the tests connect through the socket.
 
 Why not the pytest-postgresql plugin: it runs ``pg_ctl`` as the invoking user and keeps its
-data directory under pytest's temporary root, which is private to root. Sessions and CI run as
-root, and ``initdb`` refuses root, so the plugin would need a wrapper script, a changed owner
-for its directories and a relaxed mode on pytest's; this module does only what is needed, visibly.
+data directory under pytest's temporary root, which is private to root. Development containers
+and CI run as root, and ``initdb`` refuses root, so the plugin would need a wrapper script, a
+changed owner for its directories and a relaxed mode on pytest's; this module does only what is
+needed, visibly.
 
 Running as root, the server runs as the ``postgres`` system user (Debian's packages create it),
 or ``nobody`` where there is none. Binaries: the directory of ``pg_ctl`` on PATH (followed

@@ -146,7 +146,7 @@ async def b(tmp_path: Path) -> AsyncIterator[Bridge]:
         yield env
 
 
-# --- the done-when of the issue -------------------------------------------------------------------
+# --- an unmodified A2A client across two relays --------------------------------------------------
 
 
 async def test_an_unmodified_sdk_client_completes_a_streaming_task_across_two_relays(

@@ -1,9 +1,9 @@
 """The relay face's view of a task: folding the agent's events into the Task the face serves.
 
-Pure functions on a2a-sdk's protobuf types, no I/O (STYLE §1). The face gives every task its
-own id and context id; the agent behind it, possibly two relays away, has ids of its own. Every
-event that comes back is rewritten into the face's ids before it is stored or streamed, so a
-client only ever sees the ids the face gave it (SPEC.md "A2A mapping").
+Pure functions on a2a-sdk's protobuf types, without I/O, so that tables can test them. The face
+gives every task its own id and context id; the agent behind it, possibly two relays away, has
+ids of its own. Every event that comes back is rewritten into the face's ids before it is stored
+or streamed, so a client only ever sees the ids the face gave it (SPEC.md "A2A mapping").
 
 Folding follows a2a-sdk's TaskManager (A2A 1.0 §3.1.1, §4.2): a ``Task`` event replaces the
 snapshot; a status update moves the previous status message into the history and takes its

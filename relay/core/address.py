@@ -1,4 +1,4 @@
-"""Agent addresses: ``local@domain`` (SPEC.md §2, DESIGN §3).
+"""Agent addresses: ``local@domain`` (SPEC.md §2).
 
 * local part: ``[a-z0-9][a-z0-9._-]{0,63}`` after case folding;
 * domain: a DNS name of at least two labels, normalised with IDNA 2008 / UTS #46 to its ASCII

@@ -1,4 +1,4 @@
-"""Agent cards for Synq addresses, in the A2A 1.0 AgentCard JSON shape (DESIGN §5, §8).
+"""Agent cards for Synq addresses, in the A2A 1.0 AgentCard JSON shape (SPEC.md §7.8).
 
 A card tells any A2A client where the address is reachable: the relay's A2A face rooted at
 ``<public_url>/a2a/<address>``. Cards of agents backed by an A2A or MCP server are richer (the

@@ -1,4 +1,4 @@
-"""The ``synq/1`` envelope (SPEC.md §3, DESIGN §4): model, codec and time checks.
+"""The ``synq/1`` envelope (SPEC.md §3): model, codec and time checks.
 
 Every message, whatever protocol it came from, is one envelope. The envelope JSON bytes are the
 JWS payload exactly as sent (see :mod:`relay.core.jws`), so this module never has to

@@ -132,8 +132,9 @@ def dumps(value: Any) -> bytes:
 
     orjson writes it (a tenth of ``json``'s time for an envelope); what orjson would write
     differently from ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` — integers
-    beyond 64 bits, non-string keys, subclasses, datetimes — goes to ``json``, which keeps
-    the old behaviour (including its TypeError for what JSON cannot hold).
+    beyond 64 bits, non-string keys, subclasses, datetimes — goes to ``json``, so the bytes
+    are always those of the standard library (including its TypeError for what JSON cannot
+    hold).
     """
     try:
         return orjson.dumps(value, option=_ORJSON_DUMPS)

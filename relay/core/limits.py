@@ -31,7 +31,7 @@ MAX_ID_LENGTH: Final = 128
 #: Length of a ``content_type`` value (RFC 6838 limits each name part to 127 characters).
 MAX_CONTENT_TYPE_LENGTH: Final = 255
 
-#: Length of the local part of an address (DESIGN §3: 1 + 63 characters).
+#: Length of the local part of an address (SPEC.md §2.1: 1 + 63 characters).
 MAX_LOCAL_PART: Final = 64
 
 #: Length of a domain in its ASCII (A-label) form (RFC 1035 §2.3.4).

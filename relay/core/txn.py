@@ -1,4 +1,4 @@
-"""Federation transactions (SPEC.md §8, DESIGN §6): the request and result documents.
+"""Federation transactions (SPEC.md §8): the request and result documents.
 
 ``PUT /synq/v1/federation/txn/{txn_id}`` with ``{"origin": "<domain>", "envelopes": [jws…]}``
 answers ``200 {"results": {"<envelope id>": {"status", "code", "reason"?, "recipients"?}}}``.
@@ -7,10 +7,10 @@ Idempotency is by envelope: the receiver deduplicates on ``(from-domain, id)``, 
 transaction — same id or not — delivers nothing twice and reports ``duplicate``. The txn id
 names one attempt in both relays' logs.
 
-Synq's one addition to DESIGN §6 is the optional per-recipient ``recipients`` map inside a
-result, the equivalent of SMTP's per-RCPT replies: an envelope addressed to two agents of the
-receiving domain, one of which does not exist, is accepted for the other and refused (5.1.1)
-for that one, and the sender bounces exactly that recipient.
+Synq's one addition to the plain per-envelope result is the optional ``recipients`` map
+(SPEC.md §8.4), the equivalent of SMTP's per-RCPT replies: an envelope addressed to two agents
+of the receiving domain, one of which does not exist, is accepted for the other and refused
+(5.1.1) for that one, and the sender bounces exactly that recipient.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Discovery: where another domain's relay listens and which keys sign for it (DESIGN §5).
+"""Discovery: where another domain's relay listens and which keys sign for it (SPEC.md §7).
 
 DNS TXT records first (``_synq.<domain>``, ``<selector>._synqkey.<domain>``), the well-known
 document ``https://<domain>/.well-known/synq.json`` when DNS has none; answers cached for their

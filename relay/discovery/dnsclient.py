@@ -1,8 +1,9 @@
 """The one place discovery talks to dnspython: build the stub resolver, ask one question.
 
-Every dnspython exception is translated here (STYLE §7): NXDOMAIN and an empty answer become a
-negative :class:`DnsAnswer`, which the caller may cache (RFC 2308); a timeout, SERVFAIL or
-REFUSED from every server, or a malformed reply becomes a transient ``DiscoveryError``.
+Every dnspython exception is translated here, so none leaves this module: NXDOMAIN and an
+empty answer become a negative :class:`DnsAnswer`, which the caller may cache (RFC 2308); a
+timeout, SERVFAIL or REFUSED from every server, or a malformed reply becomes a transient
+``DiscoveryError``.
 """
 
 from __future__ import annotations

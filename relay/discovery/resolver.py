@@ -367,7 +367,7 @@ class Discovery:
         return doc, _clamp(max_age, MIN_TTL, MAX_TTL)
 
     async def agent_card(self, domain: str, local: str) -> dict[str, Any]:
-        """The agent card a partner relay publishes for ``local@domain`` (DESIGN §5):
+        """The agent card a partner relay publishes for ``local@domain`` (SPEC.md §7.8):
         ``<relay>/agents/<local>/.well-known/agent-card.json``, fetched under the same SSRF
         guard and size cap as well-known documents. Not cached: cards change with the agent.
 

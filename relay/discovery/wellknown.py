@@ -1,6 +1,6 @@
 """The well-known document ``https://<domain>/.well-known/synq.json`` (RFC 8615), without I/O.
 
-It states in JSON what the DNS records state (DESIGN §5): where the domain's relay takes
+It states in JSON what the DNS records state (SPEC.md §7.3): where the domain's relay takes
 deliveries and which Ed25519 keys sign for the domain, plus optional policy hints. Partners read
 it when DNS has no Synq records, and operators can cross-check the two::
 
