@@ -155,7 +155,8 @@ def test_status_class_rejects_malformed(code: str) -> None:
 # ---------------------------------------------------------------------------- layering
 
 CORE_DIR = Path(relay.core.__file__).parent
-#: I/O, event loops and the layers above: relay/core must not reach any of them (ARCHITECTURE.md, "Layers").
+#: I/O, event loops and the layers above: relay/core must not reach any of them
+#: (ARCHITECTURE.md, "Layers").
 FORBIDDEN = {
     "aiohttp",
     "aiosqlite",
