@@ -492,19 +492,30 @@ def test_malformed_entry_left_out(entry: Any) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "parse_results drops a recipients-map value that is not an object and keeps the entry, "
-        "so that recipient takes the envelope's 'accepted' and is recorded as sent; SPEC.md §8.4 "
-        "says a sender MUST apply the map and ignores an entry whose map carries no usable code"
-    ),
-)
 @pytest.mark.parametrize(
     "value", [pytest.param("5.1.1", id="code-string"), pytest.param(None, id="null")]
 )
 def test_recipient_value_not_an_object_leaves_the_entry_out(value: Any) -> None:
+    # Dropping only the member would leave ghost to the envelope's "accepted" and record it as
+    # sent (SPEC.md §8.4): the whole entry goes, and the sender retries the envelope.
     entry = {"status": "accepted", "code": "2.0.0", "recipients": {"ghost@b.test": value}}
+    assert txn.parse_results(results({ID1: entry})) == {}
+
+
+def test_recipient_keys_are_canonicalised() -> None:
+    # The sender looks its rows up by canonical address (SPEC.md §2.2): a partner that spells
+    # the key in capitals must not have its refusal missed.
+    entry = {
+        "status": "accepted",
+        "code": "2.0.0",
+        "recipients": {"Bob@B.Test": {"code": "5.1.1", "reason": "no such agent"}},
+    }
+    parsed = txn.parse_results(results({ID1: entry}))
+    assert parsed[ID1].recipients == {"bob@b.test": txn.RecipientResult("5.1.1", "no such agent")}
+
+
+def test_recipient_key_that_is_not_an_address_leaves_the_entry_out() -> None:
+    entry = {"status": "accepted", "code": "2.0.0", "recipients": {"no-at-sign": {"code": "5.1.1"}}}
     assert txn.parse_results(results({ID1: entry})) == {}
 
 

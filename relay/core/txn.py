@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from relay.core import jsonutil
-from relay.core.address import normalize_domain
+from relay.core.address import normalize_address, normalize_domain
 from relay.core.errors import MalformedRequest, PayloadTooLarge, SynqError
 from relay.core.limits import MAX_ID_LENGTH, MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.status import status_class
@@ -133,13 +133,25 @@ def parse_results(data: bytes) -> dict[str, EnvelopeResult]:
         ):
             continue
         try:
-            recipients = {
-                str(addr): RecipientResult(_code(r.get("code")), _reason(r.get("reason")))
-                for addr, r in (raw.get("recipients") or {}).items()
-                if isinstance(r, dict)
-            }
+            recipients = _recipient_results(raw.get("recipients") or {})
             code = _code(raw.get("code", "2.0.0" if raw["status"] != "rejected" else "5.0.0"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, SynqError):
             continue
         results[key] = EnvelopeResult(raw["status"], code, _reason(raw.get("reason")), recipients)
     return results
+
+
+def _recipient_results(raw: dict[str, Any]) -> dict[str, RecipientResult]:
+    """The per-recipient map of one result, keyed by canonical address (SPEC.md §2.2), which is
+    how the sender looks its rows up. Any unusable member makes the whole entry unusable
+    (ValueError or InvalidAddress): a member dropped on its own would leave that recipient to
+    the envelope's overall status and record as sent what the partner may have refused
+    (SPEC.md §8.4)."""
+    out: dict[str, RecipientResult] = {}
+    for addr, r in raw.items():
+        if not isinstance(r, dict):
+            raise ValueError("recipient result is not an object")
+        out[normalize_address(addr)] = RecipientResult(
+            _code(r.get("code")), _reason(r.get("reason"))
+        )
+    return out
