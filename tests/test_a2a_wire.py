@@ -33,7 +33,7 @@ from relay.core.cards import SYNQ_ADDRESS_EXTENSION
 from relay.core.envelope import Envelope
 from relay.core.errors import BadAgentCard, BadSignature
 from relay.core.jws import SigningKey, b64url_decode
-from relay.server.a2a_tasks import thread_of
+from relay.tasks.store import thread_of
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
