@@ -1,4 +1,5 @@
-"""The relay's A2A face (DESIGN §8): an A2A agent for every address the relay can reach.
+"""The relay's A2A face (SPEC.md "The A2A face"): an A2A agent for every address the relay
+can reach.
 
 For any address — a local inbox agent, a local agent backed by an A2A or MCP server, a
 partner's agent across federation — the relay serves, rooted at ``/a2a/<address>``::
