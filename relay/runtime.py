@@ -1,8 +1,11 @@
 """One running relay: configuration, store, keys, clock and the services built on them.
 
-``Relay`` owns the lifecycle of everything long-lived. The aiohttp application reaches it
-through a typed ``AppKey`` (STYLE §4); tests build a ``Relay`` with their own clock and drive
-the federation queue with ``relay.sender.run_once()`` instead of the background loop.
+``Relay`` owns the lifecycle of everything long-lived: it builds the services, runs their
+background loops (:meth:`Relay.start_background`: the federation sender, the local dispatcher,
+the A2A face's reply tracker, the keys watch) and closes them (:meth:`Relay.close`). The aiohttp
+application reaches it through a typed ``AppKey`` (relay/server/keys.py); tests build a ``Relay``
+with their own clock and drive each queue by hand (``relay.sender.run_once()``,
+``relay.reply_tracker.run_once()``) instead of the background loops.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
@@ -38,6 +42,11 @@ from relay.server.metrics import Metrics
 from relay.store import open_store
 from relay.store.backpressure import CustodyGate
 from relay.store.base import Store
+
+if TYPE_CHECKING:
+    from relay.tasks.push import PushSender
+    from relay.tasks.replies import ReplyTracker
+    from relay.tasks.store import TaskStore
 
 log = logging.getLogger("synq.relay")
 
@@ -135,6 +144,18 @@ class Relay:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": f"Synq/{__version__}"},
         )
+        # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
+        # documents (relay/discovery/ssrf.py), on a session of their own, apart from the
+        # connection pool and the User-Agent of the federation sender.
+        self._push_http = aiohttp.ClientSession(
+            connector=make_guarded_connector(
+                self.discovery.policy,
+                make_resolver(disc.nameservers, timeout=disc.timeout),
+                dns_timeout=disc.timeout,
+            ),
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         self.sender = FederationSender(
             store=store,
             resolver=CheckedRelayResolver(self.discovery),
@@ -152,6 +173,15 @@ class Relay:
             else default_adapters(config, self.signing_key, self.clock),
             rng=rng,
         )
+        # The A2A face's tasks. Imported here, as the adapters are: the a2a-sdk modules they
+        # need are not worth loading for commands that never build a relay (init, dns).
+        from relay.tasks.push import PushSender
+        from relay.tasks.replies import ReplyTracker
+        from relay.tasks.store import TaskStore
+
+        self.push_sender: PushSender = PushSender(self._push_http, self.discovery.policy.check_url)
+        self.task_store: TaskStore = TaskStore(store, self.router, self.clock, self.push_sender)
+        self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -237,7 +267,9 @@ class Relay:
             raise
 
     async def start_background(self) -> None:
-        """Start the federation queue runner (``synq serve`` does; tests drive it by hand).
+        """Start the background loops: the federation queue runner, the local dispatcher, the
+        A2A face's reply tracker and the keys watch (``synq serve`` does; tests drive the
+        queues by hand).
 
         On a store that only this process serves (SQLite), leases left by a previous process
         that was killed mid-delivery are released first: that process is gone, and waiting for
@@ -256,6 +288,10 @@ class Relay:
         self._background.append(
             asyncio.create_task(self.dispatcher.run(), name="synq-local-dispatcher")
         )
+        # Replies to the A2A face's tasks: without it a task never moves past "submitted".
+        self._background.append(
+            asyncio.create_task(self.reply_tracker.run(), name="synq-a2a-tracker")
+        )
 
     async def close(self) -> None:
         for task in self._background:
@@ -264,7 +300,10 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        self.reply_tracker.close()
+        await self.push_sender.close()
         await self.dispatcher.close()
+        await self._push_http.close()
         await self._http.close()
         await self.discovery.close()
         await self.store.close()

@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from adapters.a2a import A2AAdapter, cards, wire
+from adapters.a2a import A2AAdapter, wire
 from relay.cli import main
 from relay.core import status as st
 from relay.core.envelope import Envelope
-from relay.delivery.adapters import DeliveryFailed, Reply
+from relay.core.errors import AgentUnreachable, AttemptFailed, BadAgentCard
+from relay.delivery.adapters import Reply
 from relay.store.base import AgentRecord
 from tests.a2a_peers import (
     Peer,
@@ -138,12 +139,12 @@ def _card_answer(body: bytes, status: int = 200, chunked: bool = False) -> Any:
 @pytest.mark.parametrize(
     ("body", "status", "chunked", "error", "why"),
     [
-        (b"<html>not found</html>", 404, False, cards.CardError, "HTTP 404"),
-        (b"<html>hello</html>", 200, False, cards.CardError, "not JSON"),
-        (b'{"hello": "world"}', 200, False, cards.CardError, "no name"),
-        (b'{"name": "' + b"x" * 200_000 + b'"}', 200, False, cards.CardError, "larger than"),
-        (b'{"name": "' + b"x" * 200_000 + b'"}', 200, True, cards.CardError, "larger than"),
-        (b"busy", 503, False, cards.AgentUnreachable, "HTTP 503"),
+        (b"<html>not found</html>", 404, False, BadAgentCard, "HTTP 404"),
+        (b"<html>hello</html>", 200, False, BadAgentCard, "not JSON"),
+        (b'{"hello": "world"}', 200, False, BadAgentCard, "no name"),
+        (b'{"name": "' + b"x" * 200_000 + b'"}', 200, False, BadAgentCard, "larger than"),
+        (b'{"name": "' + b"x" * 200_000 + b'"}', 200, True, BadAgentCard, "larger than"),
+        (b"busy", 503, False, AgentUnreachable, "HTTP 503"),
     ],
 )
 async def test_a_card_that_is_no_a2a_card_or_is_huge_is_refused(
@@ -161,7 +162,7 @@ async def test_an_agent_that_is_not_there_is_unreachable(adapter: A2AAdapter) ->
     sock = bound_socket()
     port = sock.getsockname()[1]
     sock.close()
-    with pytest.raises(cards.AgentUnreachable, match="cannot reach"):
+    with pytest.raises(AgentUnreachable, match="cannot reach"):
         await adapter.check(f"http://127.0.0.1:{port}")
 
 
@@ -230,13 +231,13 @@ async def test_cancel_signal_reaches_the_agents_task(adapter: A2AAdapter) -> Non
 
 async def _deliver_to(
     adapter: A2AAdapter, rpc: Any, *, streaming: bool = True
-) -> tuple[Replies, DeliveryFailed | None]:
+) -> tuple[Replies, AttemptFailed | None]:
     peer = await serve(scripted_app(rpc, card=lambda url: card_json(url, streaming=streaming)))
     replies = Replies()
     failure = None
     try:
         await adapter.deliver(record(peer.url), envelope("tck-complete-task-1"), replies)
-    except DeliveryFailed as exc:
+    except AttemptFailed as exc:
         failure = exc
     finally:
         await peer.stop()

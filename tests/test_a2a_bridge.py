@@ -82,6 +82,7 @@ class Bridge:
 
     def run(self, org: Org, *, dispatcher: bool = True) -> None:
         self.loops.append(asyncio.create_task(org.relay.sender.run()))
+        self.loops.append(asyncio.create_task(org.relay.reply_tracker.run()))
         if dispatcher:
             self.loops.append(asyncio.create_task(org.relay.dispatcher.run()))
 
@@ -401,7 +402,7 @@ async def test_only_the_address_asked_can_move_a_task(b: Bridge) -> None:
         return any(m["id"] == sent["id"] for m in await b.w.inbox(b.acme, b.alice))
 
     await eventually(arrived)
-    await b.face().tasks.run_once()
+    await b.acme.relay.reply_tracker.run_once()
     same = await client.get_task(GetTaskRequest(id=task_id))
     assert same.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
     # The forged envelope stays in alice's inbox, unread, for her to judge.

@@ -31,9 +31,9 @@ from interop.a2a.tck_agent import agent_card
 from relay.core.address import Address
 from relay.core.cards import SYNQ_ADDRESS_EXTENSION
 from relay.core.envelope import Envelope
-from relay.core.errors import BadSignature
+from relay.core.errors import BadAgentCard, BadSignature
 from relay.core.jws import SigningKey, b64url_decode
-from relay.server.a2a_tasks import thread_of
+from relay.tasks.store import thread_of
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -256,7 +256,7 @@ def test_a_context_id_is_the_thread_or_a_stable_digest_of_it() -> None:
     ],
 )
 def test_cards_that_are_not_usable_are_refused_with_a_reason(data: bytes, why: str) -> None:
-    with pytest.raises(cards.CardError, match=why):
+    with pytest.raises(BadAgentCard, match=why):
         cards.parse_card(data, "http://agent/.well-known/agent-card.json")
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from relay.core import status as st
 from relay.core.envelope import Envelope
+from relay.core.errors import AttemptFailed
 from relay.core.ids import hash_token, new_token
-from relay.delivery.adapters import DeliveryFailed, Replier, Reply
+from relay.delivery.adapters import Replier, Reply
 from relay.delivery.dispatch import LEASE_DURATION
 from relay.store.base import AgentRecord
 from relay.store.sqlite import SQLiteStore
@@ -33,9 +34,9 @@ class EchoAgent:
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
         if self.mode == "down":
-            raise DeliveryFailed(st.NO_ANSWER, "connection refused")
+            raise AttemptFailed(st.NO_ANSWER, "connection refused")
         if self.mode == "refuse":
-            raise DeliveryFailed(st.NOT_AUTHORIZED, "the agent refused the message")
+            raise AttemptFailed(st.NOT_AUTHORIZED, "the agent refused the message")
         self.received.append(envelope.id)
         await reply(Reply(kind="task.update", content_type="text/plain", body="working"))
         await reply(

@@ -385,9 +385,9 @@ async def test_relay_host_on_a_refused_address_bounces_without_connecting() -> N
     connector refuses the address before any packet is sent, and the refusal is permanent."""
     import aiohttp
 
+    from relay.core.errors import AttemptFailed
     from relay.discovery.dnsclient import make_resolver
     from relay.discovery.ssrf import AddressPolicy, make_guarded_connector
-    from relay.federation.outbound import TransportFailure
     from relay.federation.transport import HttpTransport
 
     policy = AddressPolicy.build(allow_private=False)
@@ -397,6 +397,43 @@ async def test_relay_host_on_a_refused_address_bounces_without_connecting() -> N
         # Loopback stands for any non-public address: refused by this policy, and harmless
         # to reach should the guard ever fail.
         for url in ("https://127.0.0.2:9", "https://[::1]:9"):
-            with pytest.raises(TransportFailure) as exc:
+            with pytest.raises(AttemptFailed) as exc:
                 await transport.put_transaction(url, "t1", b"{}")
             assert exc.value.status.code == "5.7.1"
+
+
+#: A partner's whole-transaction answer → what the transport raises (SPEC.md §8.7): the failure
+#: type, the status the sender records, and the partner's Retry-After hint when it gave one.
+TRANSACTION_ANSWERS = [
+    (429, {"Retry-After": "7"}, "AttemptFailed", "4.4.5", 7.0),
+    (503, {"Retry-After": "120"}, "AttemptFailed", "4.4.5", 120.0),
+    (503, {"Retry-After": "Wed, 21 Oct 2037 07:28:00 GMT"}, "AttemptFailed", "4.4.5", None),
+    (429, {}, "AttemptFailed", "4.4.5", None),
+    (500, {"Retry-After": "7"}, "AttemptFailed", "4.5.0", None),
+    (404, {}, "AttemptFailed", "4.5.0", None),
+    (413, {}, "TransactionTooLarge", "5.3.4", None),
+]
+
+
+@pytest.mark.parametrize(("http", "headers", "kind", "code", "retry_after"), TRANSACTION_ANSWERS)
+async def test_a_failed_transaction_is_one_attempt_failure(
+    http: int, headers: dict[str, str], kind: str, code: str, retry_after: float | None
+) -> None:
+    import aiohttp
+
+    from relay.core.errors import AttemptFailed
+    from relay.discovery.ssrf import AddressPolicy
+    from relay.federation.transport import HttpTransport
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=http, headers=headers, text="no")
+
+    app = web.Application()
+    app.router.add_put("/synq/v1/federation/txn/{txn}", refuse)
+    async with TestServer(app) as partner, aiohttp.ClientSession() as session:
+        transport = HttpTransport(session, AddressPolicy.build(allow_private=True))
+        with pytest.raises(AttemptFailed) as exc:
+            await transport.put_transaction(str(partner.make_url("")), "t1", b"{}")
+    assert type(exc.value).__name__ == kind
+    assert (exc.value.status.code, exc.value.retry_after) == (code, retry_after)

@@ -1,4 +1,5 @@
-"""The A2A adapter: an existing A2A agent becomes a Synq address with an inbox (DESIGN §8).
+"""The A2A adapter: an existing A2A agent becomes a Synq address with an inbox (SPEC.md
+"A2A mapping", "A2A agents as addresses").
 
 ``synq agent add NAME --a2a URL`` calls :meth:`A2AAdapter.check` (the card is fetched and
 validated); from then on the relay's dispatcher hands every envelope in the agent's inbox to
@@ -13,7 +14,8 @@ validated); from then on the relay's dispatcher hands every envelope in the agen
 
 Once the agent has taken the message (its first event arrived), a stream that breaks off is
 followed by polling instead of redelivering, so the agent never gets the message twice because
-of the relay. Failures before that are reported to the dispatcher (adapters.py):
+of the relay. Failures before that are reported to the dispatcher as ``AttemptFailed``
+(relay/core/errors.py) with these statuses:
 
 ==============================================  ==================================  =========
 what happened                                   status                              outcome
@@ -27,7 +29,7 @@ a body that is no A2A message                   5.6.0                           
 ==============================================  ==================================  =========
 
 The adapter keeps no state beyond a short-lived cache of agent cards: routing and storage are
-the relay's (STYLE §2).
+the relay's (relay/delivery/adapters.py).
 """
 
 from __future__ import annotations
@@ -76,9 +78,15 @@ from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
 from relay.core.clock import Clock, SystemClock
 from relay.core.envelope import KIND_SIGNAL, Envelope
-from relay.core.errors import MalformedRequest, SynqError
+from relay.core.errors import (
+    AgentUnreachable,
+    AttemptFailed,
+    BadAgentCard,
+    MalformedRequest,
+    SynqError,
+)
 from relay.core.jws import SigningKey
-from relay.delivery.adapters import DeliveryFailed, Replier
+from relay.delivery.adapters import Replier
 from relay.store.base import AgentRecord
 
 __all__ = [
@@ -198,29 +206,25 @@ class A2AAdapter:
         try:
             async with self.http.stream("GET", url) as response:
                 if response.status_code >= 500 or response.status_code in (408, 429):
-                    raise cards.AgentUnreachable(
-                        f"{url} answered HTTP {response.status_code}", http_status=502
-                    )
+                    raise AgentUnreachable(f"{url} answered HTTP {response.status_code}")
                 if response.status_code != 200:
-                    raise cards.CardError(f"{url} answered HTTP {response.status_code}")
+                    raise BadAgentCard(f"{url} answered HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > cards.MAX_CARD_BYTES:
-                    raise cards.CardError(
+                    raise BadAgentCard(
                         f"{url}: the agent card is larger than {cards.MAX_CARD_BYTES} bytes"
                     )
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > cards.MAX_CARD_BYTES:
-                        raise cards.CardError(
+                        raise BadAgentCard(
                             f"{url}: the agent card is larger than {cards.MAX_CARD_BYTES} bytes"
                         )
         except httpx.TimeoutException:
-            raise cards.AgentUnreachable(
-                f"{url} did not answer within {self.timeout:g} s"
-            ) from None
+            raise AgentUnreachable(f"{url} did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise cards.AgentUnreachable(f"cannot reach {url} ({type(exc).__name__})") from None
+            raise AgentUnreachable(f"cannot reach {url} ({type(exc).__name__})") from None
         card = cards.parse_card(bytes(body), url)
         self._cards[endpoint] = (card, self.clock.monotonic())
         return card
@@ -233,7 +237,7 @@ class A2AAdapter:
             return cached[0]
         try:
             return await self.fetch_card(endpoint)
-        except cards.AgentUnreachable:
+        except AgentUnreachable:
             if cached is not None:
                 return cached[0]
             raise
@@ -251,7 +255,7 @@ class A2AAdapter:
         source: AgentCard | dict[str, Any]
         try:
             if not agent.endpoint:
-                raise cards.CardError(f"agent {address} has no A2A endpoint")
+                raise BadAgentCard(f"agent {address} has no A2A endpoint")
             source = await self._card(agent.endpoint)
         except SynqError as exc:
             log.info("card of %s unavailable, publishing its inbox card: %s", address, exc.message)
@@ -284,11 +288,11 @@ class A2AAdapter:
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
         if not agent.endpoint:
-            raise DeliveryFailed(st.PERMANENT, f"agent {agent.name} has no A2A endpoint")
+            raise AttemptFailed(st.PERMANENT, f"agent {agent.name} has no A2A endpoint")
         try:
             card = await self._card(agent.endpoint)
         except SynqError as exc:
-            raise DeliveryFailed(
+            raise AttemptFailed(
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
             ) from None
         client = self._client(card)
@@ -307,7 +311,7 @@ class A2AAdapter:
         try:
             message = message_for_agent(envelope)
         except WireError as exc:
-            raise DeliveryFailed(st.MEDIA_ERROR, str(exc)) from None
+            raise AttemptFailed(st.MEDIA_ERROR, str(exc)) from None
         streaming = card.capabilities.streaming
         request = SendMessageRequest(
             message=message,
@@ -322,10 +326,10 @@ class A2AAdapter:
                     await reply(reply_of_event(event))
         except TimeoutError:
             if not follow.events:
-                raise DeliveryFailed(
+                raise AttemptFailed(
                     st.NO_ANSWER, f"the agent did not answer within {self.follow_seconds:g} s"
                 ) from None
-        except DeliveryFailed as exc:
+        except AttemptFailed as exc:
             if not follow.events or not follow.task_id:
                 raise
             # The agent took the message and the stream broke off: follow its task instead.
@@ -333,7 +337,7 @@ class A2AAdapter:
         if follow.settled:
             return
         if not follow.task_id:
-            raise DeliveryFailed(
+            raise AttemptFailed(
                 st.REMOTE_PROTOCOL, "the agent answered with no task and no message"
             )
         await self._poll(client, follow, deadline, reply)
@@ -352,9 +356,9 @@ class A2AAdapter:
             try:
                 async with asyncio.timeout(self.timeout):
                     task: Task = await _call(client.get_task(GetTaskRequest(id=follow.task_id)))
-            except (DeliveryFailed, TimeoutError) as exc:
+            except (AttemptFailed, TimeoutError) as exc:
                 # The agent may be restarting: keep trying until the follow time is up.
-                last_error = exc.reason if isinstance(exc, DeliveryFailed) else "timeout"
+                last_error = exc.reason if isinstance(exc, AttemptFailed) else "timeout"
                 continue
             if task.SerializeToString(deterministic=True) == follow.snapshot:
                 continue
@@ -385,7 +389,7 @@ class A2AAdapter:
         try:
             signal = parse_signal(envelope)
         except WireError as exc:
-            raise DeliveryFailed(st.MEDIA_ERROR, str(exc)) from None
+            raise AttemptFailed(st.MEDIA_ERROR, str(exc)) from None
         if not signal.cancel_task:
             # The agent never told which task it made (it had not answered yet): nothing to
             # cancel there. The face has already marked its task canceled.
@@ -394,8 +398,8 @@ class A2AAdapter:
             async with asyncio.timeout(self.timeout):
                 task = await _call(client.cancel_task(CancelTaskRequest(id=signal.cancel_task)))
         except TimeoutError:
-            raise DeliveryFailed(st.NO_ANSWER, "the agent did not answer the cancel") from None
-        except DeliveryFailed as exc:
+            raise AttemptFailed(st.NO_ANSWER, "the agent did not answer the cancel") from None
+        except AttemptFailed as exc:
             if exc.status.is_permanent:
                 # Not cancelable, or unknown to the agent: it has answered; nothing to retry.
                 return
@@ -407,39 +411,40 @@ class A2AAdapter:
             await self.http.aclose()
 
 
-def _failure(exc: BaseException) -> DeliveryFailed:
-    """An a2a-sdk client failure as the dispatcher's DeliveryFailed (see the module table)."""
+def _failure(exc: BaseException) -> AttemptFailed:
+    """An a2a-sdk client failure as the dispatcher's AttemptFailed (see the module table)."""
     if isinstance(exc, A2AClientTimeoutError):
-        return DeliveryFailed(st.NO_ANSWER, "the agent did not answer in time")
+        return AttemptFailed(st.NO_ANSWER, "the agent did not answer in time")
     for kind, status in _REFUSALS.items():
         if isinstance(exc, kind):
-            return DeliveryFailed(status, f"the agent refused: {exc.message[:300]}")
+            return AttemptFailed(status, f"the agent refused: {exc.message[:300]}")
     if isinstance(exc, A2AClientError):
         cause = exc.__cause__
         if isinstance(cause, httpx.HTTPStatusError):
             code = cause.response.status_code
             if code >= 500 or code in (408, 429):
-                return DeliveryFailed(st.NO_ANSWER, f"the agent answered HTTP {code}")
-            return DeliveryFailed(st.NOT_AUTHORIZED, f"the agent refused with HTTP {code}")
+                return AttemptFailed(st.NO_ANSWER, f"the agent answered HTTP {code}")
+            return AttemptFailed(st.NOT_AUTHORIZED, f"the agent refused with HTTP {code}")
         if isinstance(cause, httpx.TimeoutException):
-            return DeliveryFailed(st.NO_ANSWER, "the agent did not answer in time")
+            return AttemptFailed(st.NO_ANSWER, "the agent did not answer in time")
         if isinstance(cause, httpx.HTTPError):
-            return DeliveryFailed(st.NO_ANSWER, f"cannot reach the agent ({type(cause).__name__})")
-        return DeliveryFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
+            return AttemptFailed(st.NO_ANSWER, f"cannot reach the agent ({type(cause).__name__})")
+        return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
     if isinstance(exc, a2a_errors.A2AError):
         # InternalError and errors of kinds not listed: the agent answered, with a failure.
-        return DeliveryFailed(st.PERMANENT, f"the agent failed: {exc.message[:300]}")
+        return AttemptFailed(st.PERMANENT, f"the agent failed: {exc.message[:300]}")
     if isinstance(exc, httpx.TimeoutException):
-        return DeliveryFailed(st.NO_ANSWER, "the agent did not answer in time")
+        return AttemptFailed(st.NO_ANSWER, "the agent did not answer in time")
     if isinstance(exc, httpx.HTTPError):
-        return DeliveryFailed(st.NO_ANSWER, f"cannot reach the agent ({type(exc).__name__})")
+        return AttemptFailed(st.NO_ANSWER, f"cannot reach the agent ({type(exc).__name__})")
     # The SDK's parsers raise assorted errors (ParseError, ValueError, KeyError) on bodies
     # that are JSON but not A2A.
-    return DeliveryFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
+    return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
 
 
 async def _events(stream: AsyncIterator[StreamResponse]) -> AsyncIterator[StreamResponse]:
-    """The client's event stream with its failures translated (STYLE §7)."""
+    """The client's event stream, its failures translated into ``AttemptFailed`` here, so no
+    a2a-sdk or httpx exception leaves the adapter."""
     try:
         async for event in stream:
             yield event

@@ -35,18 +35,15 @@ from google.protobuf import json_format
 from jwt.api_jwk import PyJWK
 
 from relay.core import jsonutil
-from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import A2A_PROTOCOL_VERSION, SYNQ_ADDRESS_EXTENSION, a2a_base_url
-from relay.core.errors import BadSignature, MalformedRequest, PayloadTooLarge, PeerError, RelayError
+from relay.core.errors import BadAgentCard, BadSignature, MalformedRequest, PayloadTooLarge
 from relay.core.jws import PublicKey, SigningKey, b64url_decode
 
 __all__ = [
     "JWKS_PATH",
     "MAX_CARD_BYTES",
     "SECURITY_SCHEME",
-    "AgentUnreachable",
-    "CardError",
     "card_kids",
     "json_form",
     "parse_card",
@@ -68,44 +65,26 @@ SECURITY_SCHEME: Final = "synq"
 _REPLACED: Final = ("supportedInterfaces", "securitySchemes", "securityRequirements", "signatures")
 
 
-class CardError(PeerError):
-    """The endpoint answered, but not with a usable A2A agent card."""
-
-    code = "bad_agent_card"
-    status = st.MEDIA_ERROR
-    http_status = 502
-    default_message = "not an A2A agent card"
-
-
-class AgentUnreachable(RelayError):
-    """The agent did not answer (connection refused, timeout, 5xx)."""
-
-    code = "agent_unreachable"
-    status = st.NO_ANSWER
-    http_status = 502
-    default_message = "the agent did not answer"
-
-
 def parse_card(data: bytes, where: str) -> AgentCard:
     """A card from raw bytes: bounded, strict JSON, an A2A 1.0 AgentCard with at least one
     interface the relay can speak (JSON-RPC or HTTP+JSON)."""
     if len(data) > MAX_CARD_BYTES:
-        raise CardError(f"{where}: the agent card is larger than {MAX_CARD_BYTES} bytes")
+        raise BadAgentCard(f"{where}: the agent card is larger than {MAX_CARD_BYTES} bytes")
     try:
         raw = jsonutil.loads(data, max_bytes=MAX_CARD_BYTES, what="agent card")
     except (MalformedRequest, PayloadTooLarge):
-        raise CardError(f"{where}: the agent card is not JSON") from None
+        raise BadAgentCard(f"{where}: the agent card is not JSON") from None
     if not isinstance(raw, dict):
-        raise CardError(f"{where}: the agent card is not a JSON object")
+        raise BadAgentCard(f"{where}: the agent card is not a JSON object")
     try:
         card = parse_agent_card(copy.deepcopy(raw))
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
-        raise CardError(f"{where}: not an A2A agent card ({str(exc)[:120]})") from None
+        raise BadAgentCard(f"{where}: not an A2A agent card ({str(exc)[:120]})") from None
     if not card.name:
-        raise CardError(f"{where}: not an A2A agent card (no name)")
+        raise BadAgentCard(f"{where}: not an A2A agent card (no name)")
     usable = [i for i in card.supported_interfaces if i.protocol_binding in _BINDINGS and i.url]
     if not usable:
-        raise CardError(
+        raise BadAgentCard(
             f"{where}: the agent card names no JSON-RPC or HTTP+JSON interface the relay can use"
         )
     return card
@@ -169,7 +148,7 @@ def publish_card(
     try:
         published: AgentCard = json_format.ParseDict(data, AgentCard(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as exc:
-        raise CardError(f"the agent card of {address} cannot be republished: {exc}") from None
+        raise BadAgentCard(f"the agent card of {address} cannot be republished: {exc}") from None
     return published
 
 

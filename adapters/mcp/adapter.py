@@ -1,4 +1,4 @@
-"""The MCP adapter: MCP servers as Synq agents (DESIGN §8, SPEC.md "MCP mapping").
+"""The MCP adapter: MCP servers as Synq agents (SPEC.md "MCP mapping").
 
 For an agent registered with ``synq agent add NAME --mcp-stdio CMD`` or ``--mcp-http URL`` the
 dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliver`:
@@ -35,7 +35,6 @@ from adapters.mcp.client import (
     CONNECT_TIMEOUT,
     RESTART_INITIAL,
     RESTART_MAX,
-    CallFailed,
     HttpServer,
     StdioServer,
     ToolSet,
@@ -50,9 +49,9 @@ from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
 from relay.core.envelope import KIND_TASK_UPDATE, Envelope
-from relay.core.errors import ConfigError
+from relay.core.errors import AttemptFailed, ConfigError
 from relay.core.jsonutil import dumps
-from relay.delivery.adapters import DeliveryFailed, Replier, Reply
+from relay.delivery.adapters import Replier, Reply
 from relay.store.base import AgentRecord
 
 log = logging.getLogger("synq.mcp")
@@ -243,12 +242,11 @@ class McpAdapter:
     # --- delivery ------------------------------------------------------------------------------
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
-        try:
-            call = translate.parse_call(
-                envelope.content_type, envelope.body, envelope.id, envelope.thread
-            )
-        except translate.CallRefused as exc:
-            raise DeliveryFailed(exc.status, exc.reason) from None
+        # A refused call (translate.CallRefused) is an AttemptFailed with its 5.x.x status: it
+        # reaches the dispatcher as it is, which bounces the envelope with a DSN.
+        call = translate.parse_call(
+            envelope.content_type, envelope.body, envelope.id, envelope.thread
+        )
         endpoint = agent.endpoint or ""
         if endpoint.startswith(STDIO_PREFIX):
             await self._deliver_stdio(endpoint, call, reply)
@@ -260,39 +258,30 @@ class McpAdapter:
         try:
             live = await server.live()
         except Unavailable as exc:
-            raise DeliveryFailed(st.NO_ANSWER, str(exc)) from None
-        self._check(live.tools, call)
+            raise AttemptFailed(st.NO_ANSWER, str(exc)) from None
+        live.tools.check(call)
         await self._call(live.session, call, reply)
 
     async def _deliver_http(self, endpoint: str, call: translate.ToolCall, reply: Replier) -> None:
         progress = _ProgressSender(call, reply)
         try:
             outcome = await self._http_server(endpoint).call(call, self.call_timeout, progress.push)
-        except translate.CallRefused as exc:
-            progress.cancel()
-            raise DeliveryFailed(exc.status, exc.reason) from None
         except Unavailable as exc:
             progress.cancel()
-            raise DeliveryFailed(st.NO_ANSWER, f"cannot reach the MCP server: {exc}") from None
+            raise AttemptFailed(st.NO_ANSWER, f"cannot reach the MCP server: {exc}") from None
         except BaseException:
             progress.cancel()
             raise
         await progress.close()
         await self._send_outcome(call, outcome, reply)
 
-    def _check(self, tools: ToolSet, call: translate.ToolCall) -> None:
-        try:
-            tools.check(call)
-        except translate.CallRefused as exc:
-            raise DeliveryFailed(exc.status, exc.reason) from None
-
     async def _call(self, session: ClientSession, call: translate.ToolCall, reply: Replier) -> None:
         progress = _ProgressSender(call, reply)
         try:
-            outcome: dict[str, Any] | CallFailed = await call_tool(
+            outcome: dict[str, Any] | AttemptFailed = await call_tool(
                 session, call, self.call_timeout, progress.push
             )
-        except CallFailed as exc:
+        except AttemptFailed as exc:
             outcome = exc
         except BaseException:
             progress.cancel()
@@ -301,9 +290,9 @@ class McpAdapter:
         await self._send_outcome(call, outcome, reply)
 
     async def _send_outcome(
-        self, call: translate.ToolCall, outcome: dict[str, Any] | CallFailed, reply: Replier
+        self, call: translate.ToolCall, outcome: dict[str, Any] | AttemptFailed, reply: Replier
     ) -> None:
-        if isinstance(outcome, CallFailed):
+        if isinstance(outcome, AttemptFailed):
             log.info("MCP call %s (%s) failed: %s", call.task_id, call.tool, outcome.reason)
             body = translate.failure_body(call, outcome.status, outcome.reason)
         else:

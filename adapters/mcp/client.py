@@ -21,9 +21,10 @@ Two kinds of endpoint (``AgentRecord.endpoint``):
 
 A call that has **crossed** to the server (the request was written) is never retried: MCP tool
 calls carry no idempotency key, so a timeout or a server exiting mid-call ends in a failed reply
-(:class:`CallFailed`), at most once — not in a second execution. Whether a call crossed is
-decided per request by the HTTP transport (:class:`_Attempt`): only a refused connection or a
-``404`` for the session count as not crossed.
+(an ``AttemptFailed`` returned as the call's outcome, never raised to the dispatcher), at most
+once — not in a second execution. Whether a call crossed is decided per request by the HTTP
+transport (:class:`_Attempt`): only a refused connection or a ``404`` for the session count as
+not crossed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from mcp.shared.exceptions import MCPError
 from adapters.mcp import translate
 from adapters.mcp.stdio import MAX_STDIO_MESSAGE_BYTES, StdioProcess, stdio_transport
 from relay.core import status as st
-from relay.core.status import Status
+from relay.core.errors import AttemptFailed
 
 log = logging.getLogger("synq.mcp")
 
@@ -92,15 +93,6 @@ CLIENT_INFO: Final = mt.Implementation(name="synq-relay", version="1")
 
 class Unavailable(Exception):
     """The server cannot take a call now; nothing crossed. The envelope is retried."""
-
-
-class CallFailed(Exception):
-    """The call crossed to the server and failed without a usable result."""
-
-    def __init__(self, status: Status, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass
@@ -158,28 +150,28 @@ async def list_tools(session: ClientSession) -> ToolSet:
 async def call_tool(
     session: ClientSession, call: translate.ToolCall, timeout: float, on_progress: ProgressFnT
 ) -> dict[str, Any]:
-    """``tools/call`` with progress; the ``CallToolResult`` as JSON, or CallFailed."""
+    """``tools/call`` with progress; the ``CallToolResult`` as JSON, or AttemptFailed."""
     try:
         result = await session.call_tool(
             call.tool, call.arguments, read_timeout_seconds=timeout, progress_callback=on_progress
         )
     except MCPError as exc:
         if exc.error.code == mt.REQUEST_TIMEOUT:
-            raise CallFailed(
+            raise AttemptFailed(
                 st.NO_ANSWER, f"the tool did not answer within {timeout:g} s"
             ) from None
         if exc.error.code == mt.CONNECTION_CLOSED:
-            raise CallFailed(
+            raise AttemptFailed(
                 st.BAD_CONNECTION, "the server closed the connection during the call"
             ) from None
         # A JSON-RPC error answer to tools/call (MCP 2025-11-25 "Tools" §Error Handling:
         # protocol errors) is the server's answer: report it as a failed result.
-        raise CallFailed(
+        raise AttemptFailed(
             st.PERMANENT, f"the server answered error {exc.error.code}: {exc.error.message}"
         ) from None
     except RuntimeError as exc:
         # The SDK's check of structured content against the tool's output schema.
-        raise CallFailed(st.MEDIA_ERROR, f"the server's result is not valid: {exc}") from None
+        raise AttemptFailed(st.MEDIA_ERROR, f"the server's result is not valid: {exc}") from None
     dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     return dumped
 
@@ -652,9 +644,9 @@ class HttpServer:
 
     async def call(
         self, call: translate.ToolCall, timeout: float, on_progress: ProgressFnT
-    ) -> dict[str, Any] | CallFailed:
+    ) -> dict[str, Any] | AttemptFailed:
         """Check ``call`` against the tool list (:class:`translate.CallRefused` refuses it),
-        then run it once: the result, or :class:`CallFailed` once it crossed. Unavailable when
+        then run it once: the result, or :class:`AttemptFailed` once it crossed. Unavailable when
         the server cannot be reached and nothing crossed (the envelope is retried)."""
         why = ""
         for _ in range(MAX_SESSION_RENEWALS + 1):
@@ -671,10 +663,10 @@ class HttpServer:
             token = _ATTEMPT.set(attempt)
             try:
                 return await call_tool(live.session, call, timeout, on_progress)
-            except CallFailed as exc:
+            except AttemptFailed as exc:
                 failed = exc
             except Exception as exc:  # the session's streams broke under the call
-                failed = CallFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
+                failed = AttemptFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
             finally:
                 _ATTEMPT.reset(token)
             if attempt.crossed:

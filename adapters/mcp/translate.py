@@ -37,6 +37,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from relay.core import status as st
+from relay.core.errors import AttemptFailed
 from relay.core.jsonutil import dumps
 from relay.core.status import Status
 
@@ -66,13 +67,12 @@ BAD_ARGUMENTS: Final = st.INVALID_PARAMETER
 BAD_CALL: Final = st.MEDIA_ERROR
 
 
-class CallRefused(Exception):
-    """The envelope cannot become a ``tools/call``; the sender gets a DSN with this status."""
+class CallRefused(AttemptFailed):
+    """The envelope cannot become a ``tools/call``; the sender gets a DSN with this status.
+    Its own class because the HTTP server lists its tools again before a refusal stands."""
 
     def __init__(self, status: Status, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = clip(reason)
+        super().__init__(status, clip(reason))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""The relay's small adapter interface (DESIGN §2, §8): what an adapter implements, and the
-only relay types an adapter sees.
+"""The relay's small adapter interface: what an adapter implements, and the only relay types an
+adapter sees.
 
 An adapter translates between envelopes and one protocol (A2A, MCP). For an agent it backs,
 the relay hands it each envelope from the agent's inbox (``deliver``) together with a
@@ -8,10 +8,11 @@ update, progress — goes back to the original sender as envelopes, in the order
 emits them, each durable before ``reply`` returns. Adapters hold no routing and no storage:
 the relay's store is the inbox, its dispatcher does the retrying, its router does the rest.
 
-An adapter reports failure by raising ``DeliveryFailed`` with an RFC 3463 status: a 4.x.x
-status keeps the envelope in the inbox for another attempt (the agent is down, timed out,
-answered 5xx), a 5.x.x status bounces it to its sender with a DSN (the agent refused the
-message for good). Any other exception counts as transient (4.0.0) and is logged.
+An adapter reports failure by raising ``relay.core.errors.AttemptFailed`` with an RFC 3463
+status: a 4.x.x status keeps the envelope in the inbox for another attempt (the agent is down,
+timed out, answered 5xx), a 5.x.x status bounces it to its sender with a DSN (the agent refused
+the message for good; SPEC.md §9.4). Any other ``SynqError`` counts as transient, keeping its
+own status when that is 4.x.x; any other exception counts as transient (4.0.0) and is logged.
 """
 
 from __future__ import annotations
@@ -20,15 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.core.envelope import Envelope
-from relay.core.status import Status
 from relay.store.base import AgentRecord
-
-
-class DeliveryFailed(Exception):
-    def __init__(self, status: Status, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,10 @@ from relay.core import status as st
 from relay.core.address import Address
 from relay.core.clock import Clock
 from relay.core.envelope import KIND_DSN, Envelope
-from relay.core.errors import SynqError
+from relay.core.errors import AttemptFailed, SynqError
 from relay.core.jws import b64url_decode
 from relay.core.retry import RetryPolicy
-from relay.delivery.adapters import AgentAdapter, DeliveryFailed, Reply
+from relay.delivery.adapters import AgentAdapter, Reply
 from relay.delivery.router import Router
 from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, LocalDelivery, NewEnvelope, Store
 
@@ -116,8 +116,8 @@ class Dispatcher:
         try:
             async with self._slots, asyncio.timeout(self.timeout):
                 await adapter.deliver(agent, envelope, self._replier(row.agent, envelope))
-        except DeliveryFailed as exc:
-            if exc.status.is_permanent:
+        except AttemptFailed as exc:
+            if exc.permanent:
                 return await self._bounce(row, envelope, exc.status, exc.reason, counted=True)
             return self._defer(row, exc.status, exc.reason, self.clock.now()), None
         except TimeoutError:

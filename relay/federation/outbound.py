@@ -34,7 +34,7 @@ from relay.core import envelope as env_mod
 from relay.core import status as st
 from relay.core import txn as txn_mod
 from relay.core.clock import Clock
-from relay.core.errors import DiscoveryError, SynqError
+from relay.core.errors import AttemptFailed, DiscoveryError, SynqError
 from relay.core.ids import uuid7
 from relay.core.jws import b64url_decode
 from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
@@ -68,21 +68,18 @@ MAX_IDLE_WAIT: Final = 30.0
 TRANSACTION_TIMEOUT: Final = 60.0
 
 
-class TransportFailure(Exception):
-    """The transaction did not get a usable answer: connection refused, timeout, 5xx,
-    garbage, or a refusal of the relay host itself. Carries the status to record; ``too_large``
-    marks a 413 for the whole transaction."""
-
-    def __init__(self, status: st.Status, reason: str, *, too_large: bool = False) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.too_large = too_large
+class TransactionTooLarge(AttemptFailed):
+    """The partner refused the whole transaction for its size (413). Smaller transactions may
+    pass (its well-known ``policy`` may say how small, SPEC.md §7.3), so the sender halves the
+    transaction before it records any failure."""
 
 
 class Transport(Protocol):
     async def put_transaction(self, relay_url: str, txn_id: str, body: bytes) -> bytes:
-        """PUT the transaction; return the 200 body or raise TransportFailure."""
+        """PUT the transaction; return the 200 body, or raise ``AttemptFailed`` when the
+        transaction got no usable answer (connection refused, timeout, 5xx, garbage, or a
+        refusal of the relay host itself) with the status to record, or
+        ``TransactionTooLarge``."""
         ...
 
 
@@ -222,8 +219,8 @@ class FederationSender:
             async with self._destination_gate(domain), self._slots:
                 answer = await self.transport.put_transaction(relay_url, txn_id, body)
             results = txn_mod.parse_results(answer)
-        except TransportFailure as exc:
-            if exc.too_large and len(batch) > 1:
+        except AttemptFailed as exc:
+            if isinstance(exc, TransactionTooLarge) and len(batch) > 1:
                 # The partner takes smaller transactions than we send (its policy hint may
                 # say so too): halve and try again, down to one envelope per transaction.
                 half = len(batch) // 2
@@ -231,7 +228,7 @@ class FederationSender:
                     domain, relay_url, batch[:half], now
                 ) + await self._transaction(domain, relay_url, batch[half:], now)
             log.info("txn %s to %s failed: %s", txn_id, domain, exc.reason)
-            if exc.status.is_permanent:
+            if exc.permanent:
                 # Discovery-level refusals surfacing at connect time: the relay host has no
                 # address, or only addresses our SSRF policy refuses. Retrying cannot help.
                 return [

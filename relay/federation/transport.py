@@ -1,5 +1,6 @@
-"""HTTP transport for outbound transactions (aiohttp), translating every client-side failure
-into ``TransportFailure`` with the transient status a sender records (STYLE §7)."""
+"""HTTP transport for outbound transactions (aiohttp). Every client-side failure becomes an
+``AttemptFailed`` with the status the sender records (SPEC.md §8.7), here at the boundary: no
+aiohttp exception reaches the sender."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import aiohttp
 from yarl import URL
 
 from relay.core import status as st
-from relay.core.errors import SynqError
+from relay.core.errors import AttemptFailed, SynqError
 from relay.core.limits import MAX_TXN_BYTES
 from relay.discovery.ssrf import AddressPolicy
-from relay.federation.outbound import TRANSACTION_TIMEOUT, TransportFailure
+from relay.federation.outbound import TRANSACTION_TIMEOUT, TransactionTooLarge
 
 #: Largest answer read from a partner: results for MAX_TXN_ENVELOPES envelopes with reasons fit
 #: in far less; the bound stops a hostile partner streaming an endless body into our memory.
@@ -34,6 +35,15 @@ async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` in delay-seconds (RFC 9110 §10.2.3), or None. The HTTP-date form is
+    not read: Synq relays send seconds (SPEC.md §5.2), and a date would need the partner's
+    clock to agree with ours."""
+    if value is None or not value.strip().isdigit() or not value.strip().isascii():
+        return None
+    return float(value.strip())
 
 
 class HttpTransport:
@@ -67,38 +77,40 @@ class HttpTransport:
             ) as resp:
                 answer = await read_bounded(resp.content, MAX_ANSWER_BYTES)
                 if len(answer) > MAX_ANSWER_BYTES:
-                    raise TransportFailure(st.REMOTE_PROTOCOL, "answer too large")
+                    raise AttemptFailed(st.REMOTE_PROTOCOL, "answer too large")
                 if resp.status == 200:
                     return answer
                 if resp.status == 413:
-                    raise TransportFailure(
-                        st.TOO_BIG, "partner relay refused the transaction's size", too_large=True
+                    raise TransactionTooLarge(
+                        st.TOO_BIG, "partner relay refused the transaction's size"
                     )
                 if resp.status in (429, 503):
-                    raise TransportFailure(st.CONGESTED, f"partner relay answered {resp.status}")
-                if resp.status >= 500:
-                    raise TransportFailure(
-                        st.REMOTE_PROTOCOL, f"partner relay answered {resp.status}"
+                    raise AttemptFailed(
+                        st.CONGESTED,
+                        f"partner relay answered {resp.status}",
+                        retry_after=retry_after(resp.headers.get("Retry-After")),
                     )
+                if resp.status >= 500:
+                    raise AttemptFailed(st.REMOTE_PROTOCOL, f"partner relay answered {resp.status}")
                 # A 4xx for the whole transaction means the two relays disagree about the
                 # protocol (or a proxy is in the way). Nothing about one envelope is known to be
                 # permanent, so keep it queued: it bounces at expiry if nobody fixes it.
-                raise TransportFailure(
+                raise AttemptFailed(
                     st.REMOTE_PROTOCOL, f"partner relay refused the transaction ({resp.status})"
                 )
-        except TransportFailure:
+        except AttemptFailed:
             raise
         except SynqError as exc:
             # The guarded connector refuses the relay host at connect time (discovery errors
             # pass through aiohttp untouched): keep the refusal's own status.
-            raise TransportFailure(exc.status, exc.message) from None
+            raise AttemptFailed(exc.status, exc.message) from None
         except TimeoutError:
-            raise TransportFailure(st.NO_ANSWER, "timed out") from None
+            raise AttemptFailed(st.NO_ANSWER, "timed out") from None
         except aiohttp.ClientConnectorError as exc:
-            raise TransportFailure(
+            raise AttemptFailed(
                 st.NO_ANSWER, f"cannot connect ({exc.os_error.strerror or 'refused'})"
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise TransportFailure(
+            raise AttemptFailed(
                 st.BAD_CONNECTION, f"connection failed ({type(exc).__name__})"
             ) from None

@@ -1,4 +1,5 @@
-"""The relay's A2A face (DESIGN §8): an A2A agent for every address the relay can reach.
+"""The relay's A2A face (SPEC.md "The A2A face"): an A2A agent for every address the relay
+can reach.
 
 For any address — a local inbox agent, a local agent backed by an A2A or MCP server, a
 partner's agent across federation — the relay serves, rooted at ``/a2a/<address>``::
@@ -10,7 +11,7 @@ partner's agent across federation — the relay serves, rooted at ``/a2a/<addres
 
 so ``A2ACardResolver(client, "<relay>/a2a/bob@globex.example")`` and any unmodified A2A client
 work as if the agent were local. A call becomes an envelope from the caller's local agent; the
-answer is a task that advances as reply envelopes come back (relay/server/a2a_tasks.py).
+answer is a task that advances as reply envelopes come back (relay/tasks/).
 
 Hosting (SPEC.md "Hosting the SDKs"): the protocol bindings are a2a-sdk's own Starlette routes,
 run inside this aiohttp server by :class:`~relay.server.asgi.AsgiHost`, so the face parses,
@@ -34,7 +35,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event
 from a2a.server.request_handlers import RequestHandler, validate_request_params
@@ -73,11 +73,9 @@ from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
 from relay.core.ids import hash_token
 from relay.core.limits import MAX_API_BODY_BYTES
-from relay.discovery.dnsclient import make_resolver
-from relay.discovery.ssrf import make_guarded_connector
-from relay.server.a2a_tasks import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, FaceTasks, Tail
 from relay.server.asgi import AsgiHost
 from relay.server.http import read_body
+from relay.tasks.store import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, Tail, TaskStore
 
 if TYPE_CHECKING:
     from relay.runtime import Relay
@@ -136,7 +134,7 @@ class FaceHandler(RequestHandler):
     does with envelopes and the relay's store (behaviours mirrored: A2A 1.0 §3.1 and a2a-sdk
     1.3's errors and messages)."""
 
-    def __init__(self, tasks: FaceTasks) -> None:
+    def __init__(self, tasks: TaskStore) -> None:
         self.tasks = tasks
 
     @validate_request_params
@@ -302,12 +300,12 @@ class FaceHandler(RequestHandler):
 
 
 class A2AFace:
-    """The face's routes, its SDK host and its background work (the reply tracker)."""
+    """The face's routes and its SDK host, on the relay's task store (relay/tasks/store.py; the
+    runtime runs the reply tracker and the webhook pushes behind it)."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
-        self._session: aiohttp.ClientSession | None = None
-        self.tasks = FaceTasks(relay, check_url=relay.discovery.policy.check_url)
+        self.tasks = relay.task_store
         self.handler = FaceHandler(self.tasks)
         builder = _ContextBuilder()
         # JSON-RPC at the interface URL itself, and with a trailing slash: clients that treat
@@ -326,7 +324,6 @@ class A2AFace:
         # empty body; every spelling is routed above instead.
         app.router.redirect_slashes = False
         self.host = AsgiHost(app, "a2a")
-        self._tracker: asyncio.Task[None] | None = None
 
     def install(self, app: web.Application) -> None:
         app[A2A_FACE] = self
@@ -337,30 +334,11 @@ class A2AFace:
         app.cleanup_ctx.append(self._lifecycle)
 
     async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
-        disc = self.relay.config.discovery
-        # Webhooks are URLs a client names: fetched under the same SSRF rules as partners'
-        # documents (relay/discovery/ssrf.py), never following redirects.
-        self._session = aiohttp.ClientSession(
-            connector=make_guarded_connector(
-                self.relay.discovery.policy,
-                make_resolver(disc.nameservers, timeout=disc.timeout),
-                dns_timeout=disc.timeout,
-            ),
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self.tasks.set_push_session(self._session)
         await self.host.startup()
-        self._tracker = asyncio.create_task(self.tasks.run(), name="synq-a2a-tracker")
         try:
             yield
         finally:
-            self._tracker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tracker
-            await self.tasks.close()
             await self.host.shutdown()
-            await self._session.close()
 
     # routes ------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ async def read_json(request: web.Request, max_bytes: int = MAX_API_BODY_BYTES) -
         raise E.PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     ctype = request.content_type
     if ctype != "application/json":
-        raise E.MalformedRequest("Content-Type must be application/json", http_status=415)
+        raise E.UnsupportedMediaType("Content-Type must be application/json")
     data = await read_body(request, max_bytes, "request body")
     return jsonutil.loads(data, max_bytes=max_bytes, what="request body")
 

@@ -41,7 +41,8 @@ def build_app(
     relay: Relay, *, own_relay: bool = False, http_limits: HttpLimits = DEFAULT_HTTP_LIMITS
 ) -> web.Application:
     """The application for ``relay``. With ``own_relay`` the app runs the relay's background
-    work (the federation queue) while it serves, and closes the relay on cleanup.
+    work (``Relay.start_background``: the queues and the A2A reply tracker) while it serves, and
+    closes the relay on cleanup; without it the caller runs and closes them.
     ``http_limits`` are the HTTP server's limits; run the app with ``make_runner`` (or pass
     ``http_limits.server_kwargs()`` to a test server) so the server-side ones apply too."""
     app = web.Application(
@@ -61,9 +62,9 @@ def build_app(
             await relay.close()
 
         app.cleanup_ctx.append(lifecycle)
-    # After the relay's own lifecycle, so the face's tracker stops before the relay closes.
-    # Imported here: the a2a-sdk server modules cost every ``synq`` command a third of a second
-    # at start-up, and only a serving relay needs them.
+    # After the relay's own lifecycle, so the face's SDK host stops taking calls before the
+    # relay closes the task store under it. Imported here: the a2a-sdk server routes cost every
+    # ``synq`` command start-up time, and only a serving relay needs them.
     from relay.server.a2a_face import A2AFace
 
     A2AFace(relay).install(app)

@@ -1,10 +1,11 @@
-"""The one place errors become HTTP responses (STYLE §6).
+"""The one place errors become HTTP responses (SPEC.md §5.2, §6.9).
 
 Handlers raise :class:`relay.core.errors.SynqError`; this middleware renders it as
-``{"error": {"code", "status", "message"}}`` with its HTTP status. aiohttp's own HTTP exceptions
-(unknown route, wrong method, body too large) are mapped onto the same shape, and anything else
-is logged with its traceback and answered ``500 internal_error`` without a word of its text, so
-no internal name or path reaches a peer.
+``{"error": {"code", "status", "message"}}`` with the HTTP status its class carries, and the
+headers its class calls for. aiohttp's own HTTP exceptions (unknown route, wrong method, body
+too large) become the classes of the same failures first, and anything else is logged with its
+traceback and answered ``500 internal_error`` without a word of its text, so no internal name or
+path reaches a peer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def error_response(exc: E.SynqError) -> web.Response:
     elif isinstance(exc, E.Unauthenticated):
         # RFC 6750 §3: a 401 names the scheme the client must use.
         headers["WWW-Authenticate"] = 'Bearer realm="synq"'
+    elif isinstance(exc, E.MethodNotAllowed) and exc.allowed:
+        # RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+        headers["Allow"] = ", ".join(exc.allowed)
 
     response = web.Response(
         status=exc.http_status,
@@ -37,7 +41,7 @@ def error_response(exc: E.SynqError) -> web.Response:
         content_type="application/json",
         headers=headers,
     )
-    if exc.http_status == 408:
+    if isinstance(exc, E.RequestTimeout):
         # RFC 9110 §15.5.9: the server closes a connection whose request timed out; keeping it
         # would let a slow client dribble the rest of its body into the next "request".
         response.force_close()
@@ -45,17 +49,27 @@ def error_response(exc: E.SynqError) -> web.Response:
 
 
 def _from_http_exception(exc: web.HTTPException) -> E.SynqError:
-    if exc.status == 404:
+    """The class of the failure aiohttp raised. The router's 404 and 405 and the body reader's
+    413 are what reaches the middleware (the HTTP parser answers malformed requests and ``Expect``
+    failures itself, before any middleware runs); the other classes cover a handler raising
+    aiohttp's exceptions, and any other 4xx is a malformed request."""
+    if isinstance(exc, web.HTTPNotFound):
         return E.NotFound("no such endpoint")
-    if exc.status == 405:
-        allowed = exc.headers.get("Allow", "")
-        return E.MalformedRequest(f"method not allowed; allowed: {allowed}", http_status=405)
-    if exc.status == 413:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = tuple(sorted(exc.allowed_methods))
+        return E.MethodNotAllowed(
+            f"method not allowed; allowed: {','.join(allowed)}", allowed=allowed
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return E.PayloadTooLarge()
-    if exc.status == 401:
+    if isinstance(exc, web.HTTPUnauthorized):
         return E.Unauthenticated()
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return E.UnsupportedMediaType()
+    if isinstance(exc, web.HTTPRequestTimeout):
+        return E.RequestTimeout()
     if 400 <= exc.status < 500:
-        return E.MalformedRequest(exc.reason, http_status=exc.status)
+        return E.MalformedRequest(exc.reason)
     return E.InternalError()
 
 

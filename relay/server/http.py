@@ -87,7 +87,7 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     """The whole request body, at most ``limit`` bytes, within the body read deadline.
 
     Raises PayloadTooLarge (413) — before reading anything when ``Content-Length`` says so —
-    or MalformedRequest with 408 when the body does not arrive in time.
+    or RequestTimeout (408) when the body does not arrive in time.
     """
     too_large = E.PayloadTooLarge(f"{what} is larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
@@ -97,9 +97,7 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
         async with asyncio.timeout(deadline):
             body = await request.read()
     except TimeoutError:
-        raise E.MalformedRequest(
-            f"the {what} did not arrive within {deadline:g} s", http_status=408
-        ) from None
+        raise E.RequestTimeout(f"the {what} did not arrive within {deadline:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
     if len(body) > limit:

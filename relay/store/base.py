@@ -15,7 +15,7 @@ Data model (SPEC.md §store is not normative; this is the relay's own business):
 * **events** — the per-recipient hop log shown by ``synq status``.
 * **a2a_tasks**, **a2a_task_events**, **a2a_task_envelopes**, **a2a_feed** — the tasks of the
   relay's A2A face, their event logs, the envelopes sent for them, and the reply tracker's
-  cursor over inbox sequence numbers (migration 0003; relay/server/a2a_tasks.py).
+  cursor over inbox sequence numbers (migration 0003; relay/tasks/).
 
 Durability contract: when ``accept``/``accept_many`` returns, the envelope and every row it
 implies are committed (for SQLite with ``synchronous=FULL``: fsynced). The relay answers 202

@@ -1,4 +1,4 @@
-"""The tasks of the relay's A2A face: created from A2A calls, advanced by reply envelopes.
+"""The task store of the A2A face: tasks, their event logs, and compare-and-set changes.
 
 A call to the face becomes an envelope from the caller's local agent (SPEC.md "A2A mapping").
 The face's task is in the store (migration 0003), never only in memory:
@@ -7,18 +7,15 @@ The face's task is in the store (migration 0003), never only in memory:
   then the envelope is submitted through the router (custody, policy, rate limits), so no
   reply can arrive before the task that expects it. A follow-up message (``taskId`` given)
   is linked to the task the same way.
-* **the reply tracker** follows the inboxes of agents that own tasks (``Store.a2a_feed``, a
-  durable cursor). A reply whose ``in_reply_to`` names an envelope of a task, sent by the
-  address the task was sent to (or a delivery-status envelope from a relay on the way), is
-  folded into the task (adapters/a2a/tasks.py), appended to its event log, acked in the
-  owner's inbox, and pushed to the task's webhooks. Applying is idempotent (the event log
-  remembers its source envelope), so a crash between applying and moving the cursor only
-  repeats work.
+* **change** — every change of a task is a compare-and-set on its version, retried on a
+  conflict, so the reply tracker (replies.py) and a CancelTask never overwrite each other. A
+  change that logs events hands them to the task's webhooks (push.py).
 * **readers** (SendMessage waiting for a result, SendStreamingMessage, SubscribeToTask) tail
-  the event log, woken by the store's notifier; a restart loses nothing but open connections.
+  the event log with :class:`Tail`, woken by the store's notifier; a restart loses nothing but
+  open connections.
 
-Every change of a task is a compare-and-set on its version, so the tracker and a CancelTask
-never overwrite each other.
+The task store also keeps :class:`OwnerInboxes`: the inboxes replies to its tasks arrive in,
+which the reply tracker follows.
 """
 
 from __future__ import annotations
@@ -31,12 +28,11 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import aiohttp
 from a2a.types import (
     ListTasksRequest,
     ListTasksResponse,
@@ -52,28 +48,30 @@ from a2a.types import (
 )
 from a2a.utils import errors as a2a
 from google.protobuf import json_format
-from yarl import URL
 
 from adapters.a2a import tasks as folding
 from adapters.a2a import wire
-from relay.core import envelope as env_mod
-from relay.core import jsonutil
-from relay.core.address import MAILER_DAEMON, Address
-from relay.core.envelope import ID_PATTERN, KIND_DSN, KIND_MESSAGE, KIND_SIGNAL, Envelope
+from relay.core.address import Address
+from relay.core.clock import Clock
+from relay.core.envelope import ID_PATTERN, KIND_MESSAGE, KIND_SIGNAL
 from relay.core.errors import PeerError, SynqError
 from relay.core.ids import uuid7
-from relay.core.jws import b64url_decode
-from relay.store.base import A2ATask, Listener, a2a_task_channel, inbox_channel
-
-if TYPE_CHECKING:
-    from relay.runtime import Relay
+from relay.delivery.router import Router
+from relay.store.base import A2ATask, Listener, Notifier, Store, a2a_task_channel, inbox_channel
+from relay.tasks.push import MAX_PUSH_CONFIGS, PushSender, push_configs, push_json
 
 __all__ = [
     "FIRST_EVENT_WAIT",
     "MAX_BLOCKING_WAIT",
-    "FaceTasks",
+    "Change",
+    "OwnerInboxes",
     "Started",
     "Tail",
+    "TaskStore",
+    "event_json",
+    "parse_event",
+    "parse_task",
+    "task_json",
     "thread_of",
 ]
 
@@ -93,23 +91,9 @@ FIRST_EVENT_WAIT: Final = 5.0
 READER_IDLE: Final = 15.0
 #: Events read from the log at once. Bounds a reader's memory however long the log.
 EVENT_PAGE: Final = 100
-#: Inbox rows the tracker reads per pass.
-FEED_BATCH: Final = 200
-#: Longest idle wait of the tracker (a safety net for lost wake-ups, as the queues have).
-TRACKER_IDLE: Final = 30.0
 #: Compare-and-set attempts before a change gives up. Conflicts need two writers on one task
 #: at the same moment; a handful of retries always suffices unless something is wrong.
 MAX_CAS_ATTEMPTS: Final = 16
-#: Push-notification configs per task (A2A 1.0 §4.3). Each one is a POST per event: stops a
-#: client from multiplying the relay's outbound requests without bound.
-MAX_PUSH_CONFIGS: Final = 10
-#: Push deliveries in flight at once, and how long one may take. Pushes are best effort
-#: (A2A 1.0 §4.3.3): a slow webhook costs a slot for this long, never a task's progress.
-MAX_CONCURRENT_PUSHES: Final = 16
-PUSH_TIMEOUT: Final = 10.0
-#: Pushes waiting for a slot. Beyond it new pushes are dropped (and logged) rather than
-#: queued without bound behind dead webhooks.
-MAX_PENDING_PUSHES: Final = 1_000
 #: A task still ``submitted`` this long after it was created, whose envelope the store does
 #: not hold, lost its envelope to a crash between the two writes: it is marked failed.
 ORPHAN_AGE: Final = timedelta(seconds=60)
@@ -191,7 +175,7 @@ class Tail:
     missed, and a deadline never cancels anything half way.
     """
 
-    def __init__(self, tasks: FaceTasks, task_id: str, after: int) -> None:
+    def __init__(self, tasks: TaskStore, task_id: str, after: int) -> None:
         self.tasks = tasks
         self.task_id = task_id
         self.after = after
@@ -227,30 +211,39 @@ class Tail:
         return self._buffer.popleft()
 
 
-class FaceTasks:
-    """Task state for the A2A face, on the relay's store; see the module docstring."""
+class OwnerInboxes:
+    """The inboxes replies to tasks arrive in — those of the agents that own tasks — as one
+    wake-up: the task store adds an owner when it creates a task, the reply tracker
+    (replies.py) waits on :attr:`wake` for mail in any of them."""
 
-    def __init__(
-        self,
-        relay: Relay,
-        *,
-        push_session: aiohttp.ClientSession | None = None,
-        check_url: Callable[[URL], URL] | None = None,
-    ) -> None:
-        self.relay = relay
-        self.store = relay.store
-        self.clock = relay.clock
-        self.domain: str = relay.domain
-        self._push_session = push_session
-        self._check_url = check_url
-        self._push_slots = asyncio.Semaphore(MAX_CONCURRENT_PUSHES)
-        self._pushes: set[asyncio.Task[None]] = set()
-        self._wake = Listener()
-        self._watched: set[str] = set()
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.wake = Listener()
+        self._owners: set[str] = set()
 
-    def set_push_session(self, session: aiohttp.ClientSession) -> None:
-        """The HTTP client webhooks are posted with (SSRF-guarded; the face owns it)."""
-        self._push_session = session
+    def add(self, owner: str) -> None:
+        """Wake the tracker when ``owner``'s inbox gets mail (it owns tasks)."""
+        if owner not in self._owners:
+            self._owners.add(owner)
+            self.notifier.attach(inbox_channel(owner), self.wake)
+
+    def clear(self) -> None:
+        for owner in self._owners:
+            self.notifier.detach(inbox_channel(owner), self.wake)
+        self._owners.clear()
+
+
+class TaskStore:
+    """The A2A face's tasks, on the relay's store; see the module docstring. Messages and
+    cancel signals go out through ``router``; the events a change logs go to ``pushes``."""
+
+    def __init__(self, store: Store, router: Router, clock: Clock, pushes: PushSender) -> None:
+        self.store = store
+        self.router = router
+        self.clock = clock
+        self.domain: str = router.domain
+        self.pushes = pushes
+        self.owners = OwnerInboxes(store.notifier)
 
     # reading ---------------------------------------------------------------------------------
 
@@ -346,7 +339,7 @@ class FaceTasks:
             if written == "duplicate":
                 return None
             if written == "updated":
-                self._push(new_row, outcome.events)
+                self.pushes.send(new_row.push, outcome.events)
                 return new_row, outcome.task
         raise a2a.InternalError(message="the task is changing too fast; retry")
 
@@ -365,10 +358,10 @@ class FaceTasks:
         task = folding.new_task(envelope_id, context_id, message, now)
         push = "[]"
         if params.configuration.HasField("task_push_notification_config"):
-            config = self._push_config(
+            config = self.pushes.normalise(
                 envelope_id, params.configuration.task_push_notification_config
             )
-            push = _push_json([config])
+            push = push_json([config])
         row = A2ATask(
             id=envelope_id,
             owner=owner,
@@ -384,10 +377,10 @@ class FaceTasks:
             updated=now,
         )
         await self.store.a2a_create_task(row, envelope_id)
-        self.watch(owner)
+        self.owners.add(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
-            await self.relay.router.submit(
+            await self.router.submit(
                 Address(owner, self.domain),
                 [address],
                 wire.CONTENT_TYPE,
@@ -433,7 +426,7 @@ class FaceTasks:
         current = changed[0]
         body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
         try:
-            await self.relay.router.submit(
+            await self.router.submit(
                 Address(owner, self.domain),
                 [address],
                 wire.CONTENT_TYPE,
@@ -492,7 +485,7 @@ class FaceTasks:
             raise a2a.TaskNotCancelableError
         current, task = changed
         try:
-            await self.relay.router.submit(
+            await self.router.submit(
                 Address(owner, self.domain),
                 [address],
                 wire.CONTENT_TYPE,
@@ -509,37 +502,19 @@ class FaceTasks:
 
     # push-notification configs (A2A 1.0 §3.1.7-§3.1.10) -------------------------------------
 
-    def _push_config(
-        self, task_id: str, config: TaskPushNotificationConfig
-    ) -> TaskPushNotificationConfig:
-        normal = TaskPushNotificationConfig()
-        normal.CopyFrom(config)
-        normal.task_id = task_id
-        normal.id = normal.id or task_id
-        try:
-            url = URL(normal.url)
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError("not an http(s) URL")
-            if self._check_url is not None:
-                self._check_url(url)
-        except (ValueError, SynqError) as exc:
-            why = exc.message if isinstance(exc, SynqError) else str(exc)
-            raise a2a.InvalidParamsError(message=f"push notification URL refused: {why}") from None
-        return normal
-
     async def set_push(
         self, owner: str, address: Address, config: TaskPushNotificationConfig
     ) -> TaskPushNotificationConfig:
         row, _ = await self.get(owner, address, config.task_id)
-        normal = self._push_config(row.id, config)
+        normal = self.pushes.normalise(row.id, config)
 
         def store(current: A2ATask, task: Task) -> Change:
-            configs = [c for c in _push_configs(current.push) if c.id != normal.id]
+            configs = [c for c in push_configs(current.push) if c.id != normal.id]
             if len(configs) >= MAX_PUSH_CONFIGS:
                 raise a2a.InvalidParamsError(
                     message=f"a task has at most {MAX_PUSH_CONFIGS} push notification configs"
                 )
-            return Change(task=task, events=[], push=_push_json([*configs, normal]))
+            return Change(task=task, events=[], push=push_json([*configs, normal]))
 
         await self.change(row.id, store)
         return normal
@@ -548,173 +523,19 @@ class FaceTasks:
         self, owner: str, address: Address, task_id: str
     ) -> list[TaskPushNotificationConfig]:
         row, _ = await self.get(owner, address, task_id)
-        return _push_configs(row.push)
+        return push_configs(row.push)
 
     async def delete_push(self, owner: str, address: Address, task_id: str, id: str) -> None:
         row, _ = await self.get(owner, address, task_id)
 
         def drop(current: A2ATask, task: Task) -> Change | None:
-            configs = _push_configs(current.push)
+            configs = push_configs(current.push)
             kept = [c for c in configs if c.id != id]
             if len(kept) == len(configs):
                 return None
-            return Change(task=task, events=[], push=_push_json(kept))
+            return Change(task=task, events=[], push=push_json(kept))
 
         await self.change(row.id, drop)
-
-    def _push(self, row: A2ATask, events: Sequence[StreamResponse]) -> None:
-        """Send the events to the task's webhooks in the background (best effort)."""
-        if not events or self._push_session is None or row.push == "[]":
-            return
-        configs = _push_configs(row.push)
-        for config in configs:
-            for event in events:
-                if len(self._pushes) >= MAX_PENDING_PUSHES:
-                    log.warning(
-                        "push to %s dropped: too many pushes pending", URL(config.url).origin()
-                    )
-                    return
-                task = asyncio.create_task(self._send_push(config, event))
-                self._pushes.add(task)
-                task.add_done_callback(self._pushes.discard)
-
-    async def _send_push(self, config: TaskPushNotificationConfig, event: StreamResponse) -> None:
-        assert self._push_session is not None
-        headers = {"Content-Type": "application/json"}
-        if config.token:
-            headers["X-A2A-Notification-Token"] = config.token
-        if config.HasField("authentication") and config.authentication.scheme:
-            auth = config.authentication
-            if auth.credentials:
-                headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
-        try:
-            url = URL(config.url)
-            if self._check_url is not None:
-                self._check_url(url)
-            async with (
-                self._push_slots,
-                asyncio.timeout(PUSH_TIMEOUT),
-                self._push_session.post(
-                    url,
-                    data=jsonutil.dumps(wire.to_json(event)),
-                    headers=headers,
-                    allow_redirects=False,
-                ) as response,
-            ):
-                await response.read()
-                if response.status >= 300:
-                    log.info("push to %s answered HTTP %d", url.origin(), response.status)
-        except (aiohttp.ClientError, TimeoutError, SynqError, ValueError) as exc:
-            log.info("push to %s failed: %s", config.url[:100], type(exc).__name__)
-
-    # the reply tracker ------------------------------------------------------------------------
-
-    def watch(self, owner: str) -> None:
-        """Wake the tracker when ``owner``'s inbox gets mail (it owns tasks)."""
-        if owner not in self._watched:
-            self._watched.add(owner)
-            self.store.notifier.attach(inbox_channel(owner), self._wake)
-
-    def unwatch_all(self) -> None:
-        for owner in self._watched:
-            self.store.notifier.detach(inbox_channel(owner), self._wake)
-        self._watched.clear()
-
-    async def run_once(self) -> int:
-        """Apply every new reply in the owners' inboxes; return how many rows were read."""
-        cursor = await self.store.a2a_feed_cursor()
-        total = 0
-        while True:
-            rows = await self.store.a2a_feed(cursor, FEED_BATCH)
-            if not rows:
-                return total
-            decoded: list[tuple[str, Envelope]] = []
-            for row in rows:
-                try:
-                    payload = b64url_decode(row.token.split(".")[1])
-                    decoded.append((row.agent, env_mod.decode(payload)))
-                except (ValueError, IndexError, SynqError):
-                    continue  # the store only holds envelopes that parsed; nothing to do
-            wanted = [e.in_reply_to for _, e in decoded if e.in_reply_to]
-            links = await self.store.a2a_tasks_for_envelopes(wanted) if wanted else {}
-            for owner, envelope in decoded:
-                task_id = links.get(envelope.in_reply_to or "")
-                if task_id is not None:
-                    await self.apply(task_id, owner, envelope)
-            cursor = rows[-1].seq
-            await self.store.a2a_set_feed_cursor(cursor)
-            total += len(rows)
-
-    async def apply(self, task_id: str, owner: str, envelope: Envelope) -> bool:
-        """Fold one reply into its task; True if the task changed. The reply is acked in the
-        owner's inbox once it is part of the task, whether it changed it or not."""
-        row = await self.store.a2a_get_task(task_id)
-        if row is None or row.owner != owner or not self._from_partner(row, envelope):
-            return False
-        try:
-            event = wire.event_of_reply(envelope)
-        except wire.WireError as exc:
-            log.info("reply %s to task %s is not A2A: %s", envelope.id, task_id, exc)
-            event = wire.event_of_reply(
-                envelope.model_copy(update={"content_type": "application/json"})
-            )
-        now = self.clock.now()
-
-        def fold(current: A2ATask, task: Task) -> Change | None:
-            folded = folding.fold(task, event, now)
-            if folded is None:
-                return None
-            return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
-
-        # Acked first: once the task shows the reply, the inbox no longer offers it. The ack
-        # is queued before the task's update rather than awaited first, so its commit overlaps
-        # the update's preparation (one fsync less before the task's readers are woken). On
-        # SQLite it still commits no later than the update (one writer, in order, often both
-        # in one COMMIT); on PostgreSQL the two commit independently, and at worst the inbox
-        # offers for a moment a reply the task already shows. A crash between the two is
-        # harmless: the feed reads acked rows too, and the cursor has not moved past this one.
-        ack = asyncio.ensure_future(self.store.ack(owner, envelope.id, now))
-        try:
-            await asyncio.sleep(0)  # let the ack reach the store's queue first
-            source = f"{envelope.sender.domain}/{envelope.id}"
-            changed = await self.change(task_id, fold, source=source, current=row)
-        finally:
-            await ack
-        return changed is not None
-
-    def _from_partner(self, row: A2ATask, envelope: Envelope) -> bool:
-        """Only the address the task was sent to may advance it, or a relay reporting that the
-        message could not be delivered: anyone else could name the envelope id in
-        ``in_reply_to`` and forge the task's progress."""
-        if envelope.from_ == row.address:
-            return True
-        target = Address.parse(row.address)
-        return (
-            envelope.kind == KIND_DSN
-            and envelope.sender.local == MAILER_DAEMON
-            and (envelope.sender.domain in (target.domain, self.domain))
-        )
-
-    async def run(self) -> None:
-        """Run the tracker until cancelled."""
-        for owner in await self.store.a2a_owners():
-            self.watch(owner)
-        while True:
-            try:
-                await self.run_once()
-            except (SynqError, a2a.A2AError) as exc:
-                log.warning("A2A reply tracker pass failed: %s", getattr(exc, "message", exc))
-            except Exception:
-                log.exception("A2A reply tracker pass failed")
-            await self._wake.wait(TRACKER_IDLE)
-
-    async def close(self) -> None:
-        self.unwatch_all()
-        for task in list(self._pushes):
-            task.cancel()
-        for task in list(self._pushes):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def _agent_text(message_id: str, text: str) -> Message:
@@ -731,17 +552,6 @@ def _agent_message(message: Message, *, task_id: str, context_id: str) -> dict[s
     out.task_id = task_id
     out.context_id = context_id
     return wire.to_json(out)
-
-
-def _push_configs(text: str) -> list[TaskPushNotificationConfig]:
-    configs: list[TaskPushNotificationConfig] = []
-    for item in json.loads(text):
-        configs.append(json_format.ParseDict(item, TaskPushNotificationConfig()))
-    return configs
-
-
-def _push_json(configs: Sequence[TaskPushNotificationConfig]) -> str:
-    return json.dumps([wire.to_json(c) for c in configs], separators=(",", ":"))
 
 
 def _encode_page_token(row: A2ATask) -> str:
