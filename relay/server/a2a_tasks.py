@@ -59,6 +59,7 @@ from adapters.a2a import wire
 from relay.core import envelope as env_mod
 from relay.core import jsonutil
 from relay.core.address import MAILER_DAEMON, Address
+from relay.core.draft import Draft
 from relay.core.envelope import ID_PATTERN, KIND_DSN, KIND_MESSAGE, KIND_SIGNAL, Envelope
 from relay.core.errors import PeerError, SynqError
 from relay.core.ids import uuid7
@@ -387,15 +388,17 @@ class FaceTasks:
         self.watch(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
-            await self.relay.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                body,
-                kind=KIND_MESSAGE,
-                thread=thread_of(context_id),
+            await self.relay.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    body,
+                    kind=KIND_MESSAGE,
+                    thread=thread_of(context_id),
+                    id=envelope_id,
+                ),
                 via="a2a",
-                id=envelope_id,
             )
         except SynqError as exc:
             await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
@@ -433,16 +436,18 @@ class FaceTasks:
         current = changed[0]
         body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
         try:
-            await self.relay.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                body,
-                kind=KIND_MESSAGE,
-                thread=thread_of(row.context),
-                in_reply_to=row.id,
+            await self.relay.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    body,
+                    kind=KIND_MESSAGE,
+                    thread=thread_of(row.context),
+                    in_reply_to=row.id,
+                    id=envelope_id,
+                ),
                 via="a2a",
-                id=envelope_id,
             )
         except SynqError as exc:
             raise _a2a_error(exc) from None
@@ -492,14 +497,16 @@ class FaceTasks:
             raise a2a.TaskNotCancelableError
         current, task = changed
         try:
-            await self.relay.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                wire.cancel_signal(current.remote_id or ""),
-                kind=KIND_SIGNAL,
-                thread=thread_of(current.context),
-                in_reply_to=current.id,
+            await self.relay.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    wire.cancel_signal(current.remote_id or ""),
+                    kind=KIND_SIGNAL,
+                    thread=thread_of(current.context),
+                    in_reply_to=current.id,
+                ),
                 via="a2a",
             )
         except SynqError as exc:
