@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from relay.core.address import Address
 from relay.core.envelope import (
@@ -41,15 +41,7 @@ _ID: Final = re.compile(ID_PATTERN)
 _KIND: Final = re.compile(KIND_PATTERN)
 _CONTENT_TYPE: Final = re.compile(CONTENT_TYPE_PATTERN)
 _TRACEPARENT: Final = re.compile(TRACEPARENT_PATTERN)
-
-#: (field, compiled pattern, the pattern's text) for every optional string field. Each pattern
-#: bounds the length itself.
-_OPTIONAL: Final = (
-    ("thread", _ID, ID_PATTERN),
-    ("in_reply_to", _ID, ID_PATTERN),
-    ("trace", _TRACEPARENT, TRACEPARENT_PATTERN),
-    ("id", _ID, ID_PATTERN),
-)
+# fullmatch throughout: ``$`` alone would also match before a trailing newline.
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,50 +67,81 @@ class Draft:
     id: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self)
-
-
-def _check(d: Draft) -> None:
-    """The envelope's field rules (relay.core.envelope.Envelope) for the fields of a draft."""
-    # The annotations say as much, but not every caller is type-checked: a list of strings
-    # here would fail far from its cause.
-    to: object = d.to
-    if not isinstance(to, tuple) or not all(isinstance(a, Address) for a in to):
-        raise InvalidEnvelope("to: recipients must be parsed addresses")
-    if not d.to:
-        raise InvalidEnvelope("to: List should have at least 1 item after validation, not 0")
-    if len(d.to) > MAX_RECIPIENTS:
-        raise InvalidEnvelope(
-            f"to: List should have at most {MAX_RECIPIENTS} items after validation, not {len(d.to)}"
+        _check(
+            self.to,
+            self.kind,
+            self.content_type,
+            self.body,
+            self.thread,
+            self.in_reply_to,
+            self.expires,
+            self.trace,
+            self.id,
         )
-    if len(set(d.to)) != len(d.to):
+
+
+def _check(
+    to: object,
+    kind: object,
+    content_type: object,
+    body: object,
+    thread: object,
+    in_reply_to: object,
+    expires: object,
+    trace: object,
+    id: object,
+) -> None:
+    """The envelope's field rules (relay.core.envelope.Envelope) for the fields of a draft.
+
+    Typed ``object``: the annotations of Draft say as much, but not every caller is type-checked,
+    and a list of strings in ``to`` would otherwise fail far from its cause. Every send pays for
+    this, so the common case is a few comparisons and one ``fullmatch`` per field set; the
+    words of a refusal are worked out only when there is one (:func:`_refuse`).
+    """
+    if not isinstance(to, tuple):
+        raise InvalidEnvelope("to: recipients must be parsed addresses")
+    for address in to:
+        if not isinstance(address, Address):
+            raise InvalidEnvelope("to: recipients must be parsed addresses")
+    count = len(to)
+    if count == 0:
+        raise InvalidEnvelope("to: List should have at least 1 item after validation, not 0")
+    if count > MAX_RECIPIENTS:
+        raise InvalidEnvelope(
+            f"to: List should have at most {MAX_RECIPIENTS} items after validation, not {count}"
+        )
+    if count > 1 and len(set(to)) != count:
         raise InvalidEnvelope("to: recipients must not repeat")
     # The kind pattern alone is unbounded; the content-type pattern allows at most
-    # MAX_CONTENT_TYPE_LENGTH characters by itself.
-    _match("kind", d.kind, _KIND, KIND_PATTERN, MAX_ID_LENGTH)
-    _match("content_type", d.content_type, _CONTENT_TYPE, CONTENT_TYPE_PATTERN)
-    for name, compiled, pattern in _OPTIONAL:
-        value = getattr(d, name)
-        if value is not None:
-            _match(name, value, compiled, pattern)
-    expires: object = d.expires
+    # MAX_CONTENT_TYPE_LENGTH characters by itself, the id and traceparent patterns theirs.
+    if not isinstance(kind, str) or len(kind) > MAX_ID_LENGTH or not _KIND.fullmatch(kind):
+        _refuse("kind", kind, KIND_PATTERN, MAX_ID_LENGTH)
+    if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type):
+        _refuse("content_type", content_type, CONTENT_TYPE_PATTERN)
+    if thread is not None and (not isinstance(thread, str) or not _ID.fullmatch(thread)):
+        _refuse("thread", thread, ID_PATTERN)
+    if in_reply_to is not None and (
+        not isinstance(in_reply_to, str) or not _ID.fullmatch(in_reply_to)
+    ):
+        _refuse("in_reply_to", in_reply_to, ID_PATTERN)
+    if trace is not None and (not isinstance(trace, str) or not _TRACEPARENT.fullmatch(trace)):
+        _refuse("trace", trace, TRACEPARENT_PATTERN)
+    if id is not None and (not isinstance(id, str) or not _ID.fullmatch(id)):
+        _refuse("id", id, ID_PATTERN)
     if expires is not None and (not isinstance(expires, datetime) or expires.tzinfo is None):
         raise InvalidEnvelope("expires: timestamps must carry a UTC offset")
-    if d.content_type.startswith("text/") and not isinstance(d.body, str):
+    if content_type.startswith("text/") and not isinstance(body, str):
         # The model's own words (Envelope._coherent), as its validation reports them.
         raise InvalidEnvelope("envelope: Value error, a text/* body must be a JSON string")
 
 
-def _match(
-    name: str, value: object, compiled: re.Pattern[str], pattern: str, longest: int | None = None
-) -> None:
+def _refuse(name: str, value: object, pattern: str, longest: int | None = None) -> NoReturn:
+    """Refuse a field that failed its rule, in the words pydantic gives the envelope model."""
     if not isinstance(value, str):
         raise InvalidEnvelope(f"{name}: Input should be a valid string")
     if longest is not None and len(value) > longest:
         raise InvalidEnvelope(f"{name}: String should have at most {longest} characters")
-    # fullmatch: ``$`` alone would also match before a trailing newline.
-    if not compiled.fullmatch(value):
-        raise InvalidEnvelope(f"{name}: String should match pattern '{pattern}'")
+    raise InvalidEnvelope(f"{name}: String should match pattern '{pattern}'")
 
 
 def parse_expires(value: object) -> datetime:
