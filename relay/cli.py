@@ -1,4 +1,4 @@
-"""The ``synq`` command (DESIGN §10).
+"""The ``synq`` command (SPEC.md §9.6 for the queue commands; README.md for all of them).
 
 Exit codes: 0 success, 1 a user error (one line on stderr, ``synq: error: …``), 2 bad usage
 (argparse). ``--json`` makes every data-printing command print one JSON document instead.
@@ -38,10 +38,12 @@ from relay.config import (
 from relay.core import records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
 from relay.core.clock import SystemClock
+from relay.core.draft import Draft
 from relay.core.envelope import format_timestamp
-from relay.core.errors import NotFound, SynqError
+from relay.core.errors import SynqError
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
+from relay.delivery import views
 from relay.keyring import (
     KeyEntry,
     load_keyring,
@@ -51,7 +53,6 @@ from relay.keyring import (
     write_key,
 )
 from relay.runtime import Relay
-from relay.server.api import envelope_payload, status_to_wire
 from relay.store.base import AgentKind
 
 log = logging.getLogger("synq")
@@ -293,11 +294,10 @@ async def send(args: argparse.Namespace, relay: Relay) -> int:
     sender = Address(local_name(relay, args.sender), relay.domain)
     if await relay.store.get_agent(sender.local) is None:
         raise UserError(f"no local agent {sender}")
-    to = [Address.parse(a) for a in args.to.split(",")]
-    submitted = await relay.router.submit(
-        sender, to, "text/plain", args.text, thread=args.thread, via="cli"
-    )
-    out(args, {"id": submitted.envelope.id, "status": "queued"}, submitted.envelope.id)
+    to = tuple(Address.parse(a) for a in args.to.split(","))
+    draft = Draft(sender, to, "text/plain", args.text, thread=args.thread)
+    submitted = await relay.mailbox.send(draft, via="cli")
+    out(args, views.queued(submitted.envelope.id), submitted.envelope.id)
     return 0
 
 
@@ -305,20 +305,10 @@ async def inbox(args: argparse.Namespace, relay: Relay) -> int:
     name = local_name(relay, args.name)
     if await relay.store.get_agent(name) is None:
         raise UserError(f"no local agent {name}@{relay.domain}")
-    from relay.store.base import inbox_channel
-
-    loop = asyncio.get_running_loop()
-    async with relay.store.notifier.listen(inbox_channel(name)) as listener:
-        items = await relay.store.inbox(name, limit=args.limit, include_acked=args.all)
-        deadline = loop.time() + args.wait
-        while not items and (remaining := deadline - loop.time()) > 0:
-            await listener.wait(remaining)
-            items = await relay.store.inbox(name, limit=args.limit, include_acked=args.all)
-    messages = [json.loads(envelope_payload(i)) for i in items]
+    items = await relay.mailbox.read(name, wait=args.wait, limit=args.limit, include_acked=args.all)
+    messages = [views.envelope_object(i) for i in items]
     if args.ack:
-        now = relay.clock.now()
-        for item in items:
-            await relay.store.ack(name, item.id, now)
+        await relay.mailbox.ack_all(name, [item.id for item in items])
     lines = []
     for m in messages:
         body = (
@@ -332,10 +322,7 @@ async def inbox(args: argparse.Namespace, relay: Relay) -> int:
 
 
 async def status(args: argparse.Namespace, relay: Relay) -> int:
-    st = await relay.store.message_status(relay.domain, args.id)
-    if st is None:
-        raise NotFound(f"no message {args.id} sent from {relay.domain}")
-    wire = status_to_wire(st)
+    wire = views.status_to_wire(await relay.mailbox.status(args.id, agent=None))
     lines = [
         f"{wire['id']}  from {wire['from']}  created {wire['created']}  expires {wire['expires']}"
     ]

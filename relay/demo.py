@@ -225,7 +225,7 @@ class Demo:
             shutil.rmtree(base, ignore_errors=True)
 
     async def raw_token(self, side: Side, envelope_id: str) -> str:
-        items = await side.relay.store.inbox("alice", limit=50, include_acked=True)
+        items = await side.relay.mailbox.read("alice", limit=50, include_acked=True)
         for item in items:
             if item.id == envelope_id:
                 return b64url_decode(item.token.split(".")[0]).decode()

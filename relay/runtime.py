@@ -3,7 +3,8 @@
 ``Relay`` owns the lifecycle of everything long-lived: it builds the services, runs their
 background loops (:meth:`Relay.start_background`: the federation sender, the local dispatcher,
 the A2A face's reply tracker, the keys watch) and closes them (:meth:`Relay.close`). The aiohttp
-application reaches it through a typed ``AppKey`` (relay/server/keys.py); tests build a ``Relay``
+application reaches it through a typed ``AppKey`` (relay/server/keys.py); handlers reach the
+agent operations through ``relay.mailbox`` (relay/delivery/mailbox.py). Tests build a ``Relay``
 with their own clock and drive each queue by hand (``relay.sender.run_once()``,
 ``relay.reply_tracker.run_once()``) instead of the background loops.
 """
@@ -19,7 +20,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
-from yarl import URL
 
 from relay import __version__
 from relay.config import Config
@@ -29,7 +29,9 @@ from relay.core.jws import SigningKey
 from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits
 from relay.delivery.adapters import AgentAdapter
+from relay.delivery.custody import Custody
 from relay.delivery.dispatch import Dispatcher
+from relay.delivery.mailbox import Mailbox
 from relay.delivery.router import Router
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
@@ -40,7 +42,6 @@ from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.server.metrics import Metrics
 from relay.store import open_store
-from relay.store.backpressure import CustodyGate
 from relay.store.base import Store
 
 if TYPE_CHECKING:
@@ -54,19 +55,6 @@ log = logging.getLogger("synq.relay")
 #: per file, no read). A key written by ``synq keys rotate`` is published in the well-known
 #: document within this time even if nobody sends SIGHUP.
 KEYS_WATCH_INTERVAL = 10.0
-
-
-class CheckedRelayResolver:
-    """Relay URLs from discovery, passed through the same SSRF rules as every fetch: a
-    partner's DNS must not point our sender at our own internal services."""
-
-    def __init__(self, discovery: Discovery) -> None:
-        self.discovery = discovery
-
-    async def relay_url(self, domain: str) -> str:
-        url = await self.discovery.relay_url(domain)
-        self.discovery.policy.check_url(URL(url))
-        return url
 
 
 def default_adapters(
@@ -102,18 +90,17 @@ class Relay:
         self.store = store
         self.keyring = keyring
         self.clock: Clock = clock or SystemClock()
-        self.router = Router(store, self.domain, self.signing_key, self.clock)
-        # Trust and abuse resistance (SPEC.md "Security considerations"): one policy, one set of
-        # rate-limit tables and one custody gate, shared by the API and federation; reload()
-        # swaps the policy and rates in place.
+        # Trust and abuse resistance (SPEC.md §11): one policy, one set of rate-limit tables and
+        # one custody path (its gate bounding the writes in flight), shared by local submission
+        # and federation; reload() swaps the policy and rates in place.
+        self.custody = Custody(store, self.clock)
+        self.router = Router(store, self.domain, self.signing_key, self.clock, self.custody)
         self.policy: Policy = config.partner_policy()
         limits = config.rate_limits
         self.rate_limits = RateLimits.build(
             limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
         )
-        self.custody = CustodyGate()
         self.router.policy = self.policy
-        self.router.custody = self.custody
         self.router.agent_rates = self.rate_limits.agent
         self._keys_seen = keys_fingerprint(config.keys_dir)
         self.metrics = Metrics(lambda: store.notifier.listener_count("inbox:"))
@@ -158,7 +145,9 @@ class Relay:
         )
         self.sender = FederationSender(
             store=store,
-            resolver=CheckedRelayResolver(self.discovery),
+            # The relay URL a partner's DNS names is held to the SSRF rules by the transport,
+            # before it connects (relay.federation.transport), like every URL it is given.
+            resolver=self.discovery,
             transport=HttpTransport(self._http, self.discovery.policy),
             router=self.router,
             clock=self.clock,
@@ -173,6 +162,18 @@ class Relay:
             else default_adapters(config, self.signing_key, self.clock),
             rng=rng,
         )
+        metrics = self.metrics
+        self.mailbox = Mailbox(
+            store=store,
+            router=self.router,
+            clock=self.clock,
+            public_url=self.public_url,
+            adapters=self.dispatcher.adapters,
+            cards=self.discovery,
+            on_accepted=lambda via, count: metrics.accepted.labels(via=via).inc(count),
+            on_acked=metrics.inbox_acks.inc,
+        )
+
         # The A2A face's tasks. Imported here, as the adapters are: the a2a-sdk modules they
         # need are not worth loading for commands that never build a relay (init, dns).
         from relay.tasks.push import PushSender
@@ -180,7 +181,7 @@ class Relay:
         from relay.tasks.store import TaskStore
 
         self.push_sender: PushSender = PushSender(self._push_http, self.discovery.policy.check_url)
-        self.task_store: TaskStore = TaskStore(store, self.router, self.clock, self.push_sender)
+        self.task_store: TaskStore = TaskStore(store, self.mailbox, self.clock, self.push_sender)
         self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
         self._background: list[asyncio.Task[None]] = []
 

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from relay.core import envelope as env_mod
+from relay.core import jws
 from relay.core.address import Address
 from relay.core.clock import FakeClock, SystemClock
+from relay.core.draft import Draft
 from relay.core.envelope import encode
 from relay.core.errors import InvalidEnvelope
 from relay.core.ids import hash_token, new_token
@@ -483,31 +486,31 @@ async def test_unknown_tokens_are_not_cached_so_a_new_agent_works_at_once(
     ],
     ids=["text", "every-field", "null-body"],
 )
-async def test_checked_build_signs_the_very_bytes_of_a_validated_build(
+async def test_build_signs_the_very_bytes_of_a_validated_envelope(
     pinned: tuple[Relay, Client, FakeClock], fields: dict[str, Any]
 ) -> None:
-    """The API's requests skip the envelope's second validation (Router.build ``checked``): what
-    it signs must be byte for byte what the validating path signs."""
+    """A Draft is validated once, when it is made, so the router assembles the envelope without
+    a second validation pass (relay.core.draft): what it signs must be byte for byte what the
+    envelope model's own validation makes of the same fields."""
     relay, _, _ = pinned
-    sender, to = Address.parse("alice@acme.test"), [Address.parse("bob@acme.test")]
+    sender, to = Address.parse("alice@acme.test"), (Address.parse("bob@acme.test"),)
     args = dict(fields)
     content_type, body = args.pop("content_type"), args.pop("body")
-    fast, fast_token = relay.router.build(
-        sender, to, content_type, body, id="x1", checked=True, **args
-    )
-    slow, slow_token = relay.router.build(sender, to, content_type, body, id="x1", **args)
+    fast, fast_token = relay.router.build(Draft(sender, to, content_type, body, id="x1", **args))
+    slow = env_mod.from_dict(fast.to_json_dict())
     assert encode(fast) == encode(slow)
-    assert fast_token == slow_token
     assert fast.to_json_dict() == slow.to_json_dict()
+    assert jws.parse_compact(fast_token).payload == encode(slow)
 
 
-async def test_checked_build_still_refuses_a_text_body_that_is_not_a_string(
+async def test_draft_refuses_a_text_body_that_is_not_a_string_as_the_model_does(
     pinned: tuple[Relay, Client, FakeClock],
 ) -> None:
     relay, _, _ = pinned
-    sender, to = Address.parse("alice@acme.test"), [Address.parse("bob@acme.test")]
+    sender, to = Address.parse("alice@acme.test"), (Address.parse("bob@acme.test"),)
     with pytest.raises(InvalidEnvelope) as fast:
-        relay.router.build(sender, to, "text/plain", 42, checked=True)
+        Draft(sender, to, "text/plain", 42)
+    valid, _ = relay.router.build(Draft(sender, to, "text/plain", "x"))
     with pytest.raises(InvalidEnvelope) as slow:
-        relay.router.build(sender, to, "text/plain", 42)
+        env_mod.from_dict({**valid.to_json_dict(), "body": 42})
     assert fast.value.message == slow.value.message

@@ -437,3 +437,47 @@ async def test_a_failed_transaction_is_one_attempt_failure(
             await transport.put_transaction(str(partner.make_url("")), "t1", b"{}")
     assert type(exc.value).__name__ == kind
     assert (exc.value.status.code, exc.value.retry_after) == (code, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("relay_url", "code"),
+    [("https://127.0.0.1:9", "5.7.1"), ("http://relay.evil.test", "5.1.2")],
+    ids=["private-literal", "plain-http"],
+)
+async def test_a_relay_url_the_ssrf_policy_refuses_bounces_the_message(
+    tmp_path: Path, relay_url: str, code: str
+) -> None:
+    """The relay URL a partner's DNS names is held to the SSRF rules (SPEC.md §7.6) in one
+    place, the transport, before any connection: the message bounces with the refusal's
+    status and its sender gets the DSN."""
+    from relay.core.address import Address
+    from relay.core.clock import FakeClock, SystemClock
+    from relay.core.draft import Draft
+    from relay.core.ids import hash_token, new_token
+    from relay.dnsserver import DNSServer
+    from relay.runtime import Relay
+    from tests.conftest import make_config
+
+    async with DNSServer(host="127.0.0.1", zones=["test"]) as dns:
+        dns.set_txt(
+            records.relay_record_name("evil.test"), [records.RelayRecord(relay_url).to_txt()]
+        )
+        config = make_config(
+            tmp_path / "acme", nameservers=[dns.address], allow_private_addresses=False
+        )
+        relay = await Relay.open(config, clock=FakeClock(SystemClock().now()))
+        try:
+            await relay.store.create_agent(
+                "alice", "inbox", hash_token(new_token()), None, relay.clock.now()
+            )
+            alice, bob = Address.parse("alice@acme.test"), Address.parse("bob@evil.test")
+            sent = await relay.mailbox.send(Draft(alice, (bob,), "text/plain", "hi"), via="api")
+            await relay.sender.run_once()
+            status = await relay.mailbox.status(sent.envelope.id, agent="alice")
+            [recipient] = status.recipients
+            assert (recipient.state, recipient.code) == ("bounced", code)
+            [dsn] = await relay.mailbox.read("alice")
+            assert dsn.id != sent.envelope.id
+            assert await relay.store.list_queue() == []
+        finally:
+            await relay.close()

@@ -116,7 +116,7 @@ async def test_threat_slow_store_answers_4_3_0_and_a_late_commit_is_a_duplicate(
     assert queued.code == "4.3.0"
 
     release.set()  # the write that timed out lands after all
-    await wait_until(lambda: globex.relay.custody.writes == 0)
+    await wait_until(lambda: globex.relay.custody.gate.writes == 0)
     monkeypatch.undo()
     await acme.relay.store.flush(w.clock.now())
     await acme.relay.sender.run_once()
@@ -136,9 +136,9 @@ async def test_threat_store_exhaustion_answers_503_on_the_api(
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(acme.relay.store, "accept_many", stalled)
-    monkeypatch.setattr(acme.relay.custody, "max_writes", 1)
+    monkeypatch.setattr(acme.relay.custody.gate, "max_writes", 1)
     first: asyncio.Task[tuple[int, Any, Any]] = asyncio.create_task(post(w, acme, "alice", "1"))
-    await wait_until(lambda: acme.relay.custody.writes == 1)
+    await wait_until(lambda: acme.relay.custody.gate.writes == 1)
     status, body, _ = await post(w, acme, "alice", "2")
     assert status == 503
     assert (body["error"]["code"], body["error"]["status"]) == ("store_unavailable", "4.3.0")

@@ -9,8 +9,8 @@ adapter, and settles the outcome:
   inbox, so an agent that is down for an hour receives its mail when it is back;
 * a permanent refusal, or expiry of the envelope → ``bounced``, and a DSN from
   ``mailer-daemon@<our domain>`` goes to the sender — across federation when the sender is a
-  partner's agent ("a delivery that the receiver accepted and later fails locally is bounced by
-  the receiver", DESIGN §6).
+  partner's agent (a delivery that the receiver accepted and later fails locally is bounced by
+  the receiver, SPEC.md §9.4).
 
 Deliveries run concurrently up to ``MAX_CONCURRENT_DELIVERIES``, each bounded by
 ``DELIVERY_TIMEOUT``. A crash mid-delivery leaves the lease to lapse (or, on SQLite, to be
@@ -32,6 +32,7 @@ from relay.core import envelope as env_mod
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.clock import Clock
+from relay.core.draft import Draft
 from relay.core.envelope import KIND_DSN, Envelope
 from relay.core.errors import AttemptFailed, SynqError
 from relay.core.jws import b64url_decode
@@ -226,14 +227,14 @@ class _Replier:
         self.original = original
 
     async def __call__(self, reply: Reply) -> str:
-        submitted = await self.router.submit(
+        draft = Draft(
             self.agent,
-            [self.original.sender],
+            (self.original.sender,),
             reply.content_type,
             reply.body,
             kind=reply.kind,
             thread=reply.thread if reply.thread is not None else self.original.thread,
             in_reply_to=reply.in_reply_to if reply.in_reply_to is not None else self.original.id,
-            via="adapter",
         )
+        submitted = await self.router.submit(draft, via="adapter")
         return submitted.envelope.id

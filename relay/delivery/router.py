@@ -1,8 +1,9 @@
-"""Submission and routing: turn a local agent's request into a signed envelope in custody.
+"""Submission and routing: turn a local sender's ``Draft`` into a signed envelope in custody.
 
 This is the relay's equivalent of Postfix's cleanup + trivial-rewrite: it decides, per
 recipient, "local inbox now" or "queue for the partner relay", builds and signs the envelope,
-and hands it to the store in one call, so the answer 202 means every row is durable.
+and hands it to custody (relay.delivery.custody) in one call, so the answer 202 means every
+row is durable.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core.address import MAILER_DAEMON, RESERVED_LOCALS, Address
 from relay.core.clock import Clock
-from relay.core.envelope import KIND_MESSAGE, Envelope
+from relay.core.draft import Draft
+from relay.core.envelope import Envelope
 from relay.core.errors import (
     Forbidden,
     InvalidEnvelope,
@@ -29,7 +31,7 @@ from relay.core.ids import uuid7
 from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
 from relay.core.policy import Policy
 from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
-from relay.store.backpressure import CustodyGate
+from relay.delivery.custody import Custody, new_envelope
 from relay.store.base import AcceptResult, AgentRecord, NewEnvelope, Store
 
 #: How long, in seconds, a relay process trusts what the store told it about an agent: that a
@@ -165,6 +167,7 @@ class Router:
         domain: str,
         signer: Callable[[datetime], jws.SigningKey],
         clock: Clock,
+        custody: Custody | None = None,
     ) -> None:
         self.store = store
         self.domain = domain
@@ -172,8 +175,8 @@ class Router:
         self._clock = clock
         #: The partner policy local submissions obey (the relay swaps it on reload).
         self.policy = Policy.open(domain)
-        #: Bounds the custody writes in flight (relay.store.backpressure).
-        self.custody = CustodyGate()
+        #: Where envelopes enter the store; shared with inbound federation (one gate).
+        self.custody = custody or Custody(store, clock)
         #: Per local agent token buckets (relay.core.ratelimit), charged on every submission an
         #: agent makes, whatever face it came through (API, A2A, MCP); see UNMETERED_VIA.
         self.agent_rates = TokenBuckets(DEFAULT_AGENT_RATE)
@@ -208,75 +211,38 @@ class Router:
                 f"refused by policy: {refused[0][1]}", recipients=[str(a) for a, _ in refused]
             )
 
-    def build(
-        self,
-        sender: Address,
-        to: Sequence[Address],
-        content_type: str,
-        body: Any,
-        *,
-        kind: str = KIND_MESSAGE,
-        thread: str | None = None,
-        in_reply_to: str | None = None,
-        expires: datetime | None = None,
-        trace: str | None = None,
-        id: str | None = None,
-        checked: bool = False,
-    ) -> tuple[Envelope, str]:
-        """``id``: the envelope id when the caller had to know it before custody (the A2A face
-        links its task to the envelope first, so that no reply can outrun the link); a fresh
-        UUIDv7 otherwise.
+    def build(self, draft: Draft) -> tuple[Envelope, str]:
+        """The envelope ``draft`` describes, dated now and signed: (envelope, compact JWS).
 
-        ``checked``: the caller has already validated every field against the envelope's own
-        patterns (the local API's request model uses the same ones) and normalised the
-        addresses, and ``to`` does not repeat; the envelope is then assembled without a second
-        validation pass, and only what the request model cannot know is checked here.
+        The draft's fields were validated when it was made (relay.core.draft), so the envelope
+        is assembled without a second validation pass; what only the clock and the encoding
+        know — ``expires`` within its bounds, the size — is checked here.
         """
         # Millisecond precision, as the envelope is written on the wire (SPEC.md §3), so the
         # model and the signed bytes say exactly the same time.
         now = self._clock.now()
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        expires = draft.expires
         if expires is None:
             expires = now + DEFAULT_LIFETIME
         elif expires <= now:
             raise InvalidEnvelope("expires lies in the past")
         elif expires - now > MAX_LIFETIME:
             raise InvalidEnvelope(f"expires lies more than {MAX_LIFETIME.days} days ahead")
-        if checked:
-            if content_type.startswith("text/") and not isinstance(body, str):
-                # The same words as the model's own check (relay.core.envelope.Envelope).
-                raise InvalidEnvelope("envelope: Value error, a text/* body must be a JSON string")
-            envelope = Envelope.model_construct(
-                v=1,
-                id=id or uuid7(now),
-                from_=str(sender),
-                to=[str(a) for a in to],
-                created=now,
-                expires=expires,
-                thread=thread,
-                in_reply_to=in_reply_to,
-                kind=kind,
-                content_type=content_type,
-                body=body,
-                trace=trace,
-            )
-        else:
-            envelope = env_mod.from_dict(
-                {
-                    "v": 1,
-                    "id": id or uuid7(now),
-                    "from": str(sender),
-                    "to": [str(a) for a in to],
-                    "created": now,
-                    "expires": expires,
-                    "kind": kind,
-                    "content_type": content_type,
-                    "body": body,
-                    "thread": thread,
-                    "in_reply_to": in_reply_to,
-                    "trace": trace,
-                }
-            )
+        envelope = Envelope.model_construct(
+            v=1,
+            id=draft.id or uuid7(now),
+            from_=str(draft.sender),
+            to=[str(a) for a in draft.to],
+            created=now,
+            expires=expires,
+            thread=draft.thread,
+            in_reply_to=draft.in_reply_to,
+            kind=draft.kind,
+            content_type=draft.content_type,
+            body=draft.body,
+            trace=draft.trace,
+        )
         payload = env_mod.encode(envelope)
         if len(payload) > MAX_ENVELOPE_BYTES:
             raise PayloadTooLarge(
@@ -284,25 +250,11 @@ class Router:
             )
         return envelope, jws.sign(payload, self._signer(now))
 
-    async def prepare(
-        self,
-        sender: Address,
-        to: Sequence[Address],
-        content_type: str,
-        body: Any,
-        *,
-        kind: str = KIND_MESSAGE,
-        thread: str | None = None,
-        in_reply_to: str | None = None,
-        expires: datetime | None = None,
-        trace: str | None = None,
-        via: str = "api",
-        id: str | None = None,
-        checked: bool = False,
-    ) -> Prepared:
+    async def prepare(self, draft: Draft, *, via: str = "api") -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
         local recipients, partner policy, the envelope itself — then build and sign it. Nothing
-        is stored: :meth:`commit` takes custody. ``checked``: see :meth:`build`."""
+        is stored: :meth:`commit` takes custody."""
+        sender = draft.sender
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
         wait = (
@@ -314,41 +266,26 @@ class Router:
             raise RateLimited(
                 f"{sender} is sending faster than this relay accepts", retry_after=wait
             )
-        local, remote = self.split(to)
+        local, remote = self.split(draft.to)
         for name in local:
             if name in RESERVED_LOCALS:
                 raise UnknownRecipient(f"{name}@{self.domain} does not accept agent messages")
         await self.check_local(local)
-        self.check_policy(sender, to)
-        envelope, token = self.build(
-            sender,
-            to,
-            content_type,
-            body,
-            kind=kind,
-            thread=thread,
-            in_reply_to=in_reply_to,
-            expires=expires,
-            trace=trace,
-            id=id,
-            checked=checked,
-        )
+        self.check_policy(sender, draft.to)
+        envelope, token = self.build(draft)
         item = new_envelope(envelope, token, local, remote, via, origin=self.domain)
         return Prepared(envelope, token, item)
 
     async def commit(self, prepared: Sequence[Prepared]) -> list[Submitted]:
-        """Take custody of prepared envelopes in one store call: durable when it returns, all
-        or none. A local recipient removed since the check (by another process, within
-        :data:`AGENT_CACHE_TTL`) fails the call with ``UnknownRecipient`` naming it, as
+        """Take custody of prepared envelopes in one store call (:class:`Custody`): durable when
+        it returns, all or none. A local recipient removed since the check (by another process,
+        within :data:`AGENT_CACHE_TTL`) fails the call with ``UnknownRecipient`` naming it, as
         :meth:`check_local` would have, and leaves the cache without the stale entries."""
         if not prepared:
             return []
         items = [p.item for p in prepared]
         try:
-            results = await self.custody.write(
-                self.store.accept_many(items, self._clock.now()),
-                size=sum(len(p.token) for p in prepared),
-            )
+            results = await self.custody.take(items)
         except UnknownRecipient:
             names = {name for item in items for name in item.local}
             self.agents.forget(names)
@@ -378,38 +315,9 @@ class Router:
         done = iter(await self.commit(kept))
         return [next(done) if o is None else o for o in outcome]
 
-    async def submit(
-        self,
-        sender: Address,
-        to: Sequence[Address],
-        content_type: str,
-        body: Any,
-        *,
-        kind: str = KIND_MESSAGE,
-        thread: str | None = None,
-        in_reply_to: str | None = None,
-        expires: datetime | None = None,
-        trace: str | None = None,
-        via: str = "api",
-        id: str | None = None,
-        checked: bool = False,
-    ) -> Submitted:
+    async def submit(self, draft: Draft, *, via: str = "api") -> Submitted:
         """Build, sign and take custody of an envelope from a local sender."""
-        prepared = await self.prepare(
-            sender,
-            to,
-            content_type,
-            body,
-            kind=kind,
-            thread=thread,
-            in_reply_to=in_reply_to,
-            expires=expires,
-            trace=trace,
-            via=via,
-            id=id,
-            checked=checked,
-        )
-        return (await self.commit([prepared]))[0]
+        return (await self.commit([await self.prepare(draft, via=via)]))[0]
 
     async def dsn(self, failure: dsn_mod.Failure, arrival: datetime | None) -> NewEnvelope | None:
         """The delivery-status envelope reporting ``failure`` to the original sender, from
@@ -423,39 +331,14 @@ class Router:
         if local and not await self.store.existing_agents(local):
             return None
         envelope, token = self.build(
-            Address(MAILER_DAEMON, self.domain),
-            [sender],
-            dsn_mod.CONTENT_TYPE,
-            dsn_mod.dsn_body(failure, self.domain, arrival),
-            kind=dsn_mod.KIND_DSN,
-            thread=failure.thread,
-            in_reply_to=failure.original_id,
+            Draft(
+                Address(MAILER_DAEMON, self.domain),
+                (sender,),
+                dsn_mod.CONTENT_TYPE,
+                dsn_mod.dsn_body(failure, self.domain, arrival),
+                kind=dsn_mod.KIND_DSN,
+                thread=failure.thread,
+                in_reply_to=failure.original_id,
+            )
         )
         return new_envelope(envelope, token, local, remote, "relay")
-
-
-def new_envelope(
-    envelope: Envelope,
-    token: str,
-    local: Sequence[str],
-    remote: Sequence[str],
-    via: str,
-    refused: Sequence[tuple[str, str, str]] = (),
-    *,
-    origin: str | None = None,
-) -> NewEnvelope:
-    """``origin``: the sender's domain when the caller knows it (saves parsing ``from`` again)."""
-    return NewEnvelope(
-        origin=origin or envelope.sender.domain,
-        id=envelope.id,
-        sender=envelope.from_,
-        token=token,
-        created=envelope.created,
-        expires=envelope.expires,
-        thread=envelope.thread,
-        kind=envelope.kind,
-        local=list(local),
-        remote=list(remote),
-        via=via,
-        refused=list(refused),
-    )

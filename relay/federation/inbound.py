@@ -18,8 +18,9 @@ For every envelope, in this order (the first failing step decides its result):
    an envelope with no recipient here is refused 5.1.2, one with none left is refused with
    the refusal its recipients share (or, when they differ, the first, plus the map).
 
-Every accepted envelope of the transaction is then committed in one store transaction
-(group commit), through the custody gate, before the answer is sent: "accepted" means durable.
+Every accepted envelope of the transaction is then taken into custody in one store transaction
+(group commit), through the same custody path as a local submission (relay.delivery.custody),
+before the answer is sent: "accepted" means durable.
 A store that cannot take it — failing, too busy, or slower than FEDERATION_WRITE_TIMEOUT —
 makes every envelope of the transaction 4.3.0: the partner keeps them and retries.
 
@@ -57,8 +58,8 @@ from relay.core.jws import PublicKey
 from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits, take_all
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
-from relay.delivery.router import new_envelope
-from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT, CustodyGate
+from relay.delivery.custody import Custody, new_envelope
+from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
 from relay.store.base import NewEnvelope, Store
 
 log = logging.getLogger("synq.federation.inbound")
@@ -138,7 +139,7 @@ class InboundHandler:
         *,
         policy: Policy | None = None,
         rates: RateLimits | None = None,
-        custody: CustodyGate | None = None,
+        custody: Custody | None = None,
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
     ) -> None:
         self.store = store
@@ -148,7 +149,7 @@ class InboundHandler:
         #: The partner policy (the relay swaps it on reload).
         self.policy = policy or Policy.open(domain)
         self.rates = rates or RateLimits.build()
-        self.custody = custody or CustodyGate()
+        self.custody = custody or Custody(store, clock)
         self.write_timeout = write_timeout
 
     def _structure(self, index: int, origin: str, token: str) -> _Checked | _Parsed:
@@ -318,11 +319,7 @@ class InboundHandler:
         if to_store:
             items = [c.item for c in to_store if c.item is not None]
             try:
-                accepted = await self.custody.write(
-                    self.store.accept_many(items, now),
-                    size=sum(len(i.token) for i in items),
-                    timeout=self.write_timeout,
-                )
+                accepted = await self.custody.take(items, timeout=self.write_timeout)
             except StoreUnavailable as exc:
                 # Refuse what we cannot keep (4.3.0): the partner still holds every envelope
                 # and retries; a write that lands late makes the retry a "duplicate".

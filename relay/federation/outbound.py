@@ -6,7 +6,8 @@ remote recipient rows in the store. One pass (``run_once``):
 1. lease the due rows (a lease hides them from other relay processes on the same store);
 2. bounce rows whose envelope has expired (5.4.7) — lifetime is the envelope's ``expires``;
 3. per destination domain, unless its breaker is open: resolve the relay URL, send the
-   envelopes in transactions of at most ``MAX_TXN_ENVELOPES`` / ``MAX_TXN_BYTES``;
+   envelopes in transactions of at most ``MAX_TXN_ENVELOPES`` / ``MAX_TXN_BYTES``. The
+   transport holds the URL to the SSRF rules (SPEC.md §7.6) before it connects;
 4. map each result onto each row: ``sent`` on 2.x.x, deferred with backoff on 4.x.x or on any
    transport failure, bounced on 5.x.x;
 5. commit all outcomes together with the DSN envelopes for the bounces, in one store
@@ -229,8 +230,9 @@ class FederationSender:
                 ) + await self._transaction(domain, relay_url, batch[half:], now)
             log.info("txn %s to %s failed: %s", txn_id, domain, exc.reason)
             if exc.permanent:
-                # Discovery-level refusals surfacing at connect time: the relay host has no
-                # address, or only addresses our SSRF policy refuses. Retrying cannot help.
+                # Discovery-level refusals surfacing at connect time: a relay URL our SSRF
+                # policy refuses (scheme, IP literal), a relay host with no address, or only
+                # addresses the policy refuses. Retrying cannot help.
                 return [
                     self._outcome(r, "bounced", exc.status, exc.reason, relay_url)
                     for e in batch

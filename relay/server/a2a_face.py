@@ -70,7 +70,6 @@ from adapters.a2a import tasks as folding
 from relay.core import errors as E
 from relay.core import jsonutil
 from relay.core.address import Address
-from relay.core.cards import inbox_agent_card
 from relay.core.ids import hash_token
 from relay.core.limits import MAX_API_BODY_BYTES
 from relay.server.asgi import AsgiHost
@@ -366,18 +365,8 @@ class A2AFace:
 
     async def card_for(self, address: Address) -> dict[str, Any]:
         relay = self.relay
-        source: AgentCard | dict[str, Any]
-        if address.domain == relay.domain:
-            agent = await relay.store.get_agent(address.local)
-            if agent is None:
-                raise E.NotFound(f"no agent {address}")
-            adapter = relay.dispatcher.adapters.get(agent.kind)
-            if adapter is not None:
-                source = await adapter.card(agent, str(address), relay.public_url)
-            else:
-                source = inbox_agent_card(address, relay.public_url)
-        else:
-            source = await relay.discovery.agent_card(address.domain, address.local)
+        source = await relay.mailbox.card(address)
+        if address.domain != relay.domain:
             await self._verify_partner_card(address, source)
         published = cards.publish_card(
             source,

@@ -1,11 +1,11 @@
-"""The local agent API (SPEC.md §6, DESIGN §7). Every route here acts as one local agent,
-identified by its bearer token."""
+"""The local agent API (SPEC.md §6). Every route here acts as one local agent, identified by
+its bearer token; what the agent does is the mailbox's (relay.delivery.mailbox), how the answer
+looks is relay.delivery.views. This module only reads HTTP requests and writes HTTP answers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -13,44 +13,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from relay.core import errors as E
 from relay.core import jsonutil
 from relay.core.address import Address
-from relay.core.cards import inbox_agent_card
-from relay.core.envelope import (
-    CONTENT_TYPE_PATTERN,
-    ID_PATTERN,
-    KIND_DSN,
-    KIND_PATTERN,
-    TRACEPARENT_PATTERN,
-    format_timestamp,
-    parse_timestamp,
-)
+from relay.core.draft import Draft, parse_expires
+from relay.core.envelope import KIND_MESSAGE
 from relay.core.ids import hash_token
-from relay.core.jws import b64url_decode
 from relay.core.limits import (
     DEFAULT_INBOX_PAGE,
     MAX_API_BODY_BYTES,
     MAX_BATCH_BODY_BYTES,
     MAX_BATCH_MESSAGES,
-    MAX_ID_LENGTH,
     MAX_INBOX_PAGE,
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
 )
-from relay.delivery.router import Prepared
+from relay.delivery import views
 from relay.server.http import read_body
 from relay.server.keys import RELAY
-from relay.store.base import AgentRecord, InboxItem, MessageStatus, inbox_channel
-
-if TYPE_CHECKING:
-    from relay.runtime import Relay
+from relay.store.base import AgentRecord
 
 #: How often an idle SSE stream sends a comment line. Keeps proxies and NATs from dropping the
 #: connection (many idle-timeout at 30–60 s) and lets the server notice a vanished client.
 SSE_HEARTBEAT_SECONDS = 15.0
-
-#: Messages of a batch built and signed between two yields to the event loop. Signing one
-#: takes ~0.1 ms, so a full batch (MAX_BATCH_MESSAGES) would otherwise hold the loop for tens of
-#: milliseconds, stalling every other request, heartbeat and delivery meanwhile.
-BATCH_YIELD_EVERY: Final = 50
 
 routes = web.RouteTableDef()
 
@@ -109,72 +91,51 @@ def _query_flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "0").lower() in ("1", "true", "yes")
 
 
-def envelope_payload(item: InboxItem) -> bytes:
-    """The envelope JSON exactly as signed: the JWS payload (SPEC.md §6: inbox entries)."""
-    return b64url_decode(item.token.split(".")[1])
-
-
 # --- sending ------------------------------------------------------------------------------------
 
 
 class SendRequest(BaseModel):
-    """The send request of SPEC.md §6.2. Every field carries the pattern of the envelope field it
-    becomes (relay.core.envelope.Envelope), with the same error words: the router builds the
-    envelope from it without validating it a second time (Router.build ``checked``)."""
+    """The JSON shape of the send request of SPEC.md §6.2: its members and their JSON types.
+    The envelope's own rules (patterns, repeats, a text body) are the Draft's
+    (relay.core.draft), checked once when it is made."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    to: Annotated[list[str], Field(min_length=1, max_length=MAX_RECIPIENTS)]
-    content_type: Annotated[str, Field(pattern=CONTENT_TYPE_PATTERN)] = "text/plain"
+    # The bound is also the Draft's; here it stops a request making the relay parse more
+    # addresses than an envelope can carry.
+    to: Annotated[list[str], Field(max_length=MAX_RECIPIENTS)]
+    content_type: str = "text/plain"
     body: Any
-    kind: Annotated[str, Field(pattern=KIND_PATTERN, max_length=MAX_ID_LENGTH)] = "message"
-    thread: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
-    in_reply_to: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    kind: str = KIND_MESSAGE
+    thread: str | None = None
+    in_reply_to: str | None = None
     expires: str | None = None
-    trace: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None = None
+    trace: str | None = None
 
 
-def _parse_send(data: Any) -> SendRequest:
+def _draft(sender: Address, data: Any) -> Draft:
+    """One send request (the body of ``POST /synq/v1/messages``, or one member of a batch)
+    as the Draft it asks for."""
     if not isinstance(data, dict):
         raise E.MalformedRequest("the request body must be a JSON object")
     if "body" not in data:
         raise E.InvalidEnvelope("body: field required")
     try:
-        return SendRequest.model_validate(data)
+        req = SendRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise E.InvalidEnvelope(f"{where}: {first['msg']}") from None
-
-
-async def _prepare(relay: Relay, agent: AgentRecord, data: Any) -> Prepared:
-    """One send request (the body of ``POST /synq/v1/messages``, or one member of a batch),
-    checked in the order of SPEC.md §6.2 and built into a signed envelope; not yet stored."""
-    req = _parse_send(data)
-    if req.kind == KIND_DSN:
-        raise E.Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
-    to = [Address.parse(a) for a in req.to]
-    if len(set(to)) != len(to):
-        raise E.InvalidEnvelope("to: recipients must not repeat")
-    expires = None
-    if req.expires is not None:
-        try:
-            expires = parse_timestamp(req.expires)
-        except ValueError as exc:
-            raise E.InvalidEnvelope(f"expires: {exc}") from None
-    # checked=True: SendRequest holds every field to the envelope's own patterns and the
-    # addresses are parsed (normalised) and distinct, so the envelope is not validated again.
-    return await relay.router.prepare(
-        Address(agent.name, relay.domain),
-        to,
+    return Draft(
+        sender,
+        tuple(Address.parse(a) for a in req.to),
         req.content_type,
         req.body,
         kind=req.kind,
         thread=req.thread,
         in_reply_to=req.in_reply_to,
-        expires=expires,
+        expires=None if req.expires is None else parse_expires(req.expires),
         trace=req.trace,
-        checked=True,
     )
 
 
@@ -187,16 +148,13 @@ async def send_message(request: web.Request) -> web.Response:
     """
     relay = request.app[RELAY]
     agent = await authenticate(request)
-    prepared = await _prepare(relay, agent, await read_json(request))
+    draft = _draft(Address(agent.name, relay.domain), await read_json(request))
     # The store write is shielded by the custody gate: a client that hangs up cannot cancel it
     # half way; before it, nothing has been stored, so a cancellation loses nothing.
-    (submitted,) = await relay.router.commit([prepared])
-    relay.metrics.accepted.labels(via="api").inc()
+    submitted = await relay.mailbox.send(draft, via="api")
     env_id = submitted.envelope.id
     return json_response(
-        {"id": env_id, "status": "queued"},
-        status=202,
-        headers={"Location": f"/synq/v1/messages/{env_id}"},
+        views.queued(env_id), status=202, headers={"Location": f"/synq/v1/messages/{env_id}"}
     )
 
 
@@ -242,8 +200,10 @@ async def send_batch(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     agent = await authenticate(request)
     messages = _batch_messages(await read_json(request, MAX_BATCH_BODY_BYTES))
+    sender = Address(agent.name, relay.domain)
     results: list[dict[str, Any] | None] = [None] * len(messages)
-    pending: list[tuple[int, Prepared]] = []
+    drafts: list[Draft] = []
+    positions: list[int] = []
 
     def refuse(i: int, exc: E.SynqError) -> None:
         results[i] = _error_entry(exc)
@@ -252,61 +212,20 @@ async def send_batch(request: web.Request) -> web.Response:
 
     for i, data in enumerate(messages):
         try:
-            pending.append((i, await _prepare(relay, agent, data)))
+            drafts.append(_draft(sender, data))
         except E.PeerError as exc:
-            # A refusal of this message only. Anything else (the store failing a recipient
-            # look-up) fails the whole request before anything is stored.
             refuse(i, exc)
-        if i % BATCH_YIELD_EVERY == BATCH_YIELD_EVERY - 1:
-            # Building and signing are CPU work; let other requests run between slices.
-            await asyncio.sleep(0)
-    outcomes = await relay.router.commit_each([p for _, p in pending])
-    accepted = 0
-    for (i, _), outcome in zip(pending, outcomes, strict=True):
+        else:
+            positions.append(i)
+    # A refusal of one message comes back as its outcome; anything else (the store failing a
+    # recipient look-up) fails the whole request before anything is stored.
+    outcomes = await relay.mailbox.send_many(drafts, via="api")
+    for i, outcome in zip(positions, outcomes, strict=True):
         if isinstance(outcome, E.SynqError):
             refuse(i, outcome)
         else:
-            results[i] = {"id": outcome.envelope.id, "status": "queued"}
-            accepted += 1
-    if accepted:
-        relay.metrics.accepted.labels(via="api").inc(accepted)
+            results[i] = views.queued(outcome.envelope.id)
     return json_response({"results": results}, status=202)
-
-
-def status_to_wire(status: MessageStatus) -> dict[str, Any]:
-    recipients: dict[str, Any] = {}
-    for r in status.recipients:
-        entry: dict[str, Any] = {"state": r.state, "attempts": r.attempts}
-        if r.code:
-            entry["code"] = r.code
-        if r.reason:
-            entry["reason"] = r.reason
-        if r.next_attempt and r.state == "queued":
-            entry["next_attempt"] = format_timestamp(r.next_attempt)
-        entry["updated"] = format_timestamp(r.updated)
-        recipients[r.address] = entry
-    return {
-        "id": status.id,
-        "from": status.sender,
-        "created": format_timestamp(status.created),
-        "expires": format_timestamp(status.expires),
-        "recipients": recipients,
-        "events": [
-            {
-                k: v
-                for k, v in {
-                    "at": format_timestamp(ev.at),
-                    "recipient": ev.recipient,
-                    "event": ev.event,
-                    "code": ev.code,
-                    "reason": ev.reason,
-                    "hop": ev.hop,
-                }.items()
-                if v is not None
-            }
-            for ev in status.events
-        ],
-    }
 
 
 @routes.get("/synq/v1/messages/{id}")
@@ -315,20 +234,11 @@ async def message_status(request: web.Request) -> web.Response:
     answered 404 like a missing one, so ids cannot be probed."""
     relay = request.app[RELAY]
     agent = await authenticate(request)
-    status = await relay.store.message_status(relay.domain, request.match_info["id"])
-    if status is None or status.sender != f"{agent.name}@{relay.domain}":
-        raise E.NotFound("no such message")
-    return json_response(status_to_wire(status))
+    status = await relay.mailbox.status(request.match_info["id"], agent=agent.name)
+    return json_response(views.status_to_wire(status))
 
 
 # --- inbox --------------------------------------------------------------------------------------
-
-
-def _inbox_body(items: list[InboxItem]) -> bytes:
-    # The payloads are already compact JSON objects: splice them instead of re-encoding.
-    cursor = items[-1].seq if items else None
-    head = b'{"messages":[' + b",".join(envelope_payload(i) for i in items) + b"]"
-    return head + b',"cursor":' + jsonutil.dumps(cursor) + b"}"
 
 
 @routes.get("/synq/v1/inbox")
@@ -348,19 +258,15 @@ async def read_inbox(request: web.Request) -> web.Response:
     include_acked = _query_flag(request, "all")
     thread = request.query.get("thread") or None
 
-    async def fetch() -> list[InboxItem]:
-        return await relay.store.inbox(
-            agent.name, limit=limit, include_acked=include_acked, thread=thread, after_seq=after_seq
-        )
-
-    loop = asyncio.get_running_loop()
-    async with relay.store.notifier.listen(inbox_channel(agent.name)) as listener:
-        items = await fetch()
-        deadline = loop.time() + wait
-        while not items and (remaining := deadline - loop.time()) > 0:
-            await listener.wait(remaining)
-            items = await fetch()
-    return web.Response(body=_inbox_body(items), content_type="application/json")
+    items = await relay.mailbox.read(
+        agent.name,
+        wait=wait,
+        limit=limit,
+        after=after_seq,
+        include_acked=include_acked,
+        thread=thread,
+    )
+    return web.Response(body=views.inbox_body(items), content_type="application/json")
 
 
 @routes.post("/synq/v1/inbox/{id}/ack")
@@ -368,9 +274,7 @@ async def ack_message(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     agent = await authenticate(request)
     env_id = request.match_info["id"]
-    if not await relay.store.ack(agent.name, env_id, relay.clock.now()):
-        raise E.NotFound("no such message in this inbox")
-    relay.metrics.inbox_acks.inc()
+    await relay.mailbox.ack(agent.name, env_id)
     return json_response({"id": env_id, "acked": True})
 
 
@@ -395,37 +299,24 @@ async def stream_inbox(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     with contextlib.suppress(ConnectionResetError):
-        async with relay.store.notifier.listen(inbox_channel(agent.name)) as listener:
+        async with relay.mailbox.follow(agent.name) as reader:
             while True:
-                items = await relay.store.inbox(
-                    agent.name, limit=MAX_INBOX_PAGE, after_seq=after_seq
+                items = await reader.read(
+                    wait=SSE_HEARTBEAT_SECONDS, limit=MAX_INBOX_PAGE, after=after_seq
                 )
+                if not items:
+                    await response.write(b": keepalive\n\n")
                 for item in items:
                     await response.write(
                         b"event: message\nid: %d\ndata: " % item.seq
-                        + envelope_payload(item)
+                        + views.envelope_payload(item)
                         + b"\n\n"
                     )
                     after_seq = item.seq
-                if items:
-                    continue
-                if not await listener.wait(SSE_HEARTBEAT_SECONDS):
-                    await response.write(b": keepalive\n\n")
     return response
 
 
 # --- cards and health ---------------------------------------------------------------------------
-
-
-async def local_card(request: web.Request, address: Address) -> dict[str, Any]:
-    relay = request.app[RELAY]
-    agent = await relay.store.get_agent(address.local)
-    if agent is None:
-        raise E.NotFound(f"no agent {address}")
-    adapter = relay.dispatcher.adapters.get(agent.kind)
-    if adapter is not None:
-        return await adapter.card(agent, str(address), relay.public_url)
-    return inbox_agent_card(address, relay.public_url)
 
 
 @routes.get("/synq/v1/agents/{address}")
@@ -434,20 +325,18 @@ async def agent_card(request: web.Request) -> web.Response:
     relay (``/agents/<local>/.well-known/agent-card.json``). Public, as cards are."""
     relay = request.app[RELAY]
     address = Address.parse(request.match_info["address"])
-    if address.domain == relay.domain:
-        return json_response(await local_card(request, address))
-    return json_response(await relay.discovery.agent_card(address.domain, address.local))
+    return json_response(await relay.mailbox.card(address))
 
 
 @routes.get("/agents/{local}/.well-known/agent-card.json")
 async def published_card(request: web.Request) -> web.Response:
-    """Where partners fetch a local agent's card (DESIGN §5)."""
+    """Where partners fetch a local agent's card (SPEC.md §7.8)."""
     relay = request.app[RELAY]
     try:
         address = Address.parse(f"{request.match_info['local']}@{relay.domain}")
     except E.InvalidAddress:
         raise E.NotFound("no such agent") from None
-    return json_response(await local_card(request, address))
+    return json_response(await relay.mailbox.card(address))
 
 
 @routes.get("/healthz")

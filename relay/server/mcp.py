@@ -1,5 +1,5 @@
-"""The relay's MCP faces (DESIGN §8, SPEC.md "MCP mapping"), hosted in the aiohttp server by
-the ASGI bridge (relay.server.asgi) like every SDK's Starlette glue.
+"""The relay's MCP faces (SPEC.md "MCP mapping"), hosted in the aiohttp server by the ASGI
+bridge (relay.server.asgi) like every SDK's Starlette glue.
 
 * ``/mcp/<address>`` — **remote tools as a local MCP server**. For any reachable MCP-backed
   address (a local agent, or a partner's, whose agent card carries the MCP tools extension) the
@@ -8,8 +8,9 @@ the ASGI bridge (relay.server.asgi) like every SDK's Starlette glue.
   ``application/mcp-call+json`` envelope from the caller's address, and the answers that come
   back (``task.update`` envelopes) become progress notifications and the ``CallToolResult``.
 * ``/mcp`` — **the relay's own MCP face**: tools ``send_message``, ``check_inbox``,
-  ``find_agents``, ``get_agent_card``, ``message_status`` acting as the calling local agent. The
-  same server runs on stdio as ``synq mcp --agent NAME`` (:func:`serve_stdio`).
+  ``find_agents``, ``get_agent_card``, ``message_status`` acting as the calling local agent,
+  each a call of the relay's mailbox (relay.delivery.mailbox), as the local API's routes are.
+  The same server runs on stdio as ``synq mcp --agent NAME`` (:func:`serve_stdio`).
 
 Both faces authenticate with the agent's bearer token, as an OAuth 2.1 resource server (MCP
 2025-11-25 "Authorization" §2.6, RFC 6750): a request without a valid token gets ``401`` with
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -57,8 +57,8 @@ from starlette.types import Receive, Scope, Send
 from adapters.mcp import translate
 from relay.core import errors as E
 from relay.core.address import Address
-from relay.core.cards import inbox_agent_card
-from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN, parse_timestamp
+from relay.core.draft import Draft, parse_expires
+from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN
 from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
 from relay.core.limits import (
@@ -67,11 +67,11 @@ from relay.core.limits import (
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
 )
+from relay.delivery import views
 from relay.runtime import Relay
-from relay.server.api import envelope_payload, status_to_wire
 from relay.server.asgi import AsgiHost
 from relay.server.keys import RELAY
-from relay.store.base import AgentRecord, inbox_channel
+from relay.store.base import AgentRecord
 
 log = logging.getLogger("synq.mcp.face")
 
@@ -233,7 +233,7 @@ class Gateway:
         if cached is not None and now - cached.fetched < CARD_TTL:
             return cached
         try:
-            card = await self._card(address)
+            card = await self.relay.mailbox.card(address)
         except E.SynqError as exc:
             raise MCPError(mt.INVALID_PARAMS, f"{address}: {exc.message}") from None
         tools = translate.tools_from_card(card)
@@ -243,18 +243,6 @@ class Gateway:
             self._cards.pop(next(iter(self._cards)))
         entry = self._cards[key] = _CardTools(now, tools)
         return entry
-
-    async def _card(self, address: Address) -> dict[str, Any]:
-        relay = self.relay
-        if address.domain != relay.domain:
-            return await relay.discovery.agent_card(address.domain, address.local)
-        agent = await relay.store.get_agent(address.local)
-        if agent is None:
-            raise E.NotFound(f"no agent {address}")
-        adapter = relay.dispatcher.adapters.get(agent.kind)
-        if adapter is None:
-            return inbox_agent_card(address, relay.public_url)
-        return await adapter.card(agent, str(address), relay.public_url)
 
     @staticmethod
     def target(ctx: ServerRequestContext[Any, Any]) -> Address:
@@ -289,18 +277,19 @@ class Gateway:
         relay = self.relay
         thread = f"mcp-{uuid7(relay.clock.now())}"
         try:
-            submitted = await relay.router.submit(
-                caller,
-                [address],
-                translate.MCP_CALL_CONTENT_TYPE,
-                {"tool": call.tool, "arguments": call.arguments},
-                thread=thread,
-                expires=relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
+            submitted = await relay.mailbox.send(
+                Draft(
+                    caller,
+                    (address,),
+                    translate.MCP_CALL_CONTENT_TYPE,
+                    {"tool": call.tool, "arguments": call.arguments},
+                    thread=thread,
+                    expires=relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
+                ),
                 via="mcp",
             )
         except E.SynqError as exc:
             return _synq_error(exc)
-        relay.metrics.accepted.labels(via="mcp").inc()
         result = await self._answer(ctx, caller.local, thread, submitted.envelope.id)
         return mt.CallToolResult.model_validate(result)
 
@@ -309,35 +298,34 @@ class Gateway:
     ) -> dict[str, Any]:
         """Wait for the answers to ``call_id`` in the caller's inbox: progress is forwarded, the
         final task or a DSN is the result. Answers it used are acknowledged (:meth:`_ack_soon`)."""
-        store = self.relay.store
         cursor: int | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GATEWAY_WAIT
-        async with store.notifier.listen(inbox_channel(agent)) as listener:
+        async with self.relay.mailbox.follow(agent) as reader:
             while True:
                 # Acked rows included, read past a cursor: another reader of the inbox acking
                 # an answer first cannot hide it from the call that waits for it.
-                items = await store.inbox(
-                    agent, limit=MAX_INBOX_PAGE, include_acked=True, thread=thread, after_seq=cursor
+                items = await reader.read(
+                    wait=max(deadline - loop.time(), 0.0),
+                    limit=MAX_INBOX_PAGE,
+                    after=cursor,
+                    include_acked=True,
+                    thread=thread,
                 )
+                if not items:
+                    return translate.error_result(
+                        f"no answer within {GATEWAY_WAIT:g} s; a late answer will be in the "
+                        f"inbox of {agent}@{self.relay.domain}, thread {thread}"
+                    )
                 for item in items:
                     cursor = item.seq
-                    envelope = json.loads(envelope_payload(item))
+                    envelope = views.envelope_object(item)
                     if envelope.get("in_reply_to") != call_id:
                         continue
                     self._ack_soon(agent, item.id)
                     result = await self._interpret(ctx, envelope)
                     if result is not None:
                         return result
-                if items:
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return translate.error_result(
-                        f"no answer within {GATEWAY_WAIT:g} s; a late answer will be in the "
-                        f"inbox of {agent}@{self.relay.domain}, thread {thread}"
-                    )
-                await listener.wait(remaining)
 
     def _ack_soon(self, agent: str, id: str) -> None:
         """Acknowledge an answer the call used, without holding the caller's result back for
@@ -350,7 +338,7 @@ class Gateway:
 
     async def _ack(self, agent: str, id: str) -> None:
         try:
-            await self.relay.store.ack(agent, id, self.relay.clock.now())
+            await self.relay.mailbox.ack_all(agent, [id])
         except E.SynqError as exc:
             log.info("answer %s stays unread in the inbox of %s: %s", id, agent, exc.message)
 
@@ -526,49 +514,31 @@ class OwnFace:
     async def send_message(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
         relay = self.relay
         to_arg = args["to"]
-        to = [Address.parse(a) for a in ([to_arg] if isinstance(to_arg, str) else to_arg)]
-        if len(set(to)) != len(to):
-            raise E.InvalidEnvelope("to: recipients must not repeat")
-        kind = args.get("kind", KIND_MESSAGE)
-        if kind == KIND_DSN:
-            raise E.Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
-        expires = None
-        if "expires" in args:
-            try:
-                expires = parse_timestamp(args["expires"])
-            except ValueError as exc:
-                raise E.InvalidEnvelope(f"expires: {exc}") from None
-        submitted = await relay.router.submit(
+        expires = args.get("expires")
+        draft = Draft(
             Address(agent.name, relay.domain),
-            to,
+            tuple(Address.parse(a) for a in ([to_arg] if isinstance(to_arg, str) else to_arg)),
             args.get("content_type", "text/plain"),
             args["body"],
-            kind=kind,
+            kind=args.get("kind", KIND_MESSAGE),
             thread=args.get("thread"),
             in_reply_to=args.get("in_reply_to"),
-            expires=expires,
-            via="mcp",
+            expires=None if expires is None else parse_expires(expires),
         )
-        relay.metrics.accepted.labels(via="mcp").inc()
-        return {"id": submitted.envelope.id, "status": "queued"}
+        submitted = await relay.mailbox.send(draft, via="mcp")
+        return views.queued(submitted.envelope.id)
 
     async def check_inbox(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
-        store = self.relay.store
-        limit = int(args.get("limit", 20))
-        thread = args.get("thread")
-        wait = float(args.get("wait", 0))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        async with store.notifier.listen(inbox_channel(agent.name)) as listener:
-            items = await store.inbox(agent.name, limit=limit, thread=thread)
-            while not items and (remaining := deadline - loop.time()) > 0:
-                await listener.wait(remaining)
-                items = await store.inbox(agent.name, limit=limit, thread=thread)
+        mailbox = self.relay.mailbox
+        items = await mailbox.read(
+            agent.name,
+            wait=float(args.get("wait", 0)),
+            limit=int(args.get("limit", 20)),
+            thread=args.get("thread"),
+        )
         if args.get("ack"):
-            now = self.relay.clock.now()
-            for item in items:
-                await store.ack(agent.name, item.id, now)
-        return {"messages": [json.loads(envelope_payload(i)) for i in items]}
+            await mailbox.ack_all(agent.name, [item.id for item in items])
+        return {"messages": [views.envelope_object(i) for i in items]}
 
     async def find_agents(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
         query = str(args.get("query", "")).lower()
@@ -582,15 +552,11 @@ class OwnFace:
         }
 
     async def get_agent_card(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
-        address = Address.parse(args["address"])
-        return await Gateway(self.relay)._card(address)
+        return await self.relay.mailbox.card(Address.parse(args["address"]))
 
     async def message_status(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
-        relay = self.relay
-        status = await relay.store.message_status(relay.domain, str(args["id"]))
-        if status is None or status.sender != f"{agent.name}@{relay.domain}":
-            raise E.NotFound("no such message")
-        return status_to_wire(status)
+        status = await self.relay.mailbox.status(str(args["id"]), agent=agent.name)
+        return views.status_to_wire(status)
 
     _handlers: Final[
         dict[str, Callable[[OwnFace, AgentRecord, dict[str, Any]], Awaitable[Any]]]

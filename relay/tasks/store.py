@@ -4,7 +4,7 @@ A call to the face becomes an envelope from the caller's local agent (SPEC.md "A
 The face's task is in the store (migration 0003), never only in memory:
 
 * **start** — a new task is written first, linked to the id its first envelope will carry,
-  then the envelope is submitted through the router (custody, policy, rate limits), so no
+  then the envelope is sent through the mailbox (custody, policy, rate limits), so no
   reply can arrive before the task that expects it. A follow-up message (``taskId`` given)
   is linked to the task the same way.
 * **change** — every change of a task is a compare-and-set on its version, retried on a
@@ -53,10 +53,11 @@ from adapters.a2a import tasks as folding
 from adapters.a2a import wire
 from relay.core.address import Address
 from relay.core.clock import Clock
+from relay.core.draft import Draft
 from relay.core.envelope import ID_PATTERN, KIND_MESSAGE, KIND_SIGNAL
 from relay.core.errors import PeerError, SynqError
 from relay.core.ids import uuid7
-from relay.delivery.router import Router
+from relay.delivery.mailbox import Mailbox
 from relay.store.base import A2ATask, Listener, Notifier, Store, a2a_task_channel, inbox_channel
 from relay.tasks.push import MAX_PUSH_CONFIGS, PushSender, push_configs, push_json
 
@@ -235,13 +236,13 @@ class OwnerInboxes:
 
 class TaskStore:
     """The A2A face's tasks, on the relay's store; see the module docstring. Messages and
-    cancel signals go out through ``router``; the events a change logs go to ``pushes``."""
+    cancel signals go out through ``mailbox``; the events a change logs go to ``pushes``."""
 
-    def __init__(self, store: Store, router: Router, clock: Clock, pushes: PushSender) -> None:
+    def __init__(self, store: Store, mailbox: Mailbox, clock: Clock, pushes: PushSender) -> None:
         self.store = store
-        self.router = router
+        self.mailbox = mailbox
         self.clock = clock
-        self.domain: str = router.domain
+        self.domain: str = mailbox.router.domain
         self.pushes = pushes
         self.owners = OwnerInboxes(store.notifier)
 
@@ -380,15 +381,17 @@ class TaskStore:
         self.owners.add(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
-            await self.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                body,
-                kind=KIND_MESSAGE,
-                thread=thread_of(context_id),
+            await self.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    body,
+                    kind=KIND_MESSAGE,
+                    thread=thread_of(context_id),
+                    id=envelope_id,
+                ),
                 via="a2a",
-                id=envelope_id,
             )
         except SynqError as exc:
             await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
@@ -426,16 +429,18 @@ class TaskStore:
         current = changed[0]
         body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
         try:
-            await self.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                body,
-                kind=KIND_MESSAGE,
-                thread=thread_of(row.context),
-                in_reply_to=row.id,
+            await self.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    body,
+                    kind=KIND_MESSAGE,
+                    thread=thread_of(row.context),
+                    in_reply_to=row.id,
+                    id=envelope_id,
+                ),
                 via="a2a",
-                id=envelope_id,
             )
         except SynqError as exc:
             raise _a2a_error(exc) from None
@@ -485,14 +490,16 @@ class TaskStore:
             raise a2a.TaskNotCancelableError
         current, task = changed
         try:
-            await self.router.submit(
-                Address(owner, self.domain),
-                [address],
-                wire.CONTENT_TYPE,
-                wire.cancel_signal(current.remote_id or ""),
-                kind=KIND_SIGNAL,
-                thread=thread_of(current.context),
-                in_reply_to=current.id,
+            await self.mailbox.send(
+                Draft(
+                    Address(owner, self.domain),
+                    (address,),
+                    wire.CONTENT_TYPE,
+                    wire.cancel_signal(current.remote_id or ""),
+                    kind=KIND_SIGNAL,
+                    thread=thread_of(current.context),
+                    in_reply_to=current.id,
+                ),
                 via="a2a",
             )
         except SynqError as exc:

@@ -1,0 +1,77 @@
+"""Custody: the one way an envelope enters the store, whoever hands it over.
+
+A local agent's submission (relay.delivery.router) and a partner relay's transaction
+(relay.federation.inbound) both end here: the envelopes, as ``NewEnvelope`` rows, go through
+the custody gate (relay.store.backpressure: refuse what cannot be kept rather than queue it) into
+one ``Store.accept_many`` call, one store transaction. When it returns they are durable, and the
+store has woken every inbox and queue that got a row (after the commit, never before); only
+then does the relay answer "queued" or "accepted" (SPEC.md §6.2, §8.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from relay.core.clock import Clock
+from relay.core.envelope import Envelope
+from relay.store.backpressure import CustodyGate
+from relay.store.base import AcceptResult, NewEnvelope, Store
+
+__all__ = ["Custody", "new_envelope"]
+
+
+class Custody:
+    """Takes envelopes into the store through one bounded gate, shared by every source."""
+
+    def __init__(self, store: Store, clock: Clock, gate: CustodyGate | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        #: Bounds the custody writes in flight (relay.store.backpressure).
+        self.gate = gate or CustodyGate()
+
+    def take(
+        self, items: Sequence[NewEnvelope], *, timeout: float | None = None
+    ) -> Coroutine[Any, Any, list[AcceptResult]]:
+        """The write that takes custody of ``items``, all or none, to be awaited.
+
+        Raises ``StoreUnavailable`` when the gate is full or, given a ``timeout``, when the
+        commit does not end in time (the commit itself is not cancelled: see CustodyGate).
+        ``UnknownRecipient`` when a local recipient no longer exists. A plain function returning
+        the gate's coroutine, so that the hot path of a send pays no extra frame for it.
+        """
+        return self.gate.write(
+            self.store.accept_many(items, self.clock.now()),
+            size=sum(len(i.token) for i in items),
+            timeout=timeout,
+        )
+
+
+def new_envelope(
+    envelope: Envelope,
+    token: str,
+    local: Sequence[str],
+    remote: Sequence[str],
+    via: str,
+    refused: Sequence[tuple[str, str, str]] = (),
+    *,
+    origin: str | None = None,
+) -> NewEnvelope:
+    """The store row for a signed envelope: ``local`` agent names whose inbox gets it now,
+    ``remote`` addresses queued for federation, ``via`` for the hop log, ``refused`` recipients
+    with their code and reason. ``origin``: the sender's domain when the caller knows it (saves
+    parsing ``from`` again)."""
+    return NewEnvelope(
+        origin=origin or envelope.sender.domain,
+        id=envelope.id,
+        sender=envelope.from_,
+        token=token,
+        created=envelope.created,
+        expires=envelope.expires,
+        thread=envelope.thread,
+        kind=envelope.kind,
+        local=list(local),
+        remote=list(remote),
+        via=via,
+        refused=list(refused),
+    )
