@@ -153,6 +153,8 @@ class Relay:
             clock=self.clock,
             rng=rng,
         )
+        # A partner that reaches us is up: its held backlog goes at once (SPEC.md §9.3).
+        self.inbound.on_contact = self.sender.contacted
         self.dispatcher = Dispatcher(
             store=store,
             router=self.router,

@@ -13,6 +13,8 @@ import pytest
 
 from relay.core.retry import (
     BACKOFF_MULTIPLIER,
+    BREAKER_MIN_PROBE,
+    BREAKER_PROBE_FRACTION,
     BREAKER_THRESHOLD,
     INITIAL_BACKOFF,
     MAX_BACKOFF,
@@ -41,7 +43,7 @@ def seconds(value: float) -> timedelta:
 
 
 def test_defaults_are_the_ones_spec_md_tables() -> None:
-    # SPEC.md §9.3: 5 s first retry, doubling, 10 min cap, breaker after 3 failed transactions.
+    # SPEC.md §9.3: 5 s first retry, doubling, 10 min cap, breaker after 3 failed probes.
     assert seconds(5) == INITIAL_BACKOFF
     assert BACKOFF_MULTIPLIER == 2.0
     assert seconds(600) == MAX_BACKOFF
@@ -137,117 +139,150 @@ def test_policy_is_immutable() -> None:
 
 
 # --- the breaker ------------------------------------------------------------------------------
+#
+# SPEC.md §9.3: it counts failed probes — a failure counts only if its attempt began after the
+# last counted failure — opens after BREAKER_THRESHOLD of them, and probes again after a fifth
+# of the outage so far (at least BREAKER_MIN_PROBE, at most MAX_BACKOFF), with jitter U.
+
+
+def fail_in_turn(breaker: Breaker, times: list[float], u: float = 0.0) -> list[datetime | None]:
+    """Failures each begun after the previous one was recorded, at NOW + t for t in ``times``."""
+    return [breaker.failure(PARTNER, NOW + seconds(t), NOW + seconds(t), Fixed(u)) for t in times]
+
+
+def test_defaults_of_the_breaker() -> None:
+    assert BREAKER_THRESHOLD == 3
+    assert BREAKER_PROBE_FRACTION == 0.2
+    assert seconds(1) == BREAKER_MIN_PROBE
+    breaker = Breaker()
+    assert (breaker.threshold, breaker.fraction, breaker.minimum, breaker.maximum) == (
+        3,
+        0.2,
+        seconds(1),
+        MAX_BACKOFF,
+    )
 
 
 def test_unknown_destination_is_allowed() -> None:
     breaker = Breaker()
     assert breaker.allows(PARTNER, NOW)
     assert breaker.open_until(PARTNER) is None
+    assert not breaker.failing(PARTNER)
 
 
-# (consecutive failures, breaker open for — with U = 0 — or None while still closed).
-# It opens after BREAKER_THRESHOLD failures for the backoff of the k-th attempt, k being the
-# failures beyond the threshold plus one (SPEC.md §9.3).
-OPENINGS = [
-    (1, None),
-    (2, None),
-    (3, 2.5),
-    (4, 5),
-    (5, 10),
-    (9, 160),
-    (10, 300),
-    (11, 300),
-    (60, 300),
+# (outage so far in seconds, probe period with U = 0, i.e. half the band's top)
+PROBE_PERIODS = [
+    (0, 0.5),  # the minimum, 1 s × U
+    (4, 0.5),
+    (5, 0.5),  # 5 × 0.2 = 1 s: still the minimum
+    (10, 1.0),
+    (60, 6.0),  # a one-minute outage: probed every 6–12 s
+    (600, 60.0),
+    (3000, 300.0),  # 3000 × 0.2 = 600 s: the cap
+    (86400, 300.0),
 ]
 
 
-@pytest.mark.parametrize(("failures", "open_for"), OPENINGS)
-def test_breaker_opens_after_the_threshold_and_backs_off(
-    failures: int, open_for: float | None
-) -> None:
+@pytest.mark.parametrize(("outage", "period"), PROBE_PERIODS)
+def test_probe_period_is_a_fifth_of_the_outage_within_bounds(outage: float, period: float) -> None:
     breaker = Breaker()
-    returned = [breaker.failure(PARTNER, NOW, Fixed(0.0)) for _ in range(failures)]
-    if open_for is None:
-        assert returned == [None] * failures
-        assert breaker.allows(PARTNER, NOW)
-        assert breaker.open_until(PARTNER) is None
-        return
-    until = NOW + seconds(open_for)
-    # failure() says when it opens, from the threshold on, and only from then.
-    assert returned[: BREAKER_THRESHOLD - 1] == [None] * (BREAKER_THRESHOLD - 1)
-    assert returned[-1] == until
+    assert breaker.probe_period(seconds(outage), Fixed(0.0)) == seconds(period)
+    top = breaker.probe_period(seconds(outage), Fixed(1.0))
+    assert top == seconds(period * 2)
+
+
+def test_opens_after_the_threshold_for_a_fifth_of_the_outage() -> None:
+    breaker = Breaker()
+    assert fail_in_turn(breaker, [0, 20]) == [None, None]
+    assert breaker.allows(PARTNER, NOW + seconds(20))
+    returned = fail_in_turn(breaker, [60])
+    until = NOW + seconds(60) + seconds(6)  # 60 s of outage × 0.2 × U(0) = 6 s
+    assert returned == [until]
     assert breaker.open_until(PARTNER) == until
-    assert not breaker.allows(PARTNER, NOW)
     assert not breaker.allows(PARTNER, until - timedelta(microseconds=1))
-    assert breaker.allows(PARTNER, until)  # the probe may go at the instant it closes
-    assert breaker.allows(PARTNER, until + seconds(1))
+    assert breaker.allows(PARTNER, until)  # the probe may go at the instant it opens up
 
 
-def test_breaker_jitter_within_the_band_with_a_seeded_random() -> None:
-    rng = random.Random(99)
-    for _ in range(200):
-        breaker = Breaker()
-        *closed, until = [breaker.failure(PARTNER, NOW, rng) for _ in range(BREAKER_THRESHOLD)]
-        assert closed == [None] * (BREAKER_THRESHOLD - 1)
-        assert until is not None
-        assert NOW + seconds(2.5) <= until < NOW + seconds(5)
+def test_failures_in_flight_together_count_once() -> None:
+    # Four transactions of three pipelined passes began before the first failure came back:
+    # one outage, one counted failure (the breaker is not open after twelve of them).
+    breaker = Breaker()
+    started = [NOW + seconds(i * 0.001) for i in range(12)]
+    results = [
+        breaker.failure(PARTNER, begun, NOW + seconds(0.1 + i * 0.001), Fixed(0.0))
+        for i, begun in enumerate(started)
+    ]
+    assert results == [None] * 12
+    assert breaker.allows(PARTNER, NOW + seconds(1))
+    # A probe begun after that failure was known counts.
+    assert breaker.failure(PARTNER, NOW + seconds(1), NOW + seconds(1), Fixed(0.0)) is None
+    assert breaker.failure(PARTNER, NOW + seconds(2), NOW + seconds(2), Fixed(0.0)) is not None
 
 
 def test_a_failed_probe_opens_it_again_for_longer() -> None:
     breaker = Breaker()
-    openings = [breaker.failure(PARTNER, NOW, Fixed(0.0)) for _ in range(BREAKER_THRESHOLD)]
-    assert openings[-1] == NOW + seconds(2.5)
-    # The probe goes when the breaker closes, and fails: measured from then, twice as long.
-    probe_time = NOW + seconds(2.5)
-    assert breaker.allows(PARTNER, probe_time)
-    assert breaker.failure(PARTNER, probe_time, Fixed(0.0)) == probe_time + seconds(5)
-    assert not breaker.allows(PARTNER, probe_time + seconds(4.9))
+    *_, first = fail_in_turn(breaker, [0, 10, 20])
+    assert first == NOW + seconds(20 + 2)  # 20 s × 0.2 × 0.5
+    probe = NOW + seconds(100)
+    assert breaker.allows(PARTNER, probe)
+    assert breaker.failure(PARTNER, probe, probe, Fixed(0.0)) == probe + seconds(10)
 
 
-def test_success_closes_it_and_restarts_the_count() -> None:
+def test_jitter_within_the_band_with_a_seeded_random() -> None:
+    rng = random.Random(99)
+    for _ in range(200):
+        breaker = Breaker()
+        for t in (0, 30):
+            breaker.failure(PARTNER, NOW + seconds(t), NOW + seconds(t), rng)
+        until = breaker.failure(PARTNER, NOW + seconds(50), NOW + seconds(50), rng)
+        assert until is not None
+        assert NOW + seconds(55) <= until < NOW + seconds(60)  # 50 × 0.2 = 10 s × [0.5, 1)
+
+
+def test_success_closes_it_says_it_was_failing_and_restarts_the_outage() -> None:
     breaker = Breaker()
-    for _ in range(BREAKER_THRESHOLD + 2):
-        breaker.failure(PARTNER, NOW, Fixed(0.0))
-    breaker.success(PARTNER)
+    fail_in_turn(breaker, [0, 100, 200, 300])
+    assert breaker.failing(PARTNER)
+    assert breaker.success(PARTNER) is True
     assert breaker.allows(PARTNER, NOW)
     assert breaker.open_until(PARTNER) is None
-    # Consecutive failures: the count starts again from zero, and the first opening is short again.
-    assert [breaker.failure(PARTNER, NOW, Fixed(0.0)) for _ in range(BREAKER_THRESHOLD)] == [
-        None,
-        None,
-        NOW + seconds(2.5),
-    ]
+    assert not breaker.failing(PARTNER)
+    # A new outage starts from zero: the first opening is short again.
+    later = [400, 400.5, 401]
+    assert fail_in_turn(breaker, later)[2] == NOW + seconds(401) + seconds(0.5)
 
 
 def test_success_of_an_unknown_destination_is_harmless() -> None:
     breaker = Breaker()
-    breaker.success(PARTNER)
+    assert breaker.success(PARTNER) is False
     assert breaker.allows(PARTNER, NOW)
 
 
 def test_destinations_are_independent() -> None:
     breaker = Breaker()
-    for _ in range(BREAKER_THRESHOLD):
-        breaker.failure(PARTNER, NOW, Fixed(0.0))
-    breaker.failure(OTHER, NOW, Fixed(0.0))
-    assert not breaker.allows(PARTNER, NOW)
-    assert breaker.allows(OTHER, NOW)
+    fail_in_turn(breaker, [0, 1, 2])
+    breaker.failure(OTHER, NOW, NOW, Fixed(0.0))
+    at = NOW + seconds(2)
+    assert not breaker.allows(PARTNER, at)
+    assert breaker.allows(OTHER, at)
     assert breaker.open_until(OTHER) is None
-    breaker.success(OTHER)
-    assert not breaker.allows(PARTNER, NOW)
+    assert breaker.success(OTHER) is True
+    assert not breaker.allows(PARTNER, at)
 
 
 def test_reset_one_destination_or_all() -> None:
     breaker = Breaker()
     for destination in (PARTNER, OTHER):
-        for _ in range(BREAKER_THRESHOLD):
-            breaker.failure(destination, NOW, Fixed(0.0))
+        for t in (0, 1, 2):
+            at = NOW + seconds(t)
+            breaker.failure(destination, at, at, Fixed(0.0))
+    at = NOW + seconds(2)
     breaker.reset(PARTNER)
-    assert breaker.allows(PARTNER, NOW)
-    assert not breaker.allows(OTHER, NOW)
-    assert breaker.failure(PARTNER, NOW, Fixed(0.0)) is None  # its count restarted
+    assert breaker.allows(PARTNER, at)
+    assert not breaker.allows(OTHER, at)
+    assert breaker.failure(PARTNER, at, at, Fixed(0.0)) is None  # its count restarted
     breaker.reset()
-    assert breaker.allows(OTHER, NOW)
+    assert breaker.allows(OTHER, at)
     assert breaker.open_until(OTHER) is None
 
 
@@ -264,13 +299,13 @@ THRESHOLDS = [
 @pytest.mark.parametrize(("threshold", "failures", "is_open"), THRESHOLDS)
 def test_custom_threshold(threshold: int, failures: int, is_open: bool) -> None:
     breaker = Breaker(threshold=threshold)
-    for _ in range(failures):
-        breaker.failure(PARTNER, NOW, Fixed(0.0))
-    assert breaker.allows(PARTNER, NOW) is not is_open
+    times = [float(t) for t in range(failures)]
+    fail_in_turn(breaker, times)
+    assert breaker.allows(PARTNER, NOW + seconds(failures - 1)) is not is_open
 
 
-def test_breaker_follows_its_policy() -> None:
-    policy = RetryPolicy(initial=seconds(60), maximum=seconds(90), multiplier=2.0)
-    breaker = Breaker(policy, threshold=1)
-    assert breaker.failure(PARTNER, NOW, Fixed(0.0)) == NOW + seconds(30)
-    assert breaker.failure(PARTNER, NOW, Fixed(0.0)) == NOW + seconds(45)  # 120 capped to 90
+def test_custom_bounds() -> None:
+    breaker = Breaker(threshold=1, fraction=0.5, minimum=seconds(60), maximum=seconds(90))
+    assert breaker.failure(PARTNER, NOW, NOW, Fixed(0.0)) == NOW + seconds(30)  # the minimum
+    late = NOW + seconds(1000)
+    assert breaker.failure(PARTNER, late, late, Fixed(0.0)) == late + seconds(45)  # the cap

@@ -19,9 +19,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.core import records
+from relay.core.envelope import format_timestamp
 from relay.dnsserver import Fault
 from tests import pg
-from tests.fedenv import World, world
+from tests.conftest import Agent
+from tests.fedenv import Org, World, world
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -481,3 +483,123 @@ async def test_a_relay_url_the_ssrf_policy_refuses_bounces_the_message(
             assert await relay.store.list_queue() == []
         finally:
             await relay.close()
+
+
+# --- a partner's outage and return (SPEC.md §9.3) ------------------------------------------
+
+
+async def open_breaker_on_globex(w: World, acme: Org, alice: Agent) -> str:
+    """globex is down: three probes fail, each begun after the last failure was known, and
+    acme's breaker opens. Returns the id of the message those probes carried."""
+    await w.orgs["globex.test"].stop()
+    first = (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "first"}))["id"]
+    for probe in range(3):
+        if probe:
+            w.clock.advance(30)  # past the row's backoff (20 s at the most before its third try)
+        assert await acme.relay.sender.run_once() == 1
+    assert not acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+    return str(first)
+
+
+async def held_while_down(w: World, acme: Org, alice: Agent, count: int) -> list[str]:
+    ids = [
+        (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": f"m{i}"}))["id"]
+        for i in range(count)
+    ]
+    assert await acme.relay.sender.run_once() == count
+    return [str(i) for i in ids]
+
+
+async def test_breaker_holds_new_envelopes_without_counting_an_attempt(w: World) -> None:
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+    await open_breaker_on_globex(w, acme, alice)
+    [held] = await held_while_down(w, acme, alice, 1)
+    status = await w.status(acme, alice, held)
+    rec = status["recipients"]["bob@globex.test"]
+    assert (rec["state"], rec["code"], rec["attempts"]) == ("queued", "4.4.1", 0)
+    assert "held" in rec["reason"]
+    assert [e["event"] for e in status["events"]][-1] == "held"
+    # Held until the breaker's probe, which is a fifth of the outage so far away at the most.
+    until = acme.relay.sender.breaker.open_until("globex.test")
+    assert until is not None
+    assert rec["next_attempt"] == format_timestamp(until)
+
+
+async def test_first_success_after_an_outage_releases_the_whole_backlog(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    first = await open_breaker_on_globex(w, acme, alice)
+    held = await held_while_down(w, acme, alice, 5)
+    await globex.start()
+    # The breaker's probe time comes; the held envelopes are the probe, and they succeed.
+    until = acme.relay.sender.breaker.open_until("globex.test")
+    assert until is not None
+    w.clock.set(until)
+    assert await acme.relay.sender.run_once() == 5
+    # The first message waits out a backoff grown during the outage (not due yet): the success
+    # released it, and the next pass takes it without the clock moving.
+    assert await acme.relay.sender.run_once() == 1
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted([first, *held])
+    assert acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+    assert await acme.relay.store.list_queue() == []
+
+
+async def test_flush_while_the_breaker_is_open_sends_the_held_envelopes(w: World) -> None:
+    """``synq queue flush`` makes held rows due before the probe time: they are sent although
+    the breaker is open, and their success closes it and releases the rest."""
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    first = await open_breaker_on_globex(w, acme, alice)
+    held = await held_while_down(w, acme, alice, 3)
+    await globex.start()
+    assert await acme.relay.store.flush(w.clock.now()) == 4
+    assert await acme.relay.sender.run_once() == 4
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted([first, *held])
+    assert acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+
+
+async def test_a_partner_that_contacts_us_gets_its_backlog_at_once(w: World) -> None:
+    """globex sends acme a transaction: it is up, whatever acme's breaker says. acme closes the
+    breaker and releases everything queued for globex (Synapse does the same)."""
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    first = await open_breaker_on_globex(w, acme, alice)
+    held = await held_while_down(w, acme, alice, 3)
+    await globex.start()
+    await w.send(globex, bob, {"to": ["alice@acme.test"], "body": "I am back"})
+    assert await globex.relay.sender.run_once() == 1
+    assert acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+    assert await acme.relay.sender.run_once() == 4
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted([first, *held])
+
+
+async def test_failed_transactions_in_flight_together_count_once(w: World) -> None:
+    """One pass sends many transactions to a dead partner at once: one outage, one failed
+    probe, and the breaker stays closed (it opens after three probes, not three transactions)."""
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+    await w.orgs["globex.test"].stop()
+    acme.relay.sender.max_txn_envelopes = 1
+    for i in range(12):
+        await w.send(acme, alice, {"to": ["bob@globex.test"], "body": f"m{i}"})
+    assert await acme.relay.sender.run_once() == 12
+    assert acme.relay.sender.breaker.open_until("globex.test") is None
+    assert acme.relay.sender.breaker.failing("globex.test")
+
+
+async def test_a_partners_retry_after_is_honoured(w: World) -> None:
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+
+    async def busy(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=429, headers={"Retry-After": "900"}, text="slow down")
+
+    async with partner_at_globex(w, busy):
+        sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
+        assert await acme.relay.sender.run_once() == 1
+    rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+    # Backoff alone would retry within 5 s; the partner asked for 15 minutes.
+    assert rec["state"] == "queued"
+    assert rec["next_attempt"] >= format_timestamp(w.clock.now() + timedelta(seconds=900))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.core import records
 from relay.dnsserver import DNSServer
+from tests import pg
 from tests.procs import Served, synq
 
 pytestmark = pytest.mark.slow
@@ -36,12 +39,13 @@ class Org:
     dns_records: list[dict[str, str]]
 
 
-async def make_org(base: Path, domain: str, dns: DNSServer) -> Org:
+async def make_org(base: Path, domain: str, dns: DNSServer, store: str | None = None) -> Org:
     cwd = base / domain
     cwd.mkdir()
     await synq(
         "init", "--domain", domain, "--dir", str(cwd), "--listen", "127.0.0.1:0",
-        "--nameserver", dns.address, "--allow-private-addresses", cwd=cwd,
+        "--nameserver", dns.address, "--allow-private-addresses",
+        *(["--store", store] if store else []), cwd=cwd,
     )  # fmt: skip
     recs = await synq("dns", cwd=cwd)
     for rec in recs:
@@ -215,3 +219,78 @@ async def test_sigkill_of_receiver_mid_transaction(tmp_path: Path, dns: DNSServe
             await acme.served.stop()
             await globex.served.stop()
             await proxy.close()
+
+
+#: How long globex is away in the partner-return test, and what its sender sends meanwhile:
+#: long enough for acme's breaker to open and hold new envelopes back (it opens after three
+#: failed probes, the first a second apart), short enough for the suite.
+OUTAGE = 6.0
+DURING_OUTAGE = 120
+#: SPEC.md §9.3's promise after an outage of up to a minute.
+RETURN_DEADLINE = 15.0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_partner_return_releases_the_backlog_at_once(
+    tmp_path: Path, dns: DNSServer, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """globex is killed while acme keeps sending; acme's breaker opens and holds the new
+    envelopes back. When globex comes back on the same address, everything queued reaches bob
+    within seconds — no operator action, no duplicate — because the first success to globex
+    releases its whole backlog (SPEC.md §9.3)."""
+    store = pg.database_url(request) if backend == "postgresql" else None
+    acme = await make_org(tmp_path, "acme.test", dns, store=store)
+    globex = await make_org(tmp_path, "globex.test", dns)
+    alice = await synq("agent", "add", "alice", cwd=acme.cwd)
+    bob = await synq("agent", "add", "bob", cwd=globex.cwd)
+    globex_url = await globex.served.start()
+    dns.set_txt("_synq.globex.test", [records.RelayRecord(globex_url).to_txt()], ttl=600)
+    # Back on the same address: the relay record and acme's cached copy of it stay right.
+    config = globex.cwd / "synq.toml"
+    config.write_text(
+        re.sub(r'(?m)^listen = ".*"', f'listen = "{globex_url.removeprefix("http://")}"',
+               config.read_text())
+    )  # fmt: skip
+
+    headers = {"Authorization": f"Bearer {alice['token']}"}
+    async with aiohttp.ClientSession() as http:
+        try:
+            acme_url = await acme.served.start()
+
+            async def send(i: int) -> str:
+                async with http.post(
+                    f"{acme_url}/synq/v1/messages",
+                    json={"to": ["bob@globex.test"], "body": f"m{i}"},
+                    headers=headers,
+                ) as resp:
+                    assert resp.status == 202
+                    return str((await resp.json())["id"])
+
+            ids = [await send(-1)]
+            assert await asyncio.wait_for(inbox_ids(http, globex_url, bob["token"], 1), 30) == ids
+
+            globex.served.kill()
+            await globex.served.wait_killed()
+            down = time.monotonic()
+            for i in range(DURING_OUTAGE):
+                ids.append(await send(i))
+                # Traffic spread over the outage, as a live sender's would be.
+                await asyncio.sleep(OUTAGE / DURING_OUTAGE)
+            queue = await synq("queue", "list", "--domain", "globex.test", cwd=acme.cwd)
+            assert queue, "everything sent during the outage is still queued"
+            assert any("held" in (row["reason"] or "") for row in queue), queue
+            assert time.monotonic() - down >= OUTAGE
+
+            await globex.served.start()
+            back = time.monotonic()
+            got = await asyncio.wait_for(
+                inbox_ids(http, globex_url, bob["token"], len(ids)), RETURN_DEADLINE
+            )
+            took = time.monotonic() - back
+            assert sorted(got) == sorted(ids)
+            assert len(got) == len(set(got))
+            assert took < RETURN_DEADLINE
+        finally:
+            await acme.served.stop()
+            await globex.served.stop()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,6 +152,10 @@ class InboundHandler:
         self.rates = rates or RateLimits.build()
         self.custody = custody or Custody(store, clock)
         self.write_timeout = write_timeout
+        #: Told the origin of every transaction that carried an authentic envelope: that
+        #: partner is up, whatever our own sender last saw (the runtime wires the sender's
+        #: ``contacted``, which releases a backlog held for it; SPEC.md §9.3).
+        self.on_contact: Callable[[str], Awaitable[None]] | None = None
 
     def _structure(self, index: int, origin: str, token: str) -> _Checked | _Parsed:
         """Steps 1–3, no I/O: structure, the ``from`` domain, the policy's domain gate."""
@@ -335,6 +340,8 @@ class InboundHandler:
                 results[c.key] = EnvelopeResult(
                     "duplicate" if res.duplicate else "accepted", st.OK.code, "", recipients
                 )
+        if to_store and self.on_contact is not None:
+            await self.on_contact(request.origin)
         rejected = sum(1 for r in results.values() if r.status == "rejected")
         log.info(
             "txn %s from %s: %d envelopes, %d rejected",

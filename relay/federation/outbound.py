@@ -119,7 +119,7 @@ class FederationSender:
         self.router = router
         self.clock = clock
         self.policy = policy or RetryPolicy()
-        self.breaker = breaker or Breaker(self.policy)
+        self.breaker = breaker or Breaker()
         self.rng = rng or random.Random()  # noqa: S311 — jitter, not secrecy
         self.lease_batch = lease_batch
         self.max_txn_envelopes = max_txn_envelopes
@@ -171,18 +171,21 @@ class FederationSender:
         self, domain: str, rows: list[QueueEntry], now: datetime
     ) -> list[Outcome]:
         if not self.breaker.allows(domain, now):
-            # The destination is known to be down. New envelopes wait for the breaker instead of
-            # each costing a connection attempt; rows already in backoff are due because their
-            # own schedule says so or because the operator flushed the queue: those are tried.
+            # The destination is known to be down (SPEC.md §9.3). Envelopes never tried wait for
+            # the breaker's next probe instead of each costing a connection attempt: a hold,
+            # which is not an attempt. Rows tried or held before are due because their own
+            # schedule says so or because the operator flushed them: those are sent, and are a
+            # probe of their own.
             until = self.breaker.open_until(domain)
-            held = [r for r in rows if r.attempts == 0]
-            rows = [r for r in rows if r.attempts > 0]
+            held = [r for r in rows if r.code is None]
+            rows = [r for r in rows if r.code is not None]
+            reason = f"{domain} is down; held until its next probe"
             outcomes = [
-                self._outcome(
-                    r, "queued", st.NO_ANSWER, f"{domain} is down; backing off", None, until
-                )
+                self._outcome(r, "queued", st.NO_ANSWER, reason, None, until, event="held")
                 for r in held
             ]
+            if held:
+                log.info("%s is down: %d new recipients held until %s", domain, len(held), until)
             if rows:
                 outcomes += await self._attempt(domain, rows, now)
             return outcomes
@@ -194,7 +197,7 @@ class FederationSender:
         except DiscoveryError as exc:
             if exc.status.is_permanent:
                 return [self._outcome(r, "bounced", exc.status, exc.message, None) for r in rows]
-            self.breaker.failure(domain, now, self.rng)
+            self._failed(domain, now)
             return [self._defer(r, exc.status, exc.message, None, now) for r in rows]
 
         by_envelope: dict[tuple[str, str], _Envelope] = {}
@@ -216,8 +219,10 @@ class FederationSender:
     ) -> list[Outcome]:
         txn_id = uuid7(now)
         body = txn_mod.encode_request(self.domain, [e.token for e in batch])
+        started = now
         try:
             async with self._destination_gate(domain), self._slots:
+                started = self.clock.now()
                 answer = await self.transport.put_transaction(relay_url, txn_id, body)
             results = txn_mod.parse_results(answer)
         except AttemptFailed as exc:
@@ -238,21 +243,27 @@ class FederationSender:
                     for e in batch
                     for r in e.rows
                 ]
-            self.breaker.failure(domain, now, self.rng)
+            self._failed(domain, started)
+            # A partner that says when to come back (Retry-After on 429/503, RFC 9110 §10.2.3)
+            # is not tried before then, whatever the backoff would allow.
+            not_before = (
+                now + timedelta(seconds=exc.retry_after) if exc.retry_after is not None else None
+            )
             return [
-                self._defer(r, exc.status, exc.reason, relay_url, now)
+                self._defer(r, exc.status, exc.reason, relay_url, now, not_before)
                 for e in batch
                 for r in e.rows
             ]
         except SynqError as exc:
-            self.breaker.failure(domain, now, self.rng)
+            self._failed(domain, started)
             reason = f"unusable answer from {domain}: {exc.message}"
             return [
                 self._defer(r, st.REMOTE_PROTOCOL, reason, relay_url, now)
                 for e in batch
                 for r in e.rows
             ]
-        self.breaker.success(domain)
+        if self.breaker.success(domain):
+            await self._release(domain)
         outcomes = []
         for index, e in enumerate(batch):
             # An envelope the receiver could not read an id from is answered by its index.
@@ -303,6 +314,35 @@ class FederationSender:
             row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop
         )
 
+    # --- the breaker ----------------------------------------------------------------------------
+
+    def _failed(self, domain: str, started: datetime) -> None:
+        """Count a failed attempt begun at ``started`` against ``domain``'s breaker."""
+        until = self.breaker.failure(domain, started, self.clock.now(), self.rng)
+        if until is not None:
+            log.warning("%s is down: breaker open, next probe at %s", domain, until)
+
+    async def _release(self, domain: str) -> None:
+        """``domain`` answers again: everything queued for it — held back by the breaker or
+        waiting out a backoff grown during the outage — is due now (SPEC.md §9.3), as Synapse
+        sends a destination's whole backlog on the first success. The partner's own limits
+        (4.7.0, 429 with Retry-After) pace what follows."""
+        try:
+            count = await self.store.flush(self.clock.now(), domain=domain)
+        except SynqError as exc:
+            # Nothing is lost: the rows come due on their own schedule.
+            log.warning("%s answers again, but its queue was not released: %s", domain, exc.message)
+            return
+        log.info("%s answers again: breaker closed, %d queued recipients released", domain, count)
+
+    async def contacted(self, domain: str) -> None:
+        """``domain``'s relay sent us a transaction we could verify: it is up. A breaker open
+        for it is closed and its backlog released (Synapse resets a destination's backoff when
+        the destination contacts it)."""
+        if self.breaker.failing(domain):
+            self.breaker.reset(domain)
+            await self._release(domain)
+
     # --- outcomes and DSNs ----------------------------------------------------------------------
 
     def _outcome(
@@ -328,9 +368,17 @@ class FederationSender:
         )
 
     def _defer(
-        self, row: QueueEntry, status: st.Status, reason: str, hop: str | None, now: datetime
+        self,
+        row: QueueEntry,
+        status: st.Status,
+        reason: str,
+        hop: str | None,
+        now: datetime,
+        not_before: datetime | None = None,
     ) -> Outcome:
         retry_at = self.policy.next_attempt(now, row.attempts + 1, self.rng)
+        if not_before is not None and retry_at < not_before:
+            retry_at = not_before
         if retry_at >= row.expires:
             # Another try could only happen after expiry: come back at expiry to bounce it then
             # (with this failure as the DSN's diagnostic) rather than a backoff later.
