@@ -40,7 +40,7 @@ from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
 from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
-from relay.server.metrics import Metrics
+from relay.metrics import Metrics
 from relay.store import open_store
 from relay.store.base import Store
 
