@@ -135,7 +135,7 @@ class Report:
             cells = (name, value, baseline, ratio)
             print("  " + "".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
         if self.targets:
-            print("\n  targets (issue 9)")
+            print("\n  targets")
             for what, reached, goal, met in self.targets:
                 mark = "n/a" if met is None else ("met" if met else "MISSED")
                 print(f"  {what:52}{reached:20}{goal:26}{mark}")

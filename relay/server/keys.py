@@ -1,4 +1,4 @@
-"""Typed application keys (aiohttp ``AppKey``, STYLE §4)."""
+"""Typed application keys (aiohttp ``AppKey``): handlers reach the running relay by type, not by string."""
 
 from __future__ import annotations
 
