@@ -331,6 +331,35 @@ async def test_a_retry_may_deliver_to_a_local_agent_the_first_try_refused(store:
     }
 
 
+async def test_a_retry_delivers_what_the_first_try_refused_though_an_agent_left_since(
+    store: Store,
+) -> None:
+    """The idempotent union (SPEC.md §8.5) asks only that agents getting a new inbox row exist.
+    A copy that reaches bob, refused 5.1.1 by the first copy, is delivered to bob although
+    alice, delivered by the first copy, was removed since; a replay is still a duplicate."""
+    await add_agent(store, "alice")
+    unknown = (f"bob@{HERE}", "5.1.1", "no such agent")
+    await store.accept(new("e1", local=["alice"], refused=[unknown]), T0)
+    await store.remove_agent("alice")
+    await add_agent(store, "bob")
+    # The caller's existence check ran before alice left.
+    assert not (await store.accept(new("e1", local=["alice", "bob"]), at(1))).duplicate
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    assert (await store.accept(new("e1", local=["alice", "bob"]), at(2))).duplicate
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert {r.address: r.state for r in status.recipients} == {
+        f"alice@{HERE}": "delivered",
+        f"bob@{HERE}": "delivered",
+    }
+    # An agent that would get a new row must exist: the accept fails and changes nothing.
+    with pytest.raises(UnknownRecipient, match="carol"):
+        await store.accept(new("e1", local=["bob", "carol"]), at(3))
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert len(status.recipients) == 2
+
+
 async def test_inbox_order_limit_thread_and_paging(store: Store) -> None:
     await add_agent(store, "bob")
     await add_agent(store, "carol")
@@ -911,7 +940,7 @@ def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple
 async def test_postgres_replicas_starting_together_migrate_once(pg_url: str) -> None:
     stores = await asyncio.gather(*(connect(pg_url) for _ in range(4)))
     try:
-        newest = len(pg_dialect._migrations())
+        newest = pg_dialect.PostgresStore.newest_schema_version()
         assert {schema_version(s) for s in stores} == {newest}
         applied = [getattr(s, "applied_migrations", None) for s in stores]
         assert sorted(applied, key=len) == [[], [], [], list(range(1, newest + 1))]

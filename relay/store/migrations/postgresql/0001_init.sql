@@ -35,7 +35,7 @@ CREATE TABLE envelopes (
     kind     text NOT NULL,
     via      text NOT NULL,
     accepted timestamptz NOT NULL,
-    UNIQUE (origin, id)                                         -- the dedup key (DESIGN §4)
+    UNIQUE (origin, id)                                         -- the dedup key (SPEC.md §8.5)
 );
 
 -- ack, flush and delete_queued name an envelope by id alone.

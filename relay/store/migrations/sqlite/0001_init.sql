@@ -28,7 +28,7 @@ CREATE TABLE envelopes (
     kind     TEXT NOT NULL,
     via      TEXT NOT NULL,
     accepted TEXT NOT NULL,
-    UNIQUE (origin, id)                                         -- the dedup key (DESIGN §4)
+    UNIQUE (origin, id)                                         -- the dedup key (SPEC.md §8.5)
 ) STRICT;
 
 -- ack, flush and delete_queued name an envelope by id alone.
