@@ -102,9 +102,7 @@ from relay.core.errors import (
     StoreUnavailable,
     SynqError,
 )
-from relay.store.sql import MAX_GROUP_OPS, SqlStore, Statements, Tx, rows
-from relay.store.sql.statements import portable
-from relay.store.sql.writer import Op
+from relay.store.sql import MAX_GROUP_OPS, Op, SqlStore, Statements, Tx, portable, rows
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -245,11 +243,10 @@ UPDATE recipients SET lease_owner = NULL WHERE state = 'queued' AND lease_owner 
 """
 _DISOWN_DELIVERIES = "UPDATE deliveries SET lease_owner = NULL WHERE lease_owner = %s"
 
-_QUEUE_COLUMNS = rows.QUEUE_SELECT
 # Four texts rather than ``(%s OR acked_at IS NULL)``: a prepared statement's generic plan can
 # use the partial index inbox_unacked only when the WHERE clause itself says
 # ``acked_at IS NULL``, and envelopes_thread only for a real ``thread = …`` term.
-_INBOX_SELECT = rows.INBOX_SELECT + "WHERE i.agent = %(agent)s AND i.seq > %(after)s "
+_INBOX_PAGE = rows.INBOX_SELECT + "WHERE i.agent = %(agent)s AND i.seq > %(after)s "
 # Leasing (module docstring, "Leases"). ``live`` is the set of store instances whose listener
 # session still holds its lease lock in this database; a lease whose owner is not among them
 # belongs to a dead process. SKIP LOCKED: rows another process is leasing right now are
@@ -280,7 +277,6 @@ RETURNING r.pk, e.origin, e.id, e.sender, r.recipient, r.domain, e.token, e.expi
           r.attempts, r.next_attempt, r.code, r.reason
 """
 )
-_A2A_COLUMNS = rows.A2A_TASK_SELECT
 _A2A_FILTER = """
 WHERE owner = %(owner)s AND address = %(address)s
   AND (%(context)s::text IS NULL OR context = %(context)s::text)
@@ -373,13 +369,13 @@ FROM envelopes AS e JOIN events AS v ON v.envelope = e.pk
 WHERE e.origin = %(origin)s AND e.id = %(id)s
 ORDER BY 1, 10
 """,
-    inbox_unacked=_INBOX_SELECT + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT %(limit)s",
-    inbox_all=_INBOX_SELECT + "ORDER BY i.seq LIMIT %(limit)s",
+    inbox_unacked=_INBOX_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT %(limit)s",
+    inbox_all=_INBOX_PAGE + "ORDER BY i.seq LIMIT %(limit)s",
     inbox_unacked_thread=(
-        _INBOX_SELECT + "AND i.acked_at IS NULL AND e.thread = %(thread)s ORDER BY i.seq "
+        _INBOX_PAGE + "AND i.acked_at IS NULL AND e.thread = %(thread)s ORDER BY i.seq "
         "LIMIT %(limit)s"
     ),
-    inbox_all_thread=_INBOX_SELECT + "AND e.thread = %(thread)s ORDER BY i.seq LIMIT %(limit)s",
+    inbox_all_thread=_INBOX_PAGE + "AND e.thread = %(thread)s ORDER BY i.seq LIMIT %(limit)s",
     lease_due=_LEASE_TEMPLATE.format(domain=""),
     lease_due_domain=_LEASE_TEMPLATE.format(domain="AND r.domain = %(domain)s"),
     lease_mark=None,
@@ -448,7 +444,7 @@ SET state = 'bounced', code = %(code)s::text, reason = %(reason)s::text, next_at
     lease_until = NULL, lease_owner = NULL, updated = %(at)s::timestamptz
 WHERE """
     + _QUEUE_FILTER,
-    a2a_list_tasks=_A2A_COLUMNS
+    a2a_list_tasks=rows.A2A_TASK_SELECT
     + _A2A_FILTER
     + """
   AND (%(before_at)s::timestamptz IS NULL OR status_at < %(before_at)s::timestamptz
@@ -638,7 +634,7 @@ class PostgresStore(SqlStore):
 
     # lifecycle ---------------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    async def _open_connections(self) -> None:
         self._writer = await self._connect_writer()
         # Replicas starting together serialise on the migration lock.
         async with self._writer.transaction():

@@ -60,9 +60,7 @@ from relay.core.errors import (
     StoreUnavailable,
     SynqError,
 )
-from relay.store.sql import MAX_GROUP_OPS, SqlStore, Statements, Tx, rows
-from relay.store.sql.statements import portable
-from relay.store.sql.writer import Op
+from relay.store.sql import MAX_GROUP_OPS, Op, SqlStore, Statements, Tx, portable, rows
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -123,9 +121,7 @@ _USAGE_ERRORS: Final = (
 # Parameters as relay/store/sql/statements.py names them: ``?``/``?N`` positional, ``:name``
 # from a mapping, and batches as one JSON text (``json_each``) or ``executemany``.
 
-_QUEUE_COLUMNS = rows.QUEUE_SELECT
-_INBOX_COLUMNS = rows.INBOX_SELECT + "WHERE i.agent = :agent AND i.seq > :after "
-_A2A_COLUMNS = rows.A2A_TASK_SELECT
+_INBOX_PAGE = rows.INBOX_SELECT + "WHERE i.agent = :agent AND i.seq > :after "
 # One text with optional filters: the (owner, address, status_at, id) index serves every form.
 _A2A_FILTER = """
 WHERE owner = :owner AND address = :address
@@ -220,21 +216,21 @@ ORDER BY 1, 10
 """,
     # The planner can use a partial index only when the query's WHERE clause implies the
     # index's at prepare time (https://www.sqlite.org/partialindex.html §2).
-    inbox_unacked=_INBOX_COLUMNS + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT :limit",
-    inbox_all=_INBOX_COLUMNS + "ORDER BY i.seq LIMIT :limit",
+    inbox_unacked=_INBOX_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT :limit",
+    inbox_all=_INBOX_PAGE + "ORDER BY i.seq LIMIT :limit",
     inbox_unacked_thread=(
-        _INBOX_COLUMNS + "AND i.acked_at IS NULL AND e.thread = :thread ORDER BY i.seq LIMIT :limit"
+        _INBOX_PAGE + "AND i.acked_at IS NULL AND e.thread = :thread ORDER BY i.seq LIMIT :limit"
     ),
-    inbox_all_thread=_INBOX_COLUMNS + "AND e.thread = :thread ORDER BY i.seq LIMIT :limit",
+    inbox_all_thread=_INBOX_PAGE + "AND e.thread = :thread ORDER BY i.seq LIMIT :limit",
     # Leases: select the due rows in order, then mark them (lease_mark), both in the writer's
     # transaction, so two lease_due calls in one group never take the same row.
-    lease_due=_QUEUE_COLUMNS
+    lease_due=rows.QUEUE_SELECT
     + """
 WHERE r.state = 'queued' AND r.next_attempt <= :now
   AND (r.lease_until IS NULL OR r.lease_until <= :now)
 ORDER BY r.next_attempt, r.pk LIMIT :limit
 """,
-    lease_due_domain=_QUEUE_COLUMNS
+    lease_due_domain=rows.QUEUE_SELECT
     + """
 WHERE r.state = 'queued' AND r.domain = :domain AND r.next_attempt <= :now
   AND (r.lease_until IS NULL OR r.lease_until <= :now)
@@ -297,7 +293,7 @@ SET state = 'bounced', code = :code, reason = :reason, next_attempt = NULL, leas
     updated = :at
 WHERE """
     + _QUEUE_FILTER,
-    a2a_list_tasks=_A2A_COLUMNS
+    a2a_list_tasks=rows.A2A_TASK_SELECT
     + _A2A_FILTER
     + """
   AND (:before_at IS NULL OR status_at < :before_at
@@ -472,7 +468,7 @@ class SQLiteStore(SqlStore):
 
     # lifecycle ---------------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    async def _open_connections(self) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             raise ConfigError(
                 f"SQLite {sqlite3.sqlite_version} is too old; the relay needs "

@@ -12,8 +12,19 @@ A dialect (relay/store/sqlite.py, relay/store/postgres.py) subclasses :class:`Sq
 SQL text, its connections, the translation of its driver's errors and its notifications.
 """
 
-from relay.store.sql.statements import Statements
+from relay.store.sql import rows
+from relay.store.sql.statements import Statements, portable
 from relay.store.sql.store import DELETED_CODE, DELETED_REASON, SqlStore
-from relay.store.sql.writer import MAX_GROUP_OPS, Tx
+from relay.store.sql.writer import MAX_GROUP_OPS, Op, Tx
 
-__all__ = ["DELETED_CODE", "DELETED_REASON", "MAX_GROUP_OPS", "SqlStore", "Statements", "Tx"]
+__all__ = [
+    "DELETED_CODE",
+    "DELETED_REASON",
+    "MAX_GROUP_OPS",
+    "Op",
+    "SqlStore",
+    "Statements",
+    "Tx",
+    "portable",
+    "rows",
+]

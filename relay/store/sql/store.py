@@ -181,7 +181,7 @@ class SqlStore(GroupWriter, Store):
     # lifecycle ---------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _connect(self) -> None:
+    async def _open_connections(self) -> None:
         """Open the connections, migrating the database on the writer connection first
         (``_migrate``)."""
 
@@ -193,7 +193,7 @@ class SqlStore(GroupWriter, Store):
             raise InternalError("a store is opened once")
         self._opened = True
         try:
-            await self._connect()
+            await self._open_connections()
         except BaseException as exc:
             await self._close_connections()
             if isinstance(exc, self.driver_errors):
@@ -322,24 +322,23 @@ class SqlStore(GroupWriter, Store):
             added = await tx.fetch_rows(self.sql.insert_inbox, inbox, accept.INBOX_WIDTH)
         except self.foreign_key_violation as exc:
             # The only foreign key an inbox row can miss is its agent's.
-            missing = names - await self._existing_in(tx, names)
-            if missing:
-                raise UnknownRecipient(
-                    f"no local agent named {', '.join(sorted(missing))}"
-                ) from exc
-            raise
+            missing = await self._vanished(tx, names)
+            raise UnknownRecipient(f"no local agent named {', '.join(sorted(missing))}") from exc
         if self.sql.insert_deliveries is not None and added:
             added = await tx.fetch_rows(self.sql.insert_deliveries, added, accept.INBOX_WIDTH)
         return bool(added)
 
-    async def _existing_in(self, tx: Tx, names: set[str]) -> set[str]:
-        """Which of ``names`` are agents, asked inside ``tx`` after a failed statement: only a
-        dialect that does not lock agents (``tx.agents`` None) gets here, and its failed
-        statement aborted itself alone."""
+    async def _vanished(self, tx: Tx, names: set[str]) -> set[str]:
+        """Which of ``names`` are no agent, after an inbox insert failed on its foreign key.
+
+        Where the dialect does not lock agents, the failed statement aborted itself alone and
+        the transaction can say. Where it does (``tx.agents``), an agent vanished in a way the
+        lock did not see, and the failed statement may have aborted the whole transaction:
+        every name is suspect."""
         if tx.agents is not None:
-            return tx.agents
+            return names
         found = await tx.fetch(self.sql.select_existing_agents, (self._array(sorted(names)),))
-        return {row[0] for row in found}
+        return (names - {row[0] for row in found}) or names
 
     async def message_status(self, origin: str, id: str) -> MessageStatus | None:
         found = await self._read(self.sql.message_status, {"origin": origin, "id": id})

@@ -325,7 +325,7 @@ class GroupWriter(abc.ABC):
                         op.future.set_exception(copy_error(exc.error))
                 return
             except BaseException:
-                # Cancelled mid-transaction: the connection is closed next, which rolls back.
+                # Cancelled mid-group (rolled back by _run_group): nobody may wait forever.
                 for op in ops:
                     if not op.future.done():
                         op.future.set_exception(StoreUnavailable("the store is shutting down"))

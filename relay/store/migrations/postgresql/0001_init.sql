@@ -12,8 +12,9 @@
 --   each page lets PostgreSQL keep those updates on the page (heap-only tuples) instead of
 --   touching every index.
 --
--- Every query of relay/store/postgres.py has an index here; the comment beside each index
--- names the method it serves.
+-- Every query of the PostgreSQL dialect (relay/store/postgres.py, and
+-- relay/store/sql/statements.py for the texts both dialects share) has an index here; the
+-- comment beside each index names the method it serves.
 
 CREATE TABLE agents (
     name       text PRIMARY KEY,                                -- get_agent, existing_agents

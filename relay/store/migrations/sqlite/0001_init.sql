@@ -5,7 +5,8 @@
 --   error, not a silent conversion.
 -- * Timestamps are UTC text 'YYYY-MM-DDTHH:MM:SS.ffffffZ'. The width is fixed, so text order is
 --   time order and range comparisons use the indexes.
--- * Every query of relay/store/sqlite.py has an index here; the comment beside each index names
+-- * Every query of the SQLite dialect (relay/store/sqlite.py, and relay/store/sql/statements.py
+--   for the texts both dialects share) has an index here; the comment beside each index names
 --   the method it serves.
 
 CREATE TABLE agents (
