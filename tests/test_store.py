@@ -776,6 +776,35 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
             await again.close()
 
 
+async def test_release_leases_frees_only_a_single_process_stores_leases(store: Store) -> None:
+    """At relay start: a store one process owns releases every lease (their holder is gone); a
+    store shared by processes releases none (the live ones keep theirs)."""
+    await store.accept(new("e1", remote=["x@b.test"]), T0)
+    await add_agent(store, "echo", "a2a", "http://echo.test/")
+    await store.accept(new("e2", local=["echo"]), T0)
+    assert len(await store.lease_due(T0, lease_until=at(60), limit=10)) == 1
+    assert len(await store.lease_deliveries(T0, lease_until=at(60), limit=10)) == 1
+    released = await store.release_leases()
+    queue = await store.lease_due(at(1), lease_until=at(60), limit=10)
+    deliveries = await store.lease_deliveries(at(1), lease_until=at(60), limit=10)
+    if store.shared_by_processes:
+        assert (released, queue, deliveries) == (0, [], [])
+    else:
+        assert released == 2
+        assert ([q.id for q in queue], [d.id for d in deliveries]) == (["e1"], ["e2"])
+
+
+async def test_schema_version_is_reported_and_kept(store_url: str) -> None:
+    first = await connect(store_url)
+    version = first.schema_version
+    await first.close()
+    again = await connect(store_url)
+    try:
+        assert schema_version(again) == again.schema_version == version >= 3
+    finally:
+        await again.close()
+
+
 async def test_a_closed_store_is_unavailable(store: Store) -> None:
     await store.ping()
     await store.close()
