@@ -241,7 +241,7 @@ async def test_three_processes_share_one_database_and_survive_losing_one(
     migrated = await synq("migrate", cwd=globex_dir)
     assert migrated == {
         "store": "postgresql",
-        "schema_version": len(postgres._migrations()),
+        "schema_version": postgres.PostgresStore.newest_schema_version(),
         "applied": [],
     }
     alice = await synq("agent", "add", "alice", cwd=acme_dir)

@@ -331,6 +331,35 @@ async def test_a_retry_may_deliver_to_a_local_agent_the_first_try_refused(store:
     }
 
 
+async def test_a_retry_delivers_what_the_first_try_refused_though_an_agent_left_since(
+    store: Store,
+) -> None:
+    """The idempotent union (SPEC.md §8.5) asks only that agents getting a new inbox row exist.
+    A copy that reaches bob, refused 5.1.1 by the first copy, is delivered to bob although
+    alice, delivered by the first copy, was removed since; a replay is still a duplicate."""
+    await add_agent(store, "alice")
+    unknown = (f"bob@{HERE}", "5.1.1", "no such agent")
+    await store.accept(new("e1", local=["alice"], refused=[unknown]), T0)
+    await store.remove_agent("alice")
+    await add_agent(store, "bob")
+    # The caller's existence check ran before alice left.
+    assert not (await store.accept(new("e1", local=["alice", "bob"]), at(1))).duplicate
+    assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    assert (await store.accept(new("e1", local=["alice", "bob"]), at(2))).duplicate
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert {r.address: r.state for r in status.recipients} == {
+        f"alice@{HERE}": "delivered",
+        f"bob@{HERE}": "delivered",
+    }
+    # An agent that would get a new row must exist: the accept fails and changes nothing.
+    with pytest.raises(UnknownRecipient, match="carol"):
+        await store.accept(new("e1", local=["bob", "carol"]), at(3))
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert len(status.recipients) == 2
+
+
 async def test_inbox_order_limit_thread_and_paging(store: Store) -> None:
     await add_agent(store, "bob")
     await add_agent(store, "carol")
@@ -747,6 +776,35 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
             await again.close()
 
 
+async def test_release_leases_frees_only_a_single_process_stores_leases(store: Store) -> None:
+    """At relay start: a store one process owns releases every lease (their holder is gone); a
+    store shared by processes releases none (the live ones keep theirs)."""
+    await store.accept(new("e1", remote=["x@b.test"]), T0)
+    await add_agent(store, "echo", "a2a", "http://echo.test/")
+    await store.accept(new("e2", local=["echo"]), T0)
+    assert len(await store.lease_due(T0, lease_until=at(60), limit=10)) == 1
+    assert len(await store.lease_deliveries(T0, lease_until=at(60), limit=10)) == 1
+    released = await store.release_leases()
+    queue = await store.lease_due(at(1), lease_until=at(60), limit=10)
+    deliveries = await store.lease_deliveries(at(1), lease_until=at(60), limit=10)
+    if store.shared_by_processes:
+        assert (released, queue, deliveries) == (0, [], [])
+    else:
+        assert released == 2
+        assert ([q.id for q in queue], [d.id for d in deliveries]) == (["e1"], ["e2"])
+
+
+async def test_schema_version_is_reported_and_kept(store_url: str) -> None:
+    first = await connect(store_url)
+    version = first.schema_version
+    await first.close()
+    again = await connect(store_url)
+    try:
+        assert schema_version(again) == again.schema_version == version >= 3
+    finally:
+        await again.close()
+
+
 async def test_a_closed_store_is_unavailable(store: Store) -> None:
     await store.ping()
     await store.close()
@@ -911,7 +969,7 @@ def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple
 async def test_postgres_replicas_starting_together_migrate_once(pg_url: str) -> None:
     stores = await asyncio.gather(*(connect(pg_url) for _ in range(4)))
     try:
-        newest = len(pg_dialect._migrations())
+        newest = pg_dialect.PostgresStore.newest_schema_version()
         assert {schema_version(s) for s in stores} == {newest}
         applied = [getattr(s, "applied_migrations", None) for s in stores]
         assert sorted(applied, key=len) == [[], [], [], list(range(1, newest + 1))]

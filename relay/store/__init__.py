@@ -1,4 +1,4 @@
-"""The relay's durable state: one :class:`Store` interface, a dialect per database (DESIGN §9).
+"""The relay's durable state: one :class:`Store` interface, a dialect per database.
 
 ``open_store(url)`` picks the dialect from the URL scheme, opens it (applying migrations) and
 returns it; nothing else in the relay names a dialect.
@@ -112,13 +112,5 @@ async def open_store(url: str, **options: Any) -> Store:
 
 
 def schema_version(store: Store) -> int:
-    """The schema version of an opened store: the number of its dialect's migrations, since
-    ``open`` applies every pending one and refuses a schema newer than the code."""
-    version = getattr(store, "schema_version", None)
-    if isinstance(version, int):
-        return version
-    from relay.store import sqlite
-
-    if isinstance(store, sqlite.SQLiteStore):
-        return len(sqlite._migrations())
-    raise ConfigError("this store does not report a schema version")
+    """The schema version of an opened store (``Store.schema_version``)."""
+    return store.schema_version

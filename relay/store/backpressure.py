@@ -1,6 +1,6 @@
 """Back-pressure in front of the store: refuse what cannot be kept, instead of queueing it.
 
-Every envelope the relay takes into custody is written before the answer (DESIGN §1). When the
+Every envelope the relay takes into custody is written before the answer (SPEC.md §8.6). When the
 store cannot keep up — a slow disk, a PostgreSQL server under load, a full disk — writes pile up
 in memory, each holding its envelope, and every caller waits. :class:`CustodyGate` bounds that
 pile: past :data:`MAX_PENDING_WRITES` writes or :data:`MAX_PENDING_BYTES` bytes in flight, a new

@@ -1,12 +1,13 @@
-"""The one ``Store`` interface (DESIGN §9, STYLE §3). Dialects live beside it; nothing above the
-store knows which one runs.
+"""The one ``Store`` interface. The SQLite and PostgreSQL dialects (relay/store/sqlite.py,
+relay/store/postgres.py) implement it over the shared SQL layer of relay/store/sql/; nothing
+above the store knows which one runs.
 
-Data model (SPEC.md §store is not normative; this is the relay's own business):
+Data model (SPEC.md prescribes none; this is the relay's own business):
 
 * **agents** — local agents: name (the local part), kind (``inbox``/``a2a``/``mcp``), the
   adapter endpoint, and the SHA-256 of the bearer token (never the token).
 * **envelopes** — every envelope in the relay's custody, keyed by ``(origin, id)``, the dedup key
-  of DESIGN §4, holding the signed JWS exactly as received or created.
+  of SPEC.md §8.5, holding the signed JWS exactly as received or created.
 * **recipients** — one row per (envelope, recipient): the per-recipient delivery state
   (``queued`` → ``sent`` | ``delivered`` | ``bounced``), last code and reason, attempts, next
   attempt time and a lease. Remote rows in state ``queued`` *are* the federation queue.
@@ -306,6 +307,13 @@ class Notifier:
             if not listeners:
                 del self._listeners[channel]
 
+    def wake_all(self) -> None:
+        """Wake every listener, for a change this process cannot name: a commit by another
+        process seen only as "something changed", or notifications possibly missed while a
+        connection was down. A spurious wake-up costs a listener one read."""
+        for channel in list(self._listeners):
+            self._deliver(channel)
+
     def listener_count(self, prefix: str = "") -> int:
         """Listeners whose channel starts with ``prefix`` (exported as a metric)."""
         return sum(len(v) for k, v in self._listeners.items() if k.startswith(prefix))
@@ -324,6 +332,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version of the opened store: the number of its dialect's migrations, since
+        ``open`` applies every pending one and refuses a schema newer than the code."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

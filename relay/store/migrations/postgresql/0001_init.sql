@@ -12,8 +12,9 @@
 --   each page lets PostgreSQL keep those updates on the page (heap-only tuples) instead of
 --   touching every index.
 --
--- Every query of relay/store/postgres.py has an index here; the comment beside each index
--- names the method it serves.
+-- Every query of the PostgreSQL dialect (relay/store/postgres.py, and
+-- relay/store/sql/statements.py for the texts both dialects share) has an index here; the
+-- comment beside each index names the method it serves.
 
 CREATE TABLE agents (
     name       text PRIMARY KEY,                                -- get_agent, existing_agents
@@ -35,7 +36,7 @@ CREATE TABLE envelopes (
     kind     text NOT NULL,
     via      text NOT NULL,
     accepted timestamptz NOT NULL,
-    UNIQUE (origin, id)                                         -- the dedup key (DESIGN §4)
+    UNIQUE (origin, id)                                         -- the dedup key (SPEC.md §8.5)
 );
 
 -- ack, flush and delete_queued name an envelope by id alone.

@@ -5,7 +5,8 @@
 --   error, not a silent conversion.
 -- * Timestamps are UTC text 'YYYY-MM-DDTHH:MM:SS.ffffffZ'. The width is fixed, so text order is
 --   time order and range comparisons use the indexes.
--- * Every query of relay/store/sqlite.py has an index here; the comment beside each index names
+-- * Every query of the SQLite dialect (relay/store/sqlite.py, and relay/store/sql/statements.py
+--   for the texts both dialects share) has an index here; the comment beside each index names
 --   the method it serves.
 
 CREATE TABLE agents (
@@ -28,7 +29,7 @@ CREATE TABLE envelopes (
     kind     TEXT NOT NULL,
     via      TEXT NOT NULL,
     accepted TEXT NOT NULL,
-    UNIQUE (origin, id)                                         -- the dedup key (DESIGN §4)
+    UNIQUE (origin, id)                                         -- the dedup key (SPEC.md §8.5)
 ) STRICT;
 
 -- ack, flush and delete_queued name an envelope by id alone.

@@ -1,0 +1,239 @@
+"""Accept as a computation: what to insert for a batch of envelopes, and what the database's
+answer means. No I/O, no database, no event loop; both SQL dialects run the same plan.
+
+Taking custody of a batch of ``(NewEnvelope, accepted-at)`` pairs is three steps, of which
+only the middle one touches the database (relay/store/sql/store.py runs it):
+
+1. :func:`plan` — the rows to insert: one envelope row per distinct ``(origin, id)``, and the
+   recipient rows in one or two statements. Each envelope's recipients are its local agents
+   (delivered at once), its remote addresses (queued for federation) and the addresses refused
+   at acceptance (recorded as bounced, ``refused``), each address once; an address both taken
+   and refused counts as taken.
+2. The dialect inserts the envelope rows (``ON CONFLICT DO NOTHING``, returning the rows it
+   inserted) and the recipient rows of each statement: a missing row is inserted, and an
+   existing row changes only when it was refused and this accept takes the recipient. Each
+   statement returns the rows it inserted or changed: ``(envelope pk, origin, id, recipient,
+   refused)``.
+3. :func:`interpret` — from what came back: one :class:`~relay.store.base.AcceptResult` per
+   pair, the inbox rows and hop-log events of the rows that changed, and the notifier channels
+   to wake after COMMIT.
+
+Accept is an idempotent union (relay/store/base.py; SPEC.md §8.5): a replay changes nothing and
+is a duplicate, except a copy that reaches a recipient the first did not — an address refused
+before (say 5.1.1, no such agent, since registered) and taken now is upgraded in place and
+delivered, and the copy is not a duplicate. The outcome of a batch is the one a sequence of
+single accepts would have: each row change is credited to the first pair that named it, so an
+envelope repeated in a batch is a duplicate unless it takes what an earlier copy refused.
+
+Why two recipient statements: PostgreSQL refuses to change one row twice in one statement
+(``ON CONFLICT DO UPDATE`` "cannot affect row a second time"), and a batch in which one copy
+refuses an address and a later copy takes it changes that row twice (insert, then upgrade). The
+first statement therefore carries each ``(envelope, recipient)`` as its first mention in the
+batch names it, and the second the upgrades: a later mention that takes what the first mention
+refused. Any other later mention changes nothing a sequence of single accepts would change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from relay.core.errors import InvalidAddress
+from relay.store.base import QUEUE_CHANNEL, AcceptResult, NewEnvelope, inbox_channel
+
+__all__ = [
+    "AcceptPlan",
+    "Accepted",
+    "Recipient",
+    "interpret",
+    "plan",
+    "recipients_of",
+]
+
+#: One envelope row: (origin, id, sender, token, created, expires, thread, kind, via, accepted).
+ENVELOPE_WIDTH = 10
+#: One recipient row: (origin, id, recipient, domain, state, refused, code, reason,
+#: next_attempt, updated). The dialect resolves (origin, id) to the envelope's key.
+RECIPIENT_WIDTH = 10
+#: One inbox row: (agent, envelope pk, delivered at).
+INBOX_WIDTH = 3
+#: One event row: (envelope pk, at, recipient, event, code, reason, hop).
+EVENT_WIDTH = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient row of one envelope, before it is written."""
+
+    #: The row's key: the address, or for a local agent without a store domain its bare name.
+    key: str
+    #: The destination domain; None for local rows.
+    domain: str | None
+    klass: Literal["local", "remote", "refused"]
+    #: The inbox owner, for local rows.
+    agent: str | None = None
+    #: Why it was refused, for refused rows.
+    code: str | None = None
+    reason: str | None = None
+
+
+def _domain_of(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidAddress(f"not an address: {address[:80]!r} (expected local@domain)")
+    return domain
+
+
+def recipients_of(item: NewEnvelope, local_domain: str | None) -> list[Recipient]:
+    """The recipient rows of one envelope, each key once: local agents first, then remote
+    addresses, then refused ones. An address both taken and refused counts as taken.
+
+    With the store's ``local_domain`` a local agent's row is keyed by its address, like remote
+    and refused rows, so a retry that takes a local recipient an earlier copy refused upgrades
+    that row; without it, by the bare agent name.
+    """
+    rows: list[Recipient] = []
+    seen: set[str] = set()
+    for name in item.local:
+        key = f"{name}@{local_domain}" if local_domain else name
+        if key not in seen:
+            seen.add(key)
+            rows.append(Recipient(key, None, "local", agent=name))
+    for address in item.remote:
+        if address not in seen:
+            seen.add(address)
+            rows.append(Recipient(address, _domain_of(address), "remote"))
+    for address, code, reason in item.refused:
+        if address not in seen:
+            seen.add(address)
+            domain = address.rpartition("@")[2] or None
+            rows.append(Recipient(address, domain, "refused", code=code, reason=reason))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPlan:
+    """What :func:`plan` asks the database to insert, and what :func:`interpret` needs."""
+
+    #: The batch: (item, accepted-at, its recipient rows).
+    items: list[tuple[NewEnvelope, Any, list[Recipient]]]
+    #: Envelope rows (:data:`ENVELOPE_WIDTH` wide), one per distinct (origin, id).
+    envelopes: list[tuple[Any, ...]]
+    #: Recipient rows (:data:`RECIPIENT_WIDTH` wide), one list per statement, in order: the
+    #: first mentions, then the upgrades if any. Empty when the batch names no recipient.
+    recipients: list[list[tuple[Any, ...]]]
+
+
+def plan(
+    batch: Sequence[tuple[NewEnvelope, Any]],
+    local_domain: str | None,
+    ts: Callable[[datetime], Any],
+) -> AcceptPlan:
+    """The rows to insert for ``batch``, a sequence of (item, accepted-at) pairs.
+
+    ``ts`` turns a datetime into the dialect's timestamp parameter; accepted-at is already one.
+    """
+    items: list[tuple[NewEnvelope, Any, list[Recipient]]] = []
+    envelopes: dict[tuple[str, str], tuple[Any, ...]] = {}
+    first: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    upgrades: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for it, at in batch:
+        rows = recipients_of(it, local_domain)
+        items.append((it, at, rows))
+        key = (it.origin, it.id)
+        if key not in envelopes:
+            envelopes[key] = (
+                it.origin,
+                it.id,
+                it.sender,
+                it.token,
+                ts(it.created),
+                ts(it.expires),
+                it.thread,
+                it.kind,
+                it.via,
+                at,
+            )
+        for r in rows:
+            refused = r.klass == "refused"
+            if r.klass == "local":
+                state, next_attempt = "delivered", None
+            elif r.klass == "remote":
+                state, next_attempt = "queued", at  # due at once
+            else:
+                state, next_attempt = "bounced", None
+            row = (
+                it.origin,
+                it.id,
+                r.key,
+                r.domain,
+                state,
+                refused,
+                r.code,
+                r.reason,
+                next_attempt,
+                at,
+            )
+            row_key = (it.origin, it.id, r.key)
+            earlier = first.get(row_key)
+            if earlier is None:
+                first[row_key] = row
+            elif earlier[5] and not refused and row_key not in upgrades:
+                upgrades[row_key] = row
+    return AcceptPlan(
+        items=items,
+        envelopes=list(envelopes.values()),
+        recipients=[list(rows.values()) for rows in (first, upgrades) if rows],
+    )
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What :func:`interpret` makes of the database's answer."""
+
+    #: One per pair of the batch, in order.
+    results: list[AcceptResult] = field(default_factory=list)
+    #: Inbox rows to insert (:data:`INBOX_WIDTH` wide): (agent, envelope pk, delivered at).
+    inbox: list[tuple[str, Any, Any]] = field(default_factory=list)
+    #: Hop-log rows to insert (:data:`EVENT_WIDTH` wide).
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Notifier channels to wake after COMMIT: ``inbox:<agent>`` per agent with a new inbox
+    #: row, ``queue`` when a remote row was queued.
+    channels: set[str] = field(default_factory=set)
+
+
+def interpret(
+    accept_plan: AcceptPlan,
+    inserted_envelopes: Iterable[Sequence[Any]],
+    changed_recipients: Iterable[Sequence[Any]],
+) -> Accepted:
+    """The outcome of ``accept_plan`` given what the database reported: the envelope rows it
+    inserted, ``(origin, id, …)``, and the recipient rows it inserted or upgraded, ``(envelope
+    pk, origin, id, recipient, refused)`` from every statement of the plan."""
+    new_envelopes = {(row[0], row[1]) for row in inserted_envelopes}
+    # (origin, id, recipient, refused) → envelope pk. A row refused by one pair and taken by a
+    # later one changed twice, once per refusedness, so each of the two pairs gets its change.
+    changed = {(row[1], row[2], row[3], bool(row[4])): row[0] for row in changed_recipients}
+    out = Accepted()
+    for it, at, rows in accept_plan.items:
+        key = (it.origin, it.id)
+        fresh = key in new_envelopes
+        new_envelopes.discard(key)
+        for r in rows:
+            pk = changed.pop((it.origin, it.id, r.key, r.klass == "refused"), None)
+            if pk is None:
+                continue
+            fresh = True
+            if r.agent is not None:
+                out.inbox.append((r.agent, pk, at))
+                out.events.append((pk, at, r.key, "delivered", None, None, it.via))
+                out.channels.add(inbox_channel(r.agent))
+            elif r.klass == "remote":
+                out.events.append((pk, at, r.key, "accepted", None, None, it.via))
+                out.channels.add(QUEUE_CHANNEL)
+            else:
+                out.events.append((pk, at, r.key, "bounced", r.code, r.reason, it.via))
+        out.results.append(AcceptResult(origin=it.origin, id=it.id, duplicate=not fresh))
+    return out

@@ -1,0 +1,170 @@
+"""Rows to records: one mapper per record type, for both dialects.
+
+Column layouts are those named in relay/store/sql/statements.py; where a layout is a plain
+column list, the ``SELECT … FROM`` that produces it is here too, and a dialect adds its WHERE
+clause to it. Timestamps arrive in the dialect's own form and ``dt`` (``SqlStore._dt``) turns
+them into aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from relay.store.base import (
+    A2ATask,
+    AgentRecord,
+    DeliveryEvent,
+    InboxItem,
+    LocalDelivery,
+    MessageStatus,
+    QueueEntry,
+    RecipientState,
+    RecipientStatus,
+)
+
+#: A dialect's timestamp column value → aware UTC datetime.
+ToDatetime = Callable[[Any], datetime]
+Row = Sequence[Any]
+
+#: The rows ``agent`` maps.
+AGENT_SELECT: Final = "SELECT name, kind, endpoint, created FROM agents "
+#: The rows ``inbox_item`` maps.
+INBOX_SELECT: Final = """
+SELECT i.seq, e.origin, e.id, e.token, i.delivered_at, i.acked_at
+FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+"""
+#: The rows ``queue_entry`` maps.
+QUEUE_SELECT: Final = """
+SELECT r.pk, e.origin, e.id, e.sender, r.recipient, r.domain, e.token, e.expires, r.attempts,
+       r.next_attempt, r.code, r.reason
+FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope
+"""
+#: The rows ``a2a_task`` maps.
+A2A_TASK_SELECT: Final = """
+SELECT id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
+       created, updated
+FROM a2a_tasks
+"""
+
+
+def agent(row: Row, dt: ToDatetime) -> AgentRecord:
+    """(name, kind, endpoint, created)"""
+    return AgentRecord(name=row[0], kind=row[1], endpoint=row[2], created=dt(row[3]))
+
+
+def inbox_item(row: Row, dt: ToDatetime) -> InboxItem:
+    """(seq, origin, id, token, delivered_at, acked_at)"""
+    return InboxItem(
+        seq=row[0],
+        origin=row[1],
+        id=row[2],
+        token=row[3],
+        delivered_at=dt(row[4]),
+        acked_at=None if row[5] is None else dt(row[5]),
+    )
+
+
+def queue_entry(row: Row, dt: ToDatetime) -> QueueEntry:
+    """(pk, origin, id, sender, recipient, domain, token, expires, attempts, next_attempt,
+    code, reason)"""
+    return QueueEntry(
+        origin=row[1],
+        id=row[2],
+        sender=row[3],
+        recipient=row[4],
+        domain=row[5],
+        token=row[6],
+        expires=dt(row[7]),
+        attempts=row[8],
+        next_attempt=dt(row[9]),
+        code=row[10],
+        reason=row[11],
+    )
+
+
+def local_delivery(row: Row, dt: ToDatetime) -> LocalDelivery:
+    """(agent, seq, origin, id, sender, token, expires, attempts, code, reason, …)"""
+    return LocalDelivery(
+        agent=row[0],
+        seq=row[1],
+        origin=row[2],
+        id=row[3],
+        sender=row[4],
+        token=row[5],
+        expires=dt(row[6]),
+        attempts=row[7],
+        code=row[8],
+        reason=row[9],
+    )
+
+
+def a2a_task(row: Row, dt: ToDatetime) -> A2ATask:
+    """(id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
+    created, updated)"""
+    return A2ATask(
+        id=row[0],
+        owner=row[1],
+        address=row[2],
+        context=row[3],
+        state=row[4],
+        remote_id=row[5],
+        snapshot=row[6],
+        push=row[7],
+        version=row[8],
+        status_at=dt(row[9]),
+        created=dt(row[10]),
+        updated=dt(row[11]),
+    )
+
+
+def message_status(rows: Sequence[Row], dt: ToDatetime) -> MessageStatus | None:
+    """One statement's rows, ten columns each, kind first and in kind order:
+
+    * 0, origin, id, sender, -, -, -, created, expires, - — the envelope;
+    * 1, recipient, state, code, reason, -, attempts, next_attempt, updated, pk — per recipient;
+    * 2, recipient, event, code, reason, hop, -, at, -, pk — per event.
+
+    One statement, so the three parts come from one snapshot: never a 'sent' state without its
+    'sent' event.
+    """
+    if not rows or rows[0][0] != 0:
+        return None
+    head = rows[0]
+    recipients: list[RecipientStatus] = []
+    events: list[DeliveryEvent] = []
+    for row in rows[1:]:
+        if row[0] == 1:
+            state: RecipientState = row[2]
+            recipients.append(
+                RecipientStatus(
+                    address=row[1],
+                    state=state,
+                    code=row[3],
+                    reason=row[4],
+                    attempts=row[6],
+                    next_attempt=None if row[7] is None else dt(row[7]),
+                    updated=dt(row[8]),
+                )
+            )
+        else:
+            events.append(
+                DeliveryEvent(
+                    at=dt(row[7]),
+                    recipient=row[1],
+                    event=row[2],
+                    code=row[3],
+                    reason=row[4],
+                    hop=row[5],
+                )
+            )
+    return MessageStatus(
+        origin=head[1],
+        id=head[2],
+        sender=head[3],
+        created=dt(head[7]),
+        expires=dt(head[8]),
+        recipients=recipients,
+        events=events,
+    )

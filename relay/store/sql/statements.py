@@ -1,0 +1,230 @@
+"""The SQL texts a dialect hands :class:`~relay.store.sql.store.SqlStore`: one field per
+statement, each documented with the parameters the shared code binds.
+
+Parameters come in these forms, the same in both dialects:
+
+* ``(a, b)`` — positional, bound in that order (SQLite ``?``/``?N``, PostgreSQL ``%s``);
+  ``executemany`` rows are always positional.
+* ``{a, b}`` — named, as a mapping (SQLite ``:a``, PostgreSQL ``%(a)s``): statements that use a
+  value twice, or optional filters. A mapping may carry names a dialect's text does not use.
+* ``rows[N]`` — a batch of rows N values wide, bound the dialect's way by ``Tx.fetch_rows`` or
+  ``Tx.insert_rows`` (SQLite: one JSON text expanded by ``json_each``, or ``executemany``;
+  PostgreSQL: one array per column expanded by ``unnest``), so one statement serves a batch.
+* ``[list]`` — one list of texts, as ``SqlStore._array`` binds it.
+
+Where a text is the same in both dialects but for its positional parameter markers, it is
+written once, in :func:`portable`.
+
+Every text is a constant: values are always bound, never formatted in, and the drivers' statement
+caches reuse them. Timestamps are the dialect's own (``SqlStore._ts``): text in SQLite,
+``timestamptz`` in PostgreSQL; rows come back with them in that form (``SqlStore._dt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from relay.store.sql import rows
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statements:
+    # migrations ------------------------------------------------------------------------------
+    create_migrations: str
+    #: → (version)
+    select_migrations: str
+    #: (version, name)
+    insert_migration: str
+
+    # agents ------------------------------------------------------------------------------------
+    #: (name, kind, endpoint, token_hash, created); inserts nothing when the name is taken.
+    insert_agent: str
+    #: (name) → (name, kind, endpoint, created)
+    select_agent: str
+    #: (token_hash) → (name, kind, endpoint, created)
+    select_agent_by_hash: str
+    #: () → (name, kind, endpoint, created), by name
+    select_agents: str
+    #: (name)
+    delete_agent: str
+    #: ([names]) → (name)
+    select_existing_agents: str
+
+    # accept (relay/store/sql/accept.py) -------------------------------------------------------
+    #: rows[10] of envelopes, ON CONFLICT (origin, id) DO NOTHING → (origin, id) inserted.
+    insert_envelopes: str
+    #: rows[10] of recipients, the idempotent union: a missing row is inserted, an existing row
+    #: changes only when it was refused and the new one is not → (envelope pk, origin, id,
+    #: recipient, refused) of each row inserted or changed, in any order.
+    insert_recipients: str
+    #: rows[3] (agent, envelope pk, delivered at), ON CONFLICT DO NOTHING. Returns, where
+    #: ``insert_deliveries`` is None, the delivery rows it added too (agents whose kind is not
+    #: ``inbox`` get one, due at once); otherwise the inbox rows it added, (seq, agent,
+    #: delivered at), which ``insert_deliveries`` takes.
+    insert_inbox: str
+    #: rows[3] (seq, agent, due) → (seq) of the delivery rows added.
+    insert_deliveries: str | None
+    #: rows[7] (envelope pk, at, recipient, event, code, reason, hop)
+    insert_events: str
+
+    # reads -------------------------------------------------------------------------------------
+    #: {origin, id} → the envelope (kind 0), its recipients (1) and its events (2), ten
+    #: columns, in that order: relay/store/sql/rows.py, ``message_status``.
+    message_status: str
+    #: {agent, after, limit[, thread]} → (seq, origin, id, token, delivered_at, acked_at).
+    #: Four texts rather than optional filters, so the partial index of unacked rows and the
+    #: thread index serve the forms that can use them.
+    inbox_unacked: str
+    inbox_all: str
+    inbox_unacked_thread: str
+    inbox_all_thread: str
+    #: (at, agent, id); keeps the first ack time.
+    ack: str
+    #: () / (domain) → queue entries (relay/store/sql/rows.py, ``queue_entry``), oldest first.
+    list_queue: str
+    list_queue_domain: str
+    #: () → (earliest next attempt of a queued row)
+    next_due: str
+    #: () → (earliest next attempt of a delivery row)
+    next_delivery_due: str
+
+    # leases ------------------------------------------------------------------------------------
+    #: {now, until, limit, owner[, domain]} → queue entries of the due rows. A dialect whose
+    #: text only selects (oldest first) marks them with ``lease_mark``; one whose text leases
+    #: them itself (UPDATE … RETURNING) returns them in any order and has no ``lease_mark``.
+    lease_due: str
+    lease_due_domain: str
+    #: rows of (until, recipient pk)
+    lease_mark: str | None
+    #: {now, until, limit, owner} → (agent, seq, origin, id, sender, token, expires, attempts,
+    #: code, reason, next_attempt); with ``delivery_lease_mark`` as for ``lease_due``.
+    delivery_lease: str
+    #: rows of (until, seq)
+    delivery_lease_mark: str | None
+    #: () → rowcount: release every lease, for a store one process owns (``release_leases``);
+    #: None where leases belong to live processes.
+    release_queue_leases: str | None = None
+    release_delivery_leases: str | None = None
+
+    # settle ------------------------------------------------------------------------------------
+    #: rows of (at, event, code, reason, hop, origin, id, recipient); only for a row still queued.
+    settle_event: str
+    #: rows of (state, code, reason, next_attempt, tried, at, origin, id, recipient).
+    settle_update: str
+    #: rows of (at, address, event, code, reason, hop, seq)
+    delivery_event: str
+    #: rows of (next_attempt, code, reason, seq)
+    delivery_defer: str
+    #: rows of (seq)
+    delivery_done: str
+    #: rows of (at, seq)
+    delivery_ack: str
+    #: rows of (code, reason, at, address, seq)
+    delivery_bounce: str
+
+    # operator commands -------------------------------------------------------------------------
+    #: {at, domain, id}: log ``flushed``, then make the rows due now.
+    flush_events: str
+    flush_update: str
+    #: {at, domain, id, code, reason}: log ``deleted``, then bounce the rows without a DSN.
+    delete_events: str
+    delete_update: str
+
+    # the A2A face's tasks (0003) ---------------------------------------------------------------
+    #: (id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
+    #: created, updated)
+    a2a_insert_task: str
+    #: (envelope, task)
+    a2a_link: str
+    #: (id) → task columns (relay/store/sql/rows.py, ``a2a_task``)
+    a2a_get_task: str
+    #: {owner, address, context, state, after, before_at, before_id, limit} → task columns
+    a2a_list_tasks: str
+    #: the same mapping → (count)
+    a2a_count_tasks: str
+    #: (state, remote_id, snapshot, push, status_at, updated, version, id, expected version)
+    a2a_update_task: str
+    #: (task, source) → a row if that source was applied
+    a2a_source_seen: str
+    #: rows of (task, version, source, event)
+    a2a_insert_event: str
+    #: (task, after, limit) → (version, event)
+    a2a_events: str
+    #: ([envelope ids]) → (envelope, task)
+    a2a_tasks_for_envelopes: str
+    #: (after seq, limit) → (seq, agent, token)
+    a2a_feed: str
+    #: () → (owner)
+    a2a_owners: str
+    #: () → (cursor)
+    a2a_feed_cursor: str
+    #: (seq); never moves back
+    a2a_set_feed_cursor: str
+
+
+def portable(marker: str) -> dict[str, str]:
+    """The statements whose text both dialects share but for the positional parameter marker
+    (SQLite ``?``, PostgreSQL ``%s``): fields of :class:`Statements`, each written once."""
+    return {name: text.replace("?", marker) for name, text in _PORTABLE.items()}
+
+
+#: The texts of :func:`portable`, with ``?`` for each parameter (and no other ``?``).
+_PORTABLE: Final = {
+    "select_migrations": "SELECT version FROM schema_migrations",
+    "insert_agent": """
+INSERT INTO agents (name, kind, endpoint, token_hash, created) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (name) DO NOTHING
+""",
+    "select_agent": rows.AGENT_SELECT + "WHERE name = ?",
+    "select_agent_by_hash": rows.AGENT_SELECT + "WHERE token_hash = ?",
+    "select_agents": rows.AGENT_SELECT + "ORDER BY name",
+    "delete_agent": "DELETE FROM agents WHERE name = ?",
+    "ack": """
+UPDATE inbox SET acked_at = coalesce(acked_at, ?)
+WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
+""",
+    "list_queue": rows.QUEUE_SELECT + "WHERE r.state = 'queued' ORDER BY r.next_attempt, r.pk",
+    "list_queue_domain": (
+        rows.QUEUE_SELECT
+        + "WHERE r.state = 'queued' AND r.domain = ? ORDER BY r.next_attempt, r.pk"
+    ),
+    "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued'",
+    "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",
+    "delivery_done": "DELETE FROM deliveries WHERE seq = ?",
+    "delivery_ack": "UPDATE inbox SET acked_at = coalesce(acked_at, ?) WHERE seq = ?",
+    "delivery_bounce": """
+UPDATE recipients SET state = 'bounced', code = ?, reason = ?, updated = ?
+WHERE recipient = ? AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?)
+""",
+    "a2a_insert_task": """
+INSERT INTO a2a_tasks (id, owner, address, context, state, remote_id, snapshot, push, version,
+                       status_at, created, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+""",
+    "a2a_link": "INSERT INTO a2a_task_envelopes (envelope, task) VALUES (?, ?)",
+    "a2a_get_task": rows.A2A_TASK_SELECT + "WHERE id = ?",
+    "a2a_update_task": """
+UPDATE a2a_tasks
+SET state = ?, remote_id = ?, snapshot = ?, push = ?, status_at = ?, updated = ?, version = ?
+WHERE id = ? AND version = ?
+""",
+    "a2a_source_seen": "SELECT 1 FROM a2a_task_events WHERE task = ? AND source = ?",
+    "a2a_insert_event": "INSERT INTO a2a_task_events (task, version, source, event) VALUES (?, ?, ?, ?)",
+    "a2a_events": """
+SELECT version, event FROM a2a_task_events WHERE task = ? AND version > ?
+ORDER BY version LIMIT ?
+""",
+    # Rows of agents that owned a task by the time the row arrived: a reply always arrives after
+    # the task that asked for it, and older mail of the same agent is none of the tracker's
+    # business.
+    "a2a_feed": """
+SELECT i.seq, i.agent, e.token
+FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+WHERE i.seq > ?
+  AND EXISTS (SELECT 1 FROM a2a_tasks AS t WHERE t.owner = i.agent AND t.created <= i.delivered_at)
+ORDER BY i.seq LIMIT ?
+""",
+    "a2a_owners": "SELECT DISTINCT owner FROM a2a_tasks ORDER BY owner",
+    "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
+}

@@ -1,0 +1,707 @@
+"""The :class:`~relay.store.base.Store` methods written once for every SQL dialect.
+
+``SqlStore`` runs the statements of its dialect (``sql``, relay/store/sql/statements.py) through
+two kinds of primitive: ``_read`` — one statement outside any transaction, so each read sees one
+snapshot and holds nothing afterwards — and write operations, closures over a
+:class:`~relay.store.sql.writer.Tx` that the group-commit writer (relay/store/sql/writer.py) runs
+inside its transaction. A dialect module adds its SQL text, its connections, the translation of
+its driver's errors, and its notifications; nothing here names a driver.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, ClassVar, Final
+
+from relay.core.address import normalize_domain
+from relay.core.errors import (
+    ConfigError,
+    Conflict,
+    InternalError,
+    StoreUnavailable,
+    SynqError,
+    UnknownRecipient,
+)
+from relay.store.base import (
+    DELIVERY_CHANNEL,
+    QUEUE_CHANNEL,
+    A2AFeedItem,
+    A2ATask,
+    A2AUpdate,
+    AcceptResult,
+    AgentKind,
+    AgentRecord,
+    DeliveryOutcome,
+    InboxItem,
+    LocalDelivery,
+    MessageStatus,
+    NewEnvelope,
+    Outcome,
+    QueueEntry,
+    Store,
+    a2a_task_channel,
+)
+from relay.store.sql import accept, rows
+from relay.store.sql.migrations import Migration, load
+from relay.store.sql.statements import Statements
+from relay.store.sql.writer import GroupWriter, Op, Tx
+
+__all__ = ["DELETED_CODE", "DELETED_REASON", "SqlStore"]
+
+_log = logging.getLogger(__name__)
+
+#: What ``delete_queued`` records (postsuper -d): permanent, no DSN.
+DELETED_CODE: Final = "5.0.0"
+DELETED_REASON: Final = "deleted from the queue by the operator"
+
+#: ``settle``'s event for an outcome that names none.
+_DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounced"}
+#: Settle events that record no delivery attempt: a row that expired in the queue without being
+#: tried, or one held back because its destination is known to be down.
+_NOT_ATTEMPTS: Final = frozenset({"expired", "held"})
+#: ``settle_deliveries``' event per outcome state.
+_DELIVERY_EVENT: Final = {"delivered": "delivered", "queued": "deferred", "bounced": "bounced"}
+
+#: Lease order (oldest due first, then row number) of rows a dialect leased in one
+#: ``UPDATE … RETURNING``, whose order is unspecified: queue entries, then delivery rows.
+_QUEUE_ORDER: Final = itemgetter(9, 0)
+_DELIVERY_ORDER: Final = itemgetter(10, 1)
+
+
+class SqlStore(GroupWriter, Store):
+    """A store over one SQL database; a dialect subclass supplies the rest (module docstring)."""
+
+    #: The dialect's statements.
+    sql: ClassVar[Statements]
+    #: The dialect's name in logs and messages ("SQLite").
+    dialect: ClassVar[str]
+    #: The dialect's folder under relay/store/migrations.
+    migrations_folder: ClassVar[str]
+    #: The driver's exception root.
+    driver_errors: ClassVar[tuple[type[Exception], ...]]
+    #: The driver's exceptions for a unique key taken and a foreign key missing.
+    unique_violation: ClassVar[type[Exception]]
+    foreign_key_violation: ClassVar[type[Exception]]
+
+    def __init__(self, domain: str | None) -> None:
+        super().__init__()
+        if domain is None:
+            self.domain: str | None = None
+        else:
+            try:
+                self.domain = normalize_domain(domain)
+            except SynqError:
+                raise ConfigError(f"the store's domain {domain[:80]!r} is not a domain") from None
+        #: This store's instance number, the owner of the leases it takes (PostgreSQL); 0 where
+        #: one process owns the store.
+        self.instance = 0
+        #: Migrations this ``open`` applied.
+        self.applied_migrations: list[int] = []
+        self._schema_version = 0
+        self._opened = False
+
+    # dialect hooks -----------------------------------------------------------------------------
+
+    @staticmethod
+    @abc.abstractmethod
+    def _ts(value: datetime) -> Any:
+        """An aware datetime as the dialect's timestamp parameter."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _dt(value: Any) -> datetime:
+        """A timestamp column's value as an aware UTC datetime."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _array(values: list[str]) -> Any:
+        """A list of texts as the one parameter of an ``IN``/``ANY`` test (statements.py)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _split_migration(text: str) -> tuple[str, ...]:
+        """A migration file as what ``Tx.script`` runs, in order."""
+
+    @abc.abstractmethod
+    def _describe(self) -> str:
+        """The store, in words for an operator (never a URL: it may carry a password)."""
+
+    @abc.abstractmethod
+    async def _read(self, sql: str, params: Any) -> list[Any]:
+        """One statement outside any transaction; every row it returns."""
+
+    async def _read_one(self, sql: str, params: Any) -> Any:
+        found = await self._read(sql, params)
+        return found[0] if found else None
+
+    # schema ------------------------------------------------------------------------------------
+
+    @classmethod
+    def migrations(cls) -> tuple[Migration, ...]:
+        """The dialect's packaged migrations, in order."""
+        return load(cls.migrations_folder, cls._split_migration)
+
+    @classmethod
+    def newest_schema_version(cls) -> int:
+        """The schema version this code migrates a database to."""
+        return len(cls.migrations())
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    async def _migrate(self, tx: Tx) -> None:
+        """Apply pending migrations inside ``tx``, the dialect's migration transaction (which
+        also serialises processes opening one database at once): a failing migration leaves no
+        trace, and a schema newer than this code is refused."""
+        known = self.migrations()
+        await tx.execute(self.sql.create_migrations)
+        applied = {row[0] for row in await tx.fetch(self.sql.select_migrations)}
+        if applied and max(applied) > len(known):
+            raise ConfigError(
+                f"{self._describe()} has schema version {max(applied)}, newer than this relay "
+                f"knows ({len(known)}); run a newer synq"
+            )
+        for migration in known:
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                await tx.script(statement)
+            await tx.execute(self.sql.insert_migration, (migration.version, migration.name))
+            self.applied_migrations.append(migration.version)
+            _log.info(
+                "applied %s migration %04d_%s", self.dialect, migration.version, migration.name
+            )
+        self._schema_version = len(known)
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open_connections(self) -> None:
+        """Open the connections, migrating the database on the writer connection first
+        (``_migrate``)."""
+
+    def _started(self) -> None:
+        """Start what runs beside the writer, once ``open`` succeeded (nothing here)."""
+
+    async def open(self) -> None:
+        if self._opened or self._closed:
+            raise InternalError("a store is opened once")
+        self._opened = True
+        try:
+            await self._open_connections()
+        except BaseException as exc:
+            await self._close_connections()
+            if isinstance(exc, self.driver_errors):
+                error = self._driver_error(exc)
+                raise type(error)(f"cannot open {self._describe()}: {error.message}") from exc
+            raise
+        self._start_writer(f"synq-{self.migrations_folder}-writer")
+        self._started()
+
+    @abc.abstractmethod
+    async def _close_connections(self) -> None:
+        """Close every connection (after a failed ``open`` too); never raise a driver error."""
+
+    def _last_ops(self) -> list[Op]:
+        """Operations ``close`` runs after every one queued before it."""
+        return []
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Operations queued before close still run; the writer stops after them.
+        await self._stop_writer(self._last_ops())
+        await self._close_connections()
+
+    async def ping(self) -> None:
+        if self._closed or not self._writer_running():
+            raise StoreUnavailable("the store is not running")
+        await self._read("SELECT 1", ())
+
+    # agents ------------------------------------------------------------------------------------
+
+    async def create_agent(
+        self, name: str, kind: AgentKind, token_hash: str, endpoint: str | None, now: datetime
+    ) -> AgentRecord:
+        created = self._ts(now)
+
+        async def run(tx: Tx) -> tuple[AgentRecord, Collection[str]]:
+            try:
+                count = await tx.execute(
+                    self.sql.insert_agent, (name, kind, endpoint, token_hash, created)
+                )
+            except self.unique_violation as exc:
+                # The name is free (ON CONFLICT (name) did not fire), so the token hash is not.
+                raise Conflict("that token is already registered to another agent") from exc
+            if count == 0:
+                raise Conflict(f"an agent named {name!r} already exists")
+            record = AgentRecord(name=name, kind=kind, endpoint=endpoint, created=self._dt(created))
+            return record, ()
+
+        record: AgentRecord = await self._write(run)
+        return record
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        row = await self._read_one(self.sql.select_agent, (name,))
+        return None if row is None else rows.agent(row, self._dt)
+
+    async def agent_for_token(self, token_hash: str) -> AgentRecord | None:
+        row = await self._read_one(self.sql.select_agent_by_hash, (token_hash,))
+        return None if row is None else rows.agent(row, self._dt)
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return [rows.agent(row, self._dt) for row in await self._read(self.sql.select_agents, ())]
+
+    async def remove_agent(self, name: str) -> bool:
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            # The inbox rows go with it: ON DELETE CASCADE.
+            return await tx.execute(self.sql.delete_agent, (name,)) > 0, ()
+
+        removed: bool = await self._write(run)
+        return removed
+
+    async def existing_agents(self, names: Iterable[str]) -> set[str]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return set()
+        found = await self._read(self.sql.select_existing_agents, (self._array(wanted),))
+        return {row[0] for row in found}
+
+    # custody -----------------------------------------------------------------------------------
+
+    async def accept_many(self, items: Sequence[NewEnvelope], now: datetime) -> list[AcceptResult]:
+        if not items:
+            return []
+        at = self._ts(now)
+        batch = tuple((item, at) for item in items)
+
+        async def run(tx: Tx) -> tuple[list[AcceptResult], Collection[str]]:
+            return await self._accept_rows(tx, batch)
+
+        results: list[AcceptResult] = await self._write(run, accepts=batch, new=items)
+        return results
+
+    async def _accept_rows(
+        self, tx: Tx, batch: Sequence[tuple[NewEnvelope, Any]]
+    ) -> tuple[list[AcceptResult], Collection[str]]:
+        """Take custody of ``(item, accepted-at)`` pairs inside ``tx``: plan, run the dialect's
+        statements, interpret (relay/store/sql/accept.py). Four to six statements however many
+        envelopes and recipients the batch holds."""
+        sql = self.sql
+        plan = accept.plan(batch, self.domain, self._ts)
+        inserted = await tx.fetch_rows(sql.insert_envelopes, plan.envelopes, accept.ENVELOPE_WIDTH)
+        changed: list[Any] = []
+        for statement in plan.recipients:
+            changed += await tx.fetch_rows(sql.insert_recipients, statement, accept.RECIPIENT_WIDTH)
+        out = accept.interpret(plan, inserted, changed)
+        if out.inbox and await self._insert_inbox(tx, out.inbox):
+            out.channels.add(DELIVERY_CHANNEL)
+        if out.events:
+            await tx.insert_rows(sql.insert_events, out.events, accept.EVENT_WIDTH)
+        return out.results, out.channels
+
+    async def _insert_inbox(self, tx: Tx, inbox: list[tuple[str, Any, Any]]) -> bool:
+        """Insert the inbox rows (and the delivery rows of adapter-backed agents, which the
+        dispatcher hands over); True if any delivery row was added.
+
+        Only agents that get a new row here must exist: a replay naming an agent removed since
+        changes nothing for it, and may still deliver to a recipient an earlier copy refused
+        (SPEC.md §8.5). An agent removed after the caller's existence check fails the accept
+        with UnknownRecipient."""
+        names = {row[0] for row in inbox}
+        if tx.agents is not None and not names <= tx.agents:
+            # The group locked the agents that exist: the others are gone.
+            raise UnknownRecipient(f"no local agent named {', '.join(sorted(names - tx.agents))}")
+        try:
+            added = await tx.fetch_rows(self.sql.insert_inbox, inbox, accept.INBOX_WIDTH)
+        except self.foreign_key_violation as exc:
+            # The only foreign key an inbox row can miss is its agent's.
+            missing = await self._vanished(tx, names)
+            raise UnknownRecipient(f"no local agent named {', '.join(sorted(missing))}") from exc
+        if self.sql.insert_deliveries is not None and added:
+            added = await tx.fetch_rows(self.sql.insert_deliveries, added, accept.INBOX_WIDTH)
+        return bool(added)
+
+    async def _vanished(self, tx: Tx, names: set[str]) -> set[str]:
+        """Which of ``names`` are no agent, after an inbox insert failed on its foreign key.
+
+        Where the dialect does not lock agents, the failed statement aborted itself alone and
+        the transaction can say. Where it does (``tx.agents``), an agent vanished in a way the
+        lock did not see, and the failed statement may have aborted the whole transaction:
+        every name is suspect."""
+        if tx.agents is not None:
+            return names
+        found = await tx.fetch(self.sql.select_existing_agents, (self._array(sorted(names)),))
+        return (names - {row[0] for row in found}) or names
+
+    async def message_status(self, origin: str, id: str) -> MessageStatus | None:
+        found = await self._read(self.sql.message_status, {"origin": origin, "id": id})
+        return rows.message_status(found, self._dt)
+
+    # inbox -------------------------------------------------------------------------------------
+
+    async def inbox(
+        self,
+        agent: str,
+        *,
+        limit: int,
+        include_acked: bool = False,
+        thread: str | None = None,
+        after_seq: int | None = None,
+    ) -> list[InboxItem]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"; PostgreSQL refuses it
+            return []
+        sql = self.sql
+        if thread is None:
+            text = sql.inbox_all if include_acked else sql.inbox_unacked
+        else:
+            text = sql.inbox_all_thread if include_acked else sql.inbox_unacked_thread
+        params = {"agent": agent, "after": after_seq or 0, "limit": limit, "thread": thread}
+        return [rows.inbox_item(row, self._dt) for row in await self._read(text, params)]
+
+    async def ack(self, agent: str, id: str, now: datetime) -> bool:
+        at = self._ts(now)
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            # coalesce keeps the first ack time, and the row still counts: acking twice is True.
+            return await tx.execute(self.sql.ack, (at, agent, id)) > 0, ()
+
+        acked: bool = await self._write(run)
+        return acked
+
+    # federation queue --------------------------------------------------------------------------
+
+    async def lease_due(
+        self, now: datetime, *, lease_until: datetime, limit: int, domain: str | None = None
+    ) -> list[QueueEntry]:
+        if limit <= 0:
+            return []
+        sql = self.sql
+        until = self._ts(lease_until)
+        params = {
+            "now": self._ts(now),
+            "until": until,
+            "limit": limit,
+            "owner": self.instance,
+            "domain": domain,
+        }
+        text = sql.lease_due if domain is None else sql.lease_due_domain
+
+        async def run(tx: Tx) -> tuple[list[QueueEntry], Collection[str]]:
+            # Select and mark in the writer's transaction: two lease_due calls in one group run
+            # one after the other, so the second never sees the first's rows as free.
+            due = await tx.fetch(text, params)
+            if sql.lease_mark is None:
+                due.sort(key=_QUEUE_ORDER)
+            elif due:
+                await tx.executemany(sql.lease_mark, [(until, row[0]) for row in due])
+            return [rows.queue_entry(row, self._dt) for row in due], ()
+
+        entries: list[QueueEntry] = await self._write(run, durable=False)
+        return entries
+
+    async def next_due(self) -> datetime | None:
+        row = await self._read_one(self.sql.next_due, ())
+        return None if row is None or row[0] is None else self._dt(row[0])
+
+    async def settle(
+        self, outcomes: Sequence[Outcome], new: Sequence[NewEnvelope], now: datetime
+    ) -> None:
+        at = self._ts(now)
+        event_rows: list[tuple[Any, ...]] = []
+        update_rows: list[tuple[Any, ...]] = []
+        for o in outcomes:
+            if o.state == "queued" and o.next_attempt is None:
+                raise InternalError("a deferred outcome needs next_attempt")
+            event = o.event or _DEFAULT_EVENT[o.state]
+            next_attempt = (
+                self._ts(o.next_attempt) if o.state == "queued" and o.next_attempt else None
+            )
+            # Every outcome is one delivery attempt, except a row that expired in the queue
+            # without being tried, or one held back because its destination is known down.
+            tried = 0 if event in _NOT_ATTEMPTS else 1
+            event_rows.append((at, event, o.code, o.reason, o.hop, o.origin, o.id, o.recipient))
+            update_rows.append(
+                (o.state, o.code, o.reason, next_attempt, tried, at, o.origin, o.id, o.recipient)
+            )
+        new = list(new)
+        if not outcomes and not new:
+            return
+
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            if event_rows:
+                # The event first, while the row is still queued (settle_event's condition).
+                await tx.executemany(self.sql.settle_event, event_rows)
+                await tx.executemany(self.sql.settle_update, update_rows)
+            channels: Collection[str] = ()
+            if new:
+                _results, channels = await self._accept_rows(tx, [(item, at) for item in new])
+            return None, channels
+
+        await self._write(run, new=new)
+
+    async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
+        if domain is None:
+            found = await self._read(self.sql.list_queue, ())
+        else:
+            found = await self._read(self.sql.list_queue_domain, (domain,))
+        return [rows.queue_entry(row, self._dt) for row in found]
+
+    async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:
+        params = {"at": self._ts(now), "domain": domain, "id": id}
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            await tx.execute(self.sql.flush_events, params)
+            count = await tx.execute(self.sql.flush_update, params)
+            return count, (QUEUE_CHANNEL,) if count else ()
+
+        count: int = await self._write(run)
+        return count
+
+    async def delete_queued(
+        self, now: datetime, id: str | None = None, domain: str | None = None
+    ) -> int:
+        params = {
+            "at": self._ts(now),
+            "domain": domain,
+            "id": id,
+            "code": DELETED_CODE,
+            "reason": DELETED_REASON,
+        }
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            await tx.execute(self.sql.delete_events, params)
+            return await tx.execute(self.sql.delete_update, params), ()
+
+        count: int = await self._write(run)
+        return count
+
+    async def release_leases(self) -> int:
+        """Release every lease of a store one process owns, at relay start. A store shared by
+        processes releases nothing: the leases of a dead process are free already (the dialect
+        sees to that), and those of live ones must stay theirs."""
+        queue_sql, delivery_sql = self.sql.release_queue_leases, self.sql.release_delivery_leases
+        if self.shared_by_processes or queue_sql is None or delivery_sql is None:
+            return 0
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            released = await tx.execute(queue_sql) + await tx.execute(delivery_sql)
+            return released, (QUEUE_CHANNEL, DELIVERY_CHANNEL)
+
+        released: int = await self._write(run)
+        return released
+
+    # local delivery to adapter-backed agents ----------------------------------------------------
+
+    async def lease_deliveries(
+        self, now: datetime, *, lease_until: datetime, limit: int
+    ) -> list[LocalDelivery]:
+        if limit <= 0:
+            return []
+        sql = self.sql
+        until = self._ts(lease_until)
+        params = {"now": self._ts(now), "until": until, "limit": limit, "owner": self.instance}
+
+        async def run(tx: Tx) -> tuple[list[LocalDelivery], Collection[str]]:
+            due = await tx.fetch(sql.delivery_lease, params)
+            if sql.delivery_lease_mark is None:
+                due.sort(key=_DELIVERY_ORDER)
+            elif due:
+                await tx.executemany(sql.delivery_lease_mark, [(until, row[1]) for row in due])
+            return [rows.local_delivery(row, self._dt) for row in due], ()
+
+        leased: list[LocalDelivery] = await self._write(run, durable=False)
+        return leased
+
+    async def settle_deliveries(
+        self, outcomes: Sequence[DeliveryOutcome], new: Sequence[NewEnvelope], now: datetime
+    ) -> None:
+        at = self._ts(now)
+        new = list(new)
+        if not outcomes and not new:
+            return
+        events: list[tuple[Any, ...]] = []
+        defers: list[tuple[Any, ...]] = []
+        finished: list[tuple[Any, ...]] = []
+        acks: list[tuple[Any, ...]] = []
+        bounces: list[tuple[Any, ...]] = []
+        for o in outcomes:
+            address = f"{o.agent}@{self.domain}"
+            events.append((at, address, _DELIVERY_EVENT[o.state], o.code, o.reason, o.hop, o.seq))
+            if o.state == "queued":
+                if o.next_attempt is None:
+                    raise InternalError("a deferred delivery needs next_attempt")
+                defers.append((self._ts(o.next_attempt), o.code, o.reason, o.seq))
+                continue
+            finished.append((o.seq,))
+            acks.append((at, o.seq))
+            if o.state == "bounced":
+                bounces.append((o.code, o.reason, at, address, o.seq))
+        sql = self.sql
+
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            # Each outcome names its own inbox row, so running the statements kind by kind (one
+            # executemany each) equals running them outcome by outcome.
+            for text, batch in (
+                (sql.delivery_event, events),
+                (sql.delivery_defer, defers),
+                (sql.delivery_done, finished),
+                (sql.delivery_ack, acks),
+                (sql.delivery_bounce, bounces),
+            ):
+                if batch:
+                    await tx.executemany(text, batch)
+            channels: Collection[str] = ()
+            if new:
+                _results, channels = await self._accept_rows(tx, [(item, at) for item in new])
+            return None, channels
+
+        await self._write(run, new=new)
+
+    async def next_delivery_due(self) -> datetime | None:
+        row = await self._read_one(self.sql.next_delivery_due, ())
+        return None if row is None or row[0] is None else self._dt(row[0])
+
+    # the A2A face's tasks ----------------------------------------------------------------------
+
+    async def a2a_create_task(self, task: A2ATask, envelope: str) -> None:
+        ts = self._ts
+        row = (
+            task.id,
+            task.owner,
+            task.address,
+            task.context,
+            task.state,
+            task.remote_id,
+            task.snapshot,
+            task.push,
+            task.version,
+            ts(task.status_at),
+            ts(task.created),
+            ts(task.updated),
+        )
+
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            try:
+                await tx.execute(self.sql.a2a_insert_task, row)
+                await tx.execute(self.sql.a2a_link, (envelope, task.id))
+            except self.unique_violation as exc:
+                raise Conflict(f"task {task.id!r} already exists") from exc
+            return None, (a2a_task_channel(task.id),)
+
+        await self._write(run)
+
+    async def a2a_get_task(self, id: str) -> A2ATask | None:
+        row = await self._read_one(self.sql.a2a_get_task, (id,))
+        return None if row is None else rows.a2a_task(row, self._dt)
+
+    async def a2a_list_tasks(
+        self,
+        owner: str,
+        address: str,
+        *,
+        context: str | None,
+        state: str | None,
+        status_after: datetime | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> tuple[list[A2ATask], int]:
+        params = {
+            "owner": owner,
+            "address": address,
+            "context": context,
+            "state": state,
+            "after": self._ts(status_after) if status_after is not None else None,
+            "before_at": self._ts(before[0]) if before is not None else None,
+            "before_id": before[1] if before is not None else None,
+            "limit": max(limit, 0),
+        }
+        page = await self._read(self.sql.a2a_list_tasks, params)
+        total = await self._read_one(self.sql.a2a_count_tasks, params)
+        return [rows.a2a_task(row, self._dt) for row in page], int(total[0]) if total else 0
+
+    async def a2a_update_task(
+        self,
+        task: A2ATask,
+        expected_version: int,
+        events: Sequence[str] = (),
+        *,
+        source: str | None = None,
+        link: str | None = None,
+    ) -> A2AUpdate:
+        params = (
+            task.state,
+            task.remote_id,
+            task.snapshot,
+            task.push,
+            self._ts(task.status_at),
+            self._ts(task.updated),
+            expected_version + max(1, len(events)),
+            task.id,
+            expected_version,
+        )
+        # The source is recorded with the first event of the change only: one reply, one entry
+        # in the (task, source) index.
+        event_rows = [
+            (task.id, expected_version + n, source if n == 1 else None, event)
+            for n, event in enumerate(events, 1)
+        ]
+
+        async def run(tx: Tx) -> tuple[A2AUpdate, Collection[str]]:
+            if source is not None and await tx.fetch(self.sql.a2a_source_seen, (task.id, source)):
+                return "duplicate", ()
+            # The compare-and-set. (PostgreSQL, READ COMMITTED: an UPDATE that waited for
+            # another writer's row lock re-checks ``version`` on the row as committed, so
+            # exactly one of two concurrent updates from the same version wins.)
+            if await tx.execute(self.sql.a2a_update_task, params) == 0:
+                return "conflict", ()
+            if event_rows:
+                await tx.executemany(self.sql.a2a_insert_event, event_rows)
+            if link is not None:
+                try:
+                    await tx.execute(self.sql.a2a_link, (link, task.id))
+                except self.unique_violation as exc:
+                    raise Conflict(f"envelope {link!r} already belongs to a task") from exc
+            return "updated", (a2a_task_channel(task.id),)
+
+        outcome: A2AUpdate = await self._write(run)
+        return outcome
+
+    async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        if limit <= 0:
+            return []
+        found = await self._read(self.sql.a2a_events, (id, after, limit))
+        return [(row[0], row[1]) for row in found]
+
+    async def a2a_tasks_for_envelopes(self, ids: Sequence[str]) -> dict[str, str]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        found = await self._read(self.sql.a2a_tasks_for_envelopes, (self._array(wanted),))
+        return {row[0]: row[1] for row in found}
+
+    async def a2a_feed(self, after_seq: int, limit: int) -> list[A2AFeedItem]:
+        if limit <= 0:
+            return []
+        found = await self._read(self.sql.a2a_feed, (after_seq, limit))
+        return [A2AFeedItem(seq=row[0], agent=row[1], token=row[2]) for row in found]
+
+    async def a2a_owners(self) -> list[str]:
+        return [row[0] for row in await self._read(self.sql.a2a_owners, ())]
+
+    async def a2a_feed_cursor(self) -> int:
+        row = await self._read_one(self.sql.a2a_feed_cursor, ())
+        return int(row[0]) if row else 0
+
+    async def a2a_set_feed_cursor(self, seq: int) -> None:
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            await tx.execute(self.sql.a2a_set_feed_cursor, (seq,))
+            return None, ()
+
+        await self._write(run)
