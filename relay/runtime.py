@@ -121,28 +121,11 @@ class Relay:
             rates=self.rate_limits,
             custody=self.custody,
         )
-        self._http = aiohttp.ClientSession(
-            connector=make_guarded_connector(
-                self.discovery.policy,
-                make_resolver(disc.nameservers, timeout=disc.timeout),
-                dns_timeout=disc.timeout,
-            ),
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": f"Synq/{__version__}"},
-        )
+        self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
         # documents (relay/discovery/ssrf.py), on a session of their own, apart from the
         # connection pool and the User-Agent of the federation sender.
-        self._push_http = aiohttp.ClientSession(
-            connector=make_guarded_connector(
-                self.discovery.policy,
-                make_resolver(disc.nameservers, timeout=disc.timeout),
-                dns_timeout=disc.timeout,
-            ),
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._push_http = self._guarded_session(None)
         self.sender = FederationSender(
             store=store,
             # The relay URL a partner's DNS names is held to the SSRF rules by the transport,
@@ -186,6 +169,21 @@ class Relay:
         self.task_store: TaskStore = TaskStore(store, self.mailbox, self.clock, self.push_sender)
         self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
         self._background: list[asyncio.Task[None]] = []
+
+    def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
+        """A client session whose every connection goes through the SSRF guard and our own
+        resolver; no proxy variables from the environment, no cookies kept between peers."""
+        disc = self.config.discovery
+        return aiohttp.ClientSession(
+            connector=make_guarded_connector(
+                self.discovery.policy,
+                make_resolver(disc.nameservers, timeout=disc.timeout),
+                dns_timeout=disc.timeout,
+            ),
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers=headers,
+        )
 
     @property
     def domain(self) -> str:

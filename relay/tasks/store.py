@@ -381,18 +381,7 @@ class TaskStore:
         self.owners.add(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
-            await self.mailbox.send(
-                Draft(
-                    Address(owner, self.domain),
-                    (address,),
-                    wire.CONTENT_TYPE,
-                    body,
-                    kind=KIND_MESSAGE,
-                    thread=thread_of(context_id),
-                    id=envelope_id,
-                ),
-                via="a2a",
-            )
+            await self._send(owner, address, body, context=context_id, id=envelope_id)
         except SynqError as exc:
             await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
             raise _a2a_error(exc) from None
@@ -429,18 +418,8 @@ class TaskStore:
         current = changed[0]
         body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
         try:
-            await self.mailbox.send(
-                Draft(
-                    Address(owner, self.domain),
-                    (address,),
-                    wire.CONTENT_TYPE,
-                    body,
-                    kind=KIND_MESSAGE,
-                    thread=thread_of(row.context),
-                    in_reply_to=row.id,
-                    id=envelope_id,
-                ),
-                via="a2a",
+            await self._send(
+                owner, address, body, context=row.context, in_reply_to=row.id, id=envelope_id
             )
         except SynqError as exc:
             raise _a2a_error(exc) from None
@@ -490,22 +469,43 @@ class TaskStore:
             raise a2a.TaskNotCancelableError
         current, task = changed
         try:
-            await self.mailbox.send(
-                Draft(
-                    Address(owner, self.domain),
-                    (address,),
-                    wire.CONTENT_TYPE,
-                    wire.cancel_signal(current.remote_id or ""),
-                    kind=KIND_SIGNAL,
-                    thread=thread_of(current.context),
-                    in_reply_to=current.id,
-                ),
-                via="a2a",
+            await self._send(
+                owner,
+                address,
+                wire.cancel_signal(current.remote_id or ""),
+                kind=KIND_SIGNAL,
+                context=current.context,
+                in_reply_to=current.id,
             )
         except SynqError as exc:
             # The face's task is canceled; the agent keeps working until it finishes.
             log.warning("cancel of task %s not sent to the agent: %s", current.id, exc.message)
         return task
+
+    async def _send(
+        self,
+        owner: str,
+        address: Address,
+        body: Any,
+        *,
+        context: str,
+        kind: str = KIND_MESSAGE,
+        in_reply_to: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        """One envelope of the face's task from ``owner`` to the agent at ``address``, in the
+        thread of the task's context (SPEC.md "A2A mapping")."""
+        draft = Draft(
+            Address(owner, self.domain),
+            (address,),
+            wire.CONTENT_TYPE,
+            body,
+            kind=kind,
+            thread=thread_of(context),
+            in_reply_to=in_reply_to,
+            id=id,
+        )
+        await self.mailbox.send(draft, via="a2a")
 
     # push-notification configs (A2A 1.0 §3.1.7-§3.1.10) -------------------------------------
 
