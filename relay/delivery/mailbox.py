@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Final, Protocol
 
 from relay.core.address import Address
@@ -73,17 +81,14 @@ class InboxReader:
         acked ones too), of ``thread`` if given, past the cursor ``after`` if given. When there
         are none, wait up to ``wait`` seconds for the first; an empty list when none came."""
         store, agent = self._store, self.agent
-        items = await store.inbox(
-            agent, limit=limit, include_acked=include_acked, thread=thread, after_seq=after
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while not items and (remaining := deadline - loop.time()) > 0:
-            await self._listener.wait(remaining)
-            items = await store.inbox(
+
+        def fetch() -> Awaitable[list[InboxItem]]:
+            return store.inbox(
                 agent, limit=limit, include_acked=include_acked, thread=thread, after_seq=after
             )
-        return items
+
+        deadline = asyncio.get_running_loop().time() + wait
+        return list(await self._listener.poll(fetch, deadline))
 
 
 class Mailbox:

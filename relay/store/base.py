@@ -35,10 +35,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
+
+_T = TypeVar("_T")
 
 AgentKind = Literal["inbox", "a2a", "mcp"]
 RecipientState = Literal["queued", "sent", "delivered", "bounced"]
@@ -269,6 +272,29 @@ class Listener:
             return False
         self._event.clear()
         return True
+
+    async def poll(
+        self,
+        fetch: Callable[[], Awaitable[Sequence[_T]]],
+        deadline: float | None,
+        recheck: float | None = None,
+    ) -> Sequence[_T]:
+        """The relay's one long-poll loop: ``fetch`` until it returns something, waiting for a
+        wake-up between tries, until ``deadline`` (event-loop time; None: no end). An empty
+        result when the deadline passes first.
+
+        ``recheck``: the longest wait between tries even without a wake-up — a safety net for
+        a wake-up lost with another process (PostgreSQL NOTIFY is not delivered across a
+        connection loss). The listener is registered before the first fetch (``listen``), so
+        a commit between a fetch and the wait still wakes it.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            found = await fetch()
+            remaining = math.inf if deadline is None else deadline - loop.time()
+            if found or remaining <= 0:
+                return found
+            await self.wait(remaining if recheck is None else min(remaining, recheck))
 
 
 class Notifier:

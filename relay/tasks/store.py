@@ -20,7 +20,6 @@ which the reply tracker follows.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import hashlib
@@ -197,18 +196,16 @@ class Tail:
     async def next(self, deadline: float | None = None) -> tuple[int, StreamResponse] | None:
         """The next event, or None when ``deadline`` (event-loop time) passes first."""
         assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while not self._buffer:
-            rows = await self.tasks.store.a2a_task_events(self.task_id, self.after, EVENT_PAGE)
-            if rows:
-                for version, text in rows:
-                    self._buffer.append((version, parse_event(text)))
-                self.after = rows[-1][0]
-                break
-            wait = READER_IDLE if deadline is None else min(deadline - loop.time(), READER_IDLE)
-            if wait <= 0:
+        if not self._buffer:
+            rows = await self._listener.poll(
+                lambda: self.tasks.store.a2a_task_events(self.task_id, self.after, EVENT_PAGE),
+                deadline,
+                recheck=READER_IDLE,
+            )
+            if not rows:
                 return None
-            await self._listener.wait(wait)
+            self._buffer.extend((version, parse_event(text)) for version, text in rows)
+            self.after = rows[-1][0]
         return self._buffer.popleft()
 
 
