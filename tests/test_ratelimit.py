@@ -22,9 +22,10 @@ import pytest
 from relay.config import Config
 from relay.core import envelope as env_mod
 from relay.core import jws
-from relay.core.errors import StoreUnavailable
+from relay.core.errors import RateLimited, StoreUnavailable
 from relay.core.ids import uuid7
 from relay.core.jws import SigningKey
+from relay.core.txn import parse_request
 from relay.runtime import Relay
 from tests.fedenv import Org, World, world
 from tests.helpers import wait_until
@@ -331,6 +332,11 @@ async def test_threat_unverified_federation_flood_is_refused_before_key_lookup(w
             headers={"Content-Type": "application/json"},
         ) as resp:
             assert resp.status == 429
+        # The receiver itself refuses it too, whoever calls it.
+        txn = parse_request(forged(w, attacker, 1))
+        with pytest.raises(RateLimited):
+            await globex.relay.inbound.handle("t-direct", txn, source="127.0.0.2")
+        assert w.dns.query_count() == 0
 
         # The real partner (the acme relay, from 127.0.0.1) is not slowed down.
         await post(w, acme, "alice", "hello")
