@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from relay import __version__
 from relay.config import (
     Config,
@@ -142,7 +140,7 @@ async def serve(
     # The web faces (and the SDKs behind them) are imported only by the commands that serve:
     # operator commands such as ``synq queue list`` start in a fraction of the time.
     from relay.server.app import build_app
-    from relay.server.http import make_runner
+    from relay.server.http import GatedSite, make_runner
 
     app = build_app(relay, own_relay=True)
     # Everything alive now (modules, the SDKs' schemas, the application) lives as long as the
@@ -156,7 +154,7 @@ async def serve(
     runner = make_runner(app)
     await runner.setup()
     host, port = config.listen_host_port
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = GatedSite(runner, host, port, relay.sources)  # connections per source (§10.3)
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []

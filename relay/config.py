@@ -8,6 +8,7 @@ can be moved as a whole.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from relay.core import ratelimit
 from relay.core.address import normalize_domain, normalize_local
 from relay.core.errors import ConfigError, SynqError
 from relay.core.policy import Policy
+from relay.core.ratelimit import SourceLimits
 
 DEFAULT_CONFIG: Final = "synq.toml"
 CONFIG_ENV: Final = "SYNQ_CONFIG"
@@ -185,6 +187,35 @@ class RateLimitsSection(_Section):
     sender_domain: RateSection = RateSection.of(ratelimit.DEFAULT_SENDER_DOMAIN_RATE)
     sender: RateSection = RateSection.of(ratelimit.DEFAULT_SENDER_RATE)
     agent: RateSection = RateSection.of(ratelimit.DEFAULT_AGENT_RATE)
+    #: Per source address (SPEC.md §10.3): HTTP requests, failed bearer tokens, federation
+    #: envelopes that failed verification.
+    source_requests: RateSection = RateSection.of(ratelimit.DEFAULT_SOURCE_REQUEST_RATE)
+    failed_auth: RateSection = RateSection.of(ratelimit.DEFAULT_FAILED_AUTH_RATE)
+    unverified: RateSection = RateSection.of(ratelimit.DEFAULT_UNVERIFIED_RATE)
+
+
+class LimitsSection(_Section):
+    """``[limits]``: what one source address may hold at once (SPEC.md §10.3,
+    relay.core.ratelimit). Reloaded on SIGHUP."""
+
+    connections_per_source: Annotated[int, Field(ge=1)] = ratelimit.MAX_CONNECTIONS_PER_SOURCE
+    requests_in_flight_per_source: Annotated[int, Field(ge=1)] = (
+        ratelimit.MAX_REQUESTS_IN_FLIGHT_PER_SOURCE
+    )
+    #: Networks (CIDR) whose addresses no per-source limit applies to: a reverse proxy in
+    #: front of the relay (which then sees every client as the proxy), or the relay's own host
+    #: when every agent on it is trusted. Like Postfix's ``$mynetworks`` exceptions.
+    exempt: list[str] = Field(default_factory=list)
+
+    @field_validator("exempt")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network: {item!r} (expected e.g. 10.0.0.0/8)") from None
+        return v
 
 
 class McpSection(_Section):
@@ -235,6 +266,7 @@ class Config(BaseModel):
     keys: KeysSection = KeysSection()
     policy: PolicySection = PolicySection()
     rate_limits: RateLimitsSection = RateLimitsSection()
+    limits: LimitsSection = LimitsSection()
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
@@ -244,6 +276,18 @@ class Config(BaseModel):
     def _policy_is_coherent(self) -> Config:
         self.partner_policy()  # raises ValueError naming the bad entry
         return self
+
+    def source_limits(self) -> SourceLimits:
+        """The per-source tables that ``[rate_limits]`` and ``[limits]`` describe."""
+        rates, limits = self.rate_limits, self.limits
+        return SourceLimits.build(
+            rates.source_requests.rate,
+            rates.failed_auth.rate,
+            rates.unverified.rate,
+            connections=limits.connections_per_source,
+            in_flight=limits.requests_in_flight_per_source,
+            exempt=limits.exempt,
+        )
 
     def partner_policy(self) -> Policy:
         """The ``[policy]`` section, normalised and checked."""

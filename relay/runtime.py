@@ -102,6 +102,9 @@ class Relay:
         )
         self.router.policy = self.policy
         self.router.agent_rates = self.rate_limits.agent
+        #: Per source address (SPEC.md §10.3): the HTTP server's middleware and listener, the
+        #: bearer-token checks of every face, and the federation receiver share these tables.
+        self.sources = config.source_limits()
         self._keys_seen = keys_fingerprint(config.keys_dir)
         self.metrics = Metrics(lambda: store.notifier.listener_count("inbox:"))
         disc = config.discovery
@@ -120,6 +123,7 @@ class Relay:
             policy=self.policy,
             rates=self.rate_limits,
             custody=self.custody,
+            unverified=self.sources.unverified,
         )
         self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
@@ -197,13 +201,13 @@ class Relay:
         return self.keyring.signing_key(now)
 
     def reload(self, config: Config | None = None) -> None:
-        """Reread the keys directory and, given a freshly loaded ``config``, take its policy and
-        rate limits (``synq serve`` does this on SIGHUP). All or nothing: when anything is
+        """Reread the keys directory and, given a freshly loaded ``config``, take its policy,
+        rate limits and per-source limits (``synq serve`` does this on SIGHUP). All or nothing: when anything is
         invalid, ConfigError is raised and the relay keeps what it had.
 
         Nothing queued is touched: envelopes already in custody stay queued and are delivered
         as before; the new policy applies to what arrives from now on. Rate-limit buckets keep
-        their levels. ``[relay]``, ``[store]`` and ``[discovery]`` take effect on restart.
+        their levels, and open connections their counts. ``[relay]``, ``[store]`` and ``[discovery]`` take effect on restart.
         """
         new = config or self.config
         keyring = load_keyring(new.keys_dir)
@@ -217,13 +221,19 @@ class Relay:
         if any(getattr(config, s) != getattr(self.config, s) for s in restart_only):
             log.warning("changes to [relay], [store] and [discovery] take effect on restart")
         self.config = self.config.model_copy(
-            update={"keys": config.keys, "policy": config.policy, "rate_limits": config.rate_limits}
+            update={
+                "keys": config.keys,
+                "policy": config.policy,
+                "rate_limits": config.rate_limits,
+                "limits": config.limits,
+            }
         )
         self.policy = self.router.policy = self.inbound.policy = policy
         limits = config.rate_limits
         self.rate_limits.reconfigure(
             limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
         )
+        self.sources.reconfigure(config.source_limits())
 
     def reload_keys_if_changed(self) -> bool:
         """Reload the keyring if a key file was added, changed or removed since the last load.

@@ -293,11 +293,12 @@ async def w(tmp_path: Path) -> AsyncIterator[World]:
         await env.orgs["acme.test"].agent("alice")
         for org in env.orgs.values():
             # Unthrottled, so the generated traffic reaches custody and the store, not only
-            # the rate limiter (whose 4.7.0 is also a documented answer).
+            # the rate limiters (whose 4.7.0 and 429 are also documented answers) — the
+            # per-source ones included, since every case comes from one loopback address.
             data = org.relay.config.model_dump()
             data["rate_limits"] = {
                 name: {"per_second": 1e9, "burst": 1e9}
-                for name in ("sender_domain", "sender", "agent")
+                for name in ("sender_domain", "sender", "agent", "source_requests", "unverified")
             }
             org.relay.reload(Config.model_validate({**data, "base_dir": org.relay.config.base_dir}))
         yield env

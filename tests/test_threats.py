@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from relay.config import Config
 from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core.clock import FakeClock
@@ -51,9 +52,10 @@ from relay.discovery.wellknown import MAX_WELL_KNOWN_BYTES
 from relay.dnsserver import DNSServer
 from relay.runtime import Relay
 from relay.server.app import build_app
-from relay.server.http import DEFAULT_HTTP_LIMITS, make_runner
+from relay.server.http import DEFAULT_HTTP_LIMITS, GatedSite, make_runner
 from tests.conftest import AgentFactory
 from tests.fedenv import World, world
+from tests.helpers import wait_until
 
 # ============================================================================ federation
 
@@ -280,10 +282,10 @@ async def served(relay: Relay) -> AsyncIterator[Served]:
     """The relay's app on a real port-0 socket, run exactly as ``synq serve`` runs it."""
     runner = make_runner(build_app(relay, http_limits=FAST))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = GatedSite(runner, "127.0.0.1", 0, relay.sources)
     await site.start()
     try:
-        yield Served("127.0.0.1", runner.addresses[0][1])
+        yield Served("127.0.0.1", site.port)
     finally:
         await runner.cleanup()
 
@@ -390,6 +392,44 @@ async def test_threat_slow_loris_body(served: Served) -> None:
     assert result.closed
     assert result.sent < 1000
     assert result.seconds < FAST.body_read_timeout + FAST.lingering_time + SLACK
+
+
+async def connect(served: Served, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(served.host, served.port, local_addr=(source, 0))
+
+
+async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One ``GET /healthz`` on an open connection, which the server then closes."""
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5.0)
+    writer.close()
+    return answer
+
+
+async def test_threat_one_address_holding_many_connections(relay: Relay, served: Served) -> None:
+    """Open connections per source address, counted by the listener from accept to close: one
+    past the limit is closed at accept, before a byte is read (an idle or slow-loris connection
+    cannot hold the process's descriptors); other addresses connect; a closed connection gives
+    its place back."""
+    data = relay.config.model_dump()
+    data["limits"] = {"connections_per_source": 2}
+    relay.reload(Config.model_validate({**data, "base_dir": relay.config.base_dir}))
+    held = [await connect(served, "127.0.0.2") for _ in range(2)]
+    try:
+        await wait_until(lambda: relay.sources.connections.held("127.0.0.2") == 2)
+        reader, writer = await connect(served, "127.0.0.2")
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, nothing answered
+        writer.close()
+        assert (await healthz(*await connect(served, "127.0.0.3"))).startswith(b"HTTP/1.1 200")
+        # The held connections are served as usual; once one is closed, its place is free.
+        assert (await healthz(*held.pop())).startswith(b"HTTP/1.1 200")
+        await wait_until(lambda: relay.sources.connections.held("127.0.0.2") == 1)
+        assert (await healthz(*await connect(served, "127.0.0.2"))).startswith(b"HTTP/1.1 200")
+    finally:
+        for _, w in held:
+            w.close()
+    await wait_until(lambda: len(relay.sources.connections) == 0)
 
 
 # ============================================================================ discovery (SSRF)

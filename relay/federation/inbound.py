@@ -1,5 +1,8 @@
 """The receiving side of federation: one transaction in, per-envelope results out (SPEC.md §8.3).
 
+A source address whose envelopes keep failing to prove authentic is refused first (step 0):
+``429`` for the whole transaction, before any key look-up or signature check.
+
 For every envelope, in this order (the first failing step decides its result):
 
 1. structure of the JWS (``parse_compact``) and of the envelope (``decode``);
@@ -17,6 +20,11 @@ For every envelope, in this order (the first failing step decides its result):
    unknown ones are refused 5.1.1 and ones the rules refuse 5.7.1, in the per-recipient map;
    an envelope with no recipient here is refused 5.1.2, one with none left is refused with
    the refusal its recipients share (or, when they differ, the first, plus the map).
+
+Envelopes refused at step 2 or 4 — not from the origin, no key, a bad signature — are then
+charged to the source address's ``unverified`` bucket (relay.core.ratelimit, SPEC.md §10.3),
+the debt that step 0 of its next transactions reads. Nothing else is charged: a structure
+failure costs neither I/O nor cryptography, and a domain the policy refuses is answered 5.7.1.
 
 Every accepted envelope of the transaction is then taken into custody in one store transaction
 (group commit), through the same custody path as a local submission (relay.delivery.custody),
@@ -57,7 +65,7 @@ from relay.core.errors import (
 )
 from relay.core.jws import PublicKey
 from relay.core.policy import Policy
-from relay.core.ratelimit import RateLimits, take_all
+from relay.core.ratelimit import RateLimits, TokenBuckets, take_all
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
 from relay.delivery.custody import Custody, new_envelope
 from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
@@ -76,6 +84,8 @@ class _Checked:
     envelope: Envelope | None
     item: NewEnvelope | None
     result: EnvelopeResult | None
+    #: Refused for not proving authentic (steps 2 and 4): charged to the source address.
+    unverified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,7 @@ class InboundHandler:
         rates: RateLimits | None = None,
         custody: Custody | None = None,
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
+        unverified: TokenBuckets | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -152,6 +163,9 @@ class InboundHandler:
         self.rates = rates or RateLimits.build()
         self.custody = custody or Custody(store, clock)
         self.write_timeout = write_timeout
+        #: Per source address, envelopes that failed to prove authentic (SourceLimits.unverified);
+        #: None: not limited.
+        self.unverified = unverified
         #: Told the origin of every transaction that carried an authentic envelope: that
         #: partner is up, whatever our own sender last saw (the runtime wires the sender's
         #: ``contacted``, which releases a backlog held for it; SPEC.md §9.3).
@@ -165,11 +179,12 @@ class InboundHandler:
             envelope = env_mod.decode(parsed.payload)
         except SynqError as exc:
             return _Checked(key, None, None, _refusal(exc))
+        if envelope.sender.domain != origin:
+            wrong = Forbidden(
+                f"envelope is from {envelope.sender.domain}, but the transaction's origin is {origin}"
+            )
+            return _Checked(envelope.id, envelope, None, _refusal(wrong), unverified=True)
         try:
-            if envelope.sender.domain != origin:
-                raise Forbidden(
-                    f"envelope is from {envelope.sender.domain}, but the transaction's origin is {origin}"
-                )
             if not self.policy.domain_permitted(origin):
                 raise Forbidden(f"this relay does not exchange messages with {origin}")
         except SynqError as exc:
@@ -187,11 +202,10 @@ class InboundHandler:
     ) -> _Checked | None:
         """Steps 4–6: the key, the signature (``signature``: its check's failure, see
         :func:`_signatures`), the times, the rate limits. None if all pass."""
+        unproven = key if isinstance(key, SynqError) else signature
+        if unproven is not None:
+            return _Checked(p.key, p.envelope, None, _refusal(unproven), unverified=True)
         try:
-            if isinstance(key, SynqError):
-                raise key
-            if signature is not None:
-                raise signature
             env_mod.check_times(p.envelope, now)
             self._charge(p.envelope.sender)
         except SynqError as exc:
@@ -306,9 +320,30 @@ class InboundHandler:
             )
         )
 
-    async def handle(self, txn_id: str, request: TxnRequest) -> dict[str, EnvelopeResult]:
+    def admit(self, source: str | None) -> None:
+        """Step 0: refuse a transaction from ``source`` (a SourceLimits key; None: not limited)
+        while its envelopes that failed verification are unpaid for — RateLimited, ``429``
+        with ``Retry-After``, which the partner's queue retries (SPEC.md §8.7)."""
+        if source is None or self.unverified is None:
+            return
+        wait = self.unverified.wait(source, self.clock.monotonic())
+        if wait > 0:
+            raise RateLimited(
+                f"too many envelopes from this address failed verification; retry in {wait:.0f} s",
+                retry_after=wait,
+            )
+
+    async def handle(
+        self, txn_id: str, request: TxnRequest, *, source: str | None = None
+    ) -> dict[str, EnvelopeResult]:
+        """Check and keep one transaction; ``source``: the key of the address it came from
+        (SourceLimits.key), charged for each envelope that failed to prove authentic."""
+        self.admit(source)
         now = self.clock.now()
         checked = await self._check_all(request.origin, list(request.envelopes), now)
+        unverified = sum(1 for c in checked if c.unverified)
+        if unverified and source is not None and self.unverified is not None:
+            self.unverified.charge(source, self.clock.monotonic(), unverified)
         results: dict[str, EnvelopeResult] = {}
         to_store: list[_Checked] = []
         storing: set[str] = set()

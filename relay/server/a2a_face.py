@@ -70,9 +70,9 @@ from adapters.a2a import tasks as folding
 from relay.core import errors as E
 from relay.core import jsonutil
 from relay.core.address import Address
-from relay.core.ids import hash_token
 from relay.core.limits import MAX_API_BODY_BYTES
 from relay.server.asgi import AsgiHost
+from relay.server.auth import agent_for_token, bearer_token, refuse_guessing
 from relay.server.http import read_body
 from relay.tasks.store import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, Tail, TaskStore
 
@@ -422,11 +422,12 @@ class A2AFace:
                     f"the relay's anonymous A2A agent {anonymous!r} is not a local inbox agent"
                 )
             return anonymous
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(header)
+        if token is None:
             raise E.Unauthenticated("use the Bearer scheme with a local agent's token")
-        # Through the router's agent cache, as the API authenticates (AGENT_CACHE_TTL).
-        agent = await relay.router.agents.for_token(hash_token(token.strip()))
+        # As the API authenticates: failed tokens limited per address (relay.server.auth).
+        refuse_guessing(relay, request.remote)
+        agent = await agent_for_token(relay, token, request.remote)
         if agent is None:
             raise E.Unauthenticated("the bearer token is not valid")
         if agent.kind != "inbox":

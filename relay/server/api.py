@@ -15,7 +15,6 @@ from relay.core import jsonutil
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.envelope import KIND_MESSAGE
-from relay.core.ids import hash_token
 from relay.core.limits import (
     DEFAULT_INBOX_PAGE,
     MAX_API_BODY_BYTES,
@@ -26,6 +25,7 @@ from relay.core.limits import (
     MAX_RECIPIENTS,
 )
 from relay.delivery import views
+from relay.server.auth import authenticate_bearer
 from relay.server.http import read_body
 from relay.server.keys import RELAY
 from relay.store.base import AgentRecord
@@ -41,19 +41,10 @@ routes = web.RouteTableDef()
 
 
 async def authenticate(request: web.Request) -> AgentRecord:
-    """The agent whose bearer token (RFC 6750 §2.1) the request carries.
-
-    Looked up through the router's agent cache (relay.delivery.router.AgentCache): a token
-    stays valid for up to AGENT_CACHE_TTL seconds after another process removed its agent
-    (SPEC.md §6.1); a removal in this process ends it at once."""
+    """The agent whose bearer token (RFC 6750 §2.1) the request carries: ``401`` without one,
+    ``429`` while the client's address has spent its failed attempts (relay.server.auth)."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise E.Unauthenticated()
-    agent = await request.app[RELAY].router.agents.for_token(hash_token(token.strip()))
-    if agent is None:
-        raise E.Unauthenticated("the bearer token is not valid")
-    return agent
+    return await authenticate_bearer(request.app[RELAY], header, request.remote)
 
 
 async def read_json(request: web.Request, max_bytes: int = MAX_API_BODY_BYTES) -> Any:

@@ -11,7 +11,7 @@ from relay.core.errors import SynqError
 from relay.runtime import Relay
 from relay.server import api, federation, mcp
 from relay.server.errors import Handler, error_middleware
-from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits
+from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits, source_limits
 from relay.server.keys import RELAY
 
 
@@ -44,9 +44,11 @@ def build_app(
     work (``Relay.start_background``: the queues and the A2A reply tracker) while it serves, and
     closes the relay on cleanup; without it the caller runs and closes them.
     ``http_limits`` are the HTTP server's limits; run the app with ``make_runner`` (or pass
-    ``http_limits.server_kwargs()`` to a test server) so the server-side ones apply too."""
+    ``http_limits.server_kwargs()`` to a test server) so the server-side ones apply too, and on
+    a ``GatedSite`` so the relay's per-source connection limit does."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, count_errors],
+        # Per source address first: a request over its address's limits costs nothing more.
+        middlewares=[source_limits, metrics_middleware, error_middleware, count_errors],
         client_max_size=http_limits.client_max_size,
     )
     app[RELAY] = relay

@@ -25,11 +25,16 @@ async def put_transaction(request: web.Request) -> web.Response:
 
     No bearer token: every envelope carries its own signature, checked against the key its
     ``from`` domain publishes. Accepted envelopes are durable before the answer.
+
+    A source address whose envelopes keep failing verification gets ``429 rate_limited`` with
+    ``Retry-After`` (SPEC.md §10.3) before its body is read, let alone any key looked up.
     """
     relay = request.app[RELAY]
     txn_id = txn_mod.check_txn_id(request.match_info["txn_id"])
+    source = relay.sources.key(request.remote)
+    relay.inbound.admit(source)
     txn = txn_mod.parse_request(await read_body(request, MAX_TXN_BYTES, "transaction"))
-    results = await relay.inbound.handle(txn_id, txn)
+    results = await relay.inbound.handle(txn_id, txn, source=source)
     for result in results.values():
         relay.metrics.federation_results.labels(status=result.status).inc()
     return web.Response(body=txn_mod.encode_results(results), content_type="application/json")

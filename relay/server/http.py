@@ -13,11 +13,21 @@ connection start and from the end of each response, not reset by bytes that arri
 makes it the header deadline too; it has no deadline for a body, so :func:`read_body` adds one
 (``body_read_timeout``) and answers ``408``. ``lingering_time`` bounds how long the server keeps
 draining an unread body after answering, before it closes the connection.
+
+One source address (SPEC.md §10.3). The limits above bound one request; :class:`SourceLimits`
+(relay.core.ratelimit) bound what one address may do with many: :func:`source_limits`, a
+middleware, refuses a request ``429`` with ``Retry-After`` past the address's request rate or its
+requests in flight; :class:`GatedSite`, the listener ``synq serve`` runs, closes a connection at
+accept when its address already holds its share of connections. aiohttp has no hook between
+accept and the HTTP protocol, so the site hands the event loop a protocol of its own that
+counts the connection and then delegates to aiohttp's (an ``asyncio.Protocol``, whose five
+methods are all the transport calls).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,8 +35,21 @@ from aiohttp import web
 
 from relay.core import errors as E
 from relay.core.limits import MAX_TXN_BYTES
+from relay.core.ratelimit import SourceLimits
+from relay.server.errors import Handler, error_response
+from relay.server.keys import RELAY
 
-__all__ = ["DEFAULT_HTTP_LIMITS", "HTTP_LIMITS", "HttpLimits", "make_runner", "read_body"]
+__all__ = [
+    "DEFAULT_HTTP_LIMITS",
+    "HTTP_LIMITS",
+    "GatedSite",
+    "HttpLimits",
+    "make_runner",
+    "read_body",
+    "source_limits",
+]
+
+log = logging.getLogger("synq.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +126,122 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     if len(body) > limit:
         raise too_large
     return body
+
+
+# --- per source address ---------------------------------------------------------------------
+
+
+@web.middleware
+async def source_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests in flight and requests per second of the client's address (SPEC.md §10.3):
+    past either, ``429 rate_limited`` with ``Retry-After``, before any route runs. The first
+    middleware, so a refusal costs nothing more."""
+    relay = request.app[RELAY]
+    sources = relay.sources
+    key = sources.key(request.remote)
+    if key is None:
+        return await handler(request)
+    if not sources.in_flight.enter(key):
+        limit = sources.in_flight.limit
+        refusal = E.RateLimited(
+            f"more than {limit} requests from this address at once", retry_after=1.0
+        )
+    else:
+        wait = sources.requests.take(key, relay.clock.monotonic())
+        if wait == 0.0:
+            try:
+                return await handler(request)
+            finally:
+                sources.in_flight.leave(key)
+        sources.in_flight.leave(key)
+        refusal = E.RateLimited(
+            f"too many requests from this address; retry in {wait:.0f} s", retry_after=wait
+        )
+    relay.metrics.rejected.labels(code=refusal.code).inc()
+    return error_response(refusal)
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """One accepted connection: counted against its source address, then served by aiohttp's
+    protocol — or, when the address already holds its share, closed before a byte is read."""
+
+    __slots__ = ("_factory", "_inner", "_key", "_sources")
+
+    def __init__(self, factory: web.Server, sources: SourceLimits) -> None:
+        self._factory = factory
+        self._sources = sources
+        self._inner: asyncio.Protocol | None = None
+        self._key: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        key = self._sources.key(peer[0] if isinstance(peer, tuple) and peer else None)
+        if key is not None:
+            if not self._sources.connections.enter(key):
+                log.debug("refused a connection from %s: over its connection limit", key)
+                transport.close()
+                return
+            self._key = key
+        self._inner = self._factory()
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._key is not None:
+            self._sources.connections.leave(self._key)
+            self._key = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class GatedSite(web.BaseSite):
+    """A TCP listener, as ``web.TCPSite``, that holds each source address to its share of open
+    connections (``SourceLimits.connections``, SPEC.md §10.3)."""
+
+    __slots__ = ("_bound", "_host", "_port", "_sources")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, sources: SourceLimits) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._sources = sources
+        self._bound = port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._bound}"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose, for port 0)."""
+        return self._bound
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        sources = self._sources
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _GatedProtocol(server, sources),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
+        self._server = listener
+        if listener.sockets:
+            self._bound = listener.sockets[0].getsockname()[1]

@@ -35,11 +35,7 @@ from aiohttp import web
 from jsonschema.protocols import Validator
 from mcp import types as mt
 from mcp.server import Server
-from mcp.server.auth.middleware.bearer_auth import (
-    AuthenticatedUser,
-    BearerAuthBackend,
-    RequireAuthMiddleware,
-)
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.context import ServerRequestContext
@@ -49,8 +45,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -70,6 +68,7 @@ from relay.core.limits import (
 from relay.delivery import views
 from relay.runtime import Relay
 from relay.server.asgi import AsgiHost
+from relay.server.auth import agent_for_token, bearer_token, refuse_guessing
 from relay.server.keys import RELAY
 from relay.store.base import AgentRecord
 
@@ -104,20 +103,28 @@ ANONYMOUS: Final = "anonymous"
 # --- authentication ----------------------------------------------------------------------------
 
 
-class AgentTokens:
-    """The SDK's ``TokenVerifier`` over the relay's agent tokens (stored as SHA-256 only)."""
+class AgentTokens(AuthenticationBackend):
+    """Starlette authentication over the relay's agent tokens (stored as SHA-256 only): what the
+    SDK's ``BearerAuthBackend`` does with a ``TokenVerifier``, except that it sees the client's
+    address, so a token that names no agent is charged to that address as on every face
+    (relay.server.auth). The refusal of an address with no attempt left comes earlier, in
+    :func:`mcp_endpoint`, as a ``429`` like the API's."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
-    async def verify_token(self, token: str) -> AccessToken | None:
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        token = bearer_token(conn.headers.get("authorization", ""))
+        if token is None:
+            return None
+        peer = conn.client.host if conn.client is not None else None
         # Through the router's agent cache, as the API authenticates (AGENT_CACHE_TTL): a
         # store read per request would sit on every call's path.
-        token_hash = hash_token(token)
-        agent = await self.relay.router.agents.for_token(token_hash)
+        agent = await agent_for_token(self.relay, token, peer)
         if agent is None:
             return None
-        return _access(self.relay, agent.name, token_hash=token_hash)
+        access = _access(self.relay, agent.name, token_hash=hash_token(token))
+        return AuthCredentials(access.scopes), AuthenticatedUser(access)
 
 
 def _access(relay: Relay, name: str, token_hash: str) -> AccessToken:
@@ -640,9 +647,7 @@ def build_asgi(relay: Relay) -> Starlette:
             Route("/mcp", own_endpoint),
             Route("/mcp/{address}", _GatewayAuth(StreamableHTTPASGIApp(gateway), relay)),
         ],
-        middleware=[
-            Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(AgentTokens(relay)))
-        ],
+        middleware=[Middleware(AuthenticationMiddleware, backend=AgentTokens(relay))],
         lifespan=lifespan,
     )
 
@@ -653,7 +658,11 @@ routes = web.RouteTableDef()
 @routes.route("*", "/mcp")
 @routes.route("*", "/mcp/{address}")
 async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
-    """Streamable HTTP (MCP 2025-11-25 and 2026-07-28 "Transports"), served by the SDK."""
+    """Streamable HTTP (MCP 2025-11-25 and 2026-07-28 "Transports"), served by the SDK — unless
+    the request carries a token and its address has no failed attempt left: ``429``, before
+    the token is looked up (relay.server.auth)."""
+    if "Authorization" in request.headers:
+        refuse_guessing(request.app[RELAY], request.remote)
     return await request.app[MCP_HOST].handle(request)
 
 
