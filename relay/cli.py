@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -135,61 +137,137 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --- serve --------------------------------------------------------------------------------------
 
 
+#: Connections the kernel queues on a listening socket before the relay accepts them (aiohttp's
+#: and asyncio's default).
+LISTEN_BACKLOG = 128
+
+
+def _listen_error(listen: str, exc: OSError, config_file: Path | None) -> UserError:
+    where = f" in {config_file}" if config_file is not None else ""
+    if exc.errno == errno.EADDRINUSE:
+        why = (
+            "the address is already in use (is another synq serve running?); stop that "
+            f"process, or choose another [relay] listen{where}"
+        )
+    elif exc.errno == errno.EACCES:
+        why = f"permission denied (ports below 1024 need privileges); change [relay] listen{where}"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"no interface of this machine has that address; change [relay] listen{where}"
+    else:
+        why = exc.strerror or str(exc)
+    return UserError(f"cannot listen on {listen}: {why}")
+
+
+def bind_listeners(host: str, port: int, *, config_file: Path | None = None) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (one per address the host names, as asyncio's
+    ``create_server`` binds them), or UserError with one line saying what is wrong.
+
+    ``synq serve`` binds before it opens anything else: a second relay started on a busy port
+    must stop before it touches the first one's store (whose SQLite write lock it would
+    otherwise contend for) and its keys. Connections that arrive while the store opens wait in
+    the kernel's queue (``LISTEN_BACKLOG``)."""
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # As aiohttp's TCPSite(reuse_address=True): a restart may bind at once while the
+            # previous process's connections sit in TIME_WAIT. (Linux still refuses a port
+            # another socket listens on, which is the check wanted here.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # As asyncio does: an IPv6 socket beside an IPv4 one must not claim both.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                # Port 0 on a name with several addresses: the same port on all of them.
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _listen_error(listen, exc, config_file) from None
+    return sockets
+
+
 async def serve(
     config: Config, ready: Callable[[str], None], config_file: Path | None = None
 ) -> None:
-    relay = await Relay.open(config)
+    host, port = config.listen_host_port
+    sockets = bind_listeners(host, port, config_file=config_file)
+    try:
+        relay = await Relay.open(config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     # The web faces (and the SDKs behind them) are imported only by the commands that serve:
     # operator commands such as ``synq queue list`` start in a fraction of the time.
     from relay.server.app import build_app
     from relay.server.http import make_runner
 
-    app = build_app(relay, own_relay=True)
-    # Everything alive now (modules, the SDKs' schemas, the application) lives as long as the
-    # process. gc.freeze moves it out of the collector's generations, so that a full collection
-    # under load no longer walks some 150,000 objects that can never be garbage (measured: the
-    # collector's share of the floor's CPU fell from 7% to 2%).
-    gc.collect()
-    gc.freeze()
-    # The server's limits (header sizes, idle and body deadlines) and handler cancellation: a
-    # client that hangs up mid long-poll or mid SSE stream frees its handler at once.
-    runner = make_runner(app)
-    await runner.setup()
-    host, port = config.listen_host_port
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    ready(f"http://{host}:{bound}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def reload() -> None:
-        # SIGHUP, as for Postfix and nginx: reread the keys directory and the config file's
-        # [policy], [rate_limits] and [keys]; nothing queued is dropped.
-        problem = None
-        try:
-            relay.reload(load_config(config_file) if config_file is not None else None)
-        except SynqError as exc:
-            problem = exc.message
-        if problem is not None:
-            log.error("reload failed; still running with the previous keys and policy: %s", problem)
-            return
-        log.info(
-            "reloaded: keys %s; policy default %s",
-            ", ".join(e.selector for e in relay.keyring.entries),
-            relay.policy.default,
-        )
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await stop.wait()
+        app = build_app(relay, own_relay=True)
+        # The server's limits (header sizes, idle and body deadlines) and handler cancellation:
+        # a client that hangs up mid long-poll or mid SSE stream frees its handler at once.
+        runner = make_runner(app)
+        # Setup starts the relay's background work; from here on runner.cleanup() closes it.
+        await runner.setup()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        await relay.close()
+        raise
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        # Everything alive now (modules, the SDKs' schemas, the application) lives as long as
+        # the process. gc.freeze moves it out of the collector's generations, so that a full
+        # collection under load no longer walks some 150,000 objects that can never be garbage
+        # (measured: the collector's share of the floor's CPU fell from 7% to 2%).
+        gc.collect()
+        gc.freeze()
+        bound = sockets[0].getsockname()[1]
+        ready(f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            # SIGHUP, as for Postfix and nginx: reread the keys directory and the config file's
+            # [policy], [rate_limits] and [keys]; nothing queued is dropped.
+            problem = None
+            try:
+                relay.reload(load_config(config_file) if config_file is not None else None)
+            except SynqError as exc:
+                problem = exc.message
+            if problem is not None:
+                log.error(
+                    "reload failed; still running with the previous keys and policy: %s", problem
+                )
+                return
+            log.info(
+                "reloaded: keys %s; policy default %s",
+                ", ".join(e.selector for e in relay.keyring.entries),
+                relay.policy.default,
+            )
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        for sock in sockets:
+            sock.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -94,3 +95,49 @@ async def test_cli_send_wakes_a_long_poll_on_the_running_relay(tmp_path: Path) -
             assert [m["id"] for m in messages] == [sent["id"]]
     finally:
         await relay.stop()
+
+
+async def test_a_second_serve_on_a_busy_port_exits_at_once_and_leaves_the_first_alone(
+    tmp_path: Path,
+) -> None:
+    await init(tmp_path)
+    alice = await synq("agent", "add", "alice", cwd=tmp_path)
+    await synq("agent", "add", "bob", cwd=tmp_path)
+    first = Served(tmp_path)
+    url = await first.start()
+    try:
+        # The same relay directory, now naming the port the first relay holds.
+        port = url.rsplit(":", 1)[1]
+        config = tmp_path / "synq.toml"
+        config.write_text(
+            config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        )
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "serve",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(second.communicate(), 20)
+        finally:
+            if second.returncode is None:  # it hung: do not leave it behind
+                second.kill()
+                await second.wait()
+        assert second.returncode == 1
+        assert out == b""
+        lines = err.decode().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"synq: error: cannot listen on 127.0.0.1:{port}: ")
+        assert "already in use" in lines[0]
+        assert "[relay] listen" in lines[0]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/synq/v1/messages",
+                json={"to": ["bob@acme.test"], "body": "still here"},
+                headers={"Authorization": f"Bearer {alice['token']}"},
+            ) as resp,
+        ):
+            assert resp.status == 202
+    finally:
+        await first.stop()
+    assert "locked" not in first.text
