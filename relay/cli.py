@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from relay import __version__
 from relay.config import (
@@ -36,6 +37,7 @@ from relay.config import (
     load_config,
     parse_duration,
     render_config,
+    validation_message,
 )
 from relay.core import records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
@@ -46,6 +48,7 @@ from relay.core.errors import SynqError
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.delivery import views
+from relay.delivery.router import AGENT_CACHE_TTL
 from relay.keyring import (
     KeyEntry,
     load_keyring,
@@ -98,6 +101,16 @@ def format_records(recs: list[dict[str, str]]) -> str:
     return "\n".join(f'{r["name"]} IN TXT "{r["value"]}"' for r in recs)
 
 
+#: The config keys ``synq init`` fills, by the option that gives each (for its error messages).
+_INIT_OPTIONS = {
+    "domain": "--domain",
+    "listen": "--listen",
+    "public_url": "--public-url",
+    "url": "--store",
+    "nameservers": "--nameserver",
+}
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     path = directory / "synq.toml"
@@ -118,20 +131,76 @@ def cmd_init(args: argparse.Namespace) -> int:
             keys=KeysSection(dir="keys"),
             base_dir=directory.resolve(),
         )
-    except ValueError as exc:
-        raise UserError(str(exc).splitlines()[-1] if str(exc) else "invalid arguments") from None
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, _INIT_OPTIONS)) from None
     now = SystemClock().now()
     key = SigningKey.generate(selector_for(now))
     directory.mkdir(parents=True, exist_ok=True)
+    # Before the key exists: a relay directory inside a git working tree must never offer the
+    # private key to ``git add -A``.
+    ignored = write_gitignore(config, directory)
     write_key(config.keys_dir, KeyEntry(key=key, created=now, activates=now, retires=None))
     path.write_text(render_config(config), encoding="utf-8")
     recs = dns_records(config, [key.public_key])
+    gitignore = directory / ".gitignore"
     out(
         args,
-        {"config": str(path), "domain": config.relay.domain, "selector": key.selector, "dns": recs},
-        f"wrote {path} and key {key.selector}\n\nPublish these DNS records:\n{format_records(recs)}",
+        {
+            "config": str(path),
+            "domain": config.relay.domain,
+            "selector": key.selector,
+            "dns": recs,
+            "gitignore": {"path": str(gitignore), "entries": ignored},
+        },
+        f"wrote {path} and key {key.selector}\n"
+        f"wrote {gitignore}: git ignores {', '.join(ignored)} (private keys and the database)"
+        f"\n\nPublish these DNS records:\n{format_records(recs)}",
     )
     return 0
+
+
+def gitignore_entries(config: Config, directory: Path) -> list[str]:
+    """What must stay out of version control in a relay directory: the keys directory (private
+    signing keys) and, when it lives there, the SQLite database with its ``-wal``, ``-shm`` and
+    ``-journal`` companions. Patterns are anchored (``/keys/``): they name this directory's
+    entries, not files of the same name deeper in the tree."""
+    base = directory.resolve()
+    entries = []
+    for target, suffix in ((config.keys_dir, "/"), (_sqlite_file(config), "")):
+        if target is None:
+            continue
+        try:
+            relative = target.relative_to(base).as_posix()
+        except ValueError:
+            continue  # outside the relay directory: not this .gitignore's business
+        entries.append(f"/{relative}{suffix}")
+        if suffix == "":
+            entries.append(f"/{relative}-*")
+    return entries
+
+
+def _sqlite_file(config: Config) -> Path | None:
+    url = config.store_url
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]).resolve() if url.startswith(prefix) else None
+
+
+def write_gitignore(config: Config, directory: Path) -> list[str]:
+    """Write (or complete) ``directory/.gitignore`` with :func:`gitignore_entries`; return them.
+    An existing file keeps its lines; missing entries are appended."""
+    entries = gitignore_entries(config, directory)
+    path = directory / ".gitignore"
+    try:
+        existing = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        existing = ""
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [e for e in entries if e not in present]
+    if missing:
+        head = "" if not existing or existing.endswith("\n") else "\n"
+        head += "# Written by synq init: private signing keys and the relay's database.\n"
+        path.write_text(existing + head + "\n".join(missing) + "\n", encoding="utf-8")
+    return entries
 
 
 # --- serve --------------------------------------------------------------------------------------
@@ -365,6 +434,31 @@ async def agent_remove(args: argparse.Namespace, relay: Relay) -> int:
     if not await relay.router.agents.remove(name):
         raise UserError(f"no agent {name}@{relay.domain}")
     out(args, {"removed": f"{name}@{relay.domain}"}, f"removed {name}@{relay.domain}")
+    return 0
+
+
+async def agent_token(args: argparse.Namespace, relay: Relay) -> int:
+    """``synq agent token NAME --rotate``: a new bearer token for an agent that keeps its
+    address and inbox. Only the token's hash is stored, so a lost token cannot be shown again:
+    it can only be replaced."""
+    name = local_name(relay, args.name)
+    address = f"{name}@{relay.domain}"
+    if not args.rotate:
+        raise UserError(
+            "tokens are stored only as hashes and cannot be shown again; "
+            f"'synq agent token {name} --rotate' issues a new one (the old one stops working)"
+        )
+    token = new_token()
+    if not await relay.store.set_agent_token(name, hash_token(token)):
+        raise UserError(f"no agent {address}")
+    relay.router.agents.forget([name])
+    out(
+        args,
+        {"address": address, "token": token},
+        f"{address}\ntoken: {token}\n(the token is shown once; store it now. The old token no "
+        f"longer works; a running relay may still take it for up to {AGENT_CACHE_TTL:g} s. "
+        "The inbox is kept.)",
+    )
     return 0
 
 
@@ -686,6 +780,16 @@ def build_parser() -> argparse.ArgumentParser:
     rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
     rm.add_argument("name")
     rm.set_defaults(func=run_on_relay(agent_remove))
+    tk = asub.add_parser(
+        "token", parents=[common], help="issue a new bearer token (--rotate); the inbox stays"
+    )
+    tk.add_argument("name")
+    tk.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the token: prints the new one, the old one stops working",
+    )
+    tk.set_defaults(func=run_on_relay(agent_token))
 
     sd = sub.add_parser("send", parents=[common], help="send as a local agent (operator)")
     sd.add_argument("sender", metavar="FROM")

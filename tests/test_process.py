@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from relay.delivery.router import AGENT_CACHE_TTL
 from tests.procs import Served, synq
 
 pytestmark = pytest.mark.slow
@@ -141,3 +142,45 @@ async def test_a_second_serve_on_a_busy_port_exits_at_once_and_leaves_the_first_
     finally:
         await first.stop()
     assert "locked" not in first.text
+
+
+async def test_a_rotated_token_keeps_the_inbox_and_the_old_token_stops_working(
+    tmp_path: Path,
+) -> None:
+    await init(tmp_path)
+    alice = await synq("agent", "add", "alice", cwd=tmp_path)
+    bob = await synq("agent", "add", "bob", cwd=tmp_path)
+    relay = Served(tmp_path)
+    url = await relay.start()
+    inbox = f"{url}/synq/v1/inbox"
+    old = {"Authorization": f"Bearer {bob['token']}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{url}/synq/v1/messages",
+                json={"to": ["bob@acme.test"], "body": "before the rotation"},
+                headers={"Authorization": f"Bearer {alice['token']}"},
+            ) as resp:
+                sent = (await resp.json())["id"]
+            async with http.get(inbox, headers=old) as resp:  # the relay now knows the old token
+                assert resp.status == 200
+            rotated = await synq("agent", "token", "bob", "--rotate", cwd=tmp_path)
+            new = {"Authorization": f"Bearer {rotated['token']}"}
+            async with http.get(inbox, headers=new) as resp:
+                assert [m["id"] for m in (await resp.json())["messages"]] == [sent]
+            async with http.post(f"{inbox}/{sent}/ack", headers=new) as resp:
+                assert resp.status == 200
+            # The running relay trusts what it read about the old token for AGENT_CACHE_TTL
+            # (SPEC.md §6.1); each accepted try is a one-second long poll on the empty inbox,
+            # so this waits for the refusal without spinning.
+            status = 200
+            async with asyncio.timeout(AGENT_CACHE_TTL + 15):
+                while status == 200:
+                    async with http.get(inbox, params={"wait": "1"}, headers=old) as resp:
+                        status = resp.status
+            assert status == 401
+            async with http.get(inbox, params={"all": "1"}, headers=new) as resp:
+                assert [m["id"] for m in (await resp.json())["messages"]] == [sent]
+    finally:
+        await relay.stop()
+    assert rotated["token"] not in relay.text

@@ -286,6 +286,7 @@ _SELECT_AGENT = "SELECT name, kind, endpoint, created FROM agents WHERE name = %
 _SELECT_AGENT_BY_HASH = "SELECT name, kind, endpoint, created FROM agents WHERE token_hash = %s"
 _SELECT_AGENTS = "SELECT name, kind, endpoint, created FROM agents ORDER BY name"
 _DELETE_AGENT = "DELETE FROM agents WHERE name = %s"
+_SET_AGENT_HASH = "UPDATE agents SET token_hash = %s WHERE name = %s"
 _SELECT_EXISTING_AGENTS = "SELECT name FROM agents WHERE name = ANY(%s::text[])"
 # The inbox order lock (module docstring): rows locked in name order, so two writers taking
 # overlapping sets never wait on each other in a cycle.
@@ -1397,6 +1398,17 @@ class PostgresStore(Store):
 
         removed: bool = await self._write(run)
         return removed
+
+    async def set_agent_token(self, name: str, token_hash: str) -> bool:
+        async def run(tx: _Tx) -> tuple[bool, Collection[str]]:
+            try:
+                cursor = await tx.conn.execute(_SET_AGENT_HASH, (token_hash, name))
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict("that token is already registered to another agent") from exc
+            return cursor.rowcount > 0, ()
+
+        changed: bool = await self._write(run)
+        return changed
 
     async def accept_many(self, items: Sequence[NewEnvelope], now: datetime) -> list[AcceptResult]:
         if not items:

@@ -187,6 +187,7 @@ _SELECT_AGENT = "SELECT name, kind, endpoint, created FROM agents WHERE name = ?
 _SELECT_AGENT_BY_HASH = "SELECT name, kind, endpoint, created FROM agents WHERE token_hash = ?"
 _SELECT_AGENTS = "SELECT name, kind, endpoint, created FROM agents ORDER BY name"
 _DELETE_AGENT = "DELETE FROM agents WHERE name = ?"
+_SET_AGENT_HASH = "UPDATE agents SET token_hash = ? WHERE name = ?"
 _SELECT_EXISTING_AGENTS = "SELECT name FROM agents WHERE name IN (SELECT value FROM json_each(?))"
 
 # The SELECT of an INSERT … SELECT … ON CONFLICT needs a WHERE clause so the parser does not read
@@ -1146,6 +1147,17 @@ class SQLiteStore(Store):
 
         removed: bool = await self._write(run)
         return removed
+
+    async def set_agent_token(self, name: str, token_hash: str) -> bool:
+        async def run(conn: aiosqlite.Connection) -> tuple[bool, Collection[str]]:
+            try:
+                cursor = await conn.execute(_SET_AGENT_HASH, (token_hash, name))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("that token is already registered to another agent") from exc
+            return cursor.rowcount > 0, ()
+
+        changed: bool = await self._write(run)
+        return changed
 
     async def accept_many(self, items: Sequence[NewEnvelope], now: datetime) -> list[AcceptResult]:
         if not items:
