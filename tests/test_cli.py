@@ -7,11 +7,13 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.mcp.stdio import STDERR_REPORT_CHARS
 from relay.cli import main
 
 
@@ -259,3 +261,48 @@ def test_agent_token_errors(
     assert code == 1
     assert err.count("\n") == 1
     assert message in err
+
+
+def test_agent_add_shows_the_stderr_of_a_server_that_dies_before_initialising(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (relay_dir / "dying.py").write_text(
+        "import sys\nprint('cannot find my settings file', file=sys.stderr)\nsys.exit(1)\n"
+    )
+    command = f"{sys.executable} dying.py"
+    code, _, err = cli(capsys, relay_dir, "agent", "add", "tools", "--mcp-stdio", command)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"it ran in {relay_dir} and exited with status 1" in err
+    assert err.rstrip().endswith("its stderr: cannot find my settings file")
+
+
+def test_a_servers_stderr_is_reported_bounded_and_without_control_characters(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A megabyte of stderr, escape sequences and all, then the death.
+    (relay_dir / "noisy.py").write_text(
+        "import sys\n"
+        "for i in range(2000):\n"
+        "    print(f'\\x1b[2J\\x1b]0;owned\\x07 line {i} ' + 'x' * 500, file=sys.stderr)\n"
+        "print('the last words', end='', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    command = f"{sys.executable} noisy.py"
+    code, _, err = cli(capsys, relay_dir, "agent", "add", "tools", "--mcp-stdio", command)
+    assert code == 1
+    assert err.count("\n") == 1
+    report = err.split("its stderr: ", 1)[1].rstrip("\n")
+    assert len(report) <= STDERR_REPORT_CHARS
+    assert report.endswith("| the last words")  # the newest lines are the ones kept
+    assert "\x1b" not in err
+    assert "\x07" not in err
+
+
+def test_agent_add_names_a_program_missing_from_path(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("agent", "add", "tools", "--mcp-stdio", "no-such-mcp-server --flag")
+    code, _, err = cli(capsys, relay_dir, *argv)
+    assert code == 1
+    assert "'no-such-mcp-server' is not found on PATH (give its absolute path)" in err

@@ -168,6 +168,7 @@ class McpAdapter:
         try:
             if endpoint.startswith(STDIO_PREFIX):
                 command = resolve_command(endpoint.removeprefix(STDIO_PREFIX))
+                endpoint = STDIO_PREFIX + command
                 with anyio.fail_after(self.connect_timeout):
                     async with (
                         stdio_transport(command, cwd=self.cwd) as (read, write, process),
@@ -175,7 +176,6 @@ class McpAdapter:
                     ):
                         await session.initialize()
                         tools = await list_tools(session)
-                endpoint = STDIO_PREFIX + command
             else:
                 parts = urlsplit(endpoint)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
