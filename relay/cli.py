@@ -747,14 +747,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"synq {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    init = sub.add_parser("init", parents=[common], help="write a config file and a key pair")
-    init.add_argument("--domain", required=True)
-    init.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
-    init.add_argument("--public-url", default="")
-    init.add_argument("--store", default="sqlite:///./synq.db", metavar="URL")
-    init.add_argument("--dir", default=".")
-    init.add_argument("--nameserver", action="append", metavar="HOST:PORT")
-    init.add_argument("--allow-private-addresses", action="store_true")
+    init = sub.add_parser(
+        "init",
+        parents=[common],
+        help="write a config file and a key pair",
+        description="Write DIR/synq.toml, a signing key in DIR/keys/ (mode 0600) and a "
+        "DIR/.gitignore that keeps the keys and the database out of git; print the DNS "
+        "records to publish.",
+    )
+    init.add_argument(
+        "--domain", required=True, help="the domain whose agents this relay serves (acme.example)"
+    )
+    init.add_argument(
+        "--listen",
+        default="127.0.0.1:8443",
+        metavar="HOST:PORT",
+        help="where synq serve listens (default: %(default)s)",
+    )
+    init.add_argument(
+        "--public-url",
+        default="",
+        metavar="URL",
+        help="the URL partners and agent cards use (default: http://HOST:PORT of --listen)",
+    )
+    init.add_argument(
+        "--store",
+        default="sqlite:///./synq.db",
+        metavar="URL",
+        help="sqlite:///PATH (relative to DIR) or postgresql://USER@HOST/DB (default: %(default)s)",
+    )
+    init.add_argument(
+        "--dir", default=".", help="the relay directory to write (default: the current one)"
+    )
+    init.add_argument(
+        "--nameserver",
+        action="append",
+        metavar="HOST:PORT",
+        help="a DNS server for discovering partners, repeatable (default: the system's)",
+    )
+    init.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="let partners and webhooks be on loopback or private networks, over http "
+        "(loopback tests and demos only)",
+    )
     init.set_defaults(func=cmd_init)
 
     sv = sub.add_parser("serve", parents=[common], help="run the relay")
@@ -815,7 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--check", action="store_true", help="compare with what DNS returns")
     dn.set_defaults(func=run_on_relay(dns_command))
 
-    ky = sub.add_parser("keys", parents=[common], help="signing keys: list, rotate, retire")
+    ky = sub.add_parser(
+        "keys", parents=[common], help="signing keys: list, rotate (rotate --retire OLD ends one)"
+    )
     ksub = ky.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kl = ksub.add_parser("list", parents=[common], help="key selectors and their state")
     kl.set_defaults(func=keys_list)
