@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.mcp.stdio import STDERR_REPORT_CHARS
-from relay.cli import main
+from relay.cli import UserError, bind_listeners, main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -306,3 +307,22 @@ def test_agent_add_names_a_program_missing_from_path(
     code, _, err = cli(capsys, relay_dir, *argv)
     assert code == 1
     assert "'no-such-mcp-server' is not found on PATH (give its absolute path)" in err
+
+
+def test_serve_names_what_is_wrong_with_the_listen_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError) as busy:
+            bind_listeners("127.0.0.1", port, config_file=tmp_path / "synq.toml")
+    assert str(busy.value) == (
+        f"cannot listen on 127.0.0.1:{port}: the address is already in use (is another synq "
+        f"serve running?); stop that process, or choose another [relay] listen in "
+        f"{tmp_path / 'synq.toml'}"
+    )
+    with pytest.raises(UserError) as foreign:
+        bind_listeners("192.0.2.7", 0)  # TEST-NET-1 (RFC 5737): no interface has it
+    assert "no interface of this machine has that address" in str(foreign.value)
+    [sock] = bind_listeners("127.0.0.1", 0)
+    sock.close()

@@ -15,6 +15,10 @@ dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliv
 
 A server that cannot be reached (down, restarting, slow to start) fails the delivery for now:
 the envelope stays in the inbox and the dispatcher retries until it expires, then bounces it.
+
+The adapter remembers which agents each server was used for; when the dispatcher finds they
+were removed (``release``, relay/delivery/dispatch.py ``Holder``), a stdio server is stopped
+with its supervisor, and an HTTP session left, once no remaining agent uses it.
 """
 
 from __future__ import annotations
