@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from relay import __version__
 from relay.config import (
@@ -32,6 +36,7 @@ from relay.config import (
     load_config,
     parse_duration,
     render_config,
+    validation_message,
 )
 from relay.core import records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
@@ -42,6 +47,7 @@ from relay.core.errors import SynqError
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.delivery import views
+from relay.delivery.router import AGENT_CACHE_TTL
 from relay.keyring import (
     KeyEntry,
     load_keyring,
@@ -94,6 +100,16 @@ def format_records(recs: list[dict[str, str]]) -> str:
     return "\n".join(f'{r["name"]} IN TXT "{r["value"]}"' for r in recs)
 
 
+#: The config keys ``synq init`` fills, by the option that gives each (for its error messages).
+_INIT_OPTIONS = {
+    "domain": "--domain",
+    "listen": "--listen",
+    "public_url": "--public-url",
+    "url": "--store",
+    "nameservers": "--nameserver",
+}
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     path = directory / "synq.toml"
@@ -114,80 +130,213 @@ def cmd_init(args: argparse.Namespace) -> int:
             keys=KeysSection(dir="keys"),
             base_dir=directory.resolve(),
         )
-    except ValueError as exc:
-        raise UserError(str(exc).splitlines()[-1] if str(exc) else "invalid arguments") from None
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, _INIT_OPTIONS)) from None
     now = SystemClock().now()
     key = SigningKey.generate(selector_for(now))
     directory.mkdir(parents=True, exist_ok=True)
+    # Before the key exists: a relay directory inside a git working tree must never offer the
+    # private key to ``git add -A``.
+    ignored = write_gitignore(config, directory)
     write_key(config.keys_dir, KeyEntry(key=key, created=now, activates=now, retires=None))
     path.write_text(render_config(config), encoding="utf-8")
     recs = dns_records(config, [key.public_key])
+    gitignore = directory / ".gitignore"
     out(
         args,
-        {"config": str(path), "domain": config.relay.domain, "selector": key.selector, "dns": recs},
-        f"wrote {path} and key {key.selector}\n\nPublish these DNS records:\n{format_records(recs)}",
+        {
+            "config": str(path),
+            "domain": config.relay.domain,
+            "selector": key.selector,
+            "dns": recs,
+            "gitignore": {"path": str(gitignore), "entries": ignored},
+        },
+        f"wrote {path} and key {key.selector}\n"
+        f"wrote {gitignore}: git ignores {', '.join(ignored)} (private keys and the database)"
+        f"\n\nPublish these DNS records:\n{format_records(recs)}",
     )
     return 0
+
+
+def gitignore_entries(config: Config, directory: Path) -> list[str]:
+    """What must stay out of version control in a relay directory: the keys directory (private
+    signing keys) and, when it lives there, the SQLite database with its ``-wal``, ``-shm`` and
+    ``-journal`` companions. Patterns are anchored (``/keys/``): they name this directory's
+    entries, not files of the same name deeper in the tree."""
+    base = directory.resolve()
+    entries = []
+    for target, suffix in ((config.keys_dir, "/"), (_sqlite_file(config), "")):
+        if target is None:
+            continue
+        try:
+            relative = target.relative_to(base).as_posix()
+        except ValueError:
+            continue  # outside the relay directory: not this .gitignore's business
+        entries.append(f"/{relative}{suffix}")
+        if suffix == "":
+            entries.append(f"/{relative}-*")
+    return entries
+
+
+def _sqlite_file(config: Config) -> Path | None:
+    url = config.store_url
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]).resolve() if url.startswith(prefix) else None
+
+
+def write_gitignore(config: Config, directory: Path) -> list[str]:
+    """Write (or complete) ``directory/.gitignore`` with :func:`gitignore_entries`; return them.
+    An existing file keeps its lines; missing entries are appended."""
+    entries = gitignore_entries(config, directory)
+    path = directory / ".gitignore"
+    try:
+        existing = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        existing = ""
+    present = {line.strip() for line in existing.splitlines()}
+    missing = [e for e in entries if e not in present]
+    if missing:
+        head = "" if not existing or existing.endswith("\n") else "\n"
+        head += "# Written by synq init: private signing keys and the relay's database.\n"
+        path.write_text(existing + head + "\n".join(missing) + "\n", encoding="utf-8")
+    return entries
 
 
 # --- serve --------------------------------------------------------------------------------------
 
 
+#: Connections the kernel queues on a listening socket before the relay accepts them (aiohttp's
+#: and asyncio's default).
+LISTEN_BACKLOG = 128
+
+
+def _listen_error(listen: str, exc: OSError, config_file: Path | None) -> UserError:
+    where = f" in {config_file}" if config_file is not None else ""
+    if exc.errno == errno.EADDRINUSE:
+        why = (
+            "the address is already in use (is another synq serve running?); stop that "
+            f"process, or choose another [relay] listen{where}"
+        )
+    elif exc.errno == errno.EACCES:
+        why = f"permission denied (ports below 1024 need privileges); change [relay] listen{where}"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"no interface of this machine has that address; change [relay] listen{where}"
+    else:
+        why = exc.strerror or str(exc)
+    return UserError(f"cannot listen on {listen}: {why}")
+
+
+def bind_listeners(host: str, port: int, *, config_file: Path | None = None) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (one per address the host names, as asyncio's
+    ``create_server`` binds them), or UserError with one line saying what is wrong.
+
+    ``synq serve`` binds before it opens anything else: a second relay started on a busy port
+    must stop before it touches the first one's store (whose SQLite write lock it would
+    otherwise contend for) and its keys. Connections that arrive while the store opens wait in
+    the kernel's queue (``LISTEN_BACKLOG``)."""
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # As aiohttp's TCPSite(reuse_address=True): a restart may bind at once while the
+            # previous process's connections sit in TIME_WAIT. (Linux still refuses a port
+            # another socket listens on, which is the check wanted here.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # As asyncio does: an IPv6 socket beside an IPv4 one must not claim both.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                # Port 0 on a name with several addresses: the same port on all of them.
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _listen_error(listen, exc, config_file) from None
+    return sockets
+
+
 async def serve(
     config: Config, ready: Callable[[str], None], config_file: Path | None = None
 ) -> None:
-    relay = await Relay.open(config)
+    host, port = config.listen_host_port
+    sockets = bind_listeners(host, port, config_file=config_file)
+    try:
+        relay = await Relay.open(config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     # The web faces (and the SDKs behind them) are imported only by the commands that serve:
     # operator commands such as ``synq queue list`` start in a fraction of the time.
     from relay.server.app import build_app
     from relay.server.http import GatedSite, make_runner
 
-    app = build_app(relay, own_relay=True)
-    # Everything alive now (modules, the SDKs' schemas, the application) lives as long as the
-    # process. gc.freeze moves it out of the collector's generations, so that a full collection
-    # under load no longer walks some 150,000 objects that can never be garbage (measured: the
-    # collector's share of the floor's CPU fell from 7% to 2%).
-    gc.collect()
-    gc.freeze()
-    # The server's limits (header sizes, idle and body deadlines) and handler cancellation: a
-    # client that hangs up mid long-poll or mid SSE stream frees its handler at once.
-    runner = make_runner(app)
-    await runner.setup()
-    host, port = config.listen_host_port
-    site = GatedSite(runner, host, port, relay.sources)  # connections per source (§10.3)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    ready(f"http://{host}:{bound}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def reload() -> None:
-        # SIGHUP, as for Postfix and nginx: reread the keys directory and the config file's
-        # [policy], [rate_limits] and [keys]; nothing queued is dropped.
-        problem = None
-        try:
-            relay.reload(load_config(config_file) if config_file is not None else None)
-        except SynqError as exc:
-            problem = exc.message
-        if problem is not None:
-            log.error("reload failed; still running with the previous keys and policy: %s", problem)
-            return
-        log.info(
-            "reloaded: keys %s; policy default %s",
-            ", ".join(e.selector for e in relay.keyring.entries),
-            relay.policy.default,
-        )
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await stop.wait()
+        app = build_app(relay, own_relay=True)
+        # The server's limits (header sizes, idle and body deadlines) and handler cancellation:
+        # a client that hangs up mid long-poll or mid SSE stream frees its handler at once.
+        runner = make_runner(app)
+        # Setup starts the relay's background work; from here on runner.cleanup() closes it.
+        await runner.setup()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        await relay.close()
+        raise
+    try:
+        for sock in sockets:
+            # Connections per source address are held at accept (SPEC.md §10.3).
+            await GatedSite(runner, host, port, relay.sources, sock=sock).start()
+        # Everything alive now (modules, the SDKs' schemas, the application) lives as long as
+        # the process. gc.freeze moves it out of the collector's generations, so that a full
+        # collection under load no longer walks some 150,000 objects that can never be garbage
+        # (measured: the collector's share of the floor's CPU fell from 7% to 2%).
+        gc.collect()
+        gc.freeze()
+        bound = sockets[0].getsockname()[1]
+        ready(f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            # SIGHUP, as for Postfix and nginx: reread the keys directory and the config file's
+            # [policy], [rate_limits] and [keys]; nothing queued is dropped.
+            problem = None
+            try:
+                relay.reload(load_config(config_file) if config_file is not None else None)
+            except SynqError as exc:
+                problem = exc.message
+            if problem is not None:
+                log.error(
+                    "reload failed; still running with the previous keys and policy: %s", problem
+                )
+                return
+            log.info(
+                "reloaded: keys %s; policy default %s",
+                ", ".join(e.selector for e in relay.keyring.entries),
+                relay.policy.default,
+            )
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        for sock in sockets:
+            sock.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -285,6 +434,31 @@ async def agent_remove(args: argparse.Namespace, relay: Relay) -> int:
     if not await relay.router.agents.remove(name):
         raise UserError(f"no agent {name}@{relay.domain}")
     out(args, {"removed": f"{name}@{relay.domain}"}, f"removed {name}@{relay.domain}")
+    return 0
+
+
+async def agent_token(args: argparse.Namespace, relay: Relay) -> int:
+    """``synq agent token NAME --rotate``: a new bearer token for an agent that keeps its
+    address and inbox. Only the token's hash is stored, so a lost token cannot be shown again:
+    it can only be replaced."""
+    name = local_name(relay, args.name)
+    address = f"{name}@{relay.domain}"
+    if not args.rotate:
+        raise UserError(
+            "tokens are stored only as hashes and cannot be shown again; "
+            f"'synq agent token {name} --rotate' issues a new one (the old one stops working)"
+        )
+    token = new_token()
+    if not await relay.store.set_agent_token(name, hash_token(token)):
+        raise UserError(f"no agent {address}")
+    relay.router.agents.forget([name])
+    out(
+        args,
+        {"address": address, "token": token},
+        f"{address}\ntoken: {token}\n(the token is shown once; store it now. The old token no "
+        f"longer works; a running relay may still take it for up to {AGENT_CACHE_TTL:g} s. "
+        "The inbox is kept.)",
+    )
     return 0
 
 
@@ -573,14 +747,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"synq {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    init = sub.add_parser("init", parents=[common], help="write a config file and a key pair")
-    init.add_argument("--domain", required=True)
-    init.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
-    init.add_argument("--public-url", default="")
-    init.add_argument("--store", default="sqlite:///./synq.db", metavar="URL")
-    init.add_argument("--dir", default=".")
-    init.add_argument("--nameserver", action="append", metavar="HOST:PORT")
-    init.add_argument("--allow-private-addresses", action="store_true")
+    init = sub.add_parser(
+        "init",
+        parents=[common],
+        help="write a config file and a key pair",
+        description="Write DIR/synq.toml, a signing key in DIR/keys/ (mode 0600) and a "
+        "DIR/.gitignore that keeps the keys and the database out of git; print the DNS "
+        "records to publish.",
+    )
+    init.add_argument(
+        "--domain", required=True, help="the domain whose agents this relay serves (acme.example)"
+    )
+    init.add_argument(
+        "--listen",
+        default="127.0.0.1:8443",
+        metavar="HOST:PORT",
+        help="where synq serve listens (default: %(default)s)",
+    )
+    init.add_argument(
+        "--public-url",
+        default="",
+        metavar="URL",
+        help="the URL partners and agent cards use (default: http://HOST:PORT of --listen)",
+    )
+    init.add_argument(
+        "--store",
+        default="sqlite:///./synq.db",
+        metavar="URL",
+        help="sqlite:///PATH (relative to DIR) or postgresql://USER@HOST/DB (default: %(default)s)",
+    )
+    init.add_argument(
+        "--dir", default=".", help="the relay directory to write (default: the current one)"
+    )
+    init.add_argument(
+        "--nameserver",
+        action="append",
+        metavar="HOST:PORT",
+        help="a DNS server for discovering partners, repeatable (default: the system's)",
+    )
+    init.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="let partners and webhooks be on loopback or private networks, over http "
+        "(loopback tests and demos only)",
+    )
     init.set_defaults(func=cmd_init)
 
     sv = sub.add_parser("serve", parents=[common], help="run the relay")
@@ -606,6 +816,16 @@ def build_parser() -> argparse.ArgumentParser:
     rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
     rm.add_argument("name")
     rm.set_defaults(func=run_on_relay(agent_remove))
+    tk = asub.add_parser(
+        "token", parents=[common], help="issue a new bearer token (--rotate); the inbox stays"
+    )
+    tk.add_argument("name")
+    tk.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the token: prints the new one, the old one stops working",
+    )
+    tk.set_defaults(func=run_on_relay(agent_token))
 
     sd = sub.add_parser("send", parents=[common], help="send as a local agent (operator)")
     sd.add_argument("sender", metavar="FROM")
@@ -631,7 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--check", action="store_true", help="compare with what DNS returns")
     dn.set_defaults(func=run_on_relay(dns_command))
 
-    ky = sub.add_parser("keys", parents=[common], help="signing keys: list, rotate, retire")
+    ky = sub.add_parser(
+        "keys", parents=[common], help="signing keys: list, rotate (rotate --retire OLD ends one)"
+    )
     ksub = ky.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kl = ksub.add_parser("list", parents=[common], help="key selectors and their state")
     kl.set_defaults(func=keys_list)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -77,11 +78,34 @@ class RelaySection(_Section):
         return v.rstrip("/")
 
 
+#: Store URL schemes a relay can open (relay/store/__init__.py, ``open_store``). Checked when the
+#: config is written or read, so ``synq init --store mysql://…`` is refused at once rather than
+#: at the first ``synq serve``; the rest of the URL is checked when the store opens.
+STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres")
+
+
 class StoreSection(_Section):
     url: str = "sqlite:///./synq.db"
     #: SQLite only: FULL fsyncs every commit (durable across power loss); NORMAL is durable
     #: across process crashes only (SQLite docs, "PRAGMA synchronous", WAL mode).
     synchronous: Annotated[str, Field(pattern="^(FULL|NORMAL)$")] = "FULL"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme, sep, _ = v.partition(":")
+        if not sep or scheme.lower() not in STORE_SCHEMES:
+            # The scheme only: the rest of a PostgreSQL URL may carry a password.
+            shown = repr(scheme[:20]) if sep else "none"
+            raise ValueError(
+                f"unsupported store URL scheme {shown}: expected sqlite:///PATH or "
+                "postgresql://USER@HOST/DB"
+            )
+        if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
+            raise ValueError(
+                "an SQLite store URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return v
 
 
 class DiscoverySection(_Section):
@@ -345,10 +369,19 @@ def load_config(path: Path) -> Config:
     try:
         return Config.model_validate({**raw, "base_dir": path.resolve().parent})
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {where}: {msg}" if where else f"{path}: {msg}") from None
+        raise ConfigError(f"{path}: {validation_message(exc)}") from None
+
+
+def validation_message(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """The first problem pydantic found, as one line: ``relay.listen: expected HOST:PORT, …``.
+    ``names`` renames a location (``synq init`` names its options instead of config keys).
+    Never the input value (it may be a secret, such as a store URL's password) nor pydantic's
+    documentation link."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    where = (names or {}).get(where, where)
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 def _toml_str(value: str) -> str:

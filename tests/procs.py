@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 
-async def synq(*argv: str, cwd: Path) -> Any:
-    """Run ``synq --json ARGV`` to completion; return its parsed output."""
+async def synq(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """Run ``synq --json ARGV`` to completion; return its parsed output. ``env``: the
+    process's whole environment (default: this one's)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay.cli", "--json", *argv,
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -27,15 +28,18 @@ class Served:
     """A running ``synq serve``; its output is collected in ``log``."""
 
     cwd: Path
+    #: The process's whole environment (default: this one's).
+    env: dict[str, str] | None = None
     log: list[bytes] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
     url: str = ""
     _drains: list[asyncio.Task[None]] = field(default_factory=list)
+    _more: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> str:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.cli", "serve",
-            cwd=self.cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=self.cwd, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -51,6 +55,15 @@ class Served:
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
             self.log.append(chunk)
+            self._more.set()
+
+    async def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        """Wait until the relay has written ``text`` (stdout or stderr)."""
+        async with asyncio.timeout(timeout):
+            while text not in self.text:
+                self._more.clear()
+                if text not in self.text:
+                    await self._more.wait()
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -8,6 +8,8 @@ retries and expiry without waiting; real processes throughout.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.mcp import McpAdapter
-from adapters.mcp.client import HttpServer
+from adapters.mcp.client import HttpServer, Unavailable
 from relay.core.ids import hash_token, new_token
 from relay.server.mcp import MCP_HOST
 from tests.conftest import Agent
@@ -273,3 +275,58 @@ async def test_an_http_server_that_exits_mid_call_fails_that_call_and_does_not_r
         await relay_round(w)
         answer = await final_answer(w, alice, again["id"])
     assert answer["body"]["task"]["artifacts"][0]["parts"][0]["text"] == "1"
+
+
+async def test_the_log_shows_the_stderr_of_a_server_that_dies_before_initialising(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "dying.py").write_text(
+        "import sys\nprint('missing API key for the weather service', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    adapter = McpAdapter(cwd=tmp_path, restart_initial=60)
+    server = adapter._server(f"stdio:{sys.executable} dying.py")
+    try:
+        with caplog.at_level(logging.WARNING, "synq.mcp"), pytest.raises(Unavailable) as exc:
+            await server.live()
+    finally:
+        await adapter.close()
+    [record] = [r for r in caplog.records if "restarting" in r.getMessage()]
+    assert "(exit status 1)); stderr: missing API key for the weather service;" in (
+        record.getMessage()
+    )
+    # The reason a delivery fails (which a DSN carries to the sender, maybe at a partner)
+    # says how the server ended, never what it wrote: that is for the operator's log alone.
+    assert "exit status 1" in str(exc.value)
+    assert "API key" not in str(exc.value)
+
+
+async def test_a_removed_agents_crashing_server_is_stopped_not_restarted(w: World) -> None:
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    adapter = McpAdapter(restart_initial=0.05)
+    old = globex.relay.dispatcher.adapters["mcp"]
+    globex.relay.dispatcher.adapters["mcp"] = adapter
+    await old.close()
+    endpoint = stdio_endpoint("--exit-at-start")
+    for name in ("tools", "spare"):  # two agents on one server
+        await globex.relay.store.create_agent(
+            name, "mcp", hash_token(new_token()), endpoint, w.clock.now()
+        )
+    alice = await acme.agent("alice")
+    for name in ("tools", "spare"):
+        await w.send(acme, alice, {**call("echo", text="x"), "to": [f"{name}@globex.test"]})
+    await acme.relay.sender.run_once()
+    assert await globex.relay.dispatcher.run_once() == 2  # both deferred: the server is down
+    server = adapter._server(endpoint)
+    await wait_until(lambda: server.restarts >= 3, 15)  # and it keeps being restarted
+    assert adapter.agents_held() == {"tools", "spare"}
+
+    assert await globex.relay.router.agents.remove("tools")
+    assert await globex.relay.dispatcher.release_removed() == 1
+    assert adapter._server(endpoint) is server  # still serving "spare"
+
+    assert await globex.relay.router.agents.remove("spare")
+    assert await globex.relay.dispatcher.release_removed() == 1
+    assert adapter.agents_held() == set()
+    assert server._task is None  # the supervisor has ended: nothing restarts it
+    assert await globex.relay.dispatcher.release_removed() == 0

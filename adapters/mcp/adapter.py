@@ -15,6 +15,10 @@ dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliv
 
 A server that cannot be reached (down, restarting, slow to start) fails the delivery for now:
 the envelope stays in the inbox and the dispatcher retries until it expires, then bounces it.
+
+The adapter remembers which agents each server was used for; when the dispatcher finds they
+were removed (``release``, relay/delivery/dispatch.py ``Holder``), a stdio server is stopped
+with its supervisor, and an HTTP session left, once no remaining agent uses it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -44,7 +49,7 @@ from adapters.mcp.client import (
     http_session,
     list_tools,
 )
-from adapters.mcp.stdio import parse_command, stdio_transport
+from adapters.mcp.stdio import StdioProcess, resolve_command, stdio_transport
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
@@ -129,6 +134,9 @@ class McpAdapter:
         self.restart_max = restart_max
         self._stdio: dict[str, StdioServer] = {}
         self._http: dict[str, HttpServer] = {}
+        #: Endpoint → the agents it was used for (delivery, card). A supervised server or kept
+        #: session lives while one of them exists (:meth:`release`).
+        self._users: dict[str, set[str]] = {}
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -153,19 +161,25 @@ class McpAdapter:
         return server
 
     async def check(self, endpoint: str) -> str:
-        """Start (or connect to) the server once and list its tools (``synq agent add``)."""
+        """Start (or connect to) the server once and list its tools (``synq agent add``).
+
+        A stdio server is started exactly as the supervisor will start it under ``synq
+        serve``: the same directory, the same minimal environment, and the program as the
+        absolute path found now (:func:`~adapters.mcp.stdio.resolve_command`), which is what
+        the returned endpoint holds. If it dies before answering, the error carries what it
+        wrote to stderr."""
+        process: StdioProcess | None = None
         try:
             if endpoint.startswith(STDIO_PREFIX):
-                command = endpoint.removeprefix(STDIO_PREFIX).strip()
-                parse_command(command)
+                command = resolve_command(endpoint.removeprefix(STDIO_PREFIX))
+                endpoint = STDIO_PREFIX + command
                 with anyio.fail_after(self.connect_timeout):
                     async with (
-                        stdio_transport(command, cwd=self.cwd) as (read, write, _),
+                        stdio_transport(command, cwd=self.cwd) as (read, write, process),
                         ClientSession(read, write) as session,
                     ):
                         await session.initialize()
                         tools = await list_tools(session)
-                endpoint = STDIO_PREFIX + command
             else:
                 parts = urlsplit(endpoint)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -177,13 +191,27 @@ class McpAdapter:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         except TimeoutError:
-            raise ConfigError(f"the MCP server at {endpoint} did not answer in time") from None
+            raise ConfigError(
+                f"the MCP server at {endpoint} did not answer in time{self._started(process)}"
+            ) from None
         except (Exception, BaseExceptionGroup) as exc:
             raise ConfigError(
                 f"cannot reach the MCP server at {endpoint}: {describe(exc)}"
+                + self._started(process)
             ) from None
         log.info("MCP server %s has %d tools", endpoint, len(tools.tools))
         return endpoint
+
+    def _started(self, process: StdioProcess | None) -> str:
+        """For an error about a stdio server: how it ended, where it ran, what it wrote."""
+        if process is None:
+            return ""
+        where = f" in {self.cwd}" if self.cwd is not None else ""
+        text = f"; it ran{where}"
+        if process.returncode is not None:
+            text += f" and exited with status {process.returncode}"
+        report = process.stderr_report()
+        return text + (f"; its stderr: {report}" if report else "; its stderr was empty")
 
     async def tools(self, endpoint: str) -> ToolSet | None:
         """The server's tools now, or as last seen when it cannot be reached (None: never)."""
@@ -200,6 +228,7 @@ class McpAdapter:
     async def card(self, agent: AgentRecord, address: str, public_url: str) -> dict[str, Any]:
         """An A2A card whose skills are the tools; the MCP tools extension carries each tool's
         input and output schema (SPEC.md "MCP mapping", cards)."""
+        self._used_by(agent)
         addr = Address.parse(address)
         tools = await self.tools(agent.endpoint or "")
         card = inbox_agent_card(
@@ -247,7 +276,7 @@ class McpAdapter:
         call = translate.parse_call(
             envelope.content_type, envelope.body, envelope.id, envelope.thread
         )
-        endpoint = agent.endpoint or ""
+        endpoint = self._used_by(agent)
         if endpoint.startswith(STDIO_PREFIX):
             await self._deliver_stdio(endpoint, call, reply)
         else:
@@ -307,7 +336,47 @@ class McpAdapter:
                 )
         await reply(Reply(KIND_TASK_UPDATE, translate.A2A_CONTENT_TYPE, body))
 
+    # --- agents that come and go ------------------------------------------------------------------
+
+    def _used_by(self, agent: AgentRecord) -> str:
+        endpoint = agent.endpoint or ""
+        self._users.setdefault(endpoint, set()).add(agent.name)
+        return endpoint
+
+    def agents_held(self) -> set[str]:
+        """The agents a server is supervised or a session kept for (the dispatcher's
+        ``Holder``)."""
+        return set().union(*self._users.values()) if self._users else set()
+
+    async def release(self, agents: Collection[str]) -> None:
+        """These agents were removed (``synq agent remove``): stop each server, or leave each
+        session, that no remaining agent uses. A stopped supervisor restarts nothing."""
+        gone = set(agents)
+        for endpoint, users in list(self._users.items()):
+            removed = users & gone
+            if not removed:
+                continue
+            users -= removed
+            if users:
+                continue
+            del self._users[endpoint]
+            server: StdioServer | HttpServer | None = self._stdio.pop(endpoint, None)
+            if server is None:
+                server = self._http.pop(endpoint, None)
+            if server is None:
+                continue
+            try:
+                await server.close()
+            except Exception as exc:
+                log.warning("closing the MCP server %s failed: %s", endpoint, describe(exc))
+            log.info(
+                "MCP server %s stopped: agent %s was removed",
+                endpoint,
+                ", ".join(sorted(removed)),
+            )
+
     async def close(self) -> None:
+        self._users = {}
         servers, self._stdio = list(self._stdio.values()), {}
         for server in servers:
             with contextlib.suppress(Exception):

@@ -50,7 +50,12 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
 from adapters.mcp import translate
-from adapters.mcp.stdio import MAX_STDIO_MESSAGE_BYTES, StdioProcess, stdio_transport
+from adapters.mcp.stdio import (
+    MAX_STDIO_MESSAGE_BYTES,
+    STDERR_DRAIN,
+    StdioProcess,
+    stdio_transport,
+)
 from relay.core import status as st
 from relay.core.errors import AttemptFailed
 
@@ -266,6 +271,7 @@ class StdioServer:
         while True:
             started = loop.time()
             self._process = None
+            stderr = ""
             try:
                 await self._run_once()
             except Exception as exc:
@@ -273,6 +279,9 @@ class StdioServer:
                 process = self._process
                 if process is not None and process.returncode is not None:
                     self.last_error = process.describe_exit()
+                    # Died before initialising: its stderr is the only account of why. For the
+                    # log only; ``last_error`` may reach a sender in a DSN.
+                    stderr = process.stderr_report()
             # A server that stayed up longer than the longest backoff starts the count afresh;
             # one that keeps dying soon after start waits longer each time.
             failures = 1 if loop.time() - started > self.restart_max else failures + 1
@@ -281,9 +290,10 @@ class StdioServer:
             self.restarts += 1
             delay = min(self.restart_initial * 2 ** max(failures - 1, 0), self.restart_max)
             log.warning(
-                "MCP server %r stopped (%s); restarting in %.1f s",
+                "MCP server %r stopped (%s)%s; restarting in %.1f s",
                 self.command,
                 self.last_error,
+                f"; stderr: {stderr}" if stderr else "",
                 delay,
             )
             self._backing_off = True
@@ -321,7 +331,9 @@ class StdioServer:
             self._notify()
             tg.start_soon(self._refresh_tools, s)
             await process.ended.wait()
-            tail = " | ".join(process.stderr_tail)
+            with anyio.move_on_after(STDERR_DRAIN):
+                await process.stderr_done.wait()
+            tail = process.stderr_report()
             log.warning(
                 "MCP server %r ended: %s%s",
                 self.command,
@@ -348,10 +360,13 @@ class StdioServer:
                 self._live.tools = tools
 
     async def close(self) -> None:
-        if self._task is not None:
+        task = self._task
+        if task is not None:
             self._scope.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, not ``await task``: the supervisor's own end is not an error here,
+            # but the caller being cancelled (the relay shutting down mid-release) must still
+            # reach the caller rather than be swallowed with it.
+            await asyncio.wait({task})
             self._task = None
         self._live = None
 

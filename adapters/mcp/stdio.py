@@ -9,11 +9,19 @@ ours. A relay runs servers it does not control for a long time, so this transpor
   relay's memory without limit;
 * skips lines that are not JSON-RPC (a server that prints garbage to stdout) and logs how many,
   rather than failing the session on the first one;
-* keeps only the last ``STDERR_TAIL_LINES`` lines of stderr, for the log when the server dies;
+* keeps only the last ``STDERR_TAIL_LINES`` lines of stderr, for the log when the server dies
+  (and for the error ``synq agent add`` prints when it dies before initialising), bounded and
+  with control characters replaced (:meth:`StdioProcess.stderr_report`);
 * starts the server in its own process group with a minimal environment (the SDK's
-  ``get_default_environment``: no relay secrets leak into a tool server), and on close ends the
+  ``get_default_environment``: ``HOME``, ``LOGNAME``, ``PATH``, ``SHELL``, ``TERM``, ``USER``
+  of the relay process, so no relay secrets leak into a tool server), and on close ends the
   whole group: stdin closed, then SIGTERM, then SIGKILL (the shutdown sequence of MCP
   2025-11-25 "Lifecycle" §Shutdown).
+
+``synq agent add`` and ``synq serve`` are two processes, possibly with two ``PATH``s (a shell
+with a virtualenv active, a systemd unit). :func:`resolve_command` therefore turns a bare program
+name into the absolute path ``agent add`` found, which is what the endpoint stores: ``serve``
+starts the very program that was checked. Both start it in the relay directory.
 
 It yields the SDK's stream pair plus an ``ended`` event that is set when the server's stdout
 closes for any reason; :attr:`StdioProcess.exit_reason` then says why.
@@ -25,6 +33,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 from collections import deque
 from collections.abc import AsyncIterator
@@ -52,6 +61,15 @@ STDERR_TAIL_LINES: Final = 20
 STDERR_LINE_CHARS: Final = 500
 #: How long a server may take to exit after its stdin closes, then after SIGTERM.
 EXIT_GRACE: Final = 2.0
+#: Characters of a server's stderr repeated in one log line or one ``synq agent add`` error
+#: (the newest lines, joined). A server is arbitrary code: this stops one that writes megabytes
+#: to stderr before dying from flooding the relay's log (and its disk) or the operator's
+#: terminal with one entry per restart; replacing control characters stops it from rewriting
+#: that terminal or forging log lines with escape sequences and newlines.
+STDERR_REPORT_CHARS: Final = 2000
+#: How long, once the server has exited, the rest of its stderr is read before reporting.
+#: Bounds the wait for a grandchild that keeps the pipe open.
+STDERR_DRAIN: Final = 1.0
 #: Garbage lines logged one by one per connection; after that only counted.
 GARBAGE_LOGGED: Final = 3
 
@@ -69,6 +87,31 @@ def parse_command(command: str) -> list[str]:
     return argv
 
 
+def server_environment() -> dict[str, str]:
+    """The environment a server starts with (see the module docstring)."""
+    return get_default_environment()
+
+
+def resolve_command(command: str) -> str:
+    """``command`` with a bare program name (``python``, ``npx``) replaced by the absolute path
+    found on the ``PATH`` servers get; a path (``./run.sh``, ``/usr/bin/python3``) is kept, as
+    it means the same in the relay directory whichever process starts it. The path found is not
+    resolved further: a virtualenv's ``bin/python`` is a symlink whose own location is what
+    selects the virtualenv. Raises ValueError naming the program when it is not found."""
+    argv = parse_command(command)
+    program = argv[0]
+    if "/" in program:
+        return command.strip()
+    found = shutil.which(program, path=server_environment().get("PATH", os.defpath))
+    if found is None:
+        raise ValueError(f"{program!r} is not found on PATH (give its absolute path)")
+    return shlex.join([found, *argv[1:]])
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 @dataclass
 class StdioProcess:
     """What the transport learned about its server, for the supervisor and the log."""
@@ -80,10 +123,25 @@ class StdioProcess:
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     pid: int | None = None
     returncode: int | None = None
+    #: Set when stderr has been read to its end (or given up on).
+    stderr_done: anyio.Event = field(default_factory=anyio.Event)
 
     def describe_exit(self) -> str:
         reason = self.exit_reason or "the server exited"
         return reason if self.returncode is None else f"{reason} (exit status {self.returncode})"
+
+    def stderr_report(self) -> str:
+        """The newest stderr lines, joined with `` | ``, at most ``STDERR_REPORT_CHARS``, with
+        control characters replaced: for the operator's log and terminal only, never for an
+        envelope (a server's stderr may name files, hosts or secrets of this machine)."""
+        report = ""
+        for line in reversed(self.stderr_tail):
+            joined = f"{line} | {report}" if report else line
+            if len(joined) > STDERR_REPORT_CHARS:
+                report = "… " + joined[-(STDERR_REPORT_CHARS - 2) :]
+                break
+            report = joined
+        return _printable(report)
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -155,17 +213,25 @@ async def _stdin_writer(
 
 async def _stderr_reader(stderr: anyio.abc.ByteReceiveStream, info: StdioProcess) -> None:
     pending = b""
-    with contextlib.suppress(
-        anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError
-    ):
-        while True:
-            chunk = await stderr.receive(READ_CHUNK)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()[-STDERR_LINE_CHARS:]
-            for raw in lines:
-                text = raw.decode("utf-8", "replace").rstrip()[:STDERR_LINE_CHARS]
-                if text:
-                    info.stderr_tail.append(text)
+
+    def keep(raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip()[:STDERR_LINE_CHARS]
+        if text:
+            info.stderr_tail.append(text)
+
+    try:
+        with contextlib.suppress(
+            anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError
+        ):
+            while True:
+                chunk = await stderr.receive(READ_CHUNK)
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()[-STDERR_LINE_CHARS:]
+                for raw in lines:
+                    keep(raw)
+        keep(pending)  # a last line without a newline (a traceback's final line often is)
+    finally:
+        info.stderr_done.set()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -222,7 +288,7 @@ async def stdio_transport(
     info = StdioProcess(argv=parse_command(command))
     process = await anyio.open_process(
         info.argv,
-        env=get_default_environment(),
+        env=server_environment(),
         cwd=cwd,
         start_new_session=True,
     )
@@ -242,6 +308,9 @@ async def stdio_transport(
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(process)
+                    # What the server wrote before it exited, for the caller's report.
+                    with anyio.move_on_after(STDERR_DRAIN):
+                        await info.stderr_done.wait()
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -12,6 +12,14 @@ adapter, and settles the outcome:
   partner's agent (a delivery that the receiver accepted and later fails locally is bounced by
   the receiver, SPEC.md §9.4).
 
+An adapter may keep something running for the agents it serves (the MCP adapter supervises a
+server process per stdio endpoint). Such an adapter is a :class:`Holder`: after every pass the
+dispatcher asks the store which of the agents it holds for still exist, and lets go of the rest.
+``synq agent remove`` runs in another process and only writes the store; the store's wake-up for
+that commit (SQLite: within ``OTHER_PROCESS_POLL_INTERVAL``; otherwise at the latest after
+``MAX_IDLE_WAIT``) wakes the dispatcher, so a removed agent's server stops instead of being
+restarted for ever.
+
 Deliveries run concurrently up to ``MAX_CONCURRENT_DELIVERIES``, each bounded by
 ``DELIVERY_TIMEOUT``. A crash mid-delivery leaves the lease to lapse (or, on SQLite, to be
 released at the next start) and the envelope is delivered again: adapters pass the envelope id
@@ -23,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
@@ -57,6 +65,19 @@ LEASE_DURATION: Final = timedelta(seconds=DELIVERY_TIMEOUT + 60)
 LOCAL_RETRY: Final = RetryPolicy(initial=timedelta(seconds=2), maximum=timedelta(minutes=5))
 #: Longest idle wait between passes (a safety net for lost wake-ups).
 MAX_IDLE_WAIT: Final = 30.0
+
+
+@runtime_checkable
+class Holder(Protocol):
+    """An adapter that keeps resources (processes, sessions) for the agents it served."""
+
+    def agents_held(self) -> Collection[str]:
+        """Names of the agents something is kept running for."""
+        ...
+
+    async def release(self, agents: Collection[str]) -> None:
+        """These agents are gone: stop what was kept for them alone."""
+        ...
 
 
 class Dispatcher:
@@ -194,12 +215,29 @@ class Dispatcher:
         dsn = await self.router.dsn(failure, envelope.created)
         return self._settled(row, "bounced", status, reason, None), dsn
 
+    async def release_removed(self) -> int:
+        """Let adapters stop what they keep for agents that no longer exist; return how many
+        agents were released. One store read per holding adapter, none when nothing is held."""
+        released = 0
+        for adapter in self.adapters.values():
+            if not isinstance(adapter, Holder):
+                continue
+            held = set(adapter.agents_held())
+            if not held:
+                continue
+            gone = held - await self.store.existing_agents(held)
+            if gone:
+                await adapter.release(gone)
+                released += len(gone)
+        return released
+
     async def run(self) -> None:
         """Run passes forever (cancel to stop)."""
         async with self.store.notifier.listen(DELIVERY_CHANNEL) as listener:
             while True:
                 try:
                     await self.run_once()
+                    await self.release_removed()
                 except SynqError as exc:
                     log.warning("delivery pass failed: %s", exc.message)
                 except Exception:

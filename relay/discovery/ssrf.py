@@ -22,6 +22,10 @@ The rules, in the order a fetch meets them:
    between check and connect (DNS rebinding) cannot slip an address past the check. Names are
    resolved with dnspython against the configured name servers, never with ``getaddrinfo``,
    so ``/etc/hosts`` tricks and legacy numeric forms (``2130706433``, ``127.1``) do not apply.
+   The one name answered without DNS is ``localhost`` (and names under it), which RFC 6761
+   §6.3 reserves for the loopback host: it is ``127.0.0.1`` and ``::1`` and nothing else, and
+   only when ``allow_private_addresses`` is set (a webhook receiver of a loopback test run at
+   ``http://localhost:PORT``); otherwise it is refused like any loopback address.
 4. **Redirects** are followed by hand, at most :data:`MAX_REDIRECTS`, each target passing rules
    1-3 again.
 5. **Response.** At most :data:`~relay.discovery.wellknown.MAX_WELL_KNOWN_BYTES` are read (a
@@ -55,6 +59,7 @@ from relay.discovery.errors import AddressRefused, MisconfiguredDomain, NoSuchDo
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT",
+    "LOOPBACK_ADDRESSES",
     "MAX_REDIRECTS",
     "AddressPolicy",
     "FetchResult",
@@ -62,6 +67,7 @@ __all__ = [
     "GuardedResolver",
     "SessionFactory",
     "embedded_ipv4",
+    "is_localhost",
     "is_public_address",
     "make_guarded_connector",
 ]
@@ -90,6 +96,21 @@ _NOT_GLOBAL: Final = (ipaddress.IPv4Network("192.0.0.0/24"),)
 _MAX_AGE_RE: Final = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.I)
 _NO_CACHE_RE: Final = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|=|$)", re.I)
 _NUMERIC: Final = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+#: What ``localhost`` names (RFC 6761 §6.3), IPv4 first: a receiver that listens on one family
+#: only (commonly ``127.0.0.1``) is reached at the first try.
+LOOPBACK_ADDRESSES: Final[tuple[IPAddress, ...]] = (
+    ipaddress.IPv4Address("127.0.0.1"),
+    ipaddress.IPv6Address("::1"),
+)
+
+
+def is_localhost(host: str) -> bool:
+    """``localhost`` or a name under it (RFC 6761 §6.3), in any case, with or without the
+    final dot."""
+    name = host.rstrip(".").lower()
+    return name == "localhost" or name.endswith(".localhost")
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -178,6 +199,13 @@ class AddressPolicy:
             if not self.permits(literal):
                 raise AddressRefused(f"{_show(url)}: address {literal} is not public")
             return url
+        if is_localhost(host):
+            if not self.allow_private:
+                raise MisconfiguredDomain(
+                    f"{_show(url)}: localhost is this machine, allowed only with "
+                    "allow_private_addresses"
+                )
+            return url
         try:
             normalize_domain(host)
         except InvalidAddress:
@@ -225,7 +253,12 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         literal = _ip_literal(host)
-        addresses = [literal] if literal is not None else await self._lookup(host, family)
+        if literal is not None:
+            addresses = [literal]
+        elif is_localhost(host):
+            addresses = self._localhost(host, family)
+        else:
+            addresses = await self._lookup(host, family)
         permitted = [ip for ip in addresses if self._policy.permits(ip)]
         if not permitted:
             raise AddressRefused(f"{host[:100]} resolves only to addresses that are not public")
@@ -240,6 +273,14 @@ class GuardedResolver(AbstractResolver):
             )
             for ip in permitted
         ]
+
+    def _localhost(self, host: str, family: int) -> list[IPAddress]:
+        """The loopback addresses of ``family`` (RFC 6761 §6.3: never asked of DNS), only when
+        private addresses are allowed."""
+        if not self._policy.allow_private:
+            raise AddressRefused(f"{host[:100]} is this machine; private addresses are not allowed")
+        wanted = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family)
+        return [ip for ip in LOOPBACK_ADDRESSES if wanted is None or ip.version == wanted]
 
     async def _lookup(self, host: str, family: int) -> list[IPAddress]:
         by_family: dict[int, tuple[str, ...]] = {socket.AF_INET: ("A",), socket.AF_INET6: ("AAAA",)}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -209,17 +210,27 @@ class _GatedProtocol(asyncio.Protocol):
 
 
 class GatedSite(web.BaseSite):
-    """A TCP listener, as ``web.TCPSite``, that holds each source address to its share of open
-    connections (``SourceLimits.connections``, SPEC.md §10.3)."""
+    """A TCP listener, as ``web.TCPSite`` (or ``web.SockSite`` given ``sock``, a socket already
+    bound and listening), that holds each source address to its share of open connections
+    (``SourceLimits.connections``, SPEC.md §10.3)."""
 
-    __slots__ = ("_bound", "_host", "_port", "_sources")
+    __slots__ = ("_bound", "_host", "_port", "_sock", "_sources")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, sources: SourceLimits) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        sources: SourceLimits,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._sources = sources
-        self._bound = port
+        self._sock = sock
+        self._bound = sock.getsockname()[1] if sock is not None else port
 
     @property
     def name(self) -> str:
@@ -235,13 +246,19 @@ class GatedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         sources = self._sources
-        listener = await asyncio.get_running_loop().create_server(
-            lambda: _GatedProtocol(server, sources),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=True,
-        )
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            listener = await loop.create_server(
+                lambda: _GatedProtocol(server, sources), sock=self._sock, backlog=self._backlog
+            )
+        else:
+            listener = await loop.create_server(
+                lambda: _GatedProtocol(server, sources),
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=True,
+            )
         self._server = listener
         if listener.sockets:
             self._bound = listener.sockets[0].getsockname()[1]

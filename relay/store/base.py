@@ -390,6 +390,11 @@ class Store(abc.ABC):
         """Remove the agent and its inbox rows; False if there was none."""
 
     @abc.abstractmethod
+    async def set_agent_token(self, name: str, token_hash: str) -> bool:
+        """Replace the agent's token hash: the old token stops working, the inbox stays. False
+        if there is no such agent; Conflict if another agent has that hash."""
+
+    @abc.abstractmethod
     async def existing_agents(self, names: Iterable[str]) -> set[str]:
         """The subset of ``names`` that are registered agents (one query, for recipient checks)."""
 

@@ -48,6 +48,7 @@ class Statements:
     select_agents: str
     #: (name)
     delete_agent: str
+    set_agent_token: str
     #: ([names]) → (name)
     select_existing_agents: str
 
@@ -180,6 +181,7 @@ ON CONFLICT (name) DO NOTHING
     "select_agent_by_hash": rows.AGENT_SELECT + "WHERE token_hash = ?",
     "select_agents": rows.AGENT_SELECT + "ORDER BY name",
     "delete_agent": "DELETE FROM agents WHERE name = ?",
+    "set_agent_token": "UPDATE agents SET token_hash = ? WHERE name = ?",
     "ack": """
 UPDATE inbox SET acked_at = coalesce(acked_at, ?)
 WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)

@@ -260,11 +260,25 @@ class SqlStore(GroupWriter, Store):
 
     async def remove_agent(self, name: str) -> bool:
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
-            # The inbox rows go with it: ON DELETE CASCADE.
-            return await tx.execute(self.sql.delete_agent, (name,)) > 0, ()
+            # The inbox rows go with it: ON DELETE CASCADE. The dispatcher is woken so that a
+            # running relay (this process or another on the same store) stops what it ran for
+            # the agent, an MCP server's supervisor among them, at once.
+            removed = await tx.execute(self.sql.delete_agent, (name,)) > 0
+            return removed, (DELIVERY_CHANNEL,) if removed else ()
 
         removed: bool = await self._write(run)
         return removed
+
+    async def set_agent_token(self, name: str, token_hash: str) -> bool:
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            try:
+                changed = await tx.execute(self.sql.set_agent_token, (token_hash, name)) > 0
+            except self.unique_violation as exc:
+                raise Conflict("that token is already registered to another agent") from exc
+            return changed, ()
+
+        changed: bool = await self._write(run)
+        return changed
 
     async def existing_agents(self, names: Iterable[str]) -> set[str]:
         wanted = sorted(set(names))
