@@ -120,6 +120,7 @@ class Relay:
             policy=self.policy,
             rates=self.rate_limits,
             custody=self.custody,
+            router=self.router,
         )
         self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
