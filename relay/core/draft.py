@@ -142,7 +142,7 @@ def _check(
 
 def _check_notify(notify: object, kind: object) -> None:
     """``notify`` is a set of keywords (relay.core.dsn.parse_notify made it), and a DSN asks for
-    nothing (RFC 3461 §5.2.1: a DSN is sent with NOTIFY=NEVER or none)."""
+    nothing beyond the default, which never reports on a DSN (RFC 3464 §2)."""
     if not isinstance(notify, frozenset) or not notify <= frozenset(KEYWORDS):
         raise InvalidEnvelope("notify: must be parsed keywords (relay.core.dsn.parse_notify)")
     if kind == KIND_DSN and notify != DEFAULT_NOTIFY:

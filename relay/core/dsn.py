@@ -18,7 +18,7 @@ delivered  ``success``      in the inbox of an inbox agent, or handed to an adap
 ========== ================ ==============================================================
 
 A DSN is never sent about a DSN (RFC 3464 §2: "a DSN MUST NOT be generated in response to a
-DSN"), and never asks for one (RFC 3461 §5.2.1: no ``NOTIFY`` on a DSN's own ``RCPT``): two
+DSN"), and never asks for one (SMTP sends DSNs with a null reverse-path, RFC 5321 §4.5.5): two
 relays that cannot reach each other would otherwise bounce bounces forever, and receipts would
 answer receipts.
 
