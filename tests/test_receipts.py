@@ -27,6 +27,8 @@ from a2a.utils import errors as a2a_errors
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay import cli
 from relay.core import dsn, records
@@ -269,6 +271,29 @@ def test_a_malformed_notify_refuses_the_transaction(member: Any) -> None:
     doc = {"origin": "alpha.example", "envelopes": ["x.y.z"], "notify": member}
     with pytest.raises(MalformedRequest):
         parse_request(json.dumps(doc).encode())
+
+
+WORDS = st.sampled_from(["success", "delay", "failure", "never", "SUCCESS", "", "relayed"])
+NOTIFY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | WORDS | st.lists(WORDS, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(member=st.dictionaries(st.text(max_size=12), NOTIFY_JSON, max_size=3) | NOTIFY_JSON)
+def test_any_notify_member_is_read_or_refused_as_malformed(member: Any) -> None:
+    """Accepted, or the documented error (400 malformed_request), never anything else."""
+    doc = {"origin": "alpha.example", "envelopes": ["x.y.z"], "notify": member}
+    try:
+        parsed = parse_request(json.dumps(doc).encode())
+    except MalformedRequest:
+        return
+    for per in parsed.notify.values():
+        for words in per.values():
+            assert words <= EVERYTHING
 
 
 def test_notify_is_written_only_when_there_is_one() -> None:
@@ -711,6 +736,24 @@ async def test_the_sender_reports_a_delay_once_when_the_partner_is_down(w: World
     assert delayed["in_reply_to"] == sent["id"]
     rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
     assert rec["state"] == "queued"
+
+
+async def test_never_and_success_only_bounce_without_a_report(w: World) -> None:
+    """Without ``failure`` in ``notify`` a bounce reports nothing (RFC 3461 §4.1); the default
+    reports it, as before receipts existed."""
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+    ids = {}
+    for notify in (["never"], ["success"], None):
+        payload: dict[str, Any] = {"to": ["ghost@globex.test"], "body": "x"}
+        if notify is not None:
+            payload["notify"] = notify
+        ids[str(notify)] = (await w.send(acme, alice, payload))["id"]
+    assert await acme.relay.sender.run_once() == 3
+    for id in ids.values():
+        rec = (await w.status(acme, alice, id))["recipients"]["ghost@globex.test"]
+        assert (rec["state"], rec["code"]) == ("bounced", "5.1.1")
+    assert actions(await reports(w, acme, alice)) == [("failed", "ghost@globex.test", ids["None"])]
 
 
 # --- adapter-backed recipients: a real a2a-sdk agent ------------------------------------------------

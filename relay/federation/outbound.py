@@ -214,9 +214,9 @@ class FederationSender:
             self._failed(domain, now)
             return [self._defer(r, exc.status, exc.message, None, now) for r in rows]
 
-        receipts = any(r.notify != dsn_mod.DEFAULT_NOTIFY for r in rows) and await self._receipts(
-            domain
-        )
+        # The partner's capabilities are asked for only when some row has a use for them.
+        asking = any(r.notify != dsn_mod.DEFAULT_NOTIFY for r in rows)
+        receipts = asking and await self._receipts(domain)
         by_envelope: dict[tuple[str, str], _Envelope] = {}
         for r in rows:
             key = (r.origin, r.id)
