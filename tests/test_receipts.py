@@ -217,6 +217,14 @@ RECEIPTS: list[tuple[str, dict[str, Any], bool]] = [
 ]
 
 
+def test_a_receipts_diagnostic_is_bounded_and_printable() -> None:
+    found = dsn.read_receipt(receipt_envelope(body={"diagnostic": "in\x1b[31m the inbox" * 100}))
+    assert found is not None
+    assert len(found.diagnostic) <= dsn.MAX_DIAGNOSTIC
+    assert found.diagnostic.isprintable()
+    assert found.diagnostic.startswith("in[31m the inbox")
+
+
 @pytest.mark.parametrize(
     ("changes", "is_receipt"), [(c, r) for _, c, r in RECEIPTS], ids=[n for n, _, _ in RECEIPTS]
 )

@@ -98,6 +98,10 @@ _ASKED_BY: Final = {ACTION_FAILED: FAILURE, ACTION_DELAYED: DELAY, ACTION_DELIVE
 #: waiting for an answer wants to know within the hour, not the afternoon.
 DELAY_NOTICE_AFTER: Final = timedelta(minutes=30)
 
+#: Characters of a partner's diagnostic this relay keeps from a receipt (SPEC.md §8.4 asks
+#: receivers to keep reasons under 300 characters; a longer one is cut, not refused).
+MAX_DIAGNOSTIC: Final = 300
+
 
 def parse_notify(value: object) -> Notify:
     """A sender's ``notify`` member (SPEC.md §6.2) as a :data:`Notify`; None is the default.
@@ -265,5 +269,8 @@ def read_receipt(envelope: Envelope) -> Receipt | None:
         return None
     if address.domain != envelope.sender.domain:
         return None
-    text = diagnostic if isinstance(diagnostic, str) else ""
-    return Receipt(envelope.in_reply_to, str(address), status, text[:300])
+    # A partner's words end up in our status and logs: bounded, and printable only.
+    text = diagnostic[:MAX_DIAGNOSTIC] if isinstance(diagnostic, str) else ""
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    return Receipt(envelope.in_reply_to, str(address), status, text)
