@@ -124,6 +124,7 @@ class Relay:
             rates=self.rate_limits,
             custody=self.custody,
             unverified=self.sources.unverified,
+            router=self.router,
         )
         self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'

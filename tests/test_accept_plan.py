@@ -259,9 +259,9 @@ def test_plan_rows_carry_every_column() -> None:
     ]
     [rows] = plan.recipients
     assert rows == [
-        (HERE, "e1", BOB, None, "delivered", False, None, None, None, "t1"),
-        (HERE, "e1", DAVE, "b.test", "queued", False, None, None, "t1", "t1"),
-        (HERE, "e1", CAROL, HERE, "bounced", True, "5.1.1", "no such agent", None, "t1"),
+        (HERE, "e1", BOB, None, "delivered", False, None, None, None, "t1", None),
+        (HERE, "e1", DAVE, "b.test", "queued", False, None, None, "t1", "t1", None),
+        (HERE, "e1", CAROL, HERE, "bounced", True, "5.1.1", "no such agent", None, "t1", None),
     ]
     assert all(len(row) == accept.RECIPIENT_WIDTH for row in rows)
     assert len(plan.envelopes[0]) == accept.ENVELOPE_WIDTH

@@ -62,7 +62,39 @@ def test_wire_names() -> None:
     assert dsn.CONTENT_TYPE == "application/synq-dsn+json"
     assert dsn.KIND_DSN == KIND_DSN == "dsn"
     assert MAILER_DAEMON == "mailer-daemon"
-    assert set(dsn.__all__) == {"CONTENT_TYPE", "KIND_DSN", "Failure", "dsn_body", "should_report"}
+    assert set(dsn.__all__) == {
+        "ACTION_DELAYED",
+        "ACTION_DELIVERED",
+        "ACTION_FAILED",
+        "CONTENT_TYPE",
+        "DEFAULT_NOTIFY",
+        "DELAY",
+        "DELAY_NOTICE_AFTER",
+        "FAILURE",
+        "KEYWORDS",
+        "KIND_DSN",
+        "NEVER",
+        "SUCCESS",
+        "Failure",
+        "Notify",
+        "Receipt",
+        "Report",
+        "decode_notify",
+        "delay_due",
+        "dsn_body",
+        "encode_notify",
+        "is_failure",
+        "notify_to_wire",
+        "parse_notify",
+        "read_receipt",
+        "should_report",
+    }
+    assert (dsn.ACTION_FAILED, dsn.ACTION_DELAYED, dsn.ACTION_DELIVERED) == (
+        "failed",
+        "delayed",
+        "delivered",
+    )
+    assert dsn.KEYWORDS == ("success", "delay", "failure")
 
 
 def test_body_is_the_spec_example() -> None:

@@ -24,9 +24,11 @@ from datetime import datetime
 from typing import Any, Final, NoReturn
 
 from relay.core.address import Address
+from relay.core.dsn import DEFAULT_NOTIFY, KEYWORDS, Notify
 from relay.core.envelope import (
     CONTENT_TYPE_PATTERN,
     ID_PATTERN,
+    KIND_DSN,
     KIND_MESSAGE,
     KIND_PATTERN,
     TRACEPARENT_PATTERN,
@@ -65,8 +67,11 @@ class Draft:
     expires: datetime | None = None
     trace: str | None = None
     id: str | None = None
+    notify: Notify = DEFAULT_NOTIFY
 
     def __post_init__(self) -> None:
+        if self.notify is not DEFAULT_NOTIFY:
+            _check_notify(self.notify, self.kind)
         _check(
             self.to,
             self.kind,
@@ -133,6 +138,15 @@ def _check(
     if content_type.startswith("text/") and not isinstance(body, str):
         # The model's own words (Envelope._coherent), as its validation reports them.
         raise InvalidEnvelope("envelope: Value error, a text/* body must be a JSON string")
+
+
+def _check_notify(notify: object, kind: object) -> None:
+    """``notify`` is a set of keywords (relay.core.dsn.parse_notify made it), and a DSN asks for
+    nothing beyond the default, which never reports on a DSN (RFC 3464 §2)."""
+    if not isinstance(notify, frozenset) or not notify <= frozenset(KEYWORDS):
+        raise InvalidEnvelope("notify: must be parsed keywords (relay.core.dsn.parse_notify)")
+    if kind == KIND_DSN and notify != DEFAULT_NOTIFY:
+        raise InvalidEnvelope("notify: a delivery-status envelope asks for no report")
 
 
 def _refuse(name: str, value: object, pattern: str, longest: int | None = None) -> NoReturn:

@@ -7,6 +7,12 @@ Idempotency is by envelope: the receiver deduplicates on ``(from-domain, id)``, 
 transaction — same id or not — delivers nothing twice and reports ``duplicate``. The txn id
 names one attempt in both relays' logs.
 
+The request may carry one more member, ``notify`` (SPEC.md §8.1): per envelope id and recipient
+address, the reports the original sender asked for (relay.core.dsn, RFC 3461 §4.1). It is a
+transport parameter — SMTP's ``NOTIFY`` on ``RCPT TO`` — so it travels beside the signed
+envelope, never in it, and only to partners that advertise the ``receipts`` capability
+(SPEC.md §7.3): a relay that knows nothing of it refuses a transaction that carries it.
+
 Synq's one addition to the plain per-envelope result is the optional ``recipients`` map
 (SPEC.md §8.4), the equivalent of SMTP's per-RCPT replies: an envelope addressed to two agents
 of the receiving domain, one of which does not exist, is accepted for the other and refused
@@ -16,13 +22,15 @@ of the receiving domain, one of which does not exist, is accepted for the other 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from relay.core import jsonutil
 from relay.core.address import normalize_address, normalize_domain
+from relay.core.dsn import Notify, notify_to_wire, parse_notify
 from relay.core.errors import MalformedRequest, PayloadTooLarge, SynqError
-from relay.core.limits import MAX_ID_LENGTH, MAX_TXN_BYTES, MAX_TXN_ENVELOPES
+from relay.core.limits import MAX_ID_LENGTH, MAX_RECIPIENTS, MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.status import status_class
 
 TXN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}$" % (MAX_ID_LENGTH - 1))
@@ -32,10 +40,19 @@ INDEX_PREFIX: Final = "#"
 ResultStatus = Literal["accepted", "duplicate", "rejected"]
 
 
+#: Per envelope id, per canonical recipient address: what the sender asked (``notify``).
+TxnNotify = Mapping[str, Mapping[str, Notify]]
+
+#: The members of a transaction: the two every relay knows, and ``notify``, which only
+#: receipt-capable relays accept (SPEC.md §8.1).
+_MEMBERS: Final = frozenset({"origin", "envelopes", "notify"})
+
+
 @dataclass(frozen=True, slots=True)
 class TxnRequest:
     origin: str
     envelopes: list[str]
+    notify: TxnNotify = field(default_factory=dict)
 
 
 def check_txn_id(txn_id: str) -> str:
@@ -47,8 +64,14 @@ def check_txn_id(txn_id: str) -> str:
 def parse_request(data: bytes) -> TxnRequest:
     """Validate a transaction body; raise MalformedRequest or PayloadTooLarge."""
     doc = jsonutil.loads(data, max_bytes=MAX_TXN_BYTES, what="transaction")
-    if not isinstance(doc, dict) or set(doc) != {"origin", "envelopes"}:
-        raise MalformedRequest('a transaction is exactly {"origin": …, "envelopes": […]}')
+    if (
+        not isinstance(doc, dict)
+        or not {"origin", "envelopes"} <= doc.keys()
+        or not doc.keys() <= _MEMBERS
+    ):
+        raise MalformedRequest(
+            'a transaction is exactly {"origin": …, "envelopes": […]}, and optionally "notify"'
+        )
     origin, envelopes = doc["origin"], doc["envelopes"]
     if not isinstance(origin, str):
         raise MalformedRequest("origin must be a domain name")
@@ -64,11 +87,48 @@ def parse_request(data: bytes) -> TxnRequest:
         raise PayloadTooLarge(
             f"transaction carries {len(envelopes)} envelopes; the limit is {MAX_TXN_ENVELOPES}"
         )
-    return TxnRequest(origin=origin, envelopes=envelopes)
+    notify = _notify(doc["notify"]) if doc.get("notify") is not None else {}
+    return TxnRequest(origin=origin, envelopes=envelopes, notify=notify)
 
 
-def encode_request(origin: str, envelopes: list[str]) -> bytes:
-    return jsonutil.dumps({"origin": origin, "envelopes": envelopes})
+def _notify(raw: Any) -> dict[str, dict[str, Notify]]:
+    """The ``notify`` member: ``{"<envelope id>": {"<recipient>": ["success", …]}}``, each list
+    by the rules of RFC 3461 §4.1 (relay.core.dsn.parse_notify), each address canonical. A
+    malformed member refuses the whole transaction, as any other malformed member does: only
+    a relay that advertised receipts is sent one, so a fault here is a broken sender."""
+    if not isinstance(raw, dict) or len(raw) > MAX_TXN_ENVELOPES:
+        raise MalformedRequest(
+            'notify must be an object {"<envelope id>": {"<recipient>": [keyword…]}}'
+        )
+    out: dict[str, dict[str, Notify]] = {}
+    for env_id, per in raw.items():
+        if len(env_id) > MAX_ID_LENGTH or not isinstance(per, dict) or len(per) > MAX_RECIPIENTS:
+            raise MalformedRequest(f"notify of {env_id[:80]!r} must map recipients to keywords")
+        entry: dict[str, Notify] = {}
+        for address, words in per.items():
+            try:
+                entry[normalize_address(address)] = parse_notify(words)
+            except SynqError as exc:
+                raise MalformedRequest(f"notify of {env_id[:80]!r}: {exc.message}") from None
+        out[env_id] = entry
+    return out
+
+
+def encode_request(origin: str, envelopes: list[str], notify: TxnNotify | None = None) -> bytes:
+    """The request body. ``notify``, when given and not empty, only for a partner that
+    advertises receipts (the module docstring)."""
+    doc: dict[str, Any] = {"origin": origin, "envelopes": envelopes}
+    if notify:
+        doc["notify"] = notify_to_json(notify)
+    return jsonutil.dumps(doc)
+
+
+def notify_to_json(notify: TxnNotify) -> dict[str, dict[str, list[str]]]:
+    """The JSON form of a ``notify`` member."""
+    return {
+        env_id: {addr: notify_to_wire(words) for addr, words in per.items()}
+        for env_id, per in notify.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,18 @@ Every envelope for such an agent is first committed to its inbox like any other.
 dispatcher then leases due inbox rows (``Store.lease_deliveries``), hands each to the agent's
 adapter, and settles the outcome:
 
-* the agent took it → the inbox row is acked, the event log says ``delivered``;
+* the agent took it → the inbox row is acked, the event log says ``delivered``, and a sender
+  that asked for ``success`` gets its receipt (a ``delivered`` DSN, SPEC.md §9.4);
 * a transient failure (agent down, timeout, 5xx) → retry with backoff, the row stays in the
-  inbox, so an agent that is down for an hour receives its mail when it is back;
+  inbox, so an agent that is down for an hour receives its mail when it is back; a sender that
+  asked for ``delay`` is told once, when the row has waited ``DELAY_NOTICE_AFTER``;
 * a permanent refusal, or expiry of the envelope → ``bounced``, and a DSN from
   ``mailer-daemon@<our domain>`` goes to the sender — across federation when the sender is a
   partner's agent (a delivery that the receiver accepted and later fails locally is bounced by
-  the receiver, SPEC.md §9.4).
+  the receiver, SPEC.md §9.4) — unless the sender asked not to hear of failures.
+
+Every report is committed with the outcome it reports (``Store.settle_deliveries``): no receipt
+for a hand-over the store did not record, none lost for one it did.
 
 An adapter may keep something running for the agents it serves (the MCP adapter supervises a
 server process per stdio endpoint). Such an adapter is a :class:`Holder`: after every pass the
@@ -32,7 +37,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Collection, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from relay.core import dsn as dsn_mod
@@ -120,6 +125,7 @@ class Dispatcher:
                 return total
 
     async def _one(self, row: LocalDelivery) -> tuple[DeliveryOutcome, NewEnvelope | None]:
+        """Hand ``row`` to its agent: the outcome, and the report it owes the sender, if any."""
         now = self.clock.now()
         envelope = env_mod.decode(b64url_decode(row.token.split(".")[1]))
         if row.expires <= now:
@@ -134,30 +140,33 @@ class Dispatcher:
         adapter = self.adapters.get(agent.kind) if agent is not None else None
         if agent is None or adapter is None:
             kind = agent.kind if agent else "?"
-            return self._defer(row, st.TRANSIENT, f"no adapter for {kind} agents here", now), None
+            return await self._defer(
+                row, envelope, st.TRANSIENT, f"no adapter for {kind} agents here"
+            )
         try:
             async with self._slots, asyncio.timeout(self.timeout):
                 await adapter.deliver(agent, envelope, self._replier(row.agent, envelope))
         except AttemptFailed as exc:
             if exc.permanent:
                 return await self._bounce(row, envelope, exc.status, exc.reason, counted=True)
-            return self._defer(row, exc.status, exc.reason, self.clock.now()), None
+            return await self._defer(row, envelope, exc.status, exc.reason)
         except TimeoutError:
             reason = f"the agent did not finish within {self.timeout:g} s"
-            return self._defer(row, st.NO_ANSWER, reason, self.clock.now()), None
+            return await self._defer(row, envelope, st.NO_ANSWER, reason)
         except SynqError as exc:
-            return self._defer(
-                row,
-                exc.status if exc.status.is_transient else st.TRANSIENT,
-                exc.message,
-                self.clock.now(),
-            ), None
+            status = exc.status if exc.status.is_transient else st.TRANSIENT
+            return await self._defer(row, envelope, status, exc.message)
         except Exception:
             log.exception("delivery of %s to %s failed", row.id, row.agent)
-            return self._defer(row, st.TRANSIENT, "delivery failed", self.clock.now()), None
-        return self._settled(
-            row, "delivered", st.DELIVERED, "the agent took it", agent.endpoint
-        ), None
+            return await self._defer(row, envelope, st.TRANSIENT, "delivery failed")
+        reason = "the agent took it"
+        receipt = None
+        if dsn_mod.SUCCESS in row.notify:
+            report = self.router.receipt(
+                envelope, row.agent, row.notify, st.DELIVERED, reason, row.attempts + 1
+            )
+            receipt = await self.router.dsn(report, envelope.created)
+        return self._settled(row, "delivered", st.DELIVERED, reason, agent.endpoint), receipt
 
     def _replier(self, agent: str, original: Envelope) -> _Replier:
         return _Replier(self.router, Address(agent, self.router.domain), original)
@@ -179,17 +188,51 @@ class Dispatcher:
             hop=hop,
         )
 
-    def _defer(
-        self, row: LocalDelivery, status: st.Status, reason: str, now: datetime
-    ) -> DeliveryOutcome:
+    async def _defer(
+        self, row: LocalDelivery, envelope: Envelope, status: st.Status, reason: str
+    ) -> tuple[DeliveryOutcome, NewEnvelope | None]:
+        """Retry later; and the one ``delayed`` report, when the sender asked for it and the
+        row has waited long enough (relay.core.dsn.delay_due)."""
+        now = self.clock.now()
         retry_at = min(self.policy.next_attempt(now, row.attempts + 1, self.rng), row.expires)
-        return DeliveryOutcome(
+        delayed = dsn_mod.delay_due(row.notify, row.delay_reported, row.accepted, now)
+        report = None
+        if delayed:
+            attempts = row.attempts + 1
+            delay = self._report(row, envelope, status, reason, attempts, dsn_mod.ACTION_DELAYED)
+            report = await self.router.dsn(delay, envelope.created)
+        outcome = DeliveryOutcome(
             agent=row.agent,
             seq=row.seq,
             state="queued",
             code=status.code,
             reason=reason,
             next_attempt=retry_at,
+            delay_reported=delayed,
+        )
+        return outcome, report
+
+    def _report(
+        self,
+        row: LocalDelivery,
+        envelope: Envelope,
+        status: st.Status,
+        reason: str,
+        attempts: int,
+        action: str,
+    ) -> dsn_mod.Report:
+        return dsn_mod.Report(
+            original_id=envelope.id,
+            original_from=envelope.from_,
+            original_kind=envelope.kind,
+            thread=envelope.thread,
+            recipient=f"{row.agent}@{self.router.domain}",
+            status=status.code,
+            diagnostic=reason,
+            attempts=attempts,
+            last_attempt=self.clock.now(),
+            action=action,
+            notify=row.notify,
         )
 
     async def _bounce(
@@ -201,17 +244,8 @@ class Dispatcher:
         *,
         counted: bool,
     ) -> tuple[DeliveryOutcome, NewEnvelope | None]:
-        failure = dsn_mod.Failure(
-            original_id=envelope.id,
-            original_from=envelope.from_,
-            original_kind=envelope.kind,
-            thread=envelope.thread,
-            recipient=f"{row.agent}@{self.router.domain}",
-            status=status.code,
-            diagnostic=reason,
-            attempts=row.attempts + (1 if counted else 0),
-            last_attempt=self.clock.now(),
-        )
+        attempts = row.attempts + (1 if counted else 0)
+        failure = self._report(row, envelope, status, reason, attempts, dsn_mod.ACTION_FAILED)
         dsn = await self.router.dsn(failure, envelope.created)
         return self._settled(row, "bounced", status, reason, None), dsn
 

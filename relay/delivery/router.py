@@ -4,18 +4,24 @@ This is the relay's equivalent of Postfix's cleanup + trivial-rewrite: it decide
 recipient, "local inbox now" or "queue for the partner relay", builds and signs the envelope,
 and hands it to custody (relay.delivery.custody) in one call, so the answer 202 means every
 row is durable.
+
+It also builds the relay's own delivery-status envelopes (:meth:`Router.dsn`,
+:meth:`Router.report_envelope`): bounces, ``delayed`` reports and receipts (SPEC.md §9.4).
+A sender that asks for ``success`` receipts (``Draft.notify``) gets one per local recipient that
+reads its inbox itself, committed with the delivery; see relay/store/sql/store.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import jws
+from relay.core import status as st
 from relay.core.address import MAILER_DAEMON, RESERVED_LOCALS, Address
 from relay.core.clock import Clock
 from relay.core.draft import Draft
@@ -274,7 +280,50 @@ class Router:
         self.check_policy(sender, draft.to)
         envelope, token = self.build(draft)
         item = new_envelope(envelope, token, local, remote, via, origin=self.domain)
+        if draft.notify != dsn_mod.DEFAULT_NOTIFY:
+            item = self._with_notify(item, envelope, draft.notify)
         return Prepared(envelope, token, item)
+
+    def _with_notify(
+        self, item: NewEnvelope, envelope: Envelope, notify: dsn_mod.Notify
+    ) -> NewEnvelope:
+        """``item`` with what its sender asked to be told about each recipient, and, when that
+        includes ``success``, a receipt per local recipient: the store keeps those of agents
+        that read their inbox themselves, delivered the moment the envelope is committed
+        (SPEC.md §9.4); an adapter-backed agent's receipt waits for the hand-over."""
+        asked = dict.fromkeys([*item.local, *item.remote], notify)
+        receipts: dict[str, NewEnvelope] = {}
+        if dsn_mod.SUCCESS in notify:
+            for name in item.local:
+                receipts[name] = self.report_envelope(
+                    self.receipt(envelope, name, notify, st.OK, "delivered to the agent's inbox"),
+                    envelope.created,
+                )
+        return replace(item, notify=asked, receipts=receipts)
+
+    def receipt(
+        self,
+        envelope: Envelope,
+        agent: str,
+        notify: dsn_mod.Notify,
+        status: st.Status,
+        diagnostic: str,
+        attempts: int = 1,
+    ) -> dsn_mod.Report:
+        """The ``delivered`` report on ``envelope`` for the local ``agent``, dated now."""
+        return dsn_mod.Report(
+            original_id=envelope.id,
+            original_from=envelope.from_,
+            original_kind=envelope.kind,
+            thread=envelope.thread,
+            recipient=f"{agent}@{self.domain}",
+            status=status.code,
+            diagnostic=diagnostic,
+            attempts=attempts,
+            last_attempt=self._clock.now(),
+            action=dsn_mod.ACTION_DELIVERED,
+            notify=notify,
+        )
 
     async def commit(self, prepared: Sequence[Prepared]) -> list[Submitted]:
         """Take custody of prepared envelopes in one store call (:class:`Custody`): durable when
@@ -319,26 +368,34 @@ class Router:
         """Build, sign and take custody of an envelope from a local sender."""
         return (await self.commit([await self.prepare(draft, via=via)]))[0]
 
-    async def dsn(self, failure: dsn_mod.Failure, arrival: datetime | None) -> NewEnvelope | None:
-        """The delivery-status envelope reporting ``failure`` to the original sender, from
+    async def dsn(self, report: dsn_mod.Report, arrival: datetime | None) -> NewEnvelope | None:
+        """The delivery-status envelope carrying ``report`` to the original sender, from
         ``mailer-daemon@<this domain>`` (RFC 3464), ready for the store — queued for federation
-        when the sender is remote. None when no DSN is due: a failure of a DSN (RFC 3464 §2),
-        or a local sender that no longer exists."""
-        if not dsn_mod.should_report(failure):
+        when the sender is remote. None when no DSN is due: the sender did not ask for this
+        action (RFC 3461 §4.1), the original is a DSN (RFC 3464 §2), or the local sender no
+        longer exists."""
+        if not dsn_mod.should_report(report):
             return None
-        sender = Address.parse(failure.original_from)
-        local, remote = self.split([sender])
+        local, _remote = self.split([Address.parse(report.original_from)])
         if local and not await self.store.existing_agents(local):
             return None
+        return self.report_envelope(report, arrival)
+
+    def report_envelope(self, report: dsn_mod.Report, arrival: datetime | None) -> NewEnvelope:
+        """The signed ``dsn`` envelope for ``report``, without :meth:`dsn`'s checks: for a
+        caller that has made them (a receipt to an agent that is sending right now, or one
+        the store takes only with the delivery it reports). It asks for no report itself."""
+        sender = Address.parse(report.original_from)
+        local, remote = self.split([sender])
         envelope, token = self.build(
             Draft(
                 Address(MAILER_DAEMON, self.domain),
                 (sender,),
                 dsn_mod.CONTENT_TYPE,
-                dsn_mod.dsn_body(failure, self.domain, arrival),
+                dsn_mod.dsn_body(report, self.domain, arrival),
                 kind=dsn_mod.KIND_DSN,
-                thread=failure.thread,
-                in_reply_to=failure.original_id,
+                thread=report.thread,
+                in_reply_to=report.original_id,
             )
         )
         return new_envelope(envelope, token, local, remote, "relay")

@@ -316,6 +316,19 @@ class Discovery:
             outcome.throw()
         return outcome
 
+    async def relay_document(self, domain: str) -> WellKnown:
+        """The well-known document ``domain``'s relay serves for it at
+        ``<relay URL>/.well-known/synq.json`` (every relay serves its own, SPEC.md §7.3), where
+        a sender reads the relay's capabilities. Cached and failing as :meth:`well_known`."""
+        domain = normalize_domain(domain)
+        url = f"{await self.relay_url(domain)}{WELL_KNOWN_PATH}"
+        outcome = await self._cached(
+            self._doc_cache, ("doc", url), lambda: self._fetch_well_known(domain, url)
+        )
+        if isinstance(outcome, _Failure):
+            outcome.throw()
+        return outcome
+
     # ---------------------------------------------------------------- DNS
 
     async def _txt(self, name: str) -> _Txt:
@@ -340,10 +353,12 @@ class Discovery:
     def _well_known_url(self, domain: str) -> str:
         return self._well_known_urls.get(domain, f"https://{domain}{WELL_KNOWN_PATH}")
 
-    async def _fetch_well_known(self, domain: str) -> tuple[_DocOutcome, float]:
+    async def _fetch_well_known(
+        self, domain: str, url: str | None = None
+    ) -> tuple[_DocOutcome, float]:
         try:
             result = await self._fetcher.get(
-                self._well_known_url(domain), accept=(WELL_KNOWN_CONTENT_TYPE,)
+                url or self._well_known_url(domain), accept=(WELL_KNOWN_CONTENT_TYPE,)
             )
         except DiscoveryError as exc:
             ttl = MAX_NEGATIVE_TTL if exc.status.is_permanent else FAILURE_TTL

@@ -16,7 +16,15 @@ it when DNS has no Synq records, and operators can cross-check the two::
      "relay": "https://relay.acme.test:8443",
      "keys": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "<base64url>", "kid": "s1",
                         "use": "sig", "alg": "EdDSA"}]},
-     "policy": {"max_envelope_bytes": 262144, "max_recipients": 100}}
+     "policy": {"max_envelope_bytes": 262144, "max_recipients": 100},
+     "capabilities": ["receipts"]}
+
+``capabilities`` names the optional parts of the protocol the domain's relay implements, so a
+sender uses one only with a partner that understands it: ``receipts`` — the relay takes the
+``notify`` member of a transaction and answers it with delivery-status envelopes (SPEC.md §8.1,
+§9.4). A sender learns it from the document the partner's relay serves at
+``<relay>/.well-known/synq.json`` (every relay serves its own), cached as discovery caches
+documents.
 
 ``keys`` is a JWK Set (RFC 7517 §5) of public Ed25519 keys (RFC 8037 §2) whose ``kid`` is the
 selector, so ``kid`` in an envelope's JWS header names the same key in DNS and here. Unknown
@@ -27,7 +35,7 @@ validated strictly: a wrong type is an error, not a conversion.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,8 +47,11 @@ from relay.core.jws import SELECTOR_RE, PublicKey, b64url_decode
 from relay.discovery.errors import MisconfiguredDomain
 
 __all__ = [
+    "CAPABILITY_RECEIPTS",
+    "MAX_CAPABILITIES",
     "MAX_JWKS_KEYS",
     "MAX_WELL_KNOWN_BYTES",
+    "RELAY_CAPABILITIES",
     "WELL_KNOWN_CACHE_CONTROL",
     "WELL_KNOWN_CONTENT_TYPE",
     "WELL_KNOWN_PATH",
@@ -66,6 +77,15 @@ MAX_WELL_KNOWN_BYTES: Final = 64 * 1024
 #: Keys in one JWKS. Rotation needs two or three at a time (old, current, next); the cap bounds
 #: the per-domain memory our cache holds for a document.
 MAX_JWKS_KEYS: Final = 32
+
+#: The capability of a relay that takes ``notify`` in transactions and sends receipts.
+CAPABILITY_RECEIPTS: Final = "receipts"
+#: What a Synq relay advertises for its own domain.
+RELAY_CAPABILITIES: Final = (CAPABILITY_RECEIPTS,)
+#: Capabilities one document may list, each at most MAX_CAPABILITY_LENGTH characters: a sender
+#: only ever looks for a few, and the bound keeps what the cache holds per domain small.
+MAX_CAPABILITIES: Final = 64
+MAX_CAPABILITY_LENGTH: Final = 64
 
 _STRICT: Final = ConfigDict(extra="allow", frozen=True, strict=True)
 
@@ -155,6 +175,10 @@ class WellKnown(BaseModel):
     relay: str
     keys: Jwks
     policy: Policy = Field(default_factory=Policy)
+    #: Optional protocol features the relay implements; unknown names are ignored.
+    capabilities: list[Annotated[str, Field(max_length=MAX_CAPABILITY_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_CAPABILITIES
+    )
 
     @field_validator("v", mode="before")
     @classmethod
@@ -164,6 +188,12 @@ class WellKnown(BaseModel):
         if isinstance(value, bool):
             raise ValueError("v must be the number 1")
         return value
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _no_capabilities(cls, value: object) -> object:
+        # SPEC.md §7.3: an optional member given as null is the same as an absent one.
+        return [] if value is None else value
 
     @field_validator("domain")
     @classmethod
@@ -181,6 +211,10 @@ class WellKnown(BaseModel):
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError("relay must be an http(s) URL")
         return value.rstrip("/")
+
+    def supports(self, capability: str) -> bool:
+        """Whether the domain's relay advertises ``capability`` (e.g. ``receipts``)."""
+        return capability in self.capabilities
 
     def key(self, selector: str) -> PublicKey | None:
         """The published key with this selector, if any."""
@@ -204,12 +238,13 @@ def build_well_known(
     keys: Iterable[PublicKey],
     *,
     policy: Policy | None = None,
+    capabilities: Iterable[str] = RELAY_CAPABILITIES,
 ) -> WellKnown:
     """The document a relay serves for its own domain at ``GET /.well-known/synq.json``.
 
     ``keys`` are the public halves of the keys partners should accept now: the active one and
     any still inside their rotation overlap. Without an explicit policy, the hints are this
-    relay's own limits (relay.core.limits).
+    relay's own limits (relay.core.limits); the capabilities, what this relay implements.
     """
     if policy is None:
         policy = Policy(
@@ -224,6 +259,7 @@ def build_well_known(
         relay=relay_url,
         keys=Jwks(keys=[PublicJwk.from_public_key(key) for key in keys]),
         policy=policy,
+        capabilities=list(capabilities),
     )
 
 

@@ -19,7 +19,12 @@ For every envelope, in this order (the first failing step decides its result):
 7. recipients: those of this domain that exist and whose agent rules accept the sender get it;
    unknown ones are refused 5.1.1 and ones the rules refuse 5.7.1, in the per-recipient map;
    an envelope with no recipient here is refused 5.1.2, one with none left is refused with
-   the refusal its recipients share (or, when they differ, the first, plus the map).
+   the refusal its recipients share (or, when they differ, the first, plus the map);
+8. receipts (SPEC.md §9.4): what the transaction's ``notify`` asks for each recipient taken is
+   kept with its row, and a recipient whose sender asked for ``success`` gets its receipt
+   built now, for the store to commit with the delivery (never for a ``dsn``: RFC 3464 §2).
+   A ``delivered`` DSN from the origin's ``mailer-daemon`` about an envelope this relay sent
+   marks that recipient ``delivered`` when it is committed.
 
 Envelopes refused at step 2 or 4 — not from the origin, no key, a bad signature — are then
 charged to the source address's ``unverified`` bucket (relay.core.ratelimit, SPEC.md §10.3),
@@ -43,12 +48,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
 
+from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import jws
 from relay.core import status as st
@@ -66,10 +72,11 @@ from relay.core.errors import (
 from relay.core.jws import PublicKey
 from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits, TokenBuckets, take_all
-from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
+from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnNotify, TxnRequest
 from relay.delivery.custody import Custody, new_envelope
+from relay.delivery.router import Router
 from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
-from relay.store.base import NewEnvelope, Store
+from relay.store.base import NewEnvelope, ReceiptMark, Store
 
 log = logging.getLogger("synq.federation.inbound")
 
@@ -153,6 +160,7 @@ class InboundHandler:
         custody: Custody | None = None,
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
         unverified: TokenBuckets | None = None,
+        router: Router | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -166,6 +174,8 @@ class InboundHandler:
         #: Per source address, envelopes that failed to prove authentic (SourceLimits.unverified);
         #: None: not limited.
         self.unverified = unverified
+        #: Builds and signs the receipts senders ask for; without one, none are sent.
+        self.router = router
         #: Told the origin of every transaction that carried an authentic envelope: that
         #: partner is up, whatever our own sender last saw (the runtime wires the sender's
         #: ``contacted``, which releases a backlog held for it; SPEC.md §9.3).
@@ -212,8 +222,10 @@ class InboundHandler:
             return _Checked(p.key, p.envelope, None, _refusal(exc))
         return None
 
-    async def _check_all(self, origin: str, tokens: list[str], now: datetime) -> list[_Checked]:
-        """Every envelope of a transaction through steps 1–7, each in the order of the module
+    async def _check_all(
+        self, origin: str, tokens: list[str], now: datetime, notify: TxnNotify
+    ) -> list[_Checked]:
+        """Every envelope of a transaction through steps 1–8, each in the order of the module
         docstring. The I/O is done once per transaction, not once per envelope: one key look-up
         per selector named, one existence query for every local recipient named."""
         staged = [self._structure(i, origin, t) for i, t in enumerate(tokens)]
@@ -259,8 +271,56 @@ class InboundHandler:
                 checked.append(_Checked(s.key, s.envelope, None, _refusal(exc)))
                 continue
             item = new_envelope(s.envelope, s.token, local, (), f"federation:{origin}", refused)
+            if s.envelope.kind == KIND_DSN:
+                item = self._receipt_of(item, s.envelope, local, origin)
+            elif s.envelope.id in notify:
+                item = self._asked(item, s.envelope, local, notify[s.envelope.id])
             checked.append(_Checked(s.key, s.envelope, item, None))
         return checked
+
+    def _asked(
+        self,
+        item: NewEnvelope,
+        envelope: Envelope,
+        local: list[str],
+        asked: Mapping[str, dsn_mod.Notify],
+    ) -> NewEnvelope:
+        """Step 8 for an envelope whose sender asked for reports: ``item`` with what was asked
+        for each of its recipients here, and a receipt for each that asked for ``success``."""
+        notify: dict[str, dsn_mod.Notify] = {}
+        receipts: dict[str, NewEnvelope] = {}
+        for name in local:
+            words = asked.get(f"{name}@{self.domain}")
+            if words is None or words == dsn_mod.DEFAULT_NOTIFY:
+                continue
+            notify[name] = words
+            if dsn_mod.SUCCESS in words and self.router is not None:
+                report = self.router.receipt(
+                    envelope, name, words, st.OK, "delivered to the agent's inbox"
+                )
+                receipts[name] = self.router.report_envelope(report, envelope.created)
+        return replace(item, notify=notify, receipts=receipts) if notify else item
+
+    def _receipt_of(
+        self, item: NewEnvelope, envelope: Envelope, local: list[str], origin: str
+    ) -> NewEnvelope:
+        """Step 8 for a ``dsn``: when it is a receipt (relay.core.dsn.read_receipt) from the
+        origin's ``mailer-daemon`` (step 2: signed by the origin) to the one local sender of
+        the envelope it reports on, ``item`` marks that recipient ``delivered``; the store
+        checks that this sender sent that envelope to that recipient."""
+        receipt = dsn_mod.read_receipt(envelope)
+        if receipt is None or len(envelope.to) != 1 or len(local) != 1:
+            return item
+        mark = ReceiptMark(
+            origin=self.domain,
+            id=receipt.original_id,
+            sender=f"{local[0]}@{self.domain}",
+            recipient=receipt.recipient,
+            code=receipt.status,
+            reason=receipt.diagnostic,
+            hop=f"federation:{origin}",
+        )
+        return replace(item, receipt_of=mark)
 
     def _charge(self, sender: Address) -> None:
         rates = self.rates
@@ -340,7 +400,9 @@ class InboundHandler:
         (SourceLimits.key), charged for each envelope that failed to prove authentic."""
         self.admit(source)
         now = self.clock.now()
-        checked = await self._check_all(request.origin, list(request.envelopes), now)
+        checked = await self._check_all(
+            request.origin, list(request.envelopes), now, request.notify
+        )
         unverified = sum(1 for c in checked if c.unverified)
         if unverified and source is not None and self.unverified is not None:
             self.unverified.charge(source, self.clock.monotonic(), unverified)

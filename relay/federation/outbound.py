@@ -7,11 +7,16 @@ remote recipient rows in the store. One pass (``run_once``):
 2. bounce rows whose envelope has expired (5.4.7) — lifetime is the envelope's ``expires``;
 3. per destination domain, unless its breaker is open: resolve the relay URL, send the
    envelopes in transactions of at most ``MAX_TXN_ENVELOPES`` / ``MAX_TXN_BYTES``. The
-   transport holds the URL to the SSRF rules (SPEC.md §7.6) before it connects;
+   transport holds the URL to the SSRF rules (SPEC.md §7.6) before it connects. What each
+   sender asked to be told (``notify``, RFC 3461) goes with the envelopes when it is not the
+   default and the partner's relay advertises ``receipts`` (SPEC.md §7.3, §8.1); a partner
+   that does not is sent plain transactions, and its recipients stay ``sent``;
 4. map each result onto each row: ``sent`` on 2.x.x, deferred with backoff on 4.x.x or on any
    transport failure, bounced on 5.x.x;
-5. commit all outcomes together with the DSN envelopes for the bounces, in one store
-   transaction (``Store.settle``), so a bounce without its DSN — or a DSN twice — cannot happen.
+5. commit all outcomes together with the DSN envelopes they owe — one per bounce whose sender
+   wants failures, one ``delayed`` report per row that has waited ``DELAY_NOTICE_AFTER`` whose
+   sender wants delays — in one store transaction (``Store.settle``), so a bounce without its
+   DSN — or a DSN twice — cannot happen.
 
 ``run`` keeps up to ``PIPELINE_PASSES`` such passes in flight, sleeping until the next row is
 due or the store says something new was queued. Tests drive ``run_once`` (one pass after the
@@ -26,12 +31,13 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
+from relay.core import jsonutil
 from relay.core import status as st
 from relay.core import txn as txn_mod
 from relay.core.clock import Clock
@@ -41,6 +47,7 @@ from relay.core.jws import b64url_decode
 from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.retry import Breaker, RetryPolicy
 from relay.delivery.router import Router
+from relay.discovery.wellknown import CAPABILITY_RECEIPTS, WellKnown
 from relay.store.base import QUEUE_CHANNEL, Listener, NewEnvelope, Outcome, QueueEntry, Store
 
 log = logging.getLogger("synq.federation.outbound")
@@ -87,6 +94,10 @@ class Transport(Protocol):
 class RelayResolver(Protocol):
     async def relay_url(self, domain: str) -> str: ...
 
+    async def relay_document(self, domain: str) -> WellKnown:
+        """The document the domain's relay serves for it, with its capabilities (cached)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Envelope:
@@ -96,6 +107,9 @@ class _Envelope:
     id: str
     token: str
     rows: list[QueueEntry]
+    #: What each recipient's sender asked to be told, when not the default and the partner
+    #: takes ``notify``: recipient → keywords.
+    notify: dict[str, dsn_mod.Notify]
 
 
 class FederationSender:
@@ -164,7 +178,7 @@ class FederationSender:
         results = await asyncio.gather(*(self._destination(d, rs, now) for d, rs in live.items()))
         for chunk in results:
             outcomes.extend(chunk)
-        dsns = await self._dsns([o for o in outcomes if o.state == "bounced"], rows, now)
+        dsns = await self._dsns(outcomes, rows, now)
         await self.store.settle(outcomes, dsns, self.clock.now())
 
     async def _destination(
@@ -200,12 +214,18 @@ class FederationSender:
             self._failed(domain, now)
             return [self._defer(r, exc.status, exc.message, None, now) for r in rows]
 
+        # The partner's capabilities are asked for only when some row has a use for them.
+        asking = any(r.notify != dsn_mod.DEFAULT_NOTIFY for r in rows)
+        receipts = asking and await self._receipts(domain)
         by_envelope: dict[tuple[str, str], _Envelope] = {}
         for r in rows:
             key = (r.origin, r.id)
             if key not in by_envelope:
-                by_envelope[key] = _Envelope(r.origin, r.id, r.token, [])
-            by_envelope[key].rows.append(r)
+                by_envelope[key] = _Envelope(r.origin, r.id, r.token, [], {})
+            e = by_envelope[key]
+            e.rows.append(r)
+            if receipts and r.notify != dsn_mod.DEFAULT_NOTIFY:
+                e.notify[r.recipient] = r.notify
         batches = _batches(list(by_envelope.values()), self.max_txn_envelopes)
         if len(batches) == 1:
             return await self._transaction(domain, relay_url, batches[0], now)
@@ -218,7 +238,8 @@ class FederationSender:
         self, domain: str, relay_url: str, batch: list[_Envelope], now: datetime
     ) -> list[Outcome]:
         txn_id = uuid7(now)
-        body = txn_mod.encode_request(self.domain, [e.token for e in batch])
+        notify = {e.id: e.notify for e in batch if e.notify}
+        body = txn_mod.encode_request(self.domain, [e.token for e in batch], notify)
         started = now
         try:
             async with self._destination_gate(domain), self._slots:
@@ -314,6 +335,17 @@ class FederationSender:
             row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop
         )
 
+    async def _receipts(self, domain: str) -> bool:
+        """Whether ``domain``'s relay advertises ``receipts`` (SPEC.md §7.3), from the document
+        it serves, cached with discovery's documents. A relay that does not say so refuses a
+        transaction carrying ``notify``; one whose document cannot be read now is sent none
+        either: the envelope must not wait for a capability, and its recipients stay ``sent``."""
+        try:
+            return (await self.resolver.relay_document(domain)).supports(CAPABILITY_RECEIPTS)
+        except SynqError as exc:
+            log.info("%s: capabilities unknown (%s); sending without notify", domain, exc.message)
+            return False
+
     # --- the breaker ----------------------------------------------------------------------------
 
     def _failed(self, domain: str, started: datetime) -> None:
@@ -383,17 +415,29 @@ class FederationSender:
             # Another try could only happen after expiry: come back at expiry to bounce it then
             # (with this failure as the DSN's diagnostic) rather than a backoff later.
             retry_at = row.expires
-        return self._outcome(row, "queued", status, reason, hop, retry_at)
+        outcome = self._outcome(row, "queued", status, reason, hop, retry_at)
+        if dsn_mod.delay_due(row.notify, row.delay_reported, row.accepted, now):
+            # The one "delayed" report (built in _dsns, committed with this outcome).
+            outcome = replace(outcome, delay_reported=True)
+        return outcome
 
     async def _dsns(
-        self, bounced: list[Outcome], rows: Sequence[QueueEntry], now: datetime
+        self, outcomes: list[Outcome], rows: Sequence[QueueEntry], now: datetime
     ) -> list[NewEnvelope]:
+        """The reports ``outcomes`` owe: a ``failed`` one per bounce, a ``delayed`` one per
+        deferral marked for it, each only if its sender asked (Router.dsn decides)."""
         by_key = {(r.origin, r.id, r.recipient): r for r in rows}
         out: list[NewEnvelope] = []
-        for o in bounced:
+        for o in outcomes:
+            if o.state == "bounced":
+                action = dsn_mod.ACTION_FAILED
+            elif o.delay_reported:
+                action = dsn_mod.ACTION_DELAYED
+            else:
+                continue
             row = by_key[(o.origin, o.id, o.recipient)]
             original = env_mod.decode(txn_payload(row.token))
-            failure = dsn_mod.Failure(
+            report = dsn_mod.Report(
                 original_id=row.id,
                 original_from=row.sender,
                 original_kind=original.kind,
@@ -403,8 +447,10 @@ class FederationSender:
                 diagnostic=o.reason,
                 attempts=row.attempts + (0 if o.event == "expired" else 1),
                 last_attempt=now,
+                action=action,
+                notify=row.notify,
             )
-            dsn = await self.router.dsn(failure, original.created)
+            dsn = await self.router.dsn(report, original.created)
             if dsn is not None:
                 out.append(dsn)
         return out
@@ -511,6 +557,10 @@ def _batches(envelopes: list[_Envelope], max_count: int) -> list[list[_Envelope]
     size = 64
     for e in envelopes:
         cost = len(e.token) + 3
+        if e.notify:
+            # Its entry in the transaction's "notify" member, with room for the member's own
+            # name and braces (counted for every entry, to stay on the safe side).
+            cost += len(jsonutil.dumps(txn_mod.notify_to_json({e.id: e.notify}))) + 16
         if current and (len(current) >= max_count or size + cost > MAX_TXN_BYTES):
             batches.append(current)
             current, size = [], 64

@@ -14,6 +14,7 @@ from relay.core import errors as E
 from relay.core import jsonutil
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
+from relay.core.dsn import parse_notify
 from relay.core.envelope import KIND_MESSAGE
 from relay.core.limits import (
     DEFAULT_INBOX_PAGE,
@@ -102,6 +103,8 @@ class SendRequest(BaseModel):
     in_reply_to: str | None = None
     expires: str | None = None
     trace: str | None = None
+    #: RFC 3461 NOTIFY: checked by relay.core.dsn.parse_notify, in the words every face uses.
+    notify: Any = None
 
 
 def _draft(sender: Address, data: Any) -> Draft:
@@ -127,6 +130,7 @@ def _draft(sender: Address, data: Any) -> Draft:
         in_reply_to=req.in_reply_to,
         expires=None if req.expires is None else parse_expires(req.expires),
         trace=req.trace,
+        notify=parse_notify(req.notify),
     )
 
 
@@ -136,6 +140,8 @@ async def send_message(request: web.Request) -> web.Response:
 
     ``POST /synq/v1/messages {"to": ["bob@acme.test"], "content_type": "text/plain", "body": "hi"}``
     → ``202 {"id": "0190…", "status": "queued"}``. The envelope is durable before the answer.
+    ``"notify": ["success", "delay", "failure"]`` (or ``["never"]``; default ``["failure"]``)
+    asks for delivery-status envelopes about each recipient (SPEC.md §6.2, §9.4).
     """
     relay = request.app[RELAY]
     agent = await authenticate(request)

@@ -56,6 +56,7 @@ from adapters.mcp import translate
 from relay.core import errors as E
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
+from relay.core.dsn import parse_notify
 from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN
 from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
@@ -416,6 +417,17 @@ OWN_TOOLS: Final = [
                 "in_reply_to": {"type": "string", "description": "id of the message answered"},
                 "kind": {"type": "string", "pattern": KIND_PATTERN, "default": "message"},
                 "expires": {"type": "string", "description": "RFC 3339 time; default 2 days"},
+                "notify": {
+                    "type": "array",
+                    "items": {"enum": ["success", "delay", "failure", "never"]},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "description": (
+                        "delivery reports wanted per recipient (RFC 3461 NOTIFY): success "
+                        "(a receipt when it is delivered), delay, failure (the default); or "
+                        "never alone. Reports arrive in the inbox, from mailer-daemon"
+                    ),
+                },
             },
             "required": ["to", "body"],
             "additionalProperties": False,
@@ -531,6 +543,7 @@ class OwnFace:
             thread=args.get("thread"),
             in_reply_to=args.get("in_reply_to"),
             expires=None if expires is None else parse_expires(expires),
+            notify=parse_notify(args.get("notify")),
         )
         submitted = await relay.mailbox.send(draft, via="mcp")
         return views.queued(submitted.envelope.id)

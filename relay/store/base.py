@@ -9,8 +9,10 @@ Data model (SPEC.md prescribes none; this is the relay's own business):
 * **envelopes** — every envelope in the relay's custody, keyed by ``(origin, id)``, the dedup key
   of SPEC.md §8.5, holding the signed JWS exactly as received or created.
 * **recipients** — one row per (envelope, recipient): the per-recipient delivery state
-  (``queued`` → ``sent`` | ``delivered`` | ``bounced``), last code and reason, attempts, next
-  attempt time and a lease. Remote rows in state ``queued`` *are* the federation queue.
+  (``queued`` → ``sent`` → ``delivered`` | ``bounced``), last code and reason, attempts, next
+  attempt time and a lease. Remote rows in state ``queued`` *are* the federation queue. Since
+  migration 0004 also what the sender asked to be told (``notify``, RFC 3461; NULL is the
+  default) and whether the one ``delayed`` report was sent (``delay_reported``).
 * **inbox** — one row per (agent, envelope) delivered locally, with a per-store sequence number
   (for SSE resumption) and the ack time.
 * **events** — the per-recipient hop log shown by ``synq status``.
@@ -36,10 +38,12 @@ import abc
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, TypeVar
+
+from relay.core.dsn import DEFAULT_NOTIFY, Notify
 
 _T = TypeVar("_T")
 
@@ -93,6 +97,32 @@ class NewEnvelope:
     #: Recipients refused at acceptance (unknown, policy…), recorded as already bounced so that
     #: ``status`` shows them: (address, code, reason).
     refused: Sequence[tuple[str, str, str]] = ()
+    #: What the sender asked to be told (relay.core.dsn), for the recipients that asked other
+    #: than the default, keyed as ``local`` and ``remote`` name them: agent name or address.
+    notify: Mapping[str, Notify] = field(default_factory=dict)
+    #: Receipts (``delivered`` DSNs, SPEC.md §9.4) by local agent name: each is accepted in the
+    #: same transaction when its agent gets a new inbox row and reads its inbox itself (kind
+    #: ``inbox``); for an adapter-backed agent the dispatcher reports the hand-over instead,
+    #: and on a replay nothing is new, so nothing is reported twice.
+    receipts: Mapping[str, NewEnvelope] = field(default_factory=dict)
+    #: For a receipt from a partner about an envelope this relay sent: the recipient row it
+    #: marks ``delivered`` when this envelope is accepted (not on a replay).
+    receipt_of: ReceiptMark | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptMark:
+    """A partner's ``delivered`` report about one recipient of an envelope this relay sent:
+    the row ``(origin, id, recipient)`` — if ``sender`` sent it and it is ``sent`` — becomes
+    ``delivered``, with an event ``delivered`` from ``hop``."""
+
+    origin: str
+    id: str
+    sender: str
+    recipient: str
+    code: str
+    reason: str
+    hop: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +190,11 @@ class QueueEntry:
     next_attempt: datetime
     code: str | None
     reason: str | None
+    #: What the sender asked to be told; whether its ``delayed`` report went; when this relay
+    #: took custody of the envelope (relay.core.dsn.delay_due).
+    notify: Notify = DEFAULT_NOTIFY
+    delay_reported: bool = False
+    accepted: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +216,8 @@ class Outcome:
     #: Defaults: sent→sent, queued→deferred, bounced→bounced. ``expired`` and ``held`` (the
     #: destination is known down; not tried) do not count as attempts.
     event: str | None = None
+    #: The row's ``delayed`` report goes with this outcome (the caller passes it to ``settle``).
+    delay_reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +234,10 @@ class LocalDelivery:
     attempts: int
     code: str | None
     reason: str | None
+    #: As for QueueEntry: what the sender asked, whether ``delayed`` went, custody time.
+    notify: Notify = DEFAULT_NOTIFY
+    delay_reported: bool = False
+    accepted: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +254,8 @@ class DeliveryOutcome:
     reason: str
     hop: str | None = None
     next_attempt: datetime | None = None
+    #: As for Outcome: the recipient's ``delayed`` report goes with this outcome.
+    delay_reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)

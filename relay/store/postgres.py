@@ -274,7 +274,7 @@ UPDATE recipients AS r SET lease_until = %(until)s, lease_owner = %(owner)s
 FROM due, envelopes AS e
 WHERE r.pk = due.pk AND e.pk = r.envelope
 RETURNING r.pk, e.origin, e.id, e.sender, r.recipient, r.domain, e.token, e.expires,
-          r.attempts, r.next_attempt, r.code, r.reason
+          r.attempts, r.next_attempt, r.code, r.reason, r.notify, r.delay_reported, e.accepted
 """
 )
 _A2A_FILTER = """
@@ -314,20 +314,22 @@ RETURNING origin, id
     insert_recipients="""
 WITH changed AS (
     INSERT INTO recipients
-        (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated)
+        (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated,
+         notify)
     SELECT e.pk, j.recipient, j.domain, j.state, j.refused, j.code, j.reason, j.next_attempt,
-           j.updated
+           j.updated, j.notify
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
-                %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+                %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])
          WITH ORDINALITY
          AS j (origin, id, recipient, domain, state, refused, code, reason, next_attempt,
-               updated, ord)
+               updated, notify, ord)
     JOIN envelopes AS e ON e.origin = j.origin AND e.id = j.id
     ORDER BY j.ord  -- a join may reorder; row numbers (pk) follow the caller's order
     ON CONFLICT (envelope, recipient) DO UPDATE SET
         domain = excluded.domain, state = excluded.state, refused = false,
         code = excluded.code, reason = excluded.reason, next_attempt = excluded.next_attempt,
-        lease_until = NULL, lease_owner = NULL, updated = excluded.updated
+        lease_until = NULL, lease_owner = NULL, updated = excluded.updated,
+        notify = excluded.notify
     WHERE recipients.refused AND NOT excluded.refused
     RETURNING envelope, recipient, refused
 )
@@ -346,13 +348,27 @@ INSERT INTO deliveries (seq, agent, next_attempt)
 SELECT added.seq, added.agent, added.delivered_at
 FROM added JOIN agents AS a ON a.name = added.agent
 WHERE a.kind <> 'inbox'
-RETURNING seq
+RETURNING seq, agent
 """,
     insert_deliveries=None,
     insert_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
                      %s::text[], %s::text[])
+""",
+    receipt_event="""
+INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
+SELECT r.envelope, %s::timestamptz, r.recipient, 'delivered', %s::text, %s::text, %s::text
+FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+WHERE e.origin = %s AND e.id = %s AND e.sender = %s AND r.recipient = %s
+  AND r.state IN ('sent', 'queued')
+""",
+    receipt_update="""
+UPDATE recipients
+SET state = 'delivered', code = %s, reason = %s, next_attempt = NULL, lease_until = NULL,
+    lease_owner = NULL, updated = %s
+WHERE envelope = (SELECT pk FROM envelopes WHERE origin = %s AND id = %s AND sender = %s)
+  AND recipient = %s AND state IN ('sent', 'queued')
 """,
     # Typed NULLs and zeros: UNION ALL resolves each column's type from its first branch.
     message_status="""
@@ -382,7 +398,7 @@ ORDER BY 1, 10
     delivery_lease=_LIVE_OWNERS  # noqa: S608
     + """,
 due AS (
-    SELECT d.seq FROM deliveries AS d
+    SELECT d.seq, d.agent FROM deliveries AS d
     WHERE d.next_attempt <= %(now)s
       AND (d.lease_until IS NULL OR d.lease_until <= %(now)s
            OR (d.lease_owner IS NOT NULL AND d.lease_owner NOT IN (SELECT owner FROM live)))
@@ -391,10 +407,14 @@ due AS (
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE deliveries AS d SET lease_until = %(until)s, lease_owner = %(owner)s
-FROM due, inbox AS i, envelopes AS e
-WHERE d.seq = due.seq AND i.seq = d.seq AND e.pk = i.envelope
+FROM due
+JOIN inbox AS i ON i.seq = due.seq
+JOIN envelopes AS e ON e.pk = i.envelope
+LEFT JOIN recipients AS r
+    ON r.envelope = i.envelope AND r.recipient = due.agent || '@' || %(domain)s::text
+WHERE d.seq = due.seq
 RETURNING d.agent, d.seq, e.origin, e.id, e.sender, e.token, e.expires, d.attempts, d.code,
-          d.reason, d.next_attempt
+          d.reason, d.next_attempt, r.notify, r.delay_reported, e.accepted
 """,
     delivery_lease_mark=None,
     settle_event="""
@@ -406,7 +426,7 @@ WHERE e.origin = %s AND e.id = %s AND r.recipient = %s AND r.state = 'queued'
     settle_update="""
 UPDATE recipients
 SET state = %s, code = %s, reason = %s, next_attempt = %s, attempts = attempts + %s,
-    lease_until = NULL, lease_owner = NULL, updated = %s
+    delay_reported = delay_reported OR %s, lease_until = NULL, lease_owner = NULL, updated = %s
 WHERE envelope = (SELECT pk FROM envelopes WHERE origin = %s AND id = %s)
   AND recipient = %s AND state = 'queued'
 """,
@@ -419,6 +439,10 @@ FROM inbox AS i WHERE i.seq = %s
 UPDATE deliveries SET attempts = attempts + 1, next_attempt = %s, lease_until = NULL,
     lease_owner = NULL, code = %s, reason = %s
 WHERE seq = %s
+""",
+    delivery_delay="""
+UPDATE recipients SET delay_reported = true
+WHERE recipient = %s AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = %s)
 """,
     flush_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)

@@ -166,15 +166,15 @@ RETURNING origin, id
     # JSON true/false arrive as 1/0, what the STRICT INTEGER column ``refused`` holds.
     insert_recipients="""
 INSERT INTO recipients
-    (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated)
+    (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated, notify)
 SELECT e.pk, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6,
-       j.value ->> 7, j.value ->> 8, j.value ->> 9
+       j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10
 FROM json_each(?) AS j CROSS JOIN envelopes AS e
 WHERE e.origin = j.value ->> 0 AND e.id = j.value ->> 1
 ON CONFLICT (envelope, recipient) DO UPDATE SET
     domain = excluded.domain, state = excluded.state, refused = 0, code = excluded.code,
     reason = excluded.reason, next_attempt = excluded.next_attempt, lease_until = NULL,
-    updated = excluded.updated
+    updated = excluded.updated, notify = excluded.notify
 WHERE recipients.refused = 1 AND excluded.refused = 0
 RETURNING envelope,
           (SELECT x.origin FROM envelopes AS x WHERE x.pk = recipients.envelope),
@@ -194,11 +194,25 @@ SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2
 FROM json_each(?) AS j CROSS JOIN agents AS a
 WHERE a.name = j.value ->> 1 AND a.kind <> 'inbox'
 ON CONFLICT (seq) DO NOTHING
-RETURNING seq
+RETURNING seq, agent
 """,
     insert_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 VALUES (?, ?, ?, ?, ?, ?, ?)
+""",
+    receipt_event="""
+INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
+SELECT r.envelope, ?1, r.recipient, 'delivered', ?2, ?3, ?4
+FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+WHERE e.origin = ?5 AND e.id = ?6 AND e.sender = ?7 AND r.recipient = ?8
+  AND r.state IN ('sent', 'queued')
+""",
+    receipt_update="""
+UPDATE recipients
+SET state = 'delivered', code = ?1, reason = ?2, next_attempt = NULL, lease_until = NULL,
+    updated = ?3
+WHERE envelope = (SELECT pk FROM envelopes WHERE origin = ?4 AND id = ?5 AND sender = ?6)
+  AND recipient = ?7 AND state IN ('sent', 'queued')
 """,
     message_status="""
 SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0
@@ -239,8 +253,9 @@ ORDER BY r.next_attempt, r.pk LIMIT :limit
     lease_mark="UPDATE recipients SET lease_until = ? WHERE pk = ?",
     delivery_lease="""
 SELECT d.agent, d.seq, e.origin, e.id, e.sender, e.token, e.expires, d.attempts, d.code,
-       d.reason, d.next_attempt
+       d.reason, d.next_attempt, r.notify, r.delay_reported, e.accepted
 FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq JOIN envelopes AS e ON e.pk = i.envelope
+LEFT JOIN recipients AS r ON r.envelope = i.envelope AND r.recipient = d.agent || '@' || :domain
 WHERE d.next_attempt <= :now AND (d.lease_until IS NULL OR d.lease_until <= :now)
 ORDER BY d.next_attempt, d.seq LIMIT :limit
 """,
@@ -258,9 +273,9 @@ WHERE e.origin = ?6 AND e.id = ?7 AND r.recipient = ?8 AND r.state = 'queued'
     settle_update="""
 UPDATE recipients
 SET state = ?1, code = ?2, reason = ?3, next_attempt = ?4, attempts = attempts + ?5,
-    lease_until = NULL, updated = ?6
-WHERE envelope = (SELECT pk FROM envelopes WHERE origin = ?7 AND id = ?8)
-  AND recipient = ?9 AND state = 'queued'
+    delay_reported = max(delay_reported, ?6), lease_until = NULL, updated = ?7
+WHERE envelope = (SELECT pk FROM envelopes WHERE origin = ?8 AND id = ?9)
+  AND recipient = ?10 AND state = 'queued'
 """,
     delivery_event="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
@@ -270,6 +285,10 @@ SELECT i.envelope, ?1, ?2, ?3, ?4, ?5, ?6 FROM inbox AS i WHERE i.seq = ?7
 UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?1, lease_until = NULL,
     code = ?2, reason = ?3
 WHERE seq = ?4
+""",
+    delivery_delay="""
+UPDATE recipients SET delay_reported = 1
+WHERE recipient = ? AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?)
 """,
     flush_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)

@@ -27,6 +27,7 @@ from a2a.utils import errors as a2a
 
 from adapters.a2a import tasks as folding
 from adapters.a2a import wire
+from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core.address import MAILER_DAEMON, Address
 from relay.core.envelope import KIND_DSN, Envelope
@@ -128,6 +129,8 @@ class ReplyTracker:
             envelope.kind == KIND_DSN
             and envelope.sender.local == MAILER_DAEMON
             and (envelope.sender.domain in (target.domain, self.domain))
+            # A receipt or a delay report changes no task: it stays in the owner's inbox.
+            and dsn_mod.is_failure(envelope.body)
         )
 
     async def run(self) -> None:

@@ -53,6 +53,7 @@ from adapters.a2a import wire
 from relay.core.address import Address
 from relay.core.clock import Clock
 from relay.core.draft import Draft
+from relay.core.dsn import DEFAULT_NOTIFY, Notify, parse_notify
 from relay.core.envelope import ID_PATTERN, KIND_MESSAGE, KIND_SIGNAL
 from relay.core.errors import PeerError, SynqError
 from relay.core.ids import uuid7
@@ -63,6 +64,7 @@ from relay.tasks.push import MAX_PUSH_CONFIGS, PushSender, push_configs, push_js
 __all__ = [
     "FIRST_EVENT_WAIT",
     "MAX_BLOCKING_WAIT",
+    "NOTIFY_METADATA",
     "Change",
     "OwnerInboxes",
     "Started",
@@ -145,6 +147,23 @@ def _a2a_error(exc: SynqError) -> a2a.A2AError:
             return a2a.InvalidParamsError(message=exc.message)
         return a2a.InvalidRequestError(message=exc.message)
     return a2a.InternalError(message=exc.message)
+
+
+#: Where a client of the face asks for delivery reports: a member of its message's
+#: ``metadata`` holding the ``notify`` list of SPEC.md §6.2 (``["success"]``…). The reports come
+#: back to the calling agent's inbox; they do not change the task.
+NOTIFY_METADATA: Final = "urn:synq:ext:notify:1"
+
+
+def _notify_of(message: Message) -> Notify:
+    """What the client asked to be told about its message (:data:`NOTIFY_METADATA`)."""
+    if NOTIFY_METADATA not in message.metadata.fields:
+        return DEFAULT_NOTIFY
+    value = json_format.MessageToDict(message.metadata).get(NOTIFY_METADATA)
+    try:
+        return parse_notify(value)
+    except SynqError as exc:
+        raise a2a.InvalidParamsError(message=f"metadata {NOTIFY_METADATA}: {exc.message}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,10 +367,11 @@ class TaskStore:
             raise a2a.InvalidParamsError(message="a client's message has role ROLE_USER")
         if not message.parts:
             raise a2a.InvalidParamsError(message="a message needs at least one part")
+        notify = _notify_of(message)
         now = self.clock.now()
         envelope_id = uuid7(now)
         if message.task_id:
-            return await self._follow_up(owner, address, message, envelope_id)
+            return await self._follow_up(owner, address, message, envelope_id, notify)
         context_id = message.context_id or str(uuid.uuid4())
         task = folding.new_task(envelope_id, context_id, message, now)
         push = "[]"
@@ -378,14 +398,21 @@ class TaskStore:
         self.owners.add(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
-            await self._send(owner, address, body, context=context_id, id=envelope_id)
+            await self._send(
+                owner, address, body, context=context_id, id=envelope_id, notify=notify
+            )
         except SynqError as exc:
             await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
             raise _a2a_error(exc) from None
         return Started(task_id=envelope_id, new=True, version=0)
 
     async def _follow_up(
-        self, owner: str, address: Address, message: Message, envelope_id: str
+        self,
+        owner: str,
+        address: Address,
+        message: Message,
+        envelope_id: str,
+        notify: Notify = DEFAULT_NOTIFY,
     ) -> Started:
         row, task = await self.get(owner, address, message.task_id)
         if message.context_id and message.context_id != row.context:
@@ -416,7 +443,13 @@ class TaskStore:
         body = _agent_message(message, task_id=current.remote_id or "", context_id=row.context)
         try:
             await self._send(
-                owner, address, body, context=row.context, in_reply_to=row.id, id=envelope_id
+                owner,
+                address,
+                body,
+                context=row.context,
+                in_reply_to=row.id,
+                id=envelope_id,
+                notify=notify,
             )
         except SynqError as exc:
             raise _a2a_error(exc) from None
@@ -489,9 +522,11 @@ class TaskStore:
         kind: str = KIND_MESSAGE,
         in_reply_to: str | None = None,
         id: str | None = None,
+        notify: Notify = DEFAULT_NOTIFY,
     ) -> None:
         """One envelope of the face's task from ``owner`` to the agent at ``address``, in the
-        thread of the task's context (SPEC.md "A2A mapping")."""
+        thread of the task's context (SPEC.md "A2A mapping"); ``notify``: the reports the
+        client asked for (:data:`NOTIFY_METADATA`)."""
         draft = Draft(
             Address(owner, self.domain),
             (address,),
@@ -501,6 +536,7 @@ class TaskStore:
             thread=thread_of(context),
             in_reply_to=in_reply_to,
             id=id,
+            notify=notify,
         )
         await self.mailbox.send(draft, via="a2a")
 

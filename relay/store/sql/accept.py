@@ -15,8 +15,9 @@ only the middle one touches the database (relay/store/sql/store.py runs it):
    statement returns the rows it inserted or changed: ``(envelope pk, origin, id, recipient,
    refused)``.
 3. :func:`interpret` — from what came back: one :class:`~relay.store.base.AcceptResult` per
-   pair, the inbox rows and hop-log events of the rows that changed, and the notifier channels
-   to wake after COMMIT.
+   pair, the inbox rows and hop-log events of the rows that changed, the receipts those new
+   inbox rows may owe (``NewEnvelope.receipts``: a row that did not change owes none, so a
+   replay reports nothing twice), and the notifier channels to wake after COMMIT.
 
 Accept is an idempotent union (relay/store/base.py; SPEC.md §8.5): a replay changes nothing and
 is a duplicate, except a copy that reaches a recipient the first did not — an address refused
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from relay.core.dsn import encode_notify
 from relay.core.errors import InvalidAddress
 from relay.store.base import QUEUE_CHANNEL, AcceptResult, NewEnvelope, inbox_channel
 
@@ -55,8 +57,8 @@ __all__ = [
 #: One envelope row: (origin, id, sender, token, created, expires, thread, kind, via, accepted).
 ENVELOPE_WIDTH = 10
 #: One recipient row: (origin, id, recipient, domain, state, refused, code, reason,
-#: next_attempt, updated). The dialect resolves (origin, id) to the envelope's key.
-RECIPIENT_WIDTH = 10
+#: next_attempt, updated, notify). The dialect resolves (origin, id) to the envelope's key.
+RECIPIENT_WIDTH = 11
 #: One inbox row: (agent, envelope pk, delivered at).
 INBOX_WIDTH = 3
 #: One event row: (envelope pk, at, recipient, event, code, reason, hop).
@@ -77,6 +79,8 @@ class Recipient:
     #: Why it was refused, for refused rows.
     code: str | None = None
     reason: str | None = None
+    #: What the sender asked to be told about it, as the store keeps it (None: the default).
+    notify: str | None = None
 
 
 def _domain_of(address: str) -> str:
@@ -96,15 +100,18 @@ def recipients_of(item: NewEnvelope, local_domain: str | None) -> list[Recipient
     """
     rows: list[Recipient] = []
     seen: set[str] = set()
+    asked = item.notify
     for name in item.local:
         key = f"{name}@{local_domain}" if local_domain else name
         if key not in seen:
             seen.add(key)
-            rows.append(Recipient(key, None, "local", agent=name))
+            notify = encode_notify(asked[name]) if name in asked else None
+            rows.append(Recipient(key, None, "local", agent=name, notify=notify))
     for address in item.remote:
         if address not in seen:
             seen.add(address)
-            rows.append(Recipient(address, _domain_of(address), "remote"))
+            notify = encode_notify(asked[address]) if address in asked else None
+            rows.append(Recipient(address, _domain_of(address), "remote", notify=notify))
     for address, code, reason in item.refused:
         if address not in seen:
             seen.add(address)
@@ -175,6 +182,7 @@ def plan(
                 r.reason,
                 next_attempt,
                 at,
+                r.notify,
             )
             row_key = (it.origin, it.id, r.key)
             earlier = first.get(row_key)
@@ -202,6 +210,10 @@ class Accepted:
     #: Notifier channels to wake after COMMIT: ``inbox:<agent>`` per agent with a new inbox
     #: row, ``queue`` when a remote row was queued.
     channels: set[str] = field(default_factory=set)
+    #: The receipts the new inbox rows owe: (agent, receipt, accepted-at). The caller keeps
+    #: those of agents that read their inbox themselves (an adapter-backed agent's is sent on
+    #: hand-over).
+    receipts: list[tuple[str, NewEnvelope, Any]] = field(default_factory=list)
 
 
 def interpret(
@@ -230,6 +242,9 @@ def interpret(
                 out.inbox.append((r.agent, pk, at))
                 out.events.append((pk, at, r.key, "delivered", None, None, it.via))
                 out.channels.add(inbox_channel(r.agent))
+                receipt = it.receipts.get(r.agent)
+                if receipt is not None:
+                    out.receipts.append((r.agent, receipt, at))
             elif r.klass == "remote":
                 out.events.append((pk, at, r.key, "accepted", None, None, it.via))
                 out.channels.add(QUEUE_CHANNEL)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from relay.core.dsn import decode_notify
 from relay.store.base import (
     A2ATask,
     AgentRecord,
@@ -38,7 +39,7 @@ FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
 #: The rows ``queue_entry`` maps.
 QUEUE_SELECT: Final = """
 SELECT r.pk, e.origin, e.id, e.sender, r.recipient, r.domain, e.token, e.expires, r.attempts,
-       r.next_attempt, r.code, r.reason
+       r.next_attempt, r.code, r.reason, r.notify, r.delay_reported, e.accepted
 FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope
 """
 #: The rows ``a2a_task`` maps.
@@ -68,7 +69,7 @@ def inbox_item(row: Row, dt: ToDatetime) -> InboxItem:
 
 def queue_entry(row: Row, dt: ToDatetime) -> QueueEntry:
     """(pk, origin, id, sender, recipient, domain, token, expires, attempts, next_attempt,
-    code, reason)"""
+    code, reason, notify, delay_reported, accepted)"""
     return QueueEntry(
         origin=row[1],
         id=row[2],
@@ -81,11 +82,16 @@ def queue_entry(row: Row, dt: ToDatetime) -> QueueEntry:
         next_attempt=dt(row[9]),
         code=row[10],
         reason=row[11],
+        notify=decode_notify(row[12]),
+        delay_reported=bool(row[13]),
+        accepted=dt(row[14]),
     )
 
 
 def local_delivery(row: Row, dt: ToDatetime) -> LocalDelivery:
-    """(agent, seq, origin, id, sender, token, expires, attempts, code, reason, …)"""
+    """(agent, seq, origin, id, sender, token, expires, attempts, code, reason, next_attempt,
+    notify, delay_reported, accepted): the recipient row's ``notify`` and ``delay_reported``
+    (NULL when the store has no domain to name the row by)."""
     return LocalDelivery(
         agent=row[0],
         seq=row[1],
@@ -97,6 +103,9 @@ def local_delivery(row: Row, dt: ToDatetime) -> LocalDelivery:
         attempts=row[7],
         code=row[8],
         reason=row[9],
+        notify=decode_notify(row[11]),
+        delay_reported=bool(row[12]),
+        accepted=dt(row[13]),
     )
 
 

@@ -55,19 +55,27 @@ class Statements:
     # accept (relay/store/sql/accept.py) -------------------------------------------------------
     #: rows[10] of envelopes, ON CONFLICT (origin, id) DO NOTHING → (origin, id) inserted.
     insert_envelopes: str
-    #: rows[10] of recipients, the idempotent union: a missing row is inserted, an existing row
-    #: changes only when it was refused and the new one is not → (envelope pk, origin, id,
-    #: recipient, refused) of each row inserted or changed, in any order.
+    #: rows[11] of recipients (relay/store/sql/accept.py, RECIPIENT_WIDTH), the idempotent
+    #: union: a missing row is inserted, an existing row changes only when it was refused and
+    #: the new one is not → (envelope pk, origin, id, recipient, refused) of each row inserted
+    #: or changed, in any order.
     insert_recipients: str
     #: rows[3] (agent, envelope pk, delivered at), ON CONFLICT DO NOTHING. Returns, where
-    #: ``insert_deliveries`` is None, the delivery rows it added too (agents whose kind is not
-    #: ``inbox`` get one, due at once); otherwise the inbox rows it added, (seq, agent,
-    #: delivered at), which ``insert_deliveries`` takes.
+    #: ``insert_deliveries`` is None, the delivery rows it added too, (seq, agent) (agents whose
+    #: kind is not ``inbox`` get one, due at once); otherwise the inbox rows it added, (seq,
+    #: agent, delivered at), which ``insert_deliveries`` takes.
     insert_inbox: str
-    #: rows[3] (seq, agent, due) → (seq) of the delivery rows added.
+    #: rows[3] (seq, agent, due) → (seq, agent) of the delivery rows added.
     insert_deliveries: str | None
     #: rows[7] (envelope pk, at, recipient, event, code, reason, hop)
     insert_events: str
+    #: A partner's receipt (``ReceiptMark``): rows of (at, code, reason, hop, origin, id, sender,
+    #: recipient) log ``delivered`` for a row still ``sent`` or ``queued`` of that envelope of
+    #: that sender; then rows of (code, reason, at, origin, id, sender, recipient) make it
+    #: ``delivered``. ``queued`` too: the receipt can overtake the answer to the transaction
+    #: that delivered the envelope, and the settle that follows then finds nothing to change.
+    receipt_event: str
+    receipt_update: str
 
     # reads -------------------------------------------------------------------------------------
     #: {origin, id} → the envelope (kind 0), its recipients (1) and its events (2), ten
@@ -98,8 +106,10 @@ class Statements:
     lease_due_domain: str
     #: rows of (until, recipient pk)
     lease_mark: str | None
-    #: {now, until, limit, owner} → (agent, seq, origin, id, sender, token, expires, attempts,
-    #: code, reason, next_attempt); with ``delivery_lease_mark`` as for ``lease_due``.
+    #: {now, until, limit, owner, domain} → (agent, seq, origin, id, sender, token, expires,
+    #: attempts, code, reason, next_attempt, notify, delay_reported, accepted), the last three
+    #: from the recipient row ``<agent>@<domain>`` and the envelope; with
+    #: ``delivery_lease_mark`` as for ``lease_due``.
     delivery_lease: str
     #: rows of (until, seq)
     delivery_lease_mark: str | None
@@ -111,7 +121,8 @@ class Statements:
     # settle ------------------------------------------------------------------------------------
     #: rows of (at, event, code, reason, hop, origin, id, recipient); only for a row still queued.
     settle_event: str
-    #: rows of (state, code, reason, next_attempt, tried, at, origin, id, recipient).
+    #: rows of (state, code, reason, next_attempt, tried, delay reported, at, origin, id,
+    #: recipient); ``delay_reported`` is set, never cleared.
     settle_update: str
     #: rows of (at, address, event, code, reason, hop, seq)
     delivery_event: str
@@ -123,6 +134,8 @@ class Statements:
     delivery_ack: str
     #: rows of (code, reason, at, address, seq)
     delivery_bounce: str
+    #: rows of (address, seq): the recipient row's ``delayed`` report went.
+    delivery_delay: str
 
     # operator commands -------------------------------------------------------------------------
     #: {at, domain, id}: log ``flushed``, then make the rows due now.

@@ -42,6 +42,7 @@ from relay.store.base import (
     NewEnvelope,
     Outcome,
     QueueEntry,
+    ReceiptMark,
     Store,
     a2a_task_channel,
 )
@@ -298,7 +299,11 @@ class SqlStore(GroupWriter, Store):
         async def run(tx: Tx) -> tuple[list[AcceptResult], Collection[str]]:
             return await self._accept_rows(tx, batch)
 
-        results: list[AcceptResult] = await self._write(run, accepts=batch, new=items)
+        # The receipts the items may owe are accepted in the same transaction: their local
+        # agents (the senders) are locked with the rest where the dialect locks agents.
+        receipts = [r for item in items for r in item.receipts.values()]
+        new = [*items, *receipts] if receipts else items
+        results: list[AcceptResult] = await self._write(run, accepts=batch, new=new)
         return results
 
     async def _accept_rows(
@@ -306,7 +311,15 @@ class SqlStore(GroupWriter, Store):
     ) -> tuple[list[AcceptResult], Collection[str]]:
         """Take custody of ``(item, accepted-at)`` pairs inside ``tx``: plan, run the dialect's
         statements, interpret (relay/store/sql/accept.py). Four to six statements however many
-        envelopes and recipients the batch holds."""
+        envelopes and recipients the batch holds, and a few more for receipts when the batch
+        carries any (SPEC.md §9.4):
+
+        * the receipts its new inbox rows owe (``NewEnvelope.receipts``) are taken into custody
+          in the same transaction — no delivery reported without it, none lost — except those
+          of adapter-backed agents, whose hand-over the dispatcher reports;
+        * a partner's receipt accepted here (not a replay) marks the recipient row it reports
+          on ``delivered`` (``NewEnvelope.receipt_of``).
+        """
         sql = self.sql
         plan = accept.plan(batch, self.domain, self._ts)
         inserted = await tx.fetch_rows(sql.insert_envelopes, plan.envelopes, accept.ENVELOPE_WIDTH)
@@ -314,15 +327,45 @@ class SqlStore(GroupWriter, Store):
         for statement in plan.recipients:
             changed += await tx.fetch_rows(sql.insert_recipients, statement, accept.RECIPIENT_WIDTH)
         out = accept.interpret(plan, inserted, changed)
-        if out.inbox and await self._insert_inbox(tx, out.inbox):
-            out.channels.add(DELIVERY_CHANNEL)
+        handed_over: set[str] = set()
+        if out.inbox:
+            handed_over = await self._insert_inbox(tx, out.inbox)
+            if handed_over:
+                out.channels.add(DELIVERY_CHANNEL)
         if out.events:
             await tx.insert_rows(sql.insert_events, out.events, accept.EVENT_WIDTH)
+        marks = [
+            (item.receipt_of, at)
+            for (item, at, _rows), result in zip(plan.items, out.results, strict=True)
+            if item.receipt_of is not None and not result.duplicate
+        ]
+        if marks:
+            await self._mark_delivered(tx, marks)
+        receipts = [(r, at) for agent, r, at in out.receipts if agent not in handed_over]
+        if receipts:
+            # Receipts are DSNs, which owe no receipts themselves: one level deep.
+            _results, more = await self._accept_rows(tx, receipts)
+            out.channels.update(more)
         return out.results, out.channels
 
-    async def _insert_inbox(self, tx: Tx, inbox: list[tuple[str, Any, Any]]) -> bool:
+    async def _mark_delivered(self, tx: Tx, marks: Sequence[tuple[ReceiptMark, Any]]) -> None:
+        """Rows a partner reports delivered become ``delivered``, the event first (while the row
+        is still ``sent`` or ``queued``, the event statement's condition)."""
+        await tx.executemany(
+            self.sql.receipt_event,
+            [
+                (at, m.code, m.reason, m.hop, m.origin, m.id, m.sender, m.recipient)
+                for m, at in marks
+            ],
+        )
+        await tx.executemany(
+            self.sql.receipt_update,
+            [(m.code, m.reason, at, m.origin, m.id, m.sender, m.recipient) for m, at in marks],
+        )
+
+    async def _insert_inbox(self, tx: Tx, inbox: list[tuple[str, Any, Any]]) -> set[str]:
         """Insert the inbox rows (and the delivery rows of adapter-backed agents, which the
-        dispatcher hands over); True if any delivery row was added.
+        dispatcher hands over); return the agents that got a delivery row.
 
         Only agents that get a new row here must exist: a replay naming an agent removed since
         changes nothing for it, and may still deliver to a recipient an earlier copy refused
@@ -340,7 +383,7 @@ class SqlStore(GroupWriter, Store):
             raise UnknownRecipient(f"no local agent named {', '.join(sorted(missing))}") from exc
         if self.sql.insert_deliveries is not None and added:
             added = await tx.fetch_rows(self.sql.insert_deliveries, added, accept.INBOX_WIDTH)
-        return bool(added)
+        return {row[1] for row in added}
 
     async def _vanished(self, tx: Tx, names: set[str]) -> set[str]:
         """Which of ``names`` are no agent, after an inbox insert failed on its foreign key.
@@ -442,7 +485,18 @@ class SqlStore(GroupWriter, Store):
             tried = 0 if event in _NOT_ATTEMPTS else 1
             event_rows.append((at, event, o.code, o.reason, o.hop, o.origin, o.id, o.recipient))
             update_rows.append(
-                (o.state, o.code, o.reason, next_attempt, tried, at, o.origin, o.id, o.recipient)
+                (
+                    o.state,
+                    o.code,
+                    o.reason,
+                    next_attempt,
+                    tried,
+                    o.delay_reported,
+                    at,
+                    o.origin,
+                    o.id,
+                    o.recipient,
+                )
             )
         new = list(new)
         if not outcomes and not new:
@@ -520,7 +574,13 @@ class SqlStore(GroupWriter, Store):
             return []
         sql = self.sql
         until = self._ts(lease_until)
-        params = {"now": self._ts(now), "until": until, "limit": limit, "owner": self.instance}
+        params = {
+            "now": self._ts(now),
+            "until": until,
+            "limit": limit,
+            "owner": self.instance,
+            "domain": self.domain,
+        }
 
         async def run(tx: Tx) -> tuple[list[LocalDelivery], Collection[str]]:
             due = await tx.fetch(sql.delivery_lease, params)
@@ -545,9 +605,12 @@ class SqlStore(GroupWriter, Store):
         finished: list[tuple[Any, ...]] = []
         acks: list[tuple[Any, ...]] = []
         bounces: list[tuple[Any, ...]] = []
+        delays: list[tuple[Any, ...]] = []
         for o in outcomes:
             address = f"{o.agent}@{self.domain}"
             events.append((at, address, _DELIVERY_EVENT[o.state], o.code, o.reason, o.hop, o.seq))
+            if o.delay_reported:
+                delays.append((address, o.seq))
             if o.state == "queued":
                 if o.next_attempt is None:
                     raise InternalError("a deferred delivery needs next_attempt")
@@ -568,6 +631,7 @@ class SqlStore(GroupWriter, Store):
                 (sql.delivery_done, finished),
                 (sql.delivery_ack, acks),
                 (sql.delivery_bounce, bounces),
+                (sql.delivery_delay, delays),
             ):
                 if batch:
                     await tx.executemany(text, batch)
