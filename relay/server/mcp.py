@@ -56,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.mcp import translate
 from relay.core import errors as E
+from relay.core import idempotency
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN
@@ -63,6 +64,7 @@ from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
 from relay.core.limits import (
     MAX_API_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_INBOX_PAGE,
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
@@ -409,6 +411,15 @@ OWN_TOOLS: Final = [
                 "in_reply_to": {"type": "string", "description": "id of the message answered"},
                 "kind": {"type": "string", "pattern": KIND_PATTERN, "default": "message"},
                 "expires": {"type": "string", "description": "RFC 3339 time; default 2 days"},
+                "idempotency_key": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+                    "description": (
+                        "a unique key for this message (a UUID, say): calling again with the "
+                        "same key and arguments returns the first id and sends nothing twice"
+                    ),
+                },
             },
             "required": ["to", "body"],
             "additionalProperties": False,
@@ -525,8 +536,13 @@ class OwnFace:
             in_reply_to=args.get("in_reply_to"),
             expires=None if expires is None else parse_expires(expires),
         )
-        submitted = await relay.mailbox.send(draft, via="mcp")
-        return views.queued(submitted.envelope.id)
+        key = args.get("idempotency_key")
+        # The same key as the API's Idempotency-Key (SPEC.md §6.2): a tool call retried after a
+        # lost answer (a broken session, a client restart) answers with the first message id.
+        sent = await relay.mailbox.send(
+            draft, via="mcp", key=None if key is None else idempotency.check_key(key)
+        )
+        return views.queued(sent.id)
 
     async def check_inbox(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
         mailbox = self.relay.mailbox

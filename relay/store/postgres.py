@@ -354,6 +354,16 @@ INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
                      %s::text[], %s::text[])
 """,
+    # A key another transaction inserted and has not committed yet makes this one wait for its
+    # COMMIT (or ROLLBACK), then skip the row (or insert it): two processes never both take a key.
+    insert_idempotency_keys="""
+INSERT INTO idempotency_keys (agent, key, fingerprint, origin, envelope, created)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::timestamptz[])
+ON CONFLICT (agent, key) DO NOTHING
+RETURNING agent, key
+""",
+    select_idempotency_keys=rows.IDEMPOTENCY_SELECT + "WHERE agent = %s AND key = ANY(%s::text[])",
     # Typed NULLs and zeros: UNION ALL resolves each column's type from its first branch.
     message_status="""
 SELECT 0, e.origin, e.id, e.sender, NULL::text, NULL::text, 0, e.created, e.expires, 0::bigint

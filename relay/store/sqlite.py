@@ -200,6 +200,16 @@ RETURNING seq
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """,
+    insert_idempotency_keys="""
+INSERT INTO idempotency_keys (agent, key, fingerprint, origin, envelope, created)
+SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5
+FROM json_each(?) AS j
+WHERE true
+ON CONFLICT (agent, key) DO NOTHING
+RETURNING agent, key
+""",
+    select_idempotency_keys=rows.IDEMPOTENCY_SELECT  # noqa: S608 (constants)
+    + "WHERE agent = ? AND key IN (SELECT value FROM json_each(?))",
     message_status="""
 SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0
 FROM envelopes AS e WHERE e.origin = :origin AND e.id = :id
