@@ -431,8 +431,7 @@ class TaskStore:
         try:
             await self._send(owner, address, body, context=context_id, id=envelope_id)
         except SynqError as exc:
-            await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
-            await self._release(key, envelope_id)
+            await self._refused(exc, key, envelope_id, new=True)
             raise _a2a_error(exc) from None
         return Started(task_id=envelope_id, new=True, version=0)
 
@@ -481,7 +480,7 @@ class TaskStore:
                 owner, address, body, context=row.context, in_reply_to=row.id, id=envelope_id
             )
         except SynqError as exc:
-            await self._release(key, envelope_id)
+            await self._refused(exc, key, envelope_id, new=False)
             raise _a2a_error(exc) from None
         return Started(task_id=row.id, new=False, version=current.version)
 
@@ -540,9 +539,7 @@ class TaskStore:
                     id=first.id,
                 )
             except SynqError as exc:
-                if new:
-                    await self._fail(row.id, f"the relay refused the message: {exc.message}")
-                await self._release(key, first.id)
+                await self._refused(exc, key, first.id, new=new)
                 raise _a2a_error(exc) from None
         # A follow-up is answered once the task ended or, changed since the turn, waits for
         # the client again.
@@ -560,14 +557,24 @@ class TaskStore:
             settled=settled,
         )
 
-    async def _release(self, key: IdempotencyKey | None, envelope_id: str) -> None:
-        """The relay refused the call's envelope: free its key, so that the client's retry (after
-        a rate limit, say) is sent rather than answered with the refusal's failed task, as a
-        refused request records no key anywhere (SPEC.md §6.2). Best effort: a store that fails
-        here leaves the key answering with that task."""
-        if key is not None:
-            with contextlib.suppress(SynqError):
-                await self.store.release_idempotency_key(key.agent, key.key, envelope_id)
+    async def _refused(
+        self, exc: SynqError, key: IdempotencyKey | None, envelope_id: str, *, new: bool
+    ) -> None:
+        """The call's envelope was not taken into custody.
+
+        Refused (the caller's fault: rate, policy, recipients): a new task fails with the
+        reason, and the key is freed, so that the client's retry — after a rate limit, say — is
+        sent rather than answered with that failed task, as a refused request records no key
+        anywhere (SPEC.md §6.2). Best effort: a store failing here leaves the key answering
+        with the task. The relay's own failure (its store) with a key: the task stays as it is,
+        for the client's retry to send this very envelope (or, with no retry, for the orphan
+        rule, ``ORPHAN_AGE``, to fail it)."""
+        if isinstance(exc, PeerError) or key is None:
+            if new:
+                await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
+            if key is not None:
+                with contextlib.suppress(SynqError):
+                    await self.store.release_idempotency_key(key.agent, key.key, envelope_id)
 
     async def _fail(self, task_id: str, why: str) -> None:
         def failed(row: A2ATask, task: Task) -> Change | None:
