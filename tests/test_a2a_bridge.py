@@ -314,12 +314,21 @@ async def test_cancel_crosses_the_boundary_to_the_agents_task(b: Bridge) -> None
     await eventually(canceled_there)
 
 
-async def test_duplicate_message_ids_are_separate_tasks(b: Bridge) -> None:
+async def test_a_retried_message_id_is_the_first_task_and_others_are_listed_apart(
+    b: Bridge,
+) -> None:
+    """The same messageId sent again by the same caller is a retry (SPEC.md "The A2A face"): it
+    is answered from the first call's task, and no second task or envelope comes of it."""
     client = await b.client(streaming=False)
     first = await collect(client, message("tck-complete-task", message_id="dup-1"))
-    second = await collect(client, message("tck-complete-task", message_id="dup-1"))
+    again = await collect(client, message("tck-complete-task", message_id="dup-1"))
+    assert again[0].task.id == first[0].task.id
+    assert again[0].task.status.state == TaskState.TASK_STATE_COMPLETED
+    second = await collect(client, message("tck-complete-task", message_id="dup-2"))
     ids = {first[0].task.id, second[0].task.id}
     assert len(ids) == 2
+    delivered = await b.globex.relay.store.inbox("tck", limit=10, include_acked=True)
+    assert len(delivered) == 2
     listed = await client.list_tasks(ListTasksRequest(page_size=1))
     assert (listed.total_size, len(listed.tasks)) == (2, 1)
     assert listed.next_page_token

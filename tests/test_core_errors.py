@@ -48,6 +48,7 @@ TREE: list[tuple[type[SynqError], str, str, int]] = [
     (errors.UnknownRecipient, "unknown_recipient", "5.1.1", 422),
     (errors.WrongDomain, "wrong_domain", "5.1.2", 422),
     (errors.Conflict, "conflict", "5.5.4", 409),
+    (errors.IdempotencyKeyReused, "idempotency_key_reused", "5.5.4", 422),
     (errors.PayloadTooLarge, "too_large", "5.3.4", 413),
     (RateLimited, "rate_limited", "4.7.0", 429),
     (RelayError, "relay_error", "4.0.0", 500),

@@ -887,6 +887,7 @@ async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
     for _ in range(3):
         s = await open_store(f"sqlite:///{path}")
         await s.close()
+    # Every packaged migration once, in order (numbers from the package: branches add theirs).
     packaged = [(m.version, m.name) for m in SQLiteStore.migrations()]
     assert packaged[:3] == [(1, "init"), (2, "local_deliveries"), (3, "a2a_tasks")]
     with sqlite3.connect(path) as db:

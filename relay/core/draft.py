@@ -14,13 +14,16 @@ and who may send what (rate, recipients, policy) when it is submitted.
 
 Refusals are ``InvalidEnvelope`` (422, 5.6.0), worded as the envelope model words the same
 fault, so a face answers the same message whichever path found it.
+
+A draft's :meth:`~Draft.fingerprint` is what an idempotency key is checked against (SPEC.md
+§6.2): a retry under a key must ask for the same envelope as the first request did.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
 from relay.core.address import Address
@@ -35,6 +38,7 @@ from relay.core.envelope import (
     parse_timestamp,
 )
 from relay.core.errors import InvalidEnvelope
+from relay.core.idempotency import digest
 from relay.core.limits import MAX_ID_LENGTH, MAX_RECIPIENTS
 
 __all__ = ["Draft", "parse_expires"]
@@ -82,6 +86,26 @@ class Draft:
             self.expires,
             self.trace,
             self.id,
+        )
+
+    def fingerprint(self) -> str:
+        """The request fingerprint of the IETF Idempotency-Key draft for this draft: a digest of
+        every field the sender chooses, as parsed (``to`` normalised, defaults applied, an
+        ``expires`` as the instant it names), so two requests asking for the same envelope have
+        the same fingerprint however they spelled it. ``id`` is left out: it is the relay's
+        choice, not the sender's (the A2A face picks a fresh one per call)."""
+        expires = self.expires
+        return digest(
+            {
+                "to": [str(a) for a in self.to],
+                "content_type": self.content_type,
+                "body": self.body,
+                "kind": self.kind,
+                "thread": self.thread,
+                "in_reply_to": self.in_reply_to,
+                "expires": None if expires is None else expires.astimezone(UTC).isoformat(),
+                "trace": self.trace,
+            }
         )
 
 

@@ -21,6 +21,7 @@
     │   ├── UnknownRecipient           422 unknown_recipient    5.1.1
     │   ├── WrongDomain                422 wrong_domain         5.1.2
     │   ├── Conflict                   409 conflict             5.5.4
+    │   ├── IdempotencyKeyReused       422 idempotency_key_reused 5.5.4
     │   ├── PayloadTooLarge            413 too_large            5.3.4
     │   └── RateLimited                429 rate_limited         4.7.0  (+ retry_after)
     └── RelayError                     the relay, or what it depends on, failed (5xx)
@@ -229,6 +230,17 @@ class Conflict(PeerError):
     status = st.INVALID_PARAMETER
     http_status = 409
     default_message = "conflicts with existing state"
+
+
+class IdempotencyKeyReused(PeerError):
+    """An idempotency key used before, by the same agent, for a request that asked for something
+    else (SPEC.md §6.2; the IETF Idempotency-Key draft's 422). Nothing is sent: the key still
+    answers for its first request, and a new request needs a new key."""
+
+    code = "idempotency_key_reused"
+    status = st.INVALID_PARAMETER
+    http_status = 422
+    default_message = "this idempotency key was used before for a different request"
 
 
 class PayloadTooLarge(PeerError):

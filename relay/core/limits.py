@@ -77,6 +77,20 @@ MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 #: idle connection pins a handler; clients simply poll again.
 MAX_LONG_POLL_SECONDS: Final = 60.0
 
+#: How long a relay keeps the record of an idempotency key (SPEC.md §6.2): a retry under the key
+#: within this time gets the first answer and never a second envelope. A day covers what makes a
+#: client retry — a relay restart, a lost connection, the client's own crash and restart, an
+#: outage through a night — and is the expiry the IETF Idempotency-Key draft's examples and
+#: Stripe's API use. Past it a record may be purged (``Store.purge_idempotency_keys``), which bounds
+#: the table to about a day of keyed sends.
+IDEMPOTENCY_RETENTION: Final = timedelta(hours=24)
+
+#: Longest idempotency key, in characters (printable ASCII, SPEC.md §6.2). Every key is stored and
+#: indexed for IDEMPOTENCY_RETENTION: the bound stops a client making each send park kilobytes of
+#: key in the store for a day (growing the table and its index at will), and keeps every key
+#: within what one B-tree index entry can hold. A UUID is 36 characters; Stripe allows 255 too.
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+
 #: Most messages one inbox read returns.
 MAX_INBOX_PAGE: Final = 500
 DEFAULT_INBOX_PAGE: Final = 50

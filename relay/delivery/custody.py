@@ -16,7 +16,7 @@ from typing import Any
 from relay.core.clock import Clock
 from relay.core.envelope import Envelope
 from relay.store.backpressure import CustodyGate
-from relay.store.base import AcceptResult, NewEnvelope, Store
+from relay.store.base import AcceptResult, IdempotencyKey, NewEnvelope, Store
 
 __all__ = ["Custody", "new_envelope"]
 
@@ -56,11 +56,13 @@ def new_envelope(
     refused: Sequence[tuple[str, str, str]] = (),
     *,
     origin: str | None = None,
+    idempotency: IdempotencyKey | None = None,
 ) -> NewEnvelope:
     """The store row for a signed envelope: ``local`` agent names whose inbox gets it now,
     ``remote`` addresses queued for federation, ``via`` for the hop log, ``refused`` recipients
     with their code and reason. ``origin``: the sender's domain when the caller knows it (saves
-    parsing ``from`` again)."""
+    parsing ``from`` again). ``idempotency``: the sender's key, recorded in the same store
+    transaction as the envelope (SPEC.md §6.2)."""
     return NewEnvelope(
         origin=origin or envelope.sender.domain,
         id=envelope.id,
@@ -74,4 +76,5 @@ def new_envelope(
         remote=list(remote),
         via=via,
         refused=list(refused),
+        idempotency=idempotency,
     )

@@ -38,7 +38,7 @@ from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
 from relay.core.policy import Policy
 from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
 from relay.delivery.custody import Custody, new_envelope
-from relay.store.base import AcceptResult, AgentRecord, NewEnvelope, Store
+from relay.store.base import AcceptResult, AgentRecord, IdempotencyKey, NewEnvelope, Store
 
 #: How long, in seconds, a relay process trusts what the store told it about an agent: that a
 #: token hash is the agent's, that a name is a registered agent. Only these positive answers are
@@ -65,9 +65,15 @@ UNMETERED_VIA: Final = frozenset({"adapter", "cli"})
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
+    """An envelope built, signed and taken into custody: durable."""
+
     envelope: Envelope
     token: str
     result: AcceptResult
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +262,12 @@ class Router:
             )
         return envelope, jws.sign(payload, self._signer(now))
 
-    async def prepare(self, draft: Draft, *, via: str = "api") -> Prepared:
+    async def prepare(
+        self, draft: Draft, *, via: str = "api", idempotency: IdempotencyKey | None = None
+    ) -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
         local recipients, partner policy, the envelope itself — then build and sign it. Nothing
-        is stored: :meth:`commit` takes custody."""
+        is stored: :meth:`commit` takes custody, recording ``idempotency`` with the envelope."""
         sender = draft.sender
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
@@ -279,7 +287,9 @@ class Router:
         await self.check_local(local)
         self.check_policy(sender, draft.to)
         envelope, token = self.build(draft)
-        item = new_envelope(envelope, token, local, remote, via, origin=self.domain)
+        item = new_envelope(
+            envelope, token, local, remote, via, origin=self.domain, idempotency=idempotency
+        )
         if draft.notify != dsn_mod.DEFAULT_NOTIFY:
             item = self._with_notify(item, envelope, draft.notify)
         return Prepared(envelope, token, item)
@@ -329,7 +339,9 @@ class Router:
         """Take custody of prepared envelopes in one store call (:class:`Custody`): durable when
         it returns, all or none. A local recipient removed since the check (by another process,
         within :data:`AGENT_CACHE_TTL`) fails the call with ``UnknownRecipient`` naming it, as
-        :meth:`check_local` would have, and leaves the cache without the stale entries."""
+        :meth:`check_local` would have, and leaves the cache without the stale entries. An
+        envelope whose idempotency key was taken meanwhile is not stored: its ``result.prior``
+        names the key's first use (relay.delivery.mailbox answers with it)."""
         if not prepared:
             return []
         items = [p.item for p in prepared]

@@ -172,7 +172,10 @@ class FaceHandler(RequestHandler):
         validate_history_length(params.configuration)
         owner, address = _caller(context)
         started = await self.tasks.start(owner, address, params)
-        if not params.configuration.return_immediately:
+        # A retried call (the same messageId) reads the task its first call started: a new
+        # task's log from the start, as the first call read it; a follow-up the agent has
+        # answered already is answered at once.
+        if not params.configuration.return_immediately and not started.settled:
             # Blocking (A2A 1.0 §3.2.2): until the task ends or waits for input, or a direct
             # message answers a new task — within MAX_BLOCKING_WAIT.
             deadline = asyncio.get_running_loop().time() + MAX_BLOCKING_WAIT
@@ -222,6 +225,16 @@ class FaceHandler(RequestHandler):
                     if task.status.state in wire.TERMINAL_STATES | wire.WAITING_STATES:
                         return
                     seen = row.version
+            elif started.replay:
+                # A retried follow-up: the task as it stands, then what comes next, if anything.
+                found = await self.tasks.load(started.task_id)
+                if found is None:
+                    raise a2a.TaskNotFoundError
+                row, task = found
+                yield apply_history_length(task, config)
+                if started.settled:
+                    return
+                seen = row.version
             async for event in self._follow(tail, seen, started.task_id):
                 yield event
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relay.core import errors as E
-from relay.core import jsonutil
+from relay.core import idempotency, jsonutil
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.dsn import parse_notify
@@ -107,9 +107,20 @@ class SendRequest(BaseModel):
     notify: Any = None
 
 
+def _idempotency_key(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key`` (SPEC.md §6.2), or None. Sent twice it is refused: two
+    keys cannot both name one request."""
+    values = request.headers.getall(idempotency.HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise E.MalformedRequest(f"the {idempotency.HEADER} header must appear once")
+    return idempotency.parse_header(values[0])
+
+
 def _draft(sender: Address, data: Any) -> Draft:
-    """One send request (the body of ``POST /synq/v1/messages``, or one member of a batch)
-    as the Draft it asks for."""
+    """One send request (the body of ``POST /synq/v1/messages``, or one member of a batch
+    without its ``idempotency_key``) as the Draft it asks for."""
     if not isinstance(data, dict):
         raise E.MalformedRequest("the request body must be a JSON object")
     if "body" not in data:
@@ -142,17 +153,24 @@ async def send_message(request: web.Request) -> web.Response:
     → ``202 {"id": "0190…", "status": "queued"}``. The envelope is durable before the answer.
     ``"notify": ["success", "delay", "failure"]`` (or ``["never"]``; default ``["failure"]``)
     asks for delivery-status envelopes about each recipient (SPEC.md §6.2, §9.4).
+    With ``Idempotency-Key: "k1"`` a retry gets that same answer, and no second envelope;
+    ``409`` while the first request runs, ``422 idempotency_key_reused`` for another request.
     """
     relay = request.app[RELAY]
     agent = await authenticate(request)
+    key = _idempotency_key(request)
     draft = _draft(Address(agent.name, relay.domain), await read_json(request))
     # The store write is shielded by the custody gate: a client that hangs up cannot cancel it
     # half way; before it, nothing has been stored, so a cancellation loses nothing.
-    submitted = await relay.mailbox.send(draft, via="api")
-    env_id = submitted.envelope.id
+    sent = await relay.mailbox.send(draft, via="api", key=key)
+    env_id = sent.id
     return json_response(
         views.queued(env_id), status=202, headers={"Location": f"/synq/v1/messages/{env_id}"}
     )
+
+
+#: The member of a batch's message that carries its idempotency key (SPEC.md §6.2.1).
+BATCH_KEY_MEMBER = "idempotency_key"
 
 
 def _batch_messages(data: Any) -> list[Any]:
@@ -191,15 +209,23 @@ async def send_batch(request: web.Request) -> web.Response:
     → ``202 {"results": [{"id": "0190…", "status": "queued"}, {"error": {"code":
     "invalid_envelope", …}}]}``, one result per message in request order. Each message is
     checked on its own, exactly as ``POST /synq/v1/messages`` checks it (rate limit included,
-    one charge per message); the accepted ones are committed together, in one store call,
-    before the answer.
+    one charge per message, and its own ``idempotency_key`` as the single endpoint's header);
+    the accepted ones are committed together, in one store call, before the answer.
     """
     relay = request.app[RELAY]
     agent = await authenticate(request)
+    if idempotency.HEADER in request.headers:
+        # One key cannot name many messages, and a replayed batch answer is not kept: a client
+        # relying on the header would believe itself protected when it is not.
+        raise E.MalformedRequest(
+            f"a batch takes no {idempotency.HEADER} header; give each message its own "
+            f"{BATCH_KEY_MEMBER!r} member"
+        )
     messages = _batch_messages(await read_json(request, MAX_BATCH_BODY_BYTES))
     sender = Address(agent.name, relay.domain)
     results: list[dict[str, Any] | None] = [None] * len(messages)
     drafts: list[Draft] = []
+    keys: list[str | None] = []
     positions: list[int] = []
 
     def refuse(i: int, exc: E.SynqError) -> None:
@@ -209,19 +235,24 @@ async def send_batch(request: web.Request) -> web.Response:
 
     for i, data in enumerate(messages):
         try:
+            key = None
+            if isinstance(data, dict) and BATCH_KEY_MEMBER in data:
+                data = dict(data)
+                key = idempotency.check_key(data.pop(BATCH_KEY_MEMBER), BATCH_KEY_MEMBER)
             drafts.append(_draft(sender, data))
         except E.PeerError as exc:
             refuse(i, exc)
         else:
+            keys.append(key)
             positions.append(i)
     # A refusal of one message comes back as its outcome; anything else (the store failing a
     # recipient look-up) fails the whole request before anything is stored.
-    outcomes = await relay.mailbox.send_many(drafts, via="api")
+    outcomes = await relay.mailbox.send_many(drafts, via="api", keys=keys)
     for i, outcome in zip(positions, outcomes, strict=True):
         if isinstance(outcome, E.SynqError):
             refuse(i, outcome)
         else:
-            results[i] = views.queued(outcome.envelope.id)
+            results[i] = views.queued(outcome.id)
     return json_response({"results": results}, status=202)
 
 

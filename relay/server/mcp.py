@@ -54,6 +54,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.mcp import translate
 from relay.core import errors as E
+from relay.core import idempotency
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.dsn import parse_notify
@@ -62,6 +63,7 @@ from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
 from relay.core.limits import (
     MAX_API_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_INBOX_PAGE,
     MAX_LONG_POLL_SECONDS,
     MAX_RECIPIENTS,
@@ -428,6 +430,15 @@ OWN_TOOLS: Final = [
                         "never alone. Reports arrive in the inbox, from mailer-daemon"
                     ),
                 },
+                "idempotency_key": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+                    "description": (
+                        "a unique key for this message (a UUID, say): calling again with the "
+                        "same key and arguments returns the first id and sends nothing twice"
+                    ),
+                },
             },
             "required": ["to", "body"],
             "additionalProperties": False,
@@ -545,8 +556,13 @@ class OwnFace:
             expires=None if expires is None else parse_expires(expires),
             notify=parse_notify(args.get("notify")),
         )
-        submitted = await relay.mailbox.send(draft, via="mcp")
-        return views.queued(submitted.envelope.id)
+        key = args.get("idempotency_key")
+        # The same key as the API's Idempotency-Key (SPEC.md §6.2): a tool call retried after a
+        # lost answer (a broken session, a client restart) answers with the first message id.
+        sent = await relay.mailbox.send(
+            draft, via="mcp", key=None if key is None else idempotency.check_key(key)
+        )
+        return views.queued(sent.id)
 
     async def check_inbox(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
         mailbox = self.relay.mailbox

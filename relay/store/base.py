@@ -19,6 +19,10 @@ Data model (SPEC.md prescribes none; this is the relay's own business):
 * **a2a_tasks**, **a2a_task_events**, **a2a_task_envelopes**, **a2a_feed** — the tasks of the
   relay's A2A face, their event logs, the envelopes sent for them, and the reply tracker's
   cursor over inbox sequence numbers (migration 0003; relay/tasks/).
+* **idempotency_keys** — one row per (local agent, idempotency key) used for a send: the request
+  fingerprint and the envelope the key answers with (SPEC.md §6.2). Written in the transaction
+  that takes custody of that envelope (for the A2A face: that writes the call's task or turn), so
+  a key never names an envelope that was not stored, nor an envelope lose its key to a crash.
 
 Durability contract: when ``accept``/``accept_many`` returns, the envelope and every row it
 implies are committed (for SQLite with ``synchronous=FULL``: fsynced). The relay answers 202
@@ -75,6 +79,29 @@ class AgentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A local agent's idempotency key for one submission (SPEC.md §6.2) and the fingerprint of
+    the request it names (``Draft.fingerprint``)."""
+
+    agent: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What the store remembers of a key's first use: the request's fingerprint and the envelope
+    ``(origin, id)`` the key answers with, since ``created``."""
+
+    agent: str
+    key: str
+    fingerprint: str
+    origin: str
+    id: str
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class NewEnvelope:
     """What the relay hands the store to take custody of one envelope.
 
@@ -109,6 +136,10 @@ class NewEnvelope:
     #: marks ``delivered`` when this envelope is accepted (not on a replay).
     receipt_of: ReceiptMark | None = None
 
+    #: The sender's idempotency key, recorded with the envelope in the same transaction; None
+    #: for a send without one.
+    idempotency: IdempotencyKey | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class ReceiptMark:
@@ -131,6 +162,10 @@ class AcceptResult:
     id: str
     #: True when every row this envelope implies already existed: a replay, nothing changed.
     duplicate: bool
+    #: The first use of the item's idempotency key, when the key had been used already (by an
+    #: earlier transaction, or an earlier item of this batch): nothing of the item was written,
+    #: and ``duplicate`` is True.
+    prior: IdempotencyRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +492,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def message_status(self, origin: str, id: str) -> MessageStatus | None: ...
 
+    # idempotency keys (0004) -------------------------------------------------------------------
+    # ``accept_many`` records an item's ``idempotency`` key in its own transaction. A key already
+    # recorded — by an earlier transaction, by another process committing first (its row locks
+    # the key until COMMIT), or by an earlier item of the batch — is not recorded again, and the
+    # item is not written at all: its result carries the first use as ``prior``.
+
+    @abc.abstractmethod
+    async def idempotency_records(
+        self, agent: str, keys: Iterable[str]
+    ) -> dict[str, IdempotencyRecord]:
+        """The recorded first uses of ``agent``'s ``keys``, by key (one query)."""
+
+    @abc.abstractmethod
+    async def release_idempotency_key(self, agent: str, key: str, id: str) -> bool:
+        """Forget ``agent``'s ``key`` if it still names the envelope ``id``: the A2A face's call
+        that recorded it with its task was then refused, and a retry must be free to send.
+        False if it named another envelope or nothing."""
+
+    @abc.abstractmethod
+    async def purge_idempotency_keys(self, before: datetime, limit: int) -> int:
+        """Forget up to ``limit`` keys recorded before ``before``, oldest first; how many were.
+        A retention service calls it with ``now - IDEMPOTENCY_RETENTION`` (relay/core/limits.py)
+        until it returns less than ``limit``."""
+
     # inbox -------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def inbox(
@@ -543,9 +602,12 @@ class Store(abc.ABC):
     # Every write wakes ``a2a_task_channel(task.id)`` after its commit.
 
     @abc.abstractmethod
-    async def a2a_create_task(self, task: A2ATask, envelope: str) -> None:
+    async def a2a_create_task(
+        self, task: A2ATask, envelope: str, *, key: IdempotencyKey | None = None
+    ) -> None:
         """Insert a new task (its ``version`` as given, normally 0) and link ``envelope``, the
-        id of the envelope that will carry its first message. Conflict if the id is taken."""
+        id of the envelope that will carry its first message; with ``key``, record it as naming
+        ``envelope`` (from the task's ``created``). Conflict if the id or the key is taken."""
 
     @abc.abstractmethod
     async def a2a_get_task(self, id: str) -> A2ATask | None: ...
@@ -576,13 +638,16 @@ class Store(abc.ABC):
         *,
         source: str | None = None,
         link: str | None = None,
+        key: IdempotencyKey | None = None,
     ) -> A2AUpdate:
         """Compare-and-set: if the task's version is still ``expected_version``, replace its
         state, remote_id, snapshot, push, status_at and updated with ``task``'s, append
         ``events`` numbered ``expected_version + 1…``, set the version to ``expected_version +
-        max(1, len(events))``, and link the envelope id ``link`` to the task, in one transaction.
-        ``source`` names the reply envelope the events came from, recorded with the first
-        event: a source applied before makes the whole call ``duplicate`` and writes nothing."""
+        max(1, len(events))``, link the envelope id ``link`` to the task and record ``key`` as
+        naming ``link`` (from the task's ``updated``), in one transaction. ``source`` names the
+        reply envelope the events came from, recorded with the first event: a source applied
+        before makes the whole call ``duplicate`` and writes nothing. Conflict if the link or the
+        key is taken."""
 
     @abc.abstractmethod
     async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:

@@ -370,6 +370,16 @@ SET state = 'delivered', code = %s, reason = %s, next_attempt = NULL, lease_unti
 WHERE envelope = (SELECT pk FROM envelopes WHERE origin = %s AND id = %s AND sender = %s)
   AND recipient = %s AND state IN ('sent', 'queued')
 """,
+    # A key another transaction inserted and has not committed yet makes this one wait for its
+    # COMMIT (or ROLLBACK), then skip the row (or insert it): two processes never both take a key.
+    insert_idempotency_keys="""
+INSERT INTO idempotency_keys (agent, key, fingerprint, origin, envelope, created)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::timestamptz[])
+ON CONFLICT (agent, key) DO NOTHING
+RETURNING agent, key
+""",
+    select_idempotency_keys=rows.IDEMPOTENCY_SELECT + "WHERE agent = %s AND key = ANY(%s::text[])",
     # Typed NULLs and zeros: UNION ALL resolves each column's type from its first branch.
     message_status="""
 SELECT 0, e.origin, e.id, e.sender, NULL::text, NULL::text, 0, e.created, e.expires, 0::bigint

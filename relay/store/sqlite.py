@@ -214,6 +214,16 @@ SET state = 'delivered', code = ?1, reason = ?2, next_attempt = NULL, lease_unti
 WHERE envelope = (SELECT pk FROM envelopes WHERE origin = ?4 AND id = ?5 AND sender = ?6)
   AND recipient = ?7 AND state IN ('sent', 'queued')
 """,
+    insert_idempotency_keys="""
+INSERT INTO idempotency_keys (agent, key, fingerprint, origin, envelope, created)
+SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5
+FROM json_each(?) AS j
+WHERE true
+ON CONFLICT (agent, key) DO NOTHING
+RETURNING agent, key
+""",
+    select_idempotency_keys=rows.IDEMPOTENCY_SELECT  # noqa: S608 (constants)
+    + "WHERE agent = ? AND key IN (SELECT value FROM json_each(?))",
     message_status="""
 SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0
 FROM envelopes AS e WHERE e.origin = :origin AND e.id = :id

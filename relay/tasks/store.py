@@ -7,6 +7,12 @@ The face's task is in the store (migration 0003), never only in memory:
   then the envelope is sent through the mailbox (custody, policy, rate limits), so no
   reply can arrive before the task that expects it. A follow-up message (``taskId`` given)
   is linked to the task the same way.
+* **retries** — the client's ``messageId`` is the call's idempotency key (SPEC.md §6.2, "The
+  A2A face"), scoped by the calling agent: the task (or the follow-up's turn) is written with
+  the key naming the envelope id the call is about to send, in one transaction. A call whose
+  key is known is a retry: it makes no task, no turn and no envelope, but answers from the task
+  the first call wrote — after sending that envelope if the first call stopped before custody.
+  A call the relay refuses (rate, policy, recipients) frees its key again.
 * **change** — every change of a task is a compare-and-set on its version, retried on a
   conflict, so the reply tracker (replies.py) and a CancelTask never overwrite each other. A
   change that logs events hands them to the task's webhooks (push.py).
@@ -55,10 +61,20 @@ from relay.core.clock import Clock
 from relay.core.draft import Draft
 from relay.core.dsn import DEFAULT_NOTIFY, Notify, parse_notify
 from relay.core.envelope import ID_PATTERN, KIND_MESSAGE, KIND_SIGNAL
-from relay.core.errors import PeerError, SynqError
+from relay.core.errors import Conflict, PeerError, SynqError
+from relay.core.idempotency import digest
 from relay.core.ids import uuid7
 from relay.delivery.mailbox import Mailbox
-from relay.store.base import A2ATask, Listener, Notifier, Store, a2a_task_channel, inbox_channel
+from relay.store.base import (
+    A2ATask,
+    IdempotencyKey,
+    IdempotencyRecord,
+    Listener,
+    Notifier,
+    Store,
+    a2a_task_channel,
+    inbox_channel,
+)
 from relay.tasks.push import MAX_PUSH_CONFIGS, PushSender, push_configs, push_json
 
 __all__ = [
@@ -71,6 +87,7 @@ __all__ = [
     "Tail",
     "TaskStore",
     "event_json",
+    "message_key",
     "parse_event",
     "parse_task",
     "task_json",
@@ -166,14 +183,31 @@ def _notify_of(message: Message) -> Notify:
         raise a2a.InvalidParamsError(message=f"metadata {NOTIFY_METADATA}: {exc.message}") from None
 
 
+def message_key(owner: str, address: Address, message: Message) -> IdempotencyKey | None:
+    """The idempotency key of a client's message (module docstring, "retries"): its
+    ``messageId``, hashed to a fixed length (A2A bounds it by nothing but the body's size) and
+    kept apart from keys the agent gives the other faces; the fingerprint covers the address and
+    the whole message. None for a message without an id."""
+    if not message.message_id:
+        return None
+    key = "a2a:" + hashlib.sha256(message.message_id.encode("utf-8")).hexdigest()
+    return IdempotencyKey(
+        owner, key, digest({"to": str(address), "message": wire.to_json(message)})
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     """A message handed to the relay: its task, whether the task is new, and the task's
-    version just before the agent's answer to this message can arrive."""
+    version just before the agent's answer to this message can arrive. ``replay``: the message
+    was handed over before (a retried call); ``settled``: for a retried follow-up, the agent has
+    answered it already (the task ended, or waits for input again since the turn)."""
 
     task_id: str
     new: bool
     version: int
+    replay: bool = False
+    settled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,12 +355,14 @@ class TaskStore:
         *,
         source: str | None = None,
         link: str | None = None,
+        key: IdempotencyKey | None = None,
         current: A2ATask | None = None,
     ) -> tuple[A2ATask, Task] | None:
         """Apply ``mutate`` to the current task with compare-and-set, retrying on conflict.
         Returns the task after the change, or None if ``mutate`` declined (nothing written)
         or the source was applied before. ``current``: the row as the caller just read it,
-        for the first try (a stale one only costs a conflict and a re-read)."""
+        for the first try (a stale one only costs a conflict and a re-read). ``key`` is
+        recorded with the change, naming ``link`` (``Conflict`` if it is taken)."""
         for _ in range(MAX_CAS_ATTEMPTS):
             found = current or await self.store.a2a_get_task(task_id)
             current = None
@@ -352,6 +388,7 @@ class TaskStore:
                 [event_json(e) for e in outcome.events],
                 source=source,
                 link=link,
+                key=key,
             )
             if written == "duplicate":
                 return None
@@ -368,10 +405,15 @@ class TaskStore:
         if not message.parts:
             raise a2a.InvalidParamsError(message="a message needs at least one part")
         notify = _notify_of(message)
+        key = message_key(owner, address, message)
+        if key is not None:
+            known = await self.store.idempotency_records(owner, [key.key])
+            if key.key in known:
+                return await self._replay(owner, address, message, key, known[key.key])
         now = self.clock.now()
         envelope_id = uuid7(now)
         if message.task_id:
-            return await self._follow_up(owner, address, message, envelope_id, notify)
+            return await self._follow_up(owner, address, message, envelope_id, key, notify)
         context_id = message.context_id or str(uuid.uuid4())
         task = folding.new_task(envelope_id, context_id, message, now)
         push = "[]"
@@ -394,7 +436,13 @@ class TaskStore:
             created=now,
             updated=now,
         )
-        await self.store.a2a_create_task(row, envelope_id)
+        try:
+            await self.store.a2a_create_task(row, envelope_id, key=key)
+        except Conflict:
+            # The same call, retried before the first one had written its task, lost the race.
+            if key is None:
+                raise
+            return await self._replay_raced(owner, address, message, key)
         self.owners.add(owner)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
@@ -402,7 +450,7 @@ class TaskStore:
                 owner, address, body, context=context_id, id=envelope_id, notify=notify
             )
         except SynqError as exc:
-            await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
+            await self._refused(exc, key, envelope_id, new=True)
             raise _a2a_error(exc) from None
         return Started(task_id=envelope_id, new=True, version=0)
 
@@ -412,6 +460,7 @@ class TaskStore:
         address: Address,
         message: Message,
         envelope_id: str,
+        key: IdempotencyKey | None,
         notify: Notify = DEFAULT_NOTIFY,
     ) -> Started:
         row, task = await self.get(owner, address, message.task_id)
@@ -436,7 +485,12 @@ class TaskStore:
             snapshot.history.append(turn)
             return Change(task=snapshot, events=[])
 
-        changed = await self.change(row.id, add_turn, link=envelope_id)
+        try:
+            changed = await self.change(row.id, add_turn, link=envelope_id, key=key)
+        except Conflict:
+            if key is None:
+                raise
+            return await self._replay_raced(owner, address, message, key)
         if changed is None:
             raise a2a.UnsupportedOperationError(message=f"Task {row.id} has ended")
         current = changed[0]
@@ -452,8 +506,102 @@ class TaskStore:
                 notify=notify,
             )
         except SynqError as exc:
+            await self._refused(exc, key, envelope_id, new=False)
             raise _a2a_error(exc) from None
         return Started(task_id=row.id, new=False, version=current.version)
+
+    async def _replay_raced(
+        self, owner: str, address: Address, message: Message, key: IdempotencyKey
+    ) -> Started:
+        """The call's key was recorded by a concurrent copy of it between the look-up and the
+        write: answer as a retry."""
+        known = await self.store.idempotency_records(owner, [key.key])
+        if key.key not in known:
+            raise a2a.InternalError(message="the task changed while it was written; retry")
+        return await self._replay(owner, address, message, key, known[key.key])
+
+    async def _replay(
+        self,
+        owner: str,
+        address: Address,
+        message: Message,
+        key: IdempotencyKey,
+        first: IdempotencyRecord,
+    ) -> Started:
+        """A message handed over before (module docstring, "retries"): the task its first call
+        wrote, the first call finished if it stopped before custody. The same ``messageId``
+        with another message, for another address or task, is invalid params."""
+        reused = a2a.InvalidParamsError(
+            message=f"messageId {message.message_id[:80]!r} was used before for another message"
+        )
+        if first.fingerprint != key.fingerprint:
+            raise reused
+        task_id = (await self.store.a2a_tasks_for_envelopes([first.id])).get(first.id)
+        # The store directly, not load(): a task the first call left orphaned is completed
+        # below, not failed.
+        row = await self.store.a2a_get_task(task_id) if task_id else None
+        if row is None or row.owner != owner or row.address != str(address):
+            raise reused
+        self.owners.add(owner)
+        new = row.id == first.id  # a task's id is the id of its first envelope
+        task = parse_task(row.snapshot)
+        state = task.status.state
+        if (
+            state not in wire.TERMINAL_STATES
+            and await self.store.message_status(self.domain, first.id) is None
+        ):
+            # The first call wrote its task (or turn) and stopped before its envelope was in
+            # custody: send that envelope now, under the id the task already expects.
+            body = _agent_message(
+                message, task_id="" if new else row.remote_id or "", context_id=row.context
+            )
+            try:
+                await self._send(
+                    owner,
+                    address,
+                    body,
+                    context=row.context,
+                    in_reply_to=None if new else row.id,
+                    id=first.id,
+                    notify=_notify_of(message),
+                )
+            except SynqError as exc:
+                await self._refused(exc, key, first.id, new=new)
+                raise _a2a_error(exc) from None
+        # A follow-up is answered once the task ended or, changed since the turn, waits for
+        # the client again.
+        settled = not new and (
+            state in wire.TERMINAL_STATES
+            or (state in wire.WAITING_STATES and row.updated > first.created)
+        )
+        # A new task's answer is read from its log from the start, as the first call read it;
+        # a follow-up's from the task as it stands.
+        return Started(
+            task_id=row.id,
+            new=new,
+            version=0 if new else row.version,
+            replay=True,
+            settled=settled,
+        )
+
+    async def _refused(
+        self, exc: SynqError, key: IdempotencyKey | None, envelope_id: str, *, new: bool
+    ) -> None:
+        """The call's envelope was not taken into custody.
+
+        Refused (the caller's fault: rate, policy, recipients): a new task fails with the
+        reason, and the key is freed, so that the client's retry — after a rate limit, say — is
+        sent rather than answered with that failed task, as a refused request records no key
+        anywhere (SPEC.md §6.2). Best effort: a store failing here leaves the key answering
+        with the task. The relay's own failure (its store) with a key: the task stays as it is,
+        for the client's retry to send this very envelope (or, with no retry, for the orphan
+        rule, ``ORPHAN_AGE``, to fail it)."""
+        if isinstance(exc, PeerError) or key is None:
+            if new:
+                await self._fail(envelope_id, f"the relay refused the message: {exc.message}")
+            if key is not None:
+                with contextlib.suppress(SynqError):
+                    await self.store.release_idempotency_key(key.agent, key.key, envelope_id)
 
     async def _fail(self, task_id: str, why: str) -> None:
         def failed(row: A2ATask, task: Task) -> Change | None:

@@ -26,6 +26,11 @@ delivered, and the copy is not a duplicate. The outcome of a batch is the one a 
 single accepts would have: each row change is credited to the first pair that named it, so an
 envelope repeated in a batch is a duplicate unless it takes what an earlier copy refused.
 
+Idempotency keys (SPEC.md §6.2) come first: :func:`key_claims` says which key rows to insert
+(each (agent, key) once, for the first item naming it) and which items repeat a key an earlier
+item of the batch named. An item whose key was taken — before, or by an earlier item — is left
+out of the plan altogether: it is a retry, answered with the key's first use.
+
 Why two recipient statements: PostgreSQL refuses to change one row twice in one statement
 (``ON CONFLICT DO UPDATE`` "cannot affect row a second time"), and a batch in which one copy
 refuses an address and a later copy takes it changes that row twice (insert, then upgrade). The
@@ -48,8 +53,10 @@ from relay.store.base import QUEUE_CHANNEL, AcceptResult, NewEnvelope, inbox_cha
 __all__ = [
     "AcceptPlan",
     "Accepted",
+    "KeyClaims",
     "Recipient",
     "interpret",
+    "key_claims",
     "plan",
     "recipients_of",
 ]
@@ -63,6 +70,38 @@ RECIPIENT_WIDTH = 11
 INBOX_WIDTH = 3
 #: One event row: (envelope pk, at, recipient, event, code, reason, hop).
 EVENT_WIDTH = 7
+#: One idempotency key row: (agent, key, fingerprint, origin, id, recorded at).
+KEY_WIDTH = 6
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaims:
+    """The idempotency keys a batch names (:func:`key_claims`)."""
+
+    #: Key rows (:data:`KEY_WIDTH` wide) to insert, by the index of the first item naming each.
+    rows: dict[int, tuple[Any, ...]]
+    #: (agent, key) → index of the first item naming it.
+    first: dict[tuple[str, str], int]
+    #: Index of an item repeating a key → index of the first item naming it.
+    repeats: dict[int, int]
+
+
+def key_claims(batch: Sequence[tuple[NewEnvelope, Any]]) -> KeyClaims:
+    """The key rows of ``batch``'s items that carry an idempotency key, each (agent, key) once:
+    a later item naming the same key again repeats the first one's request."""
+    claims = KeyClaims({}, {}, {})
+    for i, (it, at) in enumerate(batch):
+        key = it.idempotency
+        if key is None:
+            continue
+        owner = (key.agent, key.key)
+        first = claims.first.get(owner)
+        if first is not None:
+            claims.repeats[i] = first
+            continue
+        claims.first[owner] = i
+        claims.rows[i] = (key.agent, key.key, key.fingerprint, it.origin, it.id, at)
+    return claims
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from relay.store.base import (
     A2ATask,
     AgentRecord,
     DeliveryEvent,
+    IdempotencyRecord,
     InboxItem,
     LocalDelivery,
     MessageStatus,
@@ -42,6 +43,10 @@ SELECT r.pk, e.origin, e.id, e.sender, r.recipient, r.domain, e.token, e.expires
        r.next_attempt, r.code, r.reason, r.notify, r.delay_reported, e.accepted
 FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope
 """
+#: The rows ``idempotency_record`` maps.
+IDEMPOTENCY_SELECT: Final = """
+SELECT agent, key, fingerprint, origin, envelope, created FROM idempotency_keys
+"""
 #: The rows ``a2a_task`` maps.
 A2A_TASK_SELECT: Final = """
 SELECT id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
@@ -53,6 +58,13 @@ FROM a2a_tasks
 def agent(row: Row, dt: ToDatetime) -> AgentRecord:
     """(name, kind, endpoint, created)"""
     return AgentRecord(name=row[0], kind=row[1], endpoint=row[2], created=dt(row[3]))
+
+
+def idempotency_record(row: Row, dt: ToDatetime) -> IdempotencyRecord:
+    """(agent, key, fingerprint, origin, envelope, created)"""
+    return IdempotencyRecord(
+        agent=row[0], key=row[1], fingerprint=row[2], origin=row[3], id=row[4], created=dt(row[5])
+    )
 
 
 def inbox_item(row: Row, dt: ToDatetime) -> InboxItem:

@@ -77,6 +77,17 @@ class Statements:
     receipt_event: str
     receipt_update: str
 
+    # idempotency keys (0004) -----------------------------------------------------------------
+    #: rows[6] (agent, key, fingerprint, origin, envelope, created), ON CONFLICT (agent, key) DO
+    #: NOTHING → (agent, key) of the rows inserted.
+    insert_idempotency_keys: str
+    #: (agent, [keys]) → idempotency rows (relay/store/sql/rows.py, ``idempotency_record``).
+    select_idempotency_keys: str
+    #: (before, limit) → rowcount: the oldest keys recorded before ``before``.
+    purge_idempotency_keys: str
+    #: (agent, key, envelope) → rowcount
+    delete_idempotency_key: str
+
     # reads -------------------------------------------------------------------------------------
     #: {origin, id} → the envelope (kind 0), its recipients (1) and its events (2), ten
     #: columns, in that order: relay/store/sql/rows.py, ``message_status``.
@@ -241,5 +252,16 @@ WHERE i.seq > ?
 ORDER BY i.seq LIMIT ?
 """,
     "a2a_owners": "SELECT DISTINCT owner FROM a2a_tasks ORDER BY owner",
+    "delete_idempotency_key": """
+DELETE FROM idempotency_keys WHERE agent = ? AND key = ? AND envelope = ?
+""",
+    # A row value IN a subquery: SQLite (3.15+) and PostgreSQL both take it, and neither has a
+    # portable DELETE … LIMIT.
+    "purge_idempotency_keys": """
+DELETE FROM idempotency_keys
+WHERE (agent, key) IN (
+    SELECT agent, key FROM idempotency_keys WHERE created < ? ORDER BY created LIMIT ?
+)
+""",
     "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
 }

@@ -36,6 +36,8 @@ from relay.store.base import (
     AgentKind,
     AgentRecord,
     DeliveryOutcome,
+    IdempotencyKey,
+    IdempotencyRecord,
     InboxItem,
     LocalDelivery,
     MessageStatus,
@@ -309,6 +311,62 @@ class SqlStore(GroupWriter, Store):
     async def _accept_rows(
         self, tx: Tx, batch: Sequence[tuple[NewEnvelope, Any]]
     ) -> tuple[list[AcceptResult], Collection[str]]:
+        """Take custody of ``(item, accepted-at)`` pairs inside ``tx``: record their idempotency
+        keys, then the envelopes of the items whose key was free (or that carry none)."""
+        if all(item.idempotency is None for item, _ in batch):
+            return await self._accept_envelopes(tx, batch)
+        priors = await self._claim_keys(tx, batch)
+        if not priors:
+            return await self._accept_envelopes(tx, batch)
+        kept = [pair for i, pair in enumerate(batch) if i not in priors]
+        results, channels = await self._accept_envelopes(tx, kept) if kept else ([], ())
+        fresh = iter(results)
+        merged = [
+            AcceptResult(item.origin, item.id, duplicate=True, prior=priors[i])
+            if i in priors
+            else next(fresh)
+            for i, (item, _) in enumerate(batch)
+        ]
+        return merged, channels
+
+    async def _claim_keys(
+        self, tx: Tx, batch: Sequence[tuple[NewEnvelope, Any]]
+    ) -> dict[int, IdempotencyRecord]:
+        """Record the batch's idempotency keys; return, by item index, the first use of each key
+        that was taken: by a committed transaction (or, on PostgreSQL, one that committed while
+        this one waited on the key's row), or by an earlier item of the batch."""
+        sql = self.sql
+        claims = accept.key_claims(batch)
+        inserted = await tx.fetch_rows(
+            sql.insert_idempotency_keys, list(claims.rows.values()), accept.KEY_WIDTH
+        )
+        won = {(row[0], row[1]) for row in inserted}
+        taken: dict[str, list[str]] = {}
+        for owner in claims.first:
+            if owner not in won:
+                taken.setdefault(owner[0], []).append(owner[1])
+        priors: dict[int, IdempotencyRecord] = {}
+        for agent, keys in taken.items():
+            found = await tx.fetch(sql.select_idempotency_keys, (agent, self._array(keys)))
+            records = {row[1]: rows.idempotency_record(row, self._dt) for row in found}
+            for key in keys:
+                record = records.get(key)
+                if record is None:
+                    # Taken when this transaction inserted, gone when it looked: purged between
+                    # the two statements by another process. A retry will find it one way.
+                    raise Conflict("the idempotency key changed while it was being recorded")
+                priors[claims.first[(agent, key)]] = record
+        for later, first in claims.repeats.items():
+            if first in priors:
+                priors[later] = priors[first]
+            else:
+                agent, key, fingerprint, origin, id, at = claims.rows[first]
+                priors[later] = IdempotencyRecord(agent, key, fingerprint, origin, id, self._dt(at))
+        return priors
+
+    async def _accept_envelopes(
+        self, tx: Tx, batch: Sequence[tuple[NewEnvelope, Any]]
+    ) -> tuple[list[AcceptResult], Collection[str]]:
         """Take custody of ``(item, accepted-at)`` pairs inside ``tx``: plan, run the dialect's
         statements, interpret (relay/store/sql/accept.py). Four to six statements however many
         envelopes and recipients the batch holds, and a few more for receipts when the batch
@@ -400,6 +458,44 @@ class SqlStore(GroupWriter, Store):
     async def message_status(self, origin: str, id: str) -> MessageStatus | None:
         found = await self._read(self.sql.message_status, {"origin": origin, "id": id})
         return rows.message_status(found, self._dt)
+
+    # idempotency keys --------------------------------------------------------------------------
+
+    async def idempotency_records(
+        self, agent: str, keys: Iterable[str]
+    ) -> dict[str, IdempotencyRecord]:
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        found = await self._read(self.sql.select_idempotency_keys, (agent, self._array(wanted)))
+        return {row[1]: rows.idempotency_record(row, self._dt) for row in found}
+
+    async def release_idempotency_key(self, agent: str, key: str, id: str) -> bool:
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            return await tx.execute(self.sql.delete_idempotency_key, (agent, key, id)) > 0, ()
+
+        released: bool = await self._write(run)
+        return released
+
+    async def purge_idempotency_keys(self, before: datetime, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        params = (self._ts(before), limit)
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            return await tx.execute(self.sql.purge_idempotency_keys, params), ()
+
+        purged: int = await self._write(run)
+        return purged
+
+    async def _record_key(self, tx: Tx, key: IdempotencyKey, envelope: str, at: Any) -> None:
+        """Record ``key`` as naming the local envelope ``envelope`` (the A2A face's writes);
+        Conflict if it is taken."""
+        if self.domain is None:
+            raise InternalError("a store without a domain cannot name a local envelope")
+        row = (key.agent, key.key, key.fingerprint, self.domain, envelope, at)
+        if not await tx.fetch_rows(self.sql.insert_idempotency_keys, [row], accept.KEY_WIDTH):
+            raise Conflict(f"idempotency key {key.key[:80]!r} is already in use")
 
     # inbox -------------------------------------------------------------------------------------
 
@@ -648,7 +744,9 @@ class SqlStore(GroupWriter, Store):
 
     # the A2A face's tasks ----------------------------------------------------------------------
 
-    async def a2a_create_task(self, task: A2ATask, envelope: str) -> None:
+    async def a2a_create_task(
+        self, task: A2ATask, envelope: str, *, key: IdempotencyKey | None = None
+    ) -> None:
         ts = self._ts
         row = (
             task.id,
@@ -671,6 +769,8 @@ class SqlStore(GroupWriter, Store):
                 await tx.execute(self.sql.a2a_link, (envelope, task.id))
             except self.unique_violation as exc:
                 raise Conflict(f"task {task.id!r} already exists") from exc
+            if key is not None:
+                await self._record_key(tx, key, envelope, row[10])
             return None, (a2a_task_channel(task.id),)
 
         await self._write(run)
@@ -712,7 +812,10 @@ class SqlStore(GroupWriter, Store):
         *,
         source: str | None = None,
         link: str | None = None,
+        key: IdempotencyKey | None = None,
     ) -> A2AUpdate:
+        if key is not None and link is None:
+            raise InternalError("an idempotency key names the envelope a change links")
         params = (
             task.state,
             task.remote_id,
@@ -746,6 +849,8 @@ class SqlStore(GroupWriter, Store):
                     await tx.execute(self.sql.a2a_link, (link, task.id))
                 except self.unique_violation as exc:
                     raise Conflict(f"envelope {link!r} already belongs to a task") from exc
+                if key is not None:
+                    await self._record_key(tx, key, link, params[5])
             return "updated", (a2a_task_channel(task.id),)
 
         outcome: A2AUpdate = await self._write(run)
