@@ -11,8 +11,9 @@ A write may also be given a deadline. Federation uses one (:data:`FEDERATION_WRI
 when it passes, the partner hears 4.3.0 and retries later. The write itself is not cancelled
 (it may be half way through a group commit) — if it lands after all, the partner's retry is
 answered ``duplicate`` (the store deduplicates by envelope), so nothing is lost or delivered
-twice. The local API has no such deadline: its client has no deduplication to fall back on, so
-a write that lands after a 503 would be sent twice when the client retries.
+twice. The local API has no such deadline: a client that sends without an ``Idempotency-Key``
+(SPEC.md §6.2) has no deduplication to fall back on, so a write that lands after a 503 would be
+sent twice when it retries.
 """
 
 from __future__ import annotations
