@@ -100,8 +100,10 @@ class World:
         config = Config(
             relay=RelaySection(domain=domain, listen=f"127.0.0.1:{port}", public_url=url),
             store=StoreSection(url=self.store_url(domain)),
+            # The loopback DNS server shares the event loop (and, in a full run, the machine):
+            # a generous limit, so that only a query a test drops on purpose times out.
             discovery=DiscoverySection(
-                nameservers=[self.dns.address], allow_private_addresses=True, timeout=0.5
+                nameservers=[self.dns.address], allow_private_addresses=True, timeout=2.0
             ),
             base_dir=directory,
         )
