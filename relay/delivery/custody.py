@@ -56,11 +56,13 @@ def new_envelope(
     refused: Sequence[tuple[str, str, str]] = (),
     *,
     origin: str | None = None,
+    held: Sequence[tuple[str, str, str]] = (),
 ) -> NewEnvelope:
     """The store row for a signed envelope: ``local`` agent names whose inbox gets it now,
     ``remote`` addresses queued for federation, ``via`` for the hop log, ``refused`` recipients
-    with their code and reason. ``origin``: the sender's domain when the caller knows it (saves
-    parsing ``from`` again)."""
+    with their code and reason, ``held`` local agents whose mailbox is full (name, code,
+    reason: relay.delivery.quota). ``origin``: the sender's domain when the caller knows it
+    (saves parsing ``from`` again)."""
     return NewEnvelope(
         origin=origin or envelope.sender.domain,
         id=envelope.id,
@@ -74,4 +76,5 @@ def new_envelope(
         remote=list(remote),
         via=via,
         refused=list(refused),
+        held=list(held),
     )

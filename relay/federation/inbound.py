@@ -13,10 +13,12 @@ For every envelope, in this order (the first failing step decides its result):
 6. rate limits (relay.core.ratelimit): one token from the ``from`` domain's bucket and one from
    the ``from`` address's, or 4.7.0 and the partner's queue retries later. Charged only for
    authentic envelopes, so forgeries cannot spend a real partner's allowance;
-7. recipients: those of this domain that exist and whose agent rules accept the sender get it;
-   unknown ones are refused 5.1.1 and ones the rules refuse 5.7.1, in the per-recipient map;
-   an envelope with no recipient here is refused 5.1.2, one with none left is refused with
-   the refusal its recipients share (or, when they differ, the first, plus the map).
+7. recipients: those of this domain that exist, whose agent rules accept the sender and whose
+   mailbox has room get it; unknown ones are refused 5.1.1, ones the rules refuse 5.7.1 and
+   ones whose mailbox is full 4.2.2 (SPEC.md §9.7: the partner keeps them queued and retries),
+   in the per-recipient map; an envelope with no recipient here is refused 5.1.2, one with
+   none left is refused with the refusal its recipients share (or, when they differ, the
+   first, plus the map).
 
 Every accepted envelope of the transaction is then taken into custody in one store transaction
 (group commit), through the same custody path as a local submission (relay.delivery.custody),
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +62,7 @@ from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits, take_all
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnRequest
 from relay.delivery.custody import Custody, new_envelope
+from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
 from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
 from relay.store.base import NewEnvelope, Store
 
@@ -141,6 +144,7 @@ class InboundHandler:
         policy: Policy | None = None,
         rates: RateLimits | None = None,
         custody: Custody | None = None,
+        quotas: MailboxQuotas | None = None,
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
     ) -> None:
         self.store = store
@@ -151,6 +155,8 @@ class InboundHandler:
         self.policy = policy or Policy.open(domain)
         self.rates = rates or RateLimits.build()
         self.custody = custody or Custody(store, clock)
+        #: Mailbox quotas (relay.delivery.quota), shared with the router by the relay.
+        self.quotas = quotas or MailboxQuotas(store)
         self.write_timeout = write_timeout
         #: Told the origin of every transaction that carried an authentic envelope: that
         #: partner is up, whatever our own sender last saw (the runtime wires the sender's
@@ -231,13 +237,14 @@ class InboundHandler:
             if a.domain == self.domain
         }
         existing = await self.store.existing_agents(names) if names else set()
+        full = await self.quotas.full(existing)
         checked: list[_Checked] = []
         for s in out:
             if isinstance(s, _Checked):
                 checked.append(s)
                 continue
             try:
-                local, refused = await self._recipients(s.envelope, existing)
+                local, refused = await self._recipients(s.envelope, existing, full)
             except _NoRecipientLeft as exc:
                 checked.append(_Checked(s.key, s.envelope, None, exc.result()))
                 continue
@@ -261,9 +268,10 @@ class InboundHandler:
             )
 
     async def _recipients(
-        self, envelope: Envelope, existing: AbstractSet[str]
+        self, envelope: Envelope, existing: AbstractSet[str], full: Mapping[str, str]
     ) -> tuple[list[str], list[tuple[str, str, str]]]:
-        """Step 7; ``existing``: the local agents among every recipient of the transaction."""
+        """Step 7; ``existing``: the local agents among every recipient of the transaction;
+        ``full``: those whose mailbox is full, with the reason."""
         ours = [a for a in envelope.recipients if a.domain == self.domain]
         if not ours:
             raise WrongDomain(f"no recipient of this envelope is at {self.domain}")
@@ -278,6 +286,10 @@ class InboundHandler:
             )
             if why is not None:
                 refused.append((str(a), st.NOT_AUTHORIZED.code, why))
+            elif a.local in full:
+                # Transient: recorded as refused, so the partner's retry upgrades the row
+                # (the idempotent union) once the mailbox has room.
+                refused.append((str(a), MAILBOX_FULL.code, full[a.local]))
             else:
                 local.append(a.local)
         if not local:
