@@ -69,6 +69,7 @@ __all__ = [
     "MIN_SQLITE_VERSION",
     "OTHER_PROCESS_POLL_INTERVAL",
     "UNCAPPED_PAGES",
+    "WAL_SIZE_LIMIT",
     "SQLiteStore",
 ]
 
@@ -92,6 +93,11 @@ OTHER_PROCESS_POLL_INTERVAL: Final = 0.5
 #: ``PRAGMA max_page_count`` without a cap: SQLite's own largest (https://www.sqlite.org/
 #: limits.html, "Maximum Number Of Pages In A Database File").
 UNCAPPED_PAGES: Final = 4294967294
+
+#: Bytes of WAL kept after a checkpoint (``PRAGMA journal_size_limit``): what a long-running
+#: relay's WAL settles back to after a burst. The default checkpoint, every 1,000 pages, keeps
+#: it about 4 MiB under steady traffic.
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 
 #: The smallest ``max_size`` taken: the schema alone fills some 40 pages of 4 KiB.
 MIN_MAX_SIZE: Final = 256 * 1024
@@ -483,6 +489,8 @@ class SQLiteStore(SqlStore):
         self._max_size: int | None = None
         self._page_cap_applied: int | None = None
         self._page_size = 4096
+        #: Set by ``reclaim_space`` when it freed pages: the idle writer checkpoints.
+        self._checkpoint_due = False
         self.set_max_size(max_size)
 
     # time and parameters -----------------------------------------------------------------------
@@ -545,6 +553,9 @@ class SQLiteStore(SqlStore):
             raise ConfigError(
                 f"cannot put {self.path} in WAL mode (is it on a network file system?)"
             )
+        # After a burst the WAL would keep its largest size for ever; past this it is cut back
+        # at the next checkpoint (https://www.sqlite.org/pragma.html#pragma_journal_size_limit).
+        await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         # Durability of each COMMIT; see _SYNCHRONOUS. Per connection, not stored in the file.
         await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Foreign keys are off by default and per connection
@@ -630,7 +641,7 @@ class SQLiteStore(SqlStore):
     async def reclaim_space(self, max_pages: int) -> int:
         """Up to ``max_pages`` free pages handed back to the file system by
         ``PRAGMA incremental_vacuum`` (https://www.sqlite.org/pragma.html#pragma_incremental_vacuum),
-        in one write of the group-commit writer."""
+        in one write of the writer task, between two groups (``Op.outside``)."""
         if max_pages <= 0:
             return 0
 
@@ -638,12 +649,15 @@ class SQLiteStore(SqlStore):
             before = int((await tx.fetch("PRAGMA freelist_count"))[0][0])
             if before == 0:
                 return 0, ()
-            # Every row fetched: the pragma frees one page per step of its statement.
-            await tx.fetch(f"PRAGMA incremental_vacuum({int(max_pages)})")
+            # A script, outside any transaction: Python's sqlite3 steps an ordinary statement
+            # without result columns once, and this pragma frees one page per step; a script
+            # runs each statement to its end. It commits on its own, a write like any other.
+            await tx.conn.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
             after = int((await tx.fetch("PRAGMA freelist_count"))[0][0])
+            self._checkpoint_due = self._checkpoint_due or after < before
             return before - after, ()
 
-        freed: int = await self._write(run, durable=False)
+        freed: int = await self._write(run, outside=True)
         return freed
 
     # other processes ---------------------------------------------------------------------------
@@ -670,6 +684,14 @@ class SQLiteStore(SqlStore):
         if version != self._data_version:
             self._data_version = version
             self.notifier.wake_all()
+        if self._checkpoint_due:
+            # Pages incremental vacuum gave back leave the file at a checkpoint (in WAL mode the
+            # truncation waits for one); a passive one, between groups, waits for no reader.
+            self._checkpoint_due = False
+            try:
+                await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                _log.warning("cannot checkpoint the SQLite WAL", exc_info=True)
 
     # reads and the writer ----------------------------------------------------------------------
 
@@ -684,6 +706,11 @@ class SQLiteStore(SqlStore):
             raise StoreUnavailable("the store is closed") from exc
         except sqlite3.Error as exc:
             raise _driver_error(exc) from exc
+
+    def _outside(self) -> Tx:
+        conn = self._writer
+        assert conn is not None
+        return _SQLiteTx(conn, self._group_failed)
 
     async def _begin(self, ops: Sequence[Op]) -> Tx:
         conn = self._writer

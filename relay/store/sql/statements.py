@@ -156,9 +156,9 @@ class Statements:
     expired_held: str
 
     # retention (0004) ----------------------------------------------------------------------------
-    # ``window_*``: (after, limit) → (last key, newest time) of the next ``limit`` rows after
-    # ``after`` in key order (NULLs when there are none); ``purge_*``: the rows of that window
-    # (after, last, …) old enough to go.
+    # ``window_*``: (after, limit) → (last key, newest time, count) of the next ``limit`` rows
+    # after ``after`` in key order (NULLs and 0 when there are none); ``purge_*``: the rows of
+    # that window (after, last, …) old enough to go.
     window_inbox: str
     #: (after, last, acked before)
     purge_inbox: str
@@ -269,7 +269,7 @@ ORDER BY r.pk LIMIT ?
     # key, however many rows the table holds or the window keeps (module docstring of
     # relay/delivery/retention.py).
     "window_inbox": """
-SELECT max(seq), max(delivered_at)
+SELECT max(seq), max(delivered_at), count(*)
 FROM (SELECT seq, delivered_at FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?) AS w
 """,
     # Never a row the A2A face's reply tracker has yet to read (relay/tasks/replies.py).
@@ -280,11 +280,12 @@ WHERE seq > ? AND seq <= ? AND acked_at IS NOT NULL AND acked_at <= ?
        OR NOT EXISTS (SELECT 1 FROM a2a_tasks AS t WHERE t.owner = inbox.agent))
 """,
     "window_events": """
-SELECT max(pk), max(at) FROM (SELECT pk, at FROM events WHERE pk > ? ORDER BY pk LIMIT ?) AS w
+SELECT max(pk), max(at), count(*)
+FROM (SELECT pk, at FROM events WHERE pk > ? ORDER BY pk LIMIT ?) AS w
 """,
     "purge_events": "DELETE FROM events WHERE pk > ? AND pk <= ? AND at <= ?",
     "window_envelopes": """
-SELECT max(pk), max(accepted)
+SELECT max(pk), max(accepted), count(*)
 FROM (SELECT pk, accepted FROM envelopes WHERE pk > ? ORDER BY pk LIMIT ?) AS w
 """,
     # The recipient rows, inbox rows, deliveries and events go with the envelope (ON DELETE

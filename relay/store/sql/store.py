@@ -674,8 +674,8 @@ class SqlStore(GroupWriter, Store):
     ) -> PurgeBatch:
         """One batch of a sweep: the next ``limit`` keys after ``after``, and the deletion of
         the rows among them that ``purge`` (bound to ``(after, last, *params)``) finds old
-        enough, in one write. The sweep is over when the window is empty or reaches rows newer
-        than ``newest``: keys are handed out in arrival order, so the rows after it are newer
+        enough, in one write. The sweep is over when the window reaches the end of the table or
+        rows newer than ``newest``: keys are handed out in arrival order, so the rows after it are newer
         still (up to the clock differences of several writers; those wait for the next
         sweep)."""
         if limit <= 0:
@@ -683,11 +683,12 @@ class SqlStore(GroupWriter, Store):
 
         async def run(tx: Tx) -> tuple[PurgeBatch, Collection[str]]:
             found = await tx.fetch(window, (after, limit))
-            last, latest = found[0] if found else (None, None)
+            last, latest, count = found[0] if found else (None, None, 0)
             if last is None:
                 return PurgeBatch(0, None), ()
             deleted = await tx.execute(purge, (after, last, *params))
-            done = latest > newest
+            # A short window reached the end of the table.
+            done = latest > newest or count < limit
             return PurgeBatch(deleted, None if done else int(last)), ()
 
         # Not durable: a purge a power cut undoes is simply done again by the next sweep.
