@@ -6,6 +6,7 @@ freed — without a restart. Everything goes through the real HTTP API of a rela
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -206,7 +207,8 @@ async def test_a_full_file_system_refuses_keeps_everything_and_recovers(
         assert await inbox_ids(client, bob) == accepted
 
         # The operator grows the volume; the relay takes mail again, no restart.
-        subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+        grow = await asyncio.create_subprocess_exec("mount", "-o", "remount,size=8m", str(small_fs))
+        assert await grow.wait() == 0
         status, body = await send(client, alice, bob)
         assert status == 202
         assert await inbox_ids(client, bob) == [*accepted, body["id"]]

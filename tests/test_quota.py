@@ -276,7 +276,8 @@ async def test_local_mail_for_a_full_mailbox_is_held_then_delivered(w: World) ->
 
 async def test_local_mail_held_until_it_expires_bounces_with_a_dsn(w: World) -> None:
     acme = w.orgs["acme.test"]
-    alice, bob = await acme.agent("alice"), await acme.agent("bob")
+    alice = await acme.agent("alice")
+    await acme.agent("bob")
     await acme.relay.store.set_mailbox_quota("bob", max_unacked=1, max_bytes=None)
     await w.send(acme, alice, {"to": ["bob@acme.test"], "body": "one"})
     expires = w.clock.now() + timedelta(minutes=10)
@@ -341,7 +342,8 @@ async def test_partner_mail_for_a_single_full_mailbox_is_rejected_4_2_2(w: World
     """With no other recipient, the whole envelope is refused 4.2.2: nothing is stored at
     the receiver, and the sender keeps it queued."""
     acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
-    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    alice = await acme.agent("alice")
+    await globex.agent("bob")
     await globex.relay.store.set_mailbox_quota("bob", max_unacked=0, max_bytes=1)
     await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "one"})
     assert await acme.relay.sender.run_once() == 1  # empty mailbox: takes one more
