@@ -5,13 +5,16 @@ with 4.2.2 and retried, never dropped, the sender's status saying why.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from relay.cli import main
 from relay.core.envelope import format_timestamp
 from relay.core.quota import Quota, Room, full_reason, room
 from relay.store.base import (
@@ -353,3 +356,36 @@ async def test_partner_mail_for_a_single_full_mailbox_is_rejected_4_2_2(w: World
     assert (rec["state"], rec["code"]) == ("queued", "4.2.2")
     assert rec["reason"].startswith("bob@globex.test: mailbox full: ")
     assert await globex.relay.store.message_status("acme.test", sent["id"]) is None
+
+
+# the command ----------------------------------------------------------------------------------
+
+
+def test_synq_agent_set_gives_one_agent_its_own_quotas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def synq(*argv: str) -> tuple[int, Any, str]:
+        code = main(["--json", "--config", str(tmp_path / "synq.toml"), *argv])
+        captured = capsys.readouterr()
+        return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+    assert main(["init", "--domain", "acme.test", "--dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert synq("agent", "add", "bob")[0] == 0
+    code, shown, _ = synq("agent", "set", "bob", "--max-unacked", "5")
+    assert code == 0
+    assert shown == {
+        "address": "bob@acme.test",
+        "max_unacked": 5,
+        "max_bytes": 100 * 1024 * 1024,
+        "own": {"max_unacked": 5, "max_bytes": None},
+    }
+    _, shown, _ = synq("agent", "set", "bob", "--max-bytes", "2MB")
+    assert (shown["max_unacked"], shown["max_bytes"]) == (5, 2 * 1024 * 1024)
+    _, shown, _ = synq("agent", "set", "bob", "--max-unacked", "default", "--max-bytes", "0")
+    assert shown["own"] == {"max_unacked": None, "max_bytes": 0}
+    assert (shown["max_unacked"], shown["max_bytes"]) == (10_000, 0)
+    code, _, err = synq("agent", "set", "ghost", "--max-unacked", "1")
+    assert code == 1
+    assert "no agent ghost@acme.test" in err
+    assert synq("agent", "set", "bob")[0] == 1
