@@ -318,9 +318,7 @@ async def agent_set(args: argparse.Namespace, relay: Relay) -> int:
         own_unacked = None if args.max_unacked == QUOTA_DEFAULT else args.max_unacked
     if args.max_bytes is not None:
         own_bytes = None if args.max_bytes == QUOTA_DEFAULT else args.max_bytes
-    if not await relay.store.set_mailbox_quota(
-        name, max_unacked=own_unacked, max_bytes=own_bytes
-    ):
+    if not await relay.store.set_mailbox_quota(name, max_unacked=own_unacked, max_bytes=own_bytes):
         raise UserError(f"no agent {name}@{relay.domain}")
     quota = relay.quotas.default.own(own_unacked, own_bytes)
     address = f"{name}@{relay.domain}"

@@ -639,9 +639,9 @@ class SQLiteStore(SqlStore):
         self._max_size = size
 
     async def reclaim_space(self, max_pages: int) -> int:
-        """Up to ``max_pages`` free pages handed back to the file system by
-        ``PRAGMA incremental_vacuum`` (https://www.sqlite.org/pragma.html#pragma_incremental_vacuum),
-        in one write of the writer task, between two groups (``Op.outside``)."""
+        """Up to ``max_pages`` free pages handed back to the file system by ``PRAGMA
+        incremental_vacuum`` (https://www.sqlite.org/pragma.html#pragma_incremental_vacuum), in
+        one write of the writer task, between two groups (``Op.outside``)."""
         if max_pages <= 0:
             return 0
 

@@ -674,10 +674,10 @@ class SqlStore(GroupWriter, Store):
     ) -> PurgeBatch:
         """One batch of a sweep: the next ``limit`` keys after ``after``, and the deletion of
         the rows among them that ``purge`` (bound to ``(after, last, *params)``) finds old
-        enough, in one write. The sweep is over when the window reaches the end of the table or
-        rows newer than ``newest``: keys are handed out in arrival order, so the rows after it are newer
-        still (up to the clock differences of several writers; those wait for the next
-        sweep)."""
+        enough, in one write. The sweep is over when the window reaches the end of the table
+        or rows newer than ``newest``: keys are handed out in arrival order, so the rows after
+        it are newer still (up to the clock differences of several writers; those wait for the
+        next sweep)."""
         if limit <= 0:
             return PurgeBatch(0, None)
 
