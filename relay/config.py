@@ -422,6 +422,8 @@ def render_config(config: Config) -> str:
         "    # the hop log of synq status",
         f"tasks = {_toml_str(format_duration(config.retention.tasks))}"
         "     # A2A face tasks that ended",
+        f"interval = {_toml_str(format_duration(config.retention.interval))}  # between two sweeps",
+        *([] if config.retention.enabled else ["enabled = false   # keep everything"]),
         "",
         "[quotas]   # per agent, unacknowledged mail; over it, new mail waits (4.2.2); 0: none",
         f"max_unacked = {config.quotas.max_unacked}",

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import format_size, load_config, parse_size, render_config
 from relay.core.clock import FakeClock
+from relay.core.errors import ConfigError
 from relay.core.limits import MAX_CLOCK_SKEW
 from relay.core.retention import RetentionPolicy
 from relay.delivery.retention import RetentionService
@@ -388,3 +390,69 @@ async def test_sqlite_database_from_before_incremental_vacuum_is_converted_at_op
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)
     db.close()
+
+
+# configuration --------------------------------------------------------------------------------
+
+SIZES = [
+    (524288, 524288),
+    ("524288", 524288),
+    ("512KB", 512 * 1024),
+    ("100MB", 100 * 1024**2),
+    ("100 MiB", 100 * 1024**2),
+    ("2gb", 2 * 1024**3),
+    ("1TB", 1024**4),
+    ("0", 0),
+]
+
+
+@pytest.mark.parametrize(("text", "size"), SIZES)
+def test_sizes_read_and_write_back(text: object, size: int) -> None:
+    assert parse_size(text) == size
+    assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize("text", ["", "12 parsecs", "-5MB", "1.5GB", True, 2.5])
+def test_bad_sizes_are_refused(text: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_retention_quotas_and_cap_come_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "synq.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[relay]",
+                'domain = "acme.test"',
+                "[store]",
+                'max_size = "2GB"',
+                "[retention]",
+                'acked = "1h"',
+                'settled = "2d"',
+                'interval = "30s"',
+                "[quotas]",
+                "max_unacked = 0",
+                'max_bytes = "1GB"',
+            ]
+        ),
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.store.max_size == 2 * 1024**3
+    assert config.retention.policy == RetentionPolicy(
+        acked=timedelta(hours=1), settled=timedelta(days=2), interval=timedelta(seconds=30)
+    )
+    assert (config.quotas.quota.max_unacked, config.quotas.quota.max_bytes) == (0, 1024**3)
+    # What ``synq init`` writes reads back as the defaults.
+    again = tmp_path / "again.toml"
+    again.write_text(render_config(config), encoding="utf-8")
+    reread = load_config(again)
+    assert (reread.retention, reread.quotas, reread.store) == (
+        config.retention,
+        config.quotas,
+        config.store,
+    )
+    path.write_text('[relay]\ndomain = "acme.test"\n[retention]\ninterval = "0"\n')
+    with pytest.raises(ConfigError, match=r"retention\.interval"):
+        load_config(path)
