@@ -443,14 +443,17 @@ def _soak(report: Report, doc: dict[str, Any], result: soak.SoakResult) -> None:
         f"acme on {result.store}"
     )
     step = max(1, round(60 / soak.SAMPLE_INTERVAL))
-    for s in result.samples[::step] + result.samples[-1:]:
+    shown = result.samples[::step]
+    if shown[-1] is not result.samples[-1]:
+        shown.append(result.samples[-1])
+    for s in shown:
         report.row(
             f"store at {s.at:4.0f} s", _mb(s.size) if s.size >= 2**20 else f"{s.size:,} B",
             f"{s.envelopes:,} envelopes", f"partner {_mb(s.partner_size)}",
         )  # fmt: skip
+    thirds = " / ".join(f"{g / 2**20:.1f}" for g in (first, second, last))
     report.row(
-        "growth by third", " / ".join(_mb(g) for g in (first, second, last)),
-        f"sent {result.sent:,}, read {result.read:,}",
+        "growth by third, MB", thirds, f"sent {result.sent:,}, read {result.read:,}",
     )  # fmt: skip
     share = last / first if first > 0 else 0.0
     report.target(
