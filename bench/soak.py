@@ -94,9 +94,11 @@ def _retention_config(cwd: Path) -> None:
     """Compress every ``[retention]`` period of the relay's config to :data:`RETENTION`."""
     path = cwd / "synq.toml"
     text = path.read_text(encoding="utf-8")
-    for key in ("acked", "settled", "events", "tasks"):
-        text = re.sub(rf'(?m)^{key} = "[^"]*"', f'{key} = "{RETENTION}"', text)
-    text = re.sub(r'(?m)^(tasks = "[^"]*".*)$', rf'\1\ninterval = "{SWEEP_INTERVAL}"', text)
+    periods = {key: RETENTION for key in ("acked", "settled", "events", "tasks")}
+    for key, value in {**periods, "interval": SWEEP_INTERVAL}.items():
+        text, found = re.subn(rf'(?m)^{key} = "[^"]*"', f'{key} = "{value}"', text)
+        if found != 1:
+            raise RuntimeError(f"synq init wrote no [retention] {key} to change")
     path.write_text(text, encoding="utf-8")
 
 

@@ -61,7 +61,7 @@ log = logging.getLogger("synq.delivery.quota")
 
 #: Held envelopes one write moves into one inbox, and expired ones one settle bounces: a short
 #: write of the group-commit writer (as the retention purge's batches), however much is held.
-RELEASE_BATCH: Final = 500
+RELEASE_BATCH: Final = 250
 #: Longest wait between two passes: the bound on how late a held envelope bounces after it
 #: expired, and a safety net for a lost wake-up.
 MAX_IDLE_WAIT: Final = 30.0
