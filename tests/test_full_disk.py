@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from relay.config import Config, RetentionSection, StoreSection
+from relay.config import Config, QuotasSection, RetentionSection, StoreSection
 from relay.core.clock import FakeClock
 from relay.core.envelope import format_timestamp
 from relay.core.errors import ConfigError
@@ -214,3 +214,17 @@ async def test_a_full_file_system_refuses_keeps_everything_and_recovers(
         assert await inbox_ids(client, bob) == [*accepted, body["id"]]
     finally:
         await relay.close()
+
+
+async def test_reload_takes_retention_and_quotas_at_once(relay: Relay) -> None:
+    new = relay.config.model_copy(
+        update={
+            "retention": RetentionSection(acked="3h", interval="1m"),
+            "quotas": QuotasSection(max_unacked=7, max_bytes="1MB"),
+        }
+    )
+    relay.reload(new)
+    assert relay.retention.policy.acked == timedelta(hours=3)
+    assert relay.retention.policy.interval == timedelta(minutes=1)
+    assert (relay.quotas.default.max_unacked, relay.quotas.default.max_bytes) == (7, 1024**2)
+    assert relay.config.quotas == new.quotas
