@@ -12,7 +12,9 @@ send→inbox and relay→relay, each with single messages and with ``--batch`` m
 bench/throughput.py), ``floor`` (the same per-envelope work with no
 HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/postfix.py),
 ``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``backlog``
-(memory with a queue for a partner that is down, and the drain; bench/backlog.py).
+(memory with a queue for a partner that is down, and the drain; bench/backlog.py), ``soak``
+(steady traffic for ``--soak-seconds`` with retention compressed to seconds, the store's size
+sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only).
 
 Every server is its own process on loopback, on ports the OS chose; the load generator is this
 process. Relays run with SQLite ``synchronous=FULL`` (committed and fsynced before any 202 or
@@ -35,11 +37,14 @@ from typing import Any
 # ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, floor, postfix, protocols, throughput
+from bench import backlog, floor, postfix, protocols, soak, throughput
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
-SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog")
+SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog", "soak")
+#: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
+#: ``--only soak`` runs it.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 #: The performance targets the run judges, printed under "targets" (README.md, "Benchmarks").
 TARGET_RATE = 5_000.0
@@ -48,6 +53,7 @@ TARGET_POSTFIX_RATIO = 8.0
 TARGET_ADDED_P50 = 0.005
 TARGET_RSS_GROWTH = 0.20
 TARGET_DRAIN_SHARE = 0.80
+TARGET_SOAK_PLATEAU = soak.PLATEAU_SHARE
 
 
 def _relay_ratios(
@@ -164,7 +170,8 @@ def _mb(value: float) -> str:
 
 async def run(args: argparse.Namespace) -> Report:
     report = Report()
-    sections = [s for s in (args.only or SECTIONS) if s not in (args.skip or ())]
+    default = SECTIONS if args.full else DEFAULT_SECTIONS
+    sections = [s for s in (args.only or default) if s not in (args.skip or ())]
     profiler: Profiler | None = None
     if args.profile is not None:
         why = Profiler.missing()
@@ -393,6 +400,9 @@ async def run(args: argparse.Namespace) -> Report:
                         share >= TARGET_DRAIN_SHARE,
                     )  # fmt: skip
 
+        if "soak" in sections:
+            _soak(report, doc, await _run_soak(args, base / "soak"))
+
     if profiler is not None:
         report.profiles = await profiler.finish()
         doc["profiles"] = {
@@ -409,6 +419,49 @@ async def run(args: argparse.Namespace) -> Report:
     return report
 
 
+async def _run_soak(args: argparse.Namespace, base: Path) -> soak.SoakResult:
+    def progress(line: str) -> None:
+        if not args.json:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+    store = "sqlite"
+    if args.store == "postgresql" and throughput.postgresql_available() is None:
+        store = "postgresql"
+    return await soak.run(args.soak_seconds, args.soak_rate, base, store, progress)
+
+
+def _soak(report: Report, doc: dict[str, Any], result: soak.SoakResult) -> None:
+    first, second, last = result.thirds()
+    doc["soak"] = {
+        "seconds": result.seconds, "rate": result.rate, "store": result.store,
+        "sent": result.sent, "read": result.read, "growth_thirds": [first, second, last],
+        "plateau": result.plateau, "peak": result.peak,
+        "samples": [[s.at, s.size, s.partner_size, s.envelopes] for s in result.samples],
+    }  # fmt: skip
+    report.section(
+        f"soak: {result.rate} msg/s for {result.seconds:.0f} s, retention {soak.RETENTION}, "
+        f"acme on {result.store}"
+    )
+    step = max(1, round(60 / soak.SAMPLE_INTERVAL))
+    shown = result.samples[::step]
+    if shown[-1] is not result.samples[-1]:
+        shown.append(result.samples[-1])
+    for s in shown:
+        report.row(
+            f"store at {s.at:4.0f} s", _mb(s.size) if s.size >= 2**20 else f"{s.size:,} B",
+            f"{s.envelopes:,} envelopes", f"partner {_mb(s.partner_size)}",
+        )  # fmt: skip
+    thirds = " / ".join(f"{g / 2**20:.1f}" for g in (first, second, last))
+    report.row(
+        "growth by third, MB", thirds, f"sent {result.sent:,}, read {result.read:,}",
+    )  # fmt: skip
+    share = last / first if first > 0 else 0.0
+    report.target(
+        "store size, last third's growth / first's", f"{share:.1%}",
+        f"< {TARGET_SOAK_PLATEAU:.0%} (plateau)", result.plateau,
+    )  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n")[0],
@@ -423,7 +476,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--backlog", type=_sizes, default=None, help="queue sizes, e.g. 100000,1000000")
     ap.add_argument("--calls", type=int, default=None, help="A2A/MCP calls per side")
-    ap.add_argument("--full", action="store_true", help="the documented full run")
+    ap.add_argument("--full", action="store_true", help="the documented full run (with soak)")
+    ap.add_argument(
+        "--soak-seconds", type=float, default=600.0,
+        help="how long the soak sends (600; its store should level off after about 6 minutes)",
+    )  # fmt: skip
+    ap.add_argument("--soak-rate", type=int, default=100, help="soak messages a second (100)")
     ap.add_argument("--only", type=lambda s: s.split(","), help=f"sections: {','.join(SECTIONS)}")
     ap.add_argument("--skip", type=lambda s: s.split(","), help="sections to leave out")
     ap.add_argument(

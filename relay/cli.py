@@ -33,8 +33,10 @@ from relay.config import (
     RelaySection,
     StoreSection,
     config_path,
+    format_size,
     load_config,
     parse_duration,
+    parse_size,
     render_config,
     validation_message,
 )
@@ -429,6 +431,63 @@ async def agent_list(args: argparse.Namespace, relay: Relay) -> int:
     return 0
 
 
+#: ``synq agent set`` value that gives the quota back to the relay's ``[quotas]`` default.
+QUOTA_DEFAULT = "default"
+
+
+def _count_or_default(text: str) -> int | str:
+    if text == QUOTA_DEFAULT:
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count (0 for none) or {QUOTA_DEFAULT!r}")
+    return int(text)
+
+
+def _size_or_default(text: str) -> int | str:
+    if text == QUOTA_DEFAULT:
+        return text
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (0 for none, or {QUOTA_DEFAULT!r})") from None
+
+
+async def agent_set(args: argparse.Namespace, relay: Relay) -> int:
+    """One agent's own mailbox quotas (SPEC.md §9.7): a value given replaces the agent's own,
+    ``default`` hands it back to ``[quotas]``, one not given stays as it was."""
+    name = local_name(relay, args.name)
+    if args.max_unacked is None and args.max_bytes is None:
+        raise UserError("give --max-unacked and/or --max-bytes")
+    current = (await relay.store.mailbox_usage([name])).get(name)
+    own_unacked = current.max_unacked if current else None
+    own_bytes = current.max_bytes if current else None
+    if args.max_unacked is not None:
+        own_unacked = None if args.max_unacked == QUOTA_DEFAULT else args.max_unacked
+    if args.max_bytes is not None:
+        own_bytes = None if args.max_bytes == QUOTA_DEFAULT else args.max_bytes
+    if not await relay.store.set_mailbox_quota(name, max_unacked=own_unacked, max_bytes=own_bytes):
+        raise UserError(f"no agent {name}@{relay.domain}")
+    quota = relay.quotas.default.own(own_unacked, own_bytes)
+    address = f"{name}@{relay.domain}"
+
+    def shown(value: int, own: int | None, text: str) -> str:
+        return f"{text if value else 'none'}{'' if own is not None else ' (default)'}"
+
+    out(
+        args,
+        {
+            "address": address,
+            "max_unacked": quota.max_unacked,
+            "max_bytes": quota.max_bytes,
+            "own": {"max_unacked": own_unacked, "max_bytes": own_bytes},
+        },
+        f"{address}: max unacked "
+        f"{shown(quota.max_unacked, own_unacked, str(quota.max_unacked))}, max bytes "
+        f"{shown(quota.max_bytes, own_bytes, format_size(quota.max_bytes))}",
+    )
+    return 0
+
+
 async def agent_remove(args: argparse.Namespace, relay: Relay) -> int:
     name = local_name(relay, args.name)
     if not await relay.router.agents.remove(name):
@@ -813,6 +872,23 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(func=run_on_relay(agent_add, adapters=True))
     ls = asub.add_parser("list", parents=[common], help="list local agents")
     ls.set_defaults(func=run_on_relay(agent_list))
+    st = asub.add_parser(
+        "set", parents=[common], help="an agent's own mailbox quotas (default: [quotas])"
+    )
+    st.add_argument("name")
+    st.add_argument(
+        "--max-unacked",
+        type=_count_or_default,
+        metavar="N",
+        help=f"unacknowledged messages before new mail waits (0: none; {QUOTA_DEFAULT!r})",
+    )
+    st.add_argument(
+        "--max-bytes",
+        type=_size_or_default,
+        metavar="SIZE",
+        help=f"their bytes, e.g. 50MB (0: none; {QUOTA_DEFAULT!r})",
+    )
+    st.set_defaults(func=run_on_relay(agent_set))
     rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
     rm.add_argument("name")
     rm.set_defaults(func=run_on_relay(agent_remove))

@@ -32,8 +32,11 @@ from pydantic import (
 from relay.core import ratelimit
 from relay.core.address import normalize_domain, normalize_local
 from relay.core.errors import ConfigError, SynqError
+from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
 from relay.core.policy import Policy
+from relay.core.quota import Quota
 from relay.core.ratelimit import SourceLimits
+from relay.core.retention import DEFAULT_RETENTION_PERIOD, DEFAULT_SWEEP_INTERVAL, RetentionPolicy
 
 DEFAULT_CONFIG: Final = "synq.toml"
 CONFIG_ENV: Final = "SYNQ_CONFIG"
@@ -76,36 +79,6 @@ class RelaySection(_Section):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"public_url must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
-
-
-#: Store URL schemes a relay can open (relay/store/__init__.py, ``open_store``). Checked when the
-#: config is written or read, so ``synq init --store mysql://…`` is refused at once rather than
-#: at the first ``synq serve``; the rest of the URL is checked when the store opens.
-STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres")
-
-
-class StoreSection(_Section):
-    url: str = "sqlite:///./synq.db"
-    #: SQLite only: FULL fsyncs every commit (durable across power loss); NORMAL is durable
-    #: across process crashes only (SQLite docs, "PRAGMA synchronous", WAL mode).
-    synchronous: Annotated[str, Field(pattern="^(FULL|NORMAL)$")] = "FULL"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        scheme, sep, _ = v.partition(":")
-        if not sep or scheme.lower() not in STORE_SCHEMES:
-            # The scheme only: the rest of a PostgreSQL URL may carry a password.
-            shown = repr(scheme[:20]) if sep else "none"
-            raise ValueError(
-                f"unsupported store URL scheme {shown}: expected sqlite:///PATH or "
-                "postgresql://USER@HOST/DB"
-            )
-        if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
-            raise ValueError(
-                "an SQLite store URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
-            )
-        return v
 
 
 class DiscoverySection(_Section):
@@ -166,6 +139,117 @@ def format_duration(value: timedelta) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), Field(ge=timedelta(0))]
+
+_SIZE_RE: Final = re.compile(r"(\d+)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?", re.ASCII)
+_SIZE_UNITS: Final = {"b": 0, "kb": 1, "kib": 1, "mb": 2, "mib": 2, "gb": 3, "gib": 3}
+_SIZE_UNITS.update({"tb": 4, "tib": 4})
+
+
+def parse_size(value: object) -> int:
+    """Bytes: an integer, or ``"512KB"``, ``"100MB"``, ``"2GB"``, ``"1TB"`` — units of 1024, as
+    operators mean them for disks and mailboxes (``MiB`` and the like are read the same)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string such as 100MB")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a size is a number of bytes or a string such as 100MB")
+    match = _SIZE_RE.fullmatch(value.strip().lower())
+    if match is None:
+        raise ValueError(f"not a size: {value!r} (expected e.g. 524288, 512KB, 100MB, 2GB)")
+    return int(match.group(1)) << (10 * _SIZE_UNITS[match.group(2) or "b"])
+
+
+def format_size(value: int) -> str:
+    """The shortest spelling :func:`parse_size` reads back as ``value``."""
+    for unit, power in (("TB", 4), ("GB", 3), ("MB", 2), ("KB", 1)):
+        if value and value % 1024**power == 0:
+            return f"{value // 1024**power}{unit}"
+    return str(value)
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+#: Store URL schemes a relay can open (relay/store/__init__.py, ``open_store``). Checked when the
+#: config is written or read, so ``synq init --store mysql://…`` is refused at once rather than
+#: at the first ``synq serve``; the rest of the URL is checked when the store opens.
+STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres")
+
+
+class StoreSection(_Section):
+    url: str = "sqlite:///./synq.db"
+    #: SQLite only: FULL fsyncs every commit (durable across power loss); NORMAL is durable
+    #: across process crashes only (SQLite docs, "PRAGMA synchronous", WAL mode).
+    synchronous: Annotated[str, Field(pattern="^(FULL|NORMAL)$")] = "FULL"
+    #: SQLite only: a cap on the database file (bytes or "10GB"; 0, the default, for none). A
+    #: write past it is refused like a write to a full disk (503, 4.3.0) while the relay keeps
+    #: answering, so the relay's store never fills the host's disk; a larger cap (SIGHUP) or
+    #: space freed by retention lets writes through again, without a restart (SPEC.md §10.4).
+    max_size: Size = 0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme, sep, _ = v.partition(":")
+        if not sep or scheme.lower() not in STORE_SCHEMES:
+            # The scheme only: the rest of a PostgreSQL URL may carry a password.
+            shown = repr(scheme[:20]) if sep else "none"
+            raise ValueError(
+                f"unsupported store URL scheme {shown}: expected sqlite:///PATH or "
+                "postgresql://USER@HOST/DB"
+            )
+        if scheme.lower() == "sqlite" and not v.startswith("sqlite:///"):
+            raise ValueError(
+                "an SQLite store URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _cap_is_sqlite_only(self) -> StoreSection:
+        if self.max_size and not self.url.lower().startswith("sqlite:"):
+            raise ValueError(
+                "max_size caps an SQLite file; cap a PostgreSQL database with the server's "
+                "own means (a tablespace on a volume of that size)"
+            )
+        return self
+
+
+class RetentionSection(_Section):
+    """``[retention]``: how long what the relay no longer needs is kept (SPEC.md §8.5,
+    relay/delivery/retention.py). Reloaded on SIGHUP."""
+
+    enabled: bool = True
+    acked: Duration = DEFAULT_RETENTION_PERIOD
+    settled: Duration = DEFAULT_RETENTION_PERIOD
+    events: Duration = DEFAULT_RETENTION_PERIOD
+    tasks: Duration = DEFAULT_RETENTION_PERIOD
+    interval: Annotated[
+        timedelta, BeforeValidator(parse_duration), Field(ge=timedelta(seconds=1))
+    ] = DEFAULT_SWEEP_INTERVAL
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            acked=self.acked,
+            settled=self.settled,
+            events=self.events,
+            tasks=self.tasks,
+            interval=self.interval,
+            enabled=self.enabled,
+        )
+
+
+class QuotasSection(_Section):
+    """``[quotas]``: the default mailbox quotas of local agents, 0 for none (SPEC.md §9.7;
+    ``synq agent set`` gives one agent its own). Reloaded on SIGHUP."""
+
+    max_unacked: Annotated[int, Field(ge=0)] = DEFAULT_MAX_UNACKED
+    max_bytes: Size = DEFAULT_MAX_UNACKED_BYTES
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(self.max_unacked, self.max_bytes)
 
 
 class KeysSection(_Section):
@@ -291,6 +375,8 @@ class Config(BaseModel):
     policy: PolicySection = PolicySection()
     rate_limits: RateLimitsSection = RateLimitsSection()
     limits: LimitsSection = LimitsSection()
+    retention: RetentionSection = RetentionSection()
+    quotas: QuotasSection = QuotasSection()
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
@@ -401,6 +487,24 @@ def render_config(config: Config) -> str:
         "[store]",
         f"url = {_toml_str(config.store.url)}   # or postgresql://user@host/db",
         f"synchronous = {_toml_str(config.store.synchronous)}",
+        f"max_size = {_toml_str(format_size(config.store.max_size))}"
+        '   # SQLite: a cap on the file, e.g. "10GB"; "0": none',
+        "",
+        "[retention]   # how long what is done with is kept (SPEC.md §8.5)",
+        f"acked = {_toml_str(format_duration(config.retention.acked))}"
+        "     # acknowledged inbox messages",
+        f"settled = {_toml_str(format_duration(config.retention.settled))}"
+        "   # delivery status, once every recipient is settled (and the envelope expired)",
+        f"events = {_toml_str(format_duration(config.retention.events))}"
+        "    # the hop log of synq status",
+        f"tasks = {_toml_str(format_duration(config.retention.tasks))}"
+        "     # A2A face tasks that ended",
+        f"interval = {_toml_str(format_duration(config.retention.interval))}  # between two sweeps",
+        *([] if config.retention.enabled else ["enabled = false   # keep everything"]),
+        "",
+        "[quotas]   # per agent, unacknowledged mail; over it, new mail waits (4.2.2); 0: none",
+        f"max_unacked = {config.quotas.max_unacked}",
+        f"max_bytes = {_toml_str(format_size(config.quotas.max_bytes))}",
         "",
         "[discovery]",
     ]

@@ -2,7 +2,8 @@
 
 ``Relay`` owns the lifecycle of everything long-lived: it builds the services, runs their
 background loops (:meth:`Relay.start_background`: the federation sender, the local dispatcher,
-the A2A face's reply tracker, the keys watch) and closes them (:meth:`Relay.close`). The aiohttp
+the A2A face's reply tracker, the held-mail service, the retention sweeps, the keys watch) and
+closes them (:meth:`Relay.close`). The aiohttp
 application reaches it through a typed ``AppKey`` (relay/server/keys.py); handlers reach the
 agent operations through ``relay.mailbox`` (relay/delivery/mailbox.py). Tests build a ``Relay``
 with their own clock and drive each queue by hand (``relay.sender.run_once()``,
@@ -32,6 +33,8 @@ from relay.delivery.adapters import AgentAdapter
 from relay.delivery.custody import Custody
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.mailbox import Mailbox
+from relay.delivery.quota import HeldMail, MailboxQuotas
+from relay.delivery.retention import RetentionService
 from relay.delivery.router import Router
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
@@ -75,6 +78,16 @@ def default_adapters(
     return {"mcp": McpAdapter(cwd=config.base_dir.resolve()), "a2a": a2a}
 
 
+def _ended_task_states() -> list[str]:
+    """The A2A task states in which a face task has ended (the retention of ``tasks``), by the
+    names the task store records."""
+    from a2a.types import TaskState
+
+    from adapters.a2a.wire import TERMINAL_STATES
+
+    return sorted(TaskState.Name(state) for state in TERMINAL_STATES)
+
+
 class Relay:
     def __init__(
         self,
@@ -105,6 +118,10 @@ class Relay:
         #: Per source address (SPEC.md §10.3): the HTTP server's middleware and listener, the
         #: bearer-token checks of every face, and the federation receiver share these tables.
         self.sources = config.source_limits()
+        # Mailbox quotas (SPEC.md §9.7): one set of defaults for local submission (held mail)
+        # and federation (4.2.2 per recipient); reload() swaps them.
+        self.quotas = MailboxQuotas(store, config.quotas.quota)
+        self.router.quotas = self.quotas
         self._keys_seen = keys_fingerprint(config.keys_dir)
         self.metrics = Metrics(lambda: store.notifier.listener_count("inbox:"))
         disc = config.discovery
@@ -125,6 +142,7 @@ class Relay:
             custody=self.custody,
             unverified=self.sources.unverified,
             router=self.router,
+            quotas=self.quotas,
         )
         self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
@@ -173,6 +191,12 @@ class Relay:
         self.push_sender: PushSender = PushSender(self._push_http, self.discovery.policy.check_url)
         self.task_store: TaskStore = TaskStore(store, self.mailbox, self.clock, self.push_sender)
         self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
+        #: Mail held for full mailboxes goes in once they have room (relay/delivery/quota.py).
+        self.held_mail = HeldMail(store, self.router, self.clock, self.quotas)
+        #: What the relay no longer needs goes after its retention (relay/delivery/retention.py).
+        self.retention = RetentionService(
+            store, self.clock, config.retention.policy, task_states=_ended_task_states()
+        )
         self._background: list[asyncio.Task[None]] = []
 
     def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
@@ -208,7 +232,10 @@ class Relay:
 
         Nothing queued is touched: envelopes already in custody stay queued and are delivered
         as before; the new policy applies to what arrives from now on. Rate-limit buckets keep
-        their levels, and open connections their counts. ``[relay]``, ``[store]`` and ``[discovery]`` take effect on restart.
+        their levels, and open connections their counts. ``[retention]`` and ``[quotas]``
+        apply from the next sweep and the next message, ``[store] max_size`` from the next write
+        (a store refusing writes at its cap takes them again at once when it is raised). The
+        rest of ``[relay]``, ``[store]`` and ``[discovery]`` take effect on restart.
         """
         new = config or self.config
         keyring = load_keyring(new.keys_dir)
@@ -218,17 +245,27 @@ class Relay:
         self._keys_seen = keys_fingerprint(new.keys_dir)
         if config is None:
             return
-        restart_only = ("relay", "store", "discovery")
-        if any(getattr(config, s) != getattr(self.config, s) for s in restart_only):
+        store = self.config.store.model_copy(update={"max_size": config.store.max_size})
+        restart_only = ("relay", "discovery")
+        if store != config.store or any(
+            getattr(config, s) != getattr(self.config, s) for s in restart_only
+        ):
             log.warning("changes to [relay], [store] and [discovery] take effect on restart")
+        if config.store.max_size != self.config.store.max_size:
+            self.store.set_max_size(config.store.max_size or None)
         self.config = self.config.model_copy(
             update={
                 "keys": config.keys,
                 "policy": config.policy,
                 "rate_limits": config.rate_limits,
                 "limits": config.limits,
+                "retention": config.retention,
+                "quotas": config.quotas,
+                "store": store,
             }
         )
+        self.retention.policy = config.retention.policy
+        self.quotas.default = config.quotas.quota
         self.policy = self.router.policy = self.inbound.policy = policy
         limits = config.rate_limits
         self.rate_limits.reconfigure(
@@ -269,8 +306,12 @@ class Relay:
     ) -> Relay:
         """Load keys (refusing loose permissions) and open the store with migrations applied."""
         keyring = load_keyring(config.keys_dir)
+        cap = {"max_size": config.store.max_size} if config.store.max_size else {}
         store = await open_store(
-            config.store_url, domain=config.relay.domain, synchronous=config.store.synchronous
+            config.store_url,
+            domain=config.relay.domain,
+            synchronous=config.store.synchronous,
+            **cap,
         )
         try:
             return cls(config=config, store=store, keyring=keyring, clock=clock, adapters=adapters)
@@ -280,8 +321,8 @@ class Relay:
 
     async def start_background(self) -> None:
         """Start the background loops: the federation queue runner, the local dispatcher, the
-        A2A face's reply tracker and the keys watch (``synq serve`` does; tests drive the
-        queues by hand).
+        A2A face's reply tracker, the held-mail service, the retention sweeps and the keys
+        watch (``synq serve`` does; tests drive the queues by hand).
 
         On a store that only this process serves (SQLite), leases left by a previous process
         that was killed mid-delivery are released first: that process is gone, and waiting for
@@ -304,6 +345,10 @@ class Relay:
         self._background.append(
             asyncio.create_task(self.reply_tracker.run(), name="synq-a2a-tracker")
         )
+        # Mail held for full mailboxes: without it, it would wait for its expiry and bounce.
+        self._background.append(asyncio.create_task(self.held_mail.run(), name="synq-held-mail"))
+        # Retention: without it the store grows with every message (SPEC.md §8.5).
+        self._background.append(asyncio.create_task(self.retention.run(), name="synq-retention"))
 
     async def close(self) -> None:
         for task in self._background:

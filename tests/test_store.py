@@ -891,6 +891,9 @@ async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
     packaged = [(m.version, m.name) for m in SQLiteStore.migrations()]
     assert packaged[:3] == [(1, "init"), (2, "local_deliveries"), (3, "a2a_tasks")]
     with sqlite3.connect(path) as db:
+        # Every packaged migration once, in order (whatever their number: branches add some).
+        packaged = [(m.version, m.name) for m in SQLiteStore.migrations()]
+        assert packaged[:3] == [(1, "init"), (2, "local_deliveries"), (3, "a2a_tasks")]
         assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == packaged
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     db.close()

@@ -94,3 +94,14 @@ MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 #: Most messages one inbox read returns.
 MAX_INBOX_PAGE: Final = 500
 DEFAULT_INBOX_PAGE: Final = 50
+
+#: Unacknowledged messages one local agent's mailbox holds before new mail for it is deferred
+#: with 4.2.2 (SPEC.md §9.7; relay/core/quota.py tables it beside Postfix and Dovecot). Stops an
+#: agent that stopped reading (or a peer flooding it) from growing the store without bound:
+#: retention never purges an unacknowledged message. ``[quotas] max_unacked``; 0 for none.
+DEFAULT_MAX_UNACKED: Final = 10_000
+
+#: Bytes of unacknowledged signed envelopes one mailbox holds before new mail is deferred: the
+#: same bound by size, so a few hundred envelopes near MAX_ENVELOPE_BYTES cannot do what the
+#: count alone would allow. ``[quotas] max_bytes``; 0 for none.
+DEFAULT_MAX_UNACKED_BYTES: Final = 100 * 1024 * 1024

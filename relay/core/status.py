@@ -68,6 +68,7 @@ DELIVERED: Final = Status("2.1.5", "destination address valid, delivered")
 
 # 4.x.x — transient: the sender keeps the envelope and retries
 TRANSIENT: Final = Status("4.0.0", "temporary failure")
+MAILBOX_FULL: Final = Status("4.2.2", "mailbox full")
 STORE_UNAVAILABLE: Final = Status("4.3.0", "mail system (store) unavailable")
 NO_ANSWER: Final = Status("4.4.1", "no answer from host")
 BAD_CONNECTION: Final = Status("4.4.2", "bad connection")

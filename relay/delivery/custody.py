@@ -57,12 +57,14 @@ def new_envelope(
     *,
     origin: str | None = None,
     idempotency: IdempotencyKey | None = None,
+    held: Sequence[tuple[str, str, str]] = (),
 ) -> NewEnvelope:
     """The store row for a signed envelope: ``local`` agent names whose inbox gets it now,
     ``remote`` addresses queued for federation, ``via`` for the hop log, ``refused`` recipients
-    with their code and reason. ``origin``: the sender's domain when the caller knows it (saves
-    parsing ``from`` again). ``idempotency``: the sender's key, recorded in the same store
-    transaction as the envelope (SPEC.md §6.2)."""
+    with their code and reason, ``held`` local agents whose mailbox is full (name, code,
+    reason: relay.delivery.quota). ``origin``: the sender's domain when the caller knows it
+    (saves parsing ``from`` again). ``idempotency``: the sender's key, recorded in the same
+    store transaction as the envelope (SPEC.md §6.2)."""
     return NewEnvelope(
         origin=origin or envelope.sender.domain,
         id=envelope.id,
@@ -77,4 +79,5 @@ def new_envelope(
         via=via,
         refused=list(refused),
         idempotency=idempotency,
+        held=list(held),
     )

@@ -38,6 +38,7 @@ from relay.core.limits import DEFAULT_LIFETIME, MAX_ENVELOPE_BYTES, MAX_LIFETIME
 from relay.core.policy import Policy
 from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
 from relay.delivery.custody import Custody, new_envelope
+from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
 from relay.store.base import AcceptResult, AgentRecord, IdempotencyKey, NewEnvelope, Store
 
 #: How long, in seconds, a relay process trusts what the store told it about an agent: that a
@@ -195,6 +196,9 @@ class Router:
         #: Local agents by token and by name (:class:`AgentCache`): the API's authentication
         #: and the recipient check read them here rather than from the store on every send.
         self.agents = AgentCache(store, clock)
+        #: Mailbox quotas (relay.delivery.quota): a local recipient whose mailbox is full is
+        #: held, not refused (SPEC.md §9.7). The relay shares one with the inbound handler.
+        self.quotas = MailboxQuotas(store)
 
     def split(self, recipients: Sequence[Address]) -> tuple[list[str], list[str]]:
         """(local agent names, remote addresses)."""
@@ -266,8 +270,9 @@ class Router:
         self, draft: Draft, *, via: str = "api", idempotency: IdempotencyKey | None = None
     ) -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
-        local recipients, partner policy, the envelope itself — then build and sign it. Nothing
-        is stored: :meth:`commit` takes custody, recording ``idempotency`` with the envelope."""
+        local recipients, partner policy, the envelope itself — then build and sign it, and
+        hold it for local recipients whose mailbox is full. Nothing is stored: :meth:`commit`
+        takes custody, recording ``idempotency`` with the envelope."""
         sender = draft.sender
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
@@ -287,8 +292,23 @@ class Router:
         await self.check_local(local)
         self.check_policy(sender, draft.to)
         envelope, token = self.build(draft)
+        held: list[tuple[str, str, str]] = []
+        if local:
+            # Mail for a full mailbox is held and delivered once there is room (SPEC.md §9.7):
+            # the sender's status says 4.2.2 and why; the 202 is the same.
+            full = await self.quotas.full(local)
+            if full:
+                held = [(name, MAILBOX_FULL.code, full[name]) for name in local if name in full]
+                local = [name for name in local if name not in full]
         item = new_envelope(
-            envelope, token, local, remote, via, origin=self.domain, idempotency=idempotency
+            envelope,
+            token,
+            local,
+            remote,
+            via,
+            origin=self.domain,
+            idempotency=idempotency,
+            held=held,
         )
         if draft.notify != dsn_mod.DEFAULT_NOTIFY:
             item = self._with_notify(item, envelope, draft.notify)
@@ -301,7 +321,7 @@ class Router:
         includes ``success``, a receipt per local recipient: the store keeps those of agents
         that read their inbox themselves, delivered the moment the envelope is committed
         (SPEC.md §9.4); an adapter-backed agent's receipt waits for the hand-over."""
-        asked = dict.fromkeys([*item.local, *item.remote], notify)
+        asked = dict.fromkeys([*item.local, *item.remote, *(h[0] for h in item.held)], notify)
         receipts: dict[str, NewEnvelope] = {}
         if dsn_mod.SUCCESS in notify:
             for name in item.local:

@@ -16,10 +16,12 @@ For every envelope, in this order (the first failing step decides its result):
 6. rate limits (relay.core.ratelimit): one token from the ``from`` domain's bucket and one from
    the ``from`` address's, or 4.7.0 and the partner's queue retries later. Charged only for
    authentic envelopes, so forgeries cannot spend a real partner's allowance;
-7. recipients: those of this domain that exist and whose agent rules accept the sender get it;
-   unknown ones are refused 5.1.1 and ones the rules refuse 5.7.1, in the per-recipient map;
-   an envelope with no recipient here is refused 5.1.2, one with none left is refused with
-   the refusal its recipients share (or, when they differ, the first, plus the map);
+7. recipients: those of this domain that exist, whose agent rules accept the sender and whose
+   mailbox has room get it; unknown ones are refused 5.1.1, ones the rules refuse 5.7.1 and
+   ones whose mailbox is full 4.2.2 (SPEC.md §9.7: the partner keeps them queued and retries),
+   in the per-recipient map; an envelope with no recipient here is refused 5.1.2, one with
+   none left is refused with the refusal its recipients share (or, when they differ, the
+   first, plus the map).
 8. receipts (SPEC.md §9.4): what the transaction's ``notify`` asks for each recipient taken is
    kept with its row, and a recipient whose sender asked for ``success`` gets its receipt
    built now, for the store to commit with the delivery (never for a ``dsn``: RFC 3464 §2).
@@ -74,6 +76,7 @@ from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits, TokenBuckets, take_all
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnNotify, TxnRequest
 from relay.delivery.custody import Custody, new_envelope
+from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
 from relay.delivery.router import Router
 from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
 from relay.store.base import NewEnvelope, ReceiptMark, Store
@@ -158,6 +161,7 @@ class InboundHandler:
         policy: Policy | None = None,
         rates: RateLimits | None = None,
         custody: Custody | None = None,
+        quotas: MailboxQuotas | None = None,
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
         unverified: TokenBuckets | None = None,
         router: Router | None = None,
@@ -170,6 +174,8 @@ class InboundHandler:
         self.policy = policy or Policy.open(domain)
         self.rates = rates or RateLimits.build()
         self.custody = custody or Custody(store, clock)
+        #: Mailbox quotas (relay.delivery.quota), shared with the router by the relay.
+        self.quotas = quotas or MailboxQuotas(store)
         self.write_timeout = write_timeout
         #: Per source address, envelopes that failed to prove authentic (SourceLimits.unverified);
         #: None: not limited.
@@ -257,13 +263,14 @@ class InboundHandler:
             if a.domain == self.domain
         }
         existing = await self.store.existing_agents(names) if names else set()
+        full = await self.quotas.full(existing)
         checked: list[_Checked] = []
         for s in out:
             if isinstance(s, _Checked):
                 checked.append(s)
                 continue
             try:
-                local, refused = await self._recipients(s.envelope, existing)
+                local, refused = await self._recipients(s.envelope, existing, full)
             except _NoRecipientLeft as exc:
                 checked.append(_Checked(s.key, s.envelope, None, exc.result()))
                 continue
@@ -335,9 +342,10 @@ class InboundHandler:
             )
 
     async def _recipients(
-        self, envelope: Envelope, existing: AbstractSet[str]
+        self, envelope: Envelope, existing: AbstractSet[str], full: Mapping[str, str]
     ) -> tuple[list[str], list[tuple[str, str, str]]]:
-        """Step 7; ``existing``: the local agents among every recipient of the transaction."""
+        """Step 7; ``existing``: the local agents among every recipient of the transaction;
+        ``full``: those whose mailbox is full, with the reason."""
         ours = [a for a in envelope.recipients if a.domain == self.domain]
         if not ours:
             raise WrongDomain(f"no recipient of this envelope is at {self.domain}")
@@ -352,6 +360,10 @@ class InboundHandler:
             )
             if why is not None:
                 refused.append((str(a), st.NOT_AUTHORIZED.code, why))
+            elif a.local in full:
+                # Transient: recorded as refused, so the partner's retry upgrades the row
+                # (the idempotent union) once the mailbox has room.
+                refused.append((str(a), MAILBOX_FULL.code, full[a.local]))
             else:
                 local.append(a.local)
         if not local:

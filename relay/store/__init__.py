@@ -4,7 +4,8 @@
 returns it; nothing else in the relay names a dialect.
 
 * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — the embedded default.
-  Options: ``synchronous`` (``FULL``, ``NORMAL``, ``EXTRA``), ``busy_timeout`` (seconds).
+  Options: ``synchronous`` (``FULL``, ``NORMAL``, ``EXTRA``), ``busy_timeout`` (seconds),
+  ``max_size`` (bytes: a cap on the file, ``Store.set_max_size``).
 * ``postgresql://user:password@host:port/dbname?…`` (or ``postgres://…``) — the scale-out
   engine: several relay processes share one database (relay/store/postgres.py). Options:
   ``synchronous`` (``FULL``, ``NORMAL``). The URL is libpq's, passed to it as it is.
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 _SQLITE_PREFIX: Final = "sqlite:///"
-_SQLITE_OPTIONS: Final = frozenset({"domain", "synchronous", "busy_timeout"})
+_SQLITE_OPTIONS: Final = frozenset({"domain", "synchronous", "busy_timeout", "max_size"})
 _POSTGRES_OPTIONS: Final = frozenset({"domain", "synchronous"})
 
 

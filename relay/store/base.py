@@ -23,6 +23,14 @@ Data model (SPEC.md prescribes none; this is the relay's own business):
   fingerprint and the envelope the key answers with (SPEC.md §6.2). Written in the transaction
   that takes custody of that envelope (for the A2A face: that writes the call's task or turn), so
   a key never names an envelope that was not stored, nor an envelope lose its key to a crash.
+* **mailboxes** — per local agent, the count and bytes of its unacknowledged inbox rows, kept
+  in step with every inbox insert and ack, and the agent's own quotas (migration 0004).
+
+Lifecycle (migration 0004; SPEC.md §8.5, §9.7): the ``purge_*`` methods delete, a bounded batch
+at a time, what the retention service (relay/delivery/retention.py) finds old enough; an
+envelope is never purged before ``expires`` + the clock skew its caller allows for, so a replay
+stays a duplicate. Local recipients whose mailbox is full are *held*: a queued row of the
+store's own domain, moved into the inbox by ``deliver_held`` once the agent makes room.
 
 Durability contract: when ``accept``/``accept_many`` returns, the envelope and every row it
 implies are committed (for SQLite with ``synchronous=FULL``: fsynced). The relay answers 202
@@ -48,6 +56,7 @@ from datetime import datetime
 from typing import Final, Literal, TypeVar
 
 from relay.core.dsn import DEFAULT_NOTIFY, Notify
+from relay.core.errors import ConfigError
 
 _T = TypeVar("_T")
 
@@ -59,6 +68,9 @@ RecipientState = Literal["queued", "sent", "delivered", "bounced"]
 QUEUE_CHANNEL: Final = "queue"
 #: Wakes the local dispatcher when an adapter-backed agent (A2A, MCP) got an inbox row.
 DELIVERY_CHANNEL: Final = "deliveries"
+#: Wakes the quota service when an ack made room in some agent's mailbox: mail held for it
+#: may now go into its inbox (relay/delivery/quota.py).
+HELD_CHANNEL: Final = "held"
 
 
 def inbox_channel(agent: str) -> str:
@@ -139,6 +151,11 @@ class NewEnvelope:
     #: The sender's idempotency key, recorded with the envelope in the same transaction; None
     #: for a send without one.
     idempotency: IdempotencyKey | None = None
+
+    #: Local agents whose mailbox is over its quota (SPEC.md §9.7): (agent name, code, reason).
+    #: Each gets a queued row with that code (4.2.2) instead of an inbox row, until
+    #: ``Store.deliver_held`` delivers it or it expires. Needs the store's domain.
+    held: Sequence[tuple[str, str, str]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +343,29 @@ class A2AFeedItem:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxUsage:
+    """One local agent's unacknowledged mail and its own quotas (migration 0004).
+
+    ``bytes`` is the size of the signed envelopes (compact JWS) as stored. ``max_unacked`` and
+    ``max_bytes`` are the agent's own quotas: None takes the relay's default, 0 means none.
+    """
+
+    unacked: int = 0
+    bytes: int = 0
+    max_unacked: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeBatch:
+    """What one ``purge_*`` call did: how many rows it deleted, and where the next batch of the
+    same sweep starts (the last key it examined), or None when the sweep is over."""
+
+    deleted: int
+    after: int | None
+
+
 #: ``a2a_update_task`` outcomes: written; the version moved on (re-read and retry); the
 #: ``source`` reply was applied before (nothing written).
 A2AUpdate = Literal["updated", "conflict", "duplicate"]
@@ -447,6 +487,24 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a trivial query succeeds (for /healthz)."""
 
+    @abc.abstractmethod
+    async def size(self) -> int:
+        """Bytes the store takes on disk now (SQLite: the file and its WAL; PostgreSQL: the
+        database), for the operator and the soak benchmark."""
+
+    def set_max_size(self, size: int | None) -> None:
+        """Cap the store's size on disk at ``size`` bytes (None: no cap), from the next write
+        on. A write that would pass the cap fails with StoreUnavailable, as on a full disk.
+        Only an embedded store can cap itself; the others refuse a cap."""
+        if size is not None:
+            raise ConfigError("this store cannot cap its own size; [store] max_size is SQLite's")
+
+    async def reclaim_space(self, max_pages: int) -> int:
+        """Give up to ``max_pages`` pages that purges freed back to the file system, in one
+        short write (SQLite's incremental vacuum); return how many. 0 where the database
+        reclaims space on its own (PostgreSQL's autovacuum)."""
+        return 0
+
     # agents ------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def create_agent(
@@ -532,7 +590,80 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ack(self, agent: str, id: str, now: datetime) -> bool:
         """Ack every inbox row of ``agent`` whose envelope id is ``id``; False if none exists.
-        Acking twice is not an error (True again)."""
+        Acking twice is not an error (True again). The first ack of a row takes it off the
+        agent's mailbox usage and wakes ``HELD_CHANNEL``."""
+
+    # mailboxes and quotas (0004) ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def mailbox_usage(self, names: Iterable[str]) -> dict[str, MailboxUsage]:
+        """Usage and quotas of the named agents, in one read; an agent that never had mail
+        (or does not exist) is absent, which means no usage and default quotas."""
+
+    @abc.abstractmethod
+    async def set_mailbox_quota(
+        self, name: str, *, max_unacked: int | None, max_bytes: int | None
+    ) -> bool:
+        """Set one agent's own quotas (None: the relay's default, 0: none); False if there is
+        no such agent."""
+
+    @abc.abstractmethod
+    async def held_agents(self) -> dict[str, int]:
+        """Local agents with held mail (``NewEnvelope.held``), and how many envelopes each."""
+
+    @abc.abstractmethod
+    async def deliver_held(
+        self, agent: str, now: datetime, *, limit: int, max_bytes: int | None
+    ) -> int:
+        """Move up to ``limit`` of ``agent``'s held envelopes, oldest first, into its inbox in
+        one transaction: each one's row becomes ``delivered``, with a ``delivered`` event,
+        while the bytes moved before it stay under ``max_bytes`` (None: no bound). Wakes the
+        agent's inbox (and the dispatcher for an adapter-backed agent). Returns how many; a
+        row another process delivered meanwhile is not delivered twice."""
+
+    @abc.abstractmethod
+    async def expired_held(self, now: datetime, limit: int) -> list[QueueEntry]:
+        """Up to ``limit`` held rows whose envelope has expired by ``now``: the caller bounces
+        them with ``settle``, which changes only rows still queued."""
+
+    # retention (0004) ----------------------------------------------------------------------------
+    # Each call examines at most ``limit`` rows after ``after`` in key order (the order rows
+    # arrived in), deletes those old enough, and says where the next call starts: a short write
+    # through the group-commit writer, however large the tables. A sweep of one kind starts at
+    # ``after=0`` and ends when ``PurgeBatch.after`` is None: the table ran out, or the rows
+    # examined were all newer than the cutoff.
+
+    @abc.abstractmethod
+    async def purge_acked(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
+        """Delete inbox rows acknowledged at or before ``before``, except those the A2A face's
+        reply tracker has not read yet. Keys: inbox sequence numbers."""
+
+    @abc.abstractmethod
+    async def purge_events(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
+        """Delete hop-log events recorded at or before ``before``."""
+
+    @abc.abstractmethod
+    async def purge_envelopes(
+        self,
+        *,
+        expired_before: datetime,
+        settled_before: datetime,
+        acked_before: datetime,
+        after: int,
+        limit: int,
+    ) -> PurgeBatch:
+        """Delete envelopes with nothing left to do, with their recipient rows, inbox rows and
+        events: expired at or before ``expired_before`` (their deduplication window is over:
+        the caller passes now − MAX_CLOCK_SKEW or earlier, SPEC.md §8.5), accepted and every
+        recipient row last changed at or before ``settled_before``, none queued (held rows
+        included), and every inbox row acknowledged at or before ``acked_before``."""
+
+    @abc.abstractmethod
+    async def purge_a2a_tasks(
+        self, states: Sequence[str], before: datetime, *, limit: int
+    ) -> PurgeBatch:
+        """Delete up to ``limit`` A2A face tasks in one of ``states`` (ended ones) whose status
+        is from ``before`` or earlier, with their events and envelope links. ``after`` of the
+        result is 0 while more may be left, None when the sweep is over."""
 
     # federation queue --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -541,11 +672,13 @@ class Store(abc.ABC):
     ) -> list[QueueEntry]:
         """Lease up to ``limit`` queued remote rows whose next attempt is due and whose lease has
         lapsed, oldest first, grouped by nothing: the caller batches by domain. A leased row is
-        invisible to other callers until ``lease_until`` or until ``settle`` releases it."""
+        invisible to other callers until ``lease_until`` or until ``settle`` releases it.
+        Without ``domain``, held rows (the store's own domain) are never leased."""
 
     @abc.abstractmethod
     async def next_due(self) -> datetime | None:
-        """The earliest next attempt among queued remote rows (lease ignored), or None."""
+        """The earliest next attempt among queued remote rows (lease ignored; held rows left
+        out), or None."""
 
     @abc.abstractmethod
     async def settle(

@@ -336,13 +336,21 @@ WITH changed AS (
 SELECT c.envelope, e.origin, e.id, c.recipient, c.refused
 FROM changed AS c JOIN envelopes AS e ON e.pk = c.envelope
 """,
-    # With the delivery rows of the new inbox rows, in one statement.
+    # With the delivery rows of the new inbox rows and their agents' mailbox usage, in one
+    # statement (a data-modifying WITH runs to completion whether or not the rest reads it).
     insert_inbox="""
 WITH added AS (
     INSERT INTO inbox (agent, envelope, delivered_at)
     SELECT * FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[])
     ON CONFLICT (agent, envelope) DO NOTHING
-    RETURNING seq, agent, delivered_at
+    RETURNING seq, agent, envelope, delivered_at
+), usage AS (
+    INSERT INTO mailboxes AS m (agent, unacked, bytes)
+    SELECT added.agent, count(*), sum(length(e.token))
+    FROM added JOIN envelopes AS e ON e.pk = added.envelope
+    GROUP BY added.agent
+    ON CONFLICT (agent) DO UPDATE SET
+        unacked = m.unacked + excluded.unacked, bytes = m.bytes + excluded.bytes
 )
 INSERT INTO deliveries (seq, agent, next_attempt)
 SELECT added.seq, added.agent, added.delivered_at
@@ -351,6 +359,7 @@ WHERE a.kind <> 'inbox'
 RETURNING seq, agent
 """,
     insert_deliveries=None,
+    mailbox_add=None,
     insert_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
@@ -402,7 +411,7 @@ ORDER BY 1, 10
         "LIMIT %(limit)s"
     ),
     inbox_all_thread=_INBOX_PAGE + "AND e.thread = %(thread)s ORDER BY i.seq LIMIT %(limit)s",
-    lease_due=_LEASE_TEMPLATE.format(domain=""),
+    lease_due=_LEASE_TEMPLATE.format(domain="AND r.domain <> %(own)s"),
     lease_due_domain=_LEASE_TEMPLATE.format(domain="AND r.domain = %(domain)s"),
     lease_mark=None,
     delivery_lease=_LIVE_OWNERS  # noqa: S608
@@ -478,6 +487,17 @@ SET state = 'bounced', code = %(code)s::text, reason = %(reason)s::text, next_at
     lease_until = NULL, lease_owner = NULL, updated = %(at)s::timestamptz
 WHERE """
     + _QUEUE_FILTER,
+    mailbox_usage="""
+SELECT agent, unacked, bytes, max_unacked, max_bytes FROM mailboxes
+WHERE agent = ANY(%s::text[])
+""",
+    held_deliver="""
+UPDATE recipients
+SET state = 'delivered', code = NULL, reason = NULL, next_attempt = NULL, lease_until = NULL,
+    lease_owner = NULL, updated = %(at)s
+WHERE pk = ANY(%(pks)s::bigint[]) AND state = 'queued'
+RETURNING envelope
+""",
     a2a_list_tasks=rows.A2A_TASK_SELECT
     + _A2A_FILTER
     + """
@@ -654,8 +674,8 @@ class PostgresStore(SqlStore):
         return moment
 
     @staticmethod
-    def _array(values: list[str]) -> list[str]:
-        return values
+    def _array(values: Sequence[str] | Sequence[int]) -> list[Any]:
+        return list(values)
 
     @staticmethod
     def _split_migration(text: str) -> tuple[str, ...]:
@@ -775,6 +795,14 @@ class PostgresStore(SqlStore):
                 _log.warning("closing a PostgreSQL connection failed", exc_info=True)
         self._listener = None
         self._writer = None
+
+    async def size(self) -> int:
+        """``pg_database_size``: every table, index and TOAST of the database. Space the
+        purge frees is reused by later rows once autovacuum has marked it
+        (https://www.postgresql.org/docs/current/routine-vacuuming.html); the file system
+        gets it back only from a VACUUM FULL, which Synq never runs."""
+        row = await self._read_one("SELECT pg_database_size(current_database())", ())
+        return int(row[0])
 
     # wake-ups ----------------------------------------------------------------------------------
 

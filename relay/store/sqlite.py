@@ -45,7 +45,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -65,8 +65,11 @@ from relay.store.sql import MAX_GROUP_OPS, Op, SqlStore, Statements, Tx, portabl
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "MAX_GROUP_OPS",
+    "MIN_MAX_SIZE",
     "MIN_SQLITE_VERSION",
     "OTHER_PROCESS_POLL_INTERVAL",
+    "UNCAPPED_PAGES",
+    "WAL_SIZE_LIMIT",
     "SQLiteStore",
 ]
 
@@ -87,6 +90,21 @@ DEFAULT_BUSY_TIMEOUT: Final = 5.0
 #: for the same reason (its default is 60 s, but it is also poked through a FIFO).
 OTHER_PROCESS_POLL_INTERVAL: Final = 0.5
 
+#: ``PRAGMA max_page_count`` without a cap: SQLite's own largest (https://www.sqlite.org/
+#: limits.html, "Maximum Number Of Pages In A Database File").
+UNCAPPED_PAGES: Final = 4294967294
+
+#: Bytes of WAL kept after a checkpoint (``PRAGMA journal_size_limit``): what a long-running
+#: relay's WAL settles back to after a burst. The default checkpoint, every 1,000 pages, keeps
+#: it about 4 MiB under steady traffic.
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+
+#: The smallest ``max_size`` taken: the schema alone fills some 40 pages of 4 KiB.
+MIN_MAX_SIZE: Final = 256 * 1024
+
+#: ``PRAGMA auto_vacuum`` value of INCREMENTAL.
+_AUTO_VACUUM_INCREMENTAL: Final = 2
+
 #: ``PRAGMA synchronous`` values we accept (https://www.sqlite.org/pragma.html#pragma_synchronous).
 #: In WAL mode FULL syncs the WAL on every commit, so a commit survives power loss; NORMAL
 #: survives a process crash but may lose the last commits on power loss (benchmarks use it).
@@ -98,7 +116,7 @@ _SYNCHRONOUS: Final = frozenset({"FULL", "EXTRA", "NORMAL"})
 _UNAVAILABLE: Final = {
     "SQLITE_BUSY": "the database is locked by another process",
     "SQLITE_LOCKED": "the database is locked",
-    "SQLITE_FULL": "the disk is full",
+    "SQLITE_FULL": "the store is full (its [store] max_size, or the disk)",
     "SQLITE_IOERR": "the disk reported an I/O error",
     "SQLITE_READONLY": "the database file is read-only",
     "SQLITE_CANTOPEN": "the database file cannot be opened",
@@ -196,6 +214,16 @@ WHERE a.name = j.value ->> 1 AND a.kind <> 'inbox'
 ON CONFLICT (seq) DO NOTHING
 RETURNING seq, agent
 """,
+    # GROUP BY ends the SELECT, so ON CONFLICT cannot be read as a join constraint here.
+    mailbox_add="""
+INSERT INTO mailboxes (agent, unacked, bytes)
+SELECT i.agent, count(*), sum(length(e.token))
+FROM json_each(?) AS j CROSS JOIN inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+WHERE i.seq = j.value ->> 0
+GROUP BY i.agent
+ON CONFLICT (agent) DO UPDATE SET
+    unacked = mailboxes.unacked + excluded.unacked, bytes = mailboxes.bytes + excluded.bytes
+""",
     insert_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -250,7 +278,7 @@ ORDER BY 1, 10
     # transaction, so two lease_due calls in one group never take the same row.
     lease_due=rows.QUEUE_SELECT
     + """
-WHERE r.state = 'queued' AND r.next_attempt <= :now
+WHERE r.state = 'queued' AND r.next_attempt <= :now AND r.domain <> :own
   AND (r.lease_until IS NULL OR r.lease_until <= :now)
 ORDER BY r.next_attempt, r.pk LIMIT :limit
 """,
@@ -322,6 +350,17 @@ SET state = 'bounced', code = :code, reason = :reason, next_attempt = NULL, leas
     updated = :at
 WHERE """
     + _QUEUE_FILTER,
+    mailbox_usage="""
+SELECT agent, unacked, bytes, max_unacked, max_bytes FROM mailboxes
+WHERE agent IN (SELECT value FROM json_each(?))
+""",
+    held_deliver="""
+UPDATE recipients
+SET state = 'delivered', code = NULL, reason = NULL, next_attempt = NULL, lease_until = NULL,
+    updated = :at
+WHERE pk IN (SELECT value FROM json_each(:pks)) AND state = 'queued'
+RETURNING envelope
+""",
     a2a_list_tasks=rows.A2A_TASK_SELECT
     + _A2A_FILTER
     + """
@@ -428,6 +467,7 @@ class SQLiteStore(SqlStore):
     recipient the first try refused upgrades that row; without it, by bare agent name.
     ``synchronous``: ``FULL`` (default) or ``NORMAL``/``EXTRA``, see :data:`_SYNCHRONOUS`.
     ``busy_timeout``: seconds to wait for another process's lock, see :data:`DEFAULT_BUSY_TIMEOUT`.
+    ``max_size``: a cap on the file's size in bytes (``set_max_size``), or None.
     """
 
     sql = _SQL
@@ -449,6 +489,7 @@ class SQLiteStore(SqlStore):
         domain: str | None = None,
         synchronous: str = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        max_size: int | None = None,
     ) -> None:
         super().__init__(domain)
         text = os.fspath(path)
@@ -472,6 +513,14 @@ class SQLiteStore(SqlStore):
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
         self._synced = True  # the writer's PRAGMA synchronous is self.synchronous, not NORMAL
+        #: The cap on the file's size (``set_max_size``), applied by the writer before its next
+        #: group as a number of pages; ``_page_cap_applied`` is what its connection has now.
+        self._max_size: int | None = None
+        self._page_cap_applied: int | None = None
+        self._page_size = 4096
+        #: Set by ``reclaim_space`` when it freed pages: the idle writer checkpoints.
+        self._checkpoint_due = False
+        self.set_max_size(max_size)
 
     # time and parameters -----------------------------------------------------------------------
 
@@ -489,8 +538,8 @@ class SQLiteStore(SqlStore):
         return datetime.fromisoformat(value).astimezone(UTC)
 
     @staticmethod
-    def _array(values: list[str]) -> str:
-        return json.dumps(values)
+    def _array(values: Sequence[str] | Sequence[int]) -> str:
+        return json.dumps(list(values))
 
     def _describe(self) -> str:
         return f"the store at {self.path}"
@@ -510,6 +559,9 @@ class SQLiteStore(SqlStore):
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._configure_writer(self._writer)
         await self._migrate_file(self._writer)
+        await self._incremental_vacuum_mode(self._writer)
+        rows = list(await self._writer.execute_fetchall("PRAGMA page_size"))
+        self._page_size = int(rows[0][0])
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._configure_reader(self._reader)
         self._data_version = await self._read_data_version(self._writer)
@@ -517,6 +569,11 @@ class SQLiteStore(SqlStore):
     async def _configure_writer(self, conn: aiosqlite.Connection) -> None:
         # First, so that even switching the journal mode waits for another process's lock.
         await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        # Space freed by the retention purge goes back to the file system a bounded step at a
+        # time (``reclaim_space``), never by a full VACUUM that would stop every write. The mode
+        # takes effect only in a database with no table yet, hence before the migrations; an
+        # older file is converted once, below (_incremental_vacuum_mode).
+        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         # WAL: readers never block the writer nor the writer them, and a commit appends to one
         # file (https://www.sqlite.org/wal.html). The mode is stored in the file; setting it
         # again is a no-op. It cannot change inside a transaction, so it comes first.
@@ -525,11 +582,36 @@ class SQLiteStore(SqlStore):
             raise ConfigError(
                 f"cannot put {self.path} in WAL mode (is it on a network file system?)"
             )
+        # After a burst the WAL would keep its largest size for ever; past this it is cut back
+        # at the next checkpoint (https://www.sqlite.org/pragma.html#pragma_journal_size_limit).
+        await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         # Durability of each COMMIT; see _SYNCHRONOUS. Per connection, not stored in the file.
         await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Foreign keys are off by default and per connection
         # (https://www.sqlite.org/foreignkeys.html §2).
         await conn.execute("PRAGMA foreign_keys = ON")
+
+    async def _incremental_vacuum_mode(self, conn: aiosqlite.Connection) -> None:
+        """Convert a database created before incremental vacuum (auto_vacuum NONE) with one
+        VACUUM, at open, before the relay takes any traffic: SQLite changes that mode only in
+        a new database or by a VACUUM (https://www.sqlite.org/pragma.html#pragma_auto_vacuum).
+        The VACUUM rewrites the file and needs as much free disk again: when it fails (a full
+        disk, another process reading), the relay runs on without it, the freed pages still
+        reused inside the file, and tries again at the next start."""
+        rows = list(await conn.execute_fetchall("PRAGMA auto_vacuum"))
+        if rows and int(rows[0][0]) == _AUTO_VACUUM_INCREMENTAL:
+            return
+        size = self.path.stat().st_size if self.path.exists() else 0
+        _log.info("converting %s to incremental vacuum: one VACUUM of %d bytes", self.path, size)
+        try:
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            await conn.execute("VACUUM")
+        except sqlite3.Error as exc:
+            _log.warning(
+                "cannot convert %s to incremental vacuum now (%s); freed space stays in the file",
+                self.path,
+                _driver_error(exc).message,
+            )
 
     async def _configure_reader(self, conn: aiosqlite.Connection) -> None:
         # query_only (https://www.sqlite.org/pragma.html#pragma_query_only): a write slipped
@@ -560,6 +642,53 @@ class SQLiteStore(SqlStore):
         self._reader = None
         self._writer = None
 
+    # size ----------------------------------------------------------------------------------------
+
+    async def size(self) -> int:
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreUnavailable("cannot read the size of the store's files") from exc
+        return total
+
+    def set_max_size(self, size: int | None) -> None:
+        """``PRAGMA max_page_count`` on the writer connection
+        (https://www.sqlite.org/pragma.html#pragma_max_page_count), from its next group: a
+        write that needs a page past it fails with SQLITE_FULL, which fails that group with
+        StoreUnavailable (503, 4.3.0) as a full disk would, and nothing else. Pages the purge
+        frees are reused inside the cap, and a larger cap (SIGHUP) applies to the next group:
+        the relay recovers without a restart. SQLite never shrinks the file below its current
+        size this way; the WAL beside it is not counted (a checkpoint keeps it to a few MB)."""
+        if size is not None and size < MIN_MAX_SIZE:
+            raise ConfigError(f"[store] max_size must be at least {MIN_MAX_SIZE} bytes")
+        self._max_size = size
+
+    async def reclaim_space(self, max_pages: int) -> int:
+        """Up to ``max_pages`` free pages handed back to the file system by ``PRAGMA
+        incremental_vacuum`` (https://www.sqlite.org/pragma.html#pragma_incremental_vacuum), in
+        one write of the writer task, between two groups (``Op.outside``)."""
+        if max_pages <= 0:
+            return 0
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            before = int((await tx.fetch("PRAGMA freelist_count"))[0][0])
+            if before == 0:
+                return 0, ()
+            # A script, outside any transaction: Python's sqlite3 steps an ordinary statement
+            # without result columns once, and this pragma frees one page per step; a script
+            # runs each statement to its end. It commits on its own, a write like any other.
+            await tx.conn.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+            after = int((await tx.fetch("PRAGMA freelist_count"))[0][0])
+            self._checkpoint_due = self._checkpoint_due or after < before
+            return before - after, ()
+
+        freed: int = await self._write(run, outside=True)
+        return freed
+
     # other processes ---------------------------------------------------------------------------
 
     @staticmethod
@@ -584,6 +713,14 @@ class SQLiteStore(SqlStore):
         if version != self._data_version:
             self._data_version = version
             self.notifier.wake_all()
+        if self._checkpoint_due:
+            # Pages incremental vacuum gave back leave the file at a checkpoint (in WAL mode the
+            # truncation waits for one); a passive one, between groups, waits for no reader.
+            self._checkpoint_due = False
+            try:
+                await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                _log.warning("cannot checkpoint the SQLite WAL", exc_info=True)
 
     # reads and the writer ----------------------------------------------------------------------
 
@@ -599,10 +736,27 @@ class SQLiteStore(SqlStore):
         except sqlite3.Error as exc:
             raise _driver_error(exc) from exc
 
+    def _outside(self) -> Tx:
+        conn = self._writer
+        assert conn is not None
+        return _SQLiteTx(conn, self._group_failed)
+
     async def _begin(self, ops: Sequence[Op]) -> Tx:
         conn = self._writer
         assert conn is not None
         tx = _SQLiteTx(conn, self._group_failed)
+        cap = UNCAPPED_PAGES if self._max_size is None else self._max_size // self._page_size
+        if cap != self._page_cap_applied:
+            # Outside any transaction, like the sync level: a connection setting. The pragma
+            # answers with a row: read to its end, or the unfinished statement would keep a read
+            # snapshot open, and BEGIN IMMEDIATE on an old snapshot fails at once with
+            # SQLITE_BUSY (SQLITE_BUSY_SNAPSHOT, https://www.sqlite.org/rescode.html#busy_snapshot)
+            # when another process has committed since.
+            try:
+                await conn.execute_fetchall(f"PRAGMA max_page_count = {max(1, cap)}")
+            except sqlite3.Error as exc:
+                raise self._group_failed(exc) from exc
+            self._page_cap_applied = cap
         # A group of leases only commits without fsync (synchronous NORMAL): a lease lost to a
         # power cut is harmless, as every lease is released at the next start (release_leases;
         # one process owns an SQLite store), and the next durable COMMIT syncs the WAL with

@@ -37,6 +37,11 @@ refuses an address and a later copy takes it changes that row twice (insert, the
 first statement therefore carries each ``(envelope, recipient)`` as its first mention in the
 batch names it, and the second the upgrades: a later mention that takes what the first mention
 refused. Any other later mention changes nothing a sequence of single accepts would change.
+
+Held recipients (``NewEnvelope.held``: local agents whose mailbox is over its quota, SPEC.md
+§9.7) get a ``queued`` row of the store's own domain with their 4.2.2 code, due at the
+envelope's expiry, and no inbox row: the quota service (relay/delivery/quota.py) moves them into
+the inbox once the agent has made room (``Store.deliver_held``), or bounces them at expiry.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from relay.core.dsn import encode_notify
-from relay.core.errors import InvalidAddress
+from relay.core.errors import InternalError, InvalidAddress
 from relay.store.base import QUEUE_CHANNEL, AcceptResult, NewEnvelope, inbox_channel
 
 __all__ = [
@@ -112,10 +117,10 @@ class Recipient:
     key: str
     #: The destination domain; None for local rows.
     domain: str | None
-    klass: Literal["local", "remote", "refused"]
+    klass: Literal["local", "remote", "held", "refused"]
     #: The inbox owner, for local rows.
     agent: str | None = None
-    #: Why it was refused, for refused rows.
+    #: Why it was refused or held, for refused and held rows.
     code: str | None = None
     reason: str | None = None
     #: What the sender asked to be told about it, as the store keeps it (None: the default).
@@ -131,7 +136,8 @@ def _domain_of(address: str) -> str:
 
 def recipients_of(item: NewEnvelope, local_domain: str | None) -> list[Recipient]:
     """The recipient rows of one envelope, each key once: local agents first, then remote
-    addresses, then refused ones. An address both taken and refused counts as taken.
+    addresses, then held local agents, then refused ones. An address both taken and refused
+    counts as taken.
 
     With the store's ``local_domain`` a local agent's row is keyed by its address, like remote
     and refused rows, so a retry that takes a local recipient an earlier copy refused upgrades
@@ -151,6 +157,17 @@ def recipients_of(item: NewEnvelope, local_domain: str | None) -> list[Recipient
             seen.add(address)
             notify = encode_notify(asked[address]) if address in asked else None
             rows.append(Recipient(address, _domain_of(address), "remote", notify=notify))
+    for name, code, reason in item.held:
+        if not local_domain:
+            # A held row is a queued row of the store's own domain (the module docstring).
+            raise InternalError("holding mail for a local agent needs the store's domain")
+        key = f"{name}@{local_domain}"
+        if key not in seen:
+            seen.add(key)
+            notify = encode_notify(asked[name]) if name in asked else None
+            rows.append(
+                Recipient(key, local_domain, "held", code=code, reason=reason, notify=notify)
+            )
     for address, code, reason in item.refused:
         if address not in seen:
             seen.add(address)
@@ -208,6 +225,10 @@ def plan(
                 state, next_attempt = "delivered", None
             elif r.klass == "remote":
                 state, next_attempt = "queued", at  # due at once
+            elif r.klass == "held":
+                # Due at expiry: never before it in the order of the federation queue's index,
+                # and ``Store.expired_held`` finds it then.
+                state, next_attempt = "queued", ts(it.expires)
             else:
                 state, next_attempt = "bounced", None
             row = (
@@ -287,6 +308,8 @@ def interpret(
             elif r.klass == "remote":
                 out.events.append((pk, at, r.key, "accepted", None, None, it.via))
                 out.channels.add(QUEUE_CHANNEL)
+            elif r.klass == "held":
+                out.events.append((pk, at, r.key, "deferred", r.code, r.reason, it.via))
             else:
                 out.events.append((pk, at, r.key, "bounced", r.code, r.reason, it.via))
         out.results.append(AcceptResult(origin=it.origin, id=it.id, duplicate=not fresh))

@@ -10,7 +10,7 @@ Parameters come in these forms, the same in both dialects:
 * ``rows[N]`` — a batch of rows N values wide, bound the dialect's way by ``Tx.fetch_rows`` or
   ``Tx.insert_rows`` (SQLite: one JSON text expanded by ``json_each``, or ``executemany``;
   PostgreSQL: one array per column expanded by ``unnest``), so one statement serves a batch.
-* ``[list]`` — one list of texts, as ``SqlStore._array`` binds it.
+* ``[list]`` — one list of texts (or of integers), as ``SqlStore._array`` binds it.
 
 Where a text is the same in both dialects but for its positional parameter markers, it is
 written once, in :func:`portable`.
@@ -67,6 +67,9 @@ class Statements:
     insert_inbox: str
     #: rows[3] (seq, agent, due) → (seq, agent) of the delivery rows added.
     insert_deliveries: str | None
+    #: rows[3] (seq, agent, delivered at) of the inbox rows ``insert_inbox`` added: adds them to
+    #: their agents' mailbox usage. None where ``insert_inbox`` does it itself.
+    mailbox_add: str | None
     #: rows[7] (envelope pk, at, recipient, event, code, reason, hop)
     insert_events: str
     #: A partner's receipt (``ReceiptMark``): rows of (at, code, reason, hop, origin, id, sender,
@@ -101,16 +104,20 @@ class Statements:
     inbox_all_thread: str
     #: (at, agent, id); keeps the first ack time.
     ack: str
+    #: (agent, id, agent): takes the rows ``ack`` is about to ack for the first time off the
+    #: agent's mailbox usage; run before it. Rowcount 0 when there were none.
+    ack_usage: str
     #: () / (domain) → queue entries (relay/store/sql/rows.py, ``queue_entry``), oldest first.
     list_queue: str
     list_queue_domain: str
-    #: () → (earliest next attempt of a queued row)
+    #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
     next_delivery_due: str
 
     # leases ------------------------------------------------------------------------------------
-    #: {now, until, limit, owner[, domain]} → queue entries of the due rows. A dialect whose
+    #: {now, until, limit, owner, own[, domain]} → queue entries of the due rows (without
+    #: ``domain``: never a held row, whose domain is ``own``). A dialect whose
     #: text only selects (oldest first) marks them with ``lease_mark``; one whose text leases
     #: them itself (UPDATE … RETURNING) returns them in any order and has no ``lease_mark``.
     lease_due: str
@@ -143,6 +150,8 @@ class Statements:
     delivery_done: str
     #: rows of (at, seq)
     delivery_ack: str
+    #: rows of (seq): takes a row ``delivery_ack`` is about to ack off its agent's usage.
+    delivery_ack_usage: str
     #: rows of (code, reason, at, address, seq)
     delivery_bounce: str
     #: rows of (address, seq): the recipient row's ``delayed`` report went.
@@ -155,6 +164,37 @@ class Statements:
     #: {at, domain, id, code, reason}: log ``deleted``, then bounce the rows without a DSN.
     delete_events: str
     delete_update: str
+
+    # mailboxes and held mail (0004) ------------------------------------------------------------
+    #: ([names]) → (agent, unacked, bytes, max_unacked, max_bytes)
+    mailbox_usage: str
+    #: (agent, max_unacked, max_bytes); the agent must exist.
+    set_mailbox_quota: str
+    #: (own domain) → (recipient address, count) of the held rows.
+    held_agents: str
+    #: (own domain, address, limit) → (pk, envelope pk, envelope size, via) of the address's
+    #: held rows, oldest first.
+    held_candidates: str
+    #: {at, pks} → (envelope pk) of the rows it turned ``delivered`` (those still queued).
+    held_deliver: str
+    #: (own domain, now, limit) → queue entries of held rows whose envelope has expired.
+    expired_held: str
+
+    # retention (0004) ----------------------------------------------------------------------------
+    # ``window_*``: (after, limit) → (last key, newest time, count) of the next ``limit`` rows
+    # after ``after`` in key order (NULLs and 0 when there are none); ``purge_*``: the rows of
+    # that window (after, last, …) old enough to go.
+    window_inbox: str
+    #: (after, last, acked before)
+    purge_inbox: str
+    window_events: str
+    #: (after, last, before)
+    purge_events: str
+    window_envelopes: str
+    #: (after, last, expired before, settled before, settled before, acked before)
+    purge_envelopes: str
+    #: (state, status before, limit)
+    purge_a2a_tasks: str
 
     # the A2A face's tasks (0003) ---------------------------------------------------------------
     #: (id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
@@ -215,10 +255,82 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
         rows.QUEUE_SELECT
         + "WHERE r.state = 'queued' AND r.domain = ? ORDER BY r.next_attempt, r.pk"
     ),
-    "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued'",
+    "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued' AND domain <> ?",
     "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",
     "delivery_done": "DELETE FROM deliveries WHERE seq = ?",
     "delivery_ack": "UPDATE inbox SET acked_at = coalesce(acked_at, ?) WHERE seq = ?",
+    # Usage counters (0004): UPDATE … FROM, in both SQLite (3.33+) and PostgreSQL.
+    "ack_usage": """
+UPDATE mailboxes SET unacked = unacked - x.n, bytes = bytes - x.b
+FROM (SELECT count(*) AS n, coalesce(sum(length(e.token)), 0) AS b
+      FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+      WHERE i.agent = ? AND e.id = ? AND i.acked_at IS NULL) AS x
+WHERE mailboxes.agent = ? AND x.n > 0
+""",
+    "delivery_ack_usage": """
+UPDATE mailboxes SET unacked = unacked - 1, bytes = bytes - x.b
+FROM (SELECT i.agent AS agent, length(e.token) AS b
+      FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope
+      WHERE i.seq = ? AND i.acked_at IS NULL) AS x
+WHERE mailboxes.agent = x.agent
+""",
+    "set_mailbox_quota": """
+INSERT INTO mailboxes (agent, max_unacked, max_bytes) VALUES (?, ?, ?)
+ON CONFLICT (agent) DO UPDATE SET max_unacked = excluded.max_unacked, max_bytes = excluded.max_bytes
+""",
+    "held_agents": """
+SELECT recipient, count(*) FROM recipients WHERE state = 'queued' AND domain = ?
+GROUP BY recipient ORDER BY recipient
+""",
+    "held_candidates": """
+SELECT r.pk, r.envelope, length(e.token), e.via
+FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope
+WHERE r.state = 'queued' AND r.domain = ? AND r.recipient = ?
+ORDER BY r.pk LIMIT ?
+""",
+    "expired_held": rows.QUEUE_SELECT
+    + "WHERE r.state = 'queued' AND r.domain = ? AND e.expires <= ? ORDER BY r.pk LIMIT ?",
+    # Retention: a window of the next rows in key order, then the deletion of the rows of
+    # that window old enough to go. Both read at most ``limit`` index entries of the primary
+    # key, however many rows the table holds or the window keeps (module docstring of
+    # relay/delivery/retention.py).
+    "window_inbox": """
+SELECT max(seq), max(delivered_at), count(*)
+FROM (SELECT seq, delivered_at FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?) AS w
+""",
+    # Never a row the A2A face's reply tracker has yet to read (relay/tasks/replies.py).
+    "purge_inbox": """
+DELETE FROM inbox
+WHERE seq > ? AND seq <= ? AND acked_at IS NOT NULL AND acked_at <= ?
+  AND (seq <= (SELECT cursor FROM a2a_feed WHERE id = 1)
+       OR NOT EXISTS (SELECT 1 FROM a2a_tasks AS t WHERE t.owner = inbox.agent))
+""",
+    "window_events": """
+SELECT max(pk), max(at), count(*)
+FROM (SELECT pk, at FROM events WHERE pk > ? ORDER BY pk LIMIT ?) AS w
+""",
+    "purge_events": "DELETE FROM events WHERE pk > ? AND pk <= ? AND at <= ?",
+    "window_envelopes": """
+SELECT max(pk), max(accepted), count(*)
+FROM (SELECT pk, accepted FROM envelopes WHERE pk > ? ORDER BY pk LIMIT ?) AS w
+""",
+    # The recipient rows, inbox rows, deliveries and events go with the envelope (ON DELETE
+    # CASCADE). Nothing queued or held, nothing unacknowledged, nothing the reply tracker has
+    # yet to read; SPEC.md §8.5 for ``expires``.
+    "purge_envelopes": """
+DELETE FROM envelopes
+WHERE pk > ? AND pk <= ? AND expires <= ? AND accepted <= ?
+  AND NOT EXISTS (SELECT 1 FROM recipients AS r WHERE r.envelope = envelopes.pk
+                  AND (r.state = 'queued' OR r.updated > ?))
+  AND NOT EXISTS (SELECT 1 FROM inbox AS i WHERE i.envelope = envelopes.pk
+                  AND (i.acked_at IS NULL OR i.acked_at > ?
+                       OR (i.seq > (SELECT cursor FROM a2a_feed WHERE id = 1)
+                           AND EXISTS (SELECT 1 FROM a2a_tasks AS t WHERE t.owner = i.agent))))
+""",
+    "purge_a2a_tasks": """
+DELETE FROM a2a_tasks WHERE id IN (
+    SELECT id FROM a2a_tasks WHERE state = ? AND status_at <= ? ORDER BY status_at LIMIT ?)
+""",
     "delivery_bounce": """
 UPDATE recipients SET state = 'bounced', code = ?, reason = ?, updated = ?
 WHERE recipient = ? AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
@@ -28,6 +28,7 @@ from relay.core.errors import (
 )
 from relay.store.base import (
     DELIVERY_CHANNEL,
+    HELD_CHANNEL,
     QUEUE_CHANNEL,
     A2AFeedItem,
     A2ATask,
@@ -40,13 +41,16 @@ from relay.store.base import (
     IdempotencyRecord,
     InboxItem,
     LocalDelivery,
+    MailboxUsage,
     MessageStatus,
     NewEnvelope,
     Outcome,
+    PurgeBatch,
     QueueEntry,
     ReceiptMark,
     Store,
     a2a_task_channel,
+    inbox_channel,
 )
 from relay.store.sql import accept, rows
 from relay.store.sql.migrations import Migration, load
@@ -106,6 +110,9 @@ class SqlStore(GroupWriter, Store):
         self.applied_migrations: list[int] = []
         self._schema_version = 0
         self._opened = False
+        #: The domain of held rows (``NewEnvelope.held``), which the federation queue never
+        #: leases; "" without a domain, which no queued row has.
+        self._own = self.domain or ""
 
     # dialect hooks -----------------------------------------------------------------------------
 
@@ -121,7 +128,7 @@ class SqlStore(GroupWriter, Store):
 
     @staticmethod
     @abc.abstractmethod
-    def _array(values: list[str]) -> Any:
+    def _array(values: Sequence[str] | Sequence[int]) -> Any:
         """A list of texts as the one parameter of an ``IN``/``ANY`` test (statements.py)."""
 
     @staticmethod
@@ -439,6 +446,9 @@ class SqlStore(GroupWriter, Store):
             # The only foreign key an inbox row can miss is its agent's.
             missing = await self._vanished(tx, names)
             raise UnknownRecipient(f"no local agent named {', '.join(sorted(missing))}") from exc
+        if self.sql.mailbox_add is not None and added:
+            # The agents' mailbox usage, in the same transaction as the rows (0004).
+            await tx.fetch_rows(self.sql.mailbox_add, added, accept.INBOX_WIDTH)
         if self.sql.insert_deliveries is not None and added:
             added = await tx.fetch_rows(self.sql.insert_deliveries, added, accept.INBOX_WIDTH)
         return {row[1] for row in added}
@@ -522,8 +532,11 @@ class SqlStore(GroupWriter, Store):
         at = self._ts(now)
 
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
-            # coalesce keeps the first ack time, and the row still counts: acking twice is True.
-            return await tx.execute(self.sql.ack, (at, agent, id)) > 0, ()
+            # Usage first, while the rows are still unacked; then the ack. coalesce keeps the
+            # first ack time, and the row still counts: acking twice is True.
+            made_room = await tx.execute(self.sql.ack_usage, (agent, id, agent)) > 0
+            acked = await tx.execute(self.sql.ack, (at, agent, id)) > 0
+            return acked, (HELD_CHANNEL,) if made_room else ()
 
         acked: bool = await self._write(run)
         return acked
@@ -543,6 +556,7 @@ class SqlStore(GroupWriter, Store):
             "limit": limit,
             "owner": self.instance,
             "domain": domain,
+            "own": self._own,
         }
         text = sql.lease_due if domain is None else sql.lease_due_domain
 
@@ -560,7 +574,7 @@ class SqlStore(GroupWriter, Store):
         return entries
 
     async def next_due(self) -> datetime | None:
-        row = await self._read_one(self.sql.next_due, ())
+        row = await self._read_one(self.sql.next_due, (self._own,))
         return None if row is None or row[0] is None else self._dt(row[0])
 
     async def settle(
@@ -725,15 +739,18 @@ class SqlStore(GroupWriter, Store):
                 (sql.delivery_event, events),
                 (sql.delivery_defer, defers),
                 (sql.delivery_done, finished),
+                # Usage before the ack, while the rows are still unacked.
+                (sql.delivery_ack_usage, finished),
                 (sql.delivery_ack, acks),
                 (sql.delivery_bounce, bounces),
                 (sql.delivery_delay, delays),
             ):
                 if batch:
                     await tx.executemany(text, batch)
-            channels: Collection[str] = ()
+            channels: set[str] = {HELD_CHANNEL} if finished else set()
             if new:
-                _results, channels = await self._accept_rows(tx, [(item, at) for item in new])
+                _results, accepted = await self._accept_rows(tx, [(item, at) for item in new])
+                channels.update(accepted)
             return None, channels
 
         await self._write(run, new=new)
@@ -741,6 +758,169 @@ class SqlStore(GroupWriter, Store):
     async def next_delivery_due(self) -> datetime | None:
         row = await self._read_one(self.sql.next_delivery_due, ())
         return None if row is None or row[0] is None else self._dt(row[0])
+
+    # mailboxes and held mail (0004) ------------------------------------------------------------
+
+    async def mailbox_usage(self, names: Iterable[str]) -> dict[str, MailboxUsage]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        found = await self._read(self.sql.mailbox_usage, (self._array(wanted),))
+        return {
+            row[0]: MailboxUsage(
+                unacked=int(row[1]), bytes=int(row[2]), max_unacked=row[3], max_bytes=row[4]
+            )
+            for row in found
+        }
+
+    async def set_mailbox_quota(
+        self, name: str, *, max_unacked: int | None, max_bytes: int | None
+    ) -> bool:
+        for value in (max_unacked, max_bytes):
+            if value is not None and value < 0:
+                raise InternalError("a quota is a count or a size, never negative")
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            if not await tx.fetch(self.sql.select_agent, (name,)):
+                return False, ()
+            await tx.execute(self.sql.set_mailbox_quota, (name, max_unacked, max_bytes))
+            # A larger quota may make room for held mail.
+            return True, (HELD_CHANNEL,)
+
+        changed: bool = await self._write(run)
+        return changed
+
+    async def held_agents(self) -> dict[str, int]:
+        if not self.domain:
+            return {}
+        found = await self._read(self.sql.held_agents, (self.domain,))
+        suffix = "@" + self.domain
+        return {row[0].removesuffix(suffix): int(row[1]) for row in found}
+
+    async def deliver_held(
+        self, agent: str, now: datetime, *, limit: int, max_bytes: int | None
+    ) -> int:
+        if limit <= 0 or not self.domain or (max_bytes is not None and max_bytes <= 0):
+            return 0
+        at = self._ts(now)
+        address = f"{agent}@{self.domain}"
+        sql = self.sql
+
+        async def run(tx: Tx) -> tuple[int, Collection[str]]:
+            candidates = await tx.fetch(sql.held_candidates, (self.domain, address, limit))
+            chosen: list[Any] = []
+            moved = 0
+            for pk, _envelope, size, _via in candidates:
+                # The envelope goes in while the bytes moved before it stay under the bound
+                # (relay/core/quota.py: a mailbox under its quota takes one more message).
+                if max_bytes is not None and moved >= max_bytes:
+                    break
+                chosen.append(pk)
+                moved += int(size)
+            if not chosen:
+                return 0, ()
+            changed = await tx.fetch(sql.held_deliver, {"at": at, "pks": self._array(chosen)})
+            done = {row[0] for row in changed}
+            if not done:
+                return 0, ()
+            vias = {row[1]: row[3] for row in candidates}
+            inbox_rows = [(agent, pk, at) for pk in sorted(done)]
+            channels: set[str] = {inbox_channel(agent)}
+            if await self._insert_inbox(tx, inbox_rows):
+                channels.add(DELIVERY_CHANNEL)
+            events = [(pk, at, address, "delivered", None, None, vias[pk]) for pk in sorted(done)]
+            await tx.insert_rows(sql.insert_events, events, accept.EVENT_WIDTH)
+            return len(done), channels
+
+        delivered: int = await self._write(run, new=[_held_for(agent)])
+        return delivered
+
+    async def expired_held(self, now: datetime, limit: int) -> list[QueueEntry]:
+        if limit <= 0 or not self.domain:
+            return []
+        found = await self._read(self.sql.expired_held, (self.domain, self._ts(now), limit))
+        return [rows.queue_entry(row, self._dt) for row in found]
+
+    # retention (0004) ----------------------------------------------------------------------------
+
+    async def _purge_window(
+        self, window: str, purge: str, params: tuple[Any, ...], after: int, limit: int, newest: Any
+    ) -> PurgeBatch:
+        """One batch of a sweep: the next ``limit`` keys after ``after``, and the deletion of
+        the rows among them that ``purge`` (bound to ``(after, last, *params)``) finds old
+        enough, in one write. The sweep is over when the window reaches the end of the table
+        or rows newer than ``newest``: keys are handed out in arrival order, so the rows after
+        it are newer still (up to the clock differences of several writers; those wait for the
+        next sweep)."""
+        if limit <= 0:
+            return PurgeBatch(0, None)
+
+        async def run(tx: Tx) -> tuple[PurgeBatch, Collection[str]]:
+            found = await tx.fetch(window, (after, limit))
+            last, latest, count = found[0] if found else (None, None, 0)
+            if last is None:
+                return PurgeBatch(0, None), ()
+            deleted = await tx.execute(purge, (after, last, *params))
+            # A short window reached the end of the table.
+            done = latest > newest or count < limit
+            return PurgeBatch(deleted, None if done else int(last)), ()
+
+        # Not durable: a purge a power cut undoes is simply done again by the next sweep.
+        batch: PurgeBatch = await self._write(run, durable=False)
+        return batch
+
+    async def purge_acked(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
+        cutoff = self._ts(before)
+        sql = self.sql
+        return await self._purge_window(
+            sql.window_inbox, sql.purge_inbox, (cutoff,), after, limit, cutoff
+        )
+
+    async def purge_events(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
+        cutoff = self._ts(before)
+        sql = self.sql
+        return await self._purge_window(
+            sql.window_events, sql.purge_events, (cutoff,), after, limit, cutoff
+        )
+
+    async def purge_envelopes(
+        self,
+        *,
+        expired_before: datetime,
+        settled_before: datetime,
+        acked_before: datetime,
+        after: int,
+        limit: int,
+    ) -> PurgeBatch:
+        expired, settled = self._ts(expired_before), self._ts(settled_before)
+        params = (expired, settled, settled, self._ts(acked_before))
+        # An envelope is accepted before it expires (both sides check) and before any of its
+        # rows settles, so one accepted after both cutoffs has nothing to purge.
+        newest = min(expired_before, settled_before)
+        sql = self.sql
+        return await self._purge_window(
+            sql.window_envelopes, sql.purge_envelopes, params, after, limit, self._ts(newest)
+        )
+
+    async def purge_a2a_tasks(
+        self, states: Sequence[str], before: datetime, *, limit: int
+    ) -> PurgeBatch:
+        if limit <= 0 or not states:
+            return PurgeBatch(0, None)
+        cutoff = self._ts(before)
+
+        async def run(tx: Tx) -> tuple[PurgeBatch, Collection[str]]:
+            deleted = 0
+            for state in sorted(set(states)):
+                deleted += await tx.execute(
+                    self.sql.purge_a2a_tasks, (state, cutoff, limit - deleted)
+                )
+                if deleted >= limit:
+                    return PurgeBatch(deleted, 0), ()
+            return PurgeBatch(deleted, None), ()
+
+        batch: PurgeBatch = await self._write(run, durable=False)
+        return batch
 
     # the A2A face's tasks ----------------------------------------------------------------------
 
@@ -888,3 +1068,24 @@ class SqlStore(GroupWriter, Store):
             return None, ()
 
         await self._write(run)
+
+
+def _held_for(agent: str) -> NewEnvelope:
+    """A stand-in envelope naming ``agent`` as a local recipient, so that a dialect that locks
+    the agents a group delivers to (PostgreSQL, ``Op.new``) locks this one for
+    ``deliver_held`` too: its inbox rows then take sequence numbers in commit order, and an
+    agent removed meanwhile fails the delivery instead of half of it."""
+    epoch = datetime.fromtimestamp(0, UTC)
+    return NewEnvelope(
+        origin="",
+        id="",
+        sender="",
+        token="",
+        created=epoch,
+        expires=epoch,
+        thread=None,
+        kind="",
+        local=[agent],
+        remote=[],
+        via="",
+    )

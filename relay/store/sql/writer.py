@@ -22,6 +22,9 @@ the writer connection, so no other coroutine's statement can land inside its tra
 4. **Answer** every caller, then wake the notifier's listeners — after COMMIT, never before: a
    woken reader must find the rows.
 
+An operation marked ``outside`` (SQLite's incremental vacuum, which a transaction would cut
+short) runs alone between two groups, on the same connection and task, with no BEGIN.
+
 A driver error that leaves the transaction untrustworthy (the dialect's ``_is_group_fatal``: a
 lost connection, a full disk, a deadlock) fails the whole group; the dialect says whether
 running it again may help (PostgreSQL's deadlocks and serialization failures, up to
@@ -133,6 +136,10 @@ class Op:
     #: False for leases: a dialect may commit a group of only such operations without a sync
     #: (SQLite, whose leases are all released at the next start).
     durable: bool = True
+    #: True for an operation that must run outside any transaction (SQLite's incremental
+    #: vacuum, which a transaction would cut short): the writer runs it alone, between groups,
+    #: on a ``Tx`` from the dialect's ``_outside``.
+    outside: bool = False
 
 
 class GroupFailed(Exception):
@@ -155,6 +162,18 @@ def runs(ops: list[Op]) -> list[list[Op]]:
         else:
             grouped.append([op])
     return grouped
+
+
+def _apart(ops: list[Op]) -> list[list[Op]]:
+    """``ops`` in order, in groups of consecutive transactional operations, each ``outside``
+    operation alone."""
+    parts: list[list[Op]] = []
+    for op in ops:
+        if op.outside or not parts or parts[-1][0].outside:
+            parts.append([op])
+        else:
+            parts[-1].append(op)
+    return parts
 
 
 def copy_error(error: SynqError) -> SynqError:
@@ -189,6 +208,10 @@ class GroupWriter(abc.ABC):
 
     async def _on_idle(self) -> None:  # noqa: B027
         """Called every ``idle_interval`` seconds while no operation waits (nothing here)."""
+
+    def _outside(self) -> Tx:
+        """The writer connection outside any transaction, for ``Op.outside`` operations."""
+        raise StoreUnavailable("this store runs no operation outside a transaction")
 
     @staticmethod
     @abc.abstractmethod
@@ -244,6 +267,7 @@ class GroupWriter(abc.ABC):
         accepts: tuple[tuple[NewEnvelope, Any], ...] | None = None,
         new: Sequence[NewEnvelope] = (),
         durable: bool = True,
+        outside: bool = False,
     ) -> Any:
         """Queue one operation for the writer and wait for its own result or exception."""
         if self._closed or self._queue is None:
@@ -251,7 +275,7 @@ class GroupWriter(abc.ABC):
         if not self._writer_running():
             raise StoreUnavailable("the store is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(Op(run, future, accepts, new, durable))
+        self._queue.put_nowait(Op(run, future, accepts, new, durable, outside))
         # If the caller is cancelled the future is cancelled too, and the writer skips the
         # operation if it has not started it yet (or drops its result if it has).
         return await future
@@ -286,7 +310,11 @@ class GroupWriter(abc.ABC):
                         stop = True
                         break
                     pending.append(op)
-                await self._commit_group(pending)
+                for part in _apart(pending):
+                    if part[0].outside:
+                        await self._run_outside(part[0])
+                    else:
+                        await self._commit_group(part)
                 pending = []
                 if stop:
                     return
@@ -300,6 +328,23 @@ class GroupWriter(abc.ABC):
             for op in pending:
                 if not op.future.done():
                     op.future.set_exception(StoreUnavailable("the store is shutting down"))
+
+    async def _run_outside(self, op: Op) -> None:
+        """One ``Op.outside`` operation, alone, between two groups."""
+        if op.future.done():
+            return
+        try:
+            result, channels = await op.run(self._outside())
+        except Exception as exc:
+            if not isinstance(exc, SynqError):
+                _log.error("store operation outside a transaction failed: %r", exc)
+            if not op.future.done():
+                op.future.set_exception(self._translate(exc))
+            return
+        if not op.future.done():
+            op.future.set_result(result)
+        if channels:
+            self.notifier.notify(sorted(channels))
 
     # one group ---------------------------------------------------------------------------------
 
