@@ -182,6 +182,34 @@ class Report:
     #: What the original's sender asked for this recipient: decides whether it is sent.
     notify: Notify = DEFAULT_NOTIFY
 
+    @classmethod
+    def about(
+        cls,
+        envelope: Envelope,
+        recipient: str,
+        *,
+        status: str,
+        diagnostic: str,
+        attempts: int,
+        at: datetime | None,
+        action: str,
+        notify: Notify = DEFAULT_NOTIFY,
+    ) -> Report:
+        """The report on ``recipient`` of ``envelope``, the original fields taken from it."""
+        return cls(
+            original_id=envelope.id,
+            original_from=envelope.from_,
+            original_kind=envelope.kind,
+            thread=envelope.thread,
+            recipient=recipient,
+            status=status,
+            diagnostic=diagnostic,
+            attempts=attempts,
+            last_attempt=at,
+            action=action,
+            notify=notify,
+        )
+
 
 #: A report of a bounce: the name the bounce paths use.
 Failure = Report

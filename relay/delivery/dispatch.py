@@ -221,16 +221,13 @@ class Dispatcher:
         attempts: int,
         action: str,
     ) -> dsn_mod.Report:
-        return dsn_mod.Report(
-            original_id=envelope.id,
-            original_from=envelope.from_,
-            original_kind=envelope.kind,
-            thread=envelope.thread,
-            recipient=f"{row.agent}@{self.router.domain}",
+        return dsn_mod.Report.about(
+            envelope,
+            f"{row.agent}@{self.router.domain}",
             status=status.code,
             diagnostic=reason,
             attempts=attempts,
-            last_attempt=self.clock.now(),
+            at=self.clock.now(),
             action=action,
             notify=row.notify,
         )

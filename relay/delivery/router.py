@@ -341,16 +341,13 @@ class Router:
         attempts: int = 1,
     ) -> dsn_mod.Report:
         """The ``delivered`` report on ``envelope`` for the local ``agent``, dated now."""
-        return dsn_mod.Report(
-            original_id=envelope.id,
-            original_from=envelope.from_,
-            original_kind=envelope.kind,
-            thread=envelope.thread,
-            recipient=f"{agent}@{self.domain}",
+        return dsn_mod.Report.about(
+            envelope,
+            f"{agent}@{self.domain}",
             status=status.code,
             diagnostic=diagnostic,
             attempts=attempts,
-            last_attempt=self._clock.now(),
+            at=self._clock.now(),
             action=dsn_mod.ACTION_DELIVERED,
             notify=notify,
         )

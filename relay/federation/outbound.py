@@ -437,16 +437,13 @@ class FederationSender:
                 continue
             row = by_key[(o.origin, o.id, o.recipient)]
             original = env_mod.decode(txn_payload(row.token))
-            report = dsn_mod.Report(
-                original_id=row.id,
-                original_from=row.sender,
-                original_kind=original.kind,
-                thread=original.thread,
-                recipient=row.recipient,
+            report = dsn_mod.Report.about(
+                original,
+                row.recipient,
                 status=o.code,
                 diagnostic=o.reason,
                 attempts=row.attempts + (0 if o.event == "expired" else 1),
-                last_attempt=now,
+                at=now,
                 action=action,
                 notify=row.notify,
             )
