@@ -603,3 +603,25 @@ async def test_a_partners_retry_after_is_honoured(w: World) -> None:
     # Backoff alone would retry within 5 s; the partner asked for 15 minutes.
     assert rec["state"] == "queued"
     assert rec["next_attempt"] >= format_timestamp(w.clock.now() + timedelta(seconds=900))
+
+
+async def test_a_partners_retry_in_hint_paces_the_retry(w: World) -> None:
+    """A per-envelope 4.7.0 that says "retry in N s" is retried after N s (at least one), not
+    after the backoff, which after an outage has grown to minutes (SPEC.md §9.3)."""
+    acme = w.orgs["acme.test"]
+    alice = await acme.agent("alice")
+
+    async def throttled(request: web.Request) -> web.Response:
+        await request.read()
+        reason = "alice@acme.test is sending faster than this relay accepts; retry in 3 s"
+        body = {"results": {"#0": {"status": "rejected", "code": "4.7.0", "reason": reason}}}
+        return web.json_response(body)
+
+    async with partner_at_globex(w, throttled):
+        sent = await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "x"})
+        for _try in range(4):  # a row whose own backoff would now be 20–40 s
+            assert await acme.relay.sender.run_once() == 1
+            rec = (await w.status(acme, alice, sent["id"]))["recipients"]["bob@globex.test"]
+            assert (rec["state"], rec["code"]) == ("queued", "4.7.0")
+            assert rec["next_attempt"] == format_timestamp(w.clock.now() + timedelta(seconds=3))
+            w.clock.advance(3)

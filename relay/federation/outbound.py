@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -45,7 +46,7 @@ from relay.core.errors import AttemptFailed, DiscoveryError, SynqError
 from relay.core.ids import uuid7
 from relay.core.jws import b64url_decode
 from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
-from relay.core.retry import Breaker, RetryPolicy
+from relay.core.retry import MAX_BACKOFF, Breaker, RetryPolicy
 from relay.delivery.router import Router
 from relay.discovery.wellknown import CAPABILITY_RECEIPTS, WellKnown
 from relay.store.base import QUEUE_CHANNEL, Listener, NewEnvelope, Outcome, QueueEntry, Store
@@ -330,6 +331,11 @@ class FederationSender:
         if klass == 2:
             return self._outcome(row, "sent", st.Status(code, ""), result.status, hop)
         if klass == 4:
+            hint = _retry_hint(code, reason)
+            if hint is not None:
+                # The partner paces us (SPEC.md §9.3): its "retry in N s" replaces the backoff,
+                # which after an outage could hold a released backlog for minutes.
+                return self._defer(row, st.Status(code, ""), reason, hop, now, retry_at=now + hint)
             return self._defer(row, st.Status(code, ""), reason, hop, now)
         return self._outcome(
             row, "bounced", st.Status(code, ""), reason or "refused by the partner relay", hop
@@ -407,8 +413,12 @@ class FederationSender:
         hop: str | None,
         now: datetime,
         not_before: datetime | None = None,
+        retry_at: datetime | None = None,
     ) -> Outcome:
-        retry_at = self.policy.next_attempt(now, row.attempts + 1, self.rng)
+        """``retry_at``: when the partner said to come back, instead of the backoff;
+        ``not_before``: a time the backoff may not come before."""
+        if retry_at is None:
+            retry_at = self.policy.next_attempt(now, row.attempts + 1, self.rng)
         if not_before is not None and retry_at < not_before:
             retry_at = not_before
         if retry_at >= row.expires:
@@ -540,6 +550,20 @@ async def _next_due(store: Store) -> datetime | None:
 def txn_payload(token: str) -> bytes:
     """The envelope bytes inside a compact JWS we stored ourselves (already verified)."""
     return b64url_decode(token.split(".")[1])
+
+
+#: A partner's rate-limit answer for one envelope (4.7.0) names when to come back, as Synq's
+#: inbound handler words it: "… retry in N s" (SPEC.md §9.3).
+_RETRY_HINT: Final = re.compile(r"retry in (\d{1,6}) s\b")
+#: The shortest wait a hint buys: "retry in 0 s" must not turn into a tight loop.
+MIN_RETRY_HINT: Final = timedelta(seconds=1)
+
+
+def _retry_hint(code: str, reason: str) -> timedelta | None:
+    """The wait a partner's 4.7.0 result asks for, within [MIN_RETRY_HINT, MAX_BACKOFF]."""
+    if code != st.RATE_LIMITED.code or (match := _RETRY_HINT.search(reason)) is None:
+        return None
+    return min(max(timedelta(seconds=int(match.group(1))), MIN_RETRY_HINT), MAX_BACKOFF)
 
 
 def _expiry_reason(row: QueueEntry) -> str:
