@@ -278,6 +278,33 @@ async def test_local_mail_for_a_full_mailbox_is_held_then_delivered(w: World) ->
     assert events == [("deferred", "4.2.2"), ("delivered", None)]
 
 
+async def test_a_batch_to_a_full_mailbox_is_held_and_the_others_delivered(w: World) -> None:
+    """The batch route reads the mailboxes once for all its messages (SPEC.md §6.2.1): a full
+    one holds its messages, the others are delivered, and every result is the same 202 kind."""
+    acme = w.orgs["acme.test"]
+    alice, bob = await acme.agent("alice"), await acme.agent("bob")
+    carol = await acme.agent("carol")
+    await acme.relay.store.set_mailbox_quota("bob", max_unacked=1, max_bytes=None)
+    first = await w.send(acme, alice, {"to": ["bob@acme.test"], "body": "fills bob"})
+    messages = [
+        {"to": ["bob@acme.test"], "body": "held"},
+        {"to": ["carol@acme.test"], "body": "delivered"},
+        {"to": ["bob@acme.test", "carol@acme.test"], "body": "both"},
+    ]
+    async with w.http.post(
+        f"{acme.url}/synq/v1/messages/batch", json={"messages": messages}, headers=alice.auth
+    ) as resp:
+        assert resp.status == 202
+        results = (await resp.json())["results"]
+    assert [r["status"] for r in results] == ["queued"] * 3
+    ids = [r["id"] for r in results]
+    assert [m["id"] for m in await w.inbox(acme, bob)] == [first["id"]]
+    assert sorted(m["id"] for m in await w.inbox(acme, carol)) == sorted([ids[1], ids[2]])
+    for i in (0, 2):
+        rec = (await w.status(acme, alice, ids[i]))["recipients"]["bob@acme.test"]
+        assert (rec["state"], rec["code"]) == ("queued", "4.2.2")
+
+
 async def test_local_mail_held_until_it_expires_bounces_with_a_dsn(w: World) -> None:
     acme = w.orgs["acme.test"]
     alice = await acme.agent("alice")

@@ -254,11 +254,19 @@ class Mailbox:
     ) -> list[Submitted | Replayed | PeerError]:
         """Prepare and commit every draft without an outcome yet (module docstring, step 3)."""
         pending: list[tuple[int, Prepared]] = []
+        # The mailboxes of the whole batch in one read, not one per draft. Nothing of the batch
+        # is committed before every draft is prepared, so each draft's own read would see
+        # exactly this state too.
+        router = self.router
+        local = {
+            n for i, d in enumerate(drafts) if outcomes[i] is None for n in router.split(d.to)[0]
+        }
+        full = await router.quotas.full(local)
         for i, draft in enumerate(drafts):
             if outcomes[i] is not None:
                 continue
             try:
-                pending.append((i, await self._prepare(draft, via, claims.get(i))))
+                pending.append((i, await self._prepare(draft, via, claims.get(i), full)))
             except PeerError as exc:
                 outcomes[i] = exc
             if i % BATCH_YIELD_EVERY == BATCH_YIELD_EVERY - 1:
@@ -282,14 +290,18 @@ class Mailbox:
         return done
 
     def _prepare(
-        self, draft: Draft, via: str, idempotency: IdempotencyKey | None = None
+        self,
+        draft: Draft,
+        via: str,
+        idempotency: IdempotencyKey | None = None,
+        full: Mapping[str, str] | None = None,
     ) -> Coroutine[Any, Any, Prepared]:
         """The router's checks, after the one rule that is the mailbox's: agents never send
         delivery-status envelopes (SPEC.md §6.2). Returns the router's coroutine rather than
         awaiting it, so a send pays no extra frame."""
         if draft.kind == KIND_DSN:
             raise Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
-        return self.router.prepare(draft, via=via, idempotency=idempotency)
+        return self.router.prepare(draft, via=via, idempotency=idempotency, full=full)
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ reads its inbox itself, committed with the delivery; see relay/store/sql/store.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
@@ -267,12 +267,19 @@ class Router:
         return envelope, jws.sign(payload, self._signer(now))
 
     async def prepare(
-        self, draft: Draft, *, via: str = "api", idempotency: IdempotencyKey | None = None
+        self,
+        draft: Draft,
+        *,
+        via: str = "api",
+        idempotency: IdempotencyKey | None = None,
+        full: Mapping[str, str] | None = None,
     ) -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
         local recipients, partner policy, the envelope itself — then build and sign it, and
         hold it for local recipients whose mailbox is full. Nothing is stored: :meth:`commit`
-        takes custody, recording ``idempotency`` with the envelope."""
+        takes custody, recording ``idempotency`` with the envelope. ``full``: the full
+        mailboxes as the caller already read them for a whole batch (``MailboxQuotas.full``);
+        None reads them for this draft."""
         sender = draft.sender
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
@@ -296,7 +303,8 @@ class Router:
         if local:
             # Mail for a full mailbox is held and delivered once there is room (SPEC.md §9.7):
             # the sender's status says 4.2.2 and why; the 202 is the same.
-            full = await self.quotas.full(local)
+            if full is None:
+                full = await self.quotas.full(local)
             if full:
                 held = [(name, MAILBOX_FULL.code, full[name]) for name in local if name in full]
                 local = [name for name in local if name not in full]
