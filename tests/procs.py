@@ -65,6 +65,14 @@ class Served:
                 if text not in self.text:
                     await self._more.wait()
 
+    async def wait_for_count(self, text: str, count: int, timeout: float = 30) -> None:
+        """Wait until the relay has written ``text`` at least ``count`` times."""
+        async with asyncio.timeout(timeout):
+            while self.text.count(text) < count:
+                self._more.clear()
+                if self.text.count(text) < count:
+                    await self._more.wait()
+
     def kill(self) -> None:
         assert self.proc is not None
         if self.proc.returncode is None:
