@@ -40,7 +40,7 @@ from relay.config import (
     render_config,
     validation_message,
 )
-from relay.core import records
+from relay.core import dsn, idempotency, records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
 from relay.core.clock import SystemClock
 from relay.core.draft import Draft
@@ -526,9 +526,17 @@ async def send(args: argparse.Namespace, relay: Relay) -> int:
     if await relay.store.get_agent(sender.local) is None:
         raise UserError(f"no local agent {sender}")
     to = tuple(Address.parse(a) for a in args.to.split(","))
-    draft = Draft(sender, to, "text/plain", args.text, thread=args.thread)
-    submitted = await relay.mailbox.send(draft, via="cli")
-    out(args, views.queued(submitted.envelope.id), submitted.envelope.id)
+    # Malformed keywords or keys raise SynqError, which main() prints as a typed error.
+    notify = dsn.parse_notify(args.notify.split(",") if args.notify is not None else None)
+    key = (
+        idempotency.check_key(args.idempotency_key, "--idempotency-key")
+        if args.idempotency_key is not None
+        else None
+    )
+    draft = Draft(sender, to, "text/plain", args.text, thread=args.thread, notify=notify)
+    # A retry under the same key is answered with the first send's id (SPEC.md §6.2).
+    sent = await relay.mailbox.send(draft, via="cli", key=key)
+    out(args, views.queued(sent.id), sent.id)
     return 0
 
 
@@ -908,6 +916,16 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("to", metavar="TO", help="address, or several separated by commas")
     sd.add_argument("text", metavar="TEXT")
     sd.add_argument("--thread")
+    sd.add_argument(
+        "--notify",
+        metavar="KEYWORDS",
+        help="receipts to ask for, comma-separated: success,delay,failure or never (SPEC.md §6.2)",
+    )
+    sd.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a retry with the same key sends nothing twice (SPEC.md §6.2)",
+    )
     sd.set_defaults(func=run_on_relay(send))
 
     ib = sub.add_parser("inbox", parents=[common], help="read a local agent's inbox")

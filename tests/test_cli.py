@@ -83,6 +83,40 @@ def test_agents_send_inbox_ack_status(relay_dir: Path, capsys: pytest.CaptureFix
     assert [a["address"] for a in cli(capsys, relay_dir, "agent", "list")[1]] == ["alice@acme.test"]
 
 
+def test_send_idempotency_key_sends_once_and_notify_is_kept(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli(capsys, relay_dir, "agent", "add", "alice")
+    cli(capsys, relay_dir, "agent", "add", "bob")
+    argv = ("send", "alice", "bob@acme.test", "once", "--idempotency-key", "k-1")
+    code, first, _ = cli(capsys, relay_dir, *argv, "--notify", "success,failure")
+    assert code == 0
+    code, again, _ = cli(capsys, relay_dir, *argv, "--notify", "success,failure")
+    assert code == 0
+    assert again["id"] == first["id"]
+    # The same key for a different request is refused, not sent.
+    code, _, err = cli(
+        capsys,
+        relay_dir,
+        "send",
+        "alice",
+        "bob@acme.test",
+        "other",
+        "--idempotency-key",
+        "k-1",
+        "--notify",
+        "success,failure",
+    )
+    assert code == 1
+    assert "idempotency key" in err
+    code, box, _ = cli(capsys, relay_dir, "inbox", "bob")
+    assert [m["id"] for m in box["messages"]] == [first["id"]]
+    # A success receipt was asked for: alice's inbox has it (SPEC.md §9.4).
+    code, box, _ = cli(capsys, relay_dir, "inbox", "alice")
+    assert [m["content_type"] for m in box["messages"]] == ["application/synq-dsn+json"]
+    assert box["messages"][0]["body"]["action"] == "delivered"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -92,6 +126,8 @@ def test_agents_send_inbox_ack_status(relay_dir: Path, capsys: pytest.CaptureFix
         (("send", "alice", "nobody@acme.test", "x"), "no such agent"),
         (("send", "ghost", "alice@acme.test", "x"), "no local agent"),
         (("send", "alice", "not-an-address", "x"), "not an address"),
+        (("send", "alice", "alice@acme.test", "x", "--notify", "sometimes"), "notify"),
+        (("send", "alice", "alice@acme.test", "x", "--idempotency-key", "é"), "printable ASCII"),
         (("inbox", "ghost"), "no local agent"),
         (("status", "0000"), "no message"),
         (("agent", "remove", "ghost"), "no agent"),
