@@ -254,7 +254,7 @@ def test_default_ports_are_not_part_of_the_authority() -> None:
     assert verify(headers, url="https://RELAY.globex.example/ard/search") == "acme.example"
 
 
-def _replace_param(headers: dict[str, str], name: str, value: str) -> dict[str, str]:
+def _replace_param(headers: dict[str, str], name: str, value: int | str) -> dict[str, str]:
     member = httpsig.parse_dictionary(headers["Signature-Input"])["synq"]
     assert isinstance(member, InnerList)
     params = tuple((k, value if k == name else v) for k, v in member.params)
@@ -282,8 +282,8 @@ TAMPERED: list[tuple[str, Callable[[], str]]] = [
         ),
     ),
     ("signature octets", lambda: verify(_flip_signature(signed()))),
-    ("created", lambda: verify(_replace_param(signed(), "created", NOW - 1))),  # type: ignore[arg-type]
-    ("expires", lambda: verify(_replace_param(signed(), "expires", NOW + 61))),  # type: ignore[arg-type]
+    ("created", lambda: verify(_replace_param(signed(), "created", NOW - 1))),
+    ("expires", lambda: verify(_replace_param(signed(), "expires", NOW + 61))),
     ("nonce", lambda: verify(_replace_param(signed(), "nonce", "B" * 22))),
     ("keyid: another domain", lambda: verify(_replace_param(signed(), "keyid", "s1._synqkey.globex.example"))),
     ("component order", lambda: verify({**signed(), "Signature-Input": signed()["Signature-Input"].replace('"@method" "@authority"', '"@authority" "@method"')})),
