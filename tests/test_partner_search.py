@@ -70,6 +70,8 @@ class Partner:
     hits: int = 0
     server: TestServer | None = None
     never: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -88,7 +90,13 @@ class Partner:
             return web.json_response(exc.to_wire(), status=exc.http_status)
         self.asked.append((asker, json.loads(body)))
         if self.mode == "silent":
-            await self.never.wait()  # never set: the partner holds the request
+            self.holding.set()
+            try:
+                await self.never.wait()  # never set: the partner holds the request
+            except asyncio.CancelledError:
+                # The asking side closed the connection (aiohttp cancels the handler).
+                self.abandoned.set()
+                raise
         if self.mode == "garbage":
             return web.Response(body=b"<html>busy</html>", content_type="text/html")
         if self.mode == "status500":
@@ -294,6 +302,21 @@ async def test_a_dead_partner_costs_the_deadline_once_then_is_skipped() -> None:
         third = await searcher.search({**QUERY, "pageSize": 30})
         assert third.left_out == ["initech.test"]
         assert dead.hits == 2
+
+
+async def test_a_cancelled_search_leaves_no_request_behind() -> None:
+    # The local client went away: the partners' requests go with it, nothing is left running.
+    async with world() as w:
+        silent = await w.partner("initech.test", "silent")
+        searcher = w.searcher("initech.test", deadline=30.0)
+        task = asyncio.create_task(searcher.search(QUERY))
+        async with asyncio.timeout(10):
+            await silent.holding.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(10):
+            await silent.abandoned.wait()
 
 
 async def test_a_partner_that_comes_back_is_asked_again() -> None:

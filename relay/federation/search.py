@@ -360,12 +360,16 @@ class PartnerSearch:
             else:
                 tasks[partner] = asyncio.create_task(self._ask(partner, body))
         if tasks:
-            _, pending = await asyncio.wait(tasks.values(), timeout=self.deadline)
-            for task in pending:
-                task.cancel()
-            # Cancelling an aiohttp request closes its connection at once; wait for that, so
-            # nothing of this search outlives it.
-            await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                await asyncio.wait(tasks.values(), timeout=self.deadline)
+            finally:
+                # At the deadline, or when the search itself is cancelled (its client went
+                # away): cancelling an aiohttp request closes its connection at once. Wait for
+                # that, so nothing of this search outlives it.
+                pending = [task for task in tasks.values() if not task.done()]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             for partner, task in tasks.items():
                 reason = self._outcome(task)
                 if reason is None:
@@ -377,7 +381,7 @@ class PartnerSearch:
                 log.info("federated search: %s left out (%s)", partner, reason)
                 left_out.add(partner)
                 self.breaker.failure(partner, now, self.clock.now(), self.rng)
-        merged = [dict(item) for results in answered.values() for item in results]
+        merged = [dict(item) for p in self.partners for item in answered.get(p, ())]
         # Stable: equal scores keep the partners' configured order and each one's own ranking.
         merged.sort(key=lambda item: -int(item["score"]))
         return FederatedResults(
