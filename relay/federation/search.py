@@ -381,6 +381,8 @@ class PartnerSearch:
                 log.info("federated search: %s left out (%s)", partner, reason)
                 left_out.add(partner)
                 self.breaker.failure(partner, now, self.clock.now(), self.rng)
+        # Copies, so a caller adding to a result does not change the cached answer (nested
+        # values are shared: read-only to callers).
         merged = [dict(item) for p in self.partners for item in answered.get(p, ())]
         # Stable: equal scores keep the partners' configured order and each one's own ranking.
         merged.sort(key=lambda item: -int(item["score"]))
