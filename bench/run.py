@@ -14,7 +14,9 @@ HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/post
 ``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``backlog``
 (memory with a queue for a partner that is down, and the drain; bench/backlog.py), ``soak``
 (steady traffic for ``--soak-seconds`` with retention compressed to seconds, the store's size
-sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only).
+sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only),
+``fedsearch`` (federated search over three partner registries of 10,000 entries beside one
+round trip, and a dead partner's cost; bench/fedsearch.py).
 
 Every server is its own process on loopback, on ports the OS chose; the load generator is this
 process. Relays run with SQLite ``synchronous=FULL`` (committed and fsynced before any 202 or
@@ -37,11 +39,11 @@ from typing import Any
 # ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, floor, postfix, protocols, soak, throughput
+from bench import backlog, fedsearch, floor, postfix, protocols, soak, throughput
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
-SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog", "soak")
+SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "soak")
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
 #: ``--only soak`` runs it.
 DEFAULT_SECTIONS = SECTIONS[:-1]
@@ -54,6 +56,9 @@ TARGET_ADDED_P50 = 0.005
 TARGET_RSS_GROWTH = 0.20
 TARGET_DRAIN_SHARE = 0.80
 TARGET_SOAK_PLATEAU = soak.PLATEAU_SHARE
+#: Federated search over 3 partners: p50 at most this many times one round trip to one partner
+#: (one search at a registry of 10,000 entries plus one loopback round trip).
+TARGET_FEDSEARCH_RATIO = 3.0
 
 
 def _relay_ratios(
@@ -400,6 +405,9 @@ async def run(args: argparse.Namespace) -> Report:
                         share >= TARGET_DRAIN_SHARE,
                     )  # fmt: skip
 
+        if "fedsearch" in sections:
+            _fedsearch(report, doc, await fedsearch.run(base / "fedsearch", args.searches))
+
         if "soak" in sections:
             _soak(report, doc, await _run_soak(args, base / "soak"))
 
@@ -428,6 +436,58 @@ async def _run_soak(args: argparse.Namespace, base: Path) -> soak.SoakResult:
     if args.store == "postgresql" and throughput.postgresql_available() is None:
         store = "postgresql"
     return await soak.run(args.soak_seconds, args.soak_rate, base, store, progress)
+
+
+def _fedsearch(report: Report, doc: dict[str, Any], r: fedsearch.FedSearchResult) -> None:
+    p = fedsearch.FedSearchResult.p
+    rtt, one, three, after = (p(s, 50) for s in (r.round_trip, r.one_partner,
+                                                 r.three_partners, r.dead_after))  # fmt: skip
+    doc["fedsearch"] = {
+        "searches": r.searches, "entries_per_partner": fedsearch.ENTRIES,
+        "answer_bytes": r.answer_bytes, "deadline_s": r.deadline,
+        "round_trip_p50_ms": rtt * 1000, "round_trip_p99_ms": p(r.round_trip, 99) * 1000,
+        "one_partner_p50_ms": one * 1000, "three_partners_p50_ms": three * 1000,
+        "three_partners_p99_ms": p(r.three_partners, 99) * 1000,
+        "dead_first_ms": r.dead_first * 1000, "dead_after_p50_ms": after * 1000,
+        "dead_hits": r.dead_hits, "asker_cpu_per_search_ms": r.asker_cpu * 1000,
+    }  # fmt: skip
+    report.section(
+        f"federated search: {len(fedsearch.PARTNERS)} partner registries of "
+        f"{fedsearch.ENTRIES:,} entries on loopback, {r.searches} sequential searches"
+    )
+    report.row(
+        "one signed round trip to one partner, p50 / p99",
+        f"{_ms(rtt)} / {_ms(p(r.round_trip, 99))}", f"answer {r.answer_bytes:,} B",
+    )  # fmt: skip
+    report.row(
+        "PartnerSearch, 1 partner, p50", _ms(one), f"{_ms(rtt)} round trip", f"{one / rtt:.2f}"
+    )
+    report.row(
+        f"PartnerSearch, {len(fedsearch.PARTNERS)} partners, p50 / p99",
+        f"{_ms(three)} / {_ms(p(r.three_partners, 99))}", f"{_ms(rtt)} round trip",
+        f"{three / rtt:.2f}",
+    )  # fmt: skip
+    report.row("  the asking relay's CPU per search", _ms(r.asker_cpu), "(this process)")
+    report.row(
+        "  + a silent partner: the first search", _ms(r.dead_first),
+        f"deadline {r.deadline:g} s", f"{r.dead_first / r.deadline:.2f}",
+    )  # fmt: skip
+    report.row(
+        "  + a silent partner: the searches after, p50", _ms(after), f"{_ms(three)} without",
+        f"{after / three:.2f}",
+    )  # fmt: skip
+    report.row(
+        "  the silent partner's requests in all", f"{r.dead_hits}", f"{r.searches + 1} searches"
+    )
+    report.target(
+        f"federated search p50 / one round trip ({len(fedsearch.PARTNERS)} partners)",
+        f"{three / rtt:.2f}x", f"<= {TARGET_FEDSEARCH_RATIO:g}x", three / rtt <= TARGET_FEDSEARCH_RATIO,
+    )  # fmt: skip
+    added = r.dead_first - three
+    report.target(
+        "a dead partner adds at most the deadline, once", f"+{_ms(added)}, {r.dead_hits} request",
+        f"<= +{r.deadline:g} s, 1 request", added <= r.deadline * 1.05 and r.dead_hits == 1,
+    )  # fmt: skip
 
 
 def _soak(report: Report, doc: dict[str, Any], result: soak.SoakResult) -> None:
@@ -476,6 +536,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--backlog", type=_sizes, default=None, help="queue sizes, e.g. 100000,1000000")
     ap.add_argument("--calls", type=int, default=None, help="A2A/MCP calls per side")
+    ap.add_argument(
+        "--searches", type=int, default=200, help="federated searches per measurement (200)"
+    )
     ap.add_argument("--full", action="store_true", help="the documented full run (with soak)")
     ap.add_argument(
         "--soak-seconds", type=float, default=600.0,

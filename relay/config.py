@@ -88,6 +88,13 @@ class DiscoverySection(_Section):
     #: partner across a private interconnect; like Synapse's ip_range_whitelist.
     allowed_networks: list[str] = []
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    #: Partner relays' domains whose registries a search with ``federation: "auto"`` asks, in
+    #: parallel, with a signed request (SPEC.md §12.6); each found through its ``_synq``
+    #: record or well-known document.
+    partners: list[str] = Field(default_factory=list)
+    #: How long a federated search waits for partners before answering without them (named in
+    #: the ``Synq-Partial`` header); relay/federation/search.py ``DEFAULT_SEARCH_DEADLINE``.
+    search_deadline: Annotated[float, Field(gt=0, le=30)] = 1.5
 
     @field_validator("nameservers")
     @classmethod
@@ -518,6 +525,11 @@ def render_config(config: Config) -> str:
             if config.discovery.allow_private_addresses
             else "false"
         ),
+        "partners = ["
+        + ", ".join(_toml_str(p) for p in config.discovery.partners)
+        + ']   # relays a search with federation "auto" also asks (SPEC.md §12.6)',
+        f"search_deadline = {config.discovery.search_deadline:g}"
+        "   # seconds a federated search waits for partners",
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",

@@ -1,7 +1,8 @@
-"""Regenerate ``vectors.json``, the signing test vectors, from the fixed keys in ``keys.json``.
+"""Regenerate ``vectors.json`` (signed envelopes) and ``search-vectors.json`` (signed partner
+requests), the signing test vectors, from the fixed keys in ``keys.json``.
 
-    python interop/vectors/generate.py          # rewrite vectors.json next to this file
-    python interop/vectors/generate.py --check  # exit 1 if vectors.json differs from its output
+    python interop/vectors/generate.py          # rewrite both files next to this file
+    python interop/vectors/generate.py --check  # exit 1 if either differs from its output
 
 The output is byte-for-byte reproducible: the keys are fixed, every id and timestamp below is a
 constant, Ed25519 signatures (RFC 8032) are deterministic, and the JSON is written with a fixed
@@ -29,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.core import errors, jsonutil
+from relay.core import errors, httpsig, jsonutil
 from relay.core.envelope import format_timestamp
 from relay.core.jws import PublicKey, SigningKey, b64url_decode, sign
 from relay.core.limits import MAX_CLOCK_SKEW, MAX_ENVELOPE_BYTES, MAX_JWS_BYTES, MAX_LIFETIME
@@ -38,6 +39,7 @@ from relay.core.records import KeyRecord, key_record_name
 HERE = Path(__file__).resolve().parent
 KEYS_FILE = HERE / "keys.json"
 VECTORS_FILE = HERE / "vectors.json"
+SEARCH_VECTORS_FILE = HERE / "search-vectors.json"
 
 #: The verifier's clock in every case.
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -545,6 +547,306 @@ def build_cases(keys: dict[str, Key]) -> list[dict[str, Any]]:
     return cases
 
 
+# ------------------------------------------------------------ signed partner requests (§12.6)
+
+#: The partner relay's URL the requests are addressed to, as the verifier names itself.
+SEARCH_URL = "https://relay.beta.example/ard/search"
+SEARCH_BODY = jsonutil.dumps(
+    {"query": {"text": "translate invoices into German"}, "federation": "none", "pageSize": 10}
+)
+SEARCH_NOW = int(NOW.timestamp())
+
+
+def search_request(
+    key: Key,
+    *,
+    domain: str = "alpha.example",
+    url: str = SEARCH_URL,
+    body: bytes = SEARCH_BODY,
+    created: int = SEARCH_NOW - 2,
+    lifetime: int = httpsig.SIGNATURE_LIFETIME,
+    n: int = 0,
+) -> dict[str, str]:
+    """The header fields of a request signed by ``key`` for ``domain``, nonce number ``n``."""
+    nonce = b64(hashlib.sha256(f"synq search vector nonce {n}".encode()).digest()[:18])
+    return httpsig.sign_request(
+        method="POST", url=url, body=body, key=key.signing, domain=domain, created=created,
+        nonce=nonce, lifetime=lifetime,
+    )  # fmt: skip
+
+
+def build_search_cases(keys: dict[str, Key]) -> list[dict[str, Any]]:
+    a1, a2, a0, a3 = keys["alpha-s1"], keys["alpha-s2"], keys["alpha-s0"], keys["alpha-s3"]
+    b1 = keys["beta-s1"]
+    records = world(keys)
+    skew, lifetime = httpsig.MAX_SIGNATURE_SKEW, httpsig.SIGNATURE_LIFETIME
+    cases: list[dict[str, Any]] = []
+
+    def case(
+        name: str,
+        description: str,
+        headers: dict[str, str],
+        expect: dict[str, str],
+        *,
+        method: str = "POST",
+        url: str = SEARCH_URL,
+        body: bytes = SEARCH_BODY,
+        seen: list[list[str]] | None = None,
+    ) -> None:
+        cases.append(
+            {
+                "name": name,
+                "description": description,
+                "method": method,
+                "url": url,
+                "headers": [[k, v] for k, v in headers.items()],
+                "body": body.decode("utf-8"),
+                "key_records": records,
+                "now": SEARCH_NOW,
+                "seen": seen or [],
+                "expect": expect,
+            }
+        )
+
+    def accepted(domain: str = "alpha.example") -> dict[str, str]:
+        return {"outcome": "valid", "domain": domain}
+
+    good = search_request(a1)
+    si, sig = good["Signature-Input"], good["Signature"]
+    first_nonce = httpsig.parse_signed_request("POST", SEARCH_URL, good, SEARCH_BODY).nonce
+
+    # ---- accepted
+    case(
+        "valid",
+        "A search request signed by alpha's relay with its published key s1.",
+        good,
+        accepted(),
+    )
+    case(
+        "valid-rotated-key",
+        "Signed with alpha's second published key s2.",
+        search_request(a2, n=1),
+        accepted(),
+    )
+    case(
+        "valid-other-signature-beside",
+        "A proxy added a signature of its own under another label and tag; the verifier picks "
+        "the one tagged synq-discovery and ignores the other.",
+        {
+            **good,
+            "Signature-Input": f'proxy=("@method");created=1;keyid="p";alg="ed25519", {si}',
+            "Signature": f"proxy=:AAAA:, {sig}",
+        },
+        accepted(),
+    )
+    case(
+        "valid-created-at-skew-limit",
+        f"created is MAX_SIGNATURE_SKEW ({skew} s) ahead of now.",
+        search_request(a1, created=SEARCH_NOW + skew, n=2),
+        accepted(),
+    )
+    case(
+        "valid-expires-within-skew",
+        f"expires is {skew - 1} s behind now: within MAX_SIGNATURE_SKEW.",
+        search_request(a1, created=SEARCH_NOW - lifetime - skew + 1, n=3),
+        accepted(),
+    )
+    case(
+        "valid-default-port-in-url",
+        "The verifier names itself with an explicit :443; @authority omits the default port.",
+        good,
+        accepted(),
+        url="https://relay.beta.example:443/ard/search",
+    )
+
+    # ---- step 1: presence and structure
+    case(
+        "unsigned",
+        "No Signature and no Signature-Input.",
+        {"Content-Type": "application/json", "Content-Digest": good["Content-Digest"]},
+        error(errors.SignatureRequired),
+    )
+    case(
+        "signature-without-input",
+        "Signature without Signature-Input.",
+        {k: v for k, v in good.items() if k != "Signature-Input"},
+        error(errors.MalformedRequest),
+    )
+    case(
+        "signature-input-not-structured",
+        "Signature-Input is not an RFC 8941 dictionary.",
+        {**good, "Signature-Input": si.replace("synq=(", "synq=(;")},
+        error(errors.MalformedRequest),
+    )
+    case(
+        "duplicate-label",
+        "Two signatures under the label synq: RFC 8941 would keep the "
+        "last; a verifier refuses rather than choose.",
+        {**good, "Signature": f"{sig}, {sig}"},
+        error(errors.MalformedRequest),
+    )
+    case(
+        "tag-missing",
+        "No signature is tagged synq-discovery.",
+        {**good, "Signature-Input": si.replace(';tag="synq-discovery"', "")},
+        error(errors.BadSignature),
+    )
+    case(
+        "alg-not-ed25519",
+        'alg is "rsa-pss-sha512".',
+        {**good, "Signature-Input": si.replace('"ed25519"', '"rsa-pss-sha512"')},
+        error(errors.BadSignature),
+    )
+    case(
+        "content-digest-not-covered",
+        "The covered components leave out content-digest.",
+        {**good, "Signature-Input": si.replace(' "content-digest"', "")},
+        error(errors.BadSignature),
+    )
+    case(
+        "keyid-bare-selector",
+        'keyid is "s1": it must be the key record name, s1._synqkey.alpha.example.',
+        {**good, "Signature-Input": si.replace("s1._synqkey.alpha.example", "s1")},
+        error(errors.BadSignature),
+    )
+    case(
+        "keyid-not-canonical",
+        "keyid spells the domain in upper case.",
+        {**good, "Signature-Input": si.replace("alpha.example", "ALPHA.example")},
+        error(errors.BadSignature),
+    )
+    case(
+        "lifetime-too-long",
+        f"expires - created is MAX_SIGNATURE_LIFETIME + 1 ({httpsig.MAX_SIGNATURE_LIFETIME + 1} s).",
+        {
+            **good,
+            "Signature-Input": si.replace(
+                f"expires={SEARCH_NOW - 2 + lifetime}",
+                f"expires={SEARCH_NOW - 2 + httpsig.MAX_SIGNATURE_LIFETIME + 1}",
+            ),
+        },
+        error(errors.BadSignature),
+    )
+    case(
+        "nonce-too-short",
+        "The nonce has 21 characters (under 128 bits).",
+        {**good, "Signature-Input": si.replace(first_nonce, first_nonce[:21])},
+        error(errors.BadSignature),
+    )
+
+    # ---- step 1: the digest, before any key
+    case(
+        "digest-mismatch",
+        "The body was changed after signing; headers kept.",
+        good,
+        error(errors.DigestMismatch),
+        body=SEARCH_BODY.replace(b"German", b"French"),
+    )
+    case(
+        "digest-missing",
+        "No Content-Digest field.",
+        {k: v for k, v in good.items() if k != "Content-Digest"},
+        error(errors.DigestMismatch),
+    )
+    case(
+        "order-digest-before-key",
+        "Signed with the unpublished key s0 and a changed body: the digest fails first, so a "
+        "mismatching body costs the verifier no key look-up.",
+        search_request(a0, n=4),
+        error(errors.DigestMismatch),
+        body=b"{}",
+    )
+
+    # ---- step 2: the key
+    case(
+        "kid-not-published",
+        "Signed with alpha's key s0, which alpha never published.",
+        search_request(a0, n=5),
+        error(errors.UnknownKey),
+    )
+    case(
+        "kid-revoked",
+        "Signed with alpha's s3, published with an empty p= (revoked).",
+        search_request(a3, n=6),
+        error(errors.UnknownKey),
+    )
+
+    # ---- step 3: the signature
+    case(
+        "foreign-key",
+        "keyid s1._synqkey.alpha.example but signed with beta's key s1.",
+        search_request(b1, domain="alpha.example", n=7),
+        error(errors.BadSignature),
+    )
+    case(
+        "signed-for-another-relay",
+        "Signed for https://relay.gamma.example/ard/search and sent to beta's relay: "
+        "@authority differs.",
+        search_request(a1, url="https://relay.gamma.example/ard/search", n=8),
+        error(errors.BadSignature),
+    )
+    case(
+        "method-changed",
+        "Signed as POST, received as PUT.",
+        good,
+        error(errors.BadSignature),
+        method="PUT",
+    )
+    case(
+        "path-changed",
+        "Signed for /ard/search, received at /ard/explore.",
+        good,
+        error(errors.BadSignature),
+        url="https://relay.beta.example/ard/explore",
+    )
+    case(
+        "content-type-changed",
+        "Content-Type changed to text/plain after signing.",
+        {**good, "Content-Type": "text/plain"},
+        error(errors.BadSignature),
+    )
+    case(
+        "order-signature-before-times",
+        "Expired an hour ago and signed with beta's key: bad_signature wins, so a forgery "
+        "learns nothing about the window.",
+        search_request(b1, created=SEARCH_NOW - 3600, n=9),
+        error(errors.BadSignature),
+    )
+
+    # ---- step 4: the times
+    case(
+        "expired",
+        f"expires is exactly MAX_SIGNATURE_SKEW ({skew} s) behind now.",
+        search_request(a1, created=SEARCH_NOW - lifetime - skew, n=10),
+        error(errors.StaleSignature),
+    )
+    case(
+        "created-in-future",
+        "created is MAX_SIGNATURE_SKEW + 1 s ahead of now.",
+        search_request(a1, created=SEARCH_NOW + skew + 1, n=11),
+        error(errors.StaleSignature),
+    )
+
+    # ---- step 5: the replay cache
+    case(
+        "replayed",
+        "The valid case's request again: its keyid and nonce were already accepted (seen).",
+        good,
+        error(errors.ReplayedRequest),
+        seen=[["s1._synqkey.alpha.example", first_nonce]],
+    )
+    case(
+        "same-nonce-other-key",
+        "A nonce seen under s1 is new under s2: the replay key is (keyid, nonce).",
+        search_request(a2, n=0),
+        accepted(),
+        seen=[["s1._synqkey.alpha.example", first_nonce]],
+    )
+    names = [c["name"] for c in cases]
+    assert len(names) == len(set(names)), "case names are unique"
+    return cases
+
+
 def render(cases: list[dict[str, Any]]) -> bytes:
     return (json.dumps(cases, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -553,19 +855,27 @@ def generate(keys_file: Path = KEYS_FILE) -> bytes:
     return render(build_cases(load_keys(keys_file)))
 
 
+def generate_search(keys_file: Path = KEYS_FILE) -> bytes:
+    return render(build_search_cases(load_keys(keys_file)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     parser.add_argument("--out", type=Path, default=VECTORS_FILE, help="where to write")
+    parser.add_argument(
+        "--search-out", type=Path, default=SEARCH_VECTORS_FILE, help="where to write those"
+    )
     args = parser.parse_args(argv)
-    data = generate()
+    outputs = [(args.out, generate()), (args.search_out, generate_search())]
     if args.check:
-        if args.out.read_bytes() != data:
-            print(f"{args.out} is out of date; run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_bytes(data)
-    print(f"wrote {args.out} ({len(json.loads(data))} cases)")
+        stale = [path for path, data in outputs if path.read_bytes() != data]
+        for path in stale:
+            print(f"{path} is out of date; run {Path(__file__).name}", file=sys.stderr)
+        return 1 if stale else 0
+    for path, data in outputs:
+        path.write_bytes(data)
+        print(f"wrote {path} ({len(json.loads(data))} cases)")
     return 0
 
 

@@ -23,7 +23,11 @@
     │   ├── Conflict                   409 conflict             5.5.4
     │   ├── IdempotencyKeyReused       422 idempotency_key_reused 5.5.4
     │   ├── PayloadTooLarge            413 too_large            5.3.4
-    │   └── RateLimited                429 rate_limited         4.7.0  (+ retry_after)
+    │   ├── RateLimited                429 rate_limited         4.7.0  (+ retry_after)
+    │   ├── SignatureRequired          401 signature_required   5.7.8  (signed partner requests:
+    │   ├── StaleSignature             401 stale_signature      5.7.0   relay/core/httpsig.py)
+    │   ├── ReplayedRequest            401 replayed_request     5.7.0
+    │   └── DigestMismatch             400 digest_mismatch      5.7.7
     └── RelayError                     the relay, or what it depends on, failed (5xx)
         ├── StoreUnavailable           503 store_unavailable    4.3.0
         ├── DiscoveryError             502 discovery_failed     4.4.3
@@ -376,3 +380,47 @@ class InternalError(RelayError):
     status = st.TRANSIENT
     http_status = 500
     default_message = "internal error"
+
+
+# ---- signed partner requests (RFC 9421; relay/core/httpsig.py, relay/federation/search.py).
+# A signature that does not verify is ``BadSignature`` and a selector nobody publishes
+# ``UnknownKey``, as for envelopes; these are the failures an envelope cannot have.
+
+
+class SignatureRequired(PeerError):
+    """A request to a route that takes partner relays' signed requests carries no
+    ``Signature``/``Signature-Input`` at all. A route may answer it as anonymous instead."""
+
+    code = "signature_required"
+    status = st.BAD_CREDENTIALS
+    http_status = 401
+    default_message = "this request must carry an HTTP message signature (RFC 9421)"
+
+
+class StaleSignature(PeerError):
+    """The signature's ``expires`` has passed, or its ``created`` lies further ahead of the
+    verifier's clock than the allowed skew: a captured request cannot be used later."""
+
+    code = "stale_signature"
+    status = st.SECURITY
+    http_status = 401
+    default_message = "the request's signature is outside its validity window"
+
+
+class ReplayedRequest(PeerError):
+    """A signature (keyid and nonce) the verifier has already accepted within its window."""
+
+    code = "replayed_request"
+    status = st.SECURITY
+    http_status = 401
+    default_message = "this signed request was already received"
+
+
+class DigestMismatch(PeerError):
+    """The body does not match its ``Content-Digest`` (RFC 9530), or the field is missing or
+    names no ``sha-256``: the signature covers the digest, the digest the body."""
+
+    code = "digest_mismatch"
+    status = st.BAD_SIGNATURE
+    http_status = 400
+    default_message = "the body does not match its Content-Digest"
