@@ -273,6 +273,19 @@ class Relay:
         )
         self.sources.reconfigure(config.source_limits())
 
+    # --- the operator's queue commands (SPEC.md §9.6) -------------------------------------------
+    # One implementation for ``synq queue`` and the console's buttons (relay/server/admin.py).
+
+    async def flush_queue(self, *, domain: str | None = None, id: str | None = None) -> int:
+        """Make queued rows (of ``domain``, or of message ``id``) due now, recording
+        ``flushed``; they go even while the breaker is open (SPEC.md §9.3). The count."""
+        return await self.store.flush(self.clock.now(), domain=domain, id=id)
+
+    async def delete_queued(self, *, id: str | None = None, domain: str | None = None) -> int:
+        """Drop queued rows without a DSN (``postsuper -d``): every one when neither ``id``
+        nor ``domain`` is given. The count."""
+        return await self.store.delete_queued(self.clock.now(), id=id, domain=domain)
+
     def reload_keys_if_changed(self) -> bool:
         """Reload the keyring if a key file was added, changed or removed since the last load.
         True when it was reloaded; a directory that no longer loads is logged and skipped."""
