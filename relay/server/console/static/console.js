@@ -32,7 +32,9 @@ function badge(text) {
 function when(ts) {
   if (!ts) return "—";
   const date = new Date(ts);
-  return el("time", { dateTime: ts, title: ts }, date.toLocaleTimeString());
+  // The time alone for today, the date too for anything else (an expiry days away).
+  const today = date.toDateString() === new Date().toDateString();
+  return el("time", { dateTime: ts, title: ts }, today ? date.toLocaleTimeString() : date.toLocaleString());
 }
 
 function fill(tbody, rows, columns) {
@@ -309,7 +311,9 @@ function render(snap) {
   renderPartners(snap);
   renderAgents(snap);
   renderBounces(snap);
-  if (!$("#q").value) fill($("#messages tbody"), messageRows(snap.recent), 6);
+  const q = $("#q").value.trim();
+  if (q) search(q);
+  else fill($("#messages tbody"), messageRows(snap.recent), 6);
   if (selected) show(selected.id, selected.origin);
 }
 
