@@ -250,7 +250,14 @@ async def test_bearer_actions_are_what_synq_queue_does(
     resp = await console.post("/console/api/queue/delete", json={"all": True}, headers=auth)
     assert await resp.json() == {"deleted": 1}
     assert await relay.store.list_queue() == []
-    assert id
+    # The snapshot after an action is read afresh: the row is gone, its bounce listed.
+    snap = await (await console.get("/console/api/snapshot", headers=auth)).json()
+    assert snap["queued"] == 0
+    [bounce] = snap["bounces"]
+    assert (bounce["id"], bounce["recipient"], bounce["code"]) == (id, "bob@globex.test", "5.0.0")
+    [partner] = snap["partners"]
+    assert partner["domain"] == "globex.test"
+    assert partner["failures"] == ["5.0.0 deleted from the queue by the operator"]
 
 
 async def test_event_streams_are_bounded_and_carry_snapshots(
@@ -278,3 +285,25 @@ async def test_samples_make_the_charts(relay: Relay, make_agent: AgentFactory) -
     await state.sample()
     [point] = state.chart()
     assert (point["accepted"], point["depth"]) == (1.0, 1)
+
+
+async def test_agents_show_their_adapter_health(relay: Relay, token: str, console: Client) -> None:
+    """An MCP stdio server is ``idle`` until first used, ``up`` while its session lives."""
+    from tests.mcpenv import stdio_endpoint
+
+    endpoint = stdio_endpoint()
+    await relay.store.create_agent("tools", "mcp", "h", endpoint, relay.clock.now())
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def health() -> str:
+        state.invalidate()  # a fresh read, not the snapshot of half a second ago
+        snap = await (await console.get("/console/api/snapshot", headers=auth)).json()
+        [agent] = snap["agents"]
+        assert agent["kind"] == "mcp"
+        value: str = agent["health"]
+        return value
+
+    state = console.server.app[admin.CONSOLE]
+    assert await health() == "idle"
+    await relay.mailbox.card(Address.parse("tools@acme.test"))  # starts the supervised server
+    assert await health() == "up"

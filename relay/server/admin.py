@@ -69,7 +69,7 @@ from relay.server.auth import bearer_token, refuse_guessing
 from relay.server.errors import Handler, error_middleware
 from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, read_body, source_limits
 from relay.server.keys import RELAY
-from relay.store.base import QUEUE_CHANNEL, QueueEntry
+from relay.store.base import QUEUE_CHANNEL, EnvelopeSummary, QueueEntry
 
 __all__ = [
     "ADMIN_SESSION_TTL",
@@ -107,7 +107,7 @@ HISTORY_SAMPLES: Final = 360
 #: destinations' totals and the first rows, not a million table lines.
 MAX_ROWS: Final = 200
 #: Agents whose mailbox the snapshot reads (one short read each) and, of each, the unread
-#: messages it lists among the recent ones.
+#: envelopes whose signing key it looks at (partners' "keys seen").
 MAX_AGENTS_SHOWN: Final = 100
 RECENT_PER_AGENT: Final = 20
 #: The largest action body: a few fields.
@@ -264,7 +264,7 @@ class Console:
         relay = self.relay
         now = relay.clock.now()
         entries = await relay.store.list_queue()
-        recent = await self._recent()
+        recent = await relay.store.recent_envelopes(MAX_ROWS)
         return {
             "now": format_timestamp(now),
             "relay": {
@@ -276,10 +276,10 @@ class Console:
             "destinations": self._destinations(entries, now),
             "queue": [_queue_row(e) for e in entries[:MAX_ROWS]],
             "queued": len(entries),
-            "partners": self._partners(entries, recent, now),
+            "partners": self._partners(entries, recent, await self._keys_seen(), now),
             "agents": await self._agents(),
-            "recent": recent[:MAX_ROWS],
-            "bounces": [m for m in recent if m.get("bounce")][:MAX_ROWS],
+            "recent": [_summary(e) for e in recent],
+            "bounces": _bounces(recent),
             "chart": self.chart(),
         }
 
@@ -315,10 +315,15 @@ class Console:
         return {"breaker": "failing", "probe_at": None}
 
     def _partners(
-        self, entries: list[QueueEntry], recent: list[dict[str, Any]], now: datetime
+        self,
+        entries: list[QueueEntry],
+        recent: list[EnvelopeSummary],
+        keys: dict[str, list[str]],
+        now: datetime,
     ) -> list[dict[str, Any]]:
         """Every partner the queue or the recent mail names: its breaker, the failures its
-        queued rows carry, when we last had an envelope from it, the keys it signed with."""
+        queued and bounced rows carry, when it last took an envelope of ours and when we last
+        took one of its, the key selectors its unread envelopes were signed with."""
         own = self.relay.domain
         partners: dict[str, dict[str, Any]] = {}
 
@@ -328,30 +333,44 @@ class Console:
                     "domain": domain,
                     "queued": 0,
                     "failures": [],
+                    "last_success": None,
                     "last_received": None,
-                    "keys": [],
+                    "keys": keys.get(domain, []),
                     **self._breaker(domain, now),
                 }
             return partners[domain]
 
+        def failed(p: dict[str, Any], code: str | None, reason: str | None) -> None:
+            text = f"{code} {reason or ''}".strip()
+            if code and text not in p["failures"] and len(p["failures"]) < 5:
+                p["failures"].append(text)
+
+        def later(p: dict[str, Any], key: str, when: datetime) -> None:
+            stamp = format_timestamp(when)
+            if p[key] is None or stamp > p[key]:
+                p[key] = stamp
+
         for e in entries:
-            if e.domain == own:
+            if e.domain != own:
+                p = partner(e.domain)
+                p["queued"] += 1
+                failed(p, e.code, e.reason)
+        for env in recent:
+            if env.origin != own:
+                later(partner(env.origin), "last_received", env.accepted)
                 continue
-            p = partner(e.domain)
-            p["queued"] += 1
-            if e.code and len(p["failures"]) < 5:
-                failure = f"{e.code} {e.reason or ''}".strip()
-                if failure not in p["failures"]:
-                    p["failures"].append(failure)
-        for m in recent:
-            origin = m.get("origin")
-            if not origin or origin == own:
-                continue
-            p = partner(origin)
-            if p["last_received"] is None or m["received"] > p["last_received"]:
-                p["last_received"] = m["received"]
-            if m.get("kid") and m["kid"] not in p["keys"]:
-                p["keys"].append(m["kid"])
+            for r in env.recipients:
+                domain = r.address.rpartition("@")[2]
+                if domain == own:
+                    continue
+                p = partner(domain)
+                if r.state in ("sent", "delivered"):
+                    later(p, "last_success", r.updated)
+                elif r.state == "bounced":
+                    failed(p, r.code, r.reason)
+        for domain in keys:
+            if domain != own:
+                partner(domain)
         return [partners[d] for d in sorted(partners)]
 
     async def _agents(self) -> list[dict[str, Any]]:
@@ -377,57 +396,52 @@ class Console:
             )
         return out
 
-    async def _recent(self) -> list[dict[str, Any]]:
-        """Recent messages the store can list without a scan: what waits in the queue and the
-        unread mail of local agents, newest first."""
+    async def _keys_seen(self) -> dict[str, list[str]]:
+        """By partner domain, the key selectors (``kid``) of the envelopes waiting unread in
+        local inboxes: what partners sign with now, read from a bounded few envelopes."""
         relay = self.relay
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in await relay.store.list_queue():
-            key = (e.origin, e.id)
-            item = found.setdefault(
-                key,
-                {
-                    "id": e.id,
-                    "origin": e.origin,
-                    "from": e.sender,
-                    "to": [],
-                    "thread": None,
-                    "kind": None,
-                    "received": format_timestamp(e.accepted or e.next_attempt),
-                    "where": "queued",
-                },
-            )
-            item["to"].append(e.recipient)
+        seen: dict[str, list[str]] = {}
         for agent in (await relay.store.list_agents())[:MAX_AGENTS_SHOWN]:
             for entry in await relay.store.inbox(agent.name, limit=RECENT_PER_AGENT):
-                try:
-                    env = views.envelope_object(entry)
-                except (ValueError, IndexError):
-                    continue
-                origin = str(env.get("from", "")).rpartition("@")[2]
                 kid = _kid(entry.token)
-                item = {
-                    "id": env.get("id"),
-                    "origin": origin,
-                    "from": env.get("from"),
-                    "to": env.get("to", []),
-                    "thread": env.get("thread"),
-                    "kind": env.get("kind"),
-                    "received": format_timestamp(entry.delivered_at),
-                    "where": f"inbox of {agent.name}",
-                    "kid": kid,
-                }
-                if env.get("kind") == "dsn" and isinstance(env.get("body"), dict):
-                    body = env["body"]
-                    if body.get("action", "failed") == "failed":
-                        item["bounce"] = {
-                            "original_id": body.get("original_id"),
-                            "recipient": body.get("final_recipient"),
-                            "status": body.get("status"),
-                            "diagnostic": body.get("diagnostic"),
-                        }
-                found.setdefault((origin, str(item["id"])), item)
-        return sorted(found.values(), key=lambda m: str(m["received"]), reverse=True)
+                if kid is not None and entry.origin != relay.domain:
+                    kids = seen.setdefault(entry.origin, [])
+                    if kid not in kids:
+                        kids.append(kid)
+        return seen
+
+
+def _summary(env: EnvelopeSummary) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "origin": env.origin,
+        "from": env.sender,
+        "to": [r.address for r in env.recipients],
+        "states": {r.address: r.state for r in env.recipients},
+        "thread": env.thread,
+        "kind": env.kind,
+        "received": format_timestamp(env.accepted),
+    }
+
+
+def _bounces(recent: list[EnvelopeSummary]) -> list[dict[str, Any]]:
+    """Recipients of recent envelopes that bounced, newest first: refused, expired, refused
+    by the partner or deleted by the operator (SPEC.md §9.5)."""
+    out = [
+        {
+            "id": env.id,
+            "origin": env.origin,
+            "from": env.sender,
+            "recipient": r.address,
+            "code": r.code,
+            "reason": r.reason,
+            "at": format_timestamp(r.updated),
+        }
+        for env in recent
+        for r in env.recipients
+        if r.state == "bounced"
+    ]
+    return sorted(out, key=lambda b: str(b["at"]), reverse=True)[:MAX_ROWS]
 
 
 def _digest(text: str) -> str:
@@ -749,32 +763,25 @@ async def snapshot(request: web.Request) -> web.Response:
 
 @routes.get("/console/api/messages")
 async def search(request: web.Request) -> web.Response:
-    """Recent messages whose id, sender, recipient or thread contains ``q``; and, when ``q``
-    is the id of a message sent from this domain that is no longer recent, that one too."""
+    """Messages whose id, thread, sender or a recipient is ``q`` (any the store still holds),
+    and recent ones where ``q`` is part of one of those; without ``q``, the recent ones."""
     _require(request)
     relay = request.app[RELAY]
-    q = request.query.get("q", "").strip().lower()
+    q = request.query.get("q", "").strip()
     recent = (await request.app[CONSOLE].snapshot())["recent"]
     if not q:
         return _json({"messages": recent})
-    found = [m for m in recent if q in " ".join(_words(m)).lower()]
-    if not any(m["id"] == q for m in found) and len(q) <= 128:
-        status = await relay.store.message_status(relay.domain, q)
-        if status is not None:
-            found.insert(
-                0,
-                {
-                    "id": status.id,
-                    "origin": status.origin,
-                    "from": status.sender,
-                    "to": [r.address for r in status.recipients],
-                    "thread": None,
-                    "kind": None,
-                    "received": format_timestamp(status.created),
-                    "where": "sent",
-                },
-            )
-    return _json({"messages": found})
+    if len(q) > 320:
+        raise E.MalformedRequest("search for an id, an address or a thread")
+    found = [_summary(e) for e in await relay.store.recent_envelopes(MAX_ROWS, q)]
+    known = {(m["origin"], m["id"]) for m in found}
+    needle = q.lower()
+    found += [
+        m
+        for m in recent
+        if (m["origin"], m["id"]) not in known and needle in " ".join(_words(m)).lower()
+    ]
+    return _json({"messages": found[:MAX_ROWS]})
 
 
 def _words(m: dict[str, Any]) -> Iterable[str]:

@@ -142,11 +142,12 @@ function renderPartners(snap) {
         el("td", {}, badge(p.breaker)),
         el("td", { class: "num" }, p.queued),
         el("td", {}, p.failures.length ? p.failures.join("; ") : "—"),
+        el("td", {}, when(p.last_success)),
         el("td", {}, when(p.last_received)),
         el("td", { class: "mono" }, p.keys.length ? p.keys.join(", ") : "—"),
       ),
     ),
-    6,
+    7,
   );
 }
 
@@ -175,10 +176,10 @@ function messageRows(messages) {
       { "data-id": m.id },
       el("td", { class: "mono" }, el("a", { href: "#", onclick: (e) => { e.preventDefault(); show(m.id, m.origin); } }, m.id)),
       el("td", {}, m.from || "—"),
-      el("td", {}, (m.to || []).join(", ")),
+      el("td", {}, ...(m.to || []).flatMap((to, i) => [i ? ", " : "", to, " ", badge((m.states || {})[to])])),
       el("td", {}, m.thread || "—"),
+      el("td", {}, m.kind || "—"),
       el("td", {}, when(m.received)),
-      el("td", {}, m.where),
     ),
   );
 }
@@ -186,16 +187,16 @@ function messageRows(messages) {
 function renderBounces(snap) {
   fill(
     $("#bounces tbody"),
-    snap.bounces.map((m) =>
+    snap.bounces.map((b) =>
       el(
         "tr",
-        {},
-        el("td", {}, when(m.received)),
-        el("td", { class: "mono" }, m.bounce.original_id || "—"),
-        el("td", {}, m.bounce.recipient || "—"),
-        el("td", {}, m.bounce.status || "—"),
-        el("td", {}, m.bounce.diagnostic || "—"),
-        el("td", {}, (m.to || []).join(", ")),
+        { "data-id": b.id },
+        el("td", {}, when(b.at)),
+        el("td", { class: "mono" }, el("a", { href: "#", onclick: (e) => { e.preventDefault(); show(b.id, b.origin); } }, b.id)),
+        el("td", {}, b.from),
+        el("td", {}, b.recipient),
+        el("td", {}, b.code || "—"),
+        el("td", {}, b.reason || "—"),
       ),
     ),
     6,
