@@ -586,6 +586,11 @@ def render_config(config: Config) -> str:
         f"overlap = {_toml_str(format_duration(config.keys.overlap))}"
         "   # a new key is published this long before it signs",
         "",
+        "[admin]   # the operator's listener: /metrics, /healthz, /console (SPEC.md §14)",
+        f"listen = {_toml_str(config.admin.listen)}"
+        if config.admin.listen is not None
+        else '# listen = "127.0.0.1:PORT"   # default: loopback, the [relay] listen port + 1',
+        "",
         "[policy]",
         f"default = {_toml_str(config.policy.default)}"
         '   # domains in neither allow = [...] nor deny = [...]; "deny" = closed federation',
@@ -599,12 +604,5 @@ def render_config(config: Config) -> str:
             f"{name} = [{', '.join(_toml_str(e) for e in getattr(rules, name))}]"
             for name in ("allow", "deny")
         ]
-    lines += [
-        "",
-        "[admin]   # the operator's listener: /metrics, /healthz, /console (SPEC.md §14)",
-        f"listen = {_toml_str(config.admin.listen)}"
-        if config.admin.listen is not None
-        else '# listen = "127.0.0.1:PORT"   # default: loopback, the [relay] listen port + 1',
-    ]
     lines.append("")
     return "\n".join(lines)
