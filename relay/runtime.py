@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,7 @@ from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.metrics import Metrics
 from relay.store import open_store
-from relay.store.base import Store
+from relay.store.base import Outcome, Store
 
 if TYPE_CHECKING:
     from relay.tasks.push import PushSender
@@ -161,6 +161,7 @@ class Relay:
         )
         # A partner that reaches us is up: its held backlog goes at once (SPEC.md §9.3).
         self.inbound.on_contact = self.sender.contacted
+        self.sender.on_settled = self._count_outcomes
         self.dispatcher = Dispatcher(
             store=store,
             router=self.router,
@@ -198,6 +199,14 @@ class Relay:
             store, self.clock, config.retention.policy, task_states=_ended_task_states()
         )
         self._background: list[asyncio.Task[None]] = []
+
+    def _count_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """``synq_federation_outbound_recipients`` by outcome: what the console's charts of
+        sent, deferred and bounced recipients plot (SPEC.md §14.2)."""
+        counter = self.metrics.federation_outcomes
+        for outcome in outcomes:
+            label = "deferred" if outcome.state == "queued" else outcome.state
+            counter.labels(outcome=label).inc()
 
     def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
         """A client session whose every connection goes through the SSRF guard and our own

@@ -5,6 +5,7 @@ itself, in a real browser, is tests/test_console_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.admintoken import ADMIN_TOKEN_PREFIX, check_admin_token, new_admin_token
+from relay.cli import main
 from relay.config import Config, RelaySection, load_config, render_config
 from relay.core.address import Address
 from relay.core.draft import Draft
@@ -20,7 +22,7 @@ from relay.core.errors import ConfigError
 from relay.runtime import Relay
 from relay.server import admin
 from relay.server.admin import MAX_CONSOLE_STREAMS, SESSION_COOKIE, build_admin_app
-from tests.conftest import AgentFactory
+from tests.conftest import AgentFactory, make_config
 
 Client = TestClient[Any, Any]
 
@@ -307,3 +309,21 @@ async def test_agents_show_their_adapter_health(relay: Relay, token: str, consol
     assert await health() == "idle"
     await relay.mailbox.card(Address.parse("tools@acme.test"))  # starts the supervised server
     assert await health() == "up"
+
+
+def test_synq_admin_token_prints_it_once_and_rotates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "synq.toml"
+    path.write_text(render_config(make_config(tmp_path)), encoding="utf-8")
+    assert main(["--config", str(path), "--json", "admin", "token"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["console"] == "http://127.0.0.1:0/console"
+    stored = load_config(path).admin_token_path
+    assert check_admin_token(stored, first["token"]) is not None
+    assert main(["--config", str(path), "admin", "token"]) == 1
+    assert "--rotate" in capsys.readouterr().err
+    assert main(["--config", str(path), "admin", "token", "--rotate"]) == 0
+    second = capsys.readouterr().out.splitlines()[0]
+    assert check_admin_token(stored, first["token"]) is None
+    assert check_admin_token(stored, second) is not None

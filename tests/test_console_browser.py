@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.admintoken import new_admin_token
-from relay.server.admin import build_admin_app
+from relay.server.admin import CONSOLE, Console, build_admin_app
 from tests.fedenv import World, world
 
 CHROMIUM = "/usr/bin/chromium"
@@ -84,6 +84,9 @@ async def test_the_console_shows_a_queued_message_and_flush_delivers_it(tmp_path
         token = new_admin_token(acme.relay.config.admin_token_path, replace=False)
         admin = TestServer(build_admin_app(acme.relay), host="127.0.0.1")
         await admin.start_server()
+        # The charts' samples come every 10 s; the test takes them itself at each step.
+        state = admin.app[CONSOLE]
+        await state.sample()
         base = str(admin.make_url("")).rstrip("/")
         evil = await cross_site_page(f"{base}/console/api/queue/delete")
         try:
@@ -94,6 +97,7 @@ async def test_the_console_shows_a_queued_message_and_flush_delivers_it(tmp_path
             )
             id = sent["id"]
             await acme.relay.sender.run_once()
+            await state.sample()
             [row] = await acme.relay.store.list_queue()
             assert (row.id, row.attempts) == (id, 1)
 
@@ -105,7 +109,7 @@ async def test_the_console_shows_a_queued_message_and_flush_delivers_it(tmp_path
                     args=CHROMIUM_ARGS,
                 )
                 try:
-                    await run_in_browser(context, base, token, id, shots, evil, w)
+                    await run_in_browser(context, base, token, id, shots, evil, w, state)
                 finally:
                     await context.close()
         finally:
@@ -119,7 +123,14 @@ async def test_the_console_shows_a_queued_message_and_flush_delivers_it(tmp_path
 
 
 async def run_in_browser(
-    context: Any, base: str, token: str, id: str, shots: Path, evil: TestServer, w: World
+    context: Any,
+    base: str,
+    token: str,
+    id: str,
+    shots: Path,
+    evil: TestServer,
+    w: World,
+    state: Console,
 ) -> None:
     acme, globex, clock = w.orgs["acme.test"], w.orgs["globex.test"], w.clock
     page = await context.new_page()
@@ -163,7 +174,9 @@ async def run_in_browser(
     await page.locator("#notice", has_text="flushed: 1").wait_for()
     assert await acme.relay.sender.run_once() == 1  # sent to globex, which takes custody
     assert await globex.relay.sender.run_once() == 1  # globex's receipt back to acme
+    await state.sample()
     await recipient.locator(".badge.delivered").wait_for()
     await page.locator('#detail-hops tbody tr[data-event="flushed"]').first.wait_for()
     await page.locator("#destinations tbody td.empty").wait_for()
+    await page.locator("#chart-depth polyline").wait_for()
     await page.screenshot(path=str(shots / "delivered.png"), full_page=True)

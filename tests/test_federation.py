@@ -240,6 +240,8 @@ async def test_many_envelopes_are_batched_into_transactions(w: World) -> None:
     assert acme.relay.sender._per_destination == {}
     text = globex.relay.metrics.render().decode()
     assert 'synq_federation_inbound_envelopes_total{status="accepted"} 450.0' in text
+    sent = acme.relay.metrics.render().decode()
+    assert 'synq_federation_outbound_recipients_total{outcome="sent"} 450.0' in sent
     seen: list[str] = []
     cursor: Any = None
     while True:
