@@ -20,8 +20,8 @@ from relay.core.address import Address
 from relay.core.draft import Draft
 from relay.core.errors import ConfigError
 from relay.runtime import Relay
-from relay.server import admin
-from relay.server.admin import MAX_CONSOLE_STREAMS, SESSION_COOKIE, build_admin_app
+from relay.server.admin import CONSOLE, MAX_CONSOLE_STREAMS, SESSION_COOKIE, build_admin_app
+from relay.server.console.state import Console
 from tests.conftest import AgentFactory, make_config
 
 Client = TestClient[Any, Any]
@@ -100,7 +100,7 @@ def test_admin_listen_defaults_to_loopback_next_to_the_relay(
 
 def test_admin_listen_must_be_host_port(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
-        Config(relay=RelaySection(domain="acme.test"), admin={"listen": "nowhere"})  # type: ignore[arg-type]
+        Config(relay=RelaySection(domain="acme.test"), admin={"listen": "nowhere"})
 
 
 # --- the token ----------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ async def test_event_streams_are_bounded_and_carry_snapshots(
 
 
 async def test_samples_make_the_charts(relay: Relay, make_agent: AgentFactory) -> None:
-    state = admin.Console(relay)
+    state = Console(relay)
     await state.sample()
     await queue_one(relay, make_agent)
     await state.sample()
@@ -305,7 +305,7 @@ async def test_agents_show_their_adapter_health(relay: Relay, token: str, consol
         value: str = agent["health"]
         return value
 
-    state = console.server.app[admin.CONSOLE]
+    state = console.app[CONSOLE]
     assert await health() == "idle"
     await relay.mailbox.card(Address.parse("tools@acme.test"))  # starts the supervised server
     assert await health() == "up"

@@ -23,7 +23,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.admintoken import new_admin_token
-from relay.server.admin import CONSOLE, Console, build_admin_app
+from relay.server.admin import CONSOLE, build_admin_app
+from relay.server.console.state import Console
 from tests.fedenv import World, world
 
 CHROMIUM = "/usr/bin/chromium"
