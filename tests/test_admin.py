@@ -327,3 +327,11 @@ def test_synq_admin_token_prints_it_once_and_rotates(
     second = capsys.readouterr().out.splitlines()[0]
     assert check_admin_token(stored, first["token"]) is None
     assert check_admin_token(stored, second) is not None
+
+
+async def test_sign_out_ends_the_session(console: Client, token: str) -> None:
+    csrf = await login(console, token)
+    assert (await console.post("/console/logout", allow_redirects=False)).status == 403
+    resp = await console.post("/console/logout", data={"csrf_token": csrf}, allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (303, "/console/login")
+    assert (await console.get("/console/api/snapshot")).status == 401
