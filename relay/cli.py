@@ -212,23 +212,30 @@ def write_gitignore(config: Config, directory: Path) -> list[str]:
 LISTEN_BACKLOG = 128
 
 
-def _listen_error(listen: str, exc: OSError, config_file: Path | None) -> UserError:
+def _listen_error(
+    listen: str, exc: OSError, config_file: Path | None, section: str = "relay"
+) -> UserError:
     where = f" in {config_file}" if config_file is not None else ""
     if exc.errno == errno.EADDRINUSE:
         why = (
             "the address is already in use (is another synq serve running?); stop that "
-            f"process, or choose another [relay] listen{where}"
+            f"process, or choose another [{section}] listen{where}"
         )
     elif exc.errno == errno.EACCES:
-        why = f"permission denied (ports below 1024 need privileges); change [relay] listen{where}"
+        why = (
+            f"permission denied (ports below 1024 need privileges); change [{section}] "
+            f"listen{where}"
+        )
     elif exc.errno == errno.EADDRNOTAVAIL:
-        why = f"no interface of this machine has that address; change [relay] listen{where}"
+        why = f"no interface of this machine has that address; change [{section}] listen{where}"
     else:
         why = exc.strerror or str(exc)
     return UserError(f"cannot listen on {listen}: {why}")
 
 
-def bind_listeners(host: str, port: int, *, config_file: Path | None = None) -> list[socket.socket]:
+def bind_listeners(
+    host: str, port: int, *, config_file: Path | None = None, section: str = "relay"
+) -> list[socket.socket]:
     """Listening sockets for ``host:port`` (one per address the host names, as asyncio's
     ``create_server`` binds them), or UserError with one line saying what is wrong.
 
@@ -262,7 +269,7 @@ def bind_listeners(host: str, port: int, *, config_file: Path | None = None) -> 
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise _listen_error(listen, exc, config_file) from None
+        raise _listen_error(listen, exc, config_file, section) from None
     return sockets
 
 
@@ -271,6 +278,17 @@ async def serve(
 ) -> None:
     host, port = config.listen_host_port
     sockets = bind_listeners(host, port, config_file=config_file)
+    # The admin listener (SPEC.md §14.1): bound as early, for the same reason.
+    admin_host, admin_port = config.admin_host_port
+    try:
+        admin_sockets = bind_listeners(
+            admin_host, admin_port, config_file=config_file, section="admin"
+        )
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    sockets += admin_sockets
     try:
         relay = await Relay.open(config)
     except BaseException:
@@ -279,6 +297,7 @@ async def serve(
         raise
     # The web faces (and the SDKs behind them) are imported only by the commands that serve:
     # operator commands such as ``synq queue list`` start in a fraction of the time.
+    from relay.server.admin import build_admin_app
     from relay.server.app import build_app
     from relay.server.http import GatedSite, make_runner
 
@@ -294,10 +313,16 @@ async def serve(
             sock.close()
         await relay.close()
         raise
+    admin_runner = make_runner(build_admin_app(relay))
     try:
+        await admin_runner.setup()
         for sock in sockets:
+            if sock in admin_sockets:
+                continue
             # Connections per source address are held at accept (SPEC.md §10.3).
             await GatedSite(runner, host, port, relay.sources, sock=sock).start()
+        for sock in admin_sockets:
+            await GatedSite(admin_runner, admin_host, admin_port, relay.sources, sock=sock).start()
         # Everything alive now (modules, the SDKs' schemas, the application) lives as long as
         # the process. gc.freeze moves it out of the collector's generations, so that a full
         # collection under load no longer walks some 150,000 objects that can never be garbage
@@ -306,6 +331,19 @@ async def serve(
         gc.freeze()
         bound = sockets[0].getsockname()[1]
         ready(f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}")
+        admin_bound = admin_sockets[0].getsockname()[1]
+        admin_url = (
+            f"http://[{admin_host}]:{admin_bound}"
+            if ":" in admin_host
+            else f"http://{admin_host}:{admin_bound}"
+        )
+        print(f"synq: admin listener on {admin_url} (console: {admin_url}/console)", flush=True)
+        if not config.admin_is_loopback:
+            log.warning(
+                "the admin listener is on %s, not loopback: /metrics and the console's login "
+                "are reachable from that network",
+                admin_url,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -336,6 +374,7 @@ async def serve(
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
     finally:
+        await admin_runner.cleanup()
         await runner.cleanup()
         for sock in sockets:
             sock.close()
@@ -764,14 +803,14 @@ async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
 
 async def queue_flush(args: argparse.Namespace, relay: Relay) -> int:
     """Like ``postqueue -f`` (or ``-s DOMAIN``): everything queued is due now."""
-    count = await relay.store.flush(relay.clock.now(), domain=args.domain)
+    count = await relay.flush_queue(domain=args.domain)
     out(args, {"flushed": count}, f"{count} queued recipients are due now")
     return 0
 
 
 async def queue_retry(args: argparse.Namespace, relay: Relay) -> int:
     """Requeue one message (``postsuper -r``): its queued recipients are due now."""
-    count = await relay.store.flush(relay.clock.now(), id=args.id)
+    count = await relay.flush_queue(id=args.id)
     if count == 0:
         raise UserError(f"no queued recipients for message {args.id}")
     out(args, {"retried": count}, f"{count} recipients of {args.id} are due now")
@@ -782,10 +821,29 @@ async def queue_delete(args: argparse.Namespace, relay: Relay) -> int:
     """Like ``postsuper -d``: drop queued recipients without a DSN."""
     if args.id is None and args.domain is None and not args.all:
         raise UserError("say which: an ID, --domain D, or --all")
-    count = await relay.store.delete_queued(relay.clock.now(), id=args.id, domain=args.domain)
+    count = await relay.delete_queued(id=args.id, domain=args.domain)
     if count == 0 and args.id is not None:
         raise UserError(f"no queued recipients for message {args.id}")
     out(args, {"deleted": count}, f"{count} queued recipients deleted")
+    return 0
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+def admin_token(args: argparse.Namespace) -> int:
+    """Make the admin token of the console and print it, once (SPEC.md §14.1)."""
+    from relay.admintoken import new_admin_token
+
+    config = load_config(config_path(args.config))
+    token = new_admin_token(config.admin_token_path, replace=args.rotate)
+    host, port = config.admin_host_port
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/console"
+    text = (
+        f"{token}\n(shown this once; the relay keeps only its hash in {config.admin_token_path}.\n"
+        f" Open {url} and paste it, or send it as 'Authorization: Bearer'.)"
+    )
+    out(args, {"token": token, "console": url}, text)
     return 0
 
 
@@ -984,6 +1042,16 @@ def build_parser() -> argparse.ArgumentParser:
     qd.add_argument("--domain")
     qd.add_argument("--all", action="store_true", help="everything queued")
     qd.set_defaults(func=run_on_relay(queue_delete))
+
+    ad = sub.add_parser("admin", parents=[common], help="the admin listener and console")
+    adsub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    at = adsub.add_parser(
+        "token", parents=[common], help="make the console's admin token and print it once"
+    )
+    at.add_argument(
+        "--rotate", action="store_true", help="replace it: the old one and its sessions end"
+    )
+    at.set_defaults(func=admin_token)
 
     dm = sub.add_parser(
         "demo", parents=[common], help="two relays federating on loopback, step by step"

@@ -39,6 +39,8 @@ from relay.core.ratelimit import SourceLimits
 from relay.core.retention import DEFAULT_RETENTION_PERIOD, DEFAULT_SWEEP_INTERVAL, RetentionPolicy
 
 DEFAULT_CONFIG: Final = "synq.toml"
+#: The admin token's hash, in the relay directory (``Config.admin_token_path``).
+ADMIN_TOKEN_FILE: Final = "admin-token.sha256"  # noqa: S105 (a file name)
 CONFIG_ENV: Final = "SYNQ_CONFIG"
 
 
@@ -372,6 +374,35 @@ class A2ASection(_Section):
             raise ValueError(exc.message) from None
 
 
+#: The admin listener's default port is the relay's ``listen`` port plus this: one number for
+#: the operator to remember, next to the public one.
+ADMIN_PORT_OFFSET: Final = 1
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminSection(_Section):
+    """``[admin]``: the operator's listener (SPEC.md §14.1): ``/metrics``, ``/healthz`` and the
+    console, apart from the public API so that none of it is reachable where partners and agents
+    are. Absent ``listen``: ``127.0.0.1:<[relay] listen port + 1>`` — loopback whatever the
+    public listener's address, so that an operator exposes it only by writing an address here."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -386,8 +417,15 @@ class Config(BaseModel):
     quotas: QuotasSection = QuotasSection()
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
+    admin: AdminSection = AdminSection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _admin_port_exists(self) -> Config:
+        if self.admin.listen is None and self.listen_host_port[1] == 65535:
+            raise ValueError("admin.listen: the relay listens on 65535; set [admin] listen")
+        return self
 
     @model_validator(mode="after")
     def _policy_is_coherent(self) -> Config:
@@ -430,6 +468,30 @@ class Config(BaseModel):
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.relay.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @property
+    def admin_listen(self) -> str:
+        """Where the admin listener binds: ``[admin] listen``, or loopback on the relay's port
+        + 1 (port 0, an OS-chosen port, stays 0: tests and ``synq demo`` run many relays)."""
+        if self.admin.listen is not None:
+            return self.admin.listen
+        port = self.listen_host_port[1]
+        return f"127.0.0.1:{port + ADMIN_PORT_OFFSET if port else 0}"
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        host, _, port = self.admin_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def admin_is_loopback(self) -> bool:
+        return _is_loopback(self.admin_host_port[0])
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The SHA-256 of the admin token (``synq admin token``), mode 0600, beside the keys:
+        the same trust boundary — whoever can read the relay's directory runs the relay."""
+        return (self.base_dir / ADMIN_TOKEN_FILE).resolve()
 
     @property
     def keys_dir(self) -> Path:
@@ -535,6 +597,11 @@ def render_config(config: Config) -> str:
         f"dir = {_toml_str(config.keys.dir)}",
         f"overlap = {_toml_str(format_duration(config.keys.overlap))}"
         "   # a new key is published this long before it signs",
+        "",
+        "[admin]   # the operator's listener: /metrics, /healthz, /console (SPEC.md §14)",
+        f"listen = {_toml_str(config.admin.listen)}"
+        if config.admin.listen is not None
+        else '# listen = "127.0.0.1:PORT"   # default: loopback, the [relay] listen port + 1',
         "",
         "[policy]",
         f"default = {_toml_str(config.policy.default)}"

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,7 @@ from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.metrics import Metrics
 from relay.store import open_store
-from relay.store.base import Store
+from relay.store.base import Outcome, Store
 
 if TYPE_CHECKING:
     from relay.tasks.push import PushSender
@@ -161,6 +161,7 @@ class Relay:
         )
         # A partner that reaches us is up: its held backlog goes at once (SPEC.md §9.3).
         self.inbound.on_contact = self.sender.contacted
+        self.sender.on_settled = self._count_outcomes
         self.dispatcher = Dispatcher(
             store=store,
             router=self.router,
@@ -198,6 +199,14 @@ class Relay:
             store, self.clock, config.retention.policy, task_states=_ended_task_states()
         )
         self._background: list[asyncio.Task[None]] = []
+
+    def _count_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """``synq_federation_outbound_recipients`` by outcome: what the console's charts of
+        sent, deferred and bounced recipients plot (SPEC.md §14.2)."""
+        counter = self.metrics.federation_outcomes
+        for outcome in outcomes:
+            label = "deferred" if outcome.state == "queued" else outcome.state
+            counter.labels(outcome=label).inc()
 
     def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
         """A client session whose every connection goes through the SSRF guard and our own
@@ -272,6 +281,19 @@ class Relay:
             limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
         )
         self.sources.reconfigure(config.source_limits())
+
+    # --- the operator's queue commands (SPEC.md §9.6) -------------------------------------------
+    # One implementation for ``synq queue`` and the console's buttons (relay/server/admin.py).
+
+    async def flush_queue(self, *, domain: str | None = None, id: str | None = None) -> int:
+        """Make queued rows (of ``domain``, or of message ``id``) due now, recording
+        ``flushed``; they go even while the breaker is open (SPEC.md §9.3). The count."""
+        return await self.store.flush(self.clock.now(), domain=domain, id=id)
+
+    async def delete_queued(self, *, id: str | None = None, domain: str | None = None) -> int:
+        """Drop queued rows without a DSN (``postsuper -d``): every one when neither ``id``
+        nor ``domain`` is given. The count."""
+        return await self.store.delete_queued(self.clock.now(), id=id, domain=domain)
 
     def reload_keys_if_changed(self) -> bool:
         """Reload the keyring if a key file was added, changed or removed since the last load.

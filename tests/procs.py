@@ -33,6 +33,8 @@ class Served:
     log: list[bytes] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
     url: str = ""
+    #: The admin listener (``/metrics``, ``/healthz``, ``/console``; SPEC.md §14.1).
+    admin_url: str = ""
     _drains: list[asyncio.Task[None]] = field(default_factory=list)
     _more: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -46,6 +48,9 @@ class Served:
         line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
         assert "listening on" in line, line + b"".join(self.log).decode()
         self.url = line.rsplit(" ", 1)[1].strip()
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+        assert "admin listener on" in line, line
+        self.admin_url = line.split(" on ", 1)[1].split(" ", 1)[0]
         self._drains = [
             asyncio.create_task(self._drain(self.proc.stdout)),
             asyncio.create_task(self._drain(self.proc.stderr)),

@@ -352,11 +352,15 @@ async def test_agent_card_for_local_agents_only(client: Client, make_agent: Agen
     assert (await bad.json())["error"]["code"] == "invalid_address"
 
 
-async def test_health_metrics_and_unknown_routes(client: Client, make_agent: AgentFactory) -> None:
+async def test_health_metrics_and_unknown_routes(
+    client: Client, relay: Relay, make_agent: AgentFactory
+) -> None:
     alice, _ = await make_agent("alice"), await make_agent("bob")
     assert (await send(client, alice.token, {"to": ["bob@acme.test"], "body": "x"}))[0] == 202
     assert await (await client.get("/healthz")).json() == {"status": "ok"}
-    text = await (await client.get("/metrics")).text()
+    # /metrics is the admin listener's alone (SPEC.md §6.8, §14.1): not on the public one.
+    assert (await client.get("/metrics")).status == 404
+    text = relay.metrics.render().decode()
     assert 'synq_envelopes_accepted_total{via="api"} 1.0' in text
     resp = await client.get("/no/such/route")
     assert resp.status == 404

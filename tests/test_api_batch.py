@@ -91,7 +91,7 @@ async def test_mixed_batch_keeps_the_good_and_answers_each_bad_as_the_single_end
     assert state["recipients"]["zed@globex.test"]["state"] == "queued"
     # Counted per message, as the single endpoint counts: 3 accepted here, and each refusal
     # twice (once in the batch, once when the single endpoint was asked above).
-    metrics = await (await client.get("/metrics")).text()
+    metrics = relay.metrics.render().decode()
     assert 'synq_envelopes_accepted_total{via="api"} 3.0' in metrics
     assert 'synq_requests_rejected_total{code="unknown_recipient"} 4.0' in metrics
 

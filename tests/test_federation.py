@@ -238,9 +238,10 @@ async def test_many_envelopes_are_batched_into_transactions(w: World) -> None:
     # Its transactions went concurrently through globex's gate, which is dropped once unused:
     # destinations named once cannot accumulate in the sender.
     assert acme.relay.sender._per_destination == {}
-    async with w.http.get(f"{globex.url}/metrics") as resp:
-        text = await resp.text()
+    text = globex.relay.metrics.render().decode()
     assert 'synq_federation_inbound_envelopes_total{status="accepted"} 450.0' in text
+    sent = acme.relay.metrics.render().decode()
+    assert 'synq_federation_outbound_recipients_total{outcome="sent"} 450.0' in sent
     seen: list[str] = []
     cursor: Any = None
     while True:

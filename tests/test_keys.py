@@ -219,10 +219,9 @@ async def kids_in_inbox(org: Org, agent: str) -> list[str]:
 
 
 async def rejected_by(w: World, org: Org) -> float:
-    async with w.http.get(f"{org.url}/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith('synq_federation_inbound_envelopes_total{status="rejected"}'):
-                return float(line.split()[-1])
+    for line in org.relay.metrics.render().decode().splitlines():
+        if line.startswith('synq_federation_inbound_envelopes_total{status="rejected"}'):
+            return float(line.split()[-1])
     return 0.0
 
 

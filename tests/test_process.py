@@ -86,7 +86,7 @@ async def test_cli_send_wakes_a_long_poll_on_the_running_relay(tmp_path: Path) -
             )
             # Only send once the poll is really waiting, so the wake-up path is what is tested.
             while True:
-                async with http.get(f"{url}/metrics") as resp:
+                async with http.get(f"{relay.admin_url}/metrics") as resp:
                     if "synq_inbox_waiters 1.0" in await resp.text():
                         break
             sent = await synq("send", "alice", "bob@acme.test", "from the cli", cwd=tmp_path)

@@ -556,6 +556,34 @@ async def test_settle_and_its_dsn_commit_together(store: Store) -> None:
     assert await store.message_status(HERE, "dsn1") is None
 
 
+async def test_recent_envelopes_newest_first_and_matching(store: Store) -> None:
+    """The console's list and search (SPEC.md §14.2): newest first, each with its recipients'
+    states; a match on the id, the thread, the sender or any recipient, exactly."""
+    await add_agent(store, "bob")
+    assert await store.recent_envelopes(10) == []
+    await store.accept(new("e1", local=["bob"], thread="t1"), T0)
+    await store.accept(new("e2", remote=["x@b.test", "y@c.test"]), at(1))
+    await store.accept(new("e3", local=["bob"], sender="zed@b.test"), at(2))
+    recent = await store.recent_envelopes(10)
+    assert [e.id for e in recent] == ["e3", "e2", "e1"]
+    assert [(r.address, r.state, r.next_attempt) for r in recent[1].recipients] == [
+        ("x@b.test", "queued", at(1)),
+        ("y@c.test", "queued", at(1)),
+    ]
+    assert [(r.address, r.state) for r in recent[2].recipients] == [(f"bob@{HERE}", "delivered")]
+    assert (recent[2].thread, recent[2].accepted, recent[2].kind) == ("t1", T0, "message")
+    assert [e.id for e in await store.recent_envelopes(2)] == ["e3", "e2"]
+    for match, ids in [
+        ("e2", ["e2"]),
+        ("t1", ["e1"]),
+        ("zed@b.test", ["e3"]),
+        ("y@c.test", ["e2"]),
+        (f"bob@{HERE}", ["e3", "e1"]),
+        ("bob", []),  # exact, not a substring
+    ]:
+        assert [e.id for e in await store.recent_envelopes(10, match)] == ids, match
+
+
 async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
     assert await store.next_due() is None
     assert await store.list_queue() == []

@@ -160,6 +160,16 @@ class McpAdapter:
             self._http[endpoint] = server
         return server
 
+    def health(self, endpoint: str) -> str:
+        """A stdio server's state under its supervisor (``StdioServer.health``); ``idle`` for
+        one not started yet (servers start at their first delivery or card), ``unknown`` for
+        a streamable HTTP server, which is reached per call and has no state between calls.
+        Read-only, for the operator's console."""
+        if endpoint.startswith(STDIO_PREFIX):
+            server = self._stdio.get(endpoint)
+            return server.health if server is not None else "idle"
+        return "unknown"
+
     async def check(self, endpoint: str) -> str:
         """Start (or connect to) the server once and list its tools (``synq agent add``).
 

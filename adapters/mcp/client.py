@@ -253,6 +253,19 @@ class StdioServer:
                     if self._usable() is None:
                         await waiter.wait()
 
+    @property
+    def health(self) -> str:
+        """``up`` (a live session), ``restarting`` (waiting out the restart backoff after a
+        failure), ``starting`` (started, not yet answering) or ``down`` (never started, or the
+        supervisor stopped): what the operator's console shows (SPEC.md §14.2)."""
+        if self._usable() is not None:
+            return "up"
+        if self._backing_off:
+            return "restarting"
+        if self._task is not None and not self._task.done():
+            return "starting"
+        return "down"
+
     def _usable(self) -> _Live | None:
         """The session, unless its process has already ended (the supervisor may not have
         noticed yet): a call written now would be lost, so it must not count as crossed."""

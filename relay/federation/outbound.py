@@ -31,7 +31,7 @@ import logging
 import random
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Protocol
@@ -142,6 +142,8 @@ class FederationSender:
         #: destination → (its gate, transactions holding or waiting for it). An entry lives
         #: only while used: a local agent naming ever new domains cannot grow the map.
         self._per_destination: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        #: Told every outcome once it is committed (the relay counts them in its metrics).
+        self.on_settled: Callable[[Sequence[Outcome]], None] | None = None
 
     @property
     def domain(self) -> str:
@@ -181,6 +183,8 @@ class FederationSender:
             outcomes.extend(chunk)
         dsns = await self._dsns(outcomes, rows, now)
         await self.store.settle(outcomes, dsns, self.clock.now())
+        if self.on_settled is not None:
+            self.on_settled(outcomes)
 
     async def _destination(
         self, domain: str, rows: list[QueueEntry], now: datetime

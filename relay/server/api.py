@@ -371,11 +371,3 @@ async def published_card(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     await request.app[RELAY].store.ping()
     return json_response({"status": "ok"})
-
-
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[RELAY].metrics.render()
-    return web.Response(
-        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )

@@ -228,6 +228,21 @@ class MessageStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvelopeSummary:
+    """One envelope the store holds, as the operator's console lists it: who sent it to whom,
+    and where each recipient stands (``recent_envelopes``)."""
+
+    origin: str
+    id: str
+    sender: str
+    thread: str | None
+    kind: str
+    accepted: datetime
+    #: In the order the store took them.
+    recipients: list[RecipientStatus]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueEntry:
     """One remote recipient row awaiting federation (``state = queued``)."""
 
@@ -719,6 +734,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]: ...
+
+    @abc.abstractmethod
+    async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
+        """The ``limit`` envelopes taken into custody last, newest first; with ``match``, only
+        those whose id, thread, sender or a recipient is exactly ``match`` (the console's
+        search, SPEC.md §14.2). Newest first by custody order, so a page of them costs a walk
+        back from the newest row; a match that finds nothing walks what retention kept."""
 
     @abc.abstractmethod
     async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:

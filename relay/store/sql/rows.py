@@ -17,6 +17,7 @@ from relay.store.base import (
     A2ATask,
     AgentRecord,
     DeliveryEvent,
+    EnvelopeSummary,
     IdempotencyRecord,
     InboxItem,
     LocalDelivery,
@@ -77,6 +78,42 @@ def inbox_item(row: Row, dt: ToDatetime) -> InboxItem:
         delivered_at=dt(row[4]),
         acked_at=None if row[5] is None else dt(row[5]),
     )
+
+
+#: The rows ``envelope_summaries`` maps: the envelopes ``{pick}`` chooses (a subquery of pks),
+#: one row per recipient, newest envelope first.
+SUMMARY_SELECT: Final = """
+SELECT e.pk, e.origin, e.id, e.sender, e.thread, e.kind, e.accepted,
+       r.recipient, r.state, r.code, r.reason, r.attempts, r.next_attempt, r.updated
+FROM ({pick}) AS x
+JOIN envelopes AS e ON e.pk = x.pk
+LEFT JOIN recipients AS r ON r.envelope = e.pk
+ORDER BY e.pk DESC, r.pk
+"""
+
+
+def envelope_summaries(found: Sequence[Row], dt: ToDatetime) -> list[EnvelopeSummary]:
+    """(pk, origin, id, sender, thread, kind, accepted, recipient, state, code, reason,
+    attempts, next_attempt, updated) rows, grouped by envelope."""
+    out: list[EnvelopeSummary] = []
+    last = None
+    for row in found:
+        if row[0] != last:
+            last = row[0]
+            out.append(EnvelopeSummary(row[1], row[2], row[3], row[4], row[5], dt(row[6]), []))
+        if row[7] is not None:
+            out[-1].recipients.append(
+                RecipientStatus(
+                    address=row[7],
+                    state=row[8],
+                    code=row[9],
+                    reason=row[10],
+                    attempts=row[11],
+                    next_attempt=dt(row[12]) if row[12] is not None else None,
+                    updated=dt(row[13]),
+                )
+            )
+    return out
 
 
 def queue_entry(row: Row, dt: ToDatetime) -> QueueEntry:

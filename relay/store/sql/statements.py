@@ -110,6 +110,10 @@ class Statements:
     #: () / (domain) → queue entries (relay/store/sql/rows.py, ``queue_entry``), oldest first.
     list_queue: str
     list_queue_domain: str
+    #: (limit) / (match, match, match, match, limit) → envelope summaries, one row per
+    #: recipient (relay/store/sql/rows.py, ``envelope_summaries``), newest envelope first.
+    recent_envelopes: str
+    recent_envelopes_matching: str
     #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
@@ -254,6 +258,15 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
     "list_queue_domain": (
         rows.QUEUE_SELECT
         + "WHERE r.state = 'queued' AND r.domain = ? ORDER BY r.next_attempt, r.pk"
+    ),
+    "recent_envelopes": rows.SUMMARY_SELECT.format(
+        pick="SELECT pk FROM envelopes ORDER BY pk DESC LIMIT ?"
+    ),
+    "recent_envelopes_matching": rows.SUMMARY_SELECT.format(
+        pick="""SELECT pk FROM envelopes
+    WHERE id = ? OR thread = ? OR sender = ?
+       OR pk IN (SELECT envelope FROM recipients WHERE recipient = ?)
+    ORDER BY pk DESC LIMIT ?"""
     ),
     "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued' AND domain <> ?",
     "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",

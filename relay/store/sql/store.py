@@ -37,6 +37,7 @@ from relay.store.base import (
     AgentKind,
     AgentRecord,
     DeliveryOutcome,
+    EnvelopeSummary,
     IdempotencyKey,
     IdempotencyRecord,
     InboxItem,
@@ -630,6 +631,15 @@ class SqlStore(GroupWriter, Store):
         else:
             found = await self._read(self.sql.list_queue_domain, (domain,))
         return [rows.queue_entry(row, self._dt) for row in found]
+
+    async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
+        if match is None:
+            found = await self._read(self.sql.recent_envelopes, (limit,))
+        else:
+            found = await self._read(
+                self.sql.recent_envelopes_matching, (match, match, match, match, limit)
+            )
+        return rows.envelope_summaries(found, self._dt)
 
     async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:
         params = {"at": self._ts(now), "domain": domain, "id": id}
