@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relay import __version__
+from relay import __version__, logs
 from relay.config import (
     Config,
     DiscoverySection,
@@ -344,6 +344,9 @@ async def serve(
 def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     config = load_config(path)
+    # The serving relay logs at [log] level (default info): one line per recipient event and
+    # per request (SPEC.md §14.4), in the format --log-format or [log] format names.
+    logs.configure(args.log_format or config.log.format, config.log.level)
 
     def ready(url: str) -> None:
         print(f"synq: {config.relay.domain} listening on {url}", flush=True)
@@ -853,6 +856,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     sv = sub.add_parser("serve", parents=[common], help="run the relay")
+    sv.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines for people (text) or one JSON object a line; default: [log] format",
+    )
     sv.set_defaults(func=cmd_serve)
 
     agent = sub.add_parser("agent", parents=[common], help="manage local agents")
@@ -987,9 +996,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Commands other than serve print their answer on stdout; their log keeps to warnings, and
+    # the libraries' INFO lines (httpx's per request, the SDKs') stay out of it.
+    logs.configure("text", "warning")
     try:
         return int(args.func(args))
     except (UserError, SynqError) as exc:

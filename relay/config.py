@@ -365,6 +365,39 @@ class A2ASection(_Section):
             raise ValueError(exc.message) from None
 
 
+class TelemetrySection(_Section):
+    """``[telemetry]``: OpenTelemetry tracing (relay/telemetry.py, SPEC.md §14.3). Without an
+    endpoint nothing is recorded or exported; a caller's ``traceparent`` is still carried."""
+
+    #: OTLP/HTTP collector, e.g. ``http://127.0.0.1:4318`` (traces go to ``/v1/traces`` below a
+    #: base URL). Empty: no export.
+    otlp_endpoint: str = ""
+    #: The ``service.name`` of the relay's spans.
+    service_name: str = "synq"
+    #: Share of new traces recorded; a trace a caller started follows the caller's decision.
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v
+
+
+#: Log line formats (relay/logs.py): ``text`` for people, ``json`` (one object a line) for
+#: collectors.
+LogFormat = Literal["text", "json"]
+
+
+class LogSection(_Section):
+    """``[log]``: how ``synq serve`` writes its log (SPEC.md §14.4); ``--log-format`` wins."""
+
+    format: LogFormat = "text"
+    #: ``debug``, ``info``, ``warning`` or ``error``.
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -379,6 +412,8 @@ class Config(BaseModel):
     quotas: QuotasSection = QuotasSection()
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
+    telemetry: TelemetrySection = TelemetrySection()
+    log: LogSection = LogSection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -537,5 +572,18 @@ def render_config(config: Config) -> str:
             f"{name} = [{', '.join(_toml_str(e) for e in getattr(rules, name))}]"
             for name in ("allow", "deny")
         ]
+    telemetry = config.telemetry
+    lines += [
+        "",
+        "[telemetry]   # OpenTelemetry traces over OTLP/HTTP (SPEC.md §14.3)",
+        f"otlp_endpoint = {_toml_str(telemetry.otlp_endpoint)}"
+        '   # e.g. "http://127.0.0.1:4318"; empty: nothing recorded or exported',
+        f"service_name = {_toml_str(telemetry.service_name)}",
+        f"sample_ratio = {telemetry.sample_ratio:g}   # share of new traces recorded",
+        "",
+        "[log]   # synq serve's log (SPEC.md §14.4)",
+        f'format = {_toml_str(config.log.format)}   # "text" or "json" (one object a line)',
+        f"level = {_toml_str(config.log.level)}",
+    ]
     lines.append("")
     return "\n".join(lines)
