@@ -39,7 +39,15 @@ from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["FIELDS", "NOISY_LOGGERS", "JsonFormatter", "TextFormatter", "configure", "event"]
+__all__ = [
+    "FIELDS",
+    "NOISY_LOGGERS",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure",
+    "event",
+    "quiet_libraries",
+]
 
 #: The attribute of a LogRecord that carries its structured fields.
 FIELDS: Final = "fields"
@@ -124,6 +132,16 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries()
     return handler
+
+
+def quiet_libraries() -> dict[str, int]:
+    """Set the library loggers of :data:`NOISY_LOGGERS` to WARNING; return their levels before
+    (for a caller that restores them)."""
+    before = {}
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        before[name] = logger.level
+        logger.setLevel(logging.WARNING)
+    return before

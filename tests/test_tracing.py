@@ -220,3 +220,70 @@ async def test_one_trace_from_an_api_client_through_two_relays_to_an_mcp_server_
     assert api
     assert api[0].parent is not None
     assert f"{api[0].parent.trace_id:032x}" == trace_id
+
+
+async def test_spans_go_to_an_otlp_http_collector_when_one_is_configured(tmp_path: Path) -> None:
+    """A collector on loopback: an OTLP/HTTP receiver is an HTTP server taking protobuf
+    ``ExportTraceServiceRequest`` bodies at ``/v1/traces`` (OTLP specification)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    received: list[ExportTraceServiceRequest] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        body = ExportTraceServiceResponse().SerializeToString()
+        return web.Response(body=body, content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(collector, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with world(tmp_path) as w:
+            telemetry = Telemetry.configured(
+                f"http://127.0.0.1:{port}",
+                service_name="synq-acme",
+                sample_ratio=1.0,
+                domain="acme.test",
+            )
+            acme = await w.add_org("acme.test", telemetry=telemetry)
+            alice, bob = await acme.agent("alice"), await acme.agent("bob")
+            traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            async with w.http.post(
+                f"{acme.url}/synq/v1/messages",
+                json={"to": [bob.address], "body": "hi"},
+                headers={**alice.auth, "traceparent": traceparent},
+            ) as resp:
+                assert resp.status == 202
+            # The batch processor exports from its own thread, over blocking HTTP.
+            assert await asyncio.to_thread(telemetry.flush)
+    finally:
+        await runner.cleanup()
+
+    spans = [
+        span
+        for message in received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    accept = [s for s in spans if s.name == "synq.accept"]
+    assert accept
+    assert accept[0].trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
+    services = {
+        a.value.string_value
+        for m in received
+        for r in m.resource_spans
+        for a in r.resource.attributes
+        if a.key == "service.name"
+    }
+    assert services == {"synq-acme"}
