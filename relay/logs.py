@@ -120,14 +120,23 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(
-    format: str = "text", level: str | int = "info", stream: IO[str] | None = None
-) -> logging.Handler:
+    format: str = "text",
+    level: str | int = "info",
+    stream: IO[str] | None = None,
+    *,
+    force: bool = True,
+) -> logging.Handler | None:
     """Send the root logger to ``stream`` (stderr) in ``format``; quiet the library loggers.
-    Replaces handlers set before, so a second call (tests, ``synq serve`` after the CLI's
-    default) does not double every line. Returns the handler."""
+    Replaces handlers set before, so a second call (``synq serve`` after the CLI's default)
+    does not double every line. Without ``force``, a root logger that has handlers already (a
+    host program's, a test runner's) is left as it is, as ``logging.basicConfig`` does; the
+    libraries are quieted all the same. Returns the handler added, if any."""
+    root = logging.getLogger()
+    if not force and root.handlers:
+        quiet_libraries()
+        return None
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
-    root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
