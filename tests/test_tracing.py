@@ -287,3 +287,27 @@ async def test_spans_go_to_an_otlp_http_collector_when_one_is_configured(tmp_pat
         if a.key == "service.name"
     }
     assert services == {"synq-acme"}
+
+
+async def test_the_mcp_face_continues_the_trace_of_the_calls_meta(tmp_path: Path) -> None:
+    """An unmodified MCP client puts its span's ``traceparent`` in ``_meta`` (SEP-414); the
+    relay's face serves the call in that trace, and the envelope it sends carries it on."""
+    from tests.mcpenv import mcp_client
+
+    tracer, _client_spans = client_tracer()
+    async with traced_world(tmp_path) as (w, acme, globex, acme_spans, globex_spans):
+        alice, bob = await acme.agent("alice"), await globex.agent("bob")
+        async with mcp_client(f"{acme.url}/mcp", alice) as client:
+            with tracer.start_as_current_span("client call") as root:
+                sent = await client.call_tool(
+                    "send_message", {"to": bob.address, "body": "over MCP"}
+                )
+        assert not sent.is_error
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+        [message] = await w.inbox(globex, bob, wait=10)
+        assert message["trace"].split("-")[1] == trace_id
+
+    served = [s for s in acme_spans.get_finished_spans() if s.name == "mcp.tools/call"]
+    assert [s.attributes["gen_ai.tool.name"] for s in served if s.attributes] == ["send_message"]
+    assert trace_ids(tuple(served)) == {trace_id}
+    assert trace_ids(own(globex_spans.get_finished_spans())) == {trace_id}
