@@ -704,6 +704,35 @@ async def test_a_local_delivery_waiting_for_its_agent_is_queued_listed_and_flush
     assert [q.domain for q in await store.list_queue()] == ["b.test"]
 
 
+async def test_deleting_a_local_delivery_bounces_it_without_a_dsn_and_empties_the_inbox(
+    store: Store,
+) -> None:
+    await add_agent(store, "tools", "mcp", "stdio:true")
+    await add_agent(store, "echo", "a2a", "http://127.0.0.1:9/a2a")
+    await store.accept(new("e1", local=["tools", "echo"], remote=["x@b.test"]), T0)
+    await store.accept(new("e2", local=["tools"]), T0)
+    # One agent's waiting hand-overs: nothing of the partner's, nothing of the other agent's.
+    assert await store.delete_queued(at(1), domain="local:tools") == 2
+    assert [(q.id, q.domain) for q in await store.list_queue()] == [
+        ("e1", "b.test"),
+        ("e1", "local:echo"),
+    ]
+    assert await store.inbox("tools", limit=10) == []
+    assert (await store.mailbox_usage(["tools"]))["tools"].unacked == 0
+    status = await store.message_status(HERE, "e2")
+    assert status is not None
+    [tools] = status.recipients
+    assert (tools.state, tools.code) == ("bounced", "5.0.0")
+    assert [e.event for e in status.events if e.recipient == f"tools@{HERE}"] == [
+        "delivered",
+        "deleted",
+    ]
+    assert await store.lease_deliveries(at(2), lease_until=at(60), limit=10) != []
+    # By message id: the partner's row and the agent's alike.
+    assert await store.delete_queued(at(3), id="e1") == 2
+    assert await store.list_queue() == []
+
+
 # notifications --------------------------------------------------------------------------------
 
 

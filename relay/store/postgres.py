@@ -495,6 +495,11 @@ SELECT i.envelope, %(at)s::timestamptz, d.agent || '@' || %(own)s::text, 'flushe
 FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
 WHERE """
     + _DELIVERY_FILTER,
+    select_delivery_rows="""
+SELECT d.seq, d.agent FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER
+    + "ORDER BY d.seq",
     flush_delivery_update="""
 UPDATE deliveries AS d SET next_attempt = least(d.next_attempt, %(at)s::timestamptz)
 FROM inbox AS i

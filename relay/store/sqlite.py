@@ -357,6 +357,11 @@ SELECT i.envelope, :at, d.agent || '@' || :own, 'flushed', NULL, NULL, NULL
 FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
 WHERE """
     + _DELIVERY_FILTER,
+    select_delivery_rows="""
+SELECT d.seq, d.agent FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER
+    + "ORDER BY d.seq",
     flush_delivery_update="""
 UPDATE deliveries AS d SET next_attempt = min(d.next_attempt, :at)
 WHERE EXISTS (SELECT 1 FROM inbox AS i WHERE i.seq = d.seq AND """  # noqa: S608 — constants only

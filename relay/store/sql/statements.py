@@ -170,6 +170,9 @@ class Statements:
     #: agents (all, one agent's, or one envelope's).
     flush_delivery_events: str
     flush_delivery_update: str
+    #: {agent, id} → (seq, agent) of the inbox rows still to be handed over that a queue
+    #: command names (as for ``flush_delivery_events``).
+    select_delivery_rows: str
     #: {at, domain, id, code, reason}: log ``deleted``, then bounce the rows without a DSN.
     delete_events: str
     delete_update: str

@@ -680,10 +680,38 @@ class SqlStore(GroupWriter, Store):
             "code": DELETED_CODE,
             "reason": DELETED_REASON,
         }
+        agent = local_agent(domain)
+        at = params["at"]
+        own = self.domain or ""
+        sql = self.sql
 
         async def run(tx: Tx) -> tuple[int, Collection[str]]:
-            await tx.execute(self.sql.delete_events, params)
-            return await tx.execute(self.sql.delete_update, params), ()
+            count = 0
+            if agent is None:
+                await tx.execute(sql.delete_events, params)
+                count = await tx.execute(sql.delete_update, params)
+            if domain is not None and agent is None:
+                return count, ()
+            # Local deliveries (SPEC.md §9.6): the hand-over is dropped as the dispatcher drops
+            # a bounce — the row off the agent's inbox and usage, the recipient ``bounced`` —
+            # but with no DSN, and the event says ``deleted``.
+            found = await tx.fetch(sql.select_delivery_rows, {"agent": agent, "id": id})
+            if not found:
+                return count, ()
+            seqs = [(row[0],) for row in found]
+            addresses = [(f"{row[1]}@{own}", row[0]) for row in found]
+            await tx.executemany(
+                sql.delivery_event,
+                [(at, a, "deleted", DELETED_CODE, DELETED_REASON, None, q) for a, q in addresses],
+            )
+            await tx.executemany(
+                sql.delivery_bounce,
+                [(DELETED_CODE, DELETED_REASON, at, a, q) for a, q in addresses],
+            )
+            await tx.executemany(sql.delivery_done, seqs)
+            await tx.executemany(sql.delivery_ack_usage, seqs)
+            await tx.executemany(sql.delivery_ack, [(at, q) for (q,) in seqs])
+            return count + len(found), (HELD_CHANNEL,)
 
         count: int = await self._write(run)
         return count
