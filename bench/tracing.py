@@ -42,7 +42,7 @@ from relay.core.ratelimit import Rate
 from relay.telemetry import Telemetry
 
 MODES: Final = ("off", "on", "export")
-ROUNDS: Final = 2
+ROUNDS: Final = 3
 TRACEPARENT: Final = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 #: The collector process: an OTLP/HTTP receiver that reads each export and answers an empty
