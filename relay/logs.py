@@ -32,6 +32,7 @@ Library loggers (aiohttp's access log, httpx, httpcore, the MCP and A2A SDKs) ar
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -72,9 +73,18 @@ def event(logger: logging.Logger, message: str, /, **fields: Any) -> None:
         logger.info(message, extra={FIELDS: clean})
 
 
+_last_second: list[Any] = [-1, ""]
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    """RFC 3339 UTC with milliseconds. The formatted second is kept: a busy relay writes many
+    lines a second, and ``strftime`` is most of a line's cost otherwise."""
+    second = int(record.created)
+    cached = _last_second
+    if cached[0] != second:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cached[0] = second
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
@@ -82,9 +92,13 @@ def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
     return fields if isinstance(fields, Mapping) else {}
 
 
+#: A text value that needs quoting to stay one ``key=value`` token.
+_NEEDS_QUOTES: Final = re.compile(r'[\s"=]')
+
+
 def _text_value(value: Any) -> str:
-    text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text):
+    text = value if isinstance(value, str) else str(value)
+    if not text or _NEEDS_QUOTES.search(text):
         return orjson.dumps(text).decode()
     return text
 
