@@ -553,6 +553,17 @@ def render_config(config: Config) -> str:
             if config.discovery.allow_private_addresses
             else "false"
         ),
+        # [policy] stays the last section: keys appended to the file land in it.
+        "",
+        "[telemetry]   # OpenTelemetry traces over OTLP/HTTP (SPEC.md §14.3)",
+        f"otlp_endpoint = {_toml_str(config.telemetry.otlp_endpoint)}"
+        '   # e.g. "http://127.0.0.1:4318"; empty: nothing recorded or exported',
+        f"service_name = {_toml_str(config.telemetry.service_name)}",
+        f"sample_ratio = {config.telemetry.sample_ratio:g}   # share of new traces recorded",
+        "",
+        "[log]   # synq serve's log (SPEC.md §14.4)",
+        f'format = {_toml_str(config.log.format)}   # "text" or "json" (one object a line)',
+        f"level = {_toml_str(config.log.level)}",
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",
@@ -572,18 +583,5 @@ def render_config(config: Config) -> str:
             f"{name} = [{', '.join(_toml_str(e) for e in getattr(rules, name))}]"
             for name in ("allow", "deny")
         ]
-    telemetry = config.telemetry
-    lines += [
-        "",
-        "[telemetry]   # OpenTelemetry traces over OTLP/HTTP (SPEC.md §14.3)",
-        f"otlp_endpoint = {_toml_str(telemetry.otlp_endpoint)}"
-        '   # e.g. "http://127.0.0.1:4318"; empty: nothing recorded or exported',
-        f"service_name = {_toml_str(telemetry.service_name)}",
-        f"sample_ratio = {telemetry.sample_ratio:g}   # share of new traces recorded",
-        "",
-        "[log]   # synq serve's log (SPEC.md §14.4)",
-        f'format = {_toml_str(config.log.format)}   # "text" or "json" (one object a line)',
-        f"level = {_toml_str(config.log.level)}",
-    ]
     lines.append("")
     return "\n".join(lines)
