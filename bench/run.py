@@ -16,7 +16,9 @@ HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/post
 (steady traffic for ``--soak-seconds`` with retention compressed to seconds, the store's size
 sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only),
 ``fedsearch`` (federated search over three partner registries of 10,000 entries beside one
-round trip, and a dead partner's cost; bench/fedsearch.py).
+round trip, and a dead partner's cost; bench/fedsearch.py),
+``tracing`` (relay→relay with tracing off, on without export, on with OTLP export, in one
+process; bench/tracing.py — run by ``--only tracing`` or ``--full`` only).
 
 Every server is its own process on loopback, on ports the OS chose; the load generator is this
 process. Relays run with SQLite ``synchronous=FULL`` (committed and fsynced before any 202 or
@@ -39,14 +41,16 @@ from typing import Any
 # ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, fedsearch, floor, postfix, protocols, soak, throughput
+from bench import backlog, fedsearch, floor, postfix, protocols, soak, throughput, tracing
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
-SECTIONS = ("throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "soak")
+SECTIONS = (
+    "throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "tracing", "soak"
+)  # fmt: skip
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
-#: ``--only soak`` runs it.
-DEFAULT_SECTIONS = SECTIONS[:-1]
+#: ``--only soak`` runs it; tracing's cost is measured by ``--only tracing`` or ``--full``.
+DEFAULT_SECTIONS = SECTIONS[:-2]
 
 #: The performance targets the run judges, printed under "targets" (README.md, "Benchmarks").
 TARGET_RATE = 5_000.0
@@ -407,6 +411,18 @@ async def run(args: argparse.Namespace) -> Report:
 
         if "fedsearch" in sections:
             _fedsearch(report, doc, await fedsearch.run(base / "fedsearch", args.searches))
+        if "tracing" in sections:
+            n = args.tracing_n
+            report.section(f"tracing, relay -> relay in one process, n={n:,}, concurrency 16")
+            t = await tracing.run(n, 16, base / "tracing")
+            doc["tracing"] = {"n": n, "rates": t.rates}
+            off = t.rates["off"]
+            report.row("tracing off (baseline)", _rate(off, "msg/s"))
+            for mode, label in (("on", "on, no export"), ("export", "on, OTLP/HTTP export")):
+                report.row(
+                    f"tracing {label}", _rate(t.rates[mode], "msg/s"),
+                    _rate(off, "msg/s off"), f"{t.ratio(mode):.2f}",
+                )  # fmt: skip
 
         if "soak" in sections:
             _soak(report, doc, await _run_soak(args, base / "soak"))
@@ -545,6 +561,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long the soak sends (600; its store should level off after about 6 minutes)",
     )  # fmt: skip
     ap.add_argument("--soak-rate", type=int, default=100, help="soak messages a second (100)")
+    ap.add_argument(
+        "--tracing-n", type=int, default=2000, help="messages per mode in the tracing section"
+    )
     ap.add_argument("--only", type=lambda s: s.split(","), help=f"sections: {','.join(SECTIONS)}")
     ap.add_argument("--skip", type=lambda s: s.split(","), help="sections to leave out")
     ap.add_argument(

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relay import __version__
+from relay import __version__, logs
 from relay.config import (
     Config,
     DiscoverySection,
@@ -59,7 +59,7 @@ from relay.keyring import (
     write_key,
 )
 from relay.runtime import Relay
-from relay.store.base import AgentKind
+from relay.store.base import AgentKind, local_agent
 
 log = logging.getLogger("synq")
 
@@ -383,6 +383,9 @@ async def serve(
 def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     config = load_config(path)
+    # The serving relay logs at [log] level (default info): one line per recipient event and
+    # per request (SPEC.md §14.4), in the format --log-format or [log] format names.
+    logs.configure(args.log_format or config.log.format, config.log.level)
 
     def ready(url: str) -> None:
         print(f"synq: {config.relay.domain} listening on {url}", flush=True)
@@ -607,7 +610,10 @@ async def status(args: argparse.Namespace, relay: Relay) -> int:
     for addr, r in wire["recipients"].items():
         code = f" {r['code']}" if "code" in r else ""
         reason = f" ({r['reason']})" if "reason" in r else ""
-        lines.append(f"  {addr}: {r['state']}{code}{reason}, attempts {r['attempts']}")
+        # A queued recipient says when it is tried next: a partner, or a local agent that is
+        # down (SPEC.md §9.5).
+        when = f", next {r['next_attempt']}" if "next_attempt" in r else ""
+        lines.append(f"  {addr}: {r['state']}{code}{reason}, attempts {r['attempts']}{when}")
     for ev in wire["events"]:
         hop = f" via {ev['hop']}" if "hop" in ev else ""
         code = f" {ev['code']}" if "code" in ev else ""
@@ -793,8 +799,11 @@ async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
         for e in entries
     ]
     lines = [
-        f"{r['id']}  {r['from']} -> {r['recipient']}  attempts {r['attempts']}  "
-        f"next {r['next_attempt']}" + (f"\n    ({r['code']} {r['reason']})" if r["code"] else "")
+        f"{r['id']}  {r['from']} -> {r['recipient']}"
+        # A local agent's hand-over waits in the queue too (SPEC.md §9.6): say so.
+        + (f" [{r['domain']}]" if local_agent(str(r["domain"])) else "")
+        + f"  attempts {r['attempts']}  next {r['next_attempt']}"
+        + (f"\n    ({r['code']} {r['reason']})" if r["code"] else "")
         for r in rows
     ]
     out(args, rows, "\n".join(lines) + f"\n-- {len(rows)} queued" if rows else "queue is empty")
@@ -919,6 +928,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     sv = sub.add_parser("serve", parents=[common], help="run the relay")
+    sv.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines for people (text) or one JSON object a line; default: [log] format",
+    )
     sv.set_defaults(func=cmd_serve)
 
     agent = sub.add_parser("agent", parents=[common], help="manage local agents")
@@ -1029,10 +1044,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", parents=[common], help="the federation queue (postqueue/postsuper)")
     qsub = q.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     ql = qsub.add_parser("list", parents=[common], help="list queued recipients (postqueue -p)")
-    ql.add_argument("--domain")
+    ql.add_argument("--domain", help="one destination: a partner domain, or local:AGENT")
     ql.set_defaults(func=run_on_relay(queue_list))
     qf = qsub.add_parser("flush", parents=[common], help="retry everything now (postqueue -f)")
-    qf.add_argument("--domain")
+    qf.add_argument("--domain", help="one destination: a partner domain, or local:AGENT")
     qf.set_defaults(func=run_on_relay(queue_flush))
     qr = qsub.add_parser("retry", parents=[common], help="retry one message now (postsuper -r)")
     qr.add_argument("id")
@@ -1073,9 +1088,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Commands other than serve print their answer on stdout; their log keeps to warnings, and
+    # the libraries' INFO lines (httpx's per request, the SDKs') stay out of it.
+    logs.configure("text", "warning", force=False)
     try:
         return int(args.func(args))
     except (UserError, SynqError) as exc:

@@ -403,6 +403,39 @@ class AdminSection(_Section):
         return None if v is None else _host_port(v)
 
 
+class TelemetrySection(_Section):
+    """``[telemetry]``: OpenTelemetry tracing (relay/telemetry.py, SPEC.md §14.3). Without an
+    endpoint nothing is recorded or exported; a caller's ``traceparent`` is still carried."""
+
+    #: OTLP/HTTP collector, e.g. ``http://127.0.0.1:4318`` (traces go to ``/v1/traces`` below a
+    #: base URL). Empty: no export.
+    otlp_endpoint: str = ""
+    #: The ``service.name`` of the relay's spans.
+    service_name: str = "synq"
+    #: Share of new traces recorded; a trace a caller started follows the caller's decision.
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v
+
+
+#: Log line formats (relay/logs.py): ``text`` for people, ``json`` (one object a line) for
+#: collectors.
+LogFormat = Literal["text", "json"]
+
+
+class LogSection(_Section):
+    """``[log]``: how ``synq serve`` writes its log (SPEC.md §14.4); ``--log-format`` wins."""
+
+    format: LogFormat = "text"
+    #: ``debug``, ``info``, ``warning`` or ``error``.
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -418,6 +451,8 @@ class Config(BaseModel):
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
     admin: AdminSection = AdminSection()
+    telemetry: TelemetrySection = TelemetrySection()
+    log: LogSection = LogSection()
     #: Directory of the config file; relative paths resolve against it. Not read from the file.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -592,6 +627,17 @@ def render_config(config: Config) -> str:
         + ']   # relays a search with federation "auto" also asks (SPEC.md §12.6)',
         f"search_deadline = {config.discovery.search_deadline:g}"
         "   # seconds a federated search waits for partners",
+        # [policy] stays the last section: keys appended to the file land in it.
+        "",
+        "[telemetry]   # OpenTelemetry traces over OTLP/HTTP (SPEC.md §14.3)",
+        f"otlp_endpoint = {_toml_str(config.telemetry.otlp_endpoint)}"
+        '   # e.g. "http://127.0.0.1:4318"; empty: nothing recorded or exported',
+        f"service_name = {_toml_str(config.telemetry.service_name)}",
+        f"sample_ratio = {config.telemetry.sample_ratio:g}   # share of new traces recorded",
+        "",
+        "[log]   # synq serve's log (SPEC.md §14.4)",
+        f'format = {_toml_str(config.log.format)}   # "text" or "json" (one object a line)',
+        f"level = {_toml_str(config.log.level)}",
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",

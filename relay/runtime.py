@@ -46,6 +46,7 @@ from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.metrics import Metrics
 from relay.store import open_store
 from relay.store.base import Outcome, Store
+from relay.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from relay.tasks.push import PushSender
@@ -64,18 +65,21 @@ def default_adapters(
     config: Config,
     signer: Callable[[datetime], SigningKey] | None = None,
     clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
 ) -> dict[str, AgentAdapter]:
     """The adapters a relay runs with, by agent kind (``AgentRecord.kind``). ``signer``: the
-    relay's current signing key, for the agent cards adapters publish."""
+    relay's current signing key, for the agent cards adapters publish; ``telemetry``: the
+    relay's tracer, for a span per call to an agent."""
     # Imported here, as the store dialects are: commands that never build a relay (init, dns)
     # do not pay for the a2a-sdk client at start-up.
     from adapters.a2a import A2AAdapter
     from adapters.mcp import McpAdapter
 
-    a2a = A2AAdapter(signer=signer, clock=clock)
+    tracer = (telemetry or Telemetry.off()).tracer
+    a2a = A2AAdapter(signer=signer, clock=clock, tracer=tracer)
     # stdio MCP servers start in the relay's directory, so ``--mcp-stdio "python tool.py"``
     # means the same file whether ``synq agent add`` or ``synq serve`` starts it.
-    return {"mcp": McpAdapter(cwd=config.base_dir.resolve()), "a2a": a2a}
+    return {"mcp": McpAdapter(cwd=config.base_dir.resolve(), tracer=tracer), "a2a": a2a}
 
 
 def _ended_task_states() -> list[str]:
@@ -98,16 +102,29 @@ class Relay:
         *,
         rng: random.Random | None = None,
         adapters: Mapping[str, AgentAdapter] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.keyring = keyring
         self.clock: Clock = clock or SystemClock()
+        #: This relay's tracer (relay/telemetry.py): its own provider, never the process's, so
+        #: that two relays in one process keep their traces apart. ``[telemetry]`` by default.
+        tel = config.telemetry
+        self.telemetry = telemetry or Telemetry.configured(
+            tel.otlp_endpoint,
+            service_name=tel.service_name,
+            sample_ratio=tel.sample_ratio,
+            domain=config.relay.domain,
+        )
+        tracer = self.telemetry.tracer
         # Trust and abuse resistance (SPEC.md §11): one policy, one set of rate-limit tables and
         # one custody path (its gate bounding the writes in flight), shared by local submission
         # and federation; reload() swaps the policy and rates in place.
-        self.custody = Custody(store, self.clock)
-        self.router = Router(store, self.domain, self.signing_key, self.clock, self.custody)
+        self.custody = Custody(store, self.clock, domain=self.domain)
+        self.router = Router(
+            store, self.domain, self.signing_key, self.clock, self.custody, tracer=tracer
+        )
         self.policy: Policy = config.partner_policy()
         limits = config.rate_limits
         self.rate_limits = RateLimits.build(
@@ -143,6 +160,7 @@ class Relay:
             unverified=self.sources.unverified,
             router=self.router,
             quotas=self.quotas,
+            tracer=tracer,
         )
         self._http = self._guarded_session({"User-Agent": f"Synq/{__version__}"})
         # Webhooks are URLs a client names: posted under the same SSRF rules as partners'
@@ -158,6 +176,7 @@ class Relay:
             router=self.router,
             clock=self.clock,
             rng=rng,
+            tracer=tracer,
         )
         # A partner that reaches us is up: its held backlog goes at once (SPEC.md §9.3).
         self.inbound.on_contact = self.sender.contacted
@@ -168,8 +187,9 @@ class Relay:
             clock=self.clock,
             adapters=adapters
             if adapters is not None
-            else default_adapters(config, self.signing_key, self.clock),
+            else default_adapters(config, self.signing_key, self.clock, self.telemetry),
             rng=rng,
+            tracer=tracer,
         )
         metrics = self.metrics
         self.mailbox = Mailbox(
@@ -325,6 +345,7 @@ class Relay:
         config: Config,
         clock: Clock | None = None,
         adapters: Mapping[str, AgentAdapter] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> Relay:
         """Load keys (refusing loose permissions) and open the store with migrations applied."""
         keyring = load_keyring(config.keys_dir)
@@ -336,7 +357,14 @@ class Relay:
             **cap,
         )
         try:
-            return cls(config=config, store=store, keyring=keyring, clock=clock, adapters=adapters)
+            return cls(
+                config=config,
+                store=store,
+                keyring=keyring,
+                clock=clock,
+                adapters=adapters,
+                telemetry=telemetry,
+            )
         except BaseException:
             await store.close()
             raise
@@ -386,3 +414,5 @@ class Relay:
         await self._http.close()
         await self.discovery.close()
         await self.store.close()
+        # Flushing may wait on the collector: in a thread, off the event loop.
+        await asyncio.to_thread(self.telemetry.shutdown)

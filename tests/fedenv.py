@@ -27,6 +27,7 @@ from relay.dnsserver import DNSServer
 from relay.keyring import KeyEntry, write_key
 from relay.runtime import Relay
 from relay.server.app import build_app
+from relay.telemetry import Telemetry
 from tests.conftest import Agent
 
 
@@ -85,7 +86,7 @@ class World:
             ttl=ttl,
         )
 
-    async def add_org(self, domain: str) -> Org:
+    async def add_org(self, domain: str, telemetry: Telemetry | None = None) -> Org:
         directory = self.base / domain
         directory.mkdir(parents=True)
         key = SigningKey.generate("s1")
@@ -107,7 +108,7 @@ class World:
             ),
             base_dir=directory,
         )
-        relay = await Relay.open(config, clock=self.clock)
+        relay = await Relay.open(config, clock=self.clock, telemetry=telemetry)
         org = Org(domain=domain, relay=relay, url=url, port=port, key=key)
         self.orgs[domain] = org
         self.publish(org)

@@ -9,7 +9,8 @@ Tools: ``echo``, ``add`` (typed input schema), ``slow`` (progress notifications)
 answers), ``big`` (an enormous result), ``garbage`` (prints a non-JSON line to stdout first),
 ``crash`` (the process exits mid-call), ``grow`` (adds a tool and announces
 ``notifications/tools/list_changed``), ``whoami`` (which headers reached it), ``structured``,
-``count`` (how many times it ran in this process: a call that ran twice shows).
+``count`` (how many times it ran in this process: a call that ran twice shows), ``traceparent``
+(the W3C ``traceparent`` the call's ``_meta`` carried, MCP SEP-414).
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ async def whoami(ctx: Context) -> str:
     """The Authorization header this call arrived with, or 'none'."""
     headers = ctx.headers or {}
     return headers.get("authorization", "none")
+
+
+@server.tool()
+async def traceparent(ctx: Context) -> str:
+    """The ``traceparent`` of this call's ``_meta`` (MCP SEP-414), or 'none'."""
+    meta = ctx.request_context.meta
+    if meta is None:
+        return "none"
+    values = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True)
+    return str(values.get("traceparent", "none"))
 
 
 @server.tool()

@@ -791,8 +791,10 @@ async def test_an_adapter_backed_agent_is_reported_delivered_on_hand_over(w: Wor
             {"to": ["tck@globex.test"], "body": "tck-complete-task", "notify": ["success"]},
         )
         assert await acme.relay.sender.run_once() == 1
-        # In the agent's inbox, not yet handed over: nothing to report yet.
-        assert await globex.relay.store.list_queue() == []
+        # In the agent's inbox, not yet handed over: nothing to report yet. The queue shows
+        # the hand-over to come, and nothing for a partner.
+        queued = await globex.relay.store.list_queue()
+        assert [(q.id, q.domain) for q in queued] == [(sent["id"], "local:tck")]
         assert await globex.relay.dispatcher.run_once() == 1
         await globex.relay.sender.run_once()
     found = await reports(w, acme, alice)
@@ -821,7 +823,9 @@ async def test_an_agent_that_stays_down_is_reported_delayed_once_then_delivered(
         )
         await acme.relay.sender.run_once()
         assert await dispatcher.run_once() == 1  # down: deferred, too soon to say so
-        assert await globex.relay.store.list_queue() == []
+        # Nothing for a partner: the one entry is the hand-over that waits.
+        queued = await globex.relay.store.list_queue()
+        assert [(q.id, q.domain, q.attempts) for q in queued] == [(sent["id"], "local:tck", 1)]
         for _ in range(3):
             w.clock.advance(dsn.DELAY_NOTICE_AFTER.total_seconds())
             assert await dispatcher.run_once() == 1

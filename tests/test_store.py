@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ from relay.store import (
     schema_version,
 )
 from relay.store import postgres as pg_dialect
-from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome
+from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, MessageStatus
 from relay.store.sqlite import SQLiteStore
 from tests import pg
 
@@ -669,6 +670,95 @@ async def test_adapter_backed_agents_get_delivery_rows(store: Store) -> None:
     assert status is not None
     echo_events = [e.event for e in status.events if e.recipient == f"echo@{HERE}"]
     assert echo_events == ["delivered", "deferred", "delivered"]
+
+
+async def test_a_local_delivery_waiting_for_its_agent_is_queued_listed_and_flushed(
+    store: Store,
+) -> None:
+    """SPEC.md §9.5, §9.6: until the agent takes it, a local adapter-backed recipient is
+    ``queued`` with its deferral, is in the queue as ``local:<agent>``, and flush acts on it."""
+    await add_agent(store, "tools", "mcp", "stdio:true")
+    await add_agent(store, "bob")
+    await store.accept(new("e1", local=["tools", "bob"], remote=["x@b.test"]), T0)
+
+    def states(status: MessageStatus | None) -> dict[str, tuple[Any, ...]]:
+        assert status is not None
+        return {
+            r.address: (r.state, r.code, r.reason, r.attempts, r.next_attempt)
+            for r in status.recipients
+        }
+
+    before = states(await store.message_status(HERE, "e1"))
+    assert before[f"tools@{HERE}"] == ("queued", None, None, 0, T0)
+    assert before[f"bob@{HERE}"][0] == "delivered"
+    queue = await store.list_queue()
+    assert [(q.id, q.recipient, q.domain) for q in queue] == [
+        ("e1", "x@b.test", "b.test"),
+        ("e1", f"tools@{HERE}", "local:tools"),
+    ]
+    assert await store.list_queue("b.test") == [queue[0]]
+    assert await store.list_queue("local:tools") == [queue[1]]
+    assert await store.list_queue("local:bob") == []
+
+    [row] = await store.lease_deliveries(T0, lease_until=at(60), limit=10)
+    down = DeliveryOutcome("tools", row.seq, "queued", "4.4.1", "agent down", None, at(300))
+    await store.settle_deliveries([down], [], at(2))
+    after = states(await store.message_status(HERE, "e1"))
+    assert after[f"tools@{HERE}"] == ("queued", "4.4.1", "agent down", 1, at(300))
+    [local] = await store.list_queue("local:tools")
+    assert (local.attempts, local.code, local.next_attempt) == (1, "4.4.1", at(300))
+    assert local.token == queue[1].token
+
+    # A partner's flush leaves the local delivery alone; the agent's, or the message's, not.
+    assert await store.flush(at(3), domain="b.test") == 1
+    assert (await store.list_queue("local:tools"))[0].next_attempt == at(300)
+    async with store.notifier.listen(DELIVERY_CHANNEL) as woken:
+        assert await store.flush(at(4), domain="local:tools") == 1
+        assert await woken.wait(5)
+    assert await store.next_delivery_due() == at(4)
+    assert await store.flush(at(5), id="e1") == 2  # the partner's row and the agent's
+    assert await store.flush(at(6)) == 2
+    assert await store.flush(at(7), domain="local:bob") == 0
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    flushed = [e.recipient for e in status.events if e.event == "flushed"]
+    assert flushed.count(f"tools@{HERE}") == 3
+
+    [again] = await store.lease_deliveries(at(8), lease_until=at(60), limit=10)
+    taken = DeliveryOutcome("tools", again.seq, "delivered", "2.0.0", "taken", "stdio:true")
+    await store.settle_deliveries([taken], [], at(9))
+    done = states(await store.message_status(HERE, "e1"))
+    assert done[f"tools@{HERE}"][0] == "delivered"
+    assert [q.domain for q in await store.list_queue()] == ["b.test"]
+
+
+async def test_deleting_a_local_delivery_bounces_it_without_a_dsn_and_empties_the_inbox(
+    store: Store,
+) -> None:
+    await add_agent(store, "tools", "mcp", "stdio:true")
+    await add_agent(store, "echo", "a2a", "http://127.0.0.1:9/a2a")
+    await store.accept(new("e1", local=["tools", "echo"], remote=["x@b.test"]), T0)
+    await store.accept(new("e2", local=["tools"]), T0)
+    # One agent's waiting hand-overs: nothing of the partner's, nothing of the other agent's.
+    assert await store.delete_queued(at(1), domain="local:tools") == 2
+    assert [(q.id, q.domain) for q in await store.list_queue()] == [
+        ("e1", "b.test"),
+        ("e1", "local:echo"),
+    ]
+    assert await store.inbox("tools", limit=10) == []
+    assert (await store.mailbox_usage(["tools"]))["tools"].unacked == 0
+    status = await store.message_status(HERE, "e2")
+    assert status is not None
+    [tools] = status.recipients
+    assert (tools.state, tools.code) == ("bounced", "5.0.0")
+    assert [e.event for e in status.events if e.recipient == f"tools@{HERE}"] == [
+        "delivered",
+        "deleted",
+    ]
+    assert await store.lease_deliveries(at(2), lease_until=at(60), limit=10) != []
+    # By message id: the partner's row and the agent's alike.
+    assert await store.delete_queued(at(3), id="e1") == 2
+    assert await store.list_queue() == []
 
 
 # notifications --------------------------------------------------------------------------------

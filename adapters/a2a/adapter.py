@@ -62,6 +62,8 @@ from a2a.types import (
 )
 from a2a.utils import errors as a2a_errors
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, TransportProtocol
+from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
 from adapters.a2a import cards
@@ -103,6 +105,8 @@ T = TypeVar("T")
 #: event (an SSE stream that sends keep-alive comments counts as answering). A silent agent
 #: costs one delivery slot for this long, then the envelope is retried.
 AGENT_TIMEOUT: Final = 60.0
+#: The client span of one delivery to an A2A agent (SPEC.md §14.3).
+CALL_SPAN: Final = "a2a.send_message"
 #: How long a fetched agent card is used before it is fetched again. Bounds the requests a
 #: busy address makes to its agent's card; an agent that changes its card is seen this late.
 CARD_TTL: Final = 300.0
@@ -185,8 +189,12 @@ class A2AAdapter:
         timeout: float = AGENT_TIMEOUT,
         follow_seconds: float = MAX_FOLLOW_SECONDS,
         http: httpx.AsyncClient | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
+        #: The relay's tracer: a client span per delivery, whose ``traceparent`` every request
+        #: to the agent carries (W3C Trace Context §3.2; SPEC.md §14.3).
+        self.tracer: Tracer = tracer or NoOpTracer()
         self.signer = signer
         self.timeout = timeout
         self.follow_seconds = follow_seconds
@@ -196,6 +204,9 @@ class A2AAdapter:
             follow_redirects=False,
             trust_env=False,
         )
+        hooks = self.http.event_hooks
+        hooks["request"] = [*hooks["request"], _inject_trace]
+        self.http.event_hooks = hooks
         self._cards: dict[str, tuple[AgentCard, float]] = {}
 
     # cards -------------------------------------------------------------------------------------
@@ -296,11 +307,19 @@ class A2AAdapter:
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
             ) from None
         client = self._client(card)
+        attributes = {"server.address": agent.endpoint, "synq.id": envelope.id}
         try:
-            if envelope.kind == KIND_SIGNAL:
-                await self._signal(client, envelope, reply)
-            else:
-                await self._message(client, card, envelope, reply)
+            with self.tracer.start_as_current_span(
+                CALL_SPAN, kind=SpanKind.CLIENT, attributes=attributes
+            ) as span:
+                try:
+                    if envelope.kind == KIND_SIGNAL:
+                        await self._signal(client, envelope, reply)
+                    else:
+                        await self._message(client, card, envelope, reply)
+                except AttemptFailed as exc:
+                    span.set_status(Status(StatusCode.ERROR, exc.status.code))
+                    raise
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -409,6 +428,18 @@ class A2AAdapter:
     async def close(self) -> None:
         if self._own_http:
             await self.http.aclose()
+
+
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+
+async def _inject_trace(request: httpx.Request) -> None:
+    """httpx request hook: the current span's ``traceparent`` (and ``tracestate``) as headers,
+    so the agent's server continues the relay's trace. Nothing without a current span."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    for name, value in carrier.items():
+        request.headers[name] = value
 
 
 def _failure(exc: BaseException) -> AttemptFailed:

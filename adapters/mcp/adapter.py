@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import anyio
 from mcp import ClientSession
+from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 
 from adapters.mcp import translate
 from adapters.mcp.client import (
@@ -62,6 +63,8 @@ from relay.store.base import AgentRecord
 log = logging.getLogger("synq.mcp")
 
 STDIO_PREFIX: Final = "stdio:"
+#: The client span of one tool call the relay makes for a delivery (SPEC.md §14.3).
+CALL_SPAN: Final = "mcp.tools/call"
 #: Progress envelopes sent for one call. Each is signed and stored like any envelope, so this
 #: stops one chatty server from turning one call into an unbounded stream of envelopes; the
 #: final result is always sent.
@@ -126,8 +129,12 @@ class McpAdapter:
         connect_timeout: float = CONNECT_TIMEOUT,
         restart_initial: float = RESTART_INITIAL,
         restart_max: float = RESTART_MAX,
+        tracer: Tracer | None = None,
     ) -> None:
         self.cwd = cwd
+        #: The relay's tracer: a client span per call. The MCP SDK writes the current span's
+        #: ``traceparent`` into the request's ``_meta`` (SEP-414), so the server continues it.
+        self.tracer: Tracer = tracer or NoOpTracer()
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.restart_initial = restart_initial
@@ -287,10 +294,22 @@ class McpAdapter:
             envelope.content_type, envelope.body, envelope.id, envelope.thread
         )
         endpoint = self._used_by(agent)
-        if endpoint.startswith(STDIO_PREFIX):
-            await self._deliver_stdio(endpoint, call, reply)
-        else:
-            await self._deliver_http(endpoint, call, reply)
+        attributes = {
+            "mcp.method.name": "tools/call",
+            "gen_ai.tool.name": call.tool,
+            "synq.id": envelope.id,
+        }
+        with self.tracer.start_as_current_span(
+            CALL_SPAN, kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                if endpoint.startswith(STDIO_PREFIX):
+                    await self._deliver_stdio(endpoint, call, reply)
+                else:
+                    await self._deliver_http(endpoint, call, reply)
+            except AttemptFailed as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.status.code))
+                raise
 
     async def _deliver_stdio(self, endpoint: str, call: translate.ToolCall, reply: Replier) -> None:
         server = self._server(endpoint)

@@ -10,23 +10,33 @@ then does the relay answer "queued" or "accepted" (SPEC.md §6.2, §8.6).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from relay.core.clock import Clock
 from relay.core.envelope import Envelope
+from relay.logs import event
 from relay.store.backpressure import CustodyGate
 from relay.store.base import AcceptResult, IdempotencyKey, NewEnvelope, Store
 
 __all__ = ["Custody", "new_envelope"]
 
+#: The logger of every recipient event (accepted here; delivered, deferred, bounced by the
+#: dispatcher and the federation sender): one structured line each (relay.logs).
+log = logging.getLogger("synq.delivery")
+
 
 class Custody:
     """Takes envelopes into the store through one bounded gate, shared by every source."""
 
-    def __init__(self, store: Store, clock: Clock, gate: CustodyGate | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, gate: CustodyGate | None = None, *, domain: str = ""
+    ) -> None:
         self.store = store
         self.clock = clock
+        #: This relay's domain: local recipients are logged as ``<agent>@<domain>``.
+        self.domain = domain
         #: Bounds the custody writes in flight (relay.store.backpressure).
         self.gate = gate or CustodyGate()
 
@@ -40,11 +50,38 @@ class Custody:
         ``UnknownRecipient`` when a local recipient no longer exists. A plain function returning
         the gate's coroutine, so that the hot path of a send pays no extra frame for it.
         """
-        return self.gate.write(
+        write = self.gate.write(
             self.store.accept_many(items, self.clock.now()),
             size=sum(len(i.token) for i in items),
             timeout=timeout,
         )
+        if not log.isEnabledFor(logging.INFO):
+            return write
+        return self._logged(items, write)
+
+    async def _logged(
+        self, items: Sequence[NewEnvelope], write: Coroutine[Any, Any, list[AcceptResult]]
+    ) -> list[AcceptResult]:
+        results = await write
+        for item, result in zip(items, results, strict=True):
+            if not result.duplicate:
+                self._log(item)
+        return results
+
+    def _log(self, item: NewEnvelope) -> None:
+        """One line per recipient taken into custody (SPEC.md §14.4): ``accepted``, or
+        ``deferred`` for a local agent whose mailbox is full (4.2.2)."""
+        common = {"id": item.id, "from": item.sender, "via": item.via}
+        for name in item.local:
+            to = f"{name}@{self.domain}"
+            event(log, "accepted", event="accepted", to=to, destination=f"local:{name}", **common)
+        for name, code, _reason in item.held:
+            to = f"{name}@{self.domain}"
+            dest = f"local:{name}"
+            event(log, "deferred", event="deferred", to=to, destination=dest, code=code, **common)
+        for address in item.remote:
+            destination = address.rpartition("@")[2]
+            event(log, "accepted", event="accepted", to=address, destination=destination, **common)
 
 
 def new_envelope(

@@ -37,8 +37,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Collection, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal, Protocol, runtime_checkable
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
@@ -52,7 +54,9 @@ from relay.core.jws import b64url_decode
 from relay.core.retry import RetryPolicy
 from relay.delivery.adapters import AgentAdapter, Reply
 from relay.delivery.router import Router
+from relay.logs import event
 from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, LocalDelivery, NewEnvelope, Store
+from relay.telemetry import Telemetry, context_of
 
 log = logging.getLogger("synq.delivery")
 
@@ -70,6 +74,10 @@ LEASE_DURATION: Final = timedelta(seconds=DELIVERY_TIMEOUT + 60)
 LOCAL_RETRY: Final = RetryPolicy(initial=timedelta(seconds=2), maximum=timedelta(minutes=5))
 #: Longest idle wait between passes (a safety net for lost wake-ups).
 MAX_IDLE_WAIT: Final = 30.0
+#: Span names (SPEC.md §14.3): the wait in the inbox from custody to this attempt, and the
+#: attempt itself (the adapter's calls to the agent are its children).
+QUEUE_WAIT_SPAN: Final = "synq.queue.wait"
+DELIVER_SPAN: Final = "synq.deliver"
 
 
 @runtime_checkable
@@ -96,8 +104,10 @@ class Dispatcher:
         policy: RetryPolicy = LOCAL_RETRY,
         rng: random.Random | None = None,
         timeout: float = DELIVERY_TIMEOUT,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        self.tracer: Tracer = tracer or Telemetry.off().tracer
         self.router = router
         self.clock = clock
         self.adapters = dict(adapters)
@@ -119,7 +129,10 @@ class Dispatcher:
             results = await asyncio.gather(*(self._one(row) for row in rows))
             outcomes = [o for o, _ in results]
             dsns = [d for _, d in results if d is not None]
-            await self.store.settle_deliveries(outcomes, dsns, self.clock.now())
+            settled = self.clock.now()
+            await self.store.settle_deliveries(outcomes, dsns, settled)
+            for row, outcome in zip(rows, outcomes, strict=True):
+                self._log(row, outcome, settled)
             total += len(rows)
             if len(rows) < LEASE_BATCH:
                 return total
@@ -143,9 +156,32 @@ class Dispatcher:
             return await self._defer(
                 row, envelope, st.TRANSIENT, f"no adapter for {kind} agents here"
             )
+        parent = context_of(envelope.trace)
+        attributes: dict[str, str | int] = {
+            "synq.id": envelope.id,
+            "synq.to": f"{row.agent}@{self.router.domain}",
+            "synq.agent.kind": agent.kind,
+            "synq.attempt": row.attempts + 1,
+        }
+        if row.accepted is not None:
+            # The wait as a span of its own, with its real start: custody of the envelope.
+            wait = self.tracer.start_span(
+                QUEUE_WAIT_SPAN,
+                context=parent,
+                attributes=attributes,
+                start_time=_nanos(row.accepted),
+            )
+            wait.end(_nanos(now))
         try:
-            async with self._slots, asyncio.timeout(self.timeout):
-                await adapter.deliver(agent, envelope, self._replier(row.agent, envelope))
+            with self.tracer.start_as_current_span(
+                DELIVER_SPAN, context=parent, kind=SpanKind.INTERNAL, attributes=attributes
+            ) as span:
+                try:
+                    async with self._slots, asyncio.timeout(self.timeout):
+                        await adapter.deliver(agent, envelope, self._replier(row.agent, envelope))
+                except AttemptFailed as exc:
+                    span.set_status(Status(StatusCode.ERROR, exc.status.code))
+                    raise
         except AttemptFailed as exc:
             if exc.permanent:
                 return await self._bounce(row, envelope, exc.status, exc.reason, counted=True)
@@ -167,6 +203,27 @@ class Dispatcher:
             )
             receipt = await self.router.dsn(report, envelope.created)
         return self._settled(row, "delivered", st.DELIVERED, reason, agent.endpoint), receipt
+
+    def _log(self, row: LocalDelivery, outcome: DeliveryOutcome, at: datetime) -> None:
+        """One line per settled attempt (SPEC.md §14.4)."""
+        delay = None
+        if outcome.next_attempt is not None:
+            delay = round(max((outcome.next_attempt - at).total_seconds(), 0.0), 3)
+        attempt = row.attempts + (0 if outcome.code == st.EXPIRED.code else 1)
+        name = "deferred" if outcome.state == "queued" else outcome.state
+        event(
+            log,
+            name,
+            event=name,
+            id=row.id,
+            to=f"{row.agent}@{self.router.domain}",
+            destination=f"local:{row.agent}",
+            relay=outcome.hop,
+            code=outcome.code,
+            attempt=attempt,
+            delay=delay,
+            **{"from": row.sender},
+        )
 
     def _replier(self, agent: str, original: Envelope) -> _Replier:
         return _Replier(self.router, Address(agent, self.router.domain), original)
@@ -285,6 +342,11 @@ class Dispatcher:
     async def close(self) -> None:
         for adapter in self.adapters.values():
             await adapter.close()
+
+
+def _nanos(at: datetime) -> int:
+    """An OpenTelemetry timestamp: nanoseconds since the epoch."""
+    return int(at.timestamp() * 1_000_000_000)
 
 
 class _Replier:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import jws
@@ -40,6 +42,7 @@ from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
 from relay.delivery.custody import Custody, new_envelope
 from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
 from relay.store.base import AcceptResult, AgentRecord, IdempotencyKey, NewEnvelope, Store
+from relay.telemetry import Telemetry, context_of, traceparent
 
 #: How long, in seconds, a relay process trusts what the store told it about an agent: that a
 #: token hash is the agent's, that a name is a registered agent. Only these positive answers are
@@ -84,6 +87,12 @@ class Prepared:
     envelope: Envelope
     token: str
     item: NewEnvelope
+    #: The accept span (SPEC.md §14.3), ended when custody is taken or refused.
+    span: Span | None = None
+
+
+#: Name of the span that covers a local submission from its checks to the commit.
+ACCEPT_SPAN: Final = "synq.accept"
 
 
 class AgentCache:
@@ -181,9 +190,12 @@ class Router:
         signer: Callable[[datetime], jws.SigningKey],
         clock: Clock,
         custody: Custody | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.domain = domain
+        #: The relay's tracer (relay.telemetry); the no-op one records nothing.
+        self.tracer: Tracer = tracer or Telemetry.off().tracer
         self._signer = signer
         self._clock = clock
         #: The partner policy local submissions obey (the relay swaps it on reload).
@@ -227,12 +239,14 @@ class Router:
                 f"refused by policy: {refused[0][1]}", recipients=[str(a) for a, _ in refused]
             )
 
-    def build(self, draft: Draft) -> tuple[Envelope, str]:
+    def build(self, draft: Draft, *, trace: str | None = None) -> tuple[Envelope, str]:
         """The envelope ``draft`` describes, dated now and signed: (envelope, compact JWS).
 
         The draft's fields were validated when it was made (relay.core.draft), so the envelope
         is assembled without a second validation pass; what only the clock and the encoding
-        know — ``expires`` within its bounds, the size — is checked here.
+        know — ``expires`` within its bounds, the size — is checked here. ``trace``: the
+        ``traceparent`` of the accept span, written instead of the draft's (SPEC.md §3.1: the
+        hop that created the envelope).
         """
         # Millisecond precision, as the envelope is written on the wire (SPEC.md §3), so the
         # model and the signed bytes say exactly the same time.
@@ -257,7 +271,7 @@ class Router:
             kind=draft.kind,
             content_type=draft.content_type,
             body=draft.body,
-            trace=draft.trace,
+            trace=trace or draft.trace,
         )
         payload = env_mod.encode(envelope)
         if len(payload) > MAX_ENVELOPE_BYTES:
@@ -279,7 +293,33 @@ class Router:
         hold it for local recipients whose mailbox is full. Nothing is stored: :meth:`commit`
         takes custody, recording ``idempotency`` with the envelope. ``full``: the full
         mailboxes as the caller already read them for a whole batch (``MailboxQuotas.full``);
-        None reads them for this draft."""
+        None reads them for this draft.
+
+        The accept span starts here: a child of the draft's ``trace`` when the agent gave one,
+        else of the current span (the face's request, or the delivery an agent answers), and
+        its ``traceparent`` becomes the envelope's ``trace``."""
+        parent = context_of(draft.trace)
+        span = self.tracer.start_span(
+            ACCEPT_SPAN,
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes={"synq.via": via, "synq.from": str(draft.sender)},
+        )
+        try:
+            return await self._prepare(draft, span, via, idempotency, full)
+        except BaseException as exc:
+            _fail(span, exc)
+            span.end()
+            raise
+
+    async def _prepare(
+        self,
+        draft: Draft,
+        span: Span,
+        via: str,
+        idempotency: IdempotencyKey | None,
+        full: Mapping[str, str] | None,
+    ) -> Prepared:
         sender = draft.sender
         if sender.domain != self.domain:
             raise InvalidEnvelope(f"sender {sender} is not an address of {self.domain}")
@@ -298,7 +338,9 @@ class Router:
                 raise UnknownRecipient(f"{name}@{self.domain} does not accept agent messages")
         await self.check_local(local)
         self.check_policy(sender, draft.to)
-        envelope, token = self.build(draft)
+        envelope, token = self.build(draft, trace=traceparent(span))
+        if span.is_recording():
+            span.set_attribute("synq.id", envelope.id)
         held: list[tuple[str, str, str]] = []
         if local:
             # Mail for a full mailbox is held and delivered once there is room (SPEC.md §9.7):
@@ -320,7 +362,7 @@ class Router:
         )
         if draft.notify != dsn_mod.DEFAULT_NOTIFY:
             item = self._with_notify(item, envelope, draft.notify)
-        return Prepared(envelope, token, item)
+        return Prepared(envelope, token, item, span)
 
     def _with_notify(
         self, item: NewEnvelope, envelope: Envelope, notify: dsn_mod.Notify
@@ -372,11 +414,19 @@ class Router:
         items = [p.item for p in prepared]
         try:
             results = await self.custody.take(items)
-        except UnknownRecipient:
-            names = {name for item in items for name in item.local}
-            self.agents.forget(names)
-            await self.check_local(names)  # now from the store: raises, naming them
+        except BaseException as exc:
+            for p in prepared:
+                if p.span is not None:
+                    _fail(p.span, exc)
+                    p.span.end()
+            if isinstance(exc, UnknownRecipient):
+                names = {name for item in items for name in item.local}
+                self.agents.forget(names)
+                await self.check_local(names)  # now from the store: raises, naming them
             raise
+        for p in prepared:
+            if p.span is not None:
+                p.span.end()
         return [Submitted(p.envelope, p.token, r) for p, r in zip(prepared, results, strict=True)]
 
     async def commit_each(self, prepared: Sequence[Prepared]) -> list[Submitted | UnknownRecipient]:
@@ -436,3 +486,9 @@ class Router:
             )
         )
         return new_envelope(envelope, token, local, remote, "relay")
+
+
+def _fail(span: Span, exc: BaseException) -> None:
+    """Mark ``span`` failed by ``exc``: its class name only (a message may quote the input)."""
+    if span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

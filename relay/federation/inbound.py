@@ -50,11 +50,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
@@ -80,8 +83,13 @@ from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
 from relay.delivery.router import Router
 from relay.store.backpressure import FEDERATION_WRITE_TIMEOUT
 from relay.store.base import NewEnvelope, ReceiptMark, Store
+from relay.telemetry import Telemetry, context_of
 
 log = logging.getLogger("synq.federation.inbound")
+
+#: The span of one envelope received in a transaction, a child of the envelope's ``trace``
+#: (SPEC.md §14.3): the receiving relay continues the sender's trace.
+RECEIVE_SPAN: Final = "synq.federation.receive"
 
 
 class KeySource(Protocol):
@@ -165,9 +173,11 @@ class InboundHandler:
         write_timeout: float = FEDERATION_WRITE_TIMEOUT,
         unverified: TokenBuckets | None = None,
         router: Router | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
+        self.tracer: Tracer = tracer or Telemetry.off().tracer
         self.domain = domain
         self.clock = clock
         #: The partner policy (the relay swaps it on reload).
@@ -405,12 +415,43 @@ class InboundHandler:
                 retry_after=wait,
             )
 
+    def _spans(
+        self,
+        txn_id: str,
+        origin: str,
+        checked: list[_Checked],
+        results: Mapping[str, EnvelopeResult],
+        started: int,
+    ) -> None:
+        """One receive span per envelope that names a trace, from the transaction's arrival
+        to now (the envelopes of a transaction are judged and committed together)."""
+        for c in checked:
+            if c.envelope is None or c.envelope.trace is None:
+                continue
+            result = results.get(c.key)
+            span = self.tracer.start_span(
+                RECEIVE_SPAN,
+                context=context_of(c.envelope.trace),
+                kind=SpanKind.SERVER,
+                start_time=started,
+                attributes={
+                    "synq.id": c.envelope.id,
+                    "synq.origin": origin,
+                    "synq.txn": txn_id,
+                    "synq.result": result.status if result is not None else "",
+                },
+            )
+            if result is not None and result.status == "rejected":
+                span.set_status(Status(StatusCode.ERROR, result.code))
+            span.end()
+
     async def handle(
         self, txn_id: str, request: TxnRequest, *, source: str | None = None
     ) -> dict[str, EnvelopeResult]:
         """Check and keep one transaction; ``source``: the key of the address it came from
         (SourceLimits.key), charged for each envelope that failed to prove authentic."""
         self.admit(source)
+        started = time.time_ns()
         now = self.clock.now()
         checked = await self._check_all(
             request.origin, list(request.envelopes), now, request.notify
@@ -451,6 +492,7 @@ class InboundHandler:
                 )
         if to_store and self.on_contact is not None:
             await self.on_contact(request.origin)
+        self._spans(txn_id, request.origin, checked, results, started)
         rejected = sum(1 for r in results.values() if r.status == "rejected")
         log.info(
             "txn %s from %s: %d envelopes, %d rejected",

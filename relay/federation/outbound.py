@@ -36,6 +36,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
+import orjson
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+
 from relay.core import dsn as dsn_mod
 from relay.core import envelope as env_mod
 from relay.core import jsonutil
@@ -49,9 +52,18 @@ from relay.core.limits import MAX_TXN_BYTES, MAX_TXN_ENVELOPES
 from relay.core.retry import MAX_BACKOFF, Breaker, RetryPolicy
 from relay.delivery.router import Router
 from relay.discovery.wellknown import CAPABILITY_RECEIPTS, WellKnown
+from relay.logs import event as log_event
 from relay.store.base import QUEUE_CHANNEL, Listener, NewEnvelope, Outcome, QueueEntry, Store
+from relay.telemetry import Telemetry, context_of
 
 log = logging.getLogger("synq.federation.outbound")
+#: Recipient events (SPEC.md §14.4), one logger for every path (relay.delivery.custody).
+events_log = logging.getLogger("synq.delivery")
+
+#: Span names (SPEC.md §14.3): an envelope's wait in the queue, from custody to the attempt that
+#: picked it up, and its part in one transaction to the partner.
+QUEUE_WAIT_SPAN: Final = "synq.queue.wait"
+SEND_SPAN: Final = "synq.federation.send"
 
 #: Rows leased per pass. Bounds the memory of one pass; a larger queue takes several passes.
 LEASE_BATCH: Final = 2000
@@ -127,8 +139,13 @@ class FederationSender:
         rng: random.Random | None = None,
         lease_batch: int = LEASE_BATCH,
         max_txn_envelopes: int = MAX_TXN_ENVELOPES,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        self.tracer: Tracer = tracer or Telemetry.off().tracer
+        # Nothing a send span would carry leaves the relay (the envelope names its own trace):
+        # without a recording tracer the spans, and reading each envelope's trace, are skipped.
+        self._tracing = not isinstance(self.tracer, NoOpTracer)
         self.resolver = resolver
         self.transport = transport
         self.router = router
@@ -182,9 +199,14 @@ class FederationSender:
         for chunk in results:
             outcomes.extend(chunk)
         dsns = await self._dsns(outcomes, rows, now)
-        await self.store.settle(outcomes, dsns, self.clock.now())
+        settled = self.clock.now()
+        await self.store.settle(outcomes, dsns, settled)
         if self.on_settled is not None:
             self.on_settled(outcomes)
+        if events_log.isEnabledFor(logging.INFO):
+            by_key = {(r.origin, r.id, r.recipient): r for r in rows}
+            for o in outcomes:
+                _log_outcome(by_key[(o.origin, o.id, o.recipient)], o, settled)
 
     async def _destination(
         self, domain: str, rows: list[QueueEntry], now: datetime
@@ -249,7 +271,7 @@ class FederationSender:
         try:
             async with self._destination_gate(domain), self._slots:
                 started = self.clock.now()
-                answer = await self.transport.put_transaction(relay_url, txn_id, body)
+                answer = await self._put(domain, relay_url, txn_id, body, batch, now)
             results = txn_mod.parse_results(answer)
         except AttemptFailed as exc:
             if isinstance(exc, TransactionTooLarge) and len(batch) > 1:
@@ -297,6 +319,61 @@ class FederationSender:
             for r in e.rows:
                 outcomes.append(self._apply(r, result, relay_url, now))
         return outcomes
+
+    async def _put(
+        self,
+        domain: str,
+        relay_url: str,
+        txn_id: str,
+        body: bytes,
+        batch: list[_Envelope],
+        now: datetime,
+    ) -> bytes:
+        """The transport's PUT, inside each envelope's send span when tracing."""
+        if not self._tracing:
+            return await self.transport.put_transaction(relay_url, txn_id, body)
+        spans = self._send_spans(batch, domain, relay_url, txn_id, now)
+        try:
+            return await self.transport.put_transaction(relay_url, txn_id, body)
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    def _send_spans(
+        self, batch: list[_Envelope], domain: str, relay_url: str, txn_id: str, now: datetime
+    ) -> list[Span]:
+        """For each envelope of a transaction: its queue wait, from custody to ``now`` (the
+        pass that picked it up), and its send span, ended with the transaction; both children
+        of the envelope's ``trace``."""
+        spans = []
+        for e in batch:
+            parent = context_of(_trace_of(e.token))
+            attributes: dict[str, str | int] = {
+                "synq.id": e.id,
+                "synq.destination": domain,
+                "synq.txn": txn_id,
+            }
+            accepted = min((r.accepted for r in e.rows if r.accepted is not None), default=None)
+            if accepted is not None:
+                wait = self.tracer.start_span(
+                    QUEUE_WAIT_SPAN,
+                    context=parent,
+                    attributes=attributes,
+                    start_time=_nanos(accepted),
+                )
+                wait.end(_nanos(now))
+            attributes["server.address"] = relay_url
+            attributes["synq.attempt"] = max(r.attempts for r in e.rows) + 1
+            spans.append(
+                self.tracer.start_span(
+                    SEND_SPAN, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+                )
+            )
+        return spans
 
     @contextlib.asynccontextmanager
     async def _destination_gate(self, domain: str) -> AsyncIterator[None]:
@@ -549,6 +626,40 @@ async def _next_due(store: Store) -> datetime | None:
         return await store.next_due()
     except SynqError:
         return None
+
+
+def _trace_of(token: str) -> str | None:
+    """The ``trace`` member of a signed envelope (SPEC.md §3.1), read without the full decode:
+    the envelope was validated when it was accepted."""
+    value = orjson.loads(txn_payload(token)).get("trace")
+    return value if isinstance(value, str) else None
+
+
+def _nanos(at: datetime) -> int:
+    """An OpenTelemetry timestamp: nanoseconds since the epoch."""
+    return int(at.timestamp() * 1_000_000_000)
+
+
+def _log_outcome(row: QueueEntry, o: Outcome, at: datetime) -> None:
+    """One line per settled row (SPEC.md §14.4): sent, deferred (or held), bounced, expired."""
+    name = o.event or {"queued": "deferred", "sent": "sent", "bounced": "bounced"}[o.state]
+    delay = None
+    if o.next_attempt is not None:
+        delay = round(max((o.next_attempt - at).total_seconds(), 0.0), 3)
+    counted = o.event not in ("expired", "held")
+    log_event(
+        events_log,
+        name,
+        event=name,
+        id=row.id,
+        to=row.recipient,
+        destination=row.domain,
+        relay=o.hop,
+        code=o.code,
+        attempt=row.attempts + 1 if counted else row.attempts,
+        delay=delay,
+        **{"from": row.sender},
+    )
 
 
 def txn_payload(token: str) -> bytes:

@@ -11,7 +11,13 @@ from relay.core.errors import SynqError
 from relay.runtime import Relay
 from relay.server import api, federation, mcp
 from relay.server.errors import Handler, error_middleware
-from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits, source_limits
+from relay.server.http import (
+    DEFAULT_HTTP_LIMITS,
+    HTTP_LIMITS,
+    HttpLimits,
+    source_limits,
+    trace_and_log,
+)
 from relay.server.keys import RELAY
 
 
@@ -47,8 +53,15 @@ def build_app(
     ``http_limits.server_kwargs()`` to a test server) so the server-side ones apply too, and on
     a ``GatedSite`` so the relay's per-source connection limit does."""
     app = web.Application(
-        # Per source address first: a request over its address's limits costs nothing more.
-        middlewares=[source_limits, metrics_middleware, error_middleware, count_errors],
+        # The span and access log around everything, so refusals are seen too; then per source
+        # address: a request over its address's limits costs nothing more.
+        middlewares=[
+            trace_and_log,
+            source_limits,
+            metrics_middleware,
+            error_middleware,
+            count_errors,
+        ],
         client_max_size=http_limits.client_max_size,
     )
     app[RELAY] = relay

@@ -22,6 +22,10 @@ accept when its address already holds its share of connections. aiohttp has no h
 accept and the HTTP protocol, so the site hands the event loop a protocol of its own that
 counts the connection and then delegates to aiohttp's (an ``asyncio.Protocol``, whose five
 methods are all the transport calls).
+
+Every request (SPEC.md §14.3, §14.4): :func:`trace_and_log`, the outermost middleware, runs the
+handler inside a server span that continues the request's ``traceparent`` and writes one
+access-log line when the answer has gone.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from relay import telemetry
 from relay.core import errors as E
 from relay.core.limits import MAX_TXN_BYTES
 from relay.core.ratelimit import SourceLimits
@@ -48,9 +55,12 @@ __all__ = [
     "make_runner",
     "read_body",
     "source_limits",
+    "trace_and_log",
 ]
 
 log = logging.getLogger("synq.server")
+#: One line per HTTP request (SPEC.md §14.4).
+access_log = logging.getLogger("synq.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,62 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     if len(body) > limit:
         raise too_large
     return body
+
+
+# --- tracing and the access log ----------------------------------------------------------------
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/synq/v1/messages/{id}``): a span name of bounded cardinality,
+    which names no message id, agent or token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def trace_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request as a server span, child of its ``traceparent`` header (W3C Trace Context),
+    and one access-log line: method, path (never the query string, which may carry a secret),
+    status, bytes sent, duration, client address. Headers and bodies are never logged."""
+    tracer = request.app[RELAY].telemetry.tracer
+    started = time.perf_counter()
+    status = 500
+    sent = 0
+    with tracer.start_as_current_span(
+        f"{request.method} {_route(request)}",
+        context=telemetry.extract(request.headers),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
+        try:
+            response = await handler(request)
+            status = response.status
+            sent = response.body_length
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d",
+                    request.method,
+                    request.path,
+                    status,
+                    extra={
+                        "fields": {
+                            "method": request.method,
+                            "path": request.path,
+                            "status": status,
+                            "bytes": sent,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "remote": request.remote,
+                        }
+                    },
+                )
 
 
 # --- per source address ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -43,6 +43,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from opentelemetry.trace import SpanKind
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
@@ -53,6 +54,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from adapters.mcp import translate
+from relay import telemetry
 from relay.core import errors as E
 from relay.core import idempotency
 from relay.core.address import Address
@@ -163,6 +165,39 @@ def _caller(ctx: ServerRequestContext[Any, Any]) -> Address:
     return Address.parse(user.access_token.client_id)
 
 
+#: The server span of one tool call a face serves (SPEC.md §14.3).
+SERVED_SPAN: Final = "mcp.tools/call"
+
+
+def _meta_context(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """The caller's trace from the request's ``_meta`` (MCP SEP-414), or None."""
+    meta: Any = ctx.meta
+    if meta is None:
+        return None
+    values = meta if isinstance(meta, Mapping) else meta.model_dump(by_alias=True)
+    carrier = {
+        k: v
+        for k in (telemetry.TRACEPARENT, telemetry.TRACESTATE)
+        if isinstance(v := values.get(k), str)
+    }
+    return telemetry.extract(carrier)
+
+
+@contextlib.contextmanager
+def _served(
+    relay: Relay, ctx: ServerRequestContext[Any, Any], tool: str, face: str
+) -> Iterator[None]:
+    """The tool call as a server span: a child of the ``_meta`` trace when the client sent one,
+    else of the HTTP request's span; what the call sends is a child of it."""
+    with relay.telemetry.tracer.start_as_current_span(
+        SERVED_SPAN,
+        context=_meta_context(ctx),
+        kind=SpanKind.SERVER,
+        attributes={"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "synq.face": face},
+    ):
+        yield
+
+
 def metadata_url(relay: Relay, path: str) -> str:
     return str(build_resource_metadata_url(AnyHttpUrl(f"{relay.public_url.rstrip('/')}{path}")))
 
@@ -270,6 +305,12 @@ class Gateway:
         return mt.ListToolsResult(tools=[mt.Tool.model_validate(t) for t in tools])
 
     async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
+    ) -> mt.CallToolResult:
+        with _served(self.relay, ctx, params.name, "gateway"):
+            return await self._call_tool(ctx, params)
+
+    async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
     ) -> mt.CallToolResult:
         address = self.target(ctx)
@@ -526,6 +567,12 @@ class OwnFace:
         return mt.ListToolsResult(tools=OWN_TOOLS)
 
     async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
+    ) -> mt.CallToolResult:
+        with _served(self.relay, ctx, params.name, "relay"):
+            return await self._call_tool(ctx, params)
+
+    async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
     ) -> mt.CallToolResult:
         handler = self._handlers.get(params.name)

@@ -68,6 +68,18 @@ RecipientState = Literal["queued", "sent", "delivered", "bounced"]
 QUEUE_CHANNEL: Final = "queue"
 #: Wakes the local dispatcher when an adapter-backed agent (A2A, MCP) got an inbox row.
 DELIVERY_CHANNEL: Final = "deliveries"
+#: The destination a queue entry of a local delivery names (``local:<agent>``): the inbox row of
+#: an adapter-backed agent that the dispatcher has yet to hand over (SPEC.md §9.5, §9.6).
+LOCAL_DESTINATION: Final = "local:"
+
+
+def local_agent(destination: str | None) -> str | None:
+    """The agent a ``local:<agent>`` destination names; None for any other destination."""
+    if destination is None or not destination.startswith(LOCAL_DESTINATION):
+        return None
+    return destination[len(LOCAL_DESTINATION) :]
+
+
 #: Wakes the quota service when an ack made room in some agent's mailbox: mail held for it
 #: may now go into its inbox (relay/delivery/quota.py).
 HELD_CHANNEL: Final = "held"
@@ -733,7 +745,11 @@ class Store(abc.ABC):
     shared_by_processes: bool = False
 
     @abc.abstractmethod
-    async def list_queue(self, domain: str | None = None) -> list[QueueEntry]: ...
+    async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
+        """The queued rows, oldest due first: the federation queue, held mail, and the inbox rows
+        adapter-backed agents have yet to be handed, as entries whose ``domain`` is
+        ``local:<agent>``. ``domain``: one destination's (a partner domain, this relay's own for
+        held mail, or ``local:<agent>``)."""
 
     @abc.abstractmethod
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
@@ -744,7 +760,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:
-        """Make queued rows due now (postqueue -f / -s; ``id``: one envelope). Returns the count."""
+        """Make queued rows due now (postqueue -f / -s; ``id``: one envelope), local deliveries
+        included (``domain`` as for :meth:`list_queue`); log ``flushed``. Returns the count."""
 
     @abc.abstractmethod
     async def delete_queued(

@@ -290,6 +290,14 @@ r.state = 'queued'
   AND (%(id)s::text IS NULL OR r.envelope IN (SELECT pk FROM envelopes WHERE id = %(id)s::text))
 """
 
+#: The inbox rows still to be handed to adapter-backed agents that a flush names: every one, one
+#: agent's (``local:<agent>``), or one envelope's.
+_DELIVERY_FILTER = """
+(%(agent)s::text IS NULL OR d.agent = %(agent)s::text)
+  AND (%(id)s::text IS NULL
+       OR i.envelope IN (SELECT pk FROM envelopes WHERE id = %(id)s::text))
+"""
+
 _SQL: Final = Statements(
     **portable("%s"),
     create_migrations="""
@@ -394,9 +402,15 @@ RETURNING agent, key
 SELECT 0, e.origin, e.id, e.sender, NULL::text, NULL::text, 0, e.created, e.expires, 0::bigint
 FROM envelopes AS e WHERE e.origin = %(origin)s AND e.id = %(id)s
 UNION ALL
-SELECT 1, r.recipient, r.state, r.code, r.reason, NULL, r.attempts, r.next_attempt, r.updated,
-       r.pk
+SELECT 1, r.recipient, CASE WHEN d.seq IS NULL THEN r.state ELSE 'queued' END,
+       CASE WHEN d.seq IS NULL THEN r.code ELSE d.code END,
+       CASE WHEN d.seq IS NULL THEN r.reason ELSE d.reason END, NULL,
+       CASE WHEN d.seq IS NULL THEN r.attempts ELSE d.attempts END,
+       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+LEFT JOIN inbox AS i ON i.envelope = e.pk AND r.domain IS NULL AND r.state = 'delivered'
+  AND r.recipient = i.agent || '@' || %(own)s::text
+LEFT JOIN deliveries AS d ON d.seq = i.seq
 WHERE e.origin = %(origin)s AND e.id = %(id)s
 UNION ALL
 SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk
@@ -474,6 +488,23 @@ UPDATE recipients AS r
 SET next_attempt = least(r.next_attempt, %(at)s::timestamptz), updated = %(at)s::timestamptz
 WHERE """
     + _QUEUE_FILTER,
+    flush_delivery_events="""
+INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
+SELECT i.envelope, %(at)s::timestamptz, d.agent || '@' || %(own)s::text, 'flushed', NULL, NULL,
+       NULL
+FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER,
+    select_delivery_rows="""
+SELECT d.seq, d.agent FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER
+    + "ORDER BY d.seq",
+    flush_delivery_update="""
+UPDATE deliveries AS d SET next_attempt = least(d.next_attempt, %(at)s::timestamptz)
+FROM inbox AS i
+WHERE i.seq = d.seq AND """
+    + _DELIVERY_FILTER,
     delete_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT r.envelope, %(at)s::timestamptz, r.recipient, 'deleted', %(code)s::text,

@@ -154,6 +154,13 @@ r.state = 'queued'
   AND (:id IS NULL OR r.envelope IN (SELECT pk FROM envelopes WHERE id = :id))
 """
 
+#: The inbox rows still to be handed to adapter-backed agents that a flush names: every one, one
+#: agent's (``local:<agent>``), or one envelope's.
+_DELIVERY_FILTER = """
+(:agent IS NULL OR d.agent = :agent)
+  AND (:id IS NULL OR i.envelope IN (SELECT pk FROM envelopes WHERE id = :id))
+"""
+
 _SQL: Final = Statements(
     **portable("?"),
     create_migrations="""
@@ -256,9 +263,15 @@ RETURNING agent, key
 SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0
 FROM envelopes AS e WHERE e.origin = :origin AND e.id = :id
 UNION ALL
-SELECT 1, r.recipient, r.state, r.code, r.reason, NULL, r.attempts, r.next_attempt, r.updated,
-       r.pk
+SELECT 1, r.recipient, CASE WHEN d.seq IS NULL THEN r.state ELSE 'queued' END,
+       CASE WHEN d.seq IS NULL THEN r.code ELSE d.code END,
+       CASE WHEN d.seq IS NULL THEN r.reason ELSE d.reason END, NULL,
+       CASE WHEN d.seq IS NULL THEN r.attempts ELSE d.attempts END,
+       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+LEFT JOIN inbox AS i ON i.envelope = e.pk AND r.domain IS NULL AND r.state = 'delivered'
+  AND r.recipient = i.agent || '@' || :own
+LEFT JOIN deliveries AS d ON d.seq = i.seq
 WHERE e.origin = :origin AND e.id = :id
 UNION ALL
 SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk
@@ -338,6 +351,22 @@ WHERE """
 UPDATE recipients AS r SET next_attempt = min(r.next_attempt, :at), updated = :at
 WHERE """
     + _QUEUE_FILTER,
+    flush_delivery_events="""
+INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
+SELECT i.envelope, :at, d.agent || '@' || :own, 'flushed', NULL, NULL, NULL
+FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER,
+    select_delivery_rows="""
+SELECT d.seq, d.agent FROM deliveries AS d JOIN inbox AS i ON i.seq = d.seq
+WHERE """
+    + _DELIVERY_FILTER
+    + "ORDER BY d.seq",
+    flush_delivery_update="""
+UPDATE deliveries AS d SET next_attempt = min(d.next_attempt, :at)
+WHERE EXISTS (SELECT 1 FROM inbox AS i WHERE i.seq = d.seq AND """  # noqa: S608 — constants only
+    + _DELIVERY_FILTER
+    + ")",
     delete_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT r.envelope, :at, r.recipient, 'deleted', :code, :reason, NULL

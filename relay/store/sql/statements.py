@@ -114,6 +114,11 @@ class Statements:
     #: recipient (relay/store/sql/rows.py, ``envelope_summaries``), newest envelope first.
     recent_envelopes: str
     recent_envelopes_matching: str
+    #: (own, own) / (own, own, agent) → queue entries of the inbox rows still to be handed to
+    #: adapter-backed agents (``deliveries``), oldest due first: recipient ``<agent>@<own>``,
+    #: destination ``local:<agent>`` (SPEC.md §9.5, §9.6).
+    list_deliveries: str
+    list_deliveries_agent: str
     #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
@@ -165,6 +170,13 @@ class Statements:
     #: {at, domain, id}: log ``flushed``, then make the rows due now.
     flush_events: str
     flush_update: str
+    #: {at, own, agent, id}: the same for the inbox rows still to be handed to adapter-backed
+    #: agents (all, one agent's, or one envelope's).
+    flush_delivery_events: str
+    flush_delivery_update: str
+    #: {agent, id} → (seq, agent) of the inbox rows still to be handed over that a queue
+    #: command names (as for ``flush_delivery_events``).
+    select_delivery_rows: str
     #: {at, domain, id, code, reason}: log ``deleted``, then bounce the rows without a DSN.
     delete_events: str
     delete_update: str
@@ -238,6 +250,20 @@ def portable(marker: str) -> dict[str, str]:
     return {name: text.replace("?", marker) for name, text in _PORTABLE.items()}
 
 
+#: A local delivery as a queue entry, the columns of ``rows.QUEUE_SELECT``: the inbox row's
+#: ``seq`` stands for the recipient row's key; ``notify`` and ``delay_reported`` come from the
+#: recipient row ``<agent>@<own>`` (absent: the defaults; ``0 = 1`` is false in the type of
+#: either dialect).
+_DELIVERY_SELECT: Final = """
+SELECT d.seq, e.origin, e.id, e.sender, d.agent || '@' || ?, 'local:' || d.agent, e.token,
+       e.expires, d.attempts, d.next_attempt, d.code, d.reason, r.notify,
+       coalesce(r.delay_reported, 0 = 1), e.accepted
+FROM deliveries AS d
+JOIN inbox AS i ON i.seq = d.seq
+JOIN envelopes AS e ON e.pk = i.envelope
+LEFT JOIN recipients AS r ON r.envelope = e.pk AND r.recipient = d.agent || '@' || ?
+"""
+
 #: The texts of :func:`portable`, with ``?`` for each parameter (and no other ``?``).
 _PORTABLE: Final = {
     "select_migrations": "SELECT version FROM schema_migrations",
@@ -268,6 +294,8 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
        OR pk IN (SELECT envelope FROM recipients WHERE recipient = ?)
     ORDER BY pk DESC LIMIT ?"""
     ),
+    "list_deliveries": _DELIVERY_SELECT + "ORDER BY d.next_attempt, d.seq",
+    "list_deliveries_agent": _DELIVERY_SELECT + "WHERE d.agent = ? ORDER BY d.next_attempt, d.seq",
     "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued' AND domain <> ?",
     "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",
     "delivery_done": "DELETE FROM deliveries WHERE seq = ?",

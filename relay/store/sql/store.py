@@ -52,6 +52,7 @@ from relay.store.base import (
     Store,
     a2a_task_channel,
     inbox_channel,
+    local_agent,
 )
 from relay.store.sql import accept, rows
 from relay.store.sql.migrations import Migration, load
@@ -467,7 +468,10 @@ class SqlStore(GroupWriter, Store):
         return (names - {row[0] for row in found}) or names
 
     async def message_status(self, origin: str, id: str) -> MessageStatus | None:
-        found = await self._read(self.sql.message_status, {"origin": origin, "id": id})
+        # ``own`` names the local recipient rows whose inbox row the dispatcher has yet to hand
+        # to an adapter-backed agent: those show ``queued`` with the deferral (SPEC.md §9.5).
+        params = {"origin": origin, "id": id, "own": self.domain or ""}
+        found = await self._read(self.sql.message_status, params)
         return rows.message_status(found, self._dt)
 
     # idempotency keys --------------------------------------------------------------------------
@@ -626,11 +630,18 @@ class SqlStore(GroupWriter, Store):
         await self._write(run, new=new)
 
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
-        if domain is None:
-            found = await self._read(self.sql.list_queue, ())
-        else:
+        own = self.domain or ""
+        agent = local_agent(domain)
+        if agent is not None:
+            found = await self._read(self.sql.list_deliveries_agent, (own, own, agent))
+            return [rows.queue_entry(row, self._dt) for row in found]
+        if domain is not None:
             found = await self._read(self.sql.list_queue_domain, (domain,))
-        return [rows.queue_entry(row, self._dt) for row in found]
+            return [rows.queue_entry(row, self._dt) for row in found]
+        remote = await self._read(self.sql.list_queue, ())
+        local = await self._read(self.sql.list_deliveries, (own, own))
+        entries = [rows.queue_entry(row, self._dt) for row in (*remote, *local)]
+        return sorted(entries, key=lambda e: e.next_attempt) if local else entries
 
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
         if match is None:
@@ -643,11 +654,28 @@ class SqlStore(GroupWriter, Store):
 
     async def flush(self, now: datetime, domain: str | None = None, id: str | None = None) -> int:
         params = {"at": self._ts(now), "domain": domain, "id": id}
+        agent = local_agent(domain)
+        # A local agent's destination names only its deliveries; a domain only queued rows;
+        # neither, both (SPEC.md §9.6).
+        local: dict[str, Any] | None = None
+        if domain is None or agent is not None:
+            local = {"at": params["at"], "own": self.domain or "", "agent": agent, "id": id}
 
         async def run(tx: Tx) -> tuple[int, Collection[str]]:
-            await tx.execute(self.sql.flush_events, params)
-            count = await tx.execute(self.sql.flush_update, params)
-            return count, (QUEUE_CHANNEL,) if count else ()
+            count = 0
+            channels: list[str] = []
+            if agent is None:
+                await tx.execute(self.sql.flush_events, params)
+                count = await tx.execute(self.sql.flush_update, params)
+                if count:
+                    channels.append(QUEUE_CHANNEL)
+            if local is not None:
+                await tx.execute(self.sql.flush_delivery_events, local)
+                flushed = await tx.execute(self.sql.flush_delivery_update, local)
+                if flushed:
+                    channels.append(DELIVERY_CHANNEL)
+                count += flushed
+            return count, channels
 
         count: int = await self._write(run)
         return count
@@ -662,10 +690,38 @@ class SqlStore(GroupWriter, Store):
             "code": DELETED_CODE,
             "reason": DELETED_REASON,
         }
+        agent = local_agent(domain)
+        at = params["at"]
+        own = self.domain or ""
+        sql = self.sql
 
         async def run(tx: Tx) -> tuple[int, Collection[str]]:
-            await tx.execute(self.sql.delete_events, params)
-            return await tx.execute(self.sql.delete_update, params), ()
+            count = 0
+            if agent is None:
+                await tx.execute(sql.delete_events, params)
+                count = await tx.execute(sql.delete_update, params)
+            if domain is not None and agent is None:
+                return count, ()
+            # Local deliveries (SPEC.md §9.6): the hand-over is dropped as the dispatcher drops
+            # a bounce — the row off the agent's inbox and usage, the recipient ``bounced`` —
+            # but with no DSN, and the event says ``deleted``.
+            found = await tx.fetch(sql.select_delivery_rows, {"agent": agent, "id": id})
+            if not found:
+                return count, ()
+            seqs = [(row[0],) for row in found]
+            addresses = [(f"{row[1]}@{own}", row[0]) for row in found]
+            await tx.executemany(
+                sql.delivery_event,
+                [(at, a, "deleted", DELETED_CODE, DELETED_REASON, None, q) for a, q in addresses],
+            )
+            await tx.executemany(
+                sql.delivery_bounce,
+                [(DELETED_CODE, DELETED_REASON, at, a, q) for a, q in addresses],
+            )
+            await tx.executemany(sql.delivery_done, seqs)
+            await tx.executemany(sql.delivery_ack_usage, seqs)
+            await tx.executemany(sql.delivery_ack, [(at, q) for (q,) in seqs])
+            return count + len(found), (HELD_CHANNEL,)
 
         count: int = await self._write(run)
         return count
