@@ -190,14 +190,16 @@ class _Exchange:
             await self._queue.join()  # what the server said before asking arrives first
             body = translate.message_body(translate.RpcMessage(method, params, id=rpc_id))
             await self.reply(Reply(KIND_TASK_UPDATE, translate.MCP_REQUEST_CONTENT_TYPE, body))
-            async with asyncio.timeout(CLIENT_ANSWER_TIMEOUT):
+            async with asyncio.timeout(self.adapter.client_answer_timeout):
                 return await future
         except TimeoutError:
+            waited = self.adapter.client_answer_timeout
             return translate.RpcAnswer(
                 rpc_id,
                 error=translate.rpc_error(
                     translate.REQUEST_TIMEOUT_ERROR,
-                    f"the client did not answer {method} within {CLIENT_ANSWER_TIMEOUT:g} s",
+                    f"the client did not answer {method} within {waited:g} s "
+                    "(CLIENT_ANSWER_TIMEOUT)",
                 ),
             )
         finally:
@@ -223,8 +225,10 @@ class McpAdapter:
         connect_timeout: float = CONNECT_TIMEOUT,
         restart_initial: float = RESTART_INITIAL,
         restart_max: float = RESTART_MAX,
+        client_answer_timeout: float = CLIENT_ANSWER_TIMEOUT,
     ) -> None:
         self.cwd = cwd
+        self.client_answer_timeout = client_answer_timeout
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
         self.restart_initial = restart_initial
@@ -241,6 +245,8 @@ class McpAdapter:
         #: (caller, request envelope id) → the scope of the carried request, for cancellation.
         self._running: dict[tuple[str, str], anyio.CancelScope] = {}
         self._carried: set[asyncio.Task[None]] = set()
+        #: Answers and cancellations that came after what they answer had ended (dropped).
+        self.late = 0
         self._request_slots = asyncio.Semaphore(MAX_RUNNING_REQUESTS)
 
     # --- endpoints ------------------------------------------------------------------------------
@@ -560,6 +566,7 @@ class McpAdapter:
             raise translate.CallRefused(translate.BAD_CALL, "not an answer {id, result|error}")
         future = self._asks.get((str(envelope.sender), answer.id))
         if future is None or future.done():
+            self.late += 1
             log.info("a late answer from %s (%s) was dropped", envelope.sender, answer.id)
             return
         future.set_result(answer)
@@ -572,6 +579,8 @@ class McpAdapter:
         scope = self._running.get((str(envelope.sender), envelope.in_reply_to or ""))
         if scope is not None:
             scope.cancel()
+        else:
+            self.late += 1
 
     # --- agents that come and go ------------------------------------------------------------------
 

@@ -393,10 +393,30 @@ class Gateway:
         """Wait for the answers to ``call_id`` in the caller's inbox: notifications and the
         server's requests are played out, the answer or a DSN ends the wait. Answers it used
         are acknowledged (:meth:`_ack_soon`)."""
+        deadline = asyncio.get_running_loop().time() + GATEWAY_WAIT
+        asks: set[asyncio.Task[None]] = set()
+        try:
+            return await self._wait(ctx, caller, address, method, thread, call_id, asks, deadline)
+        finally:
+            # The server's questions end with its request: a client that never answered
+            # leaves no task behind (the server's side times out: CLIENT_ANSWER_TIMEOUT).
+            for task in asks:
+                task.cancel()
+
+    async def _wait(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        method: str,
+        thread: str,
+        call_id: str,
+        asks: set[asyncio.Task[None]],
+        deadline: float,
+    ) -> HandlerResult:
         agent = caller.local
         cursor: int | None = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + GATEWAY_WAIT
         async with self.relay.mailbox.follow(agent) as reader:
             while True:
                 # Acked rows included, read past a cursor: another reader of the inbox acking
@@ -422,7 +442,7 @@ class Gateway:
                     if envelope.get("in_reply_to") != call_id:
                         continue
                     self._ack_soon(agent, item.id)
-                    result = await self._interpret(ctx, caller, address, method, envelope)
+                    result = await self._interpret(ctx, caller, address, method, envelope, asks)
                     if result is not None:
                         return result
 
@@ -448,6 +468,7 @@ class Gateway:
         address: Address,
         method: str,
         envelope: dict[str, Any],
+        asks: set[asyncio.Task[None]],
     ) -> HandlerResult:
         body = envelope.get("body")
         content_type = envelope.get("content_type")
@@ -468,7 +489,7 @@ class Gateway:
             await self._notify(ctx, body)
             return None
         if content_type == translate.MCP_REQUEST_CONTENT_TYPE:
-            self._ask_soon(ctx, caller, address, envelope)
+            self._ask_soon(ctx, caller, address, envelope, asks)
             return None
         # Answers in the A2A shapes of SPEC.md "MCP mapping", "Answers".
         progress = translate.progress_from_body(body)
@@ -517,6 +538,7 @@ class Gateway:
         caller: Address,
         address: Address,
         envelope: dict[str, Any],
+        asks: set[asyncio.Task[None]],
     ) -> None:
         """A server's request of its client (sampling, elicitation, roots) during the request:
         asked on the request's stream, answered by envelope, without stopping the wait. It ends
@@ -526,7 +548,9 @@ class Gateway:
             return
         task = asyncio.create_task(self._ask(ctx, caller, address, envelope))
         self._asks.add(task)
+        asks.add(task)
         task.add_done_callback(self._asks.discard)
+        task.add_done_callback(asks.discard)
 
     async def _ask(
         self,
