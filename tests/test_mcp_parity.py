@@ -278,3 +278,24 @@ async def final(w: World, agent: Agent, id: str) -> dict[str, Any]:
         agent,
         lambda m: m.get("in_reply_to") == id and m["content_type"] == "application/mcp-result+json",
     )
+
+
+async def test_the_card_lists_resources_and_prompts_as_well_as_tools(w: World) -> None:
+    globex = w.orgs["globex.test"]
+    async with fixture_server() as url:
+        await add_mcp_agent(globex, "fixture", url)
+        async with w.http.get(f"{globex.url}/agents/fixture/.well-known/agent-card.json") as resp:
+            card = await resp.json()
+    skills = {s["id"] for s in card["skills"]}
+    assert {"test_simple_text", "resource:test://static-text", "prompt:test_simple_prompt"} <= (
+        skills
+    )
+    assert "resource:test://template/{id}/data" in skills
+    [ext] = [
+        e for e in card["capabilities"]["extensions"] if e["uri"] == "urn:synq:ext:mcp-tools:1"
+    ]
+    params = ext["params"]
+    assert "test://static-text" in {r["uri"] for r in params["resources"]}
+    assert [t["uriTemplate"] for t in params["resourceTemplates"]] == ["test://template/{id}/data"]
+    prompt = next(p for p in params["prompts"] if p["name"] == "test_prompt_with_arguments")
+    assert [a["name"] for a in prompt["arguments"]] == ["arg1", "arg2"]

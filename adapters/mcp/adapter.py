@@ -362,11 +362,32 @@ class McpAdapter:
             "tools": listed,
             "mcpUrl": f"{public_url.rstrip('/')}/mcp/{addr}",
         }
+        skills = [translate.tool_skill(t) for t in listed]
+        # Resources, templates and prompts after the tools, in the same budget: a reader of the
+        # card sees all the server offers (SPEC.md "MCP mapping", cards).
+        for key, keep, skill in (
+            ("resources", translate.RESOURCE_FIELDS, translate.resource_skill),
+            ("resourceTemplates", translate.TEMPLATE_FIELDS, translate.template_skill),
+            ("prompts", translate.PROMPT_FIELDS, translate.prompt_skill),
+        ):
+            entries = tools.catalog.get(key, []) if tools is not None else []
+            kept: list[dict[str, Any]] = []
+            for entry in entries:
+                wire = {k: entry[k] for k in keep if k in entry}
+                cost = len(dumps(wire))
+                if cost > budget:
+                    truncated = True
+                    continue
+                budget -= cost
+                kept.append(wire)
+                skills.append(skill(wire))
+            if kept:
+                params[key] = kept
         if truncated:
             params["truncated"] = True
         if tools is None:
             params["unavailable"] = True
-        card["skills"] = [translate.tool_skill(t) for t in listed]
+        card["skills"] = skills
         card["defaultInputModes"] = [translate.MCP_CALL_CONTENT_TYPE, translate.A2A_CONTENT_TYPE]
         card["defaultOutputModes"] = [translate.A2A_CONTENT_TYPE]
         card["capabilities"]["extensions"].append(

@@ -77,6 +77,8 @@ RESTART_MAX: Final = 60.0
 #: server (or its paginator that never ends) from growing the relay's memory or hanging a listing.
 MAX_TOOLS: Final = 1000
 MAX_TOOL_PAGES: Final = 50
+#: Resources, resource templates and prompts kept of each for an agent card (its first page).
+MAX_CATALOG: Final = 200
 #: Largest HTTP response body or SSE event read from an HTTP MCP server: the same bound as one
 #: stdio line.
 MAX_HTTP_MESSAGE_BYTES: Final = MAX_STDIO_MESSAGE_BYTES
@@ -107,6 +109,10 @@ class ToolSet:
 
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     _validators: dict[str, Validator | None] = field(default_factory=dict)
+    #: The server's resources, resource templates and prompts as last listed (first page of
+    #: each, at most ``MAX_CATALOG`` entries), for its agent card: ``resources``,
+    #: ``resourceTemplates``, ``prompts``.
+    catalog: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, listed: list[mt.Tool]) -> ToolSet:
@@ -150,7 +156,36 @@ async def list_tools(session: ClientSession) -> ToolSet:
         cursor = page.next_cursor
         if cursor is None or len(listed) >= MAX_TOOLS:
             break
-    return ToolSet.of(listed)
+    tools = ToolSet.of(listed)
+    tools.catalog = await list_catalog(session)
+    return tools
+
+
+async def list_catalog(session: ClientSession) -> dict[str, list[dict[str, Any]]]:
+    """The first page of the server's resources, resource templates and prompts, where it
+    declares them (for its card). A server that fails to list them lists nothing here: the card
+    is a summary, and the requests themselves still cross."""
+    caps = session.server_capabilities
+    catalog: dict[str, list[dict[str, Any]]] = {}
+    wanted: list[tuple[str, str]] = []
+    if caps is not None and caps.resources is not None:
+        wanted += [
+            ("resources/list", "resources"),
+            ("resources/templates/list", "resourceTemplates"),
+        ]
+    if caps is not None and caps.prompts is not None:
+        wanted.append(("prompts/list", "prompts"))
+    for method, key in wanted:
+        request = _CLIENT_REQUEST.validate_python({"method": method, "params": {}})
+        try:
+            page = await session.send_request(request, _RawResult)
+        except (MCPError, ValidationError) as exc:
+            log.info("the server's %s failed: %s", method, describe(exc))
+            continue
+        items = _dump(page).get(key)
+        if isinstance(items, list):
+            catalog[key] = [i for i in items[:MAX_CATALOG] if isinstance(i, dict)]
+    return catalog
 
 
 async def call_tool(
@@ -209,6 +244,11 @@ class _RawResult(BaseModel):
 
 
 _CLIENT_REQUEST: Final[TypeAdapter[mt.ClientRequest]] = TypeAdapter(mt.ClientRequest)
+_LIST_CHANGED: Final = (
+    mt.ToolListChangedNotification,
+    mt.ResourceListChangedNotification,
+    mt.PromptListChangedNotification,
+)
 _NO_CLIENT: Final = "no client is waiting for this request's answers"
 
 
@@ -454,8 +494,9 @@ class StdioServer:
 
     async def _run_once(self) -> None:
         async def on_message(message: IncomingMessage) -> None:
-            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again.
-            if isinstance(message, mt.ToolListChangedNotification):
+            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again (and the
+            # resources and prompts the card shows, when those change).
+            if isinstance(message, _LIST_CHANGED):
                 self._tools_stale.set()
             await forward_notification(message)
 
@@ -735,8 +776,9 @@ class HttpServer:
         live: _HttpLive | None = None
 
         async def on_message(message: IncomingMessage) -> None:
-            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again.
-            if isinstance(message, mt.ToolListChangedNotification):
+            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again (and the
+            # resources and prompts the card shows, when those change).
+            if isinstance(message, _LIST_CHANGED):
                 self._tools_stale = True
             await forward_notification(message)
 

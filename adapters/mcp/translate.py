@@ -661,6 +661,16 @@ def capability_of(card: Any) -> dict[str, Any]:
     return {}
 
 
+#: What a card keeps of each resource, resource template and prompt.
+RESOURCE_FIELDS: Final = ("uri", "name", "title", "description", "mimeType", "size")
+TEMPLATE_FIELDS: Final = ("uriTemplate", "name", "title", "description", "mimeType")
+PROMPT_FIELDS: Final = ("name", "title", "description", "arguments")
+
+
+def template_skill(template: Mapping[str, Any]) -> dict[str, Any]:
+    return resource_skill(template, template=True)
+
+
 def resource_skill(resource: Mapping[str, Any], *, template: bool = False) -> dict[str, Any]:
     """A resource (or resource template) as a card skill, so a reader of the card sees it."""
     key = "uriTemplate" if template else "uri"
