@@ -46,6 +46,7 @@ from adapters.mcp.client import (
     ToolSet,
     Unavailable,
     call_tool,
+    declared_features,
     describe,
     http_session,
     list_tools,
@@ -239,7 +240,7 @@ class McpAdapter:
         #: session lives while one of them exists (:meth:`release`).
         self._users: dict[str, set[str]] = {}
         #: Endpoint → the kept session in the sessionless revision, for callers that speak it.
-        self._modern: dict[str, HttpServer] = {}
+        self._modern: dict[tuple[str, frozenset[str]], HttpServer] = {}
         #: (caller, request id) → the server's request of that caller waiting for its answer.
         self._asks: dict[tuple[str, str], asyncio.Future[translate.RpcAnswer]] = {}
         #: (caller, request envelope id) → the scope of the carried request, for cancellation.
@@ -495,7 +496,7 @@ class McpAdapter:
             except Unavailable as exc:
                 raise AttemptFailed(st.NO_ANSWER, str(exc)) from None
         else:
-            server = self._http_for(endpoint, message.protocol)
+            server = self._http_for(endpoint, message)
             try:
                 await server.live()
             except Unavailable as exc:
@@ -520,13 +521,19 @@ class McpAdapter:
         self._carried.add(task)
         task.add_done_callback(self._carried.discard)
 
-    def _http_for(self, endpoint: str, protocol: str | None) -> HttpServer:
-        if protocol is None or protocol < "2026":
+    def _http_for(self, endpoint: str, message: translate.RpcMessage) -> HttpServer:
+        """The session for a request: the handshake revision's kept one, or — for a caller that
+        spoke the sessionless revision — one of that revision declaring the caller's client
+        capabilities (at most one per combination of sampling, elicitation, roots)."""
+        if message.protocol is None or message.protocol < "2026":
             return self._http_server(endpoint)
-        server = self._modern.get(endpoint)
+        declare = declared_features(message.params)
+        server = self._modern.get((endpoint, declare))
         if server is None:
-            server = HttpServer(endpoint, connect_timeout=self.connect_timeout, modern=True)
-            self._modern[endpoint] = server
+            server = HttpServer(
+                endpoint, connect_timeout=self.connect_timeout, modern=True, declare=declare
+            )
+            self._modern[(endpoint, declare)] = server
         return server
 
     async def _run_request(
@@ -627,10 +634,9 @@ class McpAdapter:
             if users:
                 continue
             del self._users[endpoint]
-            modern = self._modern.pop(endpoint, None)
-            if modern is not None:
+            for key in [k for k in self._modern if k[0] == endpoint]:
                 with contextlib.suppress(Exception):
-                    await modern.close()
+                    await self._modern.pop(key).close()
             server: StdioServer | HttpServer | None = self._stdio.pop(endpoint, None)
             if server is None:
                 server = self._http.pop(endpoint, None)

@@ -48,6 +48,7 @@ from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.types import CLIENT_CAPABILITIES_META_KEY
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from adapters.mcp import translate
@@ -306,14 +307,29 @@ async def forward_notification(message: IncomingMessage) -> None:
         await exchange.notify(str(method), dict(data.get("params") or {}))
 
 
-def session_callbacks() -> dict[str, Any]:
-    """The client side of sampling, elicitation and roots for a kept session: declared, so a
-    server asks, and answered by the caller of the request that is running (:data:`EXCHANGE`)."""
-    return {
-        "sampling_callback": _on_sampling,
-        "elicitation_callback": _on_elicitation,
-        "list_roots_callback": _on_roots,
+#: The client capabilities a kept session can declare for its callers.
+CLIENT_FEATURES: Final = frozenset({"sampling", "elicitation", "roots"})
+
+
+def session_callbacks(declare: frozenset[str] = CLIENT_FEATURES) -> dict[str, Any]:
+    """The client side of sampling, elicitation and roots for a kept session: declared (the
+    SDK declares a capability exactly when its callback is given), so a server asks, and
+    answered by the caller of the request that is running (:data:`EXCHANGE`)."""
+    callbacks: dict[str, tuple[str, Any]] = {
+        "sampling": ("sampling_callback", _on_sampling),
+        "elicitation": ("elicitation_callback", _on_elicitation),
+        "roots": ("list_roots_callback", _on_roots),
     }
+    return dict(callbacks[feature] for feature in sorted(declare & CLIENT_FEATURES))
+
+
+def declared_features(params: dict[str, Any]) -> frozenset[str]:
+    """Which of :data:`CLIENT_FEATURES` a 2026-07-28 request's ``_meta`` declares."""
+    meta = params.get("_meta")
+    caps = meta.get(CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(caps, dict):
+        return frozenset()
+    return frozenset(f for f in CLIENT_FEATURES if caps.get(f) is not None)
 
 
 async def send_request(
@@ -726,13 +742,22 @@ class HttpServer:
     """
 
     def __init__(
-        self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, modern: bool = False
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        modern: bool = False,
+        declare: frozenset[str] = CLIENT_FEATURES,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
         #: Speak the sessionless revision (2026-07-28: ``server/discover``, per-request ``_meta``)
         #: instead of the ``initialize`` handshake: for callers that spoke it to their gateway.
         self.modern = modern
+        #: The client capabilities this session declares: all, for the handshake revision's one
+        #: session shared by every caller; the caller's own, for a sessionless one (each request
+        #: carries them, and a server asks only for what its client declared).
+        self.declare = declare
         #: Sessions opened so far (a new one after each loss).
         self.sessions = 0
         #: The last tool listing, kept while the server cannot be reached (for its card).
@@ -794,7 +819,7 @@ class HttpServer:
                         write,
                         message_handler=on_message,
                         client_info=CLIENT_INFO,
-                        **session_callbacks(),
+                        **session_callbacks(self.declare),
                     ) as session,
                 ):
                     with anyio.fail_after(self.connect_timeout):

@@ -527,6 +527,7 @@ CLIENT_METHODS: Final = frozenset(
         "prompts/get",
         "completion/complete",
         "logging/setLevel",
+        "subscriptions/listen",
     }
 )
 #: What a server may ask of its client during a request (MCP 2025-11-25 "Client Features").
@@ -540,8 +541,12 @@ SERVER_NOTIFICATIONS: Final = frozenset(
         "notifications/resources/list_changed",
         "notifications/tools/list_changed",
         "notifications/prompts/list_changed",
+        "notifications/subscriptions/acknowledged",
     }
 )
+#: The ``_meta`` key by which a 2026-07-28 server tags what it sends on a
+#: ``subscriptions/listen`` stream with that request's JSON-RPC id (SEP-2575): each hop's id.
+SUBSCRIPTION_ID_META_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 #: Client notifications carried to the agent.
 CLIENT_NOTIFICATIONS: Final = frozenset({"notifications/cancelled"})
 #: Longest JSON-RPC id a request envelope may name (ids are the relay's own UUIDs).

@@ -27,7 +27,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -99,6 +99,9 @@ SESSION_IDLE_TIMEOUT: Final = 600.0
 MAX_CHECK_INBOX: Final = 100
 #: Scope of the tokens this resource server accepts (advertised in its metadata).
 SCOPE: Final = "synq:agent"
+
+#: The first MCP revision without sessions (2026-07-28): a closed request stream cancels.
+SESSIONLESS: Final = "2026-07-28"
 
 MCP_HOST: web.AppKey[AsgiHost] = web.AppKey("mcp_host")
 #: What an anonymous gateway caller's access record holds in place of a token hash.
@@ -289,15 +292,16 @@ class Gateway:
     ) -> HandlerResult:
         address = self.target(ctx)
         tools = await self._tools(address)
-        if params.name not in tools.by_name:
-            # MCP 2025-11-25 "Tools" §Error Handling: an unknown tool is a protocol error.
-            raise MCPError(mt.INVALID_PARAMS, f"Unknown tool: {params.name}")
-        arguments = dict(params.arguments or {})
-        validator = tools.validator(params.name)
-        if validator is not None and (error := translate.schema_error(validator, arguments)):
-            # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so the
-            # model can correct itself; nothing crossed.
-            return _error_result(f"Invalid arguments for tool {params.name}: {error}")
+        if params.name in tools.by_name:
+            arguments = dict(params.arguments or {})
+            validator = tools.validator(params.name)
+            if validator is not None and (error := translate.schema_error(validator, arguments)):
+                # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so
+                # the model can correct itself; nothing crossed.
+                return _error_result(f"Invalid arguments for tool {params.name}: {error}")
+        # A tool the card does not list crosses too: the card may be older than the server's
+        # list, or cut at its budget, and the server's own answer to a tool it does not have
+        # is what its client would get from it directly.
         return await self.carry(ctx, "tools/call")
 
     async def carry(self, ctx: ServerRequestContext[Any, Any], method: str) -> HandlerResult:
@@ -331,6 +335,13 @@ class Gateway:
         self._inflight[key] = entry
         try:
             return await self._answer(ctx, caller, address, method, thread, entry[1])
+        except asyncio.CancelledError:
+            if ctx.protocol_version >= SESSIONLESS:
+                # 2026-07-28 HTTP has no client notifications: a client that closes the
+                # request's stream cancels it ("Transports"). The cancellation crosses, so a
+                # listen stream or a long call of a vanished client ends at the server too.
+                self._background(self._cancel_across(caller, entry, "the client closed the stream"))
+            raise
         finally:
             self._inflight.pop(key, None)
             self._ended[key] = entry
@@ -359,11 +370,19 @@ class Gateway:
         entry = self._inflight.get(key) or self._ended.pop(key, None)
         if entry is None:
             return
+        await self._cancel_across(caller, entry, params.reason or "cancelled by the client")
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _cancel_across(
+        self, caller: Address, entry: tuple[Address, str, str], reason: str
+    ) -> None:
         address, call_id, thread = entry
         body = translate.message_body(
-            translate.RpcMessage(
-                "notifications/cancelled", {"reason": params.reason or "cancelled by the client"}
-            )
+            translate.RpcMessage("notifications/cancelled", {"reason": reason})
         )
         try:
             await self.relay.mailbox.send(
@@ -523,9 +542,17 @@ class Gateway:
                     text if isinstance(text, str) else None,
                 )
             return
+        params = message.params
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and translate.SUBSCRIPTION_ID_META_KEY in meta:
+            # Tagged with the listen request's id at the server's hop; this hop's is ours.
+            params = {
+                **params,
+                "_meta": {**meta, translate.SUBSCRIPTION_ID_META_KEY: ctx.request_id},
+            }
         try:
             notification = _SERVER_NOTIFICATION.validate_python(
-                {"method": message.method, "params": message.params}
+                {"method": message.method, "params": params}
             )
         except ValidationError:
             log.info("a %s notification was not valid", message.method)
@@ -646,6 +673,7 @@ _CARRIED: Final[dict[str, type[BaseModel]]] = {
     "prompts/get": mt.GetPromptRequestParams,
     "completion/complete": mt.CompleteRequestParams,
     "logging/setLevel": mt.SetLevelRequestParams,
+    "subscriptions/listen": mt.SubscriptionsListenRequestParams,
 }
 
 
