@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp import types as mt
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
@@ -299,3 +299,36 @@ async def test_the_card_lists_resources_and_prompts_as_well_as_tools(w: World) -
     assert [t["uriTemplate"] for t in params["resourceTemplates"]] == ["test://template/{id}/data"]
     prompt = next(p for p in params["prompts"] if p["name"] == "test_prompt_with_arguments")
     assert [a["name"] for a in prompt["arguments"]] == ["arg1", "arg2"]
+
+
+async def test_sessionless_revision_input_required_and_listen_across_two_relays(
+    w: World,
+) -> None:
+    """2026-07-28: the input_required round trip crosses as plain request/answer pairs, and a
+    listen stream the client leaves is cancelled at the partner's server (nothing stays open)."""
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice = await acme.agent("alice")
+
+    async def elicit(context: ClientRequestContext, params: mt.ElicitRequestParams) -> Any:
+        return mt.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with fixture_server() as url:
+        await add_mcp_agent(globex, "fixture", url)
+        gateway = f"{acme.url}/mcp/fixture@globex.test"
+        async with (
+            running(w),
+            httpx2.AsyncClient(headers=alice.auth, timeout=httpx2.Timeout(30, read=60)) as http,
+            Client(
+                streamable_http_client(gateway, http_client=http),
+                mode="auto",
+                elicitation_callback=elicit,
+            ) as session,
+        ):
+            assert session.protocol_version == "2026-07-28"
+            result = await session.call_tool("test_input_required_result_elicitation", {})
+            async with session.listen(tools_list_changed=True) as subscription:
+                assert subscription.honored.tools_list_changed
+                assert adapter_of(globex)._running, "the listen runs at globex"
+            # Leaving the stream cancels the listen at the partner's server.
+            await wait_until(lambda: not adapter_of(globex)._running, 30)
+    assert text_of(result) == "Hello, Ada!"
