@@ -16,6 +16,13 @@ dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliv
 A server that cannot be reached (down, restarting, slow to start) fails the delivery for now:
 the envelope stays in the inbox and the dispatcher retries until it expires, then bounces it.
 
+An ``application/mcp-request+json`` envelope (any client request, SPEC.md "MCP mapping", "Any
+MCP message") is checked and the server reached as above; the request then runs in the
+background (:meth:`McpAdapter._carry`) so that the caller's answers to the server's own requests
+(sampling, elicitation, roots: ``application/mcp-result+json``) and its cancellation
+(``application/mcp-notification+json``) can be delivered while it runs. What the server says
+meanwhile travels back through a bounded queue (:class:`_Exchange`); the answer ends it.
+
 The adapter remembers which agents each server was used for; when the dispatcher finds they
 were removed (``release``, relay/delivery/dispatch.py ``Holder``), a stdio server is stopped
 with its supervisor, and an HTTP session left, once no remaining agent uses it.

@@ -15,7 +15,10 @@ Everything here is a pure function of JSON values, so it is tested with tables:
   ``isError`` is true or the call failed, ``TASK_STATE_FAILED`` (content as the parts of the
   status message) — the shapes an A2A client sees when an A2A agent completes or fails a task;
 * **answers back** — the inverse, for the relay's ``/mcp/<address>`` face: a ``task`` body gives
-  back the exact ``CallToolResult``, a ``statusUpdate`` the progress triple.
+  back the exact ``CallToolResult``, a ``statusUpdate`` the progress triple;
+* **any MCP message** — a JSON-RPC request, its answer, or a notification carried whole
+  (``application/mcp-request+json``, ``…-result+json``, ``…-notification+json``): what
+  ``/mcp/<address>`` sends for every client request, and what comes back.
 
 Content blocks map to A2A parts without loss: the block's bulky field moves into the part
 (``text`` → ``text``, ``data``/``blob`` → ``raw``, a resource link's ``uri`` → ``url``) and the
@@ -651,19 +654,6 @@ def failed_answer(method: str, rpc_id: str | None, reason: str) -> RpcAnswer:
     if method == "tools/call":
         return RpcAnswer(rpc_id, result=error_result(reason))
     return RpcAnswer(rpc_id, error=rpc_error(INTERNAL_ERROR, reason))
-
-
-def capability_of(card: Any) -> dict[str, Any]:
-    """The MCP tools extension's params on a card (empty when it has none)."""
-    if not isinstance(card, Mapping):
-        return {}
-    caps = card.get("capabilities")
-    exts = caps.get("extensions") if isinstance(caps, Mapping) else None
-    for ext in exts if isinstance(exts, list) else []:
-        if isinstance(ext, Mapping) and ext.get("uri") == MCP_TOOLS_EXTENSION:
-            params = ext.get("params")
-            return dict(params) if isinstance(params, Mapping) else {}
-    return {}
 
 
 #: What a card keeps of each resource, resource template and prompt.

@@ -1,12 +1,14 @@
 """The relay's MCP faces (SPEC.md "MCP mapping"), hosted in the aiohttp server by the ASGI
 bridge (relay.server.asgi) like every SDK's Starlette glue.
 
-* ``/mcp/<address>`` — **remote tools as a local MCP server**. For any reachable MCP-backed
+* ``/mcp/<address>`` — **a remote MCP server as a local one**. For any reachable MCP-backed
   address (a local agent, or a partner's, whose agent card carries the MCP tools extension) the
-  relay is a streamable HTTP MCP server whose tools are that agent's tools. ``tools/list`` comes
-  from the agent card; ``tools/call`` is checked against the tool's input schema, becomes an
-  ``application/mcp-call+json`` envelope from the caller's address, and the answers that come
-  back (``task.update`` envelopes) become progress notifications and the ``CallToolResult``.
+  relay is a streamable HTTP MCP server standing for that agent's server. ``tools/list`` comes
+  from the agent card; ``tools/call`` of a listed tool is checked against its input schema;
+  every request (tools, resources, prompts, completion, logging, listen) becomes an
+  ``application/mcp-request+json`` envelope from the caller's address, and what comes back —
+  notifications, the server's requests of the client, the answer — is played out on the
+  request's stream (:class:`Gateway`).
 * ``/mcp`` — **the relay's own MCP face**: tools ``send_message``, ``check_inbox``,
   ``find_agents``, ``get_agent_card``, ``message_status`` acting as the calling local agent,
   each a call of the relay's mailbox (relay.delivery.mailbox), as the local API's routes are.
