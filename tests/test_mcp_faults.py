@@ -179,9 +179,14 @@ async def test_a_client_that_disconnects_mid_call_leaves_nothing_behind(w: World
         with pytest.raises(asyncio.CancelledError):
             await caller
         await wait_until(lambda: host.active == 0, timeout=15)
-        # The call still completes at globex; its answer waits in alice's inbox.
-        final = await await_message(w, acme, alice, lambda m: "task" in m["body"])
-        assert final["body"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        # The SDK's client cancels the request it abandons (notifications/cancelled): the
+        # cancellation crosses to globex and ends the call there; its answer says so and waits
+        # in alice's inbox.
+        final = await await_message(
+            w, acme, alice, lambda m: m["content_type"] == "application/mcp-result+json"
+        )
+        assert final["body"]["result"]["isError"] is True
+        assert final["body"]["result"]["content"][0]["text"] == "cancelled by the client"
         async with mcp_client(f"{acme.url}/mcp/tools@globex.test", alice) as client:
             assert text_of(await client.call_tool("echo", {"text": "next"})) == "next"
 

@@ -16,6 +16,13 @@ dispatcher hands each envelope from the agent's inbox to :meth:`McpAdapter.deliv
 A server that cannot be reached (down, restarting, slow to start) fails the delivery for now:
 the envelope stays in the inbox and the dispatcher retries until it expires, then bounces it.
 
+An ``application/mcp-request+json`` envelope (any client request, SPEC.md "MCP mapping", "Any
+MCP message") is checked and the server reached as above; the request then runs in the
+background (:meth:`McpAdapter._carry`) so that the caller's answers to the server's own requests
+(sampling, elicitation, roots: ``application/mcp-result+json``) and its cancellation
+(``application/mcp-notification+json``) can be delivered while it runs. What the server says
+meanwhile travels back through a bounded queue (:class:`_Exchange`); the answer ends it.
+
 The adapter remembers which agents each server was used for; when the dispatcher finds they
 were removed (``release``, relay/delivery/dispatch.py ``Holder``), a stdio server is stopped
 with its supervisor, and an HTTP session left, once no remaining agent uses it.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +41,7 @@ from urllib.parse import urlsplit
 
 import anyio
 from mcp import ClientSession
+from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 
 from adapters.mcp import translate
@@ -46,9 +55,11 @@ from adapters.mcp.client import (
     ToolSet,
     Unavailable,
     call_tool,
+    declared_features,
     describe,
     http_session,
     list_tools,
+    send_request,
 )
 from adapters.mcp.stdio import StdioProcess, resolve_command, stdio_transport
 from relay.core import status as st
@@ -73,6 +84,23 @@ MAX_PROGRESS_UPDATES: Final = 100
 #: ``MAX_WELL_KNOWN_BYTES`` (64 KiB); tools past this budget are left out (``truncated``) but can
 #: still be called — the adapter checks them against the live list.
 MAX_CARD_TOOLS_BYTES: Final = 48 * 1024
+#: Notifications (progress, log messages, list changes) carried back for one request. Each is a
+#: signed, stored envelope: a server that floods its client costs at most this many; the rest
+#: are dropped and counted in the log, and the answer is always sent.
+MAX_NOTIFICATIONS: Final = 200
+#: Notifications waiting to be signed for one request. The server's messages arrive faster than
+#: envelopes are stored; past this many waiting, new ones are dropped (never unbounded memory).
+MAX_QUEUED_NOTIFICATIONS: Final = 32
+#: How long a server's request of its client (sampling, elicitation, roots) waits for the
+#: caller's answer. Past it the server gets the JSON-RPC error -32001 (request timeout), as an
+#: SDK client that does not answer in time gives, and its call goes on or fails as it decides.
+CLIENT_ANSWER_TIMEOUT: Final = 120.0
+#: Server requests waiting for their callers' answers, all agents together; past it a server's
+#: request is answered with an error at once. Stops servers from pinning unbounded futures.
+MAX_OPEN_ASKS: Final = 1000
+#: Carried requests running at once (each a task, answered in the background: see
+#: :meth:`McpAdapter._carry`). Past it a delivery waits for a slot, which holds the dispatcher.
+MAX_RUNNING_REQUESTS: Final = 256
 
 
 class _ProgressSender:
@@ -118,6 +146,86 @@ class _ProgressSender:
         self._task.cancel()
 
 
+class _Exchange:
+    """One carried request's traffic back to its caller (:class:`adapters.mcp.client.Exchange`):
+    notifications go out in order through a bounded queue, one envelope at a time; the server's
+    requests of the client go out as ``application/mcp-request+json`` and wait for the answer
+    the caller sends back (:meth:`McpAdapter._answered`)."""
+
+    def __init__(self, adapter: McpAdapter, caller: str, reply: Replier) -> None:
+        self.adapter = adapter
+        self.caller = caller
+        self.reply = reply
+        self.sent = 0
+        self.dropped = 0
+        self._queue: asyncio.Queue[translate.RpcMessage] = asyncio.Queue(MAX_QUEUED_NOTIFICATIONS)
+        self._task = asyncio.create_task(self._run())
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        if self.sent + self._queue.qsize() >= MAX_NOTIFICATIONS:
+            self.dropped += 1
+            return
+        try:
+            self._queue.put_nowait(translate.RpcMessage(method, params))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._queue.get()
+            try:
+                body = translate.message_body(message)
+                await self.reply(
+                    Reply(KIND_TASK_UPDATE, translate.MCP_NOTIFICATION_CONTENT_TYPE, body)
+                )
+                self.sent += 1
+            except Exception as exc:
+                self.dropped += 1
+                log.info("a notification for %s was not sent: %s", self.caller, describe(exc))
+            finally:
+                self._queue.task_done()
+
+    async def ask(self, method: str, params: dict[str, Any]) -> translate.RpcAnswer:
+        asks = self.adapter._asks
+        if len(asks) >= MAX_OPEN_ASKS:
+            return translate.RpcAnswer(
+                None,
+                error=translate.rpc_error(
+                    translate.INTERNAL_ERROR, "too many requests wait for clients (MAX_OPEN_ASKS)"
+                ),
+            )
+        rpc_id = str(uuid.uuid4())
+        key = (self.caller, rpc_id)
+        future: asyncio.Future[translate.RpcAnswer] = asyncio.get_running_loop().create_future()
+        asks[key] = future
+        try:
+            await self._queue.join()  # what the server said before asking arrives first
+            body = translate.message_body(translate.RpcMessage(method, params, id=rpc_id))
+            await self.reply(Reply(KIND_TASK_UPDATE, translate.MCP_REQUEST_CONTENT_TYPE, body))
+            async with asyncio.timeout(self.adapter.client_answer_timeout):
+                return await future
+        except TimeoutError:
+            waited = self.adapter.client_answer_timeout
+            return translate.RpcAnswer(
+                rpc_id,
+                error=translate.rpc_error(
+                    translate.REQUEST_TIMEOUT_ERROR,
+                    f"the client did not answer {method} within {waited:g} s "
+                    "(CLIENT_ANSWER_TIMEOUT)",
+                ),
+            )
+        finally:
+            asks.pop(key, None)
+
+    async def close(self) -> None:
+        """Send what is queued (before the answer, so the order holds), then stop."""
+        await self._queue.join()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self.dropped:
+            log.info("%d notifications for %s were dropped", self.dropped, self.caller)
+
+
 class McpAdapter:
     kind = "mcp"
 
@@ -130,8 +238,10 @@ class McpAdapter:
         restart_initial: float = RESTART_INITIAL,
         restart_max: float = RESTART_MAX,
         tracer: Tracer | None = None,
+        client_answer_timeout: float = CLIENT_ANSWER_TIMEOUT,
     ) -> None:
         self.cwd = cwd
+        self.client_answer_timeout = client_answer_timeout
         #: The relay's tracer: a client span per call. The MCP SDK writes the current span's
         #: ``traceparent`` into the request's ``_meta`` (SEP-414), so the server continues it.
         self.tracer: Tracer = tracer or NoOpTracer()
@@ -144,6 +254,16 @@ class McpAdapter:
         #: Endpoint → the agents it was used for (delivery, card). A supervised server or kept
         #: session lives while one of them exists (:meth:`release`).
         self._users: dict[str, set[str]] = {}
+        #: Endpoint → the kept session in the sessionless revision, for callers that speak it.
+        self._modern: dict[tuple[str, frozenset[str]], HttpServer] = {}
+        #: (caller, request id) → the server's request of that caller waiting for its answer.
+        self._asks: dict[tuple[str, str], asyncio.Future[translate.RpcAnswer]] = {}
+        #: (caller, request envelope id) → the scope of the carried request, for cancellation.
+        self._running: dict[tuple[str, str], anyio.CancelScope] = {}
+        self._carried: set[asyncio.Task[None]] = set()
+        #: Answers and cancellations that came after what they answer had ended (dropped).
+        self.late = 0
+        self._request_slots = asyncio.Semaphore(MAX_RUNNING_REQUESTS)
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -268,11 +388,32 @@ class McpAdapter:
             "tools": listed,
             "mcpUrl": f"{public_url.rstrip('/')}/mcp/{addr}",
         }
+        skills = [translate.tool_skill(t) for t in listed]
+        # Resources, templates and prompts after the tools, in the same budget: a reader of the
+        # card sees all the server offers (SPEC.md "MCP mapping", cards).
+        for key, keep, skill in (
+            ("resources", translate.RESOURCE_FIELDS, translate.resource_skill),
+            ("resourceTemplates", translate.TEMPLATE_FIELDS, translate.template_skill),
+            ("prompts", translate.PROMPT_FIELDS, translate.prompt_skill),
+        ):
+            entries = tools.catalog.get(key, []) if tools is not None else []
+            kept: list[dict[str, Any]] = []
+            for entry in entries:
+                wire = {k: entry[k] for k in keep if k in entry}
+                cost = len(dumps(wire))
+                if cost > budget:
+                    truncated = True
+                    continue
+                budget -= cost
+                kept.append(wire)
+                skills.append(skill(wire))
+            if kept:
+                params[key] = kept
         if truncated:
             params["truncated"] = True
         if tools is None:
             params["unavailable"] = True
-        card["skills"] = [translate.tool_skill(t) for t in listed]
+        card["skills"] = skills
         card["defaultInputModes"] = [translate.MCP_CALL_CONTENT_TYPE, translate.A2A_CONTENT_TYPE]
         card["defaultOutputModes"] = [translate.A2A_CONTENT_TYPE]
         card["capabilities"]["extensions"].append(
@@ -288,6 +429,15 @@ class McpAdapter:
     # --- delivery ------------------------------------------------------------------------------
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
+        if envelope.content_type == translate.MCP_REQUEST_CONTENT_TYPE:
+            await self._carry(agent, envelope, reply)
+            return
+        if envelope.content_type == translate.MCP_RESULT_CONTENT_TYPE:
+            self._answered(envelope)
+            return
+        if envelope.content_type == translate.MCP_NOTIFICATION_CONTENT_TYPE:
+            self._notified(envelope)
+            return
         # A refused call (translate.CallRefused) is an AttemptFailed with its 5.x.x status: it
         # reaches the dispatcher as it is, which bounces the envelope with a DSN.
         call = translate.parse_call(
@@ -365,6 +515,148 @@ class McpAdapter:
                 )
         await reply(Reply(KIND_TASK_UPDATE, translate.A2A_CONTENT_TYPE, body))
 
+    # --- any MCP request (SPEC.md "MCP mapping", "Any MCP message") ------------------------------
+
+    async def _carry(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
+        """Take one ``application/mcp-request+json`` envelope: check it, reach the server (a
+        server that cannot be reached keeps the envelope in the inbox, as for a tool call), then
+        run the request in the background and return, so the dispatcher can hand over the
+        caller's answers to what the server asks meanwhile (sampling, elicitation, roots) and
+        its cancellation. The request answers with one ``application/mcp-result+json`` reply."""
+        message = translate.parse_message(envelope.body, translate.CLIENT_METHODS)
+        endpoint = self._used_by(agent)
+        server: StdioServer | HttpServer
+        if endpoint.startswith(STDIO_PREFIX):
+            server = self._server(endpoint)
+            try:
+                await server.live()
+            except Unavailable as exc:
+                raise AttemptFailed(st.NO_ANSWER, str(exc)) from None
+        else:
+            server = self._http_for(endpoint, message)
+            try:
+                await server.live()
+            except Unavailable as exc:
+                if not server.modern:
+                    raise AttemptFailed(
+                        st.NO_ANSWER, f"cannot reach the MCP server: {exc}"
+                    ) from None
+                # A server without the sessionless revision: the handshake revision serves.
+                server = self._http_server(endpoint)
+                try:
+                    await server.live()
+                except Unavailable as again:
+                    raise AttemptFailed(
+                        st.NO_ANSWER, f"cannot reach the MCP server: {again}"
+                    ) from None
+        await self._request_slots.acquire()
+        caller = str(envelope.sender)
+        exchange = _Exchange(self, caller, reply)
+        scope = anyio.CancelScope()
+        self._running[(caller, envelope.id)] = scope
+        task = asyncio.create_task(self._run_request(server, message, exchange, scope, envelope.id))
+        self._carried.add(task)
+        task.add_done_callback(self._carried.discard)
+
+    def _http_for(self, endpoint: str, message: translate.RpcMessage) -> HttpServer:
+        """The session for a request: the handshake revision's kept one, or — for a caller that
+        spoke the sessionless revision — one of that revision declaring the caller's client
+        capabilities (at most one per combination of sampling, elicitation, roots)."""
+        if message.protocol is None or message.protocol < "2026":
+            return self._http_server(endpoint)
+        declare = declared_features(message.params)
+        server = self._modern.get((endpoint, declare))
+        if server is None:
+            server = HttpServer(
+                endpoint, connect_timeout=self.connect_timeout, modern=True, declare=declare
+            )
+            self._modern[(endpoint, declare)] = server
+        return server
+
+    async def _run_request(
+        self,
+        server: StdioServer | HttpServer,
+        message: translate.RpcMessage,
+        exchange: _Exchange,
+        scope: anyio.CancelScope,
+        envelope_id: str,
+    ) -> None:
+        answer: translate.RpcAnswer | AttemptFailed | None = None
+        # A client span per carried request, named by its method (SPEC.md §14.3): the SDK
+        # writes its traceparent into the request's _meta, so the server continues the trace.
+        span = self.tracer.start_span(
+            f"mcp.{message.method}",
+            kind=SpanKind.CLIENT,
+            attributes={"mcp.method.name": message.method, "synq.id": envelope_id},
+        )
+        try:
+            with scope, trace.use_span(span, end_on_exit=False):
+                if isinstance(server, HttpServer):
+                    answer = await server.request(message, self.call_timeout, exchange)
+                else:
+                    live = await server.live()
+                    answer = await send_request(live.session, message, self.call_timeout, exchange)
+            if answer is None:
+                answer = translate.failed_answer(
+                    message.method, message.id, "cancelled by the client"
+                )
+        except (Unavailable, translate.CallRefused) as exc:
+            answer = translate.failed_answer(message.method, message.id, str(exc))
+        except AttemptFailed as exc:
+            answer = exc
+        except Exception as exc:
+            log.exception("MCP request %s failed", envelope_id)
+            answer = AttemptFailed(st.TRANSIENT, f"the request failed: {describe(exc)}")
+        finally:
+            self._running.pop((exchange.caller, envelope_id), None)
+            self._request_slots.release()
+            if isinstance(answer, AttemptFailed):
+                span.set_status(Status(StatusCode.ERROR, answer.status.code))
+            span.end()
+        if isinstance(answer, AttemptFailed):
+            log.info("MCP request %s (%s) failed: %s", envelope_id, message.method, answer.reason)
+            answer = translate.failed_answer(message.method, message.id, answer.reason)
+        body = translate.answer_body(answer)
+        size = len(dumps(body))
+        if size > translate.MAX_TOOL_RESULT_BYTES:
+            body = translate.answer_body(
+                translate.failed_answer(
+                    message.method,
+                    message.id,
+                    f"the result of {message.method} is {size} bytes; the limit is "
+                    f"{translate.MAX_TOOL_RESULT_BYTES} (MAX_TOOL_RESULT_BYTES)",
+                )
+            )
+        try:
+            await exchange.close()
+            await exchange.reply(Reply(KIND_TASK_UPDATE, translate.MCP_RESULT_CONTENT_TYPE, body))
+        except Exception as exc:
+            log.warning("the answer to %s was not sent: %s", envelope_id, describe(exc))
+
+    def _answered(self, envelope: Envelope) -> None:
+        """A caller's answer to a server's request. One nobody waits for any more (the request
+        timed out, the call ended, the relay restarted) is dropped: the row is settled."""
+        answer = translate.parse_answer(envelope.body)
+        if answer is None or answer.id is None:
+            raise translate.CallRefused(translate.BAD_CALL, "not an answer {id, result|error}")
+        future = self._asks.get((str(envelope.sender), answer.id))
+        if future is None or future.done():
+            self.late += 1
+            log.info("a late answer from %s (%s) was dropped", envelope.sender, answer.id)
+            return
+        future.set_result(answer)
+
+    def _notified(self, envelope: Envelope) -> None:
+        """A caller's notification: ``notifications/cancelled`` for the request its envelope
+        answers (``in_reply_to``) cancels that request at the server, if it still runs; one
+        that lost the race with the answer is dropped."""
+        translate.parse_message(envelope.body, translate.CLIENT_NOTIFICATIONS)
+        scope = self._running.get((str(envelope.sender), envelope.in_reply_to or ""))
+        if scope is not None:
+            scope.cancel()
+        else:
+            self.late += 1
+
     # --- agents that come and go ------------------------------------------------------------------
 
     def _used_by(self, agent: AgentRecord) -> str:
@@ -389,6 +681,9 @@ class McpAdapter:
             if users:
                 continue
             del self._users[endpoint]
+            for key in [k for k in self._modern if k[0] == endpoint]:
+                with contextlib.suppress(Exception):
+                    await self._modern.pop(key).close()
             server: StdioServer | HttpServer | None = self._stdio.pop(endpoint, None)
             if server is None:
                 server = self._http.pop(endpoint, None)
@@ -410,7 +705,10 @@ class McpAdapter:
         for server in servers:
             with contextlib.suppress(Exception):
                 await server.close()
-        sessions, self._http = list(self._http.values()), {}
+        for task in list(self._carried):
+            task.cancel()
+        sessions = list(self._http.values()) + list(self._modern.values())
+        self._http, self._modern = {}, {}
         for session in sessions:
             with contextlib.suppress(Exception):
                 await session.close()

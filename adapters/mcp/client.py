@@ -37,17 +37,19 @@ from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import httpx2
 from jsonschema.protocols import Validator
 from mcp import ClientSession
 from mcp import types as mt
-from mcp.client.session import IncomingMessage
+from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.types import CLIENT_CAPABILITIES_META_KEY
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from adapters.mcp import translate
 from adapters.mcp.stdio import (
@@ -76,6 +78,8 @@ RESTART_MAX: Final = 60.0
 #: server (or its paginator that never ends) from growing the relay's memory or hanging a listing.
 MAX_TOOLS: Final = 1000
 MAX_TOOL_PAGES: Final = 50
+#: Resources, resource templates and prompts kept of each for an agent card (its first page).
+MAX_CATALOG: Final = 200
 #: Largest HTTP response body or SSE event read from an HTTP MCP server: the same bound as one
 #: stdio line.
 MAX_HTTP_MESSAGE_BYTES: Final = MAX_STDIO_MESSAGE_BYTES
@@ -106,6 +110,10 @@ class ToolSet:
 
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     _validators: dict[str, Validator | None] = field(default_factory=dict)
+    #: The server's resources, resource templates and prompts as last listed (first page of
+    #: each, at most ``MAX_CATALOG`` entries), for its agent card: ``resources``,
+    #: ``resourceTemplates``, ``prompts``.
+    catalog: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, listed: list[mt.Tool]) -> ToolSet:
@@ -149,7 +157,36 @@ async def list_tools(session: ClientSession) -> ToolSet:
         cursor = page.next_cursor
         if cursor is None or len(listed) >= MAX_TOOLS:
             break
-    return ToolSet.of(listed)
+    tools = ToolSet.of(listed)
+    tools.catalog = await list_catalog(session)
+    return tools
+
+
+async def list_catalog(session: ClientSession) -> dict[str, list[dict[str, Any]]]:
+    """The first page of the server's resources, resource templates and prompts, where it
+    declares them (for its card). A server that fails to list them lists nothing here: the card
+    is a summary, and the requests themselves still cross."""
+    caps = session.server_capabilities
+    catalog: dict[str, list[dict[str, Any]]] = {}
+    wanted: list[tuple[str, str]] = []
+    if caps is not None and caps.resources is not None:
+        wanted += [
+            ("resources/list", "resources"),
+            ("resources/templates/list", "resourceTemplates"),
+        ]
+    if caps is not None and caps.prompts is not None:
+        wanted.append(("prompts/list", "prompts"))
+    for method, key in wanted:
+        request = _CLIENT_REQUEST.validate_python({"method": method, "params": {}})
+        try:
+            page = await session.send_request(request, _RawResult)
+        except (MCPError, ValidationError) as exc:
+            log.info("the server's %s failed: %s", method, describe(exc))
+            continue
+        items = _dump(page).get(key)
+        if isinstance(items, list):
+            catalog[key] = [i for i in items[:MAX_CATALOG] if isinstance(i, dict)]
+    return catalog
 
 
 async def call_tool(
@@ -179,6 +216,176 @@ async def call_tool(
         raise AttemptFailed(st.MEDIA_ERROR, f"the server's result is not valid: {exc}") from None
     dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     return dumped
+
+
+# --- any request, and what the server says while it runs ---------------------------------------
+
+
+class Exchange(Protocol):
+    """What the server says to its client while one carried request runs (SPEC.md "MCP mapping",
+    "Any MCP message"): its notifications, and its own requests of the client (sampling,
+    elicitation, roots), which the caller must answer."""
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None: ...
+
+    async def ask(self, method: str, params: dict[str, Any]) -> translate.RpcAnswer: ...
+
+
+#: The exchange of the request being sent. The SDK runs a server's messages that arrive on a
+#: request's own response stream (streamable HTTP) in the context that sent the request, so the
+#: session-wide callbacks below find, through this variable, the request they belong to.
+#: Messages outside any request (a stdio server, the standalone stream) see None.
+EXCHANGE: ContextVar[Exchange | None] = ContextVar("synq_mcp_exchange", default=None)
+
+
+class _RawResult(BaseModel):
+    """Any JSON-RPC result, kept whole: the relay carries results, it does not reinterpret."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_CLIENT_REQUEST: Final[TypeAdapter[mt.ClientRequest]] = TypeAdapter(mt.ClientRequest)
+_LIST_CHANGED: Final = (
+    mt.ToolListChangedNotification,
+    mt.ResourceListChangedNotification,
+    mt.PromptListChangedNotification,
+)
+_NO_CLIENT: Final = "no client is waiting for this request's answers"
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    dumped: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dumped
+
+
+async def _ask(method: str, params: dict[str, Any], model: type[BaseModel]) -> Any:
+    exchange = EXCHANGE.get()
+    if exchange is None:
+        return mt.ErrorData(code=mt.INVALID_REQUEST, message=_NO_CLIENT)
+    answer = await exchange.ask(method, params)
+    if answer.error is not None:
+        return mt.ErrorData.model_validate(answer.error)
+    try:
+        return model.model_validate(answer.result or {})
+    except ValidationError as exc:
+        return mt.ErrorData(
+            code=mt.INVALID_PARAMS, message=translate.clip(f"the client's answer: {exc}", 300)
+        )
+
+
+async def _on_sampling(
+    context: ClientRequestContext, params: mt.CreateMessageRequestParams
+) -> mt.CreateMessageResult | mt.ErrorData:
+    answer = await _ask("sampling/createMessage", _dump(params), mt.CreateMessageResult)
+    assert isinstance(answer, mt.CreateMessageResult | mt.ErrorData)
+    return answer
+
+
+async def _on_elicitation(
+    context: ClientRequestContext, params: mt.ElicitRequestParams
+) -> mt.ElicitResult | mt.ErrorData:
+    answer = await _ask("elicitation/create", _dump(params), mt.ElicitResult)
+    assert isinstance(answer, mt.ElicitResult | mt.ErrorData)
+    return answer
+
+
+async def _on_roots(context: ClientRequestContext) -> mt.ListRootsResult | mt.ErrorData:
+    answer = await _ask("roots/list", {}, mt.ListRootsResult)
+    assert isinstance(answer, mt.ListRootsResult | mt.ErrorData)
+    return answer
+
+
+async def forward_notification(message: IncomingMessage) -> None:
+    """Carry a server notification that belongs to a carried request back to its caller.
+    Progress has its own path (the request's progress callback)."""
+    exchange = EXCHANGE.get()
+    if exchange is None or isinstance(message, Exception):
+        return
+    data = _dump(message)
+    method = data.get("method")
+    if method in translate.SERVER_NOTIFICATIONS and method != "notifications/progress":
+        await exchange.notify(str(method), dict(data.get("params") or {}))
+
+
+#: The client capabilities a kept session can declare for its callers.
+CLIENT_FEATURES: Final = frozenset({"sampling", "elicitation", "roots"})
+
+
+def session_callbacks(declare: frozenset[str] = CLIENT_FEATURES) -> dict[str, Any]:
+    """The client side of sampling, elicitation and roots for a kept session: declared (the
+    SDK declares a capability exactly when its callback is given), so a server asks, and
+    answered by the caller of the request that is running (:data:`EXCHANGE`)."""
+    callbacks: dict[str, tuple[str, Any]] = {
+        "sampling": ("sampling_callback", _on_sampling),
+        "elicitation": ("elicitation_callback", _on_elicitation),
+        "roots": ("list_roots_callback", _on_roots),
+    }
+    return dict(callbacks[feature] for feature in sorted(declare & CLIENT_FEATURES))
+
+
+def declared_features(params: dict[str, Any]) -> frozenset[str]:
+    """Which of :data:`CLIENT_FEATURES` a 2026-07-28 request's ``_meta`` declares."""
+    meta = params.get("_meta")
+    caps = meta.get(CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(caps, dict):
+        return frozenset()
+    return frozenset(f for f in CLIENT_FEATURES if caps.get(f) is not None)
+
+
+async def send_request(
+    session: ClientSession,
+    rpc: translate.RpcMessage,
+    timeout: float,
+    exchange: Exchange | None,
+) -> translate.RpcAnswer:
+    """Send one carried request; its JSON-RPC result or error. AttemptFailed when there is no
+    answer (timeout, the connection broke) or the answer does not fit the method."""
+    params = dict(rpc.params)
+    meta = params.get("_meta")
+    if isinstance(meta, dict):
+        # The caller's progress token names its own hop; this hop gets the session's own.
+        params["_meta"] = {k: v for k, v in meta.items() if k != "progressToken"} or None
+        if params["_meta"] is None:
+            del params["_meta"]
+    try:
+        request = _CLIENT_REQUEST.validate_python({"method": rpc.method, "params": params})
+    except ValidationError as exc:
+        raise translate.CallRefused(
+            translate.BAD_CALL, f"not a valid {rpc.method} request: {exc}"
+        ) from None
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if exchange is not None:
+            numbers: dict[str, Any] = {"progress": progress}
+            if total is not None:
+                numbers["total"] = total
+            if message is not None:
+                numbers["message"] = message
+            await exchange.notify("notifications/progress", numbers)
+
+    token = EXCHANGE.set(exchange)
+    try:
+        raw = await session.send_request(
+            request,
+            _RawResult,
+            request_read_timeout_seconds=timeout,
+            progress_callback=on_progress,
+        )
+    except MCPError as exc:
+        if exc.error.code == mt.REQUEST_TIMEOUT:
+            raise AttemptFailed(
+                st.NO_ANSWER, f"the server did not answer within {timeout:g} s"
+            ) from None
+        if exc.error.code == mt.CONNECTION_CLOSED:
+            raise AttemptFailed(
+                st.BAD_CONNECTION, "the server closed the connection during the request"
+            ) from None
+        return translate.RpcAnswer(rpc.id, error=_dump(exc.error))
+    except ValidationError as exc:
+        raise AttemptFailed(st.MEDIA_ERROR, f"the server's answer is not valid: {exc}") from None
+    finally:
+        EXCHANGE.reset(token)
+    return translate.RpcAnswer(rpc.id, result=_dump(raw))
 
 
 # --- stdio: one supervised process per endpoint -------------------------------------------------
@@ -316,9 +523,11 @@ class StdioServer:
 
     async def _run_once(self) -> None:
         async def on_message(message: IncomingMessage) -> None:
-            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again.
-            if isinstance(message, mt.ToolListChangedNotification):
+            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again (and the
+            # resources and prompts the card shows, when those change).
+            if isinstance(message, _LIST_CHANGED):
                 self._tools_stale.set()
+            await forward_notification(message)
 
         async with (
             stdio_transport(self.command, cwd=self.cwd) as (read, write, process),
@@ -545,9 +754,23 @@ class HttpServer:
     session (requests are independent JSON-RPC ids, each on its own POST).
     """
 
-    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        modern: bool = False,
+        declare: frozenset[str] = CLIENT_FEATURES,
+    ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        #: Speak the sessionless revision (2026-07-28: ``server/discover``, per-request ``_meta``)
+        #: instead of the ``initialize`` handshake: for callers that spoke it to their gateway.
+        self.modern = modern
+        #: The client capabilities this session declares: all, for the handshake revision's one
+        #: session shared by every caller; the caller's own, for a sessionless one (each request
+        #: carries them, and a server asks only for what its client declared).
+        self.declare = declare
         #: Sessions opened so far (a new one after each loss).
         self.sessions = 0
         #: The last tool listing, kept while the server cannot be reached (for its card).
@@ -591,9 +814,11 @@ class HttpServer:
         live: _HttpLive | None = None
 
         async def on_message(message: IncomingMessage) -> None:
-            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again.
-            if isinstance(message, mt.ToolListChangedNotification):
+            # MCP 2025-11-25 "Tools" §List Changed Notification: list the tools again (and the
+            # resources and prompts the card shows, when those change).
+            if isinstance(message, _LIST_CHANGED):
                 self._tools_stale = True
+            await forward_notification(message)
 
         try:
             with scope:
@@ -603,11 +828,18 @@ class HttpServer:
                         self.url, http_client=http, max_sse_event_size=MAX_HTTP_MESSAGE_BYTES
                     ) as (read, write),
                     ClientSession(
-                        read, write, message_handler=on_message, client_info=CLIENT_INFO
+                        read,
+                        write,
+                        message_handler=on_message,
+                        client_info=CLIENT_INFO,
+                        **session_callbacks(self.declare),
                     ) as session,
                 ):
                     with anyio.fail_after(self.connect_timeout):
-                        await session.initialize()
+                        if self.modern:
+                            await session.discover()
+                        else:
+                            await session.initialize()
                         tools = await list_tools(session)
                     live = _HttpLive(session, transport)
                     self._set_tools(tools)
@@ -695,6 +927,32 @@ class HttpServer:
                 failed = exc
             except Exception as exc:  # the session's streams broke under the call
                 failed = AttemptFailed(st.BAD_CONNECTION, f"the call failed: {describe(exc)}")
+            finally:
+                _ATTEMPT.reset(token)
+            if attempt.crossed:
+                return failed
+            why = failed.reason
+            self._discard(live)
+        raise Unavailable(f"the MCP server dropped the session: {why}")
+
+    async def request(
+        self, message: translate.RpcMessage, timeout: float, exchange: Exchange | None
+    ) -> translate.RpcAnswer | AttemptFailed:
+        """Send one carried request, at most once, as :meth:`call` sends a tool call: its
+        answer, or :class:`AttemptFailed` once it crossed; Unavailable when nothing crossed."""
+        why = ""
+        for _ in range(MAX_SESSION_RENEWALS + 1):
+            live = await self.live()
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                return await send_request(live.session, message, timeout, exchange)
+            except translate.CallRefused:
+                raise
+            except AttemptFailed as exc:
+                failed = exc
+            except Exception as exc:  # the session's streams broke under the request
+                failed = AttemptFailed(st.BAD_CONNECTION, f"the request failed: {describe(exc)}")
             finally:
                 _ATTEMPT.reset(token)
             if attempt.crossed:

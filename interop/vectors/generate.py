@@ -542,6 +542,83 @@ def build_cases(keys: dict[str, Key]) -> list[dict[str, Any]]:
         ),
         error(errors.EnvelopeFromFuture),
     )
+
+    # ---- MCP messages carried whole (SPEC.md "MCP mapping", "Any MCP message")
+    request_id = envelope(27)["id"]
+    case(
+        "valid-mcp-request",
+        "A client's resources/read crossing as application/mcp-request+json.",
+        signed(
+            a1,
+            payload(
+                envelope(
+                    27,
+                    to=["tools@beta.example"],
+                    thread="mcp-0195a3c0-0000-7000-8000-000000000027",
+                    content_type="application/mcp-request+json",
+                    body={
+                        "method": "resources/read",
+                        "params": {"uri": "test://static-text"},
+                        "id": "0195a3c0-0000-7000-8000-0000000000a1",
+                        "protocolVersion": "2025-11-25",
+                    },
+                )
+            ),
+        ),
+        valid(),
+    )
+    case(
+        "valid-mcp-notification",
+        "A server's log message for that request, back as application/mcp-notification+json.",
+        signed(
+            b1,
+            payload(
+                envelope(
+                    28,
+                    **{"from": "tools@beta.example", "to": ["alice@alpha.example"]},
+                    kind="task.update",
+                    thread="mcp-0195a3c0-0000-7000-8000-000000000027",
+                    in_reply_to=request_id,
+                    content_type="application/mcp-notification+json",
+                    body={
+                        "method": "notifications/message",
+                        "params": {"level": "info", "data": "reading"},
+                    },
+                )
+            ),
+        ),
+        valid(),
+    )
+    case(
+        "valid-mcp-result",
+        "The answer to that request as application/mcp-result+json.",
+        signed(
+            b1,
+            payload(
+                envelope(
+                    29,
+                    **{"from": "tools@beta.example", "to": ["alice@alpha.example"]},
+                    kind="task.update",
+                    thread="mcp-0195a3c0-0000-7000-8000-000000000027",
+                    in_reply_to=request_id,
+                    content_type="application/mcp-result+json",
+                    body={
+                        "id": "0195a3c0-0000-7000-8000-0000000000a1",
+                        "result": {
+                            "contents": [
+                                {
+                                    "uri": "test://static-text",
+                                    "mimeType": "text/plain",
+                                    "text": "hi",
+                                }
+                            ]
+                        },
+                    },
+                )
+            ),
+        ),
+        valid(),
+    )
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "case names are unique"
     return cases

@@ -1,12 +1,14 @@
 """The relay's MCP faces (SPEC.md "MCP mapping"), hosted in the aiohttp server by the ASGI
 bridge (relay.server.asgi) like every SDK's Starlette glue.
 
-* ``/mcp/<address>`` — **remote tools as a local MCP server**. For any reachable MCP-backed
+* ``/mcp/<address>`` — **a remote MCP server as a local one**. For any reachable MCP-backed
   address (a local agent, or a partner's, whose agent card carries the MCP tools extension) the
-  relay is a streamable HTTP MCP server whose tools are that agent's tools. ``tools/list`` comes
-  from the agent card; ``tools/call`` is checked against the tool's input schema, becomes an
-  ``application/mcp-call+json`` envelope from the caller's address, and the answers that come
-  back (``task.update`` envelopes) become progress notifications and the ``CallToolResult``.
+  relay is a streamable HTTP MCP server standing for that agent's server. ``tools/list`` comes
+  from the agent card; ``tools/call`` of a listed tool is checked against its input schema;
+  every request (tools, resources, prompts, completion, logging, listen) becomes an
+  ``application/mcp-request+json`` envelope from the caller's address, and what comes back —
+  notifications, the server's requests of the client, the answer — is played out on the
+  request's stream (:class:`Gateway`).
 * ``/mcp`` — **the relay's own MCP face**: tools ``send_message``, ``check_inbox``,
   ``find_agents``, ``get_agent_card``, ``message_status`` acting as the calling local agent,
   each a call of the relay's mailbox (relay.delivery.mailbox), as the local API's routes are.
@@ -24,9 +26,10 @@ credentials to the servers behind it (§2.7 "Token Passthrough").
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -38,13 +41,14 @@ from mcp.server import Server
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.routes import build_resource_metadata_url
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import HandlerResult, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from opentelemetry.trace import SpanKind
-from pydantic import AnyHttpUrl
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.middleware import Middleware
@@ -99,6 +103,9 @@ SESSION_IDLE_TIMEOUT: Final = 600.0
 MAX_CHECK_INBOX: Final = 100
 #: Scope of the tokens this resource server accepts (advertised in its metadata).
 SCOPE: Final = "synq:agent"
+
+#: The first MCP revision without sessions (2026-07-28): a closed request stream cancels.
+SESSIONLESS: Final = "2026-07-28"
 
 MCP_HOST: web.AppKey[AsgiHost] = web.AppKey("mcp_host")
 #: What an anonymous gateway caller's access record holds in place of a token hash.
@@ -261,12 +268,25 @@ class _CardTools:
 
 
 class Gateway:
-    """The tools of MCP-backed addresses, called by envelope."""
+    """The MCP servers behind MCP-backed addresses, reached by envelope (SPEC.md "MCP mapping",
+    "Any MCP message"): every request a client makes crosses whole as an
+    ``application/mcp-request+json`` envelope, and what comes back in the caller's inbox — the
+    server's notifications, its requests of the client, the answer — is played out on the
+    request's stream."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._cards: dict[str, _CardTools] = {}
         self._acks: set[asyncio.Task[None]] = set()
+        #: (HTTP session, caller, JSON-RPC id) → (target, request envelope id, thread): what a
+        #: client's ``notifications/cancelled`` names. Entries of requests cancelled or ended
+        #: stay in ``_ended`` (bounded), since the SDK ends a cancelled handler before it hands
+        #: the notification on.
+        self._inflight: dict[tuple[str, str, str], tuple[Address, str, str]] = {}
+        self._ended: collections.OrderedDict[tuple[str, str, str], tuple[Address, str, str]] = (
+            collections.OrderedDict()
+        )
+        self._asks: set[asyncio.Task[None]] = set()
 
     async def tools_of(self, address: Address) -> list[dict[str, Any]]:
         return (await self._tools(address)).tools
@@ -306,52 +326,159 @@ class Gateway:
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
-    ) -> mt.CallToolResult:
+    ) -> HandlerResult:
         with _served(self.relay, ctx, params.name, "gateway"):
             return await self._call_tool(ctx, params)
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: mt.CallToolRequestParams
-    ) -> mt.CallToolResult:
+    ) -> HandlerResult:
+        address = self.target(ctx)
+        tools = await self._tools(address)
+        if params.name in tools.by_name:
+            arguments = dict(params.arguments or {})
+            validator = tools.validator(params.name)
+            if validator is not None and (error := translate.schema_error(validator, arguments)):
+                # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so
+                # the model can correct itself; nothing crossed.
+                return _error_result(f"Invalid arguments for tool {params.name}: {error}")
+        # A tool the card does not list crosses too: the card may be older than the server's
+        # list, or cut at its budget, and the server's own answer to a tool it does not have
+        # is what its client would get from it directly.
+        return await self.carry(ctx, "tools/call")
+
+    async def carry(self, ctx: ServerRequestContext[Any, Any], method: str) -> HandlerResult:
+        """Send the request as an envelope and play out what comes back (module docstring)."""
         address = self.target(ctx)
         caller = _caller(ctx)
-        tools = await self._tools(address)
-        if params.name not in tools.by_name:
-            # MCP 2025-11-25 "Tools" §Error Handling: an unknown tool is a protocol error.
-            raise MCPError(mt.INVALID_PARAMS, f"Unknown tool: {params.name}")
-        call = translate.ToolCall(params.name, dict(params.arguments or {}), "-", "-")
-        validator = tools.validator(params.name)
-        if validator is not None and (error := translate.schema_error(validator, call.arguments)):
-            # Input validation errors are tool execution errors (2025-11-25, SEP-1303), so the
-            # model can correct itself; nothing crossed.
-            return _error_result(f"Invalid arguments for tool {params.name}: {error}")
         relay = self.relay
         thread = f"mcp-{uuid7(relay.clock.now())}"
+        rpc_id = str(uuid7(relay.clock.now()))
+        message = translate.RpcMessage(
+            method, dict(ctx.params or {}), id=rpc_id, protocol=ctx.protocol_version
+        )
         try:
             submitted = await relay.mailbox.send(
                 Draft(
                     caller,
                     (address,),
-                    translate.MCP_CALL_CONTENT_TYPE,
-                    {"tool": call.tool, "arguments": call.arguments},
+                    translate.MCP_REQUEST_CONTENT_TYPE,
+                    translate.message_body(message),
                     thread=thread,
                     expires=relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
                 ),
                 via="mcp",
             )
         except E.SynqError as exc:
-            return _synq_error(exc)
-        result = await self._answer(ctx, caller.local, thread, submitted.envelope.id)
-        return mt.CallToolResult.model_validate(result)
+            if method == "tools/call":
+                return _synq_error(exc)
+            raise MCPError(translate.INTERNAL_ERROR, exc.message) from None
+        key = self._key(ctx, caller, ctx.request_id)
+        entry = (address, submitted.envelope.id, thread)
+        self._inflight[key] = entry
+        try:
+            return await self._answer(ctx, caller, address, method, thread, entry[1])
+        except asyncio.CancelledError:
+            if ctx.protocol_version >= SESSIONLESS:
+                # 2026-07-28 HTTP has no client notifications: a client that closes the
+                # request's stream cancels it ("Transports"). The cancellation crosses, so a
+                # listen stream or a long call of a vanished client ends at the server too.
+                self._background(self._cancel_across(caller, entry, "the client closed the stream"))
+            raise
+        finally:
+            self._inflight.pop(key, None)
+            self._ended[key] = entry
+            while len(self._ended) > MAX_CARD_CACHE:
+                self._ended.popitem(last=False)
+
+    @staticmethod
+    def _key(
+        ctx: ServerRequestContext[Any, Any], caller: Address, rpc_id: Any
+    ) -> tuple[str, str, str]:
+        request = ctx.request
+        headers = getattr(request, "headers", None)
+        session = headers.get("mcp-session-id", "") if headers is not None else ""
+        return (str(session), str(caller), str(rpc_id))
+
+    async def cancelled(
+        self, ctx: ServerRequestContext[Any, Any], params: mt.CancelledNotificationParams
+    ) -> None:
+        """The client cancels a request (MCP 2025-11-25 "Cancellation"): the cancellation
+        crosses to the server, as a ``notifications/cancelled`` envelope answering the request
+        envelope. A cancellation that loses the race with the answer is dropped there."""
+        if params.request_id is None:
+            return
+        caller = _caller(ctx)
+        key = self._key(ctx, caller, params.request_id)
+        entry = self._inflight.get(key) or self._ended.pop(key, None)
+        if entry is None:
+            return
+        await self._cancel_across(caller, entry, params.reason or "cancelled by the client")
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _cancel_across(
+        self, caller: Address, entry: tuple[Address, str, str], reason: str
+    ) -> None:
+        address, call_id, thread = entry
+        body = translate.message_body(
+            translate.RpcMessage("notifications/cancelled", {"reason": reason})
+        )
+        try:
+            await self.relay.mailbox.send(
+                Draft(
+                    caller,
+                    (address,),
+                    translate.MCP_NOTIFICATION_CONTENT_TYPE,
+                    body,
+                    thread=thread,
+                    in_reply_to=call_id,
+                    expires=self.relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
+                ),
+                via="mcp",
+            )
+        except E.SynqError as exc:
+            log.info("the cancellation of %s did not leave: %s", call_id, exc.message)
 
     async def _answer(
-        self, ctx: ServerRequestContext[Any, Any], agent: str, thread: str, call_id: str
-    ) -> dict[str, Any]:
-        """Wait for the answers to ``call_id`` in the caller's inbox: progress is forwarded, the
-        final task or a DSN is the result. Answers it used are acknowledged (:meth:`_ack_soon`)."""
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        method: str,
+        thread: str,
+        call_id: str,
+    ) -> HandlerResult:
+        """Wait for the answers to ``call_id`` in the caller's inbox: notifications and the
+        server's requests are played out, the answer or a DSN ends the wait. Answers it used
+        are acknowledged (:meth:`_ack_soon`)."""
+        deadline = asyncio.get_running_loop().time() + GATEWAY_WAIT
+        asks: set[asyncio.Task[None]] = set()
+        try:
+            return await self._wait(ctx, caller, address, method, thread, call_id, asks, deadline)
+        finally:
+            # The server's questions end with its request: a client that never answered
+            # leaves no task behind (the server's side times out: CLIENT_ANSWER_TIMEOUT).
+            for task in asks:
+                task.cancel()
+
+    async def _wait(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        method: str,
+        thread: str,
+        call_id: str,
+        asks: set[asyncio.Task[None]],
+        deadline: float,
+    ) -> HandlerResult:
+        agent = caller.local
         cursor: int | None = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + GATEWAY_WAIT
         async with self.relay.mailbox.follow(agent) as reader:
             while True:
                 # Acked rows included, read past a cursor: another reader of the inbox acking
@@ -364,17 +491,20 @@ class Gateway:
                     thread=thread,
                 )
                 if not items:
-                    return translate.error_result(
+                    text = (
                         f"no answer within {GATEWAY_WAIT:g} s; a late answer will be in the "
                         f"inbox of {agent}@{self.relay.domain}, thread {thread}"
                     )
+                    if method == "tools/call":
+                        return translate.error_result(text)
+                    raise MCPError(translate.REQUEST_TIMEOUT_ERROR, text)
                 for item in items:
                     cursor = item.seq
                     envelope = views.envelope_object(item)
                     if envelope.get("in_reply_to") != call_id:
                         continue
                     self._ack_soon(agent, item.id)
-                    result = await self._interpret(ctx, envelope)
+                    result = await self._interpret(ctx, caller, address, method, envelope, asks)
                     if result is not None:
                         return result
 
@@ -394,13 +524,36 @@ class Gateway:
             log.info("answer %s stays unread in the inbox of %s: %s", id, agent, exc.message)
 
     async def _interpret(
-        self, ctx: ServerRequestContext[Any, Any], envelope: dict[str, Any]
-    ) -> dict[str, Any] | None:
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        method: str,
+        envelope: dict[str, Any],
+        asks: set[asyncio.Task[None]],
+    ) -> HandlerResult:
         body = envelope.get("body")
+        content_type = envelope.get("content_type")
         if envelope.get("kind") == KIND_DSN and isinstance(body, dict):
-            return translate.error_result(
-                f"not delivered ({body.get('status')}): {body.get('diagnostic')}"
-            )
+            text = f"not delivered ({body.get('status')}): {body.get('diagnostic')}"
+            if method == "tools/call":
+                return translate.error_result(text)
+            raise MCPError(translate.INTERNAL_ERROR, translate.clip(text))
+        if content_type == translate.MCP_RESULT_CONTENT_TYPE:
+            answer = translate.parse_answer(body)
+            if answer is None:
+                raise MCPError(translate.INTERNAL_ERROR, "the agent's answer is not valid")
+            if answer.error is not None:
+                error = mt.ErrorData.model_validate(answer.error)
+                raise MCPError(error.code, error.message, error.data)
+            return answer.result
+        if content_type == translate.MCP_NOTIFICATION_CONTENT_TYPE:
+            await self._notify(ctx, body)
+            return None
+        if content_type == translate.MCP_REQUEST_CONTENT_TYPE:
+            self._ask_soon(ctx, caller, address, envelope, asks)
+            return None
+        # Answers in the A2A shapes of SPEC.md "MCP mapping", "Answers".
         progress = translate.progress_from_body(body)
         if progress is not None:
             await ctx.session.report_progress(progress.progress, progress.total, progress.message)
@@ -414,14 +567,157 @@ class Gateway:
             return {"content": [{"type": "text", "text": text}]}
         return None  # another update of the task (e.g. an A2A artifact): keep waiting
 
+    async def _notify(self, ctx: ServerRequestContext[Any, Any], body: Any) -> None:
+        """One server notification, on the request's own stream."""
+        try:
+            message = translate.parse_message(body, translate.SERVER_NOTIFICATIONS)
+        except translate.CallRefused as exc:
+            log.info("a notification was not played out: %s", exc.reason)
+            return
+        if message.method == "notifications/progress":
+            params = message.params
+            if isinstance(params.get("progress"), int | float):
+                total = params.get("total")
+                text = params.get("message")
+                await ctx.session.report_progress(
+                    float(params["progress"]),
+                    float(total) if isinstance(total, int | float) else None,
+                    text if isinstance(text, str) else None,
+                )
+            return
+        params = message.params
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and translate.SUBSCRIPTION_ID_META_KEY in meta:
+            # Tagged with the listen request's id at the server's hop; this hop's is ours.
+            params = {
+                **params,
+                "_meta": {**meta, translate.SUBSCRIPTION_ID_META_KEY: ctx.request_id},
+            }
+        try:
+            notification = _SERVER_NOTIFICATION.validate_python(
+                {"method": message.method, "params": params}
+            )
+        except ValidationError:
+            log.info("a %s notification was not valid", message.method)
+            return
+        await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
+
+    def _ask_soon(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        envelope: dict[str, Any],
+        asks: set[asyncio.Task[None]],
+    ) -> None:
+        """A server's request of its client (sampling, elicitation, roots) during the request:
+        asked on the request's stream, answered by envelope, without stopping the wait. It ends
+        with the request (the client left: the server's side times out)."""
+        if len(self._asks) >= MAX_SESSIONS:
+            log.info("a server request from %s was not asked: too many open", address)
+            return
+        task = asyncio.create_task(self._ask(ctx, caller, address, envelope))
+        self._asks.add(task)
+        asks.add(task)
+        task.add_done_callback(self._asks.discard)
+        task.add_done_callback(asks.discard)
+
+    async def _ask(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        caller: Address,
+        address: Address,
+        envelope: dict[str, Any],
+    ) -> None:
+        try:
+            message = translate.parse_message(envelope.get("body"), translate.SERVER_METHODS)
+        except translate.CallRefused as exc:
+            log.info("a server request was not asked: %s", exc.reason)
+            return
+        answer: translate.RpcAnswer
+        try:
+            request = _SERVER_REQUEST.validate_python(
+                {"method": message.method, "params": message.params or None}
+            )
+            result = await ctx.session.send_request(
+                request,
+                _RawResult,
+                metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+            )
+            answer = translate.RpcAnswer(
+                message.id, result=result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            )
+        except MCPError as exc:
+            answer = translate.RpcAnswer(
+                message.id,
+                error=exc.error.model_dump(by_alias=True, mode="json", exclude_none=True),
+            )
+        except ValidationError as exc:
+            answer = translate.RpcAnswer(
+                message.id, error=translate.rpc_error(mt.INVALID_REQUEST, str(exc))
+            )
+        try:
+            await self.relay.mailbox.send(
+                Draft(
+                    caller,
+                    (address,),
+                    translate.MCP_RESULT_CONTENT_TYPE,
+                    translate.answer_body(answer),
+                    thread=envelope.get("thread"),
+                    in_reply_to=str(envelope.get("id")),
+                    expires=self.relay.clock.now() + timedelta(seconds=GATEWAY_WAIT),
+                ),
+                via="mcp",
+            )
+        except E.SynqError as exc:
+            log.info("the answer to %s did not leave: %s", envelope.get("id"), exc.message)
+
     def server(self) -> Server[Any]:
-        return Server(
+        server: Server[Any] = Server(
             "synq-relay-tools",
             version="1",
-            instructions="The tools of a Synq agent, called across the relay network.",
+            instructions="An MCP server behind a Synq address, reached across the relay network.",
             on_list_tools=self.list_tools,
-            on_call_tool=self.call_tool,
         )
+        server.add_request_handler("tools/call", mt.CallToolRequestParams, self.call_tool)
+        for method, params_type in _CARRIED.items():
+            server.add_request_handler(method, params_type, self._carrier(method))
+        server.add_notification_handler(
+            "notifications/cancelled", mt.CancelledNotificationParams, self.cancelled
+        )
+        return server
+
+    def _carrier(
+        self, method: str
+    ) -> Callable[[ServerRequestContext[Any, Any], Any], Awaitable[HandlerResult]]:
+        async def carry(ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
+            return await self.carry(ctx, method)
+
+        return carry
+
+
+class _RawResult(BaseModel):
+    """Any JSON-RPC result, kept whole."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_SERVER_NOTIFICATION: Final[TypeAdapter[mt.ServerNotification]] = TypeAdapter(mt.ServerNotification)
+_SERVER_REQUEST: Final[TypeAdapter[mt.ServerRequest]] = TypeAdapter(mt.ServerRequest)
+#: The requests ``/mcp/<address>`` carries besides ``tools/*``, with the params model the SDK
+#: checks them against before they cross.
+_CARRIED: Final[dict[str, type[BaseModel]]] = {
+    "resources/list": mt.PaginatedRequestParams,
+    "resources/templates/list": mt.PaginatedRequestParams,
+    "resources/read": mt.ReadResourceRequestParams,
+    "resources/subscribe": mt.SubscribeRequestParams,
+    "resources/unsubscribe": mt.UnsubscribeRequestParams,
+    "prompts/list": mt.PaginatedRequestParams,
+    "prompts/get": mt.GetPromptRequestParams,
+    "completion/complete": mt.CompleteRequestParams,
+    "logging/setLevel": mt.SetLevelRequestParams,
+    "subscriptions/listen": mt.SubscriptionsListenRequestParams,
+}
 
 
 # --- /mcp and synq mcp: the relay's own face ----------------------------------------------------
