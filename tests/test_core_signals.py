@@ -254,7 +254,7 @@ def test_claim_then_complete() -> None:
         ("done", "withdraw", sg.SignalClosed),
     ],
 )
-def test_refusals(prepare: str, op: str, error: type[SynqError]) -> None:
+def test_refusals(prepare: sg.SignalState, op: str, error: type[SynqError]) -> None:
     s, h, token = claimed()
     if prepare != "claimed":
         s = replace(s, state=prepare, holder=None, token_hash=None)
