@@ -36,6 +36,7 @@ from relay.delivery.mailbox import Mailbox
 from relay.delivery.quota import HeldMail, MailboxQuotas
 from relay.delivery.retention import RetentionService
 from relay.delivery.router import Router
+from relay.delivery.signals import Signals
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
 from relay.discovery.ssrf import make_guarded_connector
@@ -193,6 +194,8 @@ class Relay:
         self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
         #: Mail held for full mailboxes goes in once they have room (relay/delivery/quota.py).
         self.held_mail = HeldMail(store, self.router, self.clock, self.quotas)
+        #: Signals: work offered by urgency, taken by lease (relay/delivery/signals.py).
+        self.signals = Signals(store, self.mailbox, self.clock)
         #: What the relay no longer needs goes after its retention (relay/delivery/retention.py).
         self.retention = RetentionService(
             store, self.clock, config.retention.policy, task_states=_ended_task_states()
@@ -349,6 +352,8 @@ class Relay:
         self._background.append(asyncio.create_task(self.held_mail.run(), name="synq-held-mail"))
         # Retention: without it the store grows with every message (SPEC.md §8.5).
         self._background.append(asyncio.create_task(self.retention.run(), name="synq-retention"))
+        # Signals: lapsed leases and expiries written (so feeds wake), results resent.
+        self._background.append(asyncio.create_task(self.signals.run(), name="synq-signals"))
 
     async def close(self) -> None:
         for task in self._background:
