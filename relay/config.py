@@ -88,6 +88,7 @@ class DiscoverySection(_Section):
     #: partner across a private interconnect; like Synapse's ip_range_whitelist.
     allowed_networks: list[str] = []
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    partners: list[str] = Field(default_factory=list)
 
     @field_validator("nameservers")
     @classmethod

@@ -53,13 +53,13 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from relay.core import jsonutil
 from relay.core.address import normalize_domain
 from relay.core.draft import parse_expires
-from relay.core.envelope import CONTENT_TYPE_PATTERN
+from relay.core.envelope import CONTENT_TYPE_PATTERN, parse_timestamp
 from relay.core.errors import (
     Conflict,
     Forbidden,
@@ -706,3 +706,114 @@ def hears(subscription: Subscription, signal: Signal, now: datetime) -> float | 
     if level <= 0.0 or level < subscription.threshold:
         return None
     return level
+
+
+# --- across organisations (SPEC.md §13.6) -------------------------------------------------------
+
+#: Envelope kinds: a signal offered to a partner relay, a change of its state, and the four
+#: requests a partner relay makes of the owner on behalf of one of its agents.
+KIND_SIGNAL: Final = "signal"
+KIND_SIGNAL_UPDATE: Final = "signal.update"
+REQUEST_OPS: Final = ("claim", "heartbeat", "complete", "release")
+REQUEST_KINDS: Final = frozenset(f"signal.{op}" for op in REQUEST_OPS)
+#: The body of ``signal`` and ``signal.update`` envelopes, and of the requests.
+SIGNAL_CONTENT_TYPE: Final = "application/synq-signal+json"
+REQUEST_CONTENT_TYPE: Final = "application/synq-signal-request+json"
+#: The local part offers are addressed to at a partner relay, which handles envelopes of kind
+#: ``signal`` and ``signal.update`` itself, whatever their local part.
+SIGNALS_LOCAL: Final = "signals"
+#: A request lives at most this long (its ``expires`` − ``created``): the owner remembers the
+#: ids of the requests it served for that long plus the clock skew, and refuses older ones as
+#: expired, so a captured request cannot be replayed later.
+MAX_REQUEST_LIFETIME: Final = timedelta(minutes=5)
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def offer_body(signal: Signal) -> dict[str, Any]:
+    """The body of a ``signal`` or ``signal.update`` envelope: the signal as the owner holds it,
+    without its token hash or result."""
+    body: dict[str, Any] = {
+        "id": signal.id,
+        "topic": signal.topic,
+        "text": signal.text,
+        "urgency": signal.urgency,
+        "half_life": signal.half_life,
+        "lease": signal.lease,
+        "scope": list(signal.scope) if isinstance(signal.scope, tuple) else signal.scope,
+        "created": _ts(signal.created),
+        "expires": _ts(signal.expires),
+        "state": signal.state,
+        "generation": signal.generation,
+        "version": signal.version,
+        "reinforcements": [
+            {"source": r.source, "amount": r.amount, "at": _ts(r.at)} for r in signal.reinforcements
+        ],
+    }
+    if signal.content_type is not None:
+        body["content_type"] = signal.content_type
+        body["body"] = signal.body
+    if signal.holder is not None and signal.lease_until is not None:
+        body["holder"] = signal.holder
+        body["lease_until"] = _ts(signal.lease_until)
+    return body
+
+
+def parse_offer(data: object, emitter: str, owner: str, now: datetime) -> Signal:
+    """A partner's ``signal`` or ``signal.update`` body as the replica to keep (``emitter``:
+    the envelope's ``from``, ``owner``: its domain); ``InvalidEnvelope`` for anything else."""
+    if not isinstance(data, dict):
+        raise InvalidEnvelope("a signal is a JSON object")
+    try:
+        topic = check_topic(data.get("topic"))
+        state = data.get("state")
+        if state not in ("open", "claimed", "done", "withdrawn", "expired"):
+            raise InvalidEnvelope("state: not a signal state")
+        urgency = _number(data, "urgency", None)
+        half_life = _number(data, "half_life", None)
+        lease = _number(data, "lease", None)
+        if not (0 < urgency <= 1 and half_life >= 1 and lease >= 1):
+            raise InvalidEnvelope("urgency, half_life, lease: out of range")
+        generation, version = data.get("generation"), data.get("version")
+        if not isinstance(generation, int) or not isinstance(version, int):
+            raise InvalidEnvelope("generation, version: integers")
+        sid, text = data.get("id"), data.get("text", "")
+        if not isinstance(sid, str) or not isinstance(text, str) or len(text) > MAX_TEXT_LENGTH:
+            raise InvalidEnvelope("id, text: strings")
+        boosts = data.get("reinforcements", [])
+        if not isinstance(boosts, list):
+            raise InvalidEnvelope("reinforcements: a list")
+        holder = data.get("holder")
+        lease_until = data.get("lease_until")
+        return Signal(
+            id=sid,
+            owner=owner,
+            emitter=emitter,
+            topic=topic,
+            text=text,
+            urgency=urgency,
+            half_life=half_life,
+            lease=lease,
+            scope=_scope(data.get("scope", "partners")),
+            created=parse_timestamp(data.get("created")),
+            expires=parse_timestamp(data.get("expires")),
+            content_type=data.get("content_type")
+            if isinstance(data.get("content_type"), str)
+            else None,
+            body=data.get("body"),
+            state=state,
+            generation=generation,
+            holder=holder if isinstance(holder, str) else None,
+            lease_until=None if lease_until is None else parse_timestamp(lease_until),
+            version=version,
+            updated=now,
+            reinforcements=tuple(
+                Reinforcement(str(r["source"]), float(r["amount"]), parse_timestamp(r["at"]))
+                for r in boosts
+                if isinstance(r, dict)
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidEnvelope(f"not a signal ({type(exc).__name__})") from None

@@ -30,19 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from relay.core import jsonutil
 from relay.core import signals as sg
 from relay.core.address import Address
 from relay.core.clock import Clock
 from relay.core.draft import Draft
-from relay.core.envelope import CONTENT_TYPE_PATTERN
+from relay.core.envelope import CONTENT_TYPE_PATTERN, format_timestamp, parse_timestamp
 from relay.core.errors import (
     Conflict,
+    Forbidden,
     InvalidEnvelope,
     NotFound,
     PayloadTooLarge,
@@ -61,7 +62,9 @@ __all__ = [
     "MAX_CAS_ATTEMPTS",
     "MAX_FEED_PAGE",
     "SWEEP_INTERVAL",
+    "Acted",
     "Heard",
+    "OwnerLink",
     "Signals",
     "TooManySignals",
     "signal_view",
@@ -106,10 +109,6 @@ class Heard:
     intensity: float
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def signal_view(
     signal: sg.Signal,
     now: datetime,
@@ -129,27 +128,49 @@ def signal_view(
         "half_life": signal.half_life,
         "lease": signal.lease,
         "scope": list(signal.scope) if isinstance(signal.scope, tuple) else signal.scope,
-        "created": _iso(signal.created),
-        "expires": _iso(signal.expires),
+        "created": format_timestamp(signal.created),
+        "expires": format_timestamp(signal.expires),
         "reinforcements": len(signal.reinforcements),
     }
     if signal.content_type is not None:
         view["content_type"] = signal.content_type
         view["body"] = signal.body
     if signal.state == "claimed" and signal.lease_until is not None:
-        view["claim"] = {"holder": signal.holder, "expires": _iso(signal.lease_until)}
+        view["claim"] = {"holder": signal.holder, "expires": format_timestamp(signal.lease_until)}
     if history is not None:
         view["history"] = [
             {
                 "generation": c.generation,
                 "holder": c.holder,
-                "claimed": _iso(c.claimed),
-                "until": _iso(c.until),
-                **({"ended": _iso(c.ended), "outcome": c.outcome} if c.ended else {}),
+                "claimed": format_timestamp(c.claimed),
+                "until": format_timestamp(c.until),
+                **({"ended": format_timestamp(c.ended), "outcome": c.outcome} if c.ended else {}),
             }
             for c in history
         ]
     return view
+
+
+@dataclass(frozen=True, slots=True)
+class Acted:
+    """What a claim, heartbeat, complete or release did: the signal after it, and for a claim
+    or heartbeat the token and the lease's end."""
+
+    signal: sg.Signal
+    token: str | None
+    until: datetime | None
+
+
+class OwnerLink(Protocol):
+    """The way to the relay that owns a partner's signal (relay/federation/signals.py)."""
+
+    async def request(
+        self, signal: sg.Signal, address: str, op: str, data: Mapping[str, Any]
+    ) -> Any:
+        """Ask the owner to apply ``op`` for ``address``; its answer (the JSON the local API
+        would answer), or the error it answered raised as its class; ``OwnerUnreachable``
+        when it did not answer."""
+        ...
 
 
 class Signals:
@@ -164,15 +185,19 @@ class Signals:
         *,
         emit_rate: Rate = DEFAULT_EMIT_RATE,
         max_open: int = sg.MAX_OPEN_PER_AGENT,
-        on_change: Callable[[sg.Signal], None] | None = None,
+        on_change: Callable[[sg.Signal, str], Awaitable[None]] | None = None,
+        owner_link: OwnerLink | None = None,
     ) -> None:
         self.store = store
         self.mailbox = mailbox
         self.clock = clock
         self.emit_rates = TokenBuckets(emit_rate)
         self.max_open = max_open
-        #: Told of every change written (the federation of signals forwards partner-scoped ones).
+        #: Told of each new signal of partner scope and each change of its state, with the
+        #: envelope kind to tell partners by (relay/federation/signals.py sends them).
         self.on_change = on_change
+        #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
+        self.owner_link = owner_link
 
     @property
     def domain(self) -> str:
@@ -214,12 +239,8 @@ class Signals:
             updated=now,
         )
         await self.store.signal_insert(signal)
-        self._changed(signal)
+        await self._changed(None, signal)
         return signal
-
-    def _changed(self, signal: sg.Signal) -> None:
-        if self.on_change is not None:
-            self.on_change(signal)
 
     # --- subscribing and hearing ----------------------------------------------------------------
 
@@ -321,67 +342,184 @@ class Signals:
                 change = rule(settled.signal, current, now)
             except SynqError:
                 if settled.changed and await self.store.signal_write(settled, stored.version):
-                    self._changed(settled.signal)
+                    await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
             if await self.store.signal_write(merged, stored.version):
-                self._changed(merged.signal)
+                await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
 
+    async def _changed(self, before: sg.Signal | None, after: sg.Signal) -> None:
+        """Tell the partners in scope of a signal this relay owns what changed: the offer when
+        it is new, an update when its state or claim moved (not for a heartbeat)."""
+        if self.on_change is None or after.owner != self.domain or after.scope == "local":
+            return
+        if before is None:
+            kind = sg.KIND_SIGNAL
+        elif (before.state, before.generation) != (after.state, after.generation):
+            kind = sg.KIND_SIGNAL_UPDATE
+        else:
+            return
+        try:
+            await self.on_change(after, kind)
+        except SynqError as exc:
+            # The change stands; partners learn the state from the next update, or from the
+            # owner's answer to a claim (SPEC.md §13.6).
+            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
+
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""
-        address = self.address(agent)
-        change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now))
-        assert change.token is not None
-        assert change.signal.lease_until is not None
-        return change.token, change.signal.lease_until
+        done = await self.act(self.address(agent), id, "claim", {})
+        assert done.token is not None
+        assert done.until is not None
+        return done.token, done.until
 
     async def heartbeat(self, agent: str, id: str, token: object) -> datetime:
         """``POST /synq/v1/signals/{id}/heartbeat`` → the new lease end."""
-        address = self.address(agent)
-        change = await self._change(
-            id, lambda s, h, now: sg.heartbeat(s, _need(h), address, token, now)
-        )
-        assert change.signal.lease_until is not None
-        return change.signal.lease_until
+        done = await self.act(self.address(agent), id, "heartbeat", {"token": token})
+        assert done.until is not None
+        return done.until
 
     async def release(self, agent: str, id: str, token: object) -> sg.Signal:
-        address = self.address(agent)
-        change = await self._change(
-            id, lambda s, h, now: sg.release(s, _need(h), address, token, now)
-        )
-        return change.signal
-
-    async def withdraw(self, agent: str, id: str) -> sg.Signal:
-        address = self.address(agent)
-        change = await self._change(id, lambda s, h, now: sg.withdraw(s, h, address, now))
-        return change.signal
+        return (await self.act(self.address(agent), id, "release", {"token": token})).signal
 
     async def complete(
         self, agent: str, id: str, token: object, content_type: object = None, body: Any = None
     ) -> sg.Signal:
         """``POST /synq/v1/signals/{id}/complete``: done, and the result on its way to the
         emitter (step 2 of the module docstring)."""
-        ctype = _result_type(content_type, body)
+        data = {"token": token, "content_type": content_type, "body": body}
+        return (await self.act(self.address(agent), id, "complete", data)).signal
+
+    async def withdraw(self, agent: str, id: str) -> sg.Signal:
         address = self.address(agent)
-        result_id = uuid7(self.clock.now())
+        change = await self._change(id, lambda s, h, now: sg.withdraw(s, h, address, now))
+        return change.signal
 
-        def rule(s: sg.Signal, h: sg.ClaimRecord | None, now: datetime) -> sg.Transition:
-            return sg.complete(
-                s, _need(h), address, token, now, result_id=result_id, content_type=ctype, body=body
+    async def act(
+        self, address: str, id: str, op: str, data: Mapping[str, Any], *, remote: bool = False
+    ) -> Acted:
+        """Claim, heartbeat, complete or release signal ``id`` as ``address``. On a signal this
+        relay owns, the rule is applied here (``remote``: the request came from a partner relay
+        for one of its agents, which sends the result itself). On a partner's replica, the
+        owner relay decides (``owner_link``) and the replica follows its answer."""
+        if op not in sg.REQUEST_OPS:
+            raise NotFound(f"no signal operation {op!r}")
+        stored = await self.store.signal_get(id)
+        if stored is None:
+            raise NotFound("no such signal")
+        if stored.owner != self.domain:
+            return await self._act_remote(stored, address, op, data)
+        token = data.get("token")
+        if op == "claim":
+            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now))
+        elif op == "heartbeat":
+            change = await self._change(
+                id, lambda s, h, now: sg.heartbeat(s, _need(h), address, token, now)
             )
+        elif op == "release":
+            change = await self._change(
+                id, lambda s, h, now: sg.release(s, _need(h), address, token, now)
+            )
+        else:
+            ctype = _result_type(data.get("content_type"), data.get("body"))
+            result_id = uuid7(self.clock.now())
 
-        change = await self._change(id, rule)
+            def rule(s: sg.Signal, h: sg.ClaimRecord | None, now: datetime) -> sg.Transition:
+                t = sg.complete(
+                    s,
+                    _need(h),
+                    address,
+                    token,
+                    now,
+                    result_id=result_id,
+                    content_type=ctype,
+                    body=data.get("body"),
+                )
+                # A partner's worker: its own relay sends the result (SPEC.md §13.6).
+                return replace(t, signal=replace(t.signal, result_sent=True)) if remote else t
+
+            change = await self._change(id, rule)
+            if not remote:
+                await self._try_send_result(change.signal)
+        return Acted(change.signal, change.token, change.signal.lease_until)
+
+    async def _act_remote(
+        self, replica: sg.Signal, address: str, op: str, data: Mapping[str, Any]
+    ) -> Acted:
+        """A local agent acts on a partner's signal: the owner relay answers at once (or the
+        request fails with ``OwnerUnreachable``); the replica then follows the answer, so this
+        relay stops offering what its agent took."""
+        if self.owner_link is None:
+            raise sg.OwnerUnreachable("this relay has no link to partner relays")
+        if op == "complete":
+            _result_type(data.get("content_type"), data.get("body"))
+        answer = await self.owner_link.request(replica, address, op, data)
+        now = self.clock.now()
+        claim = answer.get("claim") if isinstance(answer, dict) else None
+        token = claim.get("token") if isinstance(claim, dict) else None
+        until_raw = claim.get("expires") if isinstance(claim, dict) else None
+        until = parse_timestamp(until_raw) if isinstance(until_raw, str) else None
+        if op in ("claim", "heartbeat") and (not isinstance(token, str) or until is None):
+            raise sg.OwnerUnreachable("the owner relay's answer is not a claim")
+        new = replace(replica, updated=now, version=replica.version + 1)
+        if op == "claim" and isinstance(token, str):
+            generation, _ = sg.parse_token(token)
+            new = replace(new, state="claimed", generation=generation, holder=address)
+            new = replace(new, lease_until=until)
+        elif op == "heartbeat":
+            new = replace(new, lease_until=until)
+        elif op == "release":
+            new = replace(new, state="open", holder=None, lease_until=None)
+        else:
+            ctype = _result_type(data.get("content_type"), data.get("body"))
+            new = replace(
+                new,
+                state="done",
+                holder=address,
+                lease_until=None,
+                result_id=uuid7(now),
+                result_type=ctype,
+                result_body=data.get("body"),
+            )
+        await self.store.signal_write(sg.Transition(new), replica.version)
+        if op == "complete":
+            await self._try_send_result(new)
+        return Acted(new, token if isinstance(token, str) else None, until)
+
+    async def apply_offer(self, offer: sg.Signal) -> bool:
+        """A partner's ``signal`` or ``signal.update`` (relay/federation/signals.py): kept as a
+        replica, or applied to the one kept when it is newer. True when something changed."""
+        stored = await self.store.signal_get(offer.id)
+        if stored is None:
+            return await self.store.signal_insert(offer)
+        if stored.owner != offer.owner or stored.emitter != offer.emitter:
+            raise Forbidden("that signal belongs to another relay")
+        if offer.version <= stored.version and offer.state == stored.state:
+            return False
+        new = replace(
+            stored,
+            state=offer.state,
+            generation=offer.generation,
+            holder=offer.holder,
+            lease_until=offer.lease_until,
+            version=max(offer.version, stored.version + 1),
+            updated=self.clock.now(),
+            reinforcements=offer.reinforcements,
+        )
+        fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
+        return await self.store.signal_write(sg.Transition(new, (), fresh), stored.version)
+
+    async def _try_send_result(self, signal: sg.Signal) -> None:
         try:
-            await self._send_result(change.signal)
+            await self._send_result(signal)
         except SynqError as exc:
             # The completion is written and its result with it: the sweep sends it (step 4).
             # The worker's answer is the completion's, which stands.
-            log.warning("result of signal %s not sent yet: %s", id, exc.message)
-        return change.signal
+            log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
 
     async def _send_result(self, signal: sg.Signal) -> None:
         """The result envelope of a signal completed here: from its worker to its emitter, under

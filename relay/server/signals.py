@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.core import errors as E
 from relay.core import jsonutil
+from relay.core.envelope import format_timestamp
 from relay.core.limits import MAX_LONG_POLL_SECONDS
 from relay.delivery.signals import MAX_FEED_PAGE, Heard, signal_view
 from relay.server.api import SSE_HEARTBEAT_SECONDS, authenticate, json_response, read_json
@@ -44,10 +45,6 @@ async def _optional_json(request: web.Request) -> dict[str, Any]:
 
 def _heard(items: list[Heard], now: Any) -> dict[str, Any]:
     return {"signals": [signal_view(h.signal, now) for h in items]}
-
-
-def _iso(value: Any) -> str:
-    return str(value.isoformat().replace("+00:00", "Z"))
 
 
 @routes.post("/synq/v1/signals")
@@ -168,7 +165,7 @@ async def claim(request: web.Request) -> web.Response:
     agent = await authenticate(request)
     await _optional_json(request)
     token, until = await relay.signals.claim(agent.name, request.match_info["id"])
-    return json_response({"claim": {"token": token, "expires": _iso(until)}})
+    return json_response({"claim": {"token": token, "expires": format_timestamp(until)}})
 
 
 @routes.post("/synq/v1/signals/{id}/heartbeat")
@@ -180,7 +177,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     data = await _optional_json(request)
     token = data.get("token")
     until = await relay.signals.heartbeat(agent.name, request.match_info["id"], token)
-    return json_response({"claim": {"token": token, "expires": _iso(until)}})
+    return json_response({"claim": {"token": token, "expires": format_timestamp(until)}})
 
 
 @routes.post("/synq/v1/signals/{id}/complete")
