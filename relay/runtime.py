@@ -42,6 +42,7 @@ from relay.discovery.resolver import Discovery
 from relay.discovery.ssrf import make_guarded_connector
 from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
+from relay.federation.signals import SignalFederation
 from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.metrics import Metrics
@@ -196,6 +197,22 @@ class Relay:
         self.held_mail = HeldMail(store, self.router, self.clock, self.quotas)
         #: Signals: work offered by urgency, taken by lease (relay/delivery/signals.py).
         self.signals = Signals(store, self.mailbox, self.clock)
+        # Across organisations (SPEC.md §13.6): offers and updates out through the queue,
+        # replicas in through the inbound handler, requests to owners answered at once.
+        self.signal_federation = SignalFederation(
+            signals=self.signals,
+            mailbox=self.mailbox,
+            router=self.router,
+            keys=self.discovery,
+            session=self._http,
+            url_policy=self.discovery.policy,
+            clock=self.clock,
+            partners=lambda: self.config.discovery.partners,
+            policy=lambda: self.policy,
+        )
+        self.signals.on_change = self.signal_federation.offer
+        self.signals.owner_link = self.signal_federation
+        self.inbound.on_signal = self.signal_federation.receive
         #: What the relay no longer needs goes after its retention (relay/delivery/retention.py).
         self.retention = RetentionService(
             store, self.clock, config.retention.policy, task_states=_ended_task_states()

@@ -14,7 +14,9 @@ from relay.core import jsonutil
 from relay.core.envelope import format_timestamp
 from relay.core.limits import MAX_LONG_POLL_SECONDS
 from relay.delivery.signals import MAX_FEED_PAGE, Heard, signal_view
+from relay.federation.signals import MAX_REQUEST_BYTES
 from relay.server.api import SSE_HEARTBEAT_SECONDS, authenticate, json_response, read_json
+from relay.server.http import read_body
 from relay.server.keys import RELAY
 
 routes = web.RouteTableDef()
@@ -205,3 +207,19 @@ async def release(request: web.Request) -> web.Response:
     data = await _optional_json(request)
     signal = await relay.signals.release(agent.name, request.match_info["id"], data.get("token"))
     return json_response({"id": signal.id, "state": signal.state})
+
+
+@routes.post("/synq/v1/federation/signals/{id}/{op}")
+async def federation_request(request: web.Request) -> web.Response:
+    """A partner relay's request for one of its agents (SPEC.md §13.6): ``POST
+    /synq/v1/federation/signals/{id}/claim`` with ``Content-Type: application/jose`` and a
+    compact JWS of a ``signal.claim`` envelope → what ``POST /synq/v1/signals/{id}/claim``
+    answers a local agent (``heartbeat``, ``complete``, ``release`` alike)."""
+    relay = request.app[RELAY]
+    if request.content_type != "application/jose":
+        raise E.UnsupportedMediaType("Content-Type must be application/jose")
+    token = await read_body(request, MAX_REQUEST_BYTES, "request body")
+    answer = await relay.signal_federation.serve(
+        request.match_info["id"], request.match_info["op"], token
+    )
+    return json_response(answer)
