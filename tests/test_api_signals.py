@@ -154,3 +154,16 @@ async def test_sse_stream_offers_then_drops_what_is_taken(
     await call(client, "POST", f"/synq/v1/signals/{made['id']}/claim", carol)
     assert await asyncio.wait_for(next_event(), 10) == []
     resp.close()
+
+
+async def test_agents_cannot_send_offers(client: Client, make_agent: AgentFactory) -> None:
+    alice = await make_agent("alice")
+    for kind in ("signal", "signal.update"):
+        status, err = await call(
+            client,
+            "POST",
+            "/synq/v1/messages",
+            alice,
+            {"to": ["signals@globex.test"], "kind": kind, "body": "x"},
+        )
+        assert (status, err["error"]["code"]) == (403, "forbidden")
