@@ -196,7 +196,13 @@ class Relay:
         #: Mail held for full mailboxes goes in once they have room (relay/delivery/quota.py).
         self.held_mail = HeldMail(store, self.router, self.clock, self.quotas)
         #: Signals: work offered by urgency, taken by lease (relay/delivery/signals.py).
-        self.signals = Signals(store, self.mailbox, self.clock)
+        self.signals = Signals(
+            store,
+            self.mailbox,
+            self.clock,
+            emit_rate=config.signals.emit_rate.rate,
+            max_open=config.signals.max_open,
+        )
         # Across organisations (SPEC.md §13.6): offers and updates out through the queue,
         # replicas in through the inbound handler, requests to owners answered at once.
         self.signal_federation = SignalFederation(
@@ -281,11 +287,14 @@ class Relay:
                 "limits": config.limits,
                 "retention": config.retention,
                 "quotas": config.quotas,
+                "signals": config.signals,
                 "store": store,
             }
         )
         self.retention.policy = config.retention.policy
         self.quotas.default = config.quotas.quota
+        self.signals.emit_rates.reconfigure(config.signals.emit_rate.rate)
+        self.signals.max_open = config.signals.max_open
         self.policy = self.router.policy = self.inbound.policy = policy
         limits = config.rate_limits
         self.rate_limits.reconfigure(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import StoreSection
+from relay.config import RateSection, SignalsSection, StoreSection
 from relay.core import signals as sg
 from relay.core.clock import FakeClock, SystemClock
 from relay.core.errors import Conflict, Forbidden, InvalidEnvelope, NotFound, RateLimited
@@ -361,3 +361,14 @@ async def test_concurrent_claims_and_completes_count_once(
 def test_pg_module_is_the_session_cluster() -> None:
     # The PostgreSQL half of the fixtures above comes from tests/pg.py's session cluster.
     assert callable(pg.database_url)
+
+
+async def test_signals_section_configures_and_reloads(relay: Relay) -> None:
+    assert relay.signals.max_open == sg.MAX_OPEN_PER_AGENT
+    section = SignalsSection(emit_rate=RateSection(per_second=1, burst=2), max_open=3)
+    relay.reload(relay.config.model_copy(update={"signals": section}))
+    assert relay.signals.max_open == 3
+    for _ in range(2):
+        await relay.signals.emit("alice", EMIT)
+    with pytest.raises(RateLimited):
+        await relay.signals.emit("alice", EMIT)

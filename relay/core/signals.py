@@ -68,9 +68,11 @@ from relay.core.errors import (
     RelayError,
     SynqError,
 )
+from relay.core.ratelimit import Rate
 from relay.core.status import NO_ANSWER
 
 __all__ = [
+    "DEFAULT_EMIT_RATE",
     "DEFAULT_EXPIRES",
     "DEFAULT_HALF_LIFE",
     "DEFAULT_LEASE",
@@ -154,6 +156,9 @@ LAPSE_BOOST: Final = 0.5
 #: Open (or claimed) signals one agent may have at a time: a flood of signals fills every
 #: subscriber's feed, so the emitter is capped, not only rate-limited.
 MAX_OPEN_PER_AGENT: Final = 100
+#: Signals one agent may emit: 5 a second, 50 at once. Beside the cap on open signals this stops
+#: an agent churning signals (emit, withdraw, emit) that every subscriber's feed re-reads.
+DEFAULT_EMIT_RATE: Final = Rate(per_second=5.0, burst=50.0)
 #: Topic patterns in one subscription.
 MAX_SUBSCRIPTION_TOPICS: Final = 64
 #: A subscription without a threshold hears every matching open signal stronger than this.

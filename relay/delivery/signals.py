@@ -72,10 +72,8 @@ __all__ = [
 
 log = logging.getLogger("synq.signals")
 
-#: Signals one agent may emit: 5 a second, 50 at once. Beside the cap on open signals
-#: (``MAX_OPEN_PER_AGENT``) this stops an agent churning signals (emit, withdraw, emit) that
-#: every subscriber's feed would re-read.
-DEFAULT_EMIT_RATE: Final = Rate(per_second=5.0, burst=50.0)
+#: The default emit rate per agent (``[signals] emit_rate``), explained in relay/core/signals.py.
+DEFAULT_EMIT_RATE: Final = sg.DEFAULT_EMIT_RATE
 #: How often the sweep writes lapsed leases and expiries and resends unsent results. A lapse is
 #: visible to every read at once (settled lazily); the sweep only makes it wake the feeds.
 SWEEP_INTERVAL: Final = 1.0

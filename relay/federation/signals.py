@@ -27,7 +27,8 @@ The owner relay alone grants claims. Everything else follows from that:
    the ``from`` domain (SPEC.md §4.4), then the signature — a relay that signs for a domain it
    does not host fails here; the times, and a lifetime within ``MAX_REQUEST_LIFETIME``; the id
    not seen before (the replay cache holds each id until its ``expires`` plus the skew, after
-   which the time check refuses it anyway). Then the signal's scope must include that domain.
+   which the time check refuses it anyway). Then the partner's request rate
+   (``PARTNER_REQUEST_RATE``, 4.7.0), and the signal's scope must include its domain.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from relay.discovery.ssrf import AddressPolicy
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "PARTNER_REQUEST_RATE",
     "PARTNER_SIGNAL_RATE",
     "REQUEST_TIMEOUT",
     "SEEN_CACHE_SIZE",
@@ -79,6 +81,9 @@ MAX_ANSWER_BYTES: Final = 64 * 1024
 #: Signals and updates one partner domain may send: beside the inbound handler's per-domain
 #: envelope rate, this keeps one partner from filling every local feed with its signals.
 PARTNER_SIGNAL_RATE: Final = Rate(per_second=20.0, burst=200.0)
+#: Claims, heartbeats, completes and releases one partner domain may ask of this relay: an
+#: authentic partner still cannot make the owner spend its writes on a storm of requests.
+PARTNER_REQUEST_RATE: Final = Rate(per_second=50.0, burst=500.0)
 #: Request ids remembered for replay: a partner sending more distinct requests than this within
 #: ``MAX_REQUEST_LIFETIME`` pushes out the oldest, which the time check then still bounds.
 SEEN_CACHE_SIZE: Final = 100_000
@@ -131,6 +136,7 @@ class SignalFederation:
         self.partners = partners
         self.policy = policy
         self.rates = TokenBuckets(PARTNER_SIGNAL_RATE)
+        self.request_rates = TokenBuckets(PARTNER_REQUEST_RATE)
         self._seen: OrderedDict[tuple[str, str], datetime] = OrderedDict()
 
     @property
@@ -295,10 +301,14 @@ class SignalFederation:
     async def serve(self, id: str, op: str, token: bytes) -> dict[str, Any]:
         """The owner's route: verify, check the scope, apply; the answer the local API gives."""
         address, body = await self.verify(id, op, token)
+        domain = Address.parse(address).domain
+        wait = self.request_rates.take(domain, self.clock.monotonic())
+        if wait > 0:
+            raise E.RateLimited(f"{domain} is asking too fast", retry_after=wait)
         signal = await self.signals.store.signal_get(id)
         if signal is None or signal.owner != self.domain:
             raise E.NotFound("no such signal")
-        if not self.in_scope(signal, Address.parse(address).domain):
+        if not self.in_scope(signal, domain):
             raise E.Forbidden("the signal is not offered to that relay")
         done = await self.signals.act(address, id, op, body, remote=True)
         if op in ("claim", "heartbeat"):
