@@ -158,12 +158,24 @@ async def test_sse_stream_offers_then_drops_what_is_taken(
 
 async def test_agents_cannot_send_offers(client: Client, make_agent: AgentFactory) -> None:
     alice = await make_agent("alice")
-    for kind in ("signal", "signal.update"):
+    for kind, ctype in (
+        ("signal", "application/synq-signal+json"),
+        ("signal.update", "application/json"),
+    ):
         status, err = await call(
             client,
             "POST",
             "/synq/v1/messages",
             alice,
-            {"to": ["signals@globex.test"], "kind": kind, "body": "x"},
+            {"to": ["signals@globex.test"], "kind": kind, "content_type": ctype, "body": {}},
         )
         assert (status, err["error"]["code"]) == (403, "forbidden")
+    # An agent's own control traffic (kind signal, SPEC.md §3.1) is still its to send.
+    status, _ = await call(
+        client,
+        "POST",
+        "/synq/v1/messages",
+        alice,
+        {"to": ["alice@acme.test"], "kind": "signal", "body": "x"},
+    )
+    assert status == 202

@@ -56,6 +56,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
+from relay.core import envelope as envelope_kinds
 from relay.core import jsonutil
 from relay.core.address import normalize_domain
 from relay.core.draft import parse_expires
@@ -114,6 +115,7 @@ __all__ = [
     "hears",
     "heartbeat",
     "intensity",
+    "is_relay_signal",
     "matches",
     "parse_token",
     "reinforce",
@@ -715,9 +717,10 @@ def hears(subscription: Subscription, signal: Signal, now: datetime) -> float | 
 
 # --- across organisations (SPEC.md §13.6) -------------------------------------------------------
 
-#: Envelope kinds: a signal offered to a partner relay, a change of its state, and the four
-#: requests a partner relay makes of the owner on behalf of one of its agents.
-KIND_SIGNAL: Final = "signal"
+#: Envelope kinds: a signal offered to a partner relay (the control-traffic kind of SPEC.md
+#: §3.1, told apart from agents' control traffic by its content type), a change of its state,
+#: and the four requests a partner relay makes of the owner on behalf of one of its agents.
+KIND_SIGNAL: Final = envelope_kinds.KIND_SIGNAL
 KIND_SIGNAL_UPDATE: Final = "signal.update"
 REQUEST_OPS: Final = ("claim", "heartbeat", "complete", "release")
 REQUEST_KINDS: Final = frozenset(f"signal.{op}" for op in REQUEST_OPS)
@@ -731,6 +734,15 @@ SIGNALS_LOCAL: Final = "signals"
 #: ids of the requests it served for that long plus the clock skew, and refuses older ones as
 #: expired, so a captured request cannot be replayed later.
 MAX_REQUEST_LIFETIME: Final = timedelta(minutes=5)
+
+
+def is_relay_signal(kind: str, content_type: str) -> bool:
+    """Whether an envelope is one the relays exchange about a signal (an offer or an update),
+    which a relay handles itself instead of delivering; agents' own ``signal`` envelopes
+    (control traffic, SPEC.md §3.1) have another content type."""
+    return kind == KIND_SIGNAL_UPDATE or (
+        kind == KIND_SIGNAL and content_type == SIGNAL_CONTENT_TYPE
+    )
 
 
 def _ts(value: datetime) -> str:

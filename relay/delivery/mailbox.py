@@ -52,7 +52,7 @@ from relay.core.draft import Draft
 from relay.core.envelope import KIND_DSN
 from relay.core.errors import Conflict, Forbidden, IdempotencyKeyReused, NotFound, PeerError
 from relay.core.limits import DEFAULT_INBOX_PAGE
-from relay.core.signals import KIND_SIGNAL, KIND_SIGNAL_UPDATE
+from relay.core.signals import is_relay_signal
 from relay.delivery.adapters import AgentAdapter
 from relay.delivery.router import Prepared, Router, Submitted
 from relay.store.base import (
@@ -71,10 +71,6 @@ __all__ = ["BATCH_YIELD_EVERY", "CardSource", "InboxReader", "Mailbox", "Replaye
 #: takes ~0.1 ms, so a full batch (MAX_BATCH_MESSAGES) would otherwise hold the loop for tens of
 #: milliseconds, stalling every other request, heartbeat and delivery meanwhile.
 BATCH_YIELD_EVERY: Final = 50
-
-
-#: Kinds only the relay sends, for a signal it owns (SPEC.md §13.6).
-RELAY_SIGNAL_KINDS: Final = frozenset({KIND_SIGNAL, KIND_SIGNAL_UPDATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,9 +302,9 @@ class Mailbox:
         awaiting it, so a send pays no extra frame."""
         if draft.kind == KIND_DSN:
             raise Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
-        if draft.kind in RELAY_SIGNAL_KINDS and via != "signals":
+        if via != "signals" and is_relay_signal(draft.kind, draft.content_type):
             # Offers and updates are the owner relay's (SPEC.md §13.6), made from a signal.
-            raise Forbidden(f"kind {draft.kind!r} is sent by the relay for a signal")
+            raise Forbidden("signal offers and updates are sent by the relay that owns the signal")
         return self.router.prepare(draft, via=via, idempotency=idempotency, full=full)
 
     # --- reading --------------------------------------------------------------------------------
