@@ -4,6 +4,7 @@ operations completes a signal twice."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -384,3 +385,27 @@ def test_no_sequence_completes_twice(ops: list[tuple[str, str, int, float]]) -> 
     assert completions <= 1
     if completions:
         assert s.state == "done"
+
+
+# --- fuzz: accepted, or the documented error, never anything else --------------------------------
+
+JSON = hs.recursive(
+    hs.none() | hs.booleans() | hs.integers() | hs.floats() | hs.text(max_size=20),
+    lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=8), inner),
+    max_leaves=12,
+)
+FIELDS = hs.sampled_from(
+    ["topic", "text", "urgency", "half_life", "lease", "scope", "expires", "body", "state",
+     "generation", "version", "id", "created", "reinforcements", "holder", "lease_until"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.dictionaries(FIELDS, JSON, max_size=10), hs.dictionaries(FIELDS, JSON, max_size=4))
+def test_fuzz_emit_and_offer(data: dict[str, Any], noise: dict[str, Any]) -> None:
+    base = {"topic": "a.b", "urgency": 0.5, **data}
+    for candidate in (data, base, {**base, **noise}):
+        with contextlib.suppress(InvalidEnvelope, PayloadTooLarge):
+            sg.check_emit(candidate, T0)
+        with contextlib.suppress(InvalidEnvelope):
+            sg.parse_offer(candidate, EMITTER, "acme.test", T0)

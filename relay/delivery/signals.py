@@ -456,37 +456,59 @@ class Signals:
         if op == "complete":
             _result_type(data.get("content_type"), data.get("body"))
         answer = await self.owner_link.request(replica, address, op, data)
-        now = self.clock.now()
         claim = answer.get("claim") if isinstance(answer, dict) else None
         token = claim.get("token") if isinstance(claim, dict) else None
         until_raw = claim.get("expires") if isinstance(claim, dict) else None
         until = parse_timestamp(until_raw) if isinstance(until_raw, str) else None
         if op in ("claim", "heartbeat") and (not isinstance(token, str) or until is None):
             raise sg.OwnerUnreachable("the owner relay's answer is not a claim")
-        new = replace(replica, updated=now, version=replica.version + 1)
-        if op == "claim" and isinstance(token, str):
-            generation, _ = sg.parse_token(token)
-            new = replace(new, state="claimed", generation=generation, holder=address)
-            new = replace(new, lease_until=until)
-        elif op == "heartbeat":
-            new = replace(new, lease_until=until)
-        elif op == "release":
-            new = replace(new, state="open", holder=None, lease_until=None)
-        else:
-            ctype = _result_type(data.get("content_type"), data.get("body"))
-            new = replace(
-                new,
-                state="done",
-                holder=address,
-                lease_until=None,
-                result_id=uuid7(now),
-                result_type=ctype,
-                result_body=data.get("body"),
-            )
-        await self.store.signal_write(sg.Transition(new), replica.version)
+        result_id = uuid7(self.clock.now())
+        # The owner's answer is what counts; the replica follows it. Another write to the
+        # replica in between (an update from the owner) moves its version: read and apply again,
+        # so a completion's result id is always kept and its result sent (module docstring).
+        new = self._follow(replica, address, op, data, token, until, result_id)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            if await self.store.signal_write(sg.Transition(new), new.version - 1):
+                break
+            fresh = await self.store.signal_get(replica.id)
+            if fresh is None:
+                break
+            new = self._follow(fresh, address, op, data, token, until, result_id)
         if op == "complete":
             await self._try_send_result(new)
         return Acted(new, token if isinstance(token, str) else None, until)
+
+    def _follow(
+        self,
+        replica: sg.Signal,
+        address: str,
+        op: str,
+        data: Mapping[str, Any],
+        token: object,
+        until: datetime | None,
+        result_id: str,
+    ) -> sg.Signal:
+        """The replica after the owner granted ``op`` to the local agent ``address``."""
+        new = replace(replica, updated=self.clock.now(), version=replica.version + 1)
+        if op == "claim" and isinstance(token, str):
+            generation, _ = sg.parse_token(token)
+            return replace(
+                new, state="claimed", generation=generation, holder=address, lease_until=until
+            )
+        if op == "heartbeat":
+            return replace(new, lease_until=until)
+        if op == "release":
+            return replace(new, state="open", holder=None, lease_until=None)
+        return replace(
+            new,
+            state="done",
+            holder=address,
+            lease_until=None,
+            result_id=result_id,
+            result_type=_result_type(data.get("content_type"), data.get("body")),
+            result_body=data.get("body"),
+            result_sent=False,
+        )
 
     async def apply_offer(self, offer: sg.Signal) -> bool:
         """A partner's ``signal`` or ``signal.update`` (relay/federation/signals.py): kept as a
@@ -496,7 +518,11 @@ class Signals:
             return await self.store.signal_insert(offer)
         if stored.owner != offer.owner or stored.emitter != offer.emitter:
             raise Forbidden("that signal belongs to another relay")
-        if offer.version <= stored.version and offer.state == stored.state:
+        # A final state is never left (updates may arrive out of order through the queue), and
+        # an update that says nothing new is not written.
+        if stored.state in sg.CLOSED or (
+            offer.version <= stored.version and offer.state == stored.state
+        ):
             return False
         new = replace(
             stored,
