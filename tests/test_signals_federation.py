@@ -126,9 +126,9 @@ async def test_a_lapsed_remote_worker_loses_the_signal_through_the_mcp_face(w: W
         heard = await client.call_tool(
             "watch_signals", {"topics": ["invoice.**"], "threshold": 0.1, "wait": 5}
         )
-        assert [s["id"] for s in heard.structured_content["signals"]] == [sid]  # type: ignore[index]
+        assert [s["id"] for s in heard.structured_content["signals"]] == [sid]
         claimed = await client.call_tool("claim_signal", {"id": sid})
-        token = claimed.structured_content["claim"]["token"]  # type: ignore[index]
+        token = claimed.structured_content["claim"]["token"]
         # gina stops heartbeating (killed): past the lease the owner's sweep reopens it,
         # boosted, and tells globex.
         w.clock.advance(11)
@@ -136,14 +136,14 @@ async def test_a_lapsed_remote_worker_loses_the_signal_through_the_mcp_face(w: W
         await flush(w)
         async with mcp_client(f"{globex.url}/mcp", hank) as other:
             heard = await other.call_tool("watch_signals", {"topics": ["invoice.*"]})
-            (offered,) = heard.structured_content["signals"]  # type: ignore[index]
+            (offered,) = heard.structured_content["signals"]
             assert offered["id"] == sid
             taken = await other.call_tool("claim_signal", {"id": sid})
             assert not taken.is_error
             late = await client.call_tool("complete_signal", {"id": sid, "token": token})
             assert late.is_error
             assert "stale_claim" in late.content[0].text  # type: ignore[union-attr]
-            hank_token = taken.structured_content["claim"]["token"]  # type: ignore[index]
+            hank_token = taken.structured_content["claim"]["token"]
             done = await other.call_tool(
                 "complete_signal", {"id": sid, "token": hank_token, "body": "done by hank"}
             )
