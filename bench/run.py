@@ -41,12 +41,13 @@ from typing import Any
 # ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, fedsearch, floor, postfix, protocols, soak, throughput, tracing
+from bench import backlog, fedsearch, floor, postfix, protocols, signals, soak, throughput, tracing
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
 SECTIONS = (
-    "throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "tracing", "soak"
+    "throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "signals", "tracing",
+    "soak",
 )  # fmt: skip
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
 #: ``--only soak`` runs it; tracing's cost is measured by ``--only tracing`` or ``--full``.
@@ -363,6 +364,24 @@ async def run(args: argparse.Namespace) -> Report:
                     )  # fmt: skip
             else:
                 report.note(f"A2A/MCP overhead skipped: the relay's bridges are {why}")
+
+        if "signals" in sections:
+            series = await signals.run(base / "signals")
+            report.section(
+                f"signals: emit -> claim -> complete -> result read, {signals.ROUNDS} rounds"
+            )
+            for plain, signal in (series[0:2], series[2:4]):
+                for s in (plain, signal):
+                    key = s.name.replace(", ", "_").replace(" -> ", "_to_").replace(" ", "_")
+                    doc[f"{key}_p50_ms"] = s.p50 * 1000
+                    doc[f"{key}_p99_ms"] = s.p99 * 1000
+                report.row(f"{plain.name}, p50 / p99", f"{_ms(plain.p50)} / {_ms(plain.p99)}")
+                report.row(
+                    f"{signal.name}, p50 / p99",
+                    f"{_ms(signal.p50)} / {_ms(signal.p99)}",
+                    f"{_ms(plain.p50)} plain p50",
+                    f"{signal.p50 / plain.p50:.1f}",
+                )
 
         if "backlog" in sections:
             report.section("backlog: queue for a partner that is down, then the drain")

@@ -622,6 +622,54 @@ async def status(args: argparse.Namespace, relay: Relay) -> int:
     return 0
 
 
+# --- signals ------------------------------------------------------------------------------------
+
+
+async def signals_list(args: argparse.Namespace, relay: Relay) -> int:
+    """Open and claimed signals (this relay's and partners' replicas), strongest first."""
+    from relay.core import signals as sg
+    from relay.delivery.signals import MAX_ACTIVE_SCAN, signal_view
+
+    now = relay.clock.now()
+    # Settled to now: a lapsed lease shows as open, as every read shows it.
+    found = [
+        sg.settle(s, None, now).signal for s in await relay.store.signals_active(MAX_ACTIVE_SCAN)
+    ]
+    rows = sorted((signal_view(s, now) for s in found), key=lambda v: (-v["intensity"], v["id"]))
+    lines = [
+        f"{r['id']}  {r['state']:<7}  {r['intensity']:.3f}  {r['topic']}  from {r['emitter']}"
+        + (
+            f"  held by {r['claim']['holder']} until {r['claim']['expires']}"
+            if "claim" in r
+            else ""
+        )
+        for r in rows
+    ]
+    out(args, rows, "\n".join(lines) + f"\n-- {len(rows)} signals" if rows else "no open signals")
+    return 0
+
+
+async def signals_show(args: argparse.Namespace, relay: Relay) -> int:
+    """One signal, its state and intensity now, and its claim history."""
+    from relay.delivery.signals import signal_view
+
+    signal, history = await relay.signals.show(args.id)
+    view = signal_view(signal, relay.clock.now(), history)
+    lines = [
+        f"{view['id']}  {view['topic']}  from {view['emitter']}  {view['state']}  "
+        f"intensity {view['intensity']:.3f}",
+        f"  urgency {view['urgency']}  half-life {view['half_life']:g} s  lease "
+        f"{view['lease']:g} s  scope {view['scope']}  expires {view['expires']}",
+    ]
+    if view["text"]:
+        lines.append(f"  {view['text']}")
+    for h in view["history"]:
+        end = f" -> {h['outcome']} {h['ended']}" if "ended" in h else f" (lease until {h['until']})"
+        lines.append(f"  claim {h['generation']}: {h['holder']} {h['claimed']}{end}")
+    out(args, view, "\n".join(lines))
+    return 0
+
+
 # --- migrate ------------------------------------------------------------------------------------
 
 
@@ -1078,6 +1126,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mc.add_argument("--agent", required=True, metavar="NAME")
     mc.set_defaults(func=run_on_relay(mcp_stdio, adapters=True))
+
+    sg = sub.add_parser("signals", parents=[common], help="signals: work offered by urgency")
+    sgsub = sg.add_subparsers(dest="signals_command", required=True, metavar="ACTION")
+    sgl = sgsub.add_parser("list", parents=[common], help="open and claimed signals")
+    sgl.set_defaults(func=run_on_relay(signals_list))
+    sgs = sgsub.add_parser("show", parents=[common], help="one signal and its claim history")
+    sgs.add_argument("id")
+    sgs.set_defaults(func=run_on_relay(signals_show))
 
     stt = sub.add_parser("status", parents=[common], help="per-recipient state of a message")
     stt.add_argument("id")

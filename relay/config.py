@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.core import ratelimit
+from relay.core import ratelimit, signals
 from relay.core.address import normalize_domain, normalize_local
 from relay.core.errors import ConfigError, SynqError
 from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
@@ -311,6 +311,15 @@ class RateLimitsSection(_Section):
     unverified: RateSection = RateSection.of(ratelimit.DEFAULT_UNVERIFIED_RATE)
 
 
+class SignalsSection(_Section):
+    """``[signals]`` (SPEC.md §13): what one local agent may emit — a rate, and a cap on its
+    open signals (relay.core.signals, where each is explained by the abuse it stops). Reloaded
+    on SIGHUP."""
+
+    emit_rate: RateSection = RateSection.of(signals.DEFAULT_EMIT_RATE)
+    max_open: Annotated[int, Field(ge=1)] = signals.MAX_OPEN_PER_AGENT
+
+
 class LimitsSection(_Section):
     """``[limits]``: what one source address may hold at once (SPEC.md §10.3,
     relay.core.ratelimit). Reloaded on SIGHUP."""
@@ -448,6 +457,7 @@ class Config(BaseModel):
     limits: LimitsSection = LimitsSection()
     retention: RetentionSection = RetentionSection()
     quotas: QuotasSection = QuotasSection()
+    signals: SignalsSection = SignalsSection()
     mcp: McpSection = McpSection()
     a2a: A2ASection = A2ASection()
     admin: AdminSection = AdminSection()
@@ -609,6 +619,11 @@ def render_config(config: Config) -> str:
         "[quotas]   # per agent, unacknowledged mail; over it, new mail waits (4.2.2); 0: none",
         f"max_unacked = {config.quotas.max_unacked}",
         f"max_bytes = {_toml_str(format_size(config.quotas.max_bytes))}",
+        "",
+        "[signals]   # per agent (SPEC.md §13)",
+        f"emit_rate = {{ per_second = {config.signals.emit_rate.per_second!r}, "
+        f"burst = {config.signals.emit_rate.burst!r} }}",
+        f"max_open = {config.signals.max_open}   # open or claimed signals at once",
         "",
         "[discovery]",
     ]

@@ -36,11 +36,13 @@ from relay.delivery.mailbox import Mailbox
 from relay.delivery.quota import HeldMail, MailboxQuotas
 from relay.delivery.retention import RetentionService
 from relay.delivery.router import Router
+from relay.delivery.signals import Signals
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
 from relay.discovery.ssrf import make_guarded_connector
 from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
+from relay.federation.signals import SignalFederation
 from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
 from relay.metrics import Metrics
@@ -214,6 +216,30 @@ class Relay:
         self.reply_tracker: ReplyTracker = ReplyTracker(self.task_store)
         #: Mail held for full mailboxes goes in once they have room (relay/delivery/quota.py).
         self.held_mail = HeldMail(store, self.router, self.clock, self.quotas)
+        #: Signals: work offered by urgency, taken by lease (relay/delivery/signals.py).
+        self.signals = Signals(
+            store,
+            self.mailbox,
+            self.clock,
+            emit_rate=config.signals.emit_rate.rate,
+            max_open=config.signals.max_open,
+        )
+        # Across organisations (SPEC.md §13.6): offers and updates out through the queue,
+        # replicas in through the inbound handler, requests to owners answered at once.
+        self.signal_federation = SignalFederation(
+            signals=self.signals,
+            mailbox=self.mailbox,
+            router=self.router,
+            keys=self.discovery,
+            session=self._http,
+            url_policy=self.discovery.policy,
+            clock=self.clock,
+            partners=lambda: self.config.discovery.partners,
+            policy=lambda: self.policy,
+        )
+        self.signals.on_change = self.signal_federation.offer
+        self.signals.owner_link = self.signal_federation
+        self.inbound.on_signal = self.signal_federation.receive
         #: What the relay no longer needs goes after its retention (relay/delivery/retention.py).
         self.retention = RetentionService(
             store, self.clock, config.retention.policy, task_states=_ended_task_states()
@@ -290,11 +316,14 @@ class Relay:
                 "limits": config.limits,
                 "retention": config.retention,
                 "quotas": config.quotas,
+                "signals": config.signals,
                 "store": store,
             }
         )
         self.retention.policy = config.retention.policy
         self.quotas.default = config.quotas.quota
+        self.signals.emit_rates.reconfigure(config.signals.emit_rate.rate)
+        self.signals.max_open = config.signals.max_open
         self.policy = self.router.policy = self.inbound.policy = policy
         limits = config.rate_limits
         self.rate_limits.reconfigure(
@@ -399,6 +428,8 @@ class Relay:
         self._background.append(asyncio.create_task(self.held_mail.run(), name="synq-held-mail"))
         # Retention: without it the store grows with every message (SPEC.md §8.5).
         self._background.append(asyncio.create_task(self.retention.run(), name="synq-retention"))
+        # Signals: lapsed leases and expiries written (so feeds wake), results resent.
+        self._background.append(asyncio.create_task(self.signals.run(), name="synq-signals"))
 
     async def close(self) -> None:
         for task in self._background:

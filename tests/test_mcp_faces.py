@@ -19,7 +19,18 @@ from tests.fedenv import World, world
 from tests.mcpenv import add_mcp_agent, mcp_client, running, stdio_endpoint, text_of
 from tests.procs import synq
 
-OWN_TOOLS = {"send_message", "check_inbox", "find_agents", "get_agent_card", "message_status"}
+OWN_TOOLS = {
+    "send_message",
+    "check_inbox",
+    "find_agents",
+    "get_agent_card",
+    "message_status",
+    "emit_signal",
+    "watch_signals",
+    "claim_signal",
+    "complete_signal",
+    "release_signal",
+}
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,

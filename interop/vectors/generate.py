@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.core import errors, httpsig, jsonutil
+from relay.core import signals as sg
 from relay.core.envelope import format_timestamp
 from relay.core.jws import PublicKey, SigningKey, b64url_decode, sign
 from relay.core.limits import MAX_CLOCK_SKEW, MAX_ENVELOPE_BYTES, MAX_JWS_BYTES, MAX_LIFETIME
@@ -618,6 +619,64 @@ def build_cases(keys: dict[str, Key]) -> list[dict[str, Any]]:
             ),
         ),
         valid(),
+    )
+
+    # ---- signals (SPEC.md §13.6): an offer, and a claim request made for a partner's agent
+    sid = "0195a3c0-0000-7000-8000-000000000100"
+    offer = sg.Signal(
+        id=sid,
+        owner="alpha.example",
+        emitter="alice@alpha.example",
+        topic="invoice.overdue",
+        text="Chase invoice 7.",
+        urgency=0.8,
+        half_life=600.0,
+        lease=60.0,
+        scope=("beta.example",),
+        created=CREATED,
+        expires=CREATED + timedelta(days=1),
+    )
+    case(
+        "signal-offer",
+        "A signal offered by its owner relay to a partner: kind signal, to signals@beta.example, "
+        "the signal as the body (application/synq-signal+json).",
+        signed(
+            a1,
+            payload(
+                envelope(
+                    40,
+                    to=["signals@beta.example"],
+                    kind=sg.KIND_SIGNAL,
+                    thread=sid,
+                    content_type=sg.SIGNAL_CONTENT_TYPE,
+                    body=sg.offer_body(offer),
+                )
+            ),
+        ),
+        valid(),
+    )
+    claim = {
+        "from": "carol@beta.example",
+        "to": ["alice@alpha.example"],
+        "kind": "signal.claim",
+        "in_reply_to": sid,
+        "content_type": sg.REQUEST_CONTENT_TYPE,
+        "body": {"signal": sid},
+        "expires": CREATED + sg.MAX_REQUEST_LIFETIME,
+    }
+    case(
+        "signal-claim-request",
+        "A claim request for carol@beta.example, signed by beta's relay (kid s1), POSTed to "
+        "alpha's /synq/v1/federation/signals/{id}/claim; it lives 300 s.",
+        signed(b1, payload(envelope(41, **claim))),
+        valid(),
+    )
+    case(
+        "signal-claim-request-other-domain",
+        "The same request signed by alpha's key: a relay speaks only for agents of a domain "
+        "whose key it holds, so beta's key does not verify it.",
+        signed(a1, payload(envelope(42, **claim))),
+        error(errors.BadSignature),
     )
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "case names are unique"

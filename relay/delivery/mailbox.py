@@ -52,6 +52,7 @@ from relay.core.draft import Draft
 from relay.core.envelope import KIND_DSN
 from relay.core.errors import Conflict, Forbidden, IdempotencyKeyReused, NotFound, PeerError
 from relay.core.limits import DEFAULT_INBOX_PAGE
+from relay.core.signals import is_relay_signal
 from relay.delivery.adapters import AgentAdapter
 from relay.delivery.router import Prepared, Router, Submitted
 from relay.store.base import (
@@ -301,6 +302,9 @@ class Mailbox:
         awaiting it, so a send pays no extra frame."""
         if draft.kind == KIND_DSN:
             raise Forbidden("only the relay's mailer-daemon sends delivery-status envelopes")
+        if via != "signals" and is_relay_signal(draft.kind, draft.content_type):
+            # Offers and updates are the owner relay's (SPEC.md §13.6), made from a signal.
+            raise Forbidden("signal offers and updates are sent by the relay that owns the signal")
         return self.router.prepare(draft, via=via, idempotency=idempotency, full=full)
 
     # --- reading --------------------------------------------------------------------------------

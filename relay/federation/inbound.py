@@ -21,7 +21,9 @@ For every envelope, in this order (the first failing step decides its result):
    ones whose mailbox is full 4.2.2 (SPEC.md §9.7: the partner keeps them queued and retries),
    in the per-recipient map; an envelope with no recipient here is refused 5.1.2, one with
    none left is refused with the refusal its recipients share (or, when they differ, the
-   first, plus the map).
+   first, plus the map). A partner's signal offers and updates (kind ``signal`` with the
+   signal content type, kind ``signal.update``) have no recipient here: they go to
+   ``on_signal`` instead, which keeps them as replicas (SPEC.md §13.6).
 8. receipts (SPEC.md §9.4): what the transaction's ``notify`` asks for each recipient taken is
    kept with its row, and a recipient whose sender asked for ``success`` gets its receipt
    built now, for the store to commit with the delivery (never for a ``dsn``: RFC 3464 §2).
@@ -77,6 +79,7 @@ from relay.core.errors import (
 from relay.core.jws import PublicKey
 from relay.core.policy import Policy
 from relay.core.ratelimit import RateLimits, TokenBuckets, take_all
+from relay.core.signals import is_relay_signal
 from relay.core.txn import INDEX_PREFIX, EnvelopeResult, RecipientResult, TxnNotify, TxnRequest
 from relay.delivery.custody import Custody, new_envelope
 from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
@@ -196,6 +199,9 @@ class InboundHandler:
         #: partner is up, whatever our own sender last saw (the runtime wires the sender's
         #: ``contacted``, which releases a backlog held for it; SPEC.md §9.3).
         self.on_contact: Callable[[str], Awaitable[None]] | None = None
+        #: Handles partners' signal offers and updates once authentic (the runtime wires
+        #: relay/federation/signals.py's ``receive``).
+        self.on_signal: Callable[[Envelope], Awaitable[EnvelopeResult]] | None = None
 
     def _structure(self, index: int, origin: str, token: str) -> _Checked | _Parsed:
         """Steps 1–3, no I/O: structure, the ``from`` domain, the policy's domain gate."""
@@ -278,6 +284,13 @@ class InboundHandler:
         for s in out:
             if isinstance(s, _Checked):
                 checked.append(s)
+                continue
+            envelope = s.envelope
+            if is_relay_signal(envelope.kind, envelope.content_type) and self.on_signal:
+                # A partner's signal or its update (SPEC.md §13.6): kept as a replica by the
+                # relay itself, not delivered to an inbox.
+                result = await self.on_signal(s.envelope)
+                checked.append(_Checked(s.key, s.envelope, None, result))
                 continue
             try:
                 local, refused = await self._recipients(s.envelope, existing, full)

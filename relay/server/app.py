@@ -9,7 +9,7 @@ from aiohttp import web
 
 from relay.core.errors import SynqError
 from relay.runtime import Relay
-from relay.server import api, federation, mcp
+from relay.server import api, federation, mcp, signals
 from relay.server.errors import Handler, error_middleware
 from relay.server.http import (
     DEFAULT_HTTP_LIMITS,
@@ -67,6 +67,7 @@ def build_app(
     app[RELAY] = relay
     app[HTTP_LIMITS] = http_limits
     app.add_routes(api.routes)
+    app.add_routes(signals.routes)
     app.add_routes(federation.routes)
     mcp.setup(app, relay)
     if own_relay:

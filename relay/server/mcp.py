@@ -64,7 +64,7 @@ from relay.core import idempotency
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.dsn import parse_notify
-from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN
+from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN, format_timestamp
 from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
 from relay.core.limits import (
@@ -75,6 +75,7 @@ from relay.core.limits import (
     MAX_RECIPIENTS,
 )
 from relay.delivery import views
+from relay.delivery.signals import signal_view
 from relay.runtime import Relay
 from relay.server.asgi import AsgiHost
 from relay.server.auth import agent_for_token, bearer_token, refuse_guessing
@@ -844,6 +845,103 @@ OWN_TOOLS: Final = [
             "additionalProperties": False,
         },
     ),
+    mt.Tool(
+        name="emit_signal",
+        title="Emit a signal",
+        description=(
+            "Offer work to whoever can do it, instead of choosing a worker: agents subscribed to "
+            "the topic hear it while its intensity (urgency, halving every half_life seconds) "
+            "is at least their threshold, claim it and complete it; the result comes to your "
+            "inbox in reply to the signal id."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "description": "dotted name, e.g. invoice.overdue"},
+                "text": {"type": "string", "description": "what is wanted"},
+                "urgency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "half_life": {"type": "number", "description": "seconds; default 600"},
+                "lease": {"type": "number", "description": "seconds a claim lasts; default 60"},
+                "scope": {
+                    "anyOf": [{"enum": ["local", "partners"]}, {"type": "array", "items": _STRING}],
+                    "description": "local (default), partners, or a list of partner domains",
+                },
+                "expires": {"type": "string", "description": "RFC 3339 time; default 1 day"},
+                "content_type": _STRING,
+                "body": {"description": "details of the work: text, or any JSON value"},
+            },
+            "required": ["topic", "urgency"],
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="watch_signals",
+        title="Watch signals",
+        description=(
+            "The open signals this agent hears, strongest first, waiting up to `wait` seconds "
+            "for the first. Give topics (patterns: invoice.* one label, invoice.** any below) "
+            "and threshold, or capabilities=true (the skills of this agent's card), to "
+            "subscribe first."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "wait": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": MAX_LONG_POLL_SECONDS,
+                    "default": 0,
+                },
+                "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+                "topics": {"type": "array", "items": _STRING},
+                "threshold": {"type": "number", "minimum": 0, "maximum": 2},
+                "capabilities": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="claim_signal",
+        title="Claim a signal",
+        description=(
+            "Take a signal for one lease: returns a token for complete_signal. Call again with "
+            "the token before the lease ends to extend it (a heartbeat); a lease that runs out "
+            "gives the signal to others and the token stops working."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {"id": _STRING, "token": _STRING},
+            "required": ["id"],
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="complete_signal",
+        title="Complete a signal",
+        description="Finish a claimed signal; the body goes to the emitter as the result.",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "id": _STRING,
+                "token": _STRING,
+                "body": {"description": "the result: text, or any JSON value"},
+                "content_type": _STRING,
+            },
+            "required": ["id", "token"],
+            "additionalProperties": False,
+        },
+    ),
+    mt.Tool(
+        name="release_signal",
+        title="Release a signal",
+        description="Give a claimed signal back, so that another agent can take it.",
+        input_schema={
+            "type": "object",
+            "properties": {"id": _STRING, "token": _STRING},
+            "required": ["id", "token"],
+            "additionalProperties": False,
+        },
+    ),
 ]
 
 Identify = Callable[[ServerRequestContext[Any, Any]], Awaitable[AgentRecord]]
@@ -937,6 +1035,42 @@ class OwnFace:
         status = await self.relay.mailbox.status(str(args["id"]), agent=agent.name)
         return views.status_to_wire(status)
 
+    async def emit_signal(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        signals = self.relay.signals
+        signal = await signals.emit(agent.name, args)
+        view = signal_view(signal, self.relay.clock.now())
+        return {"id": signal.id, "state": signal.state, "intensity": view["intensity"]}
+
+    async def watch_signals(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        signals = self.relay.signals
+        wanted = {k: args[k] for k in ("topics", "threshold", "capabilities") if k in args}
+        if wanted:
+            await signals.subscribe(agent.name, wanted)
+        heard = await signals.feed(
+            agent.name, wait=float(args.get("wait", 0)), limit=int(args.get("limit", 20))
+        )
+        now = self.relay.clock.now()
+        return {"signals": [signal_view(h.signal, now) for h in heard]}
+
+    async def claim_signal(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        signals = self.relay.signals
+        if "token" in args:
+            token = args["token"]
+            until = await signals.heartbeat(agent.name, args["id"], token)
+        else:
+            token, until = await signals.claim(agent.name, args["id"])
+        return {"claim": {"token": token, "expires": format_timestamp(until)}}
+
+    async def complete_signal(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        signal = await self.relay.signals.complete(
+            agent.name, args["id"], args["token"], args.get("content_type"), args.get("body")
+        )
+        return {"id": signal.id, "state": signal.state}
+
+    async def release_signal(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
+        signal = await self.relay.signals.release(agent.name, args["id"], args["token"])
+        return {"id": signal.id, "state": signal.state}
+
     _handlers: Final[
         dict[str, Callable[[OwnFace, AgentRecord, dict[str, Any]], Awaitable[Any]]]
     ] = {
@@ -945,6 +1079,11 @@ class OwnFace:
         "find_agents": find_agents,
         "get_agent_card": get_agent_card,
         "message_status": message_status,
+        "emit_signal": emit_signal,
+        "watch_signals": watch_signals,
+        "claim_signal": claim_signal,
+        "complete_signal": complete_signal,
+        "release_signal": release_signal,
     }
 
     def server(self) -> Server[Any]:

@@ -57,6 +57,7 @@ from typing import Final, Literal, TypeVar
 
 from relay.core.dsn import DEFAULT_NOTIFY, Notify
 from relay.core.errors import ConfigError
+from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription, Transition
 
 _T = TypeVar("_T")
 
@@ -83,6 +84,9 @@ def local_agent(destination: str | None) -> str | None:
 #: Wakes the quota service when an ack made room in some agent's mailbox: mail held for it
 #: may now go into its inbox (relay/delivery/quota.py).
 HELD_CHANNEL: Final = "held"
+#: Woken after every change to a signal or a subscription (SPEC.md §13): the agents' signal
+#: feeds re-read what they hear.
+SIGNALS_CHANNEL: Final = "signals"
 
 
 def inbox_channel(agent: str) -> str:
@@ -845,3 +849,58 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def a2a_set_feed_cursor(self, seq: int) -> None:
         """Save the reply tracker's position; it never moves back."""
+
+    # signals (0007; SPEC.md §13) ---------------------------------------------------------------
+    # Every write wakes ``SIGNALS_CHANNEL`` after its commit.
+
+    @abc.abstractmethod
+    async def signal_insert(self, signal: Signal) -> bool:
+        """Insert a new signal (or a partner's replica); False, writing nothing, when the id is
+        taken (a replica offered twice)."""
+
+    @abc.abstractmethod
+    async def signal_get(self, id: str) -> Signal | None:
+        """The signal with its reinforcements, as stored (not settled to any time)."""
+
+    @abc.abstractmethod
+    async def signal_claims(self, id: str) -> list[ClaimRecord]:
+        """The signal's claim history, oldest generation first."""
+
+    @abc.abstractmethod
+    async def signal_write(self, change: Transition, expected_version: int) -> bool:
+        """Compare-and-set: if the signal's version is still ``expected_version``, write
+        ``change.signal``'s state, generation, holder, token hash, lease end, version, update
+        time and result, upsert ``change.claims`` and add ``change.reinforcements`` (each
+        source once), in one transaction. False, writing nothing, when the version moved on."""
+
+    @abc.abstractmethod
+    async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:
+        """Add one reinforcement; False when its source reinforced the signal before."""
+
+    @abc.abstractmethod
+    async def signals_active(self, limit: int) -> list[Signal]:
+        """Open and claimed signals (as stored, with their reinforcements), newest first."""
+
+    @abc.abstractmethod
+    async def signals_due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of claimed signals whose lease ran out by ``now`` and of open or claimed ones
+        past their expiry: what the sweep settles."""
+
+    @abc.abstractmethod
+    async def signal_open_count(self, emitter: str) -> int:
+        """How many of ``emitter``'s signals are open or claimed."""
+
+    @abc.abstractmethod
+    async def signal_results_unsent(self, limit: int) -> list[Signal]:
+        """Completed signals whose result envelope is not yet in custody."""
+
+    @abc.abstractmethod
+    async def signal_mark_sent(self, id: str) -> None:
+        """The signal's result envelope is in custody."""
+
+    @abc.abstractmethod
+    async def subscription_set(self, subscription: Subscription, now: datetime) -> None:
+        """Insert or replace one local agent's subscription."""
+
+    @abc.abstractmethod
+    async def subscription_get(self, agent: str) -> Subscription | None: ...

@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from relay.core import jsonutil
 from relay.core.dsn import decode_notify
+from relay.core.limits import MAX_API_BODY_BYTES
+from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription
 from relay.store.base import (
     A2ATask,
     AgentRecord,
@@ -49,6 +52,13 @@ IDEMPOTENCY_SELECT: Final = """
 SELECT agent, key, fingerprint, origin, envelope, created FROM idempotency_keys
 """
 #: The rows ``a2a_task`` maps.
+#: The columns ``signal`` maps, in order (also the insert's).
+SIGNAL_COLUMNS: Final = (
+    "id, owner, emitter, topic, text, urgency, half_life, lease, scope, created, expires, "
+    "content_type, body, state, generation, holder, token_hash, lease_until, version, updated, "
+    "result_id, result_type, result_body, result_sent"
+)
+SIGNAL_SELECT: Final = f"SELECT {SIGNAL_COLUMNS} FROM signals "  # noqa: S608 — constants only
 A2A_TASK_SELECT: Final = """
 SELECT id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
        created, updated
@@ -226,3 +236,63 @@ def message_status(rows: Sequence[Row], dt: ToDatetime) -> MessageStatus | None:
         recipients=recipients,
         events=events,
     )
+
+
+def _json(text: str | None) -> Any:
+    # The store wrote these values itself (relay/store/sql/store.py, signals): they were
+    # checked when they came in; the bound only keeps a damaged row from costing more.
+    return None if text is None else jsonutil.loads(text, max_bytes=MAX_API_BODY_BYTES)
+
+
+def signal(row: Row, dt: ToDatetime, reinforcements: Sequence[Reinforcement] = ()) -> Signal:
+    """(SIGNAL_COLUMNS) → Signal; ``reinforcements`` read with it."""
+    scope = _json(row[8])
+    return Signal(
+        id=row[0],
+        owner=row[1],
+        emitter=row[2],
+        topic=row[3],
+        text=row[4],
+        urgency=float(row[5]),
+        half_life=float(row[6]),
+        lease=float(row[7]),
+        scope=tuple(scope) if isinstance(scope, list) else scope,
+        created=dt(row[9]),
+        expires=dt(row[10]),
+        content_type=row[11],
+        body=_json(row[12]),
+        state=row[13],
+        generation=int(row[14]),
+        holder=row[15],
+        token_hash=row[16],
+        lease_until=None if row[17] is None else dt(row[17]),
+        version=int(row[18]),
+        updated=dt(row[19]),
+        reinforcements=tuple(reinforcements),
+        result_id=row[20],
+        result_type=row[21],
+        result_body=_json(row[22]),
+        result_sent=bool(row[23]),
+    )
+
+
+def reinforcement(row: Row, dt: ToDatetime) -> Reinforcement:
+    """(source, amount, at)"""
+    return Reinforcement(row[0], float(row[1]), dt(row[2]))
+
+
+def claim_record(row: Row, dt: ToDatetime) -> ClaimRecord:
+    """(generation, holder, claimed, until, ended, outcome)"""
+    return ClaimRecord(
+        generation=int(row[0]),
+        holder=row[1],
+        claimed=dt(row[2]),
+        until=dt(row[3]),
+        ended=None if row[4] is None else dt(row[4]),
+        outcome=row[5],
+    )
+
+
+def subscription(row: Row) -> Subscription:
+    """(agent, topics, threshold, capabilities)"""
+    return Subscription(row[0], tuple(_json(row[1]) or ()), float(row[2]), bool(row[3]))

@@ -243,6 +243,41 @@ class Statements:
     #: (seq); never moves back
     a2a_set_feed_cursor: str
 
+    # signals (0007; SPEC.md §13) ---------------------------------------------------------------
+    #: (the 24 columns of rows.SIGNAL_SELECT); inserts nothing when the id is taken.
+    signal_insert: str
+    #: (id) → signal columns (relay/store/sql/rows.py, ``signal``)
+    signal_get: str
+    #: (state, generation, holder, token_hash, lease_until, version, updated, result_id,
+    #: result_type, result_body, result_sent, id, expected version): the compare-and-set.
+    signal_update: str
+    #: (signal, generation, holder, claimed, until, ended, outcome): a claim opened, or its
+    #: lease end and outcome changed.
+    signal_claim_upsert: str
+    #: (signal, source, amount, at); inserts nothing when the source reinforced it before.
+    signal_reinforce: str
+    #: (signal) → (source, amount, at)
+    signal_reinforcements: str
+    #: (signal) → (generation, holder, claimed, until, ended, outcome), oldest first
+    signal_claims: str
+    #: (limit) → signal columns of open and claimed signals, newest first
+    signals_active: str
+    #: () → (signal, source, amount, at) of the open and claimed signals
+    signals_active_reinforcements: str
+    #: (now, now, limit) → (id) of claimed signals whose lease ran out and of open or claimed
+    #: ones past their expiry
+    signals_due: str
+    #: (emitter) → (count) of its open and claimed signals
+    signal_open_count: str
+    #: (limit) → signal columns of completed signals whose result is not yet in custody
+    signal_results_unsent: str
+    #: (id)
+    signal_mark_sent: str
+    #: (agent, topics, threshold, capabilities, updated): insert or replace
+    subscription_set: str
+    #: (agent) → (agent, topics, threshold, capabilities)
+    subscription_get: str
+
 
 def portable(marker: str) -> dict[str, str]:
     """The statements whose text both dialects share but for the positional parameter marker
@@ -417,4 +452,61 @@ WHERE (agent, key) IN (
 )
 """,
     "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
+    # Column names are constants (rows.SIGNAL_COLUMNS); every value is bound.
+    "signal_insert": "INSERT INTO signals ("  # noqa: S608
+    + rows.SIGNAL_COLUMNS
+    + ") VALUES ("
+    + ", ".join(["?"] * 24)
+    + ") ON CONFLICT (id) DO NOTHING",
+    "signal_get": rows.SIGNAL_SELECT + "WHERE id = ?",
+    "signal_update": """
+UPDATE signals
+SET state = ?, generation = ?, holder = ?, token_hash = ?, lease_until = ?, version = ?,
+    updated = ?, result_id = ?, result_type = ?, result_body = ?, result_sent = ?
+WHERE id = ? AND version = ?
+""",
+    "signal_claim_upsert": """
+INSERT INTO signal_claims (signal, generation, holder, claimed, until, ended, outcome)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (signal, generation)
+DO UPDATE SET until = excluded.until, ended = excluded.ended, outcome = excluded.outcome
+""",
+    "signal_reinforce": """
+INSERT INTO signal_reinforcements (signal, source, amount, at) VALUES (?, ?, ?, ?)
+ON CONFLICT (signal, source) DO NOTHING
+""",
+    "signal_reinforcements": """
+SELECT source, amount, at FROM signal_reinforcements WHERE signal = ? ORDER BY at, source
+""",
+    "signal_claims": """
+SELECT generation, holder, claimed, until, ended, outcome
+FROM signal_claims WHERE signal = ? ORDER BY generation
+""",
+    "signals_active": rows.SIGNAL_SELECT
+    + "WHERE state IN ('open', 'claimed') ORDER BY created DESC, id LIMIT ?",
+    "signals_active_reinforcements": """
+SELECT r.signal, r.source, r.amount, r.at
+FROM signal_reinforcements AS r JOIN signals AS s ON s.id = r.signal
+WHERE s.state IN ('open', 'claimed')
+""",
+    "signals_due": """
+SELECT id FROM signals
+WHERE (state = 'claimed' AND lease_until <= ?) OR (state IN ('open', 'claimed') AND expires <= ?)
+ORDER BY id LIMIT ?
+""",
+    "signal_open_count": """
+SELECT count(*) FROM signals WHERE emitter = ? AND state IN ('open', 'claimed')
+""",
+    "signal_results_unsent": rows.SIGNAL_SELECT
+    + "WHERE state = 'done' AND result_sent = 0 AND result_id IS NOT NULL ORDER BY id LIMIT ?",
+    "signal_mark_sent": "UPDATE signals SET result_sent = 1 WHERE id = ?",
+    "subscription_set": """
+INSERT INTO signal_subscriptions (agent, topics, threshold, capabilities, updated)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (agent) DO UPDATE SET topics = excluded.topics, threshold = excluded.threshold,
+    capabilities = excluded.capabilities, updated = excluded.updated
+""",
+    "subscription_get": """
+SELECT agent, topics, threshold, capabilities FROM signal_subscriptions WHERE agent = ?
+""",
 }

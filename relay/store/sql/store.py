@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
+from relay.core import jsonutil
 from relay.core.address import normalize_domain
 from relay.core.errors import (
     ConfigError,
@@ -26,10 +27,12 @@ from relay.core.errors import (
     SynqError,
     UnknownRecipient,
 )
+from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription, Transition
 from relay.store.base import (
     DELIVERY_CHANNEL,
     HELD_CHANNEL,
     QUEUE_CHANNEL,
+    SIGNALS_CHANNEL,
     A2AFeedItem,
     A2ATask,
     A2AUpdate,
@@ -1134,6 +1137,171 @@ class SqlStore(GroupWriter, Store):
             return None, ()
 
         await self._write(run)
+
+    # signals (0007) -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _text(value: Any) -> str | None:
+        return None if value is None else jsonutil.dumps(value).decode("utf-8")
+
+    async def signal_insert(self, signal: Signal) -> bool:
+        ts, text = self._ts, self._text
+        row = (
+            signal.id,
+            signal.owner,
+            signal.emitter,
+            signal.topic,
+            signal.text,
+            signal.urgency,
+            signal.half_life,
+            signal.lease,
+            text(list(signal.scope) if isinstance(signal.scope, tuple) else signal.scope),
+            ts(signal.created),
+            ts(signal.expires),
+            signal.content_type,
+            text(signal.body),
+            signal.state,
+            signal.generation,
+            signal.holder,
+            signal.token_hash,
+            None if signal.lease_until is None else ts(signal.lease_until),
+            signal.version,
+            ts(signal.updated or signal.created),
+            signal.result_id,
+            signal.result_type,
+            text(signal.result_body),
+            int(signal.result_sent),
+        )
+        boosts = [(signal.id, r.source, r.amount, ts(r.at)) for r in signal.reinforcements]
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            if await tx.execute(self.sql.signal_insert, row) == 0:
+                return False, ()
+            if boosts:
+                await tx.executemany(self.sql.signal_reinforce, boosts)
+            return True, (SIGNALS_CHANNEL,)
+
+        inserted: bool = await self._write(run)
+        return inserted
+
+    async def signal_get(self, id: str) -> Signal | None:
+        row = await self._read_one(self.sql.signal_get, (id,))
+        if row is None:
+            return None
+        found = await self._read(self.sql.signal_reinforcements, (id,))
+        return rows.signal(row, self._dt, [rows.reinforcement(r, self._dt) for r in found])
+
+    async def signal_claims(self, id: str) -> list[ClaimRecord]:
+        found = await self._read(self.sql.signal_claims, (id,))
+        return [rows.claim_record(r, self._dt) for r in found]
+
+    async def signal_write(self, change: Transition, expected_version: int) -> bool:
+        ts = self._ts
+        new = change.signal
+        params = (
+            new.state,
+            new.generation,
+            new.holder,
+            new.token_hash,
+            None if new.lease_until is None else ts(new.lease_until),
+            new.version,
+            ts(new.updated or new.created),
+            new.result_id,
+            new.result_type,
+            self._text(new.result_body),
+            int(new.result_sent),
+            new.id,
+            expected_version,
+        )
+        claims = [
+            (
+                new.id,
+                c.generation,
+                c.holder,
+                ts(c.claimed),
+                ts(c.until),
+                None if c.ended is None else ts(c.ended),
+                c.outcome,
+            )
+            for c in change.claims
+        ]
+        boosts = [(new.id, r.source, r.amount, ts(r.at)) for r in change.reinforcements]
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            # The compare-and-set (as a2a_update_task's: under PostgreSQL's READ COMMITTED an
+            # UPDATE that waited for another writer's row lock re-checks ``version`` on the row
+            # as committed), so of two changes read from one version exactly one is written.
+            if await tx.execute(self.sql.signal_update, params) == 0:
+                return False, ()
+            if claims:
+                await tx.executemany(self.sql.signal_claim_upsert, claims)
+            if boosts:
+                await tx.executemany(self.sql.signal_reinforce, boosts)
+            return True, (SIGNALS_CHANNEL,)
+
+        written: bool = await self._write(run)
+        return written
+
+    async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:
+        row = (id, reinforcement.source, reinforcement.amount, self._ts(reinforcement.at))
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            if await tx.execute(self.sql.signal_reinforce, row) == 0:
+                return False, ()
+            return True, (SIGNALS_CHANNEL,)
+
+        added: bool = await self._write(run)
+        return added
+
+    async def signals_active(self, limit: int) -> list[Signal]:
+        found = await self._read(self.sql.signals_active, (max(limit, 0),))
+        if not found:
+            return []
+        boosts: dict[str, list[Reinforcement]] = {}
+        for r in await self._read(self.sql.signals_active_reinforcements, ()):
+            boosts.setdefault(r[0], []).append(rows.reinforcement(r[1:], self._dt))
+        return [rows.signal(row, self._dt, boosts.get(row[0], ())) for row in found]
+
+    async def signals_due(self, now: datetime, limit: int) -> list[str]:
+        at = self._ts(now)
+        return [r[0] for r in await self._read(self.sql.signals_due, (at, at, max(limit, 0)))]
+
+    async def signal_open_count(self, emitter: str) -> int:
+        row = await self._read_one(self.sql.signal_open_count, (emitter,))
+        return int(row[0]) if row else 0
+
+    async def signal_results_unsent(self, limit: int) -> list[Signal]:
+        found = await self._read(self.sql.signal_results_unsent, (max(limit, 0),))
+        return [rows.signal(row, self._dt) for row in found]
+
+    async def signal_mark_sent(self, id: str) -> None:
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            await tx.execute(self.sql.signal_mark_sent, (id,))
+            return None, ()
+
+        await self._write(run)
+
+    async def subscription_set(self, subscription: Subscription, now: datetime) -> None:
+        row = (
+            subscription.agent,
+            self._text(list(subscription.topics)),
+            subscription.threshold,
+            int(subscription.capabilities),
+            self._ts(now),
+        )
+
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            try:
+                await tx.execute(self.sql.subscription_set, row)
+            except self.foreign_key_violation as exc:
+                raise UnknownRecipient(f"no agent {subscription.agent!r}") from exc
+            return None, (SIGNALS_CHANNEL,)
+
+        await self._write(run)
+
+    async def subscription_get(self, agent: str) -> Subscription | None:
+        row = await self._read_one(self.sql.subscription_get, (agent,))
+        return None if row is None else rows.subscription(row)
 
 
 def _held_for(agent: str) -> NewEnvelope:

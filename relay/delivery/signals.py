@@ -1,0 +1,656 @@
+"""Signals for local agents (SPEC.md §13): emit, subscribe, hear, reinforce, claim, heartbeat,
+complete, release, withdraw — whichever face (REST, MCP, the CLI) asks.
+
+The rules are the pure model's (relay/core/signals.py); this service reads the row, applies a
+rule and writes the result as one compare-and-set (``Store.signal_write``):
+
+1. **Change** (:meth:`Signals._change`): read the signal and its current claim, bring it up to
+   now (``settle``: a lapsed lease reopens, a signal past its expiry closes), apply the
+   operation, and write both with the version read as the expected one. Another writer in
+   between (a second claim, a heartbeat, the sweep) moves the version: the write is refused and
+   the whole step runs again on what that writer left, so the rule sees the winner's state —
+   the second of two claims gets ``already_claimed``, a complete after a lapse and a new claim
+   gets ``stale_claim``. Exactly one completion, whatever the interleaving, on any backend.
+2. **Completion's result**: the complete writes the result and a fresh envelope id with the
+   signal; then the result is sent, through the mailbox, from the worker to the emitter with
+   ``in_reply_to`` = the signal id, under that id. Only then is it marked sent. A crash between
+   the two is caught by the sweep, which sends the same envelope again (the store's accept
+   deduplicates by id): the emitter gets the result once, never twice, never not at all.
+3. **Hearing** (:meth:`Signals.feed`): the open signals whose topic one of the agent's patterns
+   matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
+   is at least its threshold, strongest first; long-polled through the store's one long-poll
+   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``.
+4. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
+   writes the lapses and expiries that are due (so feeds wake, and history records them when
+   nobody touched the signal) and sends the results not yet in custody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from relay.core import jsonutil
+from relay.core import signals as sg
+from relay.core.address import Address
+from relay.core.clock import Clock
+from relay.core.draft import Draft
+from relay.core.envelope import CONTENT_TYPE_PATTERN, format_timestamp, parse_timestamp
+from relay.core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidEnvelope,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    SynqError,
+)
+from relay.core.ids import uuid7
+from relay.core.ratelimit import Rate, TokenBuckets
+from relay.delivery.mailbox import Mailbox
+from relay.store.base import SIGNALS_CHANNEL, Store
+
+__all__ = [
+    "DEFAULT_EMIT_RATE",
+    "FEED_RECHECK",
+    "MAX_ACTIVE_SCAN",
+    "MAX_CAS_ATTEMPTS",
+    "MAX_FEED_PAGE",
+    "SWEEP_INTERVAL",
+    "Acted",
+    "Heard",
+    "OwnerLink",
+    "Signals",
+    "TooManySignals",
+    "signal_view",
+]
+
+log = logging.getLogger("synq.signals")
+
+#: The default emit rate per agent (``[signals] emit_rate``), explained in relay/core/signals.py.
+DEFAULT_EMIT_RATE: Final = sg.DEFAULT_EMIT_RATE
+#: How often the sweep writes lapsed leases and expiries and resends unsent results. A lapse is
+#: visible to every read at once (settled lazily); the sweep only makes it wake the feeds.
+SWEEP_INTERVAL: Final = 1.0
+#: The longest a feed waits without a wake-up before it looks again: a lapse reaches the feeds
+#: through the sweep's write, this bounds the wait if that wake-up was lost with another process.
+FEED_RECHECK: Final = 5.0
+#: Open and claimed signals a feed considers, newest first. The cap on open signals per agent
+#: bounds what one agent can put here; this bounds one read.
+MAX_ACTIVE_SCAN: Final = 2000
+#: Signals one feed read lists at most.
+MAX_FEED_PAGE: Final = 200
+#: Compare-and-set attempts of one change before it gives up with 409: each failed attempt means
+#: another writer changed the signal meanwhile, so more than a few means a storm of writers.
+MAX_CAS_ATTEMPTS: Final = 16
+#: Due signals and unsent results one sweep handles.
+SWEEP_BATCH: Final = 200
+
+
+class TooManySignals(RateLimited):
+    """``429 too_many_signals``: the agent has ``MAX_OPEN_PER_AGENT`` open signals already."""
+
+    code = "too_many_signals"
+    default_message = "too many open signals"
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A signal as a feed offers it, with its intensity at the time of the read."""
+
+    signal: sg.Signal
+    intensity: float
+
+
+def signal_view(
+    signal: sg.Signal,
+    now: datetime,
+    history: Sequence[sg.ClaimRecord] | None = None,
+) -> dict[str, Any]:
+    """A signal on the wire (SPEC.md §13.3): what a feed lists, and with ``history`` what
+    ``GET /synq/v1/signals/{id}`` answers. Never the token or its hash."""
+    view: dict[str, Any] = {
+        "id": signal.id,
+        "topic": signal.topic,
+        "text": signal.text,
+        "emitter": signal.emitter,
+        "owner": signal.owner,
+        "state": signal.state,
+        "intensity": sg.intensity(signal, now),
+        "urgency": signal.urgency,
+        "half_life": signal.half_life,
+        "lease": signal.lease,
+        "scope": list(signal.scope) if isinstance(signal.scope, tuple) else signal.scope,
+        "created": format_timestamp(signal.created),
+        "expires": format_timestamp(signal.expires),
+        "reinforcements": len(signal.reinforcements),
+    }
+    if signal.content_type is not None:
+        view["content_type"] = signal.content_type
+        view["body"] = signal.body
+    if signal.state == "claimed" and signal.lease_until is not None:
+        view["claim"] = {"holder": signal.holder, "expires": format_timestamp(signal.lease_until)}
+    if history is not None:
+        view["history"] = [
+            {
+                "generation": c.generation,
+                "holder": c.holder,
+                "claimed": format_timestamp(c.claimed),
+                "until": format_timestamp(c.until),
+                **({"ended": format_timestamp(c.ended), "outcome": c.outcome} if c.ended else {}),
+            }
+            for c in history
+        ]
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class Acted:
+    """What a claim, heartbeat, complete or release did: the signal after it, and for a claim
+    or heartbeat the token and the lease's end."""
+
+    signal: sg.Signal
+    token: str | None
+    until: datetime | None
+
+
+class OwnerLink(Protocol):
+    """The way to the relay that owns a partner's signal (relay/federation/signals.py)."""
+
+    async def request(
+        self, signal: sg.Signal, address: str, op: str, data: Mapping[str, Any]
+    ) -> Any:
+        """Ask the owner to apply ``op`` for ``address``; its answer (the JSON the local API
+        would answer), or the error it answered raised as its class; ``OwnerUnreachable``
+        when it did not answer."""
+        ...
+
+
+class Signals:
+    """The signal operations of local agents (module docstring). ``agent`` arguments are local
+    agent names; addresses are formed with the relay's domain."""
+
+    def __init__(
+        self,
+        store: Store,
+        mailbox: Mailbox,
+        clock: Clock,
+        *,
+        emit_rate: Rate = DEFAULT_EMIT_RATE,
+        max_open: int = sg.MAX_OPEN_PER_AGENT,
+        on_change: Callable[[sg.Signal, str], Awaitable[None]] | None = None,
+        owner_link: OwnerLink | None = None,
+    ) -> None:
+        self.store = store
+        self.mailbox = mailbox
+        self.clock = clock
+        self.emit_rates = TokenBuckets(emit_rate)
+        self.max_open = max_open
+        #: Told of each new signal of partner scope and each change of its state, with the
+        #: envelope kind to tell partners by (relay/federation/signals.py sends them).
+        self.on_change = on_change
+        #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
+        self.owner_link = owner_link
+
+    @property
+    def domain(self) -> str:
+        return self.mailbox.domain
+
+    def address(self, agent: str) -> str:
+        return f"{agent}@{self.domain}"
+
+    # --- emitting -------------------------------------------------------------------------------
+
+    async def emit(self, agent: str, data: object) -> sg.Signal:
+        """``POST /synq/v1/signals``: a new open signal owned by this relay."""
+        now = self.clock.now()
+        emit = sg.check_emit(data, now)
+        emitter = self.address(agent)
+        wait = self.emit_rates.take(agent, self.clock.monotonic())
+        if wait > 0:
+            raise RateLimited(f"{emitter} is emitting signals too fast", retry_after=wait)
+        if await self.store.signal_open_count(emitter) >= self.max_open:
+            # Retry once some of them are done: the shortest useful wait is one lease.
+            raise TooManySignals(
+                f"{emitter} has {self.max_open} open signals already",
+                retry_after=emit.lease.total_seconds(),
+            )
+        signal = sg.Signal(
+            id=uuid7(now),
+            owner=self.domain,
+            emitter=emitter,
+            topic=emit.topic,
+            text=emit.text,
+            urgency=emit.urgency,
+            half_life=emit.half_life.total_seconds(),
+            lease=emit.lease.total_seconds(),
+            scope=emit.scope,
+            created=now,
+            expires=emit.expires,
+            content_type=emit.content_type,
+            body=emit.body,
+            updated=now,
+        )
+        await self.store.signal_insert(signal)
+        await self._changed(None, signal)
+        return signal
+
+    # --- subscribing and hearing ----------------------------------------------------------------
+
+    async def subscribe(self, agent: str, data: object) -> sg.Subscription:
+        """``PUT /synq/v1/subscriptions``. With ``"capabilities": true`` the skill ids and tags
+        of the agent's own card are taken as topics too (``capability_topics``)."""
+        capabilities: list[str] = []
+        if isinstance(data, dict) and data.get("capabilities") is True:
+            card = await self.mailbox.card(Address(agent, self.domain))
+            skills = card.get("skills", [])
+            for skill in skills if isinstance(skills, list) else []:
+                if isinstance(skill, dict):
+                    capabilities.append(str(skill.get("id", "")))
+                    tags = skill.get("tags", [])
+                    capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
+        subscription = sg.check_subscription(self.address(agent), data, capabilities)
+        await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
+        return subscription
+
+    async def subscription(self, agent: str) -> sg.Subscription | None:
+        found = await self.store.subscription_get(agent)
+        return None if found is None else replace(found, agent=self.address(agent))
+
+    async def heard(self, agent: str, limit: int) -> list[Heard]:
+        """What ``agent`` hears now, strongest first (newest first among equals)."""
+        subscription = await self.subscription(agent)
+        if subscription is None or not subscription.topics:
+            return []
+        now = self.clock.now()
+        out: list[Heard] = []
+        for stored in await self.store.signals_active(MAX_ACTIVE_SCAN):
+            signal = sg.settle(stored, _current_claim(stored), now).signal
+            level = sg.hears(subscription, signal, now)
+            if level is not None:
+                out.append(Heard(signal, level))
+        out.sort(key=lambda h: (-h.intensity, h.signal.id))
+        return out[:limit]
+
+    async def feed(self, agent: str, *, wait: float, limit: int) -> list[Heard]:
+        """``GET /synq/v1/signals?wait=S``: :meth:`heard`, waiting up to ``wait`` seconds for
+        something to hear."""
+        loop = asyncio.get_running_loop()
+        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
+            found = await listener.poll(
+                lambda: self.heard(agent, limit), loop.time() + wait, recheck=FEED_RECHECK
+            )
+        return list(found)
+
+    async def watch(self, agent: str, *, every: float) -> AsyncIterator[list[Heard] | None]:
+        """What ``agent`` hears, the first at once and again each time the set of signals it
+        hears changes; None after ``every`` seconds without a change (the SSE stream's
+        keepalive). A signal that evaporated below the threshold is noticed at the next look."""
+        last: list[tuple[str, str]] | None = None
+        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
+            while True:
+                heard = await self.heard(agent, MAX_FEED_PAGE)
+                seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
+                if seen != last:
+                    last = seen
+                    yield heard
+                if not await listener.wait(every):
+                    yield None
+
+    # --- one signal -----------------------------------------------------------------------------
+
+    async def _load(self, id: str) -> tuple[sg.Signal, sg.ClaimRecord | None]:
+        signal = await self.store.signal_get(id)
+        if signal is None:
+            raise NotFound("no such signal")
+        history = None
+        if signal.generation:
+            claims = await self.store.signal_claims(id)
+            history = claims[-1] if claims and claims[-1].generation == signal.generation else None
+        return signal, history
+
+    async def show(self, id: str) -> tuple[sg.Signal, list[sg.ClaimRecord]]:
+        """``GET /synq/v1/signals/{id}``: the signal settled to now and its claim history (a
+        lapse that is due shows, whether or not the sweep has written it yet)."""
+        signal, current = await self._load(id)
+        settled = sg.settle(signal, current, self.clock.now())
+        claims = {c.generation: c for c in await self.store.signal_claims(id)}
+        claims.update({c.generation: c for c in settled.claims})
+        return settled.signal, [claims[g] for g in sorted(claims)]
+
+    async def _change(
+        self,
+        id: str,
+        rule: Callable[[sg.Signal, sg.ClaimRecord | None, datetime], sg.Transition],
+    ) -> sg.Transition:
+        """Step 1 of the module docstring: settle, apply ``rule``, compare-and-set; again on a
+        lost race. A refusal by ``rule`` still writes what settling found due."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            stored, current = await self._load(id)
+            now = self.clock.now()
+            settled = sg.settle(stored, current, now)
+            if settled.claims:
+                current = settled.claims[-1]
+            try:
+                change = rule(settled.signal, current, now)
+            except SynqError:
+                if settled.changed and await self.store.signal_write(settled, stored.version):
+                    await self._changed(stored, settled.signal)
+                raise
+            merged = _merge(settled, change)
+            if not merged.changed:
+                return merged
+            if await self.store.signal_write(merged, stored.version):
+                await self._changed(stored, merged.signal)
+                return merged
+        raise Conflict("the signal is changing too fast; try again")
+
+    async def _changed(self, before: sg.Signal | None, after: sg.Signal) -> None:
+        """Tell the partners in scope of a signal this relay owns what changed: the offer when
+        it is new, an update when its state or claim moved (not for a heartbeat)."""
+        if self.on_change is None or after.owner != self.domain or after.scope == "local":
+            return
+        if before is None:
+            kind = sg.KIND_SIGNAL
+        elif (before.state, before.generation) != (after.state, after.generation):
+            kind = sg.KIND_SIGNAL_UPDATE
+        else:
+            return
+        try:
+            await self.on_change(after, kind)
+        except SynqError as exc:
+            # The change stands; partners learn the state from the next update, or from the
+            # owner's answer to a claim (SPEC.md §13.6).
+            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
+
+    async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
+        """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""
+        done = await self.act(self.address(agent), id, "claim", {})
+        assert done.token is not None
+        assert done.until is not None
+        return done.token, done.until
+
+    async def heartbeat(self, agent: str, id: str, token: object) -> datetime:
+        """``POST /synq/v1/signals/{id}/heartbeat`` → the new lease end."""
+        done = await self.act(self.address(agent), id, "heartbeat", {"token": token})
+        assert done.until is not None
+        return done.until
+
+    async def release(self, agent: str, id: str, token: object) -> sg.Signal:
+        return (await self.act(self.address(agent), id, "release", {"token": token})).signal
+
+    async def complete(
+        self, agent: str, id: str, token: object, content_type: object = None, body: Any = None
+    ) -> sg.Signal:
+        """``POST /synq/v1/signals/{id}/complete``: done, and the result on its way to the
+        emitter (step 2 of the module docstring)."""
+        data = {"token": token, "content_type": content_type, "body": body}
+        return (await self.act(self.address(agent), id, "complete", data)).signal
+
+    async def withdraw(self, agent: str, id: str) -> sg.Signal:
+        address = self.address(agent)
+        change = await self._change(id, lambda s, h, now: sg.withdraw(s, h, address, now))
+        return change.signal
+
+    async def act(
+        self, address: str, id: str, op: str, data: Mapping[str, Any], *, remote: bool = False
+    ) -> Acted:
+        """Claim, heartbeat, complete or release signal ``id`` as ``address``. On a signal this
+        relay owns, the rule is applied here (``remote``: the request came from a partner relay
+        for one of its agents, which sends the result itself). On a partner's replica, the
+        owner relay decides (``owner_link``) and the replica follows its answer."""
+        if op not in sg.REQUEST_OPS:
+            raise NotFound(f"no signal operation {op!r}")
+        stored = await self.store.signal_get(id)
+        if stored is None:
+            raise NotFound("no such signal")
+        if stored.owner != self.domain:
+            return await self._act_remote(stored, address, op, data)
+        token = data.get("token")
+        if op == "claim":
+            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now))
+        elif op == "heartbeat":
+            change = await self._change(
+                id, lambda s, h, now: sg.heartbeat(s, _need(h), address, token, now)
+            )
+        elif op == "release":
+            change = await self._change(
+                id, lambda s, h, now: sg.release(s, _need(h), address, token, now)
+            )
+        else:
+            ctype = _result_type(data.get("content_type"), data.get("body"))
+            result_id = uuid7(self.clock.now())
+
+            def rule(s: sg.Signal, h: sg.ClaimRecord | None, now: datetime) -> sg.Transition:
+                t = sg.complete(
+                    s,
+                    _need(h),
+                    address,
+                    token,
+                    now,
+                    result_id=result_id,
+                    content_type=ctype,
+                    body=data.get("body"),
+                )
+                # A partner's worker: its own relay sends the result (SPEC.md §13.6).
+                return replace(t, signal=replace(t.signal, result_sent=True)) if remote else t
+
+            change = await self._change(id, rule)
+            if not remote:
+                await self._try_send_result(change.signal)
+        return Acted(change.signal, change.token, change.signal.lease_until)
+
+    async def _act_remote(
+        self, replica: sg.Signal, address: str, op: str, data: Mapping[str, Any]
+    ) -> Acted:
+        """A local agent acts on a partner's signal: the owner relay answers at once (or the
+        request fails with ``OwnerUnreachable``); the replica then follows the answer, so this
+        relay stops offering what its agent took."""
+        if self.owner_link is None:
+            raise sg.OwnerUnreachable("this relay has no link to partner relays")
+        if op == "complete":
+            _result_type(data.get("content_type"), data.get("body"))
+        answer = await self.owner_link.request(replica, address, op, data)
+        claim = answer.get("claim") if isinstance(answer, dict) else None
+        token = claim.get("token") if isinstance(claim, dict) else None
+        until_raw = claim.get("expires") if isinstance(claim, dict) else None
+        until = parse_timestamp(until_raw) if isinstance(until_raw, str) else None
+        if op in ("claim", "heartbeat") and (not isinstance(token, str) or until is None):
+            raise sg.OwnerUnreachable("the owner relay's answer is not a claim")
+        result_id = uuid7(self.clock.now())
+        # The owner's answer is what counts; the replica follows it. Another write to the
+        # replica in between (an update from the owner) moves its version: read and apply again,
+        # so a completion's result id is always kept and its result sent (module docstring).
+        new = self._follow(replica, address, op, data, token, until, result_id)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            if await self.store.signal_write(sg.Transition(new), new.version - 1):
+                break
+            fresh = await self.store.signal_get(replica.id)
+            if fresh is None:
+                break
+            new = self._follow(fresh, address, op, data, token, until, result_id)
+        if op == "complete":
+            await self._try_send_result(new)
+        return Acted(new, token if isinstance(token, str) else None, until)
+
+    def _follow(
+        self,
+        replica: sg.Signal,
+        address: str,
+        op: str,
+        data: Mapping[str, Any],
+        token: object,
+        until: datetime | None,
+        result_id: str,
+    ) -> sg.Signal:
+        """The replica after the owner granted ``op`` to the local agent ``address``."""
+        new = replace(replica, updated=self.clock.now(), version=replica.version + 1)
+        if op == "claim" and isinstance(token, str):
+            generation, _ = sg.parse_token(token)
+            return replace(
+                new, state="claimed", generation=generation, holder=address, lease_until=until
+            )
+        if op == "heartbeat":
+            return replace(new, lease_until=until)
+        if op == "release":
+            return replace(new, state="open", holder=None, lease_until=None)
+        return replace(
+            new,
+            state="done",
+            holder=address,
+            lease_until=None,
+            result_id=result_id,
+            result_type=_result_type(data.get("content_type"), data.get("body")),
+            result_body=data.get("body"),
+            result_sent=False,
+        )
+
+    async def apply_offer(self, offer: sg.Signal) -> bool:
+        """A partner's ``signal`` or ``signal.update`` (relay/federation/signals.py): kept as a
+        replica, or applied to the one kept when it is newer. True when something changed."""
+        stored = await self.store.signal_get(offer.id)
+        if stored is None:
+            return await self.store.signal_insert(offer)
+        if stored.owner != offer.owner or stored.emitter != offer.emitter:
+            raise Forbidden("that signal belongs to another relay")
+        # A final state is never left (updates may arrive out of order through the queue), and
+        # an update that says nothing new is not written.
+        if stored.state in sg.CLOSED or (
+            offer.version <= stored.version and offer.state == stored.state
+        ):
+            return False
+        new = replace(
+            stored,
+            state=offer.state,
+            generation=offer.generation,
+            holder=offer.holder,
+            lease_until=offer.lease_until,
+            version=max(offer.version, stored.version + 1),
+            updated=self.clock.now(),
+            reinforcements=offer.reinforcements,
+        )
+        fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
+        return await self.store.signal_write(sg.Transition(new, (), fresh), stored.version)
+
+    async def _try_send_result(self, signal: sg.Signal) -> None:
+        try:
+            await self._send_result(signal)
+        except SynqError as exc:
+            # The completion is written and its result with it: the sweep sends it (step 4).
+            # The worker's answer is the completion's, which stands.
+            log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
+
+    async def _send_result(self, signal: sg.Signal) -> None:
+        """The result envelope of a signal completed here: from its worker to its emitter, under
+        the id chosen at completion, then marked sent (step 2)."""
+        if signal.result_id is None or signal.holder is None:
+            return
+        if signal.result_type is None:
+            ctype, body = "application/json", {"signal": signal.id, "state": "done"}
+        else:
+            ctype, body = signal.result_type, signal.result_body
+        draft = Draft(
+            Address.parse(signal.holder),
+            (Address.parse(signal.emitter),),
+            ctype,
+            body,
+            in_reply_to=signal.id,
+            thread=signal.id,
+            id=signal.result_id,
+        )
+        await self.mailbox.send(draft, via="signals")
+        await self.store.signal_mark_sent(signal.id)
+
+    async def reinforce(self, agent: str, id: str, amount: object) -> sg.Signal:
+        """``POST /synq/v1/signals/{id}/reinforce``: once per agent (409 the second time)."""
+        signal, current = await self._load(id)
+        now = self.clock.now()
+        settled = sg.settle(signal, current, now).signal
+        reinforcement = sg.reinforce(settled, self.address(agent), amount, now)
+        if not await self.store.signal_reinforce(id, reinforcement):
+            raise Conflict("this agent has reinforced the signal already")
+        return replace(settled, reinforcements=(*settled.reinforcements, reinforcement))
+
+    # --- the sweep ------------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Write the lapses and expiries due now and send the results not yet in custody
+        (step 4); how many signals it changed or sent."""
+        done = 0
+        for id in await self.store.signals_due(self.clock.now(), SWEEP_BATCH):
+            try:
+                await self._change(id, _nothing)
+            except SynqError:
+                continue
+            done += 1
+        for signal in await self.store.signal_results_unsent(SWEEP_BATCH):
+            try:
+                await self._send_result(signal)
+            except SynqError as exc:
+                log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
+                continue
+            done += 1
+        return done
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except SynqError as exc:
+                log.warning("signal sweep failed: %s", exc.message)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
+
+def _nothing(signal: sg.Signal, _h: sg.ClaimRecord | None, _now: datetime) -> sg.Transition:
+    """The sweep's rule: what settling found is the whole change."""
+    return sg.Transition(signal, changed=False)
+
+
+def _need(history: sg.ClaimRecord | None) -> sg.ClaimRecord:
+    """The current claim's record, which a claimed signal always has; a token for a signal
+    never claimed is stale."""
+    if history is None:
+        raise sg.StaleClaim()
+    return history
+
+
+def _current_claim(signal: sg.Signal) -> sg.ClaimRecord | None:
+    """A stand-in for the current claim record where only the row was read (the feeds): the
+    lapse it settles is shown, not written, so the record's own fields do not matter."""
+    if signal.state != "claimed" or signal.holder is None or signal.lease_until is None:
+        return None
+    return sg.ClaimRecord(signal.generation, signal.holder, signal.created, signal.lease_until)
+
+
+def _merge(first: sg.Transition, second: sg.Transition) -> sg.Transition:
+    """One write for settling and the operation: the operation's signal, every claim record
+    (the later one of a generation wins) and every reinforcement."""
+    claims = {c.generation: c for c in first.claims}
+    claims.update({c.generation: c for c in second.claims})
+    return sg.Transition(
+        second.signal if second.changed else first.signal,
+        tuple(claims[g] for g in sorted(claims)),
+        (*first.reinforcements, *second.reinforcements),
+        token=second.token,
+        changed=first.changed or second.changed,
+    )
+
+
+def _result_type(content_type: object, body: Any) -> str | None:
+    """The result's content type: as given, or chosen from the body; None without a body."""
+    if body is None:
+        if content_type is not None:
+            raise InvalidEnvelope("content_type: given without a body")
+        return None
+    if content_type is None:
+        content_type = "text/plain" if isinstance(body, str) else "application/json"
+    if not isinstance(content_type, str) or not re.fullmatch(CONTENT_TYPE_PATTERN, content_type):
+        raise InvalidEnvelope("content_type: a media type")
+    if len(jsonutil.dumps(body)) > sg.MAX_SIGNAL_BODY_BYTES:
+        raise PayloadTooLarge(f"body: at most {sg.MAX_SIGNAL_BODY_BYTES} bytes of JSON")
+    return content_type
