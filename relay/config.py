@@ -88,6 +88,14 @@ class DiscoverySection(_Section):
     #: partner across a private interconnect; like Synapse's ip_range_whitelist.
     allowed_networks: list[str] = []
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    #: Partner domains whose relays are this relay's fellow registries (SPEC.md §12.6): asked
+    #: by a federated search, named by a search with ``federation: "referrals"``.
+    partners: list[str] = []
+
+    @field_validator("partners")
+    @classmethod
+    def _partners(cls, v: list[str]) -> list[str]:
+        return [normalize_domain(d) for d in v]
 
     @field_validator("nameservers")
     @classmethod
@@ -518,6 +526,9 @@ def render_config(config: Config) -> str:
             if config.discovery.allow_private_addresses
             else "false"
         ),
+        "partners = ["
+        + ", ".join(_toml_str(d) for d in config.discovery.partners)
+        + "]   # partner domains searched with federation (SPEC.md §12.6)",
         "",
         "[keys]",
         f"dir = {_toml_str(config.keys.dir)}",

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -25,11 +25,13 @@ import aiohttp
 from relay import __version__
 from relay.config import Config
 from relay.core.clock import Clock, SystemClock
-from relay.core.errors import ConfigError
+from relay.core.catalog import SEARCH_RATE
+from relay.core.errors import ConfigError, SynqError
 from relay.core.jws import SigningKey
 from relay.core.policy import Policy
-from relay.core.ratelimit import RateLimits
+from relay.core.ratelimit import RateLimits, TokenBuckets
 from relay.delivery.adapters import AgentAdapter
+from relay.delivery.catalog import CatalogService, FederatedSearch
 from relay.delivery.custody import Custody
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.mailbox import Mailbox
@@ -48,11 +50,16 @@ from relay.store import open_store
 from relay.store.base import Store
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from relay.tasks.push import PushSender
     from relay.tasks.replies import ReplyTracker
     from relay.tasks.store import TaskStore
 
 log = logging.getLogger("synq.relay")
+
+#: The ARD routes' question to a partner-authentication scheme (Relay.partner_auth).
+PartnerAuth = Callable[["web.Request"], Awaitable[str | None]]
 
 #: How often a serving relay looks at its keys directory for new or changed key files (a stat
 #: per file, no read). A key written by ``synq keys rotate`` is published in the well-known
@@ -182,6 +189,26 @@ class Relay:
             on_acked=metrics.inbox_acks.inc,
         )
 
+        #: The discovery catalog (SPEC.md §12): kept current from the agents, searched by the ARD
+        #: routes, the MCP face and ``synq find``.
+        self.catalog = CatalogService(
+            store,
+            self.clock,
+            self.domain,
+            self.public_url,
+            self.dispatcher.adapters,
+            lambda: self.policy,
+            partners=self.partner_registries,
+        )
+        #: Searches per caller (relay.core.catalog.SEARCH_RATE): per local agent, per partner
+        #: domain, per source address of anonymous callers.
+        self.search_rates = TokenBuckets(SEARCH_RATE)
+        #: Who a request to the ARD routes speaks for when it comes from a partner relay: the
+        #: request → the asking domain, None when it does not claim to be a partner, and
+        #: BadPartnerSignature when its claim does not verify (SPEC.md §12.6). None here:
+        #: nobody is a partner.
+        self.partner_auth: PartnerAuth | None = None
+
         # The A2A face's tasks. Imported here, as the adapters are: the a2a-sdk modules they
         # need are not worth loading for commands that never build a relay (init, dns).
         from relay.tasks.push import PushSender
@@ -198,6 +225,29 @@ class Relay:
             store, self.clock, config.retention.policy, task_states=_ended_task_states()
         )
         self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def federated(self) -> FederatedSearch | None:
+        """The hook a search with ``federation: "auto"`` hands its local page to, to merge the
+        partners' results (SPEC.md §12.6); None: such a search is local."""
+        return self.catalog.federated
+
+    @federated.setter
+    def federated(self, hook: FederatedSearch | None) -> None:
+        self.catalog.federated = hook
+
+    async def partner_registries(self) -> list[tuple[str, str]]:
+        """(domain, registry URL) of each ``[discovery] partners`` whose relay resolves now: its
+        relay base URL (SPEC.md §7.4) + ``/ard``. One that does not resolve is left out."""
+        found: list[tuple[str, str]] = []
+        for domain in self.config.discovery.partners:
+            try:
+                base = await self.discovery.relay_url(domain)
+            except SynqError as exc:
+                log.info("partner registry %s not resolved: %s", domain, exc.message)
+                continue
+            found.append((domain, base.rstrip("/") + "/ard"))
+        return found
 
     def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
         """A client session whose every connection goes through the SSRF guard and our own
@@ -347,6 +397,8 @@ class Relay:
         )
         # Mail held for full mailboxes: without it, it would wait for its expiry and bounce.
         self._background.append(asyncio.create_task(self.held_mail.run(), name="synq-held-mail"))
+        # The catalog: without it a changed card or tool list would not be searched.
+        self._background.append(asyncio.create_task(self.catalog.run(), name="synq-catalog"))
         # Retention: without it the store grows with every message (SPEC.md §8.5).
         self._background.append(asyncio.create_task(self.retention.run(), name="synq-retention"))
 

@@ -53,6 +53,7 @@ from adapters.mcp.stdio import StdioProcess, resolve_command, stdio_transport
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
+from relay.core.catalog import Profile, profile_from_card
 from relay.core.envelope import KIND_TASK_UPDATE, Envelope
 from relay.core.errors import AttemptFailed, ConfigError
 from relay.core.jsonutil import dumps
@@ -222,6 +223,17 @@ class McpAdapter:
             except Unavailable:
                 return server.tools
         return await self._http_server(endpoint).listing()
+
+    async def describe(self, agent: AgentRecord) -> Profile | None:
+        """The server's tools, for the discovery catalog (SPEC.md §12.1); None when they cannot
+        be listed now and were never seen by this process (the catalog keeps what it had)."""
+        tools = await self.tools(agent.endpoint or "")
+        if tools is None:
+            return None
+        return profile_from_card(
+            {"name": agent.name, "description": f"MCP server with {len(tools.tools)} tools"},
+            tools.listing(),
+        )
 
     # --- the agent card -------------------------------------------------------------------------
 

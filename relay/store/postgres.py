@@ -301,6 +301,24 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """,
     insert_migration="INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
     select_existing_agents="SELECT name FROM agents WHERE name = ANY(%s::text[])",
+    select_catalog_scope=rows.CATALOG_SELECT
+    + """
+WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+ORDER BY c.agent
+""",
+    # ts_rank_cd: cover density (https://www.postgresql.org/docs/current/textsearch-controls.html);
+    # the weights of the generated tsvector make the name count more than the document.
+    search_catalog="""
+SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
+       ts_rank_cd(c.tsv, q.q) AS relevance
+FROM catalog AS c
+JOIN agents AS a ON a.name = c.agent
+CROSS JOIN to_tsquery('english', %(match)s) AS q (q)
+WHERE c.tsv @@ q.q
+  AND c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+ORDER BY relevance DESC, c.agent
+LIMIT %(limit)s
+""",
     # Arrays in, one row per element: one statement per batch however many envelopes it holds.
     insert_envelopes="""
 INSERT INTO envelopes (origin, id, sender, token, created, expires, thread, kind, via, accepted)
@@ -682,6 +700,12 @@ class PostgresStore(SqlStore):
         """The whole file, sent as one script inside the migration's transaction: PostgreSQL's
         DDL is transactional, so a failing migration leaves no trace."""
         return (text,)
+
+    score_scale = "postgresql"
+
+    @staticmethod
+    def _match(terms: Sequence[str]) -> str:
+        return " | ".join(terms)
 
     def _describe(self) -> str:
         return "the PostgreSQL store"

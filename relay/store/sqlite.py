@@ -168,6 +168,26 @@ INSERT INTO schema_migrations (version, name, applied)
 VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 """,
     select_existing_agents="SELECT name FROM agents WHERE name IN (SELECT value FROM json_each(?))",
+    select_catalog_scope=rows.CATALOG_SELECT
+    + """
+WHERE c.visibility IN (SELECT value FROM json_each(:vis))
+  AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
+ORDER BY c.agent
+""",
+    # bm25() is negative, better matches more so (https://www.sqlite.org/fts5.html#the_bm25_function);
+    # the agent's name weighs twice its document.
+    search_catalog="""
+SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
+       -bm25(catalog_fts, 2.0, 1.0) AS relevance
+FROM catalog_fts
+JOIN catalog AS c ON c.pk = catalog_fts.rowid
+JOIN agents AS a ON a.name = c.agent
+WHERE catalog_fts MATCH :match
+  AND c.visibility IN (SELECT value FROM json_each(:vis))
+  AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
+ORDER BY relevance DESC, c.agent
+LIMIT :limit
+""",
     # The SELECT of an INSERT … SELECT … ON CONFLICT needs a WHERE clause so the parser does
     # not read ON CONFLICT as a join constraint (https://www.sqlite.org/lang_upsert.html §2.2):
     # hence ``WHERE true``. CROSS JOIN keeps json_each as the outer loop (it has no index), so
@@ -540,6 +560,12 @@ class SQLiteStore(SqlStore):
     @staticmethod
     def _array(values: Sequence[str] | Sequence[int]) -> str:
         return json.dumps(list(values))
+
+    score_scale = "sqlite"
+
+    @staticmethod
+    def _match(terms: Sequence[str]) -> str:
+        return " OR ".join(f'"{t}"' for t in terms)
 
     def _describe(self) -> str:
         return f"the store at {self.path}"

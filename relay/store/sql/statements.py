@@ -227,6 +227,22 @@ class Statements:
     #: (seq); never moves back
     a2a_set_feed_cursor: str
 
+    # the discovery catalog (0007) --------------------------------------------------------------
+    #: (agent, updated); nothing when the agent has a row already.
+    insert_catalog: str
+    #: (agent) → catalog columns (relay/store/sql/rows.py, ``catalog_record``)
+    select_catalog: str
+    #: {vis, hidden} → catalog columns of every agent listed with one of ``[vis]`` and not in
+    #: ``[hidden]``, by agent name.
+    select_catalog_scope: str
+    #: (visibility, description, tags, queries, profile, document, updated, agent)
+    update_catalog: str
+    #: {match, vis, hidden, limit} → catalog columns and the relevance (larger is better) of
+    #: the rows in scope whose index matches any of the terms ``match`` names: SQLite an FTS5
+    #: query ``"a" OR "b"``, PostgreSQL a tsquery ``a | b`` (relay/store/sql/store.py,
+    #: ``catalog_search``), best first, then by agent name.
+    search_catalog: str
+
 
 def portable(marker: str) -> dict[str, str]:
     """The statements whose text both dialects share but for the positional parameter marker
@@ -376,4 +392,11 @@ WHERE (agent, key) IN (
 )
 """,
     "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
+    "insert_catalog": "INSERT INTO catalog (agent, updated) VALUES (?, ?) ON CONFLICT (agent) DO NOTHING",
+    "select_catalog": rows.CATALOG_SELECT + "WHERE c.agent = ?",
+    "update_catalog": """
+UPDATE catalog SET visibility = ?, description = ?, tags = ?, queries = ?, profile = ?, document = ?,
+                   updated = ?
+WHERE agent = ?
+""",
 }
