@@ -24,8 +24,8 @@ import aiohttp
 
 from relay import __version__
 from relay.config import Config
-from relay.core.clock import Clock, SystemClock
 from relay.core.catalog import SEARCH_RATE
+from relay.core.clock import Clock, SystemClock
 from relay.core.errors import ConfigError, SynqError
 from relay.core.jws import SigningKey
 from relay.core.policy import Policy

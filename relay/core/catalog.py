@@ -35,20 +35,20 @@ from relay.core.ratelimit import Rate
 
 __all__ = [
     "A2A_TYPE",
-    "SEARCH_RATE",
-    "BadPartnerSignature",
     "MAX_DESCRIPTION_CHARS",
     "MAX_FILTER_KEYS",
     "MAX_FILTER_VALUES",
     "MAX_FILTER_VALUE_CHARS",
+    "MAX_PAGE_SIZE",
     "MAX_QUERIES",
     "MAX_QUERY_CHARS",
     "MAX_QUERY_TERMS",
-    "MAX_PAGE_SIZE",
     "MAX_SEARCH_RESULTS",
     "MAX_TAGS",
     "MCP_TYPE",
     "REGISTRY_TYPE",
+    "SEARCH_RATE",
+    "BadPartnerSignature",
     "CatalogRecord",
     "ExploreRequest",
     "InvalidArgument",
@@ -132,9 +132,60 @@ HALF_SCORE: Final = {"sqlite": 2.0, "postgresql": 0.2}
 #: Words that say nothing about a capability ("who can …", "find me an agent that …"). Left
 #: out of the OR-ed terms so that they do not match every description that uses them.
 _STOP_WORDS: Final = frozenset(
-    "a an and any are as at be by can could do does find for from get has have help i in into "
-    "is it me my need of on or our please some someone something that the this to us want we "
-    "what which who will with would you agent agents".split()
+    [
+        "a",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "could",
+        "do",
+        "does",
+        "find",
+        "for",
+        "from",
+        "get",
+        "has",
+        "have",
+        "help",
+        "i",
+        "in",
+        "into",
+        "is",
+        "it",
+        "me",
+        "my",
+        "need",
+        "of",
+        "on",
+        "or",
+        "our",
+        "please",
+        "some",
+        "someone",
+        "something",
+        "that",
+        "the",
+        "this",
+        "to",
+        "us",
+        "want",
+        "we",
+        "what",
+        "which",
+        "who",
+        "will",
+        "with",
+        "would",
+        "you",
+        "agent",
+        "agents",
+    ]
 )
 _TERM_RE: Final = re.compile(r"[a-z0-9]+")
 
@@ -505,8 +556,7 @@ def coverage(query_terms: Sequence[str], record: CatalogRecord) -> float:
     if not query_terms:
         return 0.0
     words = set(_TERM_RE.findall((record.agent + " " + document(record)).lower()))
-    stems = {_stem(w) for w in words}
-    found = sum(1 for t in query_terms if t in words or _stem(t) in stems)
+    found = sum(1 for t in query_terms if any(w.startswith(_stem(t)) for w in words))
     return found / len(query_terms)
 
 

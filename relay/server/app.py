@@ -9,7 +9,8 @@ from aiohttp import web
 
 from relay.core.errors import SynqError
 from relay.runtime import Relay
-from relay.server import api, federation, mcp
+from relay.server import api, ard, federation, mcp
+from relay.server.ard import ard_errors
 from relay.server.errors import Handler, error_middleware
 from relay.server.http import DEFAULT_HTTP_LIMITS, HTTP_LIMITS, HttpLimits, source_limits
 from relay.server.keys import RELAY
@@ -48,13 +49,14 @@ def build_app(
     a ``GatedSite`` so the relay's per-source connection limit does."""
     app = web.Application(
         # Per source address first: a request over its address's limits costs nothing more.
-        middlewares=[source_limits, metrics_middleware, error_middleware, count_errors],
+        middlewares=[source_limits, metrics_middleware, error_middleware, ard_errors, count_errors],
         client_max_size=http_limits.client_max_size,
     )
     app[RELAY] = relay
     app[HTTP_LIMITS] = http_limits
     app.add_routes(api.routes)
     app.add_routes(federation.routes)
+    app.add_routes(ard.routes)
     mcp.setup(app, relay)
     if own_relay:
 

@@ -168,14 +168,14 @@ INSERT INTO schema_migrations (version, name, applied)
 VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 """,
     select_existing_agents="SELECT name FROM agents WHERE name IN (SELECT value FROM json_each(?))",
-    select_catalog_scope=rows.CATALOG_SELECT
+    select_catalog_scope=rows.CATALOG_SELECT  # noqa: S608 (constants)
     + """
 WHERE c.visibility IN (SELECT value FROM json_each(:vis))
   AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
 ORDER BY c.agent
 """,
-    # bm25() is negative, better matches more so (https://www.sqlite.org/fts5.html#the_bm25_function);
-    # the agent's name weighs twice its document.
+    # bm25() is negative, the better the match the more so
+    # (https://www.sqlite.org/fts5.html#the_bm25_function); the name weighs twice the document.
     search_catalog="""
 SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
        -bm25(catalog_fts, 2.0, 1.0) AS relevance
