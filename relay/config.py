@@ -31,6 +31,7 @@ from pydantic import (
 
 from relay.core import ratelimit
 from relay.core.address import normalize_domain, normalize_local
+from relay.core.catalog import SEARCH_RATE
 from relay.core.errors import ConfigError, SynqError
 from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
 from relay.core.policy import Policy
@@ -308,6 +309,8 @@ class RateLimitsSection(_Section):
     source_requests: RateSection = RateSection.of(ratelimit.DEFAULT_SOURCE_REQUEST_RATE)
     failed_auth: RateSection = RateSection.of(ratelimit.DEFAULT_FAILED_AUTH_RATE)
     unverified: RateSection = RateSection.of(ratelimit.DEFAULT_UNVERIFIED_RATE)
+    #: Discovery searches per local agent, partner domain or anonymous source (SPEC.md §12.5).
+    search: RateSection = RateSection.of(SEARCH_RATE)
 
 
 class LimitsSection(_Section):

@@ -24,7 +24,6 @@ import aiohttp
 
 from relay import __version__
 from relay.config import Config
-from relay.core.catalog import SEARCH_RATE
 from relay.core.clock import Clock, SystemClock
 from relay.core.errors import ConfigError, SynqError
 from relay.core.jws import SigningKey
@@ -200,9 +199,9 @@ class Relay:
             lambda: self.policy,
             partners=self.partner_registries,
         )
-        #: Searches per caller (relay.core.catalog.SEARCH_RATE): per local agent, per partner
-        #: domain, per source address of anonymous callers.
-        self.search_rates = TokenBuckets(SEARCH_RATE)
+        #: Searches per caller (``[rate_limits] search``, default relay.core.catalog.SEARCH_RATE):
+        #: per local agent, per partner domain, per source address of anonymous callers.
+        self.search_rates = TokenBuckets(limits.search.rate)
         #: Who a request to the ARD routes speaks for when it comes from a partner relay: the
         #: request → the asking domain, None when it does not claim to be a partner, and
         #: BadPartnerSignature when its claim does not verify (SPEC.md §12.6). None here:
@@ -322,6 +321,7 @@ class Relay:
             limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
         )
         self.sources.reconfigure(config.source_limits())
+        self.search_rates.reconfigure(limits.search.rate)
 
     def reload_keys_if_changed(self) -> bool:
         """Reload the keyring if a key file was added, changed or removed since the last load.

@@ -162,6 +162,26 @@ def test_entries_of_an_mcp_backed_agent() -> None:
     assert "invoice" in cat.document(RECORD)
 
 
+@pytest.mark.parametrize(
+    ("matched", "limit", "expected"),
+    [
+        # every word beats some words; among equals the rarer word wins, then the name
+        ([("y", 0b01), ("x", 0b11)], 10, [("x", 100), ("y", 48)]),
+        (
+            [("z", 1), ("y", 1), ("x", 1), ("w", 2)],
+            10,
+            [("w", 53), ("x", 47), ("y", 47), ("z", 47)],
+        ),
+        ([("z", 1), ("y", 1), ("x", 1), ("w", 2)], 2, [("w", 53), ("x", 47)]),
+        ([], 10, []),
+    ],
+)
+def test_rank_by_coverage_then_rarity(
+    matched: list[tuple[str, int]], limit: int, expected: list[tuple[str, int]]
+) -> None:
+    assert cat.rank(2, matched, 100, limit) == expected
+
+
 # --- the store, every backend ---------------------------------------------------------------
 
 
@@ -189,17 +209,23 @@ async def test_store_ranks_a_plain_language_need_by_stem(store: Store) -> None:
         "secret", T0, description="Translates invoices", visibility="private"
     )
     need = cat.terms("translate invoices into German")
-    found = await store.catalog_search(need, ["local", "partners", "public"], [], 10)
-    assert [r.agent for r, _ in found] == ["tools"]
-    record, relevance = found[0]
+    scope = ["local", "partners", "public"]
+    matched = await store.catalog_matches(need, scope, [], 100)
+    # Each word by its stem: "translate" ~ "Translates", "invoices" ~ "invoice".
+    assert matched == [("tools", 0b111)]
+    assert cat.rank(len(need), matched, await store.catalog_count(), 10) == [("tools", 100)]
+    assert await store.catalog_matches(["forecasts", "german"], scope, [], 10) in (
+        [("tools", 2), ("weather", 1)],
+        [("weather", 1), ("tools", 2)],
+    )
+    [record] = await store.catalog_records(["tools", "nobody"])
     assert record.profile == RECORD.profile
     assert record.tags == ()
-    assert cat.score(need, record, relevance, store.score_scale) >= 75
-    assert await store.catalog_search(need, ["public"], ["tools"], 10) == []
+    assert await store.catalog_matches(["invoices"], ["public"], ["tools"], 10) == []
     assert [r.agent for r in await store.catalog_scope(["local"], [])] == ["weather"]
     # Removing the agent removes its entry and its index.
     await store.remove_agent("tools")
-    assert await store.catalog_search(need, ["public"], [], 10) == []
+    assert await store.catalog_matches(["invoices"], ["public"], [], 10) == []
     assert await store.catalog_get("tools") is None
 
 

@@ -138,6 +138,9 @@ class McpAdapter:
         #: Endpoint → the agents it was used for (delivery, card). A supervised server or kept
         #: session lives while one of them exists (:meth:`release`).
         self._users: dict[str, set[str]] = {}
+        #: Endpoint → the tools :meth:`check` just listed, for the catalog's first
+        #: :meth:`describe`: ``synq agent add`` does not start the server a second time.
+        self._checked: dict[str, ToolSet] = {}
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class McpAdapter:
                 + self._started(process)
             ) from None
         log.info("MCP server %s has %d tools", endpoint, len(tools.tools))
+        self._checked[endpoint] = tools
         return endpoint
 
     def _started(self, process: StdioProcess | None) -> str:
@@ -227,7 +231,8 @@ class McpAdapter:
     async def describe(self, agent: AgentRecord) -> Profile | None:
         """The server's tools, for the discovery catalog (SPEC.md §12.1); None when they cannot
         be listed now and were never seen by this process (the catalog keeps what it had)."""
-        tools = await self.tools(agent.endpoint or "")
+        endpoint = agent.endpoint or ""
+        tools = self._checked.pop(endpoint, None) or await self.tools(endpoint)
         if tools is None:
             return None
         return profile_from_card(

@@ -12,17 +12,21 @@ A search, in order (the steps of ``CatalogService.search``)::
                   key or input past a limit is InvalidArgument (400 INVALID_ARGUMENT)
     2. scope      scope(viewer, policy) → the visibilities the caller may see and the agents
                   whose own rules hide them from it (the same answer as ``visible``)
-    3. match      the store: full-text terms (``terms``) OR-ed, ranked, within the scope
-    4. expand     entries(record) → one ARD entry per face of the agent; ``matches`` applies
-                  the filters; ``score`` maps the store's relevance to 0–100
-    5. page       PageToken: an offset into the ranked list, bound to the request it pages
+    3. match      the store: the agents in scope whose full-text index matches any term of
+                  the text (``terms``), with the store's stemming, and which terms each matched
+    4. rank       rank(…) → agents best first, with scores 0–100
+    5. expand     entries(record) → one ARD entry per face of the agent; ``matches`` applies
+                  the filters
+    6. page       PageToken: an offset into the ranked list, bound to the request it pages
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,8 +74,8 @@ __all__ = [
     "parse_list",
     "parse_search",
     "profile_from_card",
+    "rank",
     "scope",
-    "score",
     "terms",
     "validate_operator_fields",
     "visible",
@@ -125,9 +129,10 @@ MAX_PARAMS: Final = 32
 #: A page token's length: it is ours, and a longer one is not.
 MAX_PAGE_TOKEN_CHARS: Final = 128
 
-#: The relevance at which a result scores 50 (``score``), per store dialect: SQLite FTS5's
-#: BM25 (negated) and PostgreSQL's ``ts_rank_cd`` live on different scales.
-HALF_SCORE: Final = {"sqlite": 2.0, "postgresql": 0.2}
+#: Matching entries one search reads from the store to rank (``rank``). Stops a need made of
+#: common words from making each search read and rank the whole catalog of a very large relay;
+#: past it, some matching entries are not considered.
+MAX_MATCHES: Final = 20_000
 
 #: Words that say nothing about a capability ("who can …", "find me an agent that …"). Left
 #: out of the OR-ed terms so that they do not match every description that uses them.
@@ -544,32 +549,53 @@ def terms(text: str) -> list[str]:
     return list(found)[:MAX_QUERY_TERMS]
 
 
-def _stem(word: str) -> str:
-    """A crude stem for ``coverage``: the word without its last two letters, kept at four or
-    more (translate/translates, invoice/invoices, german)."""
-    return word[: max(4, len(word) - 2)]
+def rank(
+    terms_count: int, matched: Iterable[tuple[str, int]], total: int, limit: int
+) -> list[tuple[str, int]]:
+    """The ``limit`` best agents for a need of ``terms_count`` terms, best first, each with
+    ARD's 0–100 score (§7.2). ``matched`` is what the store's full-text index (with its
+    stemming) found: each matching agent with the bit set of the terms it matched (bit i: the
+    i-th term of ``terms``).
 
+    Coordination and rarity, as the first full-text engines ranked (Salton's coordination
+    level; Spärck Jones's inverse document frequency): ``coverage`` is the share of the need's
+    terms an entry matches, ``weight`` the same share weighted by each term's rarity,
+    ln(1 + total / entries matching it). The score is 60 % coverage and 40 % weight, so an
+    entry that speaks of everything the need names scores 100 and one that shares only a
+    common word scores low; ties go to the rarer words, then by agent name. Computed from the
+    matches alone, it costs the same on both stores and does not depend on how many agents the
+    relay has (BM25's weights vanish in a catalog of a handful).
 
-def coverage(query_terms: Sequence[str], record: CatalogRecord) -> float:
-    """The share of the search terms that the record's text contains (by stem): 1.0 when the
-    entry speaks of everything the need names."""
-    if not query_terms:
-        return 0.0
-    words = set(_TERM_RE.findall((record.agent + " " + document(record)).lower()))
-    found = sum(1 for t in query_terms if any(w.startswith(_stem(t)) for w in words))
-    return found / len(query_terms)
-
-
-def score(query_terms: Sequence[str], record: CatalogRecord, relevance: float, dialect: str) -> int:
-    """ARD's 0–100 score (§7.2) of a match: mostly how much of the need it covers
-    (``coverage``), the rest the store's relevance r as r / (r + half) — BM25 (SQLite FTS5) and
-    ``ts_rank_cd`` (PostgreSQL) are on different scales, and BM25's weight of a word falls to
-    nothing in a catalog of a handful of agents, so relevance alone would score a perfect match
-    of a small relay near 0. The order of results is the store's relevance."""
-    half = HALF_SCORE[dialect]
-    rel = max(relevance, 0.0)
-    value = coverage(query_terms, record) * (0.75 + 0.25 * rel / (rel + half))
-    return max(1, min(100, round(100 * value)))
+    Agents that match the same terms score the same, so they are grouped by their bit set:
+    the work per agent is one list append, and only the groups are scored and sorted."""
+    if terms_count < 1 or limit < 1:
+        return []
+    groups: dict[int, list[str]] = {}
+    for agent, mask in matched:
+        groups.setdefault(mask, []).append(agent)
+    frequency = [0] * terms_count
+    for mask, agents in groups.items():
+        for i in range(terms_count):
+            if mask >> i & 1:
+                frequency[i] += len(agents)
+    total = max(total, 1)
+    rarity = [math.log(1 + total / max(1, f)) for f in frequency]
+    whole = sum(rarity)
+    scored: list[tuple[int, float, int]] = []
+    for mask in groups:
+        found = [i for i in range(terms_count) if mask >> i & 1]
+        coverage = len(found) / terms_count
+        weight = sum(rarity[i] for i in found) / whole
+        points = max(1, min(100, round(100 * (0.6 * coverage + 0.4 * weight))))
+        scored.append((points, weight, mask))
+    scored.sort(key=lambda g: (-g[0], -g[1]))
+    ranked: list[tuple[str, int]] = []
+    for points, _, mask in scored:
+        need = limit - len(ranked)
+        if need <= 0:
+            break
+        ranked += [(agent, points) for agent in heapq.nsmallest(need, groups[mask])]
+    return ranked
 
 
 # --- ARD entries --------------------------------------------------------------------------------

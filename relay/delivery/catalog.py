@@ -171,16 +171,24 @@ class CatalogService:
     async def _ranked(
         self, viewer: Viewer, text: str, limit: int
     ) -> list[tuple[CatalogRecord, int]]:
-        """The records in scope matching ``text``, best first, with their scores. A text
-        without a searchable word matches every record in scope, by name, score 0."""
+        """The records in scope matching ``text``, best first, with their scores
+        (relay.core.catalog.rank). A text without a searchable word matches every record in
+        scope, by name, score 0."""
         terms = cat.terms(text)
         scope = cat.scope(viewer, self.policy())
         if not terms:
             records = await self.store.catalog_scope(scope.visibilities, scope.hidden)
             return [(r, 0) for r in records[:limit]]
-        found = await self.store.catalog_search(terms, scope.visibilities, scope.hidden, limit)
-        dialect = self.store.score_scale
-        return [(r, cat.score(terms, r, rel, dialect)) for r, rel in found]
+        matched = await self.store.catalog_matches(
+            terms, scope.visibilities, scope.hidden, cat.MAX_MATCHES
+        )
+        if not matched:
+            return []
+        ranked = cat.rank(len(terms), matched, await self.store.catalog_count(), limit)
+        found = await self.store.catalog_records([a for a, _ in ranked])
+        by_name = {r.agent: r for r in found}
+        # An agent removed between the two reads is left out.
+        return [(by_name[a], points) for a, points in ranked if a in by_name]
 
     async def search(self, viewer: Viewer, request: SearchRequest) -> SearchPage:
         """ARD §7.2 for ``viewer``: this relay's entries, then the federation it asked for."""

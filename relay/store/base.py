@@ -840,13 +840,18 @@ class Store(abc.ABC):
         agent name."""
 
     @abc.abstractmethod
-    async def catalog_search(
+    async def catalog_matches(
         self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[CatalogRecord, float]]:
-        """The records in scope (as ``catalog_scope``) whose full text matches any of
-        ``terms`` (words of ``[a-z0-9]``, relay.core.catalog.terms), at most ``limit``, best
-        first, each with the dialect's relevance (larger is better; ``score_scale`` names its
-        scale for relay.core.catalog.score)."""
+    ) -> list[tuple[str, int]]:
+        """The agents in scope (as ``catalog_scope``) whose full-text index matches any of
+        ``terms`` (at most 32 words of ``[a-z0-9]``, relay.core.catalog.terms) with the store's
+        stemming, each with the bit set of the terms it matched (bit i: ``terms[i]``); at most
+        ``limit``, in no particular order."""
 
-    #: The scale of ``catalog_search``'s relevance (relay.core.catalog.HALF_SCORE).
-    score_scale: str = "sqlite"
+    @abc.abstractmethod
+    async def catalog_count(self) -> int:
+        """How many agents the catalog holds."""
+
+    @abc.abstractmethod
+    async def catalog_records(self, names: Sequence[str]) -> list[CatalogRecord]:
+        """The records of those of ``names`` that exist, in any order."""

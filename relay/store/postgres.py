@@ -306,17 +306,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
 ORDER BY c.agent
 """,
-    # ts_rank_cd: cover density (https://www.postgresql.org/docs/current/textsearch-controls.html);
-    # the weights of the generated tsvector make the name count more than the document.
-    search_catalog="""
-SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
-       ts_rank_cd(c.tsv, q.q) AS relevance
-FROM catalog AS c
-JOIN agents AS a ON a.name = c.agent
-CROSS JOIN to_tsquery('english', %(match)s) AS q (q)
-WHERE c.tsv @@ q.q
-  AND c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
-ORDER BY relevance DESC, c.agent
+    select_catalog_names=rows.CATALOG_SELECT + "WHERE c.agent = ANY(%s::text[])",
+    # to_tsquery applies the 'english' configuration's stemming and stop words to each word.
+    catalog_term="""
+SELECT c.agent, sum(1::bigint << (t.i - 1)::int)
+FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
+JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
+WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+GROUP BY c.agent
 LIMIT %(limit)s
 """,
     # Arrays in, one row per element: one statement per batch however many envelopes it holds.
@@ -701,11 +698,9 @@ class PostgresStore(SqlStore):
         DDL is transactional, so a failing migration leaves no trace."""
         return (text,)
 
-    score_scale = "postgresql"
-
     @staticmethod
-    def _match(terms: Sequence[str]) -> str:
-        return " | ".join(terms)
+    def _match(term: str) -> str:
+        return term
 
     def _describe(self) -> str:
         return "the PostgreSQL store"

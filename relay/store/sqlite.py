@@ -174,18 +174,18 @@ WHERE c.visibility IN (SELECT value FROM json_each(:vis))
   AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
 ORDER BY c.agent
 """,
-    # bm25() is negative, the better the match the more so
-    # (https://www.sqlite.org/fts5.html#the_bm25_function); the name weighs twice the document.
-    search_catalog="""
-SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
-       -bm25(catalog_fts, 2.0, 1.0) AS relevance
-FROM catalog_fts
+    select_catalog_names=rows.CATALOG_SELECT  # noqa: S608 (constants)
+    + "WHERE c.agent IN (SELECT value FROM json_each(?))",
+    # One FTS5 match per term (the outer loop over the JSON array), the rows grouped by agent;
+    # json_each's key is the term's index.
+    catalog_term="""
+SELECT c.agent, sum(1 << t.key)
+FROM json_each(:terms) AS t
+JOIN catalog_fts ON catalog_fts MATCH t.value
 JOIN catalog AS c ON c.pk = catalog_fts.rowid
-JOIN agents AS a ON a.name = c.agent
-WHERE catalog_fts MATCH :match
-  AND c.visibility IN (SELECT value FROM json_each(:vis))
+WHERE c.visibility IN (SELECT value FROM json_each(:vis))
   AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
-ORDER BY relevance DESC, c.agent
+GROUP BY c.agent
 LIMIT :limit
 """,
     # The SELECT of an INSERT … SELECT … ON CONFLICT needs a WHERE clause so the parser does
@@ -561,11 +561,11 @@ class SQLiteStore(SqlStore):
     def _array(values: Sequence[str] | Sequence[int]) -> str:
         return json.dumps(list(values))
 
-    score_scale = "sqlite"
-
     @staticmethod
-    def _match(terms: Sequence[str]) -> str:
-        return " OR ".join(f'"{t}"' for t in terms)
+    def _match(term: str) -> str:
+        # A string in double quotes: one token to the tokenizer (and its stemmer), never
+        # FTS5 query syntax (https://www.sqlite.org/fts5.html#fts5_strings).
+        return f'"{term}"'
 
     def _describe(self) -> str:
         return f"the store at {self.path}"

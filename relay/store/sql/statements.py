@@ -237,11 +237,14 @@ class Statements:
     select_catalog_scope: str
     #: (visibility, description, tags, queries, profile, document, updated, agent)
     update_catalog: str
-    #: {match, vis, hidden, limit} → catalog columns and the relevance (larger is better) of
-    #: the rows in scope whose index matches any of the terms ``match`` names: SQLite an FTS5
-    #: query ``"a" OR "b"``, PostgreSQL a tsquery ``a | b`` (relay/store/sql/store.py,
-    #: ``catalog_search``), best first, then by agent name.
-    search_catalog: str
+    #: {terms, vis, hidden, limit} → (agent, bit set of the terms it matched) of the rows in
+    #: scope whose index matches any of ``[terms]``, each term one word: SQLite an FTS5 string
+    #: ``"word"``, PostgreSQL a tsquery ``word`` (relay/store/sql/store.py, ``catalog_matches``).
+    catalog_term: str
+    #: () → (count)
+    count_catalog: str
+    #: ([names]) → catalog columns
+    select_catalog_names: str
 
 
 def portable(marker: str) -> dict[str, str]:
@@ -394,6 +397,7 @@ WHERE (agent, key) IN (
     "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
     "insert_catalog": "INSERT INTO catalog (agent, updated) VALUES (?, ?) ON CONFLICT (agent) DO NOTHING",
     "select_catalog": rows.CATALOG_SELECT + "WHERE c.agent = ?",
+    "count_catalog": "SELECT count(*) FROM catalog",
     "update_catalog": """
 UPDATE catalog SET visibility = ?, description = ?, tags = ?, queries = ?, profile = ?, document = ?,
                    updated = ?

@@ -1148,27 +1148,35 @@ class SqlStore(GroupWriter, Store):
         found = await self._read(self.sql.select_catalog_scope, params)
         return [rows.catalog_record(row, self._dt) for row in found]
 
-    async def catalog_search(
+    async def catalog_matches(
         self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[CatalogRecord, float]]:
+    ) -> list[tuple[str, int]]:
+        if len(terms) > 32 or not all(_TERM.fullmatch(t) for t in terms):
+            raise InternalError("search terms are at most 32 words of [a-z0-9]")
         if not terms or not visibilities or limit < 1:
             return []
-        for term in terms:
-            if not _TERM.fullmatch(term):
-                raise InternalError("a search term is a word of [a-z0-9]")
         params = {
-            "match": self._match(terms),
+            "terms": self._array([self._match(t) for t in terms]),
             "vis": self._array(list(visibilities)),
             "hidden": self._array(list(hidden)),
             "limit": limit,
         }
-        found = await self._read(self.sql.search_catalog, params)
-        return [(rows.catalog_record(row, self._dt), float(row[8])) for row in found]
+        return [(row[0], int(row[1])) for row in await self._read(self.sql.catalog_term, params)]
+
+    async def catalog_count(self) -> int:
+        row = await self._read_one(self.sql.count_catalog, ())
+        return int(row[0])
+
+    async def catalog_records(self, names: Sequence[str]) -> list[CatalogRecord]:
+        if not names:
+            return []
+        found = await self._read(self.sql.select_catalog_names, (self._array(list(names)),))
+        return [rows.catalog_record(row, self._dt) for row in found]
 
     @staticmethod
     @abc.abstractmethod
-    def _match(terms: Sequence[str]) -> str:
-        """The dialect's full-text query for "any of ``terms``" (``search_catalog``)."""
+    def _match(term: str) -> str:
+        """The dialect's full-text query for one word (``catalog_term``)."""
 
 
 def _held_for(agent: str) -> NewEnvelope:
