@@ -211,17 +211,22 @@ async def test_store_ranks_a_plain_language_need_by_stem(store: Store) -> None:
     need = cat.terms("translate invoices into German")
     scope = ["local", "partners", "public"]
     matched = await store.catalog_matches(need, scope, [], 100)
+    total = await store.catalog_count(scope, [])
+    assert total == 2  # tools and weather; secret is private
     # Each word by its stem: "translate" ~ "Translates", "invoices" ~ "invoice".
-    assert matched == [("tools", 0b111)]
-    assert cat.rank(len(need), matched, await store.catalog_count(), 10) == [("tools", 100)]
-    assert await store.catalog_matches(["forecasts", "german"], scope, [], 10) in (
-        [("tools", 2), ("weather", 1)],
-        [("weather", 1), ("tools", 2)],
-    )
-    [record] = await store.catalog_records(["tools", "nobody"])
-    assert record.profile == RECORD.profile
-    assert record.tags == ()
+    [(key, mask)] = matched
+    assert mask == 0b111
+    assert cat.rank(len(need), matched, total, 10) == [(key, 100)]
+    both = await store.catalog_matches(["forecasts", "german"], scope, [], 10)
+    assert sorted(mask for _, mask in both) == [1, 2]
+    records = await store.catalog_records([key, 10**6])
+    assert list(records) == [key]
+    assert records[key].profile == RECORD.profile
+    assert records[key].tags == ()
     assert await store.catalog_matches(["invoices"], ["public"], ["tools"], 10) == []
+    assert await store.catalog_count(["public"], ["tools"]) == 0
+    # The private agent matches nothing, whatever the words.
+    assert await store.catalog_matches(["secret", "invoices"], ["local"], [], 10) == []
     assert [r.agent for r in await store.catalog_scope(["local"], [])] == ["weather"]
     # Removing the agent removes its entry and its index.
     await store.remove_agent("tools")

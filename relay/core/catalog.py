@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from relay.core.address import Address
 from relay.core.errors import MalformedRequest, Unauthenticated
@@ -80,6 +80,8 @@ __all__ = [
     "validate_operator_fields",
     "visible",
 ]
+
+_K = TypeVar("_K", int, str)
 
 Visibility = Literal["private", "local", "partners", "public"]
 VISIBILITIES: Final[tuple[str, ...]] = get_args(Visibility)
@@ -550,19 +552,20 @@ def terms(text: str) -> list[str]:
 
 
 def rank(
-    terms_count: int, matched: Iterable[tuple[str, int]], total: int, limit: int
-) -> list[tuple[str, int]]:
+    terms_count: int, matched: Iterable[tuple[_K, int]], total: int, limit: int
+) -> list[tuple[_K, int]]:
     """The ``limit`` best agents for a need of ``terms_count`` terms, best first, each with
     ARD's 0–100 score (§7.2). ``matched`` is what the store's full-text index (with its
-    stemming) found: each matching agent with the bit set of the terms it matched (bit i: the
-    i-th term of ``terms``).
+    stemming) found: each matching agent (by the store's key for it) with the bit set of the
+    terms it matched (bit i: the i-th term of ``terms``); ``total`` is how many entries the
+    caller may see, matching or not.
 
     Coordination and rarity, as the first full-text engines ranked (Salton's coordination
     level; Spärck Jones's inverse document frequency): ``coverage`` is the share of the need's
     terms an entry matches, ``weight`` the same share weighted by each term's rarity,
     ln(1 + total / entries matching it). The score is 60 % coverage and 40 % weight, so an
     entry that speaks of everything the need names scores 100 and one that shares only a
-    common word scores low; ties go to the rarer words, then by agent name. Computed from the
+    common word scores low; ties go to the rarer words, then the older entry. Computed from the
     matches alone, it costs the same on both stores and does not depend on how many agents the
     relay has (BM25's weights vanish in a catalog of a handful).
 
@@ -570,7 +573,7 @@ def rank(
     the work per agent is one list append, and only the groups are scored and sorted."""
     if terms_count < 1 or limit < 1:
         return []
-    groups: dict[int, list[str]] = {}
+    groups: dict[int, list[_K]] = {}
     for agent, mask in matched:
         groups.setdefault(mask, []).append(agent)
     frequency = [0] * terms_count
@@ -589,7 +592,7 @@ def rank(
         points = max(1, min(100, round(100 * (0.6 * coverage + 0.4 * weight))))
         scored.append((points, weight, mask))
     scored.sort(key=lambda g: (-g[0], -g[1]))
-    ranked: list[tuple[str, int]] = []
+    ranked: list[tuple[_K, int]] = []
     for points, _, mask in scored:
         need = limit - len(ranked)
         if need <= 0:

@@ -59,6 +59,11 @@ log = logging.getLogger("synq.catalog")
 #: the adapter for ``CARD_TTL`` (300 s) anyway; a minute keeps search close to what agents say
 #: without asking a hundred agents more than a few times a minute.
 REFRESH_INTERVAL: Final = 60.0
+#: How long the number of entries a caller may see is remembered (``CatalogService._count``).
+COUNT_TTL: Final = 10.0
+#: Scopes whose count is remembered: one per kind of caller, and one per agent rule set that
+#: hides agents from some callers; a bound all the same.
+MAX_COUNTS: Final = 256
 #: Public entries in the manifest (``/.well-known/ard.json``). Stops a relay with very many
 #: public agents from serving (and building) a manifest of megabytes to anyone; the registry's
 #: search and list reach the rest.
@@ -121,6 +126,7 @@ class CatalogService:
         self.partners = partners
         #: Set by the runtime's owner to merge partners' answers (``federation: "auto"``).
         self.federated: FederatedSearch | None = None
+        self._counts: dict[cat.Scope, tuple[int, float]] = {}
 
     @property
     def registry_url(self) -> str:
@@ -168,6 +174,19 @@ class CatalogService:
         scope = cat.scope(viewer, self.policy())
         return await self.store.catalog_scope(scope.visibilities, scope.hidden)
 
+    async def _count(self, scope: cat.Scope) -> int:
+        """How many entries ``scope`` holds, remembered for ``COUNT_TTL``: it only weighs
+        words by rarity, and changes only as agents come, go or change visibility."""
+        now = self.clock.monotonic()
+        known = self._counts.get(scope)
+        if known is not None and now - known[1] < COUNT_TTL:
+            return known[0]
+        count = await self.store.catalog_count(scope.visibilities, scope.hidden)
+        if len(self._counts) >= MAX_COUNTS:
+            self._counts.clear()
+        self._counts[scope] = (count, now)
+        return count
+
     async def _ranked(
         self, viewer: Viewer, text: str, limit: int
     ) -> list[tuple[CatalogRecord, int]]:
@@ -184,11 +203,10 @@ class CatalogService:
         )
         if not matched:
             return []
-        ranked = cat.rank(len(terms), matched, await self.store.catalog_count(), limit)
-        found = await self.store.catalog_records([a for a, _ in ranked])
-        by_name = {r.agent: r for r in found}
+        ranked = cat.rank(len(terms), matched, await self._count(scope), limit)
+        found = await self.store.catalog_records([key for key, _ in ranked])
         # An agent removed between the two reads is left out.
-        return [(by_name[a], points) for a, points in ranked if a in by_name]
+        return [(found[key], points) for key, points in ranked if key in found]
 
     async def search(self, viewer: Viewer, request: SearchRequest) -> SearchPage:
         """ARD §7.2 for ``viewer``: this relay's entries, then the federation it asked for."""

@@ -842,16 +842,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def catalog_matches(
         self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[str, int]]:
-        """The agents in scope (as ``catalog_scope``) whose full-text index matches any of
+    ) -> list[tuple[int, int]]:
+        """The entries in scope (as ``catalog_scope``) whose full-text index matches any of
         ``terms`` (at most 32 words of ``[a-z0-9]``, relay.core.catalog.terms) with the store's
-        stemming, each with the bit set of the terms it matched (bit i: ``terms[i]``); at most
-        ``limit``, in no particular order."""
+        stemming: each by its key (a number that grows with the entry's age), with the bit set
+        of the terms it matched (bit i: ``terms[i]``); at most ``limit``, in no particular
+        order."""
 
     @abc.abstractmethod
-    async def catalog_count(self) -> int:
-        """How many agents the catalog holds."""
+    async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
+        """How many entries are in scope (as ``catalog_scope``)."""
 
     @abc.abstractmethod
-    async def catalog_records(self, names: Sequence[str]) -> list[CatalogRecord]:
-        """The records of those of ``names`` that exist, in any order."""
+    async def catalog_records(self, keys: Sequence[int]) -> dict[int, CatalogRecord]:
+        """The records of those of ``keys`` (``catalog_matches``) that exist."""

@@ -306,15 +306,19 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
 ORDER BY c.agent
 """,
-    select_catalog_names=rows.CATALOG_SELECT + "WHERE c.agent = ANY(%s::text[])",
+    select_catalog_keys=rows.CATALOG_KEYED_SELECT + "WHERE c.pk = ANY(%s::bigint[])",
     # to_tsquery applies the 'english' configuration's stemming and stop words to each word.
     catalog_term="""
-SELECT c.agent, sum(1::bigint << (t.i - 1)::int)
+SELECT c.pk, sum(1::bigint << (t.i - 1)::int)
 FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
 JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
 WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
-GROUP BY c.agent
+GROUP BY c.pk
 LIMIT %(limit)s
+""",
+    count_catalog="""
+SELECT count(*) FROM catalog
+WHERE visibility = ANY(%(vis)s::text[]) AND NOT (agent = ANY(%(hidden)s::text[]))
 """,
     # Arrays in, one row per element: one statement per batch however many envelopes it holds.
     insert_envelopes="""
@@ -699,8 +703,8 @@ class PostgresStore(SqlStore):
         return (text,)
 
     @staticmethod
-    def _match(term: str) -> str:
-        return term
+    def _match(term: str, visibilities: Sequence[str]) -> str:
+        return term  # the visibilities are a condition of the statement
 
     def _describe(self) -> str:
         return "the PostgreSQL store"

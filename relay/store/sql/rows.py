@@ -40,6 +40,12 @@ CATALOG_SELECT: Final = """
 SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated
 FROM catalog AS c JOIN agents AS a ON a.name = c.agent
 """
+#: The same, with the entry's key last.
+CATALOG_KEYED_SELECT: Final = """
+SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
+       c.pk
+FROM catalog AS c JOIN agents AS a ON a.name = c.agent
+"""
 #: The rows ``inbox_item`` maps.
 INBOX_SELECT: Final = """
 SELECT i.seq, e.origin, e.id, e.token, i.delivered_at, i.acked_at

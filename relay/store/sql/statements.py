@@ -237,14 +237,15 @@ class Statements:
     select_catalog_scope: str
     #: (visibility, description, tags, queries, profile, document, updated, agent)
     update_catalog: str
-    #: {terms, vis, hidden, limit} → (agent, bit set of the terms it matched) of the rows in
-    #: scope whose index matches any of ``[terms]``, each term one word: SQLite an FTS5 string
-    #: ``"word"``, PostgreSQL a tsquery ``word`` (relay/store/sql/store.py, ``catalog_matches``).
+    #: {terms, vis, hidden, limit} → (key, bit set of the terms it matched) of the rows in
+    #: scope whose index matches any of ``[terms]``, each term one word
+    #: (relay/store/sql/store.py, ``catalog_matches``): SQLite an FTS5 query for the word and
+    #: the visibilities, PostgreSQL a tsquery of the word.
     catalog_term: str
-    #: () → (count)
+    #: {vis, hidden} → (count) of the rows in scope
     count_catalog: str
-    #: ([names]) → catalog columns
-    select_catalog_names: str
+    #: ([keys]) → catalog columns, then the key
+    select_catalog_keys: str
 
 
 def portable(marker: str) -> dict[str, str]:
@@ -397,7 +398,6 @@ WHERE (agent, key) IN (
     "a2a_feed_cursor": "SELECT cursor FROM a2a_feed WHERE id = 1",
     "insert_catalog": "INSERT INTO catalog (agent, updated) VALUES (?, ?) ON CONFLICT (agent) DO NOTHING",
     "select_catalog": rows.CATALOG_SELECT + "WHERE c.agent = ?",
-    "count_catalog": "SELECT count(*) FROM catalog",
     "update_catalog": """
 UPDATE catalog SET visibility = ?, description = ?, tags = ?, queries = ?, profile = ?, document = ?,
                    updated = ?

@@ -1150,33 +1150,40 @@ class SqlStore(GroupWriter, Store):
 
     async def catalog_matches(
         self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[str, int]]:
+    ) -> list[tuple[int, int]]:
         if len(terms) > 32 or not all(_TERM.fullmatch(t) for t in terms):
             raise InternalError("search terms are at most 32 words of [a-z0-9]")
+        if not set(visibilities) <= set(catalog.VISIBILITIES):
+            raise InternalError("no such visibility")
         if not terms or not visibilities or limit < 1:
             return []
         params = {
-            "terms": self._array([self._match(t) for t in terms]),
+            "terms": self._array([self._match(t, visibilities) for t in terms]),
             "vis": self._array(list(visibilities)),
             "hidden": self._array(list(hidden)),
             "limit": limit,
         }
-        return [(row[0], int(row[1])) for row in await self._read(self.sql.catalog_term, params)]
+        found = await self._read(self.sql.catalog_term, params)
+        return [(int(row[0]), int(row[1])) for row in found]
 
-    async def catalog_count(self) -> int:
-        row = await self._read_one(self.sql.count_catalog, ())
+    async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
+        if not visibilities:
+            return 0
+        params = {"vis": self._array(list(visibilities)), "hidden": self._array(list(hidden))}
+        row = await self._read_one(self.sql.count_catalog, params)
         return int(row[0])
 
-    async def catalog_records(self, names: Sequence[str]) -> list[CatalogRecord]:
-        if not names:
-            return []
-        found = await self._read(self.sql.select_catalog_names, (self._array(list(names)),))
-        return [rows.catalog_record(row, self._dt) for row in found]
+    async def catalog_records(self, keys: Sequence[int]) -> dict[int, CatalogRecord]:
+        if not keys:
+            return {}
+        found = await self._read(self.sql.select_catalog_keys, (self._array(list(keys)),))
+        return {int(row[8]): rows.catalog_record(row, self._dt) for row in found}
 
     @staticmethod
     @abc.abstractmethod
-    def _match(term: str) -> str:
-        """The dialect's full-text query for one word (``catalog_term``)."""
+    def _match(term: str, visibilities: Sequence[str]) -> str:
+        """The dialect's full-text query for one word, where its index can also keep to the
+        ``visibilities`` (``catalog_term``)."""
 
 
 def _held_for(agent: str) -> NewEnvelope:

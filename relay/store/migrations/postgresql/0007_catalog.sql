@@ -5,6 +5,7 @@
 -- words), under a GIN index.
 
 CREATE TABLE catalog (
+    pk          bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     agent       text PRIMARY KEY REFERENCES agents (name) ON DELETE CASCADE,
     visibility  text NOT NULL DEFAULT 'local'
                 CHECK (visibility IN ('private', 'local', 'partners', 'public')),

@@ -9,8 +9,10 @@
 --   because the index refers to rows by rowid, which VACUUM renumbers unless it is aliased.
 -- * catalog_fts — the FTS5 index (https://www.sqlite.org/fts5.html) of each row's agent name
 --   and document, with the Porter stemmer over the unicode61 tokenizer, so "translate
---   invoices" matches "Translates invoice documents". Kept in step by the triggers below, in
---   the transaction of every change (deletes through the agents' ON DELETE CASCADE included).
+--   invoices" matches "Translates invoice documents"; and of its visibility, so that a search
+--   keeps to what its caller may see inside the index, without reading a catalog row per
+--   match. Kept in step by the triggers below, in the transaction of every change (deletes
+--   through the agents' ON DELETE CASCADE included).
 --
 -- Every existing agent gets a row with the defaults.
 
@@ -29,18 +31,22 @@ CREATE TABLE catalog (
 
 CREATE INDEX catalog_visibility ON catalog (visibility, agent);
 
-CREATE VIRTUAL TABLE catalog_fts USING fts5 (name, document, tokenize = 'porter unicode61');
+CREATE VIRTUAL TABLE catalog_fts USING fts5 (
+    name, document, visibility, tokenize = 'porter unicode61'
+);
 
 CREATE TRIGGER catalog_fts_insert AFTER INSERT ON catalog BEGIN
-    INSERT INTO catalog_fts (rowid, name, document) VALUES (new.pk, new.agent, new.document);
+    INSERT INTO catalog_fts (rowid, name, document, visibility)
+    VALUES (new.pk, new.agent, new.document, new.visibility);
 END;
 
 CREATE TRIGGER catalog_fts_delete AFTER DELETE ON catalog BEGIN
     DELETE FROM catalog_fts WHERE rowid = old.pk;
 END;
 
-CREATE TRIGGER catalog_fts_update AFTER UPDATE OF document ON catalog BEGIN
-    UPDATE catalog_fts SET document = new.document WHERE rowid = new.pk;
+CREATE TRIGGER catalog_fts_update AFTER UPDATE OF document, visibility ON catalog BEGIN
+    UPDATE catalog_fts SET document = new.document, visibility = new.visibility
+    WHERE rowid = new.pk;
 END;
 
 INSERT INTO catalog (agent, document, updated)
