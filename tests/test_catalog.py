@@ -165,19 +165,16 @@ def test_entries_of_an_mcp_backed_agent() -> None:
 @pytest.mark.parametrize(
     ("matched", "limit", "expected"),
     [
-        # every word beats some words; among equals the rarer word wins, then the name
-        ([("y", 0b01), ("x", 0b11)], 10, [("x", 100), ("y", 48)]),
-        (
-            [("z", 1), ("y", 1), ("x", 1), ("w", 2)],
-            10,
-            [("w", 53), ("x", 47), ("y", 47), ("z", 47)],
-        ),
-        ([("z", 1), ("y", 1), ("x", 1), ("w", 2)], 2, [("w", 53), ("x", 47)]),
+        # every word beats some words; among equals the rarer word wins, then the older entry
+        ([(0b01, "y", 1), (0b11, "x", 1)], 10, [("x", 100), ("y", 48)]),
+        ([(1, "z", 3), (1, "y", 3), (1, "x", 3), (2, "w", 1)], 10,
+         [("w", 53), ("x", 47), ("y", 47), ("z", 47)]),
+        ([(1, "z", 3), (1, "y", 3), (1, "x", 3), (2, "w", 1)], 2, [("w", 53), ("x", 47)]),
         ([], 10, []),
     ],
-)
+)  # fmt: skip
 def test_rank_by_coverage_then_rarity(
-    matched: list[tuple[str, int]], limit: int, expected: list[tuple[str, int]]
+    matched: list[tuple[int, str, int]], limit: int, expected: list[tuple[str, int]]
 ) -> None:
     assert cat.rank(2, matched, 100, limit) == expected
 
@@ -210,27 +207,27 @@ async def test_store_ranks_a_plain_language_need_by_stem(store: Store) -> None:
     )
     need = cat.terms("translate invoices into German")
     scope = ["local", "partners", "public"]
-    matched = await store.catalog_matches(need, scope, [], 100)
+    matched = await store.catalog_matches(need, scope, [], 10, 100)
     total = await store.catalog_count(scope, [])
     assert total == 2  # tools and weather; secret is private
     # Each word by its stem: "translate" ~ "Translates", "invoices" ~ "invoice".
-    [(key, mask)] = matched
-    assert mask == 0b111
+    [(mask, key, size)] = matched
+    assert (mask, size) == (0b111, 1)
     assert cat.rank(len(need), matched, total, 10) == [(key, 100)]
-    both = await store.catalog_matches(["forecasts", "german"], scope, [], 10)
-    assert sorted(mask for _, mask in both) == [1, 2]
+    both = await store.catalog_matches(["forecasts", "german"], scope, [], 10, 100)
+    assert sorted((mask, size) for mask, _, size in both) == [(1, 1), (2, 1)]
     records = await store.catalog_records([key, 10**6])
     assert list(records) == [key]
     assert records[key].profile == RECORD.profile
     assert records[key].tags == ()
-    assert await store.catalog_matches(["invoices"], ["public"], ["tools"], 10) == []
+    assert await store.catalog_matches(["invoices"], ["public"], ["tools"], 10, 100) == []
     assert await store.catalog_count(["public"], ["tools"]) == 0
     # The private agent matches nothing, whatever the words.
-    assert await store.catalog_matches(["secret", "invoices"], ["local"], [], 10) == []
+    assert await store.catalog_matches(["secret", "invoices"], ["local"], [], 10, 100) == []
     assert [r.agent for r in await store.catalog_scope(["local"], [])] == ["weather"]
     # Removing the agent removes its entry and its index.
     await store.remove_agent("tools")
-    assert await store.catalog_matches(["invoices"], ["public"], [], 10) == []
+    assert await store.catalog_matches(["invoices"], ["public"], [], 10, 100) == []
     assert await store.catalog_get("tools") is None
 
 

@@ -552,13 +552,14 @@ def terms(text: str) -> list[str]:
 
 
 def rank(
-    terms_count: int, matched: Iterable[tuple[_K, int]], total: int, limit: int
+    terms_count: int, matched: Iterable[tuple[int, _K, int]], total: int, limit: int
 ) -> list[tuple[_K, int]]:
-    """The ``limit`` best agents for a need of ``terms_count`` terms, best first, each with
+    """The ``limit`` best entries for a need of ``terms_count`` terms, best first, each with
     ARD's 0–100 score (§7.2). ``matched`` is what the store's full-text index (with its
-    stemming) found: each matching agent (by the store's key for it) with the bit set of the
-    terms it matched (bit i: the i-th term of ``terms``); ``total`` is how many entries the
-    caller may see, matching or not.
+    stemming) found, grouped by the set of terms matched: rows (bit set — bit i for the i-th
+    term of ``terms`` —, an entry's key, how many entries matched exactly that set), at least
+    the ``limit`` smallest keys of each set; ``total`` is how many entries the caller may see,
+    matching or not.
 
     Coordination and rarity, as the first full-text engines ranked (Salton's coordination
     level; Spärck Jones's inverse document frequency): ``coverage`` is the share of the need's
@@ -567,20 +568,20 @@ def rank(
     entry that speaks of everything the need names scores 100 and one that shares only a
     common word scores low; ties go to the rarer words, then the older entry. Computed from the
     matches alone, it costs the same on both stores and does not depend on how many agents the
-    relay has (BM25's weights vanish in a catalog of a handful).
-
-    Agents that match the same terms score the same, so they are grouped by their bit set:
-    the work per agent is one list append, and only the groups are scored and sorted."""
+    relay has (BM25's weights vanish in a catalog of a handful). Entries that match the same
+    terms score the same, so only the groups are scored and sorted."""
     if terms_count < 1 or limit < 1:
         return []
+    sizes: dict[int, int] = {}
     groups: dict[int, list[_K]] = {}
-    for agent, mask in matched:
-        groups.setdefault(mask, []).append(agent)
+    for mask, key, size in matched:
+        sizes[mask] = size
+        groups.setdefault(mask, []).append(key)
     frequency = [0] * terms_count
-    for mask, agents in groups.items():
+    for mask, size in sizes.items():
         for i in range(terms_count):
             if mask >> i & 1:
-                frequency[i] += len(agents)
+                frequency[i] += size
     total = max(total, 1)
     rarity = [math.log(1 + total / max(1, f)) for f in frequency]
     whole = sum(rarity)
@@ -597,7 +598,7 @@ def rank(
         need = limit - len(ranked)
         if need <= 0:
             break
-        ranked += [(agent, points) for agent in heapq.nsmallest(need, groups[mask])]
+        ranked += [(key, points) for key in heapq.nsmallest(need, groups[mask])]
     return ranked
 
 

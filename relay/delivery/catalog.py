@@ -199,7 +199,7 @@ class CatalogService:
             records = await self.store.catalog_scope(scope.visibilities, scope.hidden)
             return [(r, 0) for r in records[:limit]]
         matched = await self.store.catalog_matches(
-            terms, scope.visibilities, scope.hidden, cat.MAX_MATCHES
+            terms, scope.visibilities, scope.hidden, limit, cat.MAX_MATCHES
         )
         if not matched:
             return []

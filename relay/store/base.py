@@ -841,13 +841,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def catalog_matches(
-        self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[int, int]]:
+        self,
+        terms: Sequence[str],
+        visibilities: Sequence[str],
+        hidden: Sequence[str],
+        limit: int,
+        scan: int,
+    ) -> list[tuple[int, int, int]]:
         """The entries in scope (as ``catalog_scope``) whose full-text index matches any of
         ``terms`` (at most 32 words of ``[a-z0-9]``, relay.core.catalog.terms) with the store's
-        stemming: each by its key (a number that grows with the entry's age), with the bit set
-        of the terms it matched (bit i: ``terms[i]``); at most ``limit``, in no particular
-        order."""
+        stemming, at most ``scan`` of them, grouped by the bit set of the terms each matched
+        (bit i: ``terms[i]``): rows (bit set, key, size of its group) for the ``limit`` oldest
+        entries of each group (keys grow with an entry's age), in no particular order."""
 
     @abc.abstractmethod
     async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:

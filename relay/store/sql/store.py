@@ -1149,22 +1149,28 @@ class SqlStore(GroupWriter, Store):
         return [rows.catalog_record(row, self._dt) for row in found]
 
     async def catalog_matches(
-        self, terms: Sequence[str], visibilities: Sequence[str], hidden: Sequence[str], limit: int
-    ) -> list[tuple[int, int]]:
+        self,
+        terms: Sequence[str],
+        visibilities: Sequence[str],
+        hidden: Sequence[str],
+        limit: int,
+        scan: int,
+    ) -> list[tuple[int, int, int]]:
         if len(terms) > 32 or not all(_TERM.fullmatch(t) for t in terms):
             raise InternalError("search terms are at most 32 words of [a-z0-9]")
         if not set(visibilities) <= set(catalog.VISIBILITIES):
             raise InternalError("no such visibility")
-        if not terms or not visibilities or limit < 1:
+        if not terms or not visibilities or limit < 1 or scan < 1:
             return []
         params = {
             "terms": self._array([self._match(t, visibilities) for t in terms]),
             "vis": self._array(list(visibilities)),
             "hidden": self._array(list(hidden)),
+            "scan": scan,
             "limit": limit,
         }
         found = await self._read(self.sql.catalog_term, params)
-        return [(int(row[0]), int(row[1])) for row in found]
+        return [(int(row[0]), int(row[1]), int(row[2])) for row in found]
 
     async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
         if not visibilities:
