@@ -309,18 +309,14 @@ ORDER BY c.agent
     select_catalog_keys=rows.CATALOG_KEYED_SELECT + "WHERE c.pk = ANY(%s::bigint[])",
     # to_tsquery applies the 'english' configuration's stemming and stop words to each word.
     catalog_term="""
-SELECT mask, pk, n FROM (
-    SELECT m.mask, m.pk, count(*) OVER (PARTITION BY m.mask) AS n,
-           row_number() OVER (PARTITION BY m.mask ORDER BY m.pk) AS r
-    FROM (SELECT c.pk, sum(1::bigint << (t.i - 1)::int) AS mask
-          FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
-          JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
-          WHERE c.visibility = ANY(%(vis)s::text[])
-            AND NOT (c.agent = ANY(%(hidden)s::text[]))
-          GROUP BY c.pk
-          LIMIT %(scan)s) AS m
-) AS w
-WHERE r <= %(limit)s
+SELECT mask, count(*), string_agg(pk::text, ',')
+FROM (SELECT c.pk, sum(1::bigint << (t.i - 1)::int) AS mask
+      FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
+      JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
+      WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+      GROUP BY c.pk
+      LIMIT %(scan)s) AS m
+GROUP BY mask
 """,
     count_catalog="""
 SELECT count(*) FROM catalog

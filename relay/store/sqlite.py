@@ -179,22 +179,19 @@ ORDER BY c.agent
     + "WHERE c.pk IN (SELECT value FROM json_each(?))",
     # One FTS5 match per term (the outer loop over the JSON array: json_each's key is the
     # term's index), each leaving out the visibilities the caller may not see inside the
-    # index, grouped by row into its bit set, then by bit set (window functions) so that only
-    # the oldest ``limit`` rows of each set come back; no catalog row is read but those of
-    # agents hidden from the caller by their own rules.
+    # index, grouped by row into its bit set, then by bit set: a few rows come back, however
+    # many entries match; no catalog row is read but those of agents hidden from the caller by
+    # their own rules.
     catalog_term="""
-SELECT mask, pk, n FROM (
-    SELECT m.mask, m.pk, count(*) OVER (PARTITION BY m.mask) AS n,
-           row_number() OVER (PARTITION BY m.mask ORDER BY m.pk) AS r
-    FROM (SELECT catalog_fts.rowid AS pk, sum(1 << t.key) AS mask
-          FROM json_each(:terms) AS t
-          JOIN catalog_fts ON catalog_fts MATCH t.value
-          WHERE catalog_fts.rowid NOT IN (
-              SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden)))
-          GROUP BY catalog_fts.rowid
-          LIMIT :scan) AS m
-) AS w
-WHERE r <= :limit
+SELECT mask, count(*), group_concat(pk)
+FROM (SELECT catalog_fts.rowid AS pk, sum(1 << t.key) AS mask
+      FROM json_each(:terms) AS t
+      JOIN catalog_fts ON catalog_fts MATCH t.value
+      WHERE catalog_fts.rowid NOT IN (
+          SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden)))
+      GROUP BY catalog_fts.rowid
+      LIMIT :scan) AS m
+GROUP BY mask
 """,
     count_catalog="""
 SELECT count(*) FROM catalog

@@ -11,6 +11,7 @@ its driver's errors, and its notifications; nothing here names a driver.
 from __future__ import annotations
 
 import abc
+import heapq
 import json
 import logging
 import re
@@ -1167,10 +1168,13 @@ class SqlStore(GroupWriter, Store):
             "vis": self._array(list(visibilities)),
             "hidden": self._array(list(hidden)),
             "scan": scan,
-            "limit": limit,
         }
         found = await self._read(self.sql.catalog_term, params)
-        return [(int(row[0]), int(row[1]), int(row[2])) for row in found]
+        return [
+            (int(mask), key, int(size))
+            for mask, size, keys in found
+            for key in heapq.nsmallest(limit, map(int, keys.split(",")))
+        ]
 
     async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
         if not visibilities:
