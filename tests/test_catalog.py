@@ -25,8 +25,8 @@ from relay.server.app import build_app
 from relay.store import Store, open_store
 from tests import pg
 from tests.a2a_peers import Peer, card_json, scripted_app
-from tests.conftest import make_config
-from tests.mcpenv import stdio_endpoint
+from tests.conftest import Agent, make_config
+from tests.mcpenv import mcp_client, stdio_endpoint, text_of
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -313,6 +313,27 @@ async def test_every_route_lists_what_the_caller_may_see_and_never_private(
     manifest = await (await client.get("/.well-known/ard.json", headers=headers)).text()
     assert _listed(manifest) == {"public"}
     assert '"application/ai-registry+json"' in manifest
+
+
+async def test_mcp_find_agents_lists_what_the_agent_may_see_and_never_private(
+    live: tuple[Relay, TestClient[Any, Any], dict[str, str]],
+) -> None:
+    _, client, tokens = live
+    # The agent listed ``local`` asks: it sees local, partners and public entries.
+    asker = Agent("tr-local", "tr-local@acme.test", tokens["local"])
+    async with mcp_client(str(client.make_url("/mcp")), asker) as session:
+        result = await session.call_tool(
+            "find_agents", {"query": "who can translate invoices into German?"}
+        )
+        assert not result.is_error
+        found = result.structured_content["agents"]  # type: ignore[index]
+        assert {a["address"] for a in found} == {
+            f"tr-{v}@acme.test" for v in ("local", "partners", "public")
+        }
+        assert all(0 < a["score"] <= 100 for a in found)
+        bad = await session.call_tool("find_agents", {"query": "x", "filter": {"nope": "1"}})
+        assert bad.is_error
+        assert "unsupported field" in text_of(bad)
 
 
 async def test_search_answers_ranked_entries_with_addresses_and_pages(

@@ -595,16 +595,14 @@ class OwnFace:
         query: dict[str, Any] = {"text": args.get("query", "")}
         if args.get("filter"):
             query["filter"] = args["filter"]
-        try:
-            request = catalog.parse_search(
-                {
-                    "query": query,
-                    "federation": args.get("federation", "auto"),
-                    "pageSize": args.get("limit", 10),
-                }
-            )
-        except catalog.InvalidArgument as exc:
-            raise MCPError(mt.INVALID_PARAMS, exc.message) from None
+        # A malformed filter is a tool error naming it, as the other tools' bad arguments are.
+        request = catalog.parse_search(
+            {
+                "query": query,
+                "federation": args.get("federation", "auto"),
+                "pageSize": args.get("limit", 10),
+            }
+        )
         viewer = catalog.Viewer.local(f"{agent.name}@{relay.domain}")
         wait = relay.search_rates.take(f"agent:{agent.name}", relay.clock.monotonic())
         if wait > 0:
