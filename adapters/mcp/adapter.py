@@ -232,7 +232,11 @@ class McpAdapter:
         """The server's tools, for the discovery catalog (SPEC.md §12.1); None when they cannot
         be listed now and were never seen by this process (the catalog keeps what it had)."""
         endpoint = agent.endpoint or ""
-        tools = self._checked.pop(endpoint, None) or await self.tools(endpoint)
+        checked = self._checked.pop(endpoint, None)
+        running = endpoint in self._stdio or endpoint in self._http
+        # What check listed stands for the server only while this process runs none for it:
+        # once one runs, its own list is newer.
+        tools = checked if checked is not None and not running else await self.tools(endpoint)
         if tools is None:
             return None
         return profile_from_card(
