@@ -12,7 +12,9 @@ send→inbox and relay→relay, each with single messages and with ``--batch`` m
 bench/throughput.py), ``floor`` (the same per-envelope work with no
 HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/postfix.py),
 ``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``backlog``
-(memory with a queue for a partner that is down, and the drain; bench/backlog.py), ``soak``
+(memory with a queue for a partner that is down, and the drain; bench/backlog.py),
+``discovery`` (a search over 10,000 catalog entries beside one agent card look-up;
+bench/discovery.py), ``soak``
 (steady traffic for ``--soak-seconds`` with retention compressed to seconds, the store's size
 sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only),
 ``fedsearch`` (federated search over three partner registries of 10,000 entries beside one
@@ -41,13 +43,24 @@ from typing import Any
 # ``python bench/run.py`` puts bench/ first on the path; the suite imports bench.* and tests.pg.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, fedsearch, floor, postfix, protocols, signals, soak, throughput, tracing
+from bench import (
+    backlog,
+    discovery,
+    fedsearch,
+    floor,
+    postfix,
+    protocols,
+    signals,
+    soak,
+    throughput,
+    tracing,
+)  # fmt: skip
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
 SECTIONS = (
-    "throughput", "floor", "postfix", "protocols", "backlog", "fedsearch", "signals", "tracing",
-    "soak",
+    "throughput", "floor", "postfix", "protocols", "backlog", "discovery", "fedsearch", "signals",
+    "tracing", "soak",
 )  # fmt: skip
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
 #: ``--only soak`` runs it; tracing's cost is measured by ``--only tracing`` or ``--full``.
@@ -64,6 +77,8 @@ TARGET_SOAK_PLATEAU = soak.PLATEAU_SHARE
 #: Federated search over 3 partners: p50 at most this many times one round trip to one partner
 #: (one search at a registry of 10,000 entries plus one loopback round trip).
 TARGET_FEDSEARCH_RATIO = 3.0
+#: Search p50 over 10,000 catalog entries against one card look-up's p50 (SPEC.md §12).
+TARGET_SEARCH_RATIO = 3.0
 
 
 def _relay_ratios(
@@ -428,6 +443,21 @@ async def run(args: argparse.Namespace) -> Report:
                         share >= TARGET_DRAIN_SHARE,
                     )  # fmt: skip
 
+        if "discovery" in sections:
+            d = await discovery.run(base / "discovery")
+            report.section(f"discovery: {d.entries:,} catalog entries, sequential requests")
+            doc["discovery_card_p50_ms"] = d.card_p50 * 1000
+            doc["discovery_search_p50_ms"] = d.search_p50 * 1000
+            doc["discovery_search_ratio"] = d.ratio
+            report.row("agent card, p50 / p99 (baseline)", f"{_ms(d.card_p50)} / {_ms(d.card_p99)}")
+            report.row(
+                f"POST /ard/search, {d.matched} results, p50 / p99",
+                f"{_ms(d.search_p50)} / {_ms(d.search_p99)}",
+                f"{_ms(d.card_p50)} card p50", f"{d.ratio:.1f}",
+            )  # fmt: skip
+            report.target(
+                "search p50 / card p50", f"{d.ratio:.1f}x", "<= 3x", d.ratio <= TARGET_SEARCH_RATIO
+            )
         if "fedsearch" in sections:
             _fedsearch(report, doc, await fedsearch.run(base / "fedsearch", args.searches))
         if "tracing" in sections:

@@ -40,7 +40,7 @@ from relay.config import (
     render_config,
     validation_message,
 )
-from relay.core import dsn, idempotency, records
+from relay.core import catalog, dsn, idempotency, records
 from relay.core.address import RESERVED_LOCALS, Address, normalize_local
 from relay.core.clock import SystemClock
 from relay.core.draft import Draft
@@ -49,6 +49,7 @@ from relay.core.errors import SynqError
 from relay.core.ids import hash_token, new_token
 from relay.core.jws import SigningKey
 from relay.delivery import views
+from relay.delivery.catalog import set_operator_fields
 from relay.delivery.router import AGENT_CACHE_TTL
 from relay.keyring import (
     KeyEntry,
@@ -446,8 +447,15 @@ async def agent_add(args: argparse.Namespace, relay: Relay) -> int:
             raise UserError(f"this relay has no {kind} adapter")
         # The adapter checks the endpoint now (card, tool list), not at the first message.
         endpoint = await adapter.check(endpoint)
+    fields = _catalog_fields(args)
     token = new_token()
-    await relay.store.create_agent(name, kind, hash_token(token), endpoint, relay.clock.now())
+    record = await relay.store.create_agent(
+        name, kind, hash_token(token), endpoint, relay.clock.now()
+    )
+    if fields:
+        await set_operator_fields(relay.store, name, relay.clock.now(), **fields)
+    # What an A2A agent or MCP server says it can do is searchable at once (SPEC.md §12.1).
+    await relay.catalog.refresh(record)
     address = f"{name}@{relay.domain}"
     out(
         args,
@@ -498,8 +506,20 @@ async def agent_set(args: argparse.Namespace, relay: Relay) -> int:
     """One agent's own mailbox quotas (SPEC.md §9.7): a value given replaces the agent's own,
     ``default`` hands it back to ``[quotas]``, one not given stays as it was."""
     name = local_name(relay, args.name)
+    fields = _catalog_fields(args)
     if args.max_unacked is None and args.max_bytes is None:
-        raise UserError("give --max-unacked and/or --max-bytes")
+        if not fields:
+            raise UserError(
+                "give --max-unacked, --max-bytes, --description, --tag, --query or --visibility"
+            )
+        if await relay.store.get_agent(name) is None:
+            raise UserError(f"no agent {name}@{relay.domain}")
+        await set_operator_fields(relay.store, name, relay.clock.now(), **fields)
+        return await _show_entry(args, relay, name)
+    if fields:
+        if await relay.store.get_agent(name) is None:
+            raise UserError(f"no agent {name}@{relay.domain}")
+        await set_operator_fields(relay.store, name, relay.clock.now(), **fields)
     current = (await relay.store.mailbox_usage([name])).get(name)
     own_unacked = current.max_unacked if current else None
     own_bytes = current.max_bytes if current else None
@@ -527,6 +547,76 @@ async def agent_set(args: argparse.Namespace, relay: Relay) -> int:
         f"{shown(quota.max_unacked, own_unacked, str(quota.max_unacked))}, max bytes "
         f"{shown(quota.max_bytes, own_bytes, format_size(quota.max_bytes))}",
     )
+    return 0
+
+
+def _catalog_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The catalog options of ``synq agent add|set`` that were given (SPEC.md §12.1); an empty
+    ``--tag ''`` or ``--query ''`` clears the list."""
+    fields: dict[str, Any] = {
+        "visibility": args.visibility,
+        "description": args.description,
+        "tags": None if args.tag is None else [t for t in args.tag if t],
+        "queries": None if args.query is None else [q for q in args.query if q],
+    }
+    if all(v is None for v in fields.values()):
+        return {}
+    try:
+        catalog.validate_operator_fields(fields["description"], fields["tags"], fields["queries"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return fields
+
+
+async def _show_entry(args: argparse.Namespace, relay: Relay, name: str) -> int:
+    record = await relay.store.catalog_get(name)
+    assert record is not None
+    address = f"{name}@{relay.domain}"
+    data = {
+        "address": address,
+        "visibility": record.visibility,
+        "description": record.description,
+        "tags": list(record.tags),
+        "queries": list(record.queries),
+    }
+    out(args, data, f"{address}: {record.visibility}; {record.description or '(no description)'}")
+    return 0
+
+
+async def find(args: argparse.Namespace, relay: Relay) -> int:
+    """``synq find TEXT``: the catalog searched as the operator sees it (every listed agent,
+    never a private one), or as local agent ``--as NAME`` sees it."""
+    who = (
+        catalog.Viewer.local(f"{local_name(relay, args.as_agent)}@{relay.domain}")
+        if args.as_agent
+        else catalog.Viewer.operator()
+    )
+    body: dict[str, Any] = {
+        "query": {"text": args.text},
+        "federation": args.federation,
+        "pageSize": args.limit,
+    }
+    filters: dict[str, list[str]] = {}
+    if args.tag:
+        filters["tags"] = args.tag
+    if args.type:
+        filters["type"] = [catalog.A2A_TYPE if args.type == "a2a" else catalog.MCP_TYPE]
+    if filters:
+        body["query"]["filter"] = filters
+    try:
+        request = catalog.parse_search(body)
+    except catalog.InvalidArgument as exc:
+        raise UserError(exc.message) from None
+    page = await relay.catalog.search(who, request)
+    data = page.to_json()
+    lines = [
+        f"{r['score']:>3}  {r['metadata']['address'] if 'metadata' in r else r['identifier']}"
+        f"  {r.get('description', '')[:80]}"
+        for r in page.results
+        if r.get("type") == catalog.A2A_TYPE or args.type == "mcp"
+    ]
+    lines += [f"  →  {r['url']} (registry of {r['displayName']})" for r in page.referrals or []]
+    out(args, data, "\n".join(lines) if lines else "no agent found")
     return 0
 
 
@@ -913,6 +1003,22 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _catalog_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--description", help="what the agent does, for discovery")
+    parser.add_argument("--tag", action="append", metavar="T", help="a tag (repeatable)")
+    parser.add_argument(
+        "--query",
+        action="append",
+        metavar="Q",
+        help="a representative query, as a user would ask (2 to 5, repeatable)",
+    )
+    parser.add_argument(
+        "--visibility",
+        choices=catalog.VISIBILITIES,
+        help="who sees it listed: private, local (default), partners, public",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The global options are accepted before and after the command. The copies on the
     # subcommands default to SUPPRESS, or their default would overwrite a value given earlier.
@@ -998,11 +1104,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mcp-stdio", metavar="CMD", help="an MCP server started as CMD, spoken to on stdio"
     )
     backing.add_argument("--mcp-http", metavar="URL", help="an MCP server at a streamable HTTP URL")
+    _catalog_options(add)
     add.set_defaults(func=run_on_relay(agent_add, adapters=True))
     ls = asub.add_parser("list", parents=[common], help="list local agents")
     ls.set_defaults(func=run_on_relay(agent_list))
     st = asub.add_parser(
-        "set", parents=[common], help="an agent's own mailbox quotas (default: [quotas])"
+        "set",
+        parents=[common],
+        help="an agent's own mailbox quotas (default: [quotas]) and catalog entry",
     )
     st.add_argument("name")
     st.add_argument(
@@ -1017,6 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help=f"their bytes, e.g. 50MB (0: none; {QUOTA_DEFAULT!r})",
     )
+    _catalog_options(st)
     st.set_defaults(func=run_on_relay(agent_set))
     rm = asub.add_parser("remove", parents=[common], help="remove a local agent and its inbox")
     rm.add_argument("name")
@@ -1135,6 +1245,14 @@ def build_parser() -> argparse.ArgumentParser:
     sgs.add_argument("id")
     sgs.set_defaults(func=run_on_relay(signals_show))
 
+    fd = sub.add_parser("find", parents=[common], help="search the agent catalog (SPEC.md §12)")
+    fd.add_argument("text", metavar="TEXT", help="what you need, in plain words")
+    fd.add_argument("--tag", action="append", metavar="T", help="only entries with this tag")
+    fd.add_argument("--type", choices=("a2a", "mcp"), help="only A2A agents or MCP servers")
+    fd.add_argument("--federation", choices=("auto", "referrals", "none"), default="auto")
+    fd.add_argument("--limit", type=int, default=10, metavar="N", help="results (1-100)")
+    fd.add_argument("--as", dest="as_agent", metavar="NAME", help="search as this local agent")
+    fd.set_defaults(func=run_on_relay(find))
     stt = sub.add_parser("status", parents=[common], help="per-recipient state of a message")
     stt.add_argument("id")
     stt.set_defaults(func=run_on_relay(status))

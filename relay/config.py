@@ -31,6 +31,7 @@ from pydantic import (
 
 from relay.core import ratelimit, signals
 from relay.core.address import normalize_domain, normalize_local
+from relay.core.catalog import SEARCH_RATE
 from relay.core.errors import ConfigError, SynqError
 from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
 from relay.core.policy import Policy
@@ -91,12 +92,17 @@ class DiscoverySection(_Section):
     allowed_networks: list[str] = []
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     #: Partner relays' domains whose registries a search with ``federation: "auto"`` asks, in
-    #: parallel, with a signed request (SPEC.md §12.6); each found through its ``_synq``
-    #: record or well-known document.
+    #: parallel, with a signed request (SPEC.md §12.6), and a search with ``"referrals"`` names;
+    #: each found through its ``_synq`` record or well-known document.
     partners: list[str] = Field(default_factory=list)
     #: How long a federated search waits for partners before answering without them (named in
     #: the ``Synq-Partial`` header); relay/federation/search.py ``DEFAULT_SEARCH_DEADLINE``.
     search_deadline: Annotated[float, Field(gt=0, le=30)] = 1.5
+
+    @field_validator("partners")
+    @classmethod
+    def _partners(cls, v: list[str]) -> list[str]:
+        return [normalize_domain(d) for d in v]
 
     @field_validator("nameservers")
     @classmethod
@@ -309,6 +315,8 @@ class RateLimitsSection(_Section):
     source_requests: RateSection = RateSection.of(ratelimit.DEFAULT_SOURCE_REQUEST_RATE)
     failed_auth: RateSection = RateSection.of(ratelimit.DEFAULT_FAILED_AUTH_RATE)
     unverified: RateSection = RateSection.of(ratelimit.DEFAULT_UNVERIFIED_RATE)
+    #: Discovery searches per local agent, partner domain or anonymous source (SPEC.md §12.5).
+    search: RateSection = RateSection.of(SEARCH_RATE)
 
 
 class SignalsSection(_Section):

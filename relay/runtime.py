@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -24,12 +24,14 @@ import aiohttp
 
 from relay import __version__
 from relay.config import Config
+from relay.core.catalog import SearchRequest, Viewer
 from relay.core.clock import Clock, SystemClock
-from relay.core.errors import ConfigError
+from relay.core.errors import ConfigError, SynqError
 from relay.core.jws import SigningKey
 from relay.core.policy import Policy
-from relay.core.ratelimit import RateLimits
+from relay.core.ratelimit import RateLimits, TokenBuckets
 from relay.delivery.adapters import AgentAdapter
+from relay.delivery.catalog import CatalogService, FederatedSearch, SearchPage
 from relay.delivery.custody import Custody
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.mailbox import Mailbox
@@ -42,6 +44,7 @@ from relay.discovery.resolver import Discovery
 from relay.discovery.ssrf import make_guarded_connector
 from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
+from relay.federation.search import PARTIAL_HEADER, PartnerSearch, SearchRequestVerifier
 from relay.federation.signals import SignalFederation
 from relay.federation.transport import HttpTransport
 from relay.keyring import Keyring, keys_fingerprint, load_keyring
@@ -51,11 +54,16 @@ from relay.store.base import Outcome, Store
 from relay.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from relay.tasks.push import PushSender
     from relay.tasks.replies import ReplyTracker
     from relay.tasks.store import TaskStore
 
 log = logging.getLogger("synq.relay")
+
+#: The ARD routes' question to a partner-authentication scheme (Relay.partner_auth).
+PartnerAuth = Callable[["web.Request"], Awaitable[str | None]]
 
 #: How often a serving relay looks at its keys directory for new or changed key files (a stat
 #: per file, no read). A key written by ``synq keys rotate`` is published in the well-known
@@ -205,6 +213,40 @@ class Relay:
             on_acked=metrics.inbox_acks.inc,
         )
 
+        #: The discovery catalog (SPEC.md §12): kept current from the agents, searched by the ARD
+        #: routes, the MCP face and ``synq find``.
+        self.catalog = CatalogService(
+            store,
+            self.clock,
+            self.domain,
+            self.public_url,
+            self.dispatcher.adapters,
+            lambda: self.policy,
+            partners=self.partner_registries,
+        )
+        #: Searches per caller (``[rate_limits] search``, default relay.core.catalog.SEARCH_RATE):
+        #: per local agent, per partner domain, per source address of anonymous callers.
+        self.search_rates = TokenBuckets(limits.search.rate)
+        #: Who a request to the ARD routes speaks for when it comes from a partner relay: the
+        #: request → the asking domain, None when it does not claim to be a partner, and
+        #: BadPartnerSignature when its claim does not verify (SPEC.md §12.6). None: the
+        #: routes verify the request's HTTP Message Signature with ``search_verifier``.
+        self.partner_auth: PartnerAuth | None = None
+        #: Federated search (SPEC.md §12.6): partners' signed requests verified with the keys
+        #: their DNS publishes, and this relay's own requests to ``[discovery] partners``.
+        self.search_verifier = SearchRequestVerifier(self.discovery, self.clock)
+        self.partner_search = PartnerSearch(
+            domain=self.domain,
+            signer=self.signing_key,
+            resolver=self.discovery,
+            session=self._http,
+            policy=self.discovery.policy,
+            partners=config.discovery.partners,
+            clock=self.clock,
+            deadline=config.discovery.search_deadline,
+        )
+        self.catalog.federated = self._federated
+
         # The A2A face's tasks. Imported here, as the adapters are: the a2a-sdk modules they
         # need are not worth loading for commands that never build a relay (init, dns).
         from relay.tasks.push import PushSender
@@ -253,6 +295,49 @@ class Relay:
         for outcome in outcomes:
             label = "deferred" if outcome.state == "queued" else outcome.state
             counter.labels(outcome=label).inc()
+
+    @property
+    def federated(self) -> FederatedSearch | None:
+        """The hook a search with ``federation: "auto"`` hands its local page to, to merge the
+        partners' results (SPEC.md §12.6); None: such a search is local."""
+        return self.catalog.federated
+
+    @federated.setter
+    def federated(self, hook: FederatedSearch | None) -> None:
+        self.catalog.federated = hook
+
+    async def _federated(
+        self, viewer: Viewer, request: SearchRequest, page: SearchPage
+    ) -> SearchPage:
+        """``federation: "auto"`` (SPEC.md §12.6): the partners' first pages merged into the
+        local one by score (local first among equals), the partners left out named in
+        ``Synq-Partial``. Only a local agent's or the operator's search fans out, and only its
+        first page: a page token is this registry's, partners answer the first page."""
+        if viewer.kind not in ("local", "operator") or request.offset:
+            return page
+        answer = await self.partner_search.search(request.partner_body())
+        if not answer.results and not answer.left_out:
+            return page
+        merged = sorted(
+            [*page.results, *answer.results], key=lambda item: -int(item.get("score", 0))
+        )[: request.page_size]
+        headers = dict(page.headers)
+        if answer.left_out:
+            headers[PARTIAL_HEADER] = ", ".join(answer.left_out)
+        return SearchPage(merged, page.page_token, page.referrals, headers)
+
+    async def partner_registries(self) -> list[tuple[str, str]]:
+        """(domain, registry URL) of each ``[discovery] partners`` whose relay resolves now: its
+        relay base URL (SPEC.md §7.4) + ``/ard``. One that does not resolve is left out."""
+        found: list[tuple[str, str]] = []
+        for domain in self.config.discovery.partners:
+            try:
+                base = await self.discovery.relay_url(domain)
+            except SynqError as exc:
+                log.info("partner registry %s not resolved: %s", domain, exc.message)
+                continue
+            found.append((domain, base.rstrip("/") + "/ard"))
+        return found
 
     def _guarded_session(self, headers: dict[str, str] | None) -> aiohttp.ClientSession:
         """A client session whose every connection goes through the SSRF guard and our own
@@ -330,6 +415,7 @@ class Relay:
             limits.sender_domain.rate, limits.sender.rate, limits.agent.rate
         )
         self.sources.reconfigure(config.source_limits())
+        self.search_rates.reconfigure(limits.search.rate)
 
     # --- the operator's queue commands (SPEC.md §9.6) -------------------------------------------
     # One implementation for ``synq queue`` and the console's buttons (relay/server/admin.py).
@@ -426,6 +512,8 @@ class Relay:
         )
         # Mail held for full mailboxes: without it, it would wait for its expiry and bounce.
         self._background.append(asyncio.create_task(self.held_mail.run(), name="synq-held-mail"))
+        # The catalog: without it a changed card or tool list would not be searched.
+        self._background.append(asyncio.create_task(self.catalog.run(), name="synq-catalog"))
         # Retention: without it the store grows with every message (SPEC.md §8.5).
         self._background.append(asyncio.create_task(self.retention.run(), name="synq-retention"))
         # Signals: lapsed leases and expiries written (so feeds wake), results resent.

@@ -8,7 +8,7 @@ file, or its own fresh PostgreSQL database), so the same tests run on every back
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,7 +86,9 @@ class World:
             ttl=ttl,
         )
 
-    async def add_org(self, domain: str, telemetry: Telemetry | None = None) -> Org:
+    async def add_org(
+        self, domain: str, telemetry: Telemetry | None = None, partners: Sequence[str] = ()
+    ) -> Org:
         directory = self.base / domain
         directory.mkdir(parents=True)
         key = SigningKey.generate("s1")
@@ -104,7 +106,10 @@ class World:
             # The loopback DNS server shares the event loop (and, in a full run, the machine):
             # a generous limit, so that only a query a test drops on purpose times out.
             discovery=DiscoverySection(
-                nameservers=[self.dns.address], allow_private_addresses=True, timeout=2.0
+                nameservers=[self.dns.address],
+                allow_private_addresses=True,
+                timeout=2.0,
+                partners=list(partners),
             ),
             base_dir=directory,
         )

@@ -81,10 +81,10 @@ async def test_own_face_over_http_acts_as_the_tokens_agent(w: World) -> None:
             message_id = sent.structured_content["id"]  # type: ignore[index]
             status = await client.call_tool("message_status", {"id": message_id})
             assert status.structured_content["recipients"]["bob@acme.test"]["state"] == "delivered"  # type: ignore[index]
-            agents = await client.call_tool("find_agents", {"query": "b"})
-            assert agents.structured_content == {
-                "agents": [{"address": "bob@acme.test", "kind": "inbox"}]
-            }
+            # Capability search (SPEC.md §12): bob is listed to alice (``local``) by his name.
+            agents = await client.call_tool("find_agents", {"query": "bob", "federation": "none"})
+            found = agents.structured_content["agents"]  # type: ignore[index]
+            assert [a["address"] for a in found] == ["bob@acme.test"]
             card = await client.call_tool("get_agent_card", {"address": "tools@globex.test"})
             assert "echo" in {s["id"] for s in card.structured_content["skills"]}  # type: ignore[index]
             bad = await client.call_tool("send_message", {"to": "nobody@acme.test", "body": "x"})

@@ -19,6 +19,7 @@ import pytest
 
 from adapters.mcp import McpAdapter
 from adapters.mcp.client import HttpServer, Unavailable
+from relay.core.catalog import Viewer
 from relay.core.ids import hash_token, new_token
 from relay.server.mcp import MCP_HOST
 from tests.conftest import Agent
@@ -209,6 +210,10 @@ async def test_the_tool_list_is_refreshed_when_the_server_says_it_changed(w: Wor
     async with w.http.get(f"{globex.url}/agents/tools/.well-known/agent-card.json") as resp:
         card = await resp.json()
     assert "late" in {s["id"] for s in card["skills"]}
+    # The discovery catalog takes the new list at its next refresh (SPEC.md §12.1).
+    await globex.relay.catalog.run_once()
+    entry = await globex.relay.catalog.get(Viewer.operator(), "urn:air:globex.test:mcp:tools")
+    assert {"late", "grow", "echo"} <= set(entry["capabilities"])
 
 
 def http_server_of(org: Org, url: str) -> HttpServer:

@@ -78,6 +78,7 @@ from adapters.a2a.wire import (
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
+from relay.core.catalog import Profile, profile_from_card
 from relay.core.clock import Clock, SystemClock
 from relay.core.envelope import KIND_SIGNAL, Envelope
 from relay.core.errors import (
@@ -283,6 +284,18 @@ class A2AAdapter:
             data: dict[str, Any] = cards.json_form(published)
             return data
         return cards.sign_card(published, self.signer(self.clock.now()), public_url)
+
+    async def describe(self, agent: AgentRecord) -> Profile | None:
+        """What the agent's own card says it can do (the discovery catalog, SPEC.md §12.1),
+        fetched anew so that a changed card is seen; None when it cannot be had now."""
+        if not agent.endpoint:
+            return None
+        try:
+            card = await self.fetch_card(agent.endpoint)
+        except SynqError as exc:
+            log.info("card of %s unavailable for the catalog: %s", agent.name, exc.message)
+            return None
+        return profile_from_card(cards.json_form(card))
 
     # delivery ----------------------------------------------------------------------------------
 

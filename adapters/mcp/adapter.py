@@ -65,6 +65,7 @@ from adapters.mcp.stdio import StdioProcess, resolve_command, stdio_transport
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
+from relay.core.catalog import Profile, profile_from_card
 from relay.core.envelope import KIND_TASK_UPDATE, Envelope
 from relay.core.errors import AttemptFailed, ConfigError
 from relay.core.jsonutil import dumps
@@ -264,6 +265,9 @@ class McpAdapter:
         #: Answers and cancellations that came after what they answer had ended (dropped).
         self.late = 0
         self._request_slots = asyncio.Semaphore(MAX_RUNNING_REQUESTS)
+        #: Endpoint → the tools :meth:`check` just listed, for the catalog's first
+        #: :meth:`describe`: ``synq agent add`` does not start the server a second time.
+        self._checked: dict[str, ToolSet] = {}
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -337,6 +341,7 @@ class McpAdapter:
                 + self._started(process)
             ) from None
         log.info("MCP server %s has %d tools", endpoint, len(tools.tools))
+        self._checked[endpoint] = tools
         return endpoint
 
     def _started(self, process: StdioProcess | None) -> str:
@@ -359,6 +364,22 @@ class McpAdapter:
             except Unavailable:
                 return server.tools
         return await self._http_server(endpoint).listing()
+
+    async def describe(self, agent: AgentRecord) -> Profile | None:
+        """The server's tools, for the discovery catalog (SPEC.md §12.1); None when they cannot
+        be listed now and were never seen by this process (the catalog keeps what it had)."""
+        endpoint = agent.endpoint or ""
+        checked = self._checked.pop(endpoint, None)
+        running = endpoint in self._stdio or endpoint in self._http
+        # What check listed stands for the server only while this process runs none for it:
+        # once one runs, its own list is newer.
+        tools = checked if checked is not None and not running else await self.tools(endpoint)
+        if tools is None:
+            return None
+        return profile_from_card(
+            {"name": agent.name, "description": f"MCP server with {len(tools.tools)} tools"},
+            tools.listing(),
+        )
 
     # --- the agent card -------------------------------------------------------------------------
 

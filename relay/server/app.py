@@ -9,7 +9,8 @@ from aiohttp import web
 
 from relay.core.errors import SynqError
 from relay.runtime import Relay
-from relay.server import api, federation, mcp, signals
+from relay.server import api, ard, federation, mcp, signals
+from relay.server.ard import ard_errors
 from relay.server.errors import Handler, error_middleware
 from relay.server.http import (
     DEFAULT_HTTP_LIMITS,
@@ -60,6 +61,7 @@ def build_app(
             source_limits,
             metrics_middleware,
             error_middleware,
+            ard_errors,
             count_errors,
         ],
         client_max_size=http_limits.client_max_size,
@@ -69,6 +71,7 @@ def build_app(
     app.add_routes(api.routes)
     app.add_routes(signals.routes)
     app.add_routes(federation.routes)
+    app.add_routes(ard.routes)
     mcp.setup(app, relay)
     if own_relay:
 

@@ -57,10 +57,15 @@ async def agent_for_token(relay: Relay, token: str, peer: str | None) -> AgentRe
     (SPEC.md §6.1); a removal in this process ends it at once."""
     agent = await relay.router.agents.for_token(hash_token(token))
     if agent is None:
-        key = relay.sources.key(peer)
-        if key is not None:
-            relay.sources.failed_auth.charge(key, relay.clock.monotonic())
+        charge_failed_auth(relay, peer)
     return agent
+
+
+def charge_failed_auth(relay: Relay, peer: str | None) -> None:
+    """One failed authentication from ``peer`` (SPEC.md §10.3): a wrong token or signature."""
+    key = relay.sources.key(peer)
+    if key is not None:
+        relay.sources.failed_auth.charge(key, relay.clock.monotonic())
 
 
 async def authenticate_bearer(relay: Relay, header: str, peer: str | None) -> AgentRecord:

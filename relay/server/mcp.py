@@ -59,8 +59,8 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.mcp import translate
 from relay import telemetry
+from relay.core import catalog, idempotency
 from relay.core import errors as E
-from relay.core import idempotency
 from relay.core.address import Address
 from relay.core.draft import Draft, parse_expires
 from relay.core.dsn import parse_notify
@@ -814,12 +814,24 @@ OWN_TOOLS: Final = [
         name="find_agents",
         title="Find agents",
         description=(
-            "List the agents of this relay whose name contains `query` (all when empty). "
-            "Agents elsewhere are reached by address; get_agent_card describes any address."
+            "Search for agents that can do something, described in plain words (`query`), "
+            "here and, with `federation` auto, at partner relays. Each result has the "
+            "`address` to send_message to, a `score` 0-100, and what the agent can do. "
+            "`filter` narrows by `tags`, `capabilities`, `type` or `publisher` (ARD filters)."
         ),
         input_schema={
             "type": "object",
-            "properties": {"query": {"type": "string", "default": ""}},
+            "properties": {
+                "query": {"type": "string", "default": ""},
+                "filter": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "anyOf": [{"type": "string"}, {"type": "array", "items": _STRING}]
+                    },
+                },
+                "federation": {"enum": ["auto", "referrals", "none"], "default": "auto"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+            },
             "additionalProperties": False,
         },
     ),
@@ -1018,15 +1030,33 @@ class OwnFace:
         return {"messages": [views.envelope_object(i) for i in items]}
 
     async def find_agents(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
-        query = str(args.get("query", "")).lower()
+        """Capability search (SPEC.md §12.4) as this agent sees the catalog; results are ARD
+        entries, each with the ``address`` a model can message next."""
         relay = self.relay
-        return {
+        query: dict[str, Any] = {"text": args.get("query", "")}
+        if args.get("filter"):
+            query["filter"] = args["filter"]
+        # A malformed filter is a tool error naming it, as the other tools' bad arguments are.
+        request = catalog.parse_search(
+            {
+                "query": query,
+                "federation": args.get("federation", "auto"),
+                "pageSize": args.get("limit", 10),
+            }
+        )
+        viewer = catalog.Viewer.local(f"{agent.name}@{relay.domain}")
+        wait = relay.search_rates.take(f"agent:{agent.name}", relay.clock.monotonic())
+        if wait > 0:
+            raise E.RateLimited(f"too many searches; retry in {wait:.0f} s", retry_after=wait)
+        page = await relay.catalog.search(viewer, request)
+        body: dict[str, Any] = {
             "agents": [
-                {"address": f"{a.name}@{relay.domain}", "kind": a.kind}
-                for a in await relay.store.list_agents()
-                if query in a.name
+                {"address": r.get("metadata", {}).get("address", ""), **r} for r in page.results
             ]
         }
+        if page.referrals is not None:
+            body["referrals"] = page.referrals
+        return body
 
     async def get_agent_card(self, agent: AgentRecord, args: dict[str, Any]) -> Any:
         return await self.relay.mailbox.card(Address.parse(args["address"]))

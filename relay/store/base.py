@@ -25,6 +25,8 @@ Data model (SPEC.md prescribes none; this is the relay's own business):
   a key never names an envelope that was not stored, nor an envelope lose its key to a crash.
 * **mailboxes** — per local agent, the count and bytes of its unacknowledged inbox rows, kept
   in step with every inbox insert and ack, and the agent's own quotas (migration 0004).
+* **catalog** — per local agent, what discovery lists (SPEC.md §12): its visibility, what the
+  operator and the agent itself say it can do, and a full-text index of that (migration 0008).
 
 Lifecycle (migration 0004; SPEC.md §8.5, §9.7): the ``purge_*`` methods delete, a bounded batch
 at a time, what the retention service (relay/delivery/retention.py) finds old enough; an
@@ -55,6 +57,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, TypeVar
 
+from relay.core.catalog import CatalogRecord, Profile
 from relay.core.dsn import DEFAULT_NOTIFY, Notify
 from relay.core.errors import ConfigError
 from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription, Transition
@@ -904,3 +907,55 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def subscription_get(self, agent: str) -> Subscription | None: ...
+
+    # the discovery catalog (0008; SPEC.md §12) ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def catalog_get(self, agent: str) -> CatalogRecord | None:
+        """One agent's catalog record; None when there is no such agent."""
+
+    @abc.abstractmethod
+    async def catalog_update(
+        self,
+        agent: str,
+        now: datetime,
+        *,
+        visibility: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        queries: Sequence[str] | None = None,
+        profile: Profile | None = None,
+    ) -> bool:
+        """Change what is given (None: unchanged) of an agent's record and reindex it, in one
+        transaction. True when something changed; False when nothing did or there is no such
+        agent (``catalog_get`` tells the two apart)."""
+
+    @abc.abstractmethod
+    async def catalog_scope(
+        self, visibilities: Sequence[str], hidden: Sequence[str]
+    ) -> list[CatalogRecord]:
+        """Every record listed with one of ``visibilities``, except the agents ``hidden``, by
+        agent name."""
+
+    @abc.abstractmethod
+    async def catalog_matches(
+        self,
+        terms: Sequence[str],
+        visibilities: Sequence[str],
+        hidden: Sequence[str],
+        limit: int,
+        scan: int,
+    ) -> list[tuple[int, int, int]]:
+        """The entries in scope (as ``catalog_scope``) whose full-text index matches any of
+        ``terms`` (at most 32 words of ``[a-z0-9]``, relay.core.catalog.terms) with the store's
+        stemming, at most ``scan`` of them, grouped by the bit set of the terms each matched
+        (bit i: ``terms[i]``): rows (bit set, key, size of its group) for the ``limit`` oldest
+        entries of each group (keys grow with an entry's age), in no particular order."""
+
+    @abc.abstractmethod
+    async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
+        """How many entries are in scope (as ``catalog_scope``)."""
+
+    @abc.abstractmethod
+    async def catalog_records(self, keys: Sequence[int]) -> dict[int, CatalogRecord]:
+        """The records of those of ``keys`` (``catalog_matches``) that exist."""

@@ -309,6 +309,27 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """,
     insert_migration="INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
     select_existing_agents="SELECT name FROM agents WHERE name = ANY(%s::text[])",
+    select_catalog_scope=rows.CATALOG_SELECT
+    + """
+WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+ORDER BY c.agent
+""",
+    select_catalog_keys=rows.CATALOG_KEYED_SELECT + "WHERE c.pk = ANY(%s::bigint[])",
+    # to_tsquery applies the 'english' configuration's stemming and stop words to each word.
+    catalog_term="""
+SELECT mask, count(*), string_agg(pk::text, ',')
+FROM (SELECT c.pk, sum(1::bigint << (t.i - 1)::int) AS mask
+      FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
+      JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
+      WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
+      GROUP BY c.pk
+      LIMIT %(scan)s) AS m
+GROUP BY mask
+""",
+    count_catalog="""
+SELECT count(*) FROM catalog
+WHERE visibility = ANY(%(vis)s::text[]) AND NOT (agent = ANY(%(hidden)s::text[]))
+""",
     # Arrays in, one row per element: one statement per batch however many envelopes it holds.
     insert_envelopes="""
 INSERT INTO envelopes (origin, id, sender, token, created, expires, thread, kind, via, accepted)
@@ -713,6 +734,10 @@ class PostgresStore(SqlStore):
         """The whole file, sent as one script inside the migration's transaction: PostgreSQL's
         DDL is transactional, so a failing migration leaves no trace."""
         return (text,)
+
+    @staticmethod
+    def _match(term: str, visibilities: Sequence[str]) -> str:
+        return term  # the visibilities are a condition of the statement
 
     def _describe(self) -> str:
         return "the PostgreSQL store"

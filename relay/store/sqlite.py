@@ -53,6 +53,7 @@ from typing import Any, Final
 import aiosqlite
 import orjson
 
+from relay.core.catalog import VISIBILITIES
 from relay.core.errors import (
     ConfigError,
     Conflict,
@@ -175,6 +176,35 @@ INSERT INTO schema_migrations (version, name, applied)
 VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 """,
     select_existing_agents="SELECT name FROM agents WHERE name IN (SELECT value FROM json_each(?))",
+    select_catalog_scope=rows.CATALOG_SELECT  # noqa: S608 (constants)
+    + """
+WHERE c.visibility IN (SELECT value FROM json_each(:vis))
+  AND c.agent NOT IN (SELECT value FROM json_each(:hidden))
+ORDER BY c.agent
+""",
+    select_catalog_keys=rows.CATALOG_KEYED_SELECT  # noqa: S608 (constants)
+    + "WHERE c.pk IN (SELECT value FROM json_each(?))",
+    # One FTS5 match per term (the outer loop over the JSON array: json_each's key is the
+    # term's index), each leaving out the visibilities the caller may not see inside the
+    # index, grouped by row into its bit set, then by bit set: a few rows come back, however
+    # many entries match; no catalog row is read but those of agents hidden from the caller by
+    # their own rules.
+    catalog_term="""
+SELECT mask, count(*), group_concat(pk)
+FROM (SELECT catalog_fts.rowid AS pk, sum(1 << t.key) AS mask
+      FROM json_each(:terms) AS t
+      JOIN catalog_fts ON catalog_fts MATCH t.value
+      WHERE catalog_fts.rowid NOT IN (
+          SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden)))
+      GROUP BY catalog_fts.rowid
+      LIMIT :scan) AS m
+GROUP BY mask
+""",
+    count_catalog="""
+SELECT count(*) FROM catalog
+WHERE visibility IN (SELECT value FROM json_each(:vis))
+  AND agent NOT IN (SELECT value FROM json_each(:hidden))
+""",
     # The SELECT of an INSERT … SELECT … ON CONFLICT needs a WHERE clause so the parser does
     # not read ON CONFLICT as a join constraint (https://www.sqlite.org/lang_upsert.html §2.2):
     # hence ``WHERE true``. CROSS JOIN keeps json_each as the outer loop (it has no index), so
@@ -569,6 +599,18 @@ class SQLiteStore(SqlStore):
     @staticmethod
     def _array(values: Sequence[str] | Sequence[int]) -> str:
         return json.dumps(list(values))
+
+    @staticmethod
+    def _match(term: str, visibilities: Sequence[str]) -> str:
+        # Strings in double quotes: one token each to the tokenizer (and its stemmer), never
+        # FTS5 query syntax (https://www.sqlite.org/fts5.html#fts5_strings): the word in the
+        # name or the document, NOT in an entry of a visibility the caller may not see — the
+        # short posting list of what is hidden, rather than the long one of what is shown.
+        query = f'{{name document}} : "{term}"'
+        hidden = [v for v in VISIBILITIES if v not in visibilities]
+        if hidden:
+            query += " NOT visibility : (" + " OR ".join(f'"{v}"' for v in hidden) + ")"
+        return query
 
     def _describe(self) -> str:
         return f"the store at {self.path}"

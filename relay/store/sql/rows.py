@@ -8,12 +8,15 @@ them into aware UTC datetimes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 from relay.core import jsonutil
+from relay.core.catalog import CatalogRecord, Profile
 from relay.core.dsn import decode_notify
+from relay.core.envelope import format_timestamp
 from relay.core.limits import MAX_API_BODY_BYTES
 from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription
 from relay.store.base import (
@@ -36,6 +39,17 @@ Row = Sequence[Any]
 
 #: The rows ``agent`` maps.
 AGENT_SELECT: Final = "SELECT name, kind, endpoint, created FROM agents "
+#: The rows ``catalog_record`` maps.
+CATALOG_SELECT: Final = """
+SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated
+FROM catalog AS c JOIN agents AS a ON a.name = c.agent
+"""
+#: The same, with the entry's key last.
+CATALOG_KEYED_SELECT: Final = """
+SELECT c.agent, a.kind, c.visibility, c.description, c.tags, c.queries, c.profile, c.updated,
+       c.pk
+FROM catalog AS c JOIN agents AS a ON a.name = c.agent
+"""
 #: The rows ``inbox_item`` maps.
 INBOX_SELECT: Final = """
 SELECT i.seq, e.origin, e.id, e.token, i.delivered_at, i.acked_at
@@ -69,6 +83,22 @@ FROM a2a_tasks
 def agent(row: Row, dt: ToDatetime) -> AgentRecord:
     """(name, kind, endpoint, created)"""
     return AgentRecord(name=row[0], kind=row[1], endpoint=row[2], created=dt(row[3]))
+
+
+def catalog_record(row: Row, dt: ToDatetime) -> CatalogRecord:
+    """(agent, kind, visibility, description, tags, queries, profile, updated); the JSON columns
+    are the store's own writing."""
+    profile = None if row[6] is None else Profile.from_json(json.loads(row[6]))
+    return CatalogRecord(
+        agent=row[0],
+        kind=row[1],
+        visibility=row[2],
+        description=row[3],
+        tags=tuple(json.loads(row[4])),
+        queries=tuple(json.loads(row[5])),
+        profile=profile,
+        updated=format_timestamp(dt(row[7])),
+    )
 
 
 def idempotency_record(row: Row, dt: ToDatetime) -> IdempotencyRecord:

@@ -277,6 +277,26 @@ class Statements:
     subscription_set: str
     #: (agent) → (agent, topics, threshold, capabilities)
     subscription_get: str
+    # the discovery catalog (0008) --------------------------------------------------------------
+    #: (agent, updated); nothing when the agent has a row already.
+    insert_catalog: str
+    #: (agent) → catalog columns (relay/store/sql/rows.py, ``catalog_record``)
+    select_catalog: str
+    #: {vis, hidden} → catalog columns of every agent listed with one of ``[vis]`` and not in
+    #: ``[hidden]``, by agent name.
+    select_catalog_scope: str
+    #: (visibility, description, tags, queries, profile, document, updated, agent)
+    update_catalog: str
+    #: {terms, vis, hidden, scan} → (bit set, rows, their keys joined by commas): of at most
+    #: ``scan`` rows in scope whose index matches any of ``[terms]`` — each term one word:
+    #: SQLite an FTS5 query for the word and the visibilities, PostgreSQL a tsquery of the
+    #: word — grouped by the bit set of the terms each matched (relay/store/sql/store.py,
+    #: ``catalog_matches``).
+    catalog_term: str
+    #: {vis, hidden} → (count) of the rows in scope
+    count_catalog: str
+    #: ([keys]) → catalog columns, then the key
+    select_catalog_keys: str
 
 
 def portable(marker: str) -> dict[str, str]:
@@ -508,5 +528,12 @@ ON CONFLICT (agent) DO UPDATE SET topics = excluded.topics, threshold = excluded
 """,
     "subscription_get": """
 SELECT agent, topics, threshold, capabilities FROM signal_subscriptions WHERE agent = ?
+""",
+    "insert_catalog": "INSERT INTO catalog (agent, updated) VALUES (?, ?) ON CONFLICT (agent) DO NOTHING",
+    "select_catalog": rows.CATALOG_SELECT + "WHERE c.agent = ?",
+    "update_catalog": """
+UPDATE catalog SET visibility = ?, description = ?, tags = ?, queries = ?, profile = ?, document = ?,
+                   updated = ?
+WHERE agent = ?
 """,
 }

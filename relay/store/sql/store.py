@@ -11,14 +11,18 @@ its driver's errors, and its notifications; nothing here names a driver.
 from __future__ import annotations
 
 import abc
+import heapq
+import json
 import logging
+import re
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
-from relay.core import jsonutil
+from relay.core import catalog, jsonutil
 from relay.core.address import normalize_domain
+from relay.core.catalog import CatalogRecord, Profile
 from relay.core.errors import (
     ConfigError,
     Conflict,
@@ -69,6 +73,9 @@ _log = logging.getLogger(__name__)
 #: What ``delete_queued`` records (postsuper -d): permanent, no DSN.
 DELETED_CODE: Final = "5.0.0"
 DELETED_REASON: Final = "deleted from the queue by the operator"
+
+#: A search term as relay.core.catalog.terms makes it: nothing of either full-text syntax.
+_TERM: Final = re.compile(r"[a-z0-9]+")
 
 #: ``settle``'s event for an outcome that names none.
 _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounced"}
@@ -256,6 +263,8 @@ class SqlStore(GroupWriter, Store):
                 raise Conflict("that token is already registered to another agent") from exc
             if count == 0:
                 raise Conflict(f"an agent named {name!r} already exists")
+            # Every agent has a catalog row (0008), listed ``local`` until told otherwise.
+            await tx.execute(self.sql.insert_catalog, (name, created))
             record = AgentRecord(name=name, kind=kind, endpoint=endpoint, created=self._dt(created))
             return record, ()
 
@@ -1302,6 +1311,122 @@ class SqlStore(GroupWriter, Store):
     async def subscription_get(self, agent: str) -> Subscription | None:
         row = await self._read_one(self.sql.subscription_get, (agent,))
         return None if row is None else rows.subscription(row)
+
+    # the discovery catalog (0008) ----------------------------------------------------------------
+
+    async def catalog_get(self, agent: str) -> CatalogRecord | None:
+        row = await self._read_one(self.sql.select_catalog, (agent,))
+        return None if row is None else rows.catalog_record(row, self._dt)
+
+    async def catalog_update(
+        self,
+        agent: str,
+        now: datetime,
+        *,
+        visibility: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        queries: Sequence[str] | None = None,
+        profile: Profile | None = None,
+    ) -> bool:
+        if visibility is not None and visibility not in catalog.VISIBILITIES:
+            raise InternalError(f"no visibility {visibility!r}")
+        at = self._ts(now)
+
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            found = await tx.fetch(self.sql.select_catalog, (agent,))
+            if not found:
+                if not await tx.fetch(self.sql.select_agent, (agent,)):
+                    return False, ()
+                # An agent created before its row could be (another process's create racing
+                # the migration is the only way): give it one now.
+                await tx.execute(self.sql.insert_catalog, (agent, at))
+                found = await tx.fetch(self.sql.select_catalog, (agent,))
+            old = rows.catalog_record(found[0], self._dt)
+            new = CatalogRecord(
+                agent=old.agent,
+                kind=old.kind,
+                visibility=old.visibility if visibility is None else visibility,
+                description=old.description if description is None else description,
+                tags=old.tags if tags is None else tuple(tags),
+                queries=old.queries if queries is None else tuple(queries),
+                profile=old.profile if profile is None else profile,
+                updated=old.updated,
+            )
+            if new == old:
+                return False, ()
+            await tx.execute(
+                self.sql.update_catalog,
+                (
+                    new.visibility,
+                    new.description,
+                    json.dumps(list(new.tags)),
+                    json.dumps(list(new.queries)),
+                    None if new.profile is None else json.dumps(new.profile.to_json()),
+                    catalog.document(new),
+                    at,
+                    agent,
+                ),
+            )
+            return True, ()
+
+        changed: bool = await self._write(run)
+        return changed
+
+    async def catalog_scope(
+        self, visibilities: Sequence[str], hidden: Sequence[str]
+    ) -> list[CatalogRecord]:
+        if not visibilities:
+            return []
+        params = {"vis": self._array(list(visibilities)), "hidden": self._array(list(hidden))}
+        found = await self._read(self.sql.select_catalog_scope, params)
+        return [rows.catalog_record(row, self._dt) for row in found]
+
+    async def catalog_matches(
+        self,
+        terms: Sequence[str],
+        visibilities: Sequence[str],
+        hidden: Sequence[str],
+        limit: int,
+        scan: int,
+    ) -> list[tuple[int, int, int]]:
+        if len(terms) > 32 or not all(_TERM.fullmatch(t) for t in terms):
+            raise InternalError("search terms are at most 32 words of [a-z0-9]")
+        if not set(visibilities) <= set(catalog.VISIBILITIES):
+            raise InternalError("no such visibility")
+        if not terms or not visibilities or limit < 1 or scan < 1:
+            return []
+        params = {
+            "terms": self._array([self._match(t, visibilities) for t in terms]),
+            "vis": self._array(list(visibilities)),
+            "hidden": self._array(list(hidden)),
+            "scan": scan,
+        }
+        found = await self._read(self.sql.catalog_term, params)
+        return [
+            (int(mask), key, int(size))
+            for mask, size, keys in found
+            for key in heapq.nsmallest(limit, map(int, keys.split(",")))
+        ]
+
+    async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
+        if not visibilities:
+            return 0
+        params = {"vis": self._array(list(visibilities)), "hidden": self._array(list(hidden))}
+        row = await self._read_one(self.sql.count_catalog, params)
+        return int(row[0])
+
+    async def catalog_records(self, keys: Sequence[int]) -> dict[int, CatalogRecord]:
+        if not keys:
+            return {}
+        found = await self._read(self.sql.select_catalog_keys, (self._array(list(keys)),))
+        return {int(row[8]): rows.catalog_record(row, self._dt) for row in found}
+
+    @staticmethod
+    @abc.abstractmethod
+    def _match(term: str, visibilities: Sequence[str]) -> str:
+        """The dialect's full-text query for one word, where its index can also keep to the
+        ``visibilities`` (``catalog_term``)."""
 
 
 def _held_for(agent: str) -> NewEnvelope:
