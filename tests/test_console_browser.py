@@ -146,6 +146,19 @@ async def run_in_browser(
     await page.click("#login button[type=submit]")
     await page.wait_for_url(f"{base}/console")
 
+    # An open signal of alice's shows in the signals panel, live (SPEC.md §13).
+    alice = acme.agents["alice"]
+    async with w.http.post(
+        f"{acme.url}/synq/v1/signals",
+        json={"topic": "invoice.overdue", "text": "chase invoice 7", "urgency": 0.8},
+        headers=alice.auth,
+    ) as resp:
+        assert resp.status == 201
+        signal_id = (await resp.json())["id"]
+    signal = page.locator(f'#signals tbody tr[data-id="{signal_id}"]')
+    await signal.locator(".badge.open").wait_for()
+    assert "alice@acme.test" in await signal.inner_text()
+
     # Queued for globex.test, with the failed attempt's code, shown live.
     destination = page.locator('#destinations tbody tr[data-domain="globex.test"]')
     await destination.locator("td.depth", has_text="1").wait_for()

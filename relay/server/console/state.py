@@ -23,6 +23,7 @@ from relay.admintoken import read_admin_token_hash
 from relay.core import errors as E
 from relay.core.envelope import format_timestamp
 from relay.core.jws import b64url_decode
+from relay.delivery.signals import signal_view
 from relay.runtime import Relay
 from relay.store.base import EnvelopeSummary, QueueEntry
 
@@ -190,8 +191,6 @@ class Console:
             "relay": {
                 "domain": relay.domain,
                 "version": __version__,
-                # The signals panel shows only on a relay that has them.
-                "signals": getattr(relay, "signals", None) is not None,
             },
             "destinations": self._destinations(entries, now),
             "queue": [_queue_row(e) for e in entries[:MAX_ROWS]],
@@ -201,7 +200,15 @@ class Console:
             "recent": [summary(e) for e in recent],
             "bounces": _bounces(recent),
             "chart": self.chart(),
+            "signals": await self._signals(now),
         }
+
+    async def _signals(self, now: datetime) -> list[dict[str, Any]]:
+        """The open and claimed signals this relay owns or holds a replica of (SPEC.md §13),
+        strongest first: what agents are being asked for, and who holds what."""
+        active = await self.relay.store.signals_active(MAX_ROWS)
+        views = [signal_view(s, now) for s in active]
+        return sorted(views, key=lambda v: -float(v["intensity"]))
 
     def _destinations(self, entries: list[QueueEntry], now: datetime) -> list[dict[str, Any]]:
         by_domain: dict[str, list[QueueEntry]] = {}

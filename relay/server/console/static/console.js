@@ -203,6 +203,27 @@ function renderBounces(snap) {
   );
 }
 
+function renderSignals(snap) {
+  fill(
+    $("#signals tbody"),
+    (snap.signals || []).map((s) =>
+      el(
+        "tr",
+        { "data-id": s.id },
+        el("td", { class: "mono", title: s.text }, s.id),
+        el("td", {}, s.topic),
+        el("td", {}, s.emitter),
+        el("td", {}, badge(s.state)),
+        el("td", {}, s.intensity.toFixed(3)),
+        el("td", {}, s.claim ? s.claim.holder : "—"),
+        el("td", {}, s.claim ? when(s.claim.expires) : "—"),
+        el("td", {}, when(s.expires)),
+      ),
+    ),
+    8,
+  );
+}
+
 // --- charts: one polyline per series, scaled to the largest value shown ------------------------
 
 function chart(svg, points, series) {
@@ -305,7 +326,7 @@ function render(snap) {
   }
   $("#domain").textContent = snap.relay.domain;
   $("#now").textContent = snap.now;
-  $("#signals-panel").hidden = !snap.relay.signals;
+  renderSignals(snap);
   renderCharts(snap);
   renderDestinations(snap);
   renderQueue(snap);
