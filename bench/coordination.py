@@ -13,7 +13,7 @@ reached its emitter.
 
 The scenarios:
 
-* **central dispatcher** (the baseline): a dispatcher process on a SQLite file
+* **dispatcher** (the baseline): a dispatcher process on a SQLite file
   (``synchronous=FULL``, WAL, like the relays): one queue table; a lease is one
   ``UPDATE … WHERE id = (SELECT … ORDER BY id LIMIT 1) RETURNING`` under ``BEGIN IMMEDIATE`` —
   SQLite's equivalent of ``FOR UPDATE SKIP LOCKED``; each task goes to the least-loaded waiting
@@ -21,14 +21,14 @@ The scenarios:
   fenced by the lease's generation; a lapsed lease makes the task leasable again, and the
   dispatcher looks at the next lapse when it is due (at most a second later). Workers long-poll
   it over HTTP on loopback; emitters post tasks and long-poll their results.
-* **signals, one relay**: one ``synq serve``; emitters ``POST /synq/v1/signals``, workers
+* **signals, 1 relay**: one ``synq serve``; emitters ``POST /synq/v1/signals``, workers
   subscribe to their capabilities' topics, long-poll ``GET /synq/v1/signals?wait=``, claim,
   heartbeat and complete; each emitter long-polls its inbox for the results (``in_reply_to`` the
   signal).
-* **signals, two relays**: acme.test and globex.test, emitters and workers at both, scope
+* **signals, 2 relays**: acme.test and globex.test, emitters and workers at both, scope
   ``partners``: offers, updates and results cross between the relays, claims of the other
   relay's signals are signed requests to their owner.
-* **signals, two relays, partner link cut**: the same, after both partner links are cut (each
+* **signals, 2 relays, link cut**: the same, after both partner links are cut (each
   relay's partners reach it through a loopback forwarder, here stopped: connection refused) —
   no dispatcher to fall back on, each relay's own work must go on.
 
@@ -907,7 +907,7 @@ async def baseline(base: Path, agents: int, seconds: float, rate: float) -> Outc
         ]
         emitters = [Agent(f"e{i}", proc.url) for i in range(EMITTERS)]
         result = await _scenario(
-            "central dispatcher (baseline)", DispatcherFace, emitters, workers, seconds, rate, 1
+            "dispatcher (baseline)", DispatcherFace, emitters, workers, seconds, rate, 1
         )
         async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/stats") as r:
             stats = await r.json()
@@ -962,7 +962,7 @@ async def signals(base: Path, agents: int, seconds: float, rate: float) -> list[
             local_workers = agents_of(acme, acme_workers)
             outcomes.append(
                 await _scenario(
-                    "signals, one relay", face("local", 2), emitters_of(acme, "e"), local_workers,
+                    "signals, 1 relay", face("local", 2), emitters_of(acme, "e"), local_workers,
                     seconds, rate, 1, lambda c: _subscribe(c, local_workers), track,
                 )
             )  # fmt: skip
@@ -970,7 +970,7 @@ async def signals(base: Path, agents: int, seconds: float, rate: float) -> list[
             emitters = emitters_of(acme, "e") + emitters_of(globex, "f")
             outcomes.append(
                 await _scenario(
-                    "signals, two relays", face("partners", 3), emitters, both, seconds, rate, 1,
+                    "signals, 2 relays", face("partners", 3), emitters, both, seconds, rate, 1,
                     lambda c: _subscribe(c, both), track,
                 )
             )  # fmt: skip
@@ -978,7 +978,7 @@ async def signals(base: Path, agents: int, seconds: float, rate: float) -> list[
                 await link.cut()
             outcomes.append(
                 await _scenario(
-                    "signals, two relays, partner link cut", face("partners", 4), emitters, both,
+                    "signals, 2 relays, link cut", face("partners", 4), emitters, both,
                     seconds, rate, 1, None, track,
                 )
             )  # fmt: skip
