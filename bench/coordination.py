@@ -486,7 +486,9 @@ async def drive(
     seed: int,
 ) -> float:
     """Run the workload; returns the time of the first emit (``time.perf_counter``)."""
-    rng = random.Random(seed)
+    # The arrivals (times, emitters, capabilities) from their own generator: every scenario run
+    # with the same seed gets the same sequence, whatever the workers draw.
+    arrivals, rng = random.Random(seed), random.Random(seed + 1)
     tally.workers = [w.name for w in workers]
     running = [Running(w) for w in workers]
     tasks: set[asyncio.Task[Any]] = set()
@@ -512,11 +514,13 @@ async def drive(
     try:
         at = first
         while True:
-            at += rng.expovariate(rate)
+            at += arrivals.expovariate(rate)
             if at >= until:
                 break
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            job = asyncio.create_task(emit_one(rng.choice(emitters), rng.choice(CAPABILITIES)))
+            job = asyncio.create_task(
+                emit_one(arrivals.choice(emitters), arrivals.choice(CAPABILITIES))
+            )
             tasks.add(job)
             job.add_done_callback(tasks.discard)
         if tasks:

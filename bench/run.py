@@ -588,7 +588,7 @@ def _coordination(
         judged = o is not base
         ratio = o.claim_p50 / base.claim_p50
         report.row(
-            f"{o.name}: emit -> claim p50 / p99", f"{_ms(o.claim_p50)} / {_ms(o.claim_p99)}",
+            f"{o.name}: emit -> claim p50/p99", f"{_ms(o.claim_p50)} / {_ms(o.claim_p99)}",
             f"{_ms(base.claim_p50)} dispatcher p50" if judged else "", f"{ratio:.1f}" if judged else "",
         )  # fmt: skip
         if judged:
