@@ -441,9 +441,8 @@ async def _work(face: Face, w: Running, tally: Tally, rng: random.Random) -> Non
         if kept and await face.complete(w.agent, task, token):
             tally.completes[task] += 1
             tally.done_by[w.agent.name] += 1
-        elif kept:
-            tally.lost_leases += 1
         else:
+            # The lease lapsed under a live worker: a heartbeat or the complete refused as stale.
             tally.lost_leases += 1
 
 
@@ -454,7 +453,6 @@ async def _read_results(face: Face, emitter: Agent, tally: Tally) -> None:
 
 
 async def _churn(
-    face: Face,
     workers: list[Running],
     tally: Tally,
     rng: random.Random,
@@ -510,7 +508,7 @@ async def drive(
 
     first = time.perf_counter()
     until = first + seconds
-    churn = asyncio.create_task(_churn(face, running, tally, rng, until, spawn))
+    churn = asyncio.create_task(_churn(running, tally, rng, until, spawn))
     try:
         at = first
         while True:

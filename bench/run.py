@@ -599,6 +599,12 @@ def _coordination(
             f"{o.throughput / base.throughput:.2f}" if judged else "",
         )  # fmt: skip
         report.row("  completions counted twice", str(o.doubles), "must be 0")
+        if o.lost_leases or o.refused_emits:
+            # Not churn: a live worker whose lease ran out under load, or an emit over its rate.
+            report.row(
+                "  leases lost by live workers / emits refused",
+                f"{o.lost_leases} / {o.refused_emits}",
+            )
         report.row(
             f"  orphan recovery, p50 / max ({o.kills} kills)",
             f"{o.recovery_p50:.2f} s / {o.recovery_max:.2f} s",
