@@ -131,6 +131,7 @@ class Tally:
     requests: int = 0
     relay_requests: int = 0
     refused_emits: int = 0
+    refused_claims: int = 0
     lost_leases: int = 0
     last_result: float = 0.0
 
@@ -170,6 +171,7 @@ class Outcome:
     per_task: float
     relay_per_task: float
     refused_emits: int
+    refused_claims: float
     lost_leases: int
 
     @property
@@ -207,6 +209,7 @@ def outcome(t: Tally, started: float) -> Outcome:
         per_task=(t.requests + t.relay_requests) / completed if completed else float("nan"),
         relay_per_task=t.relay_requests / completed if completed else 0.0,
         refused_emits=t.refused_emits,
+        refused_claims=t.refused_claims / completed if completed else 0.0,
         lost_leases=t.lost_leases,
     )
 
@@ -315,6 +318,7 @@ class SignalFace:
             if status == 200:
                 return sid, str(data["claim"]["token"])
             if status in (404, 409, 503):
+                self.client.tally.refused_claims += 1
                 self.skip[(worker.name, sid)] = time.perf_counter() + SKIP_REFUSED
                 continue
             raise RuntimeError(f"claim: {status} {data}")

@@ -593,6 +593,7 @@ def _coordination(
         )  # fmt: skip
         if judged:
             report.row("  emit -> heard (the feed's answer), p50", _ms(o.heard_p50))
+            report.row("  claims refused per task", f"{o.refused_claims:.1f}")
         report.row(
             f"  throughput, {o.completed} of {o.emitted} tasks", f"{o.throughput:.1f} tasks/s",
             f"{base.throughput:.1f} dispatcher" if judged else "",
