@@ -19,6 +19,9 @@ bench/discovery.py), ``soak``
 sampled until it stops growing; bench/soak.py — run by ``--only soak`` or ``--full`` only),
 ``fedsearch`` (federated search over three partner registries of 10,000 entries beside one
 round trip, and a dead partner's cost; bench/fedsearch.py),
+``coordination`` (signals beside a central dispatcher on a SQLite queue: tens of workers,
+Poisson arrivals, churn; one relay, two relays, and two relays with the partner links cut; sized
+by ``--coord-seconds``, ``--coord-agents``, ``--coord-rate``; bench/coordination.py),
 ``tracing`` (relay→relay with tracing off, on without export, on with OTLP export, in one
 process; bench/tracing.py — run by ``--only tracing`` or ``--full`` only).
 
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
     backlog,
+    coordination,
     discovery,
     fedsearch,
     floor,
@@ -60,7 +64,7 @@ from bench.profile import Profile, Profiler
 
 SECTIONS = (
     "throughput", "floor", "postfix", "protocols", "backlog", "discovery", "fedsearch", "signals",
-    "tracing", "soak",
+    "coordination", "tracing", "soak",
 )  # fmt: skip
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
 #: ``--only soak`` runs it; tracing's cost is measured by ``--only tracing`` or ``--full``.
@@ -79,6 +83,10 @@ TARGET_SOAK_PLATEAU = soak.PLATEAU_SHARE
 TARGET_FEDSEARCH_RATIO = 3.0
 #: Search p50 over 10,000 catalog entries against one card look-up's p50 (SPEC.md §12).
 TARGET_SEARCH_RATIO = 3.0
+#: Signals beside a central dispatcher (bench/coordination.py): emit -> claim p50 at most this
+#: many times the dispatcher's, and an orphaned claim taken again within the lease plus this.
+TARGET_CLAIM_RATIO = 2.0
+TARGET_RECOVERY_SLACK = 1.0
 
 
 def _relay_ratios(
@@ -398,6 +406,12 @@ async def run(args: argparse.Namespace) -> Report:
                     f"{signal.p50 / plain.p50:.1f}",
                 )
 
+        if "coordination" in sections:
+            found = await coordination.run(
+                base / "coordination", args.coord_agents, args.coord_seconds, args.coord_rate
+            )
+            _coordination(report, doc, args, found)
+
         if "backlog" in sections:
             report.section("backlog: queue for a partner that is down, then the drain")
             results_b = []
@@ -555,6 +569,79 @@ def _fedsearch(report: Report, doc: dict[str, Any], r: fedsearch.FedSearchResult
     )  # fmt: skip
 
 
+def _coordination(
+    report: Report, doc: dict[str, Any], args: argparse.Namespace, found: list[coordination.Outcome]
+) -> None:
+    base, scenarios = found[0], found[1:]
+    doc["coordination"] = {
+        "seconds": args.coord_seconds, "agents": args.coord_agents, "rate": args.coord_rate,
+        "lease_s": coordination.LEASE, "scenarios": [vars(o) | {"throughput": o.throughput}
+                                                      for o in found],
+    }  # fmt: skip
+    report.section(
+        f"coordination: {args.coord_agents} workers, Poisson {args.coord_rate:g} tasks/s for "
+        f"{args.coord_seconds:g} s, lease {coordination.LEASE:g} s, a holder killed every "
+        f"{coordination.CHURN_EVERY:g} s"
+    )
+    lease = coordination.LEASE
+    for o in found:
+        judged = o is not base
+        ratio = o.claim_p50 / base.claim_p50
+        report.row(
+            f"{o.name}: emit -> claim p50/p99", f"{_ms(o.claim_p50)} / {_ms(o.claim_p99)}",
+            f"{_ms(base.claim_p50)} dispatcher p50" if judged else "", f"{ratio:.1f}" if judged else "",
+        )  # fmt: skip
+        if judged:
+            report.row("  emit -> heard (the feed's answer), p50", _ms(o.heard_p50))
+            report.row("  claims refused per task", f"{o.refused_claims:.1f}")
+        report.row(
+            f"  throughput, {o.completed} of {o.emitted} tasks", f"{o.throughput:.1f} tasks/s",
+            f"{base.throughput:.1f} dispatcher" if judged else "",
+            f"{o.throughput / base.throughput:.2f}" if judged else "",
+        )  # fmt: skip
+        report.row("  completions counted twice", str(o.doubles), "must be 0")
+        if o.lost_leases or o.refused_emits:
+            # Not churn: a live worker whose lease ran out under load, or an emit over its rate.
+            report.row(
+                "  leases lost by live workers / emits refused",
+                f"{o.lost_leases} / {o.refused_emits}",
+            )
+        report.row(
+            f"  orphan recovery, p50 / max ({o.kills} kills)",
+            f"{o.recovery_p50:.2f} s / {o.recovery_max:.2f} s",
+            f"lease {lease:g} s + {TARGET_RECOVERY_SLACK:g} s",
+            f"{o.unrecovered} not taken" if o.unrecovered else "",
+        )  # fmt: skip
+        report.row(
+            f"  Jain's fairness, {args.coord_agents} workers", f"{o.jain:.3f}",
+            f"{base.jain:.3f} dispatcher" if judged else "",
+        )  # fmt: skip
+        between = f" ({o.relay_per_task:.1f} between)" if o.relay_per_task else ""
+        report.row(
+            "  HTTP requests per task (between relays)", f"{o.per_task:.1f}{between}",
+            f"{base.per_task:.1f} dispatcher" if judged else "",
+            f"{o.per_task / base.per_task:.1f}" if judged else "",
+        )  # fmt: skip
+    doubles = sum(o.doubles for o in found)
+    report.target(
+        "coordination: completions counted twice", str(doubles), "0 (all four runs)", doubles == 0
+    )
+    for o in scenarios:
+        recovered = o.unrecovered == 0 and not o.recovery_max > lease + TARGET_RECOVERY_SLACK
+        report.target(
+            f"{o.name}: orphan recovery max", f"{o.recovery_max:.2f} s",
+            f"<= {lease + TARGET_RECOVERY_SLACK:g} s", recovered,
+        )  # fmt: skip
+        ratio = o.claim_p50 / base.claim_p50
+        # Across connected relays a claim of the other relay's signal takes two more hops
+        # (SPEC.md §13.6); the target holds on one relay and with the partner links cut.
+        met = None if o is scenarios[1] else ratio <= TARGET_CLAIM_RATIO
+        report.target(
+            f"{o.name}: claim p50 / dispatcher", f"{ratio:.2f}x",
+            f"<= {TARGET_CLAIM_RATIO:g}x" if met is not None else "(shown, not judged)", met,
+        )  # fmt: skip
+
+
 def _soak(report: Report, doc: dict[str, Any], result: soak.SoakResult) -> None:
     first, second, last = result.thirds()
     doc["soak"] = {
@@ -610,6 +697,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long the soak sends (600; its store should level off after about 6 minutes)",
     )  # fmt: skip
     ap.add_argument("--soak-rate", type=int, default=100, help="soak messages a second (100)")
+    ap.add_argument(
+        "--coord-seconds", type=float, default=coordination.SECONDS,
+        help=f"seconds of arrivals per coordination run ({coordination.SECONDS:g})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--coord-agents", type=int, default=coordination.AGENTS,
+        help=f"workers in each coordination run ({coordination.AGENTS})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--coord-rate", type=float, default=coordination.RATE,
+        help=f"coordination tasks a second, Poisson ({coordination.RATE:g})",
+    )  # fmt: skip
     ap.add_argument(
         "--tracing-n", type=int, default=2000, help="messages per mode in the tracing section"
     )

@@ -20,6 +20,7 @@ after ``WARMUP`` untimed ones; each emitter stays within its emit rate's burst
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -128,13 +129,14 @@ async def _series(name: str, one: Callable[[], Awaitable[None]], rounds: int) ->
 
 
 def _partners(org: Org, partner: str) -> None:
-    """``[discovery] partners`` in the relay's configuration (SPEC.md §13.6)."""
+    """``[discovery] partners`` in the relay's configuration (SPEC.md §13.6): the line
+    ``synq init`` wrote (``partners = []``) replaced, so the key stays single."""
     path = org.cwd / "synq.toml"
     text = path.read_text(encoding="utf-8")
-    path.write_text(
-        text.replace("[discovery]\n", f'[discovery]\npartners = ["{partner}"]\n', 1),
-        encoding="utf-8",
-    )
+    text, found = re.subn(r"(?m)^partners = \[\]", f'partners = ["{partner}"]', text, count=1)
+    if not found:
+        text = text.replace("[discovery]\n", f'[discovery]\npartners = ["{partner}"]\n', 1)
+    path.write_text(text, encoding="utf-8")
 
 
 async def run(base: Path, rounds: int = ROUNDS) -> list[Series]:
