@@ -41,6 +41,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+import grpc
+import grpc.aio
 import httpx
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.client import Client
@@ -67,6 +69,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from adapters.a2a import cards
+from adapters.a2a.channels import Resolve, open_channel
 from adapters.a2a.wire import (
     TERMINAL_STATES,
     WAITING_STATES,
@@ -191,6 +194,8 @@ class A2AAdapter:
         follow_seconds: float = MAX_FOLLOW_SECONDS,
         http: httpx.AsyncClient | None = None,
         tracer: Tracer | None = None,
+        resolve: Resolve | None = None,
+        allow_plaintext_grpc: bool = False,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         #: The relay's tracer: a client span per delivery, whose ``traceparent`` every request
@@ -209,6 +214,10 @@ class A2AAdapter:
         hooks["request"] = [*hooks["request"], _inject_trace]
         self.http.event_hooks = hooks
         self._cards: dict[str, tuple[AgentCard, float]] = {}
+        #: The relay's guarded resolution for gRPC targets (adapters/a2a/channels.py; SPEC.md
+        #: §7.6); without it, agents that offer only gRPC cannot be reached.
+        self.resolve = resolve
+        self.allow_plaintext_grpc = allow_plaintext_grpc
 
     # cards -------------------------------------------------------------------------------------
 
@@ -299,16 +308,39 @@ class A2AAdapter:
 
     # delivery ----------------------------------------------------------------------------------
 
-    def _client(self, card: AgentCard) -> Client:
+    async def _client(self, card: AgentCard) -> Client:
+        """An a2a-sdk client for the agent: over JSON-RPC or HTTP+JSON when its card offers
+        either (the relay's HTTP client, as before gRPC was known), otherwise over its first
+        gRPC interface, on a channel to the address the relay's policy permitted."""
+        http_bindings = {TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON}
+        offered = [i for i in card.supported_interfaces if i.url]
+        if any(i.protocol_binding in http_bindings for i in offered):
+            config = ClientConfig(
+                streaming=card.capabilities.streaming,
+                httpx_client=self.http,
+                supported_protocol_bindings=[
+                    TransportProtocol.JSONRPC,
+                    TransportProtocol.HTTP_JSON,
+                ],
+            )
+            return ClientFactory(config).create(card)
+        interface = next(i for i in offered if i.protocol_binding == TransportProtocol.GRPC)
+        if self.resolve is None:
+            raise AgentUnreachable("the relay has no resolver for gRPC agents")
+        channel, _address = await open_channel(
+            interface.url, self.resolve, allow_plaintext=self.allow_plaintext_grpc
+        )
         config = ClientConfig(
             streaming=card.capabilities.streaming,
-            httpx_client=self.http,
-            supported_protocol_bindings=[
-                TransportProtocol.JSONRPC,
-                TransportProtocol.HTTP_JSON,
-            ],
+            supported_protocol_bindings=[TransportProtocol.GRPC],
+            # The factory asks for a channel by the card's URL; it is the checked one.
+            grpc_channel_factory=lambda _url: channel,
         )
-        return ClientFactory(config).create(card)
+        try:
+            return ClientFactory(config).create(card)
+        except BaseException:
+            await channel.close()
+            raise
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
         if not agent.endpoint:
@@ -319,7 +351,12 @@ class A2AAdapter:
             raise AttemptFailed(
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
             ) from None
-        client = self._client(card)
+        try:
+            client = await self._client(card)
+        except SynqError as exc:
+            raise AttemptFailed(
+                exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
+            ) from None
         attributes = {"server.address": agent.endpoint, "synq.id": envelope.id}
         try:
             with self.tracer.start_as_current_span(
@@ -464,6 +501,8 @@ def _failure(exc: BaseException) -> AttemptFailed:
             return AttemptFailed(status, f"the agent refused: {exc.message[:300]}")
     if isinstance(exc, A2AClientError):
         cause = exc.__cause__
+        if isinstance(cause, grpc.aio.AioRpcError):
+            return _grpc_failure(cause)
         if isinstance(cause, httpx.HTTPStatusError):
             code = cause.response.status_code
             if code >= 500 or code in (408, 429):
@@ -484,6 +523,32 @@ def _failure(exc: BaseException) -> AttemptFailed:
     # The SDK's parsers raise assorted errors (ParseError, ValueError, KeyError) on bodies
     # that are JSON but not A2A.
     return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
+
+
+#: gRPC statuses without an A2A error in their details, by what the HTTP bindings' statuses
+#: of the same meaning give (gRPC's "HTTP to gRPC Status Code Mapping"): the agent is down,
+#: overloaded or failing — retried; it refused the relay — bounced.
+_GRPC_RETRIED: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _grpc_failure(cause: grpc.aio.AioRpcError) -> AttemptFailed:
+    code = cause.code()
+    if code in _GRPC_RETRIED:
+        return AttemptFailed(st.NO_ANSWER, f"the agent answered gRPC {code.name}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's gRPC server is no A2A service")
+    return AttemptFailed(st.NOT_AUTHORIZED, f"the agent refused with gRPC {code.name}")
 
 
 async def _events(stream: AsyncIterator[StreamResponse]) -> AsyncIterator[StreamResponse]:
