@@ -48,6 +48,7 @@ from relay.core.errors import BadAgentCard, SynqError
 from relay.core.ids import hash_token, new_token
 from relay.runtime import grpc_resolver
 from relay.server.a2a_face import A2A_FACE
+from tests import procs
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
 from tests.fedenv import Org, World, world
@@ -379,3 +380,43 @@ async def test_plaintext_grpc_only_where_private_addresses_are_allowed() -> None
     channel, address = await open_channel("127.0.0.1:50051", resolve, allow_plaintext=True)
     await channel.close()
     assert address == "ipv4:127.0.0.1:50051"
+
+
+# --- synq serve ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_synq_serve_runs_the_grpc_listener_and_prints_it(tmp_path: Path) -> None:
+    await procs.synq(
+        "init", "--domain", "acme.test", "--dir", str(tmp_path), "--listen", "127.0.0.1:0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    config = tmp_path / "synq.toml"
+    text = config.read_text()
+    assert '# grpc_listen = "127.0.0.1:PORT"' in text  # off unless asked
+    config.write_text(
+        text.replace('# grpc_listen = "127.0.0.1:PORT"', 'grpc_listen = "127.0.0.1:0"')
+    )
+    alice = await procs.synq("agent", "add", "alice", cwd=tmp_path)
+    relay = procs.Served(tmp_path)
+    url = await relay.start()
+    try:
+        await relay.wait_for_output("A2A gRPC listener on ")
+        printed = relay.text.split("A2A gRPC listener on ", 1)[1].split()[0]
+        assert printed.startswith("127.0.0.1:")
+        assert not printed.endswith(":0")
+        async with httpx.AsyncClient(timeout=10) as http:
+            card = await A2ACardResolver(http, f"{url}/a2a/alice@acme.test").get_agent_card()
+        [grpc_interface] = [i for i in card.supported_interfaces if i.protocol_binding == "GRPC"]
+        assert grpc_interface.url == printed
+        config_ = ClientConfig(
+            supported_protocol_bindings=[TransportProtocol.GRPC],
+            grpc_channel_factory=grpc.aio.insecure_channel,
+        )
+        client = ClientFactory(config_).create(card)
+        auth = ClientCallContext(service_parameters={"authorization": f"Bearer {alice['token']}"})
+        with pytest.raises(TaskNotFoundError):  # admitted: the task is what is missing
+            await client.get_task(GetTaskRequest(id="none"), context=auth)
+        await client.close()
+    finally:
+        await relay.stop()
