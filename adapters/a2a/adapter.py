@@ -265,7 +265,11 @@ class A2AAdapter:
 
     async def check(self, endpoint: str) -> str:
         base = _normalise_endpoint(endpoint)
-        await self.fetch_card(base)
+        card = await self.fetch_card(base)
+        # An agent reached over gRPC: its target must pass the address policy now, so that
+        # registration, not the first message, says so.
+        client = await self._client(card)
+        await client.close()
         return base
 
     async def card(self, agent: AgentRecord, address: str, public_url: str) -> dict[str, Any]:
@@ -312,9 +316,8 @@ class A2AAdapter:
         """An a2a-sdk client for the agent: over JSON-RPC or HTTP+JSON when its card offers
         either (the relay's HTTP client, as before gRPC was known), otherwise over its first
         gRPC interface, on a channel to the address the relay's policy permitted."""
-        http_bindings = {TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON}
         offered = [i for i in card.supported_interfaces if i.url]
-        if any(i.protocol_binding in http_bindings for i in offered):
+        if not _grpc_only(card):
             config = ClientConfig(
                 streaming=card.capabilities.streaming,
                 httpx_client=self.http,
@@ -388,9 +391,12 @@ class A2AAdapter:
         )
         follow = _Follow()
         deadline = asyncio.get_running_loop().time() + self.follow_seconds
+        # The HTTP client's read timeout bounds the wait for each streamed event (AGENT_TIMEOUT);
+        # a gRPC stream has none of its own, so the same bound is kept here.
+        idle = self.timeout if _grpc_only(card) else None
         try:
             async with asyncio.timeout_at(deadline):
-                async for event in _events(client.send_message(request)):
+                async for event in _events(client.send_message(request), idle=idle):
                     follow.see(event)
                     await reply(reply_of_event(event))
         except TimeoutError:
@@ -525,6 +531,12 @@ def _failure(exc: BaseException) -> AttemptFailed:
     return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
 
 
+def _grpc_only(card: AgentCard) -> bool:
+    """The agent is reached over gRPC: its card offers no JSON-RPC or HTTP+JSON interface."""
+    http = {TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON}
+    return not any(i.protocol_binding in http for i in card.supported_interfaces if i.url)
+
+
 #: gRPC statuses without an A2A error in their details, by what the HTTP bindings' statuses
 #: of the same meaning give (gRPC's "HTTP to gRPC Status Code Mapping"): the agent is down,
 #: overloaded or failing — retried; it refused the relay — bounced.
@@ -551,11 +563,19 @@ def _grpc_failure(cause: grpc.aio.AioRpcError) -> AttemptFailed:
     return AttemptFailed(st.NOT_AUTHORIZED, f"the agent refused with gRPC {code.name}")
 
 
-async def _events(stream: AsyncIterator[StreamResponse]) -> AsyncIterator[StreamResponse]:
+async def _events(
+    stream: AsyncIterator[StreamResponse], *, idle: float | None = None
+) -> AsyncIterator[StreamResponse]:
     """The client's event stream, its failures translated into ``AttemptFailed`` here, so no
-    a2a-sdk or httpx exception leaves the adapter."""
+    a2a-sdk, httpx or grpc exception leaves the adapter. ``idle``: the longest wait for the
+    next event (TimeoutError past it)."""
     try:
-        async for event in stream:
+        while True:
+            async with asyncio.timeout(idle):
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    return
             yield event
     except (asyncio.CancelledError, TimeoutError):
         raise
