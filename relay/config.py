@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from relay.core import ratelimit, signals
-from relay.core.address import normalize_domain, normalize_local
+from relay.core.address import Address, normalize_domain, normalize_local
 from relay.core.catalog import SEARCH_RATE
 from relay.core.errors import ConfigError, SynqError
 from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
@@ -365,6 +365,20 @@ class McpSection(_Section):
     #: relay should open no port its operator did not ask for; the listener is plaintext h2c,
     #: so a public one belongs behind a TLS-terminating proxy.
     grpc_listen: str | None = None
+    #: The address a gRPC call that names none (an empty ``tenant``) is for. Clients created
+    #: from a card send the card's tenant by themselves; this serves those that do not (the
+    #: A2A TCK's gRPC client). Absent: such a call is NOT_FOUND.
+    grpc_default_address: str | None = None
+
+    @field_validator("grpc_default_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(Address.parse(v))
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("grpc_listen")
     @classmethod
@@ -396,6 +410,20 @@ class A2ASection(_Section):
     #: relay should open no port its operator did not ask for; the listener is plaintext h2c,
     #: so a public one belongs behind a TLS-terminating proxy.
     grpc_listen: str | None = None
+    #: The address a gRPC call that names none (an empty ``tenant``) is for. Clients created
+    #: from a card send the card's tenant by themselves; this serves those that do not (the
+    #: A2A TCK's gRPC client). Absent: such a call is NOT_FOUND.
+    grpc_default_address: str | None = None
+
+    @field_validator("grpc_default_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(Address.parse(v))
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("grpc_listen")
     @classmethod
@@ -696,6 +724,11 @@ def render_config(config: Config) -> str:
         *(
             [f"anonymous_agent = {_toml_str(config.a2a.anonymous_agent)}"]
             if config.a2a.anonymous_agent is not None
+            else []
+        ),
+        *(
+            [f"grpc_default_address = {_toml_str(config.a2a.grpc_default_address)}"]
+            if config.a2a.grpc_default_address is not None
             else []
         ),
         "",

@@ -266,6 +266,25 @@ async def test_grpc_callers_need_a_local_agents_token(env: Env) -> None:
         assert challenge.get("www-authenticate") == 'Bearer realm="synq"'
 
 
+async def test_a_call_without_tenant_is_for_the_default_address_when_one_is_set(
+    env: Env,
+) -> None:
+    relay = env.acme.relay
+    relay.config = relay.config.model_copy(
+        update={"a2a": A2ASection(grpc_listen="127.0.0.1:0", grpc_default_address=TCK)}
+    )
+    face = env.acme.server.app[A2A_FACE]  # type: ignore[union-attr]
+    assert face.grpc is not None
+    async with grpc.aio.insecure_channel(face.grpc.bound) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {env.alice.token}"),)
+        answer = await stub.SendMessage(message("tck-complete-task-no-tenant"), metadata=metadata)
+        assert answer.task.status.state == TaskState.TASK_STATE_COMPLETED
+        row = await relay.store.a2a_get_task(answer.task.id)
+        assert row is not None
+        assert row.address == TCK
+
+
 async def test_an_anonymous_grpc_caller_acts_as_the_configured_agent(env: Env) -> None:
     relay = env.acme.relay
     relay.config = relay.config.model_copy(

@@ -15,7 +15,8 @@ What runs, all on loopback:
   (``synq agent add tck --a2a URL``);
 * relay ``acme.test`` (``synq serve``) whose A2A face serves ``tck@globex.test`` at
   ``/a2a/tck@globex.test``, with ``[a2a] anonymous_agent`` set so the TCK, which sends no
-  credentials, acts as a local agent, and ``[a2a] grpc_listen`` on so its card offers gRPC.
+  credentials, acts as a local agent, and ``[a2a] grpc_listen`` on so its card offers gRPC
+  (``grpc_default_address`` names the agent for the TCK's gRPC client, which sends no tenant).
 
 The TCK runs twice — against the agent's own URL, and against acme's face, so that every TCK
 request crosses the federation to globex and back — and the two scores are printed side by
@@ -50,6 +51,8 @@ from relay.dnsserver import DNSServer
 START_TIMEOUT = 60.0
 #: How long one TCK run may take (a run takes about two minutes here).
 TCK_TIMEOUT = 1800.0
+#: The agent's address at globex, served by acme's face.
+TCK_ADDRESS = "tck@globex.test"
 #: Every binding the TCK has: the agent and the relay's face serve all three.
 TRANSPORTS = "jsonrpc,http_json,grpc"
 
@@ -130,12 +133,17 @@ class Side:
     proc: Proc
 
 
-def configure_face(config: Path, agent: str) -> None:
+def configure_face(config: Path, agent: str, address: str) -> None:
     """The face as the TCK needs it: its calls, which carry no credentials, act as local agent
-    ``agent``; and the gRPC binding is on (loopback, a free port), so its cards list it."""
+    ``agent``; the gRPC binding is on (loopback, a free port), so its cards list it; and gRPC
+    calls without a tenant (the TCK's client does not send the card's) are for ``address``."""
     lines = config.read_text(encoding="utf-8").splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("[a2a]"))
-    lines[at + 1 : at + 1] = [f'anonymous_agent = "{agent}"', 'grpc_listen = "127.0.0.1:0"']
+    lines[at + 1 : at + 1] = [
+        f'anonymous_agent = "{agent}"',
+        'grpc_listen = "127.0.0.1:0"',
+        f'grpc_default_address = "{address}"',
+    ]
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -156,7 +164,7 @@ async def start_relay(work: Path, domain: str, dns: DNSServer, *, anonymous: str
     config = Path(init["config"])
     if anonymous is not None:
         synq(config, "agent", "add", anonymous)
-        configure_face(config, anonymous)
+        configure_face(config, anonymous, TCK_ADDRESS)
     for record in init["dns"]:
         dns.set_txt(record["name"].rstrip("."), [record["value"]], ttl=300)
     proc = Proc(
@@ -258,7 +266,7 @@ async def stack(work: Path) -> AsyncIterator[tuple[str, str]]:
             acme = await start_relay(work, "acme.test", dns, anonymous="tck-client")
             procs.append(acme.proc)
             synq(globex.config, "agent", "add", "tck", "--a2a", agent_url)
-            yield agent_url, f"{acme.proc.url}/a2a/tck@globex.test"
+            yield agent_url, f"{acme.proc.url}/a2a/{TCK_ADDRESS}"
         finally:
             for proc in reversed(procs):
                 await proc.stop()

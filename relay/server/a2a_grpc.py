@@ -5,7 +5,9 @@ gRPC runs on HTTP/2, which the relay's aiohttp listener does not speak, so the b
 listener of its own. One gRPC service (``lf.a2a.v1.A2AService``) serves every address: a call
 names its address in the request's ``tenant`` field, which the face's cards put in their gRPC
 interface (``supportedInterfaces[].tenant``), so an a2a-sdk client picked from a card sends it
-on every request by itself. The rest is the other bindings' path, unchanged:
+on every request by itself (a call without one is for ``[a2a] grpc_default_address``, when set:
+clients that ignore the card's tenant, such as the A2A TCK's). The rest is the other bindings'
+path, unchanged:
 
 1. the SDK's :class:`~a2a.server.request_handlers.GrpcHandler` parses the request and maps
    the handler's A2A errors to gRPC statuses with ``ErrorInfo`` details, as an a2a-sdk agent
@@ -101,9 +103,10 @@ def _peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         return None
 
 
-def _address_of(request: message.Message) -> Address:
-    """The address a call is for: its request's ``tenant`` (see the module docstring)."""
-    tenant = str(getattr(request, "tenant", ""))
+def _address_of(request: message.Message, default: str | None) -> Address:
+    """The address a call is for: its request's ``tenant`` (see the module docstring), or
+    ``[a2a] grpc_default_address`` when it names none."""
+    tenant = str(getattr(request, "tenant", "")) or default or ""
     if not tenant:
         raise E.NotFound(
             "name the address in the request's tenant, as the card's gRPC interface does"
@@ -128,7 +131,7 @@ class _FaceGrpcHandler(GrpcHandler):
         """(the calling agent, the address) of an admitted call; a refused one is aborted
         with the refusal's gRPC status."""
         try:
-            address = _address_of(request)
+            address = _address_of(request, self.face.relay.config.a2a.grpc_default_address)
             owner = await self.face.admit(
                 address, _metadata(context, "authorization"), _peer_host(context)
             )
