@@ -44,10 +44,11 @@ from aiohttp import web
 from adapters.a2a.channels import GrpcTarget, open_channel, parse_target
 from interop.a2a import tck_agent
 from relay.config import A2ASection, Config, DiscoverySection, RelaySection
-from relay.core.errors import BadAgentCard, SynqError
+from relay.core.errors import BadAgentCard, ConfigError, SynqError
 from relay.core.ids import hash_token, new_token
 from relay.runtime import grpc_resolver
 from relay.server.a2a_face import A2A_FACE
+from relay.server.a2a_grpc import GrpcFace
 from tests import procs
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
@@ -192,6 +193,13 @@ async def test_the_card_names_the_grpc_listener_with_the_address_as_tenant(env: 
     assert by_binding["GRPC"].url == face.grpc.bound
     assert by_binding["GRPC"].tenant == TCK
     assert by_binding["GRPC"].protocol_version == "1.0"
+
+
+async def test_a_busy_grpc_port_is_a_one_line_configuration_error(env: Env) -> None:
+    face = env.acme.server.app[A2A_FACE]  # type: ignore[union-attr]
+    assert face.grpc is not None
+    with pytest.raises(ConfigError, match="grpc_listen"):
+        await GrpcFace(face).start(face.grpc.bound)
 
 
 async def test_a_card_lists_no_grpc_while_the_listener_is_off(env: Env) -> None:
