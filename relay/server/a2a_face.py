@@ -367,8 +367,7 @@ class A2AFace:
         try:
             listen = self.relay.config.a2a.grpc_listen
             if listen is not None:
-                # Imported only when on: grpcio's start-up cost is not paid by relays
-                # without the binding.
+                # Imported here: relay.server.a2a_grpc builds on this module.
                 from relay.server.a2a_grpc import GrpcFace
 
                 grpc = GrpcFace(self)
