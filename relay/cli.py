@@ -298,6 +298,7 @@ async def serve(
         raise
     # The web faces (and the SDKs behind them) are imported only by the commands that serve:
     # operator commands such as ``synq queue list`` start in a fraction of the time.
+    from relay.server.a2a_face import A2A_FACE
     from relay.server.admin import build_admin_app
     from relay.server.app import build_app
     from relay.server.http import GatedSite, make_runner
@@ -339,6 +340,11 @@ async def serve(
             else f"http://{admin_host}:{admin_bound}"
         )
         print(f"synq: admin listener on {admin_url} (console: {admin_url}/console)", flush=True)
+        # The A2A face's gRPC binding (SPEC.md "The A2A face"): on when [a2a] grpc_listen is
+        # set; the face's lifecycle bound it during setup.
+        grpc_face = app[A2A_FACE].grpc
+        if grpc_face is not None:
+            print(f"synq: A2A gRPC listener on {grpc_face.bound}", flush=True)
         if not config.admin_is_loopback:
             log.warning(
                 "the admin listener is on %s, not loopback: /metrics and the console's login "

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from relay.core import ratelimit, signals
-from relay.core.address import normalize_domain, normalize_local
+from relay.core.address import Address, normalize_domain, normalize_local
 from relay.core.catalog import SEARCH_RATE
 from relay.core.errors import ConfigError, SynqError
 from relay.core.limits import DEFAULT_MAX_UNACKED, DEFAULT_MAX_UNACKED_BYTES
@@ -359,6 +359,31 @@ class McpSection(_Section):
     #: as. Absent (the default), every request needs an agent's bearer token. For an MCP
     #: gateway on a trusted network, or a client that cannot send headers.
     anonymous_agent: str | None = None
+    #: Where the face's gRPC binding listens (``HOST:PORT``; port 0 picks a free one). Absent
+    #: (the default): no gRPC listener, and the cards list JSON-RPC and HTTP+JSON only. Off by
+    #: default because gRPC needs HTTP/2 on a port of its own (aiohttp serves HTTP/1.1), and a
+    #: relay should open no port its operator did not ask for; the listener is plaintext h2c,
+    #: so a public one belongs behind a TLS-terminating proxy.
+    grpc_listen: str | None = None
+    #: The address a gRPC call that names none (an empty ``tenant``) is for. Clients created
+    #: from a card send the card's tenant by themselves; this serves those that do not (the
+    #: A2A TCK's gRPC client). Absent: such a call is NOT_FOUND.
+    grpc_default_address: str | None = None
+
+    @field_validator("grpc_default_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(Address.parse(v))
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("grpc_listen")
+    @classmethod
+    def _grpc_listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
 
     @field_validator("anonymous_agent")
     @classmethod
@@ -379,6 +404,31 @@ class A2ASection(_Section):
     #: call needs a local agent's bearer token. For conformance runs (the A2A TCK sends no
     #: credentials) and A2A clients on a trusted network.
     anonymous_agent: str | None = None
+    #: Where the face's gRPC binding listens (``HOST:PORT``; port 0 picks a free one). Absent
+    #: (the default): no gRPC listener, and the cards list JSON-RPC and HTTP+JSON only. Off by
+    #: default because gRPC needs HTTP/2 on a port of its own (aiohttp serves HTTP/1.1), and a
+    #: relay should open no port its operator did not ask for; the listener is plaintext h2c,
+    #: so a public one belongs behind a TLS-terminating proxy.
+    grpc_listen: str | None = None
+    #: The address a gRPC call that names none (an empty ``tenant``) is for. Clients created
+    #: from a card send the card's tenant by themselves; this serves those that do not (the
+    #: A2A TCK's gRPC client). Absent: such a call is NOT_FOUND.
+    grpc_default_address: str | None = None
+
+    @field_validator("grpc_default_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(Address.parse(v))
+        except SynqError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("grpc_listen")
+    @classmethod
+    def _grpc_listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
 
     @field_validator("anonymous_agent")
     @classmethod
@@ -666,6 +716,21 @@ def render_config(config: Config) -> str:
         f"dir = {_toml_str(config.keys.dir)}",
         f"overlap = {_toml_str(format_duration(config.keys.overlap))}"
         "   # a new key is published this long before it signs",
+        "",
+        '[a2a]   # the A2A face (SPEC.md "A2A mapping")',
+        f"grpc_listen = {_toml_str(config.a2a.grpc_listen)}   # its gRPC binding"
+        if config.a2a.grpc_listen is not None
+        else '# grpc_listen = "127.0.0.1:PORT"   # its gRPC binding; default: off',
+        *(
+            [f"anonymous_agent = {_toml_str(config.a2a.anonymous_agent)}"]
+            if config.a2a.anonymous_agent is not None
+            else []
+        ),
+        *(
+            [f"grpc_default_address = {_toml_str(config.a2a.grpc_default_address)}"]
+            if config.a2a.grpc_default_address is not None
+            else []
+        ),
         "",
         "[admin]   # the operator's listener: /metrics, /healthz, /console (SPEC.md §14)",
         f"listen = {_toml_str(config.admin.listen)}"

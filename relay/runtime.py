@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -41,7 +43,7 @@ from relay.delivery.router import Router
 from relay.delivery.signals import Signals
 from relay.discovery.dnsclient import make_resolver
 from relay.discovery.resolver import Discovery
-from relay.discovery.ssrf import make_guarded_connector
+from relay.discovery.ssrf import AddressPolicy, GuardedResolver, make_guarded_connector
 from relay.federation.inbound import InboundHandler
 from relay.federation.outbound import FederationSender
 from relay.federation.search import PARTIAL_HEADER, PartnerSearch, SearchRequestVerifier
@@ -86,10 +88,42 @@ def default_adapters(
     from adapters.mcp import McpAdapter
 
     tracer = (telemetry or Telemetry.off()).tracer
-    a2a = A2AAdapter(signer=signer, clock=clock, tracer=tracer)
+    a2a = A2AAdapter(
+        signer=signer,
+        clock=clock,
+        tracer=tracer,
+        resolve=grpc_resolver(config),
+        # Plaintext gRPC only where http is allowed (SPEC.md §7.6 rule 1).
+        allow_plaintext_grpc=config.discovery.allow_private_addresses,
+    )
     # stdio MCP servers start in the relay's directory, so ``--mcp-stdio "python tool.py"``
     # means the same file whether ``synq agent add`` or ``synq serve`` starts it.
     return {"mcp": McpAdapter(cwd=config.base_dir.resolve(), tracer=tracer), "a2a": a2a}
+
+
+def grpc_resolver(
+    config: Config,
+) -> Callable[[str], Awaitable[list[ipaddress.IPv4Address | ipaddress.IPv6Address]]]:
+    """The permitted addresses of an A2A agent's gRPC target (adapters/a2a/channels.py): the
+    guarded resolution of well-known fetches (SPEC.md §7.6), with ``[discovery]``'s name
+    servers and address policy, so a card cannot point the relay's gRPC client at its own
+    network either. Refusals leave as DiscoveryError."""
+    disc = config.discovery
+    policy = AddressPolicy.build(
+        allow_private=disc.allow_private_addresses, allowed_networks=disc.allowed_networks
+    )
+    guarded: list[GuardedResolver] = []
+
+    async def resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        if not guarded:
+            # Made on first use: reading the system's resolver configuration is not worth
+            # doing for relays without gRPC agents.
+            dns_resolver = make_resolver(disc.nameservers, timeout=disc.timeout)
+            guarded.append(GuardedResolver(policy, dns_resolver, lifetime=disc.timeout))
+        found = await guarded[0].resolve(host, 0, socket.AF_UNSPEC)
+        return [ipaddress.ip_address(entry["host"]) for entry in found]
+
+    return resolve
 
 
 def _ended_task_states() -> list[str]:

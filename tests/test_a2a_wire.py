@@ -248,8 +248,12 @@ def test_a_context_id_is_the_thread_or_a_stable_digest_of_it() -> None:
         (b"[1, 2]", "not a JSON object"),
         (b'{"description": "x"}', "no name"),
         (
-            b'{"name": "x", "supportedInterfaces": [{"url": "u", "protocolBinding": "GRPC"}]}',
-            r"JSON-RPC or HTTP\+JSON",
+            b'{"name": "x", "supportedInterfaces": [{"url": "u", "protocolBinding": "SOAP"}]}',
+            r"JSON-RPC, HTTP\+JSON or gRPC",
+        ),
+        (
+            b'{"name": "x", "supportedInterfaces": [{"url": "", "protocolBinding": "GRPC"}]}',
+            r"JSON-RPC, HTTP\+JSON or gRPC",
         ),
         (b'{"name": "' + b"x" * cards.MAX_CARD_BYTES + b'"}', "larger than"),
         (b'{"name": 1, "supportedInterfaces": 3}', "not an A2A agent card"),

@@ -41,6 +41,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+import grpc
+import grpc.aio
 import httpx
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.client import Client
@@ -67,6 +69,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from adapters.a2a import cards
+from adapters.a2a.channels import Resolve, open_channel
 from adapters.a2a.wire import (
     TERMINAL_STATES,
     WAITING_STATES,
@@ -191,6 +194,8 @@ class A2AAdapter:
         follow_seconds: float = MAX_FOLLOW_SECONDS,
         http: httpx.AsyncClient | None = None,
         tracer: Tracer | None = None,
+        resolve: Resolve | None = None,
+        allow_plaintext_grpc: bool = False,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         #: The relay's tracer: a client span per delivery, whose ``traceparent`` every request
@@ -209,6 +214,10 @@ class A2AAdapter:
         hooks["request"] = [*hooks["request"], _inject_trace]
         self.http.event_hooks = hooks
         self._cards: dict[str, tuple[AgentCard, float]] = {}
+        #: The relay's guarded resolution for gRPC targets (adapters/a2a/channels.py; SPEC.md
+        #: §7.6); without it, agents that offer only gRPC cannot be reached.
+        self.resolve = resolve
+        self.allow_plaintext_grpc = allow_plaintext_grpc
 
     # cards -------------------------------------------------------------------------------------
 
@@ -256,7 +265,11 @@ class A2AAdapter:
 
     async def check(self, endpoint: str) -> str:
         base = _normalise_endpoint(endpoint)
-        await self.fetch_card(base)
+        card = await self.fetch_card(base)
+        # An agent reached over gRPC: its target must pass the address policy now, so that
+        # registration, not the first message, says so.
+        client = await self._client(card)
+        await client.close()
         return base
 
     async def card(self, agent: AgentRecord, address: str, public_url: str) -> dict[str, Any]:
@@ -299,16 +312,38 @@ class A2AAdapter:
 
     # delivery ----------------------------------------------------------------------------------
 
-    def _client(self, card: AgentCard) -> Client:
+    async def _client(self, card: AgentCard) -> Client:
+        """An a2a-sdk client for the agent: over JSON-RPC or HTTP+JSON when its card offers
+        either (the relay's HTTP client, as before gRPC was known), otherwise over its first
+        gRPC interface, on a channel to the address the relay's policy permitted."""
+        offered = [i for i in card.supported_interfaces if i.url]
+        if not _grpc_only(card):
+            config = ClientConfig(
+                streaming=card.capabilities.streaming,
+                httpx_client=self.http,
+                supported_protocol_bindings=[
+                    TransportProtocol.JSONRPC,
+                    TransportProtocol.HTTP_JSON,
+                ],
+            )
+            return ClientFactory(config).create(card)
+        interface = next(i for i in offered if i.protocol_binding == TransportProtocol.GRPC)
+        if self.resolve is None:
+            raise AgentUnreachable("the relay has no resolver for gRPC agents")
+        channel, _address = await open_channel(
+            interface.url, self.resolve, allow_plaintext=self.allow_plaintext_grpc
+        )
         config = ClientConfig(
             streaming=card.capabilities.streaming,
-            httpx_client=self.http,
-            supported_protocol_bindings=[
-                TransportProtocol.JSONRPC,
-                TransportProtocol.HTTP_JSON,
-            ],
+            supported_protocol_bindings=[TransportProtocol.GRPC],
+            # The factory asks for a channel by the card's URL; it is the checked one.
+            grpc_channel_factory=lambda _url: channel,
         )
-        return ClientFactory(config).create(card)
+        try:
+            return ClientFactory(config).create(card)
+        except BaseException:
+            await channel.close()
+            raise
 
     async def deliver(self, agent: AgentRecord, envelope: Envelope, reply: Replier) -> None:
         if not agent.endpoint:
@@ -319,7 +354,12 @@ class A2AAdapter:
             raise AttemptFailed(
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
             ) from None
-        client = self._client(card)
+        try:
+            client = await self._client(card)
+        except SynqError as exc:
+            raise AttemptFailed(
+                exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
+            ) from None
         attributes = {"server.address": agent.endpoint, "synq.id": envelope.id}
         try:
             with self.tracer.start_as_current_span(
@@ -351,9 +391,12 @@ class A2AAdapter:
         )
         follow = _Follow()
         deadline = asyncio.get_running_loop().time() + self.follow_seconds
+        # The HTTP client's read timeout bounds the wait for each streamed event (AGENT_TIMEOUT);
+        # a gRPC stream has none of its own, so the same bound is kept here.
+        idle = self.timeout if _grpc_only(card) else None
         try:
             async with asyncio.timeout_at(deadline):
-                async for event in _events(client.send_message(request)):
+                async for event in _events(client.send_message(request), idle=idle):
                     follow.see(event)
                     await reply(reply_of_event(event))
         except TimeoutError:
@@ -464,6 +507,8 @@ def _failure(exc: BaseException) -> AttemptFailed:
             return AttemptFailed(status, f"the agent refused: {exc.message[:300]}")
     if isinstance(exc, A2AClientError):
         cause = exc.__cause__
+        if isinstance(cause, grpc.aio.AioRpcError):
+            return _grpc_failure(cause)
         if isinstance(cause, httpx.HTTPStatusError):
             code = cause.response.status_code
             if code >= 500 or code in (408, 429):
@@ -486,11 +531,51 @@ def _failure(exc: BaseException) -> AttemptFailed:
     return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's answer is not A2A")
 
 
-async def _events(stream: AsyncIterator[StreamResponse]) -> AsyncIterator[StreamResponse]:
+def _grpc_only(card: AgentCard) -> bool:
+    """The agent is reached over gRPC: its card offers no JSON-RPC or HTTP+JSON interface."""
+    http = {TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON}
+    return not any(i.protocol_binding in http for i in card.supported_interfaces if i.url)
+
+
+#: gRPC statuses without an A2A error in their details, by what the HTTP bindings' statuses
+#: of the same meaning give (gRPC's "HTTP to gRPC Status Code Mapping"): the agent is down,
+#: overloaded or failing — retried; it refused the relay — bounced.
+_GRPC_RETRIED: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _grpc_failure(cause: grpc.aio.AioRpcError) -> AttemptFailed:
+    code = cause.code()
+    if code in _GRPC_RETRIED:
+        return AttemptFailed(st.NO_ANSWER, f"the agent answered gRPC {code.name}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return AttemptFailed(st.REMOTE_PROTOCOL, "the agent's gRPC server is no A2A service")
+    return AttemptFailed(st.NOT_AUTHORIZED, f"the agent refused with gRPC {code.name}")
+
+
+async def _events(
+    stream: AsyncIterator[StreamResponse], *, idle: float | None = None
+) -> AsyncIterator[StreamResponse]:
     """The client's event stream, its failures translated into ``AttemptFailed`` here, so no
-    a2a-sdk or httpx exception leaves the adapter."""
+    a2a-sdk, httpx or grpc exception leaves the adapter. ``idle``: the longest wait for the
+    next event (TimeoutError past it)."""
     try:
-        async for event in stream:
+        while True:
+            async with asyncio.timeout(idle):
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    return
             yield event
     except (asyncio.CancelledError, TimeoutError):
         raise

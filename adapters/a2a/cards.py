@@ -4,7 +4,7 @@ the relay's face, and signing it with the relay's key (A2A 1.0 §8.4).
 Publication (SPEC.md "A2A mapping"): the card a relay serves for an address keeps what the
 agent says about itself (name, description, skills, input and output modes, provider) and
 replaces what only the relay can promise: ``supportedInterfaces`` (JSON-RPC and HTTP+JSON at
-``<public_url>/a2a/<address>``), the capabilities of the face (streaming and push
+``<public_url>/a2a/<address>``, and gRPC when the face's gRPC listener is on), the capabilities of the face (streaming and push
 notifications, which the relay provides whatever the agent does), the security scheme (the
 local agent's Synq bearer token), and the signature.
 
@@ -67,7 +67,7 @@ _REPLACED: Final = ("supportedInterfaces", "securitySchemes", "securityRequireme
 
 def parse_card(data: bytes, where: str) -> AgentCard:
     """A card from raw bytes: bounded, strict JSON, an A2A 1.0 AgentCard with at least one
-    interface the relay can speak (JSON-RPC or HTTP+JSON)."""
+    interface the relay can speak (JSON-RPC, HTTP+JSON or gRPC)."""
     if len(data) > MAX_CARD_BYTES:
         raise BadAgentCard(f"{where}: the agent card is larger than {MAX_CARD_BYTES} bytes")
     try:
@@ -85,12 +85,13 @@ def parse_card(data: bytes, where: str) -> AgentCard:
     usable = [i for i in card.supported_interfaces if i.protocol_binding in _BINDINGS and i.url]
     if not usable:
         raise BadAgentCard(
-            f"{where}: the agent card names no JSON-RPC or HTTP+JSON interface the relay can use"
+            f"{where}: the agent card names no JSON-RPC, HTTP+JSON or gRPC interface the relay "
+            "can use"
         )
     return card
 
 
-_BINDINGS: Final = frozenset({"JSONRPC", "HTTP+JSON"})
+_BINDINGS: Final = frozenset({"JSONRPC", "HTTP+JSON", "GRPC"})
 
 
 def publish_card(
@@ -99,9 +100,12 @@ def publish_card(
     public_url: str,
     *,
     require_token: bool = True,
+    grpc_target: str | None = None,
 ) -> AgentCard:
     """The card the relay serves for ``address``: the agent's own description, the face's
-    interfaces, capabilities and security (see the module docstring)."""
+    interfaces, capabilities and security (see the module docstring). ``grpc_target``: the
+    face's gRPC listener (``host:port``), listed with the address as its ``tenant`` — the
+    one listener serves every address, and a client names the one it calls that way."""
     data = json_format.MessageToDict(card) if isinstance(card, AgentCard) else dict(card)
     data = {k: v for k, v in copy.deepcopy(data).items() if k not in _REPLACED}
     base = a2a_base_url(public_url, address)
@@ -109,6 +113,15 @@ def publish_card(
         {"url": base, "protocolBinding": "JSONRPC", "protocolVersion": A2A_PROTOCOL_VERSION},
         {"url": base, "protocolBinding": "HTTP+JSON", "protocolVersion": A2A_PROTOCOL_VERSION},
     ]
+    if grpc_target:
+        data["supportedInterfaces"].append(
+            {
+                "url": grpc_target,
+                "protocolBinding": "GRPC",
+                "tenant": str(address),
+                "protocolVersion": A2A_PROTOCOL_VERSION,
+            }
+        )
     capabilities = dict(data.get("capabilities") or {})
     # The face streams and pushes whatever the agent behind it does (updates reach it as
     # envelopes), and has no extended card of its own.

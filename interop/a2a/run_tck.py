@@ -9,12 +9,14 @@ is made for it in the work directory (``pip install -e <checkout>``, from PyPI).
 What runs, all on loopback:
 
 * a DNS server publishing the two relays' records (``_synq`` TXT and key records);
-* the TCK scenario agent (``interop/a2a/tck_agent.py``, a2a-sdk 1.3);
+* the TCK scenario agent (``interop/a2a/tck_agent.py``, a2a-sdk 1.3), serving JSON-RPC,
+  HTTP+JSON and gRPC;
 * relay ``globex.test`` (``synq serve``) with the agent registered as ``tck@globex.test``
   (``synq agent add tck --a2a URL``);
 * relay ``acme.test`` (``synq serve``) whose A2A face serves ``tck@globex.test`` at
   ``/a2a/tck@globex.test``, with ``[a2a] anonymous_agent`` set so the TCK, which sends no
-  credentials, acts as a local agent.
+  credentials, acts as a local agent, and ``[a2a] grpc_listen`` on so its card offers gRPC
+  (``grpc_default_address`` names the agent for the TCK's gRPC client, which sends no tenant).
 
 The TCK runs twice — against the agent's own URL, and against acme's face, so that every TCK
 request crosses the federation to globex and back — and the two scores are printed side by
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import venv
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,10 @@ from relay.dnsserver import DNSServer
 START_TIMEOUT = 60.0
 #: How long one TCK run may take (a run takes about two minutes here).
 TCK_TIMEOUT = 1800.0
+#: The agent's address at globex, served by acme's face.
+TCK_ADDRESS = "tck@globex.test"
+#: Every binding the TCK has: the agent and the relay's face serve all three.
+TRANSPORTS = "jsonrpc,http_json,grpc"
 
 
 def free_port() -> int:
@@ -126,10 +133,18 @@ class Side:
     proc: Proc
 
 
-def allow_anonymous(config: Path, agent: str) -> None:
-    """The TCK sends no credentials: its calls act as local agent ``agent``."""
-    with config.open("a", encoding="utf-8") as fh:
-        fh.write(f'\n[a2a]\nanonymous_agent = "{agent}"\n')
+def configure_face(config: Path, agent: str, address: str) -> None:
+    """The face as the TCK needs it: its calls, which carry no credentials, act as local agent
+    ``agent``; the gRPC binding is on (loopback, a free port), so its cards list it; and gRPC
+    calls without a tenant (the TCK's client does not send the card's) are for ``address``."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("[a2a]"))
+    lines[at + 1 : at + 1] = [
+        f'anonymous_agent = "{agent}"',
+        'grpc_listen = "127.0.0.1:0"',
+        f'grpc_default_address = "{address}"',
+    ]
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 async def start_relay(work: Path, domain: str, dns: DNSServer, *, anonymous: str | None) -> Side:
@@ -149,7 +164,7 @@ async def start_relay(work: Path, domain: str, dns: DNSServer, *, anonymous: str
     config = Path(init["config"])
     if anonymous is not None:
         synq(config, "agent", "add", anonymous)
-        allow_anonymous(config, anonymous)
+        configure_face(config, anonymous, TCK_ADDRESS)
     for record in init["dns"]:
         dns.set_txt(record["name"].rstrip("."), [record["value"]], ttl=300)
     proc = Proc(
@@ -212,7 +227,8 @@ async def run_tck(python: str, tck: Path, sut: str, reports: Path) -> Score:
     print(f"TCK against {sut} …", flush=True)
     shutil.rmtree(tck / "reports", ignore_errors=True)
     proc = await asyncio.create_subprocess_exec(
-        python, "run_tck.py", "--sut-host", sut, "--", "--webhook-host=127.0.0.1", "-q",
+        python, "run_tck.py", "--sut-host", sut, "--transport", TRANSPORTS,
+        "--", "--webhook-host=127.0.0.1", "-q",
         cwd=tck, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), TCK_TIMEOUT)
@@ -239,7 +255,7 @@ async def stack(work: Path) -> AsyncIterator[tuple[str, str]]:
         try:
             agent = Proc(
                 "TCK scenario agent",
-                [sys.executable, "-m", "interop.a2a.tck_agent", "--port", "0"],
+                [sys.executable, "-m", "interop.a2a.tck_agent", "--port", "0", "--grpc"],
                 Path.cwd(),
                 work / "agent.log",
             )
@@ -250,10 +266,27 @@ async def stack(work: Path) -> AsyncIterator[tuple[str, str]]:
             acme = await start_relay(work, "acme.test", dns, anonymous="tck-client")
             procs.append(acme.proc)
             synq(globex.config, "agent", "add", "tck", "--a2a", agent_url)
-            yield agent_url, f"{acme.proc.url}/a2a/tck@globex.test"
+            yield agent_url, f"{acme.proc.url}/a2a/{TCK_ADDRESS}"
         finally:
             for proc in reversed(procs):
                 await proc.stop()
+
+
+def transport_of(name: str) -> str:
+    """The binding a TCK test ran over, from its parameters (``test_x[grpc]``); ``-`` for
+    tests that run over none (the card's)."""
+    params = name.rsplit("[", 1)[1].rstrip("]") if name.endswith("]") else ""
+    for transport in TRANSPORTS.split(","):
+        if transport in params.split("-"):
+            return transport
+    return "-"
+
+
+def by_transport(score: Score) -> dict[str, Counter[str]]:
+    table: dict[str, Counter[str]] = {}
+    for name, outcome in score.outcomes.items():
+        table.setdefault(transport_of(name), Counter())[outcome] += 1
+    return table
 
 
 def report(direct: Score, relayed: Score) -> str:
@@ -265,7 +298,20 @@ def report(direct: Score, relayed: Score) -> str:
             for what in ("passed", "failed", "skipped", "xfailed", "errors")
         ),
         "",
+        "by transport (passed/failed/skipped/other):",
     ]
+    left, right = by_transport(direct), by_transport(relayed)
+
+    def cell(counts: Counter[str]) -> str:
+        other = sum(counts.values()) - counts["passed"] - counts["failed"] - counts["skipped"]
+        return f"{counts['passed']}/{counts['failed']}/{counts['skipped']}/{other}"
+
+    for transport in sorted(set(left) | set(right)):
+        lines.append(
+            f"{transport:10}{cell(left.get(transport, Counter())):>16}"
+            f"{cell(right.get(transport, Counter())):>16}"
+        )
+    lines.append("")
     names = sorted(set(direct.outcomes) | set(relayed.outcomes))
     diffs = [
         (n, direct.outcomes.get(n, "-"), relayed.outcomes.get(n, "-"))

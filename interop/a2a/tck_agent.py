@@ -7,7 +7,10 @@ The kit's own Python agent uses the a2a-sdk 0.3 API; this one is written against
 (A2A protocol 1.0), with push notifications on, and serves JSON-RPC and HTTP+JSON from one base
 URL — the same layout as the relay's A2A face, so the two TCK runs differ only in the hops.
 
-    python -m interop.a2a.tck_agent [--host 127.0.0.1] [--port 0]
+    python -m interop.a2a.tck_agent [--host 127.0.0.1] [--port 0] [--grpc] [--grpc-only]
+
+``--grpc`` serves the gRPC binding too (A2A 1.0 §10), on a port of its own (gRPC needs HTTP/2)
+that the card names; ``--grpc-only`` serves only the card over HTTP and every call over gRPC.
 
 A client that does not choose its messageIds names the scenario in its first text part instead
 (``tck-complete-task``).
@@ -25,12 +28,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 
+import grpc.aio
 import httpx
 import uvicorn
 from a2a.helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes import (
     create_agent_card_routes,
     create_jsonrpc_routes,
@@ -51,11 +55,13 @@ from a2a.types import (
     Message,
     Part,
     TaskState,
+    a2a_pb2_grpc,
 )
 from a2a.utils.errors import A2AError
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Value
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 #: How long the resubscription scenario keeps its task working: twice the kit's streaming
 #: timeout (2 s), as ``scenarios/streaming.feature`` asks.
@@ -177,16 +183,25 @@ class TckAgentExecutor(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
-def agent_card(base_url: str) -> AgentCard:
+def agent_card(
+    base_url: str, *, grpc_target: str | None = None, json_bindings: bool = True
+) -> AgentCard:
+    interfaces = []
+    if json_bindings:
+        interfaces += [
+            AgentInterface(url=base_url, protocol_binding="JSONRPC", protocol_version="1.0"),
+            AgentInterface(url=base_url, protocol_binding="HTTP+JSON", protocol_version="1.0"),
+        ]
+    if grpc_target is not None:
+        interfaces.append(
+            AgentInterface(url=grpc_target, protocol_binding="GRPC", protocol_version="1.0")
+        )
     return AgentCard(
         name="Synq TCK scenario agent",
         description="An a2a-sdk agent that reacts to the A2A TCK's messageId prefixes.",
         version="1.0.0",
         provider=AgentProvider(organization="Synq", url="https://github.com/synq"),
-        supported_interfaces=[
-            AgentInterface(url=base_url, protocol_binding="JSONRPC", protocol_version="1.0"),
-            AgentInterface(url=base_url, protocol_binding="HTTP+JSON", protocol_version="1.0"),
-        ],
+        supported_interfaces=interfaces,
         capabilities=AgentCapabilities(streaming=True, push_notifications=True),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
@@ -201,9 +216,19 @@ def agent_card(base_url: str) -> AgentCard:
     )
 
 
-def build_app(base_url: str) -> Starlette:
-    """The agent as one Starlette application: card, JSON-RPC at ``/``, HTTP+JSON beside it."""
-    card = agent_card(base_url)
+def build_app(
+    base_url: str,
+    *,
+    grpc_binding: tuple[grpc.aio.Server, str] | None = None,
+    json_bindings: bool = True,
+) -> Starlette:
+    """The agent as one Starlette application: card, JSON-RPC at ``/``, HTTP+JSON beside it.
+
+    ``grpc_binding``: a gRPC server with a port added (not started) and its ``host:port``; it gets the
+    same request handler and the card names it. ``json_bindings=False`` leaves only the card
+    on HTTP."""
+    grpc_server, grpc_target = grpc_binding if grpc_binding is not None else (None, None)
+    card = agent_card(base_url, grpc_target=grpc_target, json_bindings=json_bindings)
     push_store = InMemoryPushNotificationConfigStore()
     http = httpx.AsyncClient(timeout=10.0)
     handler = DefaultRequestHandler(
@@ -213,6 +238,11 @@ def build_app(base_url: str) -> Starlette:
         push_config_store=push_store,
         push_sender=BasePushNotificationSender(http, push_store),
     )
+    if grpc_server is not None:
+        # The SDK's generated registration function carries no annotations.
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            GrpcHandler(handler), grpc_server
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -222,24 +252,42 @@ def build_app(base_url: str) -> Starlette:
             await handler.aclose()
             await http.aclose()
 
-    routes = [
-        *create_agent_card_routes(card, cache_control="public, max-age=60"),
-        *create_jsonrpc_routes(handler, rpc_url="/"),
-        *create_rest_routes(handler),
-    ]
+    routes: list[BaseRoute] = list(
+        create_agent_card_routes(card, cache_control="public, max-age=60")
+    )
+    if json_bindings:
+        routes += [*create_jsonrpc_routes(handler, rpc_url="/"), *create_rest_routes(handler)]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def serve(sock: socket.socket, base_url: str) -> None:
-    config = uvicorn.Config(build_app(base_url), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    await server.serve(sockets=[sock])
+def grpc_server(host: str = "127.0.0.1") -> tuple[grpc.aio.Server, str]:
+    """A gRPC server bound to a free port of ``host``, not started, and its ``host:port``."""
+    server = grpc.aio.server()
+    port = server.add_insecure_port(f"{host}:0")
+    return server, f"{host}:{port}"
+
+
+async def serve(
+    sock: socket.socket, base_url: str, *, with_grpc: bool = False, json_bindings: bool = True
+) -> None:
+    bound = grpc_server(sock.getsockname()[0]) if with_grpc else None
+    app = build_app(base_url, grpc_binding=bound, json_bindings=json_bindings)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    if bound is not None:
+        await bound[0].start()
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        if bound is not None:
+            await bound[0].stop(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--grpc", action="store_true", help="serve the gRPC binding too")
+    parser.add_argument("--grpc-only", action="store_true", help="serve calls over gRPC only")
     args = parser.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -248,7 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(f"listening on {url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(sock, url))
+        asyncio.run(
+            serve(
+                sock,
+                url,
+                with_grpc=args.grpc or args.grpc_only,
+                json_bindings=not args.grpc_only,
+            )
+        )
     return 0
 
 

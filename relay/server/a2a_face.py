@@ -64,6 +64,7 @@ from a2a.utils.task import apply_history_length, validate_history_length, valida
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.requests import Request
+from yarl import URL
 
 from adapters.a2a import cards, wire
 from adapters.a2a import tasks as folding
@@ -78,6 +79,7 @@ from relay.tasks.store import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, Tail, TaskSto
 
 if TYPE_CHECKING:
     from relay.runtime import Relay
+    from relay.server.a2a_grpc import GrpcFace
 
 __all__ = ["A2A_FACE", "MAX_A2A_BODY_BYTES", "A2AFace", "FaceHandler"]
 
@@ -336,6 +338,21 @@ class A2AFace:
         # empty body; every spelling is routed above instead.
         app.router.redirect_slashes = False
         self.host = AsgiHost(app, "a2a")
+        #: The gRPC listener (relay/server/a2a_grpc.py), while ``[a2a] grpc_listen`` is on.
+        self.grpc: GrpcFace | None = None
+
+    @property
+    def grpc_target(self) -> str | None:
+        """The gRPC interface's target (``host:port``) the cards name, or None while the
+        listener is off. A wildcard bind (``0.0.0.0``, ``::``) is named by the public URL's
+        host, the name clients reach the relay by."""
+        if self.grpc is None or not self.grpc.bound:
+            return None
+        host, _, port = self.grpc.bound.rpartition(":")
+        if host.strip("[]") in ("0.0.0.0", "::", ""):  # noqa: S104 (compared, not bound)
+            public = URL(self.relay.public_url).raw_host or "localhost"
+            host = f"[{public}]" if ":" in public else public
+        return f"{host}:{port}"
 
     def install(self, app: web.Application) -> None:
         app[A2A_FACE] = self
@@ -348,7 +365,20 @@ class A2AFace:
     async def _lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
         await self.host.startup()
         try:
-            yield
+            listen = self.relay.config.a2a.grpc_listen
+            if listen is not None:
+                # Imported here: relay.server.a2a_grpc builds on this module.
+                from relay.server.a2a_grpc import GrpcFace
+
+                grpc = GrpcFace(self)
+                await grpc.start(listen)
+                self.grpc = grpc
+            try:
+                yield
+            finally:
+                if self.grpc is not None:
+                    await self.grpc.stop()
+                    self.grpc = None
         finally:
             await self.host.shutdown()
 
@@ -386,6 +416,7 @@ class A2AFace:
             address,
             relay.public_url,
             require_token=relay.config.a2a.anonymous_agent is None,
+            grpc_target=self.grpc_target,
         )
         return cards.sign_card(published, relay.signing_key(relay.clock.now()), relay.public_url)
 
@@ -410,20 +441,25 @@ class A2AFace:
         """Every JSON-RPC and HTTP+JSON call: find the address, authenticate the caller, read
         the body within limits, then hand the request to the SDK's routes."""
         address = _address(request)
-        relay = self.relay
-        if address.domain == relay.domain and await relay.store.get_agent(address.local) is None:
-            raise E.NotFound(f"no agent {address}")
-        owner = await self._authenticate(request)
+        owner = await self.admit(address, request.headers.get("Authorization", ""), request.remote)
         body = None
         if request.method in ("POST", "PUT", "PATCH"):
             body = await read_body(request, MAX_A2A_BODY_BYTES, "A2A request")
         state = {_SENDER: owner, _ADDRESS: str(address)}
         return await self.host.handle(request, state=state, body=body)
 
-    async def _authenticate(self, request: web.Request) -> str:
+    async def admit(self, address: Address, authorization: str, peer: str | None) -> str:
+        """The local agent a call to ``address`` acts as, whatever the binding (the HTTP
+        ``Authorization`` header, or gRPC's ``authorization`` metadata): 404 for a local
+        address with no agent, then the caller's bearer token (A2A 1.0 §7.1, RFC 6750 §2.1)."""
+        relay = self.relay
+        if address.domain == relay.domain and await relay.store.get_agent(address.local) is None:
+            raise E.NotFound(f"no agent {address}")
+        return await self._authenticate(authorization, peer)
+
+    async def _authenticate(self, header: str, peer: str | None) -> str:
         """The local agent the call acts as (A2A 1.0 §7.1: HTTP bearer, RFC 6750 §2.1)."""
         relay = self.relay
-        header = request.headers.get("Authorization", "")
         if not header.strip():
             anonymous = relay.config.a2a.anonymous_agent
             if anonymous is None:
@@ -439,8 +475,8 @@ class A2AFace:
         if token is None:
             raise E.Unauthenticated("use the Bearer scheme with a local agent's token")
         # As the API authenticates: failed tokens limited per address (relay.server.auth).
-        refuse_guessing(relay, request.remote)
-        agent = await agent_for_token(relay, token, request.remote)
+        refuse_guessing(relay, peer)
+        agent = await agent_for_token(relay, token, peer)
         if agent is None:
             raise E.Unauthenticated("the bearer token is not valid")
         if agent.kind != "inbox":
