@@ -66,26 +66,53 @@ def bridges_missing() -> str | None:
     return f"not present yet: {', '.join(absent)}" if absent else None
 
 
-async def _timed(calls: int, call: Callable[[], Awaitable[None]]) -> Latency:
+class Traced:
+    """A fresh W3C ``traceparent`` for each timed call (sampled), sent as a header on every
+    request of that call, so the relays' spans of one call share one trace id (bench/breakdown.py).
+    ``trace_ids[i]`` is the trace of the i-th timed call; warm-up calls carry none."""
+
+    def __init__(self) -> None:
+        self.trace_ids: list[str] = []
+        self.current: str | None = None
+
+    def next(self) -> None:
+        self.current = uuid.uuid4().hex
+        self.trace_ids.append(self.current)
+
+    async def hook(self, request: httpx.Request | httpx2.Request) -> None:
+        if self.current is not None:
+            request.headers["traceparent"] = f"00-{self.current}-{uuid.uuid4().hex[:16]}-01"
+
+
+async def _timed(
+    calls: int, call: Callable[[], Awaitable[None]], traced: Traced | None = None
+) -> Latency:
     for _ in range(WARMUP):
         await call()
     samples = []
     for _ in range(calls):
+        if traced is not None:
+            traced.next()
         started = time.perf_counter()
         await call()
         samples.append(time.perf_counter() - started)
+    if traced is not None:
+        traced.current = None
     return Latency(samples)
 
 
 # A2A ------------------------------------------------------------------------------------------
 
 
-async def a2a_latency(base_url: str, calls: int, token: str | None = None) -> Latency:
+async def a2a_latency(
+    base_url: str, calls: int, token: str | None = None, traced: Traced | None = None
+) -> Latency:
     from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
     from a2a.types import Message, Part, Role, SendMessageRequest
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+    hooks = {"request": [traced.hook]} if traced is not None else {}
+    async with httpx.AsyncClient(headers=headers, timeout=60, event_hooks=hooks) as http:
         card = await A2ACardResolver(http, base_url).get_agent_card()
         # Streaming, as the card offers and as the relay's own adapter calls agents: a2a-sdk
         # 1.3's blocking (non-streaming) SendMessage answers only after a fixed wait of some
@@ -106,7 +133,7 @@ async def a2a_latency(base_url: str, calls: int, token: str | None = None) -> La
                 raise RuntimeError(f"no answer from {base_url}")
 
         try:
-            return await _timed(calls, call)
+            return await _timed(calls, call, traced)
         finally:
             await client.close()
 
@@ -114,13 +141,19 @@ async def a2a_latency(base_url: str, calls: int, token: str | None = None) -> La
 # MCP ------------------------------------------------------------------------------------------
 
 
-async def mcp_latency(url: str, calls: int, token: str | None = None) -> Latency:
+async def mcp_latency(
+    url: str, calls: int, token: str | None = None, traced: Traced | None = None
+) -> Latency:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60, read=60)) as http,
+        httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(60, read=60),
+            event_hooks={"request": [traced.hook]} if traced is not None else {},
+        ) as http,
         streamable_http_client(url, http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
@@ -131,7 +164,7 @@ async def mcp_latency(url: str, calls: int, token: str | None = None) -> Latency
             if result.is_error:
                 raise RuntimeError(f"tool call failed at {url}: {result.content}")
 
-        return await _timed(calls, call)
+        return await _timed(calls, call, traced)
 
 
 # both -----------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ Sections (``--only``/``--skip`` pick them): ``throughput`` (bare aiohttp baselin
 send→inbox and relay→relay, each with single messages and with ``--batch`` messages per request;
 bench/throughput.py), ``floor`` (the same per-envelope work with no
 HTTP and no processes; bench/floor.py), ``postfix`` (the SMTP anchor; bench/postfix.py),
-``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``backlog``
+``protocols`` (A2A and MCP direct vs through two relays; bench/protocols.py), ``breakdown``
+(the same relayed calls with tracing on, cut into steps by their spans; bench/breakdown.py),
+``backlog``
 (memory with a queue for a partner that is down, and the drain; bench/backlog.py),
 ``discovery`` (a search over 10,000 catalog entries beside one agent card look-up;
 bench/discovery.py), ``soak``
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
     backlog,
+    breakdown,
     coordination,
     discovery,
     fedsearch,
@@ -63,8 +66,8 @@ from bench.common import Proc
 from bench.profile import Profile, Profiler
 
 SECTIONS = (
-    "throughput", "floor", "postfix", "protocols", "backlog", "discovery", "fedsearch", "signals",
-    "coordination", "tracing", "soak",
+    "throughput", "floor", "postfix", "protocols", "breakdown", "backlog", "discovery", "fedsearch",
+    "signals", "coordination", "tracing", "soak",
 )  # fmt: skip
 #: What a run without ``--only`` measures: the soak takes ten minutes, so only ``--full`` or
 #: ``--only soak`` runs it; tracing's cost is measured by ``--only tracing`` or ``--full``.
@@ -199,6 +202,33 @@ def _ms(seconds: float) -> str:
 
 def _mb(value: float) -> str:
     return f"{value / 2**20:.0f} MB"
+
+
+def _breakdown(report: Report, b: breakdown.Breakdown) -> None:
+    """One relayed call of ``b.protocol`` step by step: each step's p50 and its share of the
+    relayed p50, with the direct call's p50 beside the total (bench/breakdown.py)."""
+    key = f"{b.protocol.lower()}_breakdown"
+    relayed = b.relayed.p50
+    report.section(
+        f"{b.protocol} relayed call, step by step (tracing on): p50 of "
+        f"{len(b.relayed.samples) - b.incomplete} calls, share of the relayed p50"
+    )
+    report.row(f"{b.protocol} direct, p50", _ms(b.direct.p50))
+    report.row(
+        f"{b.protocol} through two relays, p50",
+        _ms(relayed),
+        f"{_ms(b.direct.p50)} direct p50",
+        f"{relayed / b.direct.p50:.1f}",
+    )
+    report.doc[key] = {"direct_p50_ms": b.direct.p50 * 1000, "relayed_p50_ms": relayed * 1000}
+    for step, samples in b.steps.items():
+        if not samples:
+            continue
+        p50 = b.p50(step)
+        report.row(f"  {step}", _ms(p50), "", f"{p50 / relayed:.0%}")
+        report.doc[key][step] = p50 * 1000
+    if b.incomplete:
+        report.note(f"{b.protocol} breakdown: {b.incomplete} calls lacked a span, left out")
 
 
 async def run(args: argparse.Namespace) -> Report:
@@ -387,6 +417,14 @@ async def run(args: argparse.Namespace) -> Report:
                     )  # fmt: skip
             else:
                 report.note(f"A2A/MCP overhead skipped: the relay's bridges are {why}")
+
+        if "breakdown" in sections:
+            why = protocols.bridges_missing()
+            if why is None:
+                for b in await breakdown.run(args.calls, base / "breakdown"):
+                    _breakdown(report, b)
+            else:
+                report.note(f"breakdown skipped: the relay's bridges are {why}")
 
         if "signals" in sections:
             series = await signals.run(base / "signals")
