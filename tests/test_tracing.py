@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import Message, Part, Role, SendMessageRequest
 from aiohttp import web
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
@@ -36,8 +36,10 @@ from tests.mcpenv import add_mcp_agent, await_message, stdio_endpoint
 OWN_SPANS = re.compile(r"^(synq\.|a2a\.|mcp\.)")
 
 
-def recording(exporter: InMemorySpanExporter) -> Telemetry:
-    return Telemetry.build(service_name="synq-test", processors=[SimpleSpanProcessor(exporter)])
+def recording(exporter: InMemorySpanExporter, *more: SpanProcessor) -> Telemetry:
+    return Telemetry.build(
+        service_name="synq-test", processors=[SimpleSpanProcessor(exporter), *more]
+    )
 
 
 def client_tracer() -> tuple[Tracer, InMemorySpanExporter]:
@@ -63,11 +65,11 @@ async def inject_hook(request: httpx.Request) -> None:
 
 @contextlib.asynccontextmanager
 async def traced_world(
-    base: Path,
+    base: Path, *acme_processors: SpanProcessor
 ) -> AsyncIterator[tuple[World, Org, Org, InMemorySpanExporter, InMemorySpanExporter]]:
     async with world(base) as w:
         acme_spans, globex_spans = InMemorySpanExporter(), InMemorySpanExporter()
-        acme = await w.add_org("acme.test", telemetry=recording(acme_spans))
+        acme = await w.add_org("acme.test", telemetry=recording(acme_spans, *acme_processors))
         globex = await w.add_org("globex.test", telemetry=recording(globex_spans))
         loops = [
             asyncio.create_task(loop())
@@ -85,13 +87,17 @@ async def traced_world(
                     await task
 
 
-async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if result if isinstance(result, bool) else await result:
-                return
-            await asyncio.sleep(0.01)
+class Ended(SpanProcessor):
+    """Sets an event when a span of one name ends: a test waits on that, not on a poll."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.event = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.name == self.name:
+            self.loop.call_soon_threadsafe(self.event.set)
 
 
 def names(spans: tuple[ReadableSpan, ...]) -> set[str]:
@@ -117,7 +123,8 @@ async def test_one_trace_from_an_a2a_client_through_two_relays_to_an_a2a_agent_a
         app.middlewares.append(record)
         return app
 
-    async with traced_world(tmp_path) as (w, acme, globex, acme_spans, globex_spans):
+    back = Ended("synq.federation.receive")
+    async with traced_world(tmp_path, back) as (w, acme, globex, acme_spans, globex_spans):
         agent = Peer(agent_app)
         await agent.start()
         await globex.relay.store.create_agent(
@@ -142,10 +149,8 @@ async def test_one_trace_from_an_a2a_client_through_two_relays_to_an_a2a_agent_a
             trace_id = f"{root.get_span_context().trace_id:032x}"
 
             # The reply crossed back: acme received it (its receive span is the reply's).
-            def back() -> bool:
-                return "synq.federation.receive" in names(acme_spans.get_finished_spans())
-
-            await until(back)
+            if "synq.federation.receive" not in names(acme_spans.get_finished_spans()):
+                await asyncio.wait_for(back.event.wait(), 20)
         finally:
             await http.aclose()
             await agent.stop()
