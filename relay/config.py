@@ -359,31 +359,6 @@ class McpSection(_Section):
     #: as. Absent (the default), every request needs an agent's bearer token. For an MCP
     #: gateway on a trusted network, or a client that cannot send headers.
     anonymous_agent: str | None = None
-    #: Where the face's gRPC binding listens (``HOST:PORT``; port 0 picks a free one). Absent
-    #: (the default): no gRPC listener, and the cards list JSON-RPC and HTTP+JSON only. Off by
-    #: default because gRPC needs HTTP/2 on a port of its own (aiohttp serves HTTP/1.1), and a
-    #: relay should open no port its operator did not ask for; the listener is plaintext h2c,
-    #: so a public one belongs behind a TLS-terminating proxy.
-    grpc_listen: str | None = None
-    #: The address a gRPC call that names none (an empty ``tenant``) is for. Clients created
-    #: from a card send the card's tenant by themselves; this serves those that do not (the
-    #: A2A TCK's gRPC client). Absent: such a call is NOT_FOUND.
-    grpc_default_address: str | None = None
-
-    @field_validator("grpc_default_address")
-    @classmethod
-    def _address(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(Address.parse(v))
-        except SynqError as exc:
-            raise ValueError(exc.message) from None
-
-    @field_validator("grpc_listen")
-    @classmethod
-    def _grpc_listen(cls, v: str | None) -> str | None:
-        return None if v is None else _host_port(v)
 
     @field_validator("anonymous_agent")
     @classmethod
