@@ -27,7 +27,7 @@ from relay.core.limits import (
 )
 from relay.delivery import views
 from relay.server.auth import authenticate_bearer
-from relay.server.http import read_body
+from relay.server.http import query_number, read_body
 from relay.server.keys import RELAY
 from relay.store.base import AgentRecord
 
@@ -64,19 +64,6 @@ def json_response(
     return web.Response(
         status=status, body=jsonutil.dumps(data), content_type="application/json", headers=headers
     )
-
-
-def _query_number(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise E.MalformedRequest(f"{name} must be a number") from None
-    if not lo <= value <= hi:
-        raise E.MalformedRequest(f"{name} must be between {lo:g} and {hi:g}")
-    return value
 
 
 def _query_flag(request: web.Request, name: str) -> bool:
@@ -279,10 +266,10 @@ async def read_inbox(request: web.Request) -> web.Response:
     """
     relay = request.app[RELAY]
     agent = await authenticate(request)
-    wait = _query_number(request, "wait", 0.0, 0.0, MAX_LONG_POLL_SECONDS)
-    limit = int(_query_number(request, "limit", DEFAULT_INBOX_PAGE, 1, MAX_INBOX_PAGE))
+    wait = query_number(request, "wait", 0.0, 0.0, MAX_LONG_POLL_SECONDS)
+    limit = int(query_number(request, "limit", DEFAULT_INBOX_PAGE, 1, MAX_INBOX_PAGE))
     after = request.query.get("after")
-    after_seq = int(_query_number(request, "after", 0, 0, 2**62)) if after is not None else None
+    after_seq = int(query_number(request, "after", 0, 0, 2**62)) if after is not None else None
     include_acked = _query_flag(request, "all")
     thread = request.query.get("thread") or None
 

@@ -117,6 +117,21 @@ def make_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, handler_cancellation=True, access_log=None, **limits.server_kwargs())
 
 
+def query_number(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
+    """A numeric query parameter in ``[lo, hi]``, or ``default`` when absent; anything else is
+    ``400 malformed_request`` naming the parameter (SPEC.md §6.9)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise E.MalformedRequest(f"{name} must be a number") from None
+    if not lo <= value <= hi:
+        raise E.MalformedRequest(f"{name} must be between {lo:g} and {hi:g}")
+    return value
+
+
 async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     """The whole request body, at most ``limit`` bytes, within the body read deadline.
 

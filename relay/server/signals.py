@@ -16,23 +16,10 @@ from relay.core.limits import MAX_LONG_POLL_SECONDS
 from relay.delivery.signals import MAX_FEED_PAGE, Heard, signal_view
 from relay.federation.signals import MAX_REQUEST_BYTES
 from relay.server.api import SSE_HEARTBEAT_SECONDS, authenticate, json_response, read_json
-from relay.server.http import read_body
+from relay.server.http import query_number, read_body
 from relay.server.keys import RELAY
 
 routes = web.RouteTableDef()
-
-
-def _number(request: web.Request, name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise E.MalformedRequest(f"{name} must be a number") from None
-    if not lo <= value <= hi:
-        raise E.MalformedRequest(f"{name} must be between {lo:g} and {hi:g}")
-    return value
 
 
 async def _optional_json(request: web.Request) -> dict[str, Any]:
@@ -73,8 +60,8 @@ async def feed(request: web.Request) -> web.Response:
     for the first."""
     relay = request.app[RELAY]
     agent = await authenticate(request)
-    wait = _number(request, "wait", 0.0, 0.0, MAX_LONG_POLL_SECONDS)
-    limit = int(_number(request, "limit", 50, 1, MAX_FEED_PAGE))
+    wait = query_number(request, "wait", 0.0, 0.0, MAX_LONG_POLL_SECONDS)
+    limit = int(query_number(request, "limit", 50, 1, MAX_FEED_PAGE))
     items = await relay.signals.feed(agent.name, wait=wait, limit=limit)
     return json_response(_heard(items, relay.clock.now()))
 
