@@ -139,6 +139,9 @@ async def test_without_the_token_the_console_refuses(console: Client, token: str
     assert bad.status == 401
     wrong = await console.post("/console/login", data={"token": "synq_admin_wrong"})
     assert wrong.status == 401
+    page = await wrong.text()
+    assert "That is not the admin token." in page
+    assert page.index("</form>") < page.index("login-error")
     assert SESSION_COOKIE not in wrong.cookies
 
 

@@ -127,6 +127,15 @@ def _static_files() -> dict[str, bytes]:
     }
 
 
+#: What the login form says after a wrong token, below the form.
+_LOGIN_ERROR: Final = b'\n  <p class="error" id="login-error">That is not the admin token.</p>'
+
+
+def _login_failed(login: bytes) -> bytes:
+    """The login page with the wrong-token line: one page kept, not two copies of it."""
+    return login.replace(b"</form>", b"</form>" + _LOGIN_ERROR, 1)
+
+
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -316,7 +325,12 @@ async def login(request: web.Request) -> web.StreamResponse:
     )
     if token_hash is None:
         _charge(relay, request.remote)
-        return _page(request, "login-failed.html", status=401)
+        return web.Response(
+            status=401,
+            body=_login_failed(request.app[_STATIC]["login.html"]),
+            content_type="text/html",
+            charset="utf-8",
+        )
     sid, _ = request.app[CONSOLE].login(token_hash)
     response = web.HTTPSeeOther("/console")
     response.set_cookie(
