@@ -314,27 +314,63 @@ async def test_cancel_crosses_the_boundary_to_the_agents_task(b: Bridge) -> None
     await eventually(canceled_there)
 
 
-async def test_a_retried_message_id_is_the_first_task_and_others_are_listed_apart(
+async def tck_envelopes(b: Bridge) -> list[str]:
+    """The envelopes the agent's inbox at globex got, acknowledged or not."""
+    return [i.id for i in await b.globex.relay.store.inbox("tck", limit=20, include_acked=True)]
+
+
+async def test_a_message_id_sent_again_after_its_answer_is_a_new_task_and_tasks_are_listed_apart(
     b: Bridge,
 ) -> None:
-    """The same messageId sent again by the same caller is a retry (SPEC.md "The A2A face"): it
-    is answered from the first call's task, and no second task or envelope comes of it."""
+    """Once a call's answer was written in full its messageId is free (SPEC.md "The A2A face",
+    "Retries"; A2A 1.0 §3.3.1): the same message again, or another message under the same id,
+    is a new call — a new task and a new envelope, not a replay nor invalid params."""
     client = await b.client(streaming=False)
     first = await collect(client, message("tck-complete-task", message_id="dup-1"))
     again = await collect(client, message("tck-complete-task", message_id="dup-1"))
-    assert again[0].task.id == first[0].task.id
-    assert again[0].task.status.state == TaskState.TASK_STATE_COMPLETED
-    second = await collect(client, message("tck-complete-task", message_id="dup-2"))
-    ids = {first[0].task.id, second[0].task.id}
-    assert len(ids) == 2
-    delivered = await b.globex.relay.store.inbox("tck", limit=10, include_acked=True)
-    assert len(delivered) == 2
-    listed = await client.list_tasks(ListTasksRequest(page_size=1))
-    assert (listed.total_size, len(listed.tasks)) == (2, 1)
+    other = await collect(client, message("tck-complete-task-other", message_id="dup-1"))
+    ids = {first[0].task.id, again[0].task.id, other[0].task.id}
+    assert len(ids) == 3
+    assert {e[0].task.status.state for e in (first, again, other)} == {
+        TaskState.TASK_STATE_COMPLETED
+    }
+    assert sorted(await tck_envelopes(b)) == sorted(ids)
+    listed = await client.list_tasks(ListTasksRequest(page_size=2))
+    assert (listed.total_size, len(listed.tasks)) == (3, 2)
     assert listed.next_page_token
-    rest = await client.list_tasks(ListTasksRequest(page_size=1, page_token=listed.next_page_token))
-    assert {listed.tasks[0].id, rest.tasks[0].id} == ids
+    rest = await client.list_tasks(ListTasksRequest(page_size=2, page_token=listed.next_page_token))
+    assert {t.id for t in [*listed.tasks, *rest.tasks]} == ids
     assert not rest.next_page_token
+
+
+async def test_a_stream_cut_before_its_end_is_retried_into_the_same_task(b: Bridge) -> None:
+    """A client whose stream broke before the task's closing event cannot know what it missed:
+    the same message again reads the first call's task from the start, and the agent gets the
+    message once. The retry's stream, read to its end, frees the messageId."""
+    face = b.face()
+    client = await b.client()
+    request = message("test-resubscribe-message-id-lost", message_id="lost-1")
+    stream = client.send_message(request)
+    assert isinstance(stream, AsyncGenerator)
+    first = await anext(stream)
+    assert state(first) == "TASK_STATE_SUBMITTED"
+    await stream.aclose()  # the connection is cut: the answer is lost
+    await wait_until(lambda: face.host.active == 0)
+    retried = await collect(client, request)
+    assert retried[0].task.id == first.task.id
+    assert state(retried[-1]) == "TASK_STATE_COMPLETED"
+    assert await tck_envelopes(b) == [first.task.id]
+    # That answer arrived in full: the same message once more is a new call.
+    polled = SendMessageRequest()
+    polled.CopyFrom(request)
+    polled.configuration.CopyFrom(SendMessageConfiguration(return_immediately=True))
+    [after] = await collect(await b.client(streaming=False), polled)
+    assert after.task.id != first.task.id
+
+    async def both_sent() -> bool:
+        return sorted(await tck_envelopes(b)) == sorted([first.task.id, after.task.id])
+
+    await eventually(both_sent)
 
 
 async def test_a_bounce_fails_the_task_with_the_reason(b: Bridge) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,13 @@ from aiohttp import web
 from adapters.a2a.channels import GrpcTarget, open_channel, parse_target
 from interop.a2a import tck_agent
 from relay.config import A2ASection, Config, DiscoverySection, RelaySection
+from relay.core.address import Address
 from relay.core.errors import BadAgentCard, ConfigError, SynqError
 from relay.core.ids import hash_token, new_token
 from relay.runtime import grpc_resolver
 from relay.server.a2a_face import A2A_FACE
 from relay.server.a2a_grpc import GrpcFace
+from relay.tasks.store import message_key
 from tests import procs
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
@@ -239,6 +241,40 @@ async def test_an_sdk_grpc_client_streams_reads_and_cancels_through_the_face(env
             pass
     with pytest.raises(TaskNotFoundError):
         await client.get_task(GetTaskRequest(id="no-such-task"), context=env.auth())
+
+
+async def test_a_grpc_call_answered_in_full_frees_its_message_id_and_a_cut_one_does_not(
+    env: Env,
+) -> None:
+    """SPEC.md "The A2A face", "Retries", over gRPC: a call that ended OK frees its messageId (the
+    same message again is a new task); a stream the client cancelled keeps it (the same message
+    again reads the first task, and the agent gets it once)."""
+    blocking = await env.grpc_client(TCK, streaming=False)
+    request = message("tck-complete-task-gr")
+    [first] = [e async for e in blocking.send_message(request, context=env.auth())]
+    key = message_key("alice", Address.parse(TCK), request.message)
+    assert key is not None
+
+    async def key_freed() -> bool:  # when gRPC reports the call done, just after the answer
+        return not await env.acme.relay.store.idempotency_records("alice", [key.key])
+
+    await eventually(key_freed)
+    [again] = [e async for e in blocking.send_message(request, context=env.auth())]
+    assert again.task.id != first.task.id
+    assert again.task.status.state == TaskState.TASK_STATE_COMPLETED
+
+    streaming = await env.grpc_client(TCK)
+    cut = message("test-resubscribe-message-id-gr")
+    stream = streaming.send_message(cut, context=env.auth())
+    assert isinstance(stream, AsyncGenerator)
+    head = await anext(stream)
+    assert state(head) == "TASK_STATE_SUBMITTED"
+    await stream.aclose()  # the client cancels the call: its answer is lost
+    retried = [e async for e in streaming.send_message(cut, context=env.auth())]
+    assert retried[0].task.id == head.task.id
+    assert state(retried[-1]) == "TASK_STATE_COMPLETED"
+    sent = await env.globex.relay.store.inbox("tck", limit=10, include_acked=True)
+    assert sorted(i.id for i in sent) == sorted([first.task.id, again.task.id, head.task.id])
 
 
 async def test_grpc_callers_need_a_local_agents_token(env: Env) -> None:

@@ -147,6 +147,17 @@ def configure_face(config: Path, agent: str, address: str) -> None:
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def configure_admin(config: Path, port: int) -> None:
+    """The admin listener on a free port of its own. Its default, the relay's port + 1, is
+    often taken here: Linux hands out odd ports to ``bind(0)`` (as :func:`free_port` does) and
+    even ones to outgoing connections, so the port above a free one is where a busy machine's
+    client sockets are."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("[admin]"))
+    lines[at + 1 : at + 1] = [f'listen = "127.0.0.1:{port}"']
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 async def start_relay(work: Path, domain: str, dns: DNSServer, *, anonymous: str | None) -> Side:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -162,6 +173,7 @@ async def start_relay(work: Path, domain: str, dns: DNSServer, *, anonymous: str
         "--allow-private-addresses",
     )  # fmt: skip
     config = Path(init["config"])
+    configure_admin(config, free_port())
     if anonymous is not None:
         synq(config, "agent", "add", anonymous)
         configure_face(config, anonymous, TCK_ADDRESS)

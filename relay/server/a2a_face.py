@@ -75,7 +75,7 @@ from relay.core.limits import MAX_API_BODY_BYTES
 from relay.server.asgi import AsgiHost
 from relay.server.auth import agent_for_token, bearer_token, refuse_guessing
 from relay.server.http import read_body
-from relay.tasks.store import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, Tail, TaskStore
+from relay.tasks.store import FIRST_EVENT_WAIT, MAX_BLOCKING_WAIT, Started, Tail, TaskStore
 
 if TYPE_CHECKING:
     from relay.runtime import Relay
@@ -98,6 +98,12 @@ MAX_CARD_SIGNATURES: Final = 4
 
 _SENDER: Final = "synq.sender"
 _ADDRESS: Final = "synq.address"
+#: In a call's state: the list the handler adds a SendMessage call's ``Started`` to once it has
+#: produced the call's whole answer. The binding that writes the answer hands the list to
+#: :meth:`TaskStore.answered` only when the answer was written in full (SPEC.md "The A2A
+#: face", "Retries"): a client cut off before that keeps its retry.
+_ANSWERED: Final = "synq.answered"
+_STARTED: Final = "synq.started"
 
 
 class _ContextBuilder(DefaultServerCallContextBuilder):
@@ -109,6 +115,7 @@ class _ContextBuilder(DefaultServerCallContextBuilder):
         state = request.scope.get("state") or {}
         context.state[_SENDER] = state.get(_SENDER, "")
         context.state[_ADDRESS] = state.get(_ADDRESS, "")
+        context.state[_ANSWERED] = state.get(_ANSWERED)
         return context
 
 
@@ -118,6 +125,14 @@ def _caller(context: ServerCallContext) -> tuple[str, Address]:
     if not owner or not address:
         raise a2a.InternalError(message="the request reached the face without a caller")
     return str(owner), Address.parse(str(address))
+
+
+def _answered(context: ServerCallContext) -> None:
+    """The handler produced the whole answer of the call it started (see :data:`_ANSWERED`)."""
+    answered = context.state.get(_ANSWERED)
+    started = context.state.get(_STARTED)
+    if isinstance(answered, list) and isinstance(started, Started):
+        answered.append(started)
 
 
 def _payload(event: StreamResponse) -> Event:
@@ -167,13 +182,33 @@ class FaceHandler(RequestHandler):
         owner, address = _caller(context)
         return await self.tasks.cancel(owner, address, params.id)
 
+    async def _start(self, params: SendMessageRequest, context: ServerCallContext) -> Started:
+        owner, address = _caller(context)
+        started = await self.tasks.start(owner, address, params)
+        context.state[_STARTED] = started
+        return started
+
     @validate_request_params
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
+        answer = await self._message_send(params, context)
+        _answered(context)
+        return answer
+
+    @validate_request_params
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        async for event in self._message_stream(params, context):
+            yield event
+        _answered(context)
+
+    async def _message_send(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> Task | Message:
         validate_history_length(params.configuration)
-        owner, address = _caller(context)
-        started = await self.tasks.start(owner, address, params)
+        started = await self._start(params, context)
         # A retried call (the same messageId) reads the task its first call started: a new
         # task's log from the start, as the first call read it; a follow-up the agent has
         # answered already is answered at once.
@@ -195,13 +230,11 @@ class FaceHandler(RequestHandler):
             raise a2a.TaskNotFoundError
         return apply_history_length(found[1], params.configuration)
 
-    @validate_request_params
-    async def on_message_send_stream(
+    async def _message_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
         validate_history_length(params.configuration)
-        owner, address = _caller(context)
-        started = await self.tasks.start(owner, address, params)
+        started = await self._start(params, context)
         config = params.configuration
         async with Tail(self.tasks, started.task_id, started.version) as tail:
             seen = started.version
@@ -445,8 +478,14 @@ class A2AFace:
         body = None
         if request.method in ("POST", "PUT", "PATCH"):
             body = await read_body(request, MAX_A2A_BODY_BYTES, "A2A request")
-        state = {_SENDER: owner, _ADDRESS: str(address)}
-        return await self.host.handle(request, state=state, body=body)
+        answered: list[Started] = []
+        state = {_SENDER: owner, _ADDRESS: str(address), _ANSWERED: answered}
+        response = await self.host.handle(request, state=state, body=body)
+        # The host returns once the application's response is written to the end (a client
+        # that hung up cancels this handler instead): a SendMessage answered in full.
+        for started in answered:
+            await self.tasks.answered(started)
+        return response
 
     async def admit(self, address: Address, authorization: str, peer: str | None) -> str:
         """The local agent a call to ``address`` acts as, whatever the binding (the HTTP

@@ -20,7 +20,11 @@ path, unchanged:
    ``NOT_FOUND``, ``RESOURCE_EXHAUSTED`` (failed-token limiting), ``UNAVAILABLE``;
 3. the call reaches the face's :class:`~relay.server.a2a_face.FaceHandler`: the same tasks,
    envelopes and store as the other bindings, so a task started over gRPC can be read over
-   JSON-RPC and the other way round.
+   JSON-RPC and the other way round;
+4. when the call ends with its answer sent in full (gRPC's done callback, the call neither
+   cancelled nor failed), a SendMessage's idempotency key is freed
+   (:meth:`~relay.tasks.store.TaskStore.answered`; SPEC.md "The A2A face", "Retries"), as
+   the HTTP bindings do once their response is written.
 
 The listener is plaintext (h2c), as the admin listener is plain HTTP: TLS for it is a reverse
 proxy's, or a loopback-only deployment's.
@@ -28,6 +32,7 @@ proxy's, or a loopback-only deployment's.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -41,7 +46,8 @@ from google.protobuf import message
 
 from relay.core import errors as E
 from relay.core.address import Address
-from relay.server.a2a_face import _ADDRESS, _SENDER, MAX_A2A_BODY_BYTES
+from relay.server.a2a_face import _ADDRESS, _ANSWERED, _SENDER, MAX_A2A_BODY_BYTES
+from relay.tasks.store import Started
 
 if TYPE_CHECKING:
     from relay.server.a2a_face import A2AFace
@@ -124,6 +130,39 @@ class _FaceGrpcHandler(GrpcHandler):
     def __init__(self, face: A2AFace) -> None:
         super().__init__(face.handler)
         self.face = face
+        #: Key releases under way (step 4), held so that none is collected half way.
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def _admitted(
+        self,
+        call: ServerCallContext,
+        context: grpc.aio.ServicerContext[Any, Any],
+        owner: str,
+        address: str,
+    ) -> None:
+        """The SDK's call context for an admitted call; once gRPC has ended the call with its
+        answer sent (neither cancelled nor failed), the SendMessage it answered is
+        :meth:`~relay.tasks.store.TaskStore.answered`."""
+        answered: list[Started] = []
+        call.state[_SENDER] = owner
+        call.state[_ADDRESS] = address
+        call.state[_ANSWERED] = answered
+
+        def done(ended: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if not answered or ended.cancelled():
+                return
+            if ended.code() not in (None, grpc.StatusCode.OK):
+                return
+            task = asyncio.get_running_loop().create_task(self._answer(answered))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+        # The stubs declare the callback as a nominal class; gRPC takes any callable.
+        context.add_done_callback(done)  # type: ignore[arg-type]
+
+    async def _answer(self, answered: list[Started]) -> None:
+        for started in answered:
+            await self.face.tasks.answered(started)
 
     async def _admit(
         self, request: message.Message, context: grpc.aio.ServicerContext[Any, Any]
@@ -152,8 +191,7 @@ class _FaceGrpcHandler(GrpcHandler):
         owner, address = await self._admit(request, context)
 
         async def admitted(call: ServerCallContext) -> T:
-            call.state[_SENDER] = owner
-            call.state[_ADDRESS] = address
+            self._admitted(call, context, owner, address)
             return await handler_func(call)
 
         return await super()._handle_unary(request, context, admitted, default_response)
@@ -167,8 +205,7 @@ class _FaceGrpcHandler(GrpcHandler):
         owner, address = await self._admit(request, context)
 
         async def admitted(call: ServerCallContext) -> AsyncIterable[T]:
-            call.state[_SENDER] = owner
-            call.state[_ADDRESS] = address
+            self._admitted(call, context, owner, address)
             async for item in handler_func(call):
                 yield item
 

@@ -7,12 +7,15 @@ The face's task is in the store (migration 0003), never only in memory:
   then the envelope is sent through the mailbox (custody, policy, rate limits), so no
   reply can arrive before the task that expects it. A follow-up message (``taskId`` given)
   is linked to the task the same way.
-* **retries** — the client's ``messageId`` is the call's idempotency key (SPEC.md §6.2, "The
-  A2A face"), scoped by the calling agent: the task (or the follow-up's turn) is written with
-  the key naming the envelope id the call is about to send, in one transaction. A call whose
-  key is known is a retry: it makes no task, no turn and no envelope, but answers from the task
-  the first call wrote — after sending that envelope if the first call stopped before custody.
-  A call the relay refuses (rate, policy, recipients) frees its key again.
+* **retries** — the client's ``messageId`` together with the whole message is the call's
+  idempotency key (SPEC.md §6.2, "The A2A face"), scoped by the calling agent: the task (or the
+  follow-up's turn) is written with the key naming the envelope id the call is about to send,
+  in one transaction. A call whose key is known is a retry: it makes no task, no turn and no
+  envelope, but answers from the task the first call wrote — after sending that envelope if
+  the first call stopped before custody. The key lives only while the first call's answer may
+  have been lost: once the binding has written that answer in full it calls
+  :meth:`TaskStore.answered`, which frees the key, so the same message sent again is a new
+  call. A call the relay refuses (rate, policy, recipients) frees its key too.
 * **change** — every change of a task is a compare-and-set on its version, retried on a
   conflict, so the reply tracker (replies.py) and a CancelTask never overwrite each other. A
   change that logs events hands them to the task's webhooks (push.py).
@@ -185,15 +188,18 @@ def _notify_of(message: Message) -> Notify:
 
 def message_key(owner: str, address: Address, message: Message) -> IdempotencyKey | None:
     """The idempotency key of a client's message (module docstring, "retries"): its
-    ``messageId``, hashed to a fixed length (A2A bounds it by nothing but the body's size) and
-    kept apart from keys the agent gives the other faces; the fingerprint covers the address and
-    the whole message. None for a message without an id."""
+    ``messageId`` and the fingerprint of the call — the address and the whole message — hashed
+    to a fixed length (A2A bounds the id by nothing but the body's size) and kept apart from
+    keys the agent gives the other faces (``a2a:``). A2A 1.0 §3.3.1 lets an agent use the
+    ``messageId`` "to detect duplicate messages": the same id on another message is no
+    duplicate of the first, so it is another key, and another call. None for a message without
+    an id."""
     if not message.message_id:
         return None
-    key = "a2a:" + hashlib.sha256(message.message_id.encode("utf-8")).hexdigest()
-    return IdempotencyKey(
-        owner, key, digest({"to": str(address), "message": wire.to_json(message)})
-    )
+    fingerprint = digest({"to": str(address), "message": wire.to_json(message)})
+    named = json.dumps([message.message_id, fingerprint], separators=(",", ":"))
+    key = "a2a:" + hashlib.sha256(named.encode("utf-8")).hexdigest()
+    return IdempotencyKey(owner, key, fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,13 +207,17 @@ class Started:
     """A message handed to the relay: its task, whether the task is new, and the task's
     version just before the agent's answer to this message can arrive. ``replay``: the message
     was handed over before (a retried call); ``settled``: for a retried follow-up, the agent has
-    answered it already (the task ended, or waits for input again since the turn)."""
+    answered it already (the task ended, or waits for input again since the turn). ``key`` and
+    ``envelope``: the call's idempotency key and the envelope it names, for
+    :meth:`TaskStore.answered`."""
 
     task_id: str
     new: bool
     version: int
     replay: bool = False
     settled: bool = False
+    key: IdempotencyKey | None = None
+    envelope: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +419,9 @@ class TaskStore:
         if key is not None:
             known = await self.store.idempotency_records(owner, [key.key])
             if key.key in known:
-                return await self._replay(owner, address, message, key, known[key.key])
+                replayed = await self._replay(owner, address, message, key, known[key.key])
+                if replayed is not None:
+                    return replayed
         now = self.clock.now()
         envelope_id = uuid7(now)
         if message.task_id:
@@ -452,7 +464,7 @@ class TaskStore:
         except SynqError as exc:
             await self._refused(exc, key, envelope_id, new=True)
             raise _a2a_error(exc) from None
-        return Started(task_id=envelope_id, new=True, version=0)
+        return Started(task_id=envelope_id, new=True, version=0, key=key, envelope=envelope_id)
 
     async def _follow_up(
         self,
@@ -508,7 +520,9 @@ class TaskStore:
         except SynqError as exc:
             await self._refused(exc, key, envelope_id, new=False)
             raise _a2a_error(exc) from None
-        return Started(task_id=row.id, new=False, version=current.version)
+        return Started(
+            task_id=row.id, new=False, version=current.version, key=key, envelope=envelope_id
+        )
 
     async def _replay_raced(
         self, owner: str, address: Address, message: Message, key: IdempotencyKey
@@ -516,9 +530,14 @@ class TaskStore:
         """The call's key was recorded by a concurrent copy of it between the look-up and the
         write: answer as a retry."""
         known = await self.store.idempotency_records(owner, [key.key])
-        if key.key not in known:
+        replayed = (
+            await self._replay(owner, address, message, key, known[key.key])
+            if key.key in known
+            else None
+        )
+        if replayed is None:
             raise a2a.InternalError(message="the task changed while it was written; retry")
-        return await self._replay(owner, address, message, key, known[key.key])
+        return replayed
 
     async def _replay(
         self,
@@ -527,21 +546,23 @@ class TaskStore:
         message: Message,
         key: IdempotencyKey,
         first: IdempotencyRecord,
-    ) -> Started:
+    ) -> Started | None:
         """A message handed over before (module docstring, "retries"): the task its first call
-        wrote, the first call finished if it stopped before custody. The same ``messageId``
-        with another message, for another address or task, is invalid params."""
-        reused = a2a.InvalidParamsError(
-            message=f"messageId {message.message_id[:80]!r} was used before for another message"
-        )
-        if first.fingerprint != key.fingerprint:
-            raise reused
+        wrote, the first call finished if it stopped before custody. None when the key names
+        no task of this caller's any more (the task was purged before the key): the key is
+        freed and the call is a new one."""
         task_id = (await self.store.a2a_tasks_for_envelopes([first.id])).get(first.id)
         # The store directly, not load(): a task the first call left orphaned is completed
         # below, not failed.
         row = await self.store.a2a_get_task(task_id) if task_id else None
-        if row is None or row.owner != owner or row.address != str(address):
-            raise reused
+        if (
+            row is None
+            or row.owner != owner
+            or row.address != str(address)
+            or first.fingerprint != key.fingerprint
+        ):
+            await self.store.release_idempotency_key(owner, key.key, first.id)
+            return None
         self.owners.add(owner)
         new = row.id == first.id  # a task's id is the id of its first envelope
         task = parse_task(row.snapshot)
@@ -582,7 +603,22 @@ class TaskStore:
             version=0 if new else row.version,
             replay=True,
             settled=settled,
+            key=key,
+            envelope=first.id,
         )
+
+    async def answered(self, started: Started) -> None:
+        """The binding wrote the answer to the call that ``started`` in full (the whole
+        SendMessage response, or a stream up to its closing event): the client has what a retry
+        would get, so the call's key is freed and the same message sent again is a new call
+        (module docstring, "retries"). Only if the key still names the call's envelope: a
+        concurrent copy of the call that started anew keeps its own. Best effort: a store
+        failing here leaves the key, and a resend answered from the first task, as before."""
+        if started.key is not None:
+            with contextlib.suppress(SynqError):
+                await self.store.release_idempotency_key(
+                    started.key.agent, started.key.key, started.envelope
+                )
 
     async def _refused(
         self, exc: SynqError, key: IdempotencyKey | None, envelope_id: str, *, new: bool
