@@ -20,8 +20,10 @@ What runs, all on loopback:
 
 The TCK runs twice — against the agent's own URL, and against acme's face, so that every TCK
 request crosses the federation to globex and back — and the two scores are printed side by
-side with every requirement whose outcome differs. Reports are kept under the work directory
-(``reports-direct/``, ``reports-relayed/``). Exit status 0 when both runs completed.
+side with every test whose outcome differs, then the MUST requirements of both runs (the
+TCK's ``compatibility.json``) with every one whose verdict differs on any transport. Reports
+are kept under the work directory (``reports-direct/``, ``reports-relayed/``). Exit status 0
+when both runs completed.
 """
 
 from __future__ import annotations
@@ -209,6 +211,9 @@ class Score:
     xfailed: int = 0
     errors: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
+    #: The TCK's verdict per requirement (``compatibility.json``): id → (level, status,
+    #: status per transport).
+    requirements: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)
 
     def line(self) -> str:
         return (
@@ -256,7 +261,54 @@ def keep_reports(tck: Path, reports: Path, output: bytes) -> Score:
     junit = reports / "junitreport.xml"
     if not junit.exists():
         raise RuntimeError(f"the TCK wrote no report; see {reports / 'output.txt'}")
-    return read_junit(junit)
+    score = read_junit(junit)
+    compatibility = reports / "compatibility.json"
+    if compatibility.exists():
+        score.requirements = read_requirements(compatibility)
+    return score
+
+
+def read_requirements(path: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """The TCK's per-requirement verdicts: level (MUST, SHOULD, MAY), status, and the status
+    on each transport."""
+    found = json.loads(path.read_text(encoding="utf-8")).get("per_requirement", {})
+    return {
+        rid: (str(v.get("level", "")), str(v.get("status", "")), dict(v.get("transports", {})))
+        for rid, v in found.items()
+    }
+
+
+def must_report(direct: Score, relayed: Score) -> list[str]:
+    """The MUST requirements side by side: how many have each status, and every one whose
+    verdict (overall or on a transport) differs."""
+    if not direct.requirements or not relayed.requirements:
+        return ["MUST requirements: no compatibility.json to compare"]
+
+    def counts(score: Score) -> Counter[str]:
+        return Counter(s for level, s, _ in score.requirements.values() if level == "MUST")
+
+    left, right = counts(direct), counts(relayed)
+    lines = ["MUST requirements (status: direct relayed):"]
+    lines += [
+        f"  {status:12}{left[status]:>8}{right[status]:>8}" for status in sorted(left | right)
+    ]
+    musts = sorted(
+        rid
+        for rid in set(direct.requirements) | set(relayed.requirements)
+        if "MUST"
+        in (direct.requirements.get(rid, ("",))[0], relayed.requirements.get(rid, ("",))[0])
+    )
+    differing = [
+        rid for rid in musts if direct.requirements.get(rid) != relayed.requirements.get(rid)
+    ]
+    if differing:
+        lines.append("  differing:")
+        for rid in differing:
+            d, r = direct.requirements.get(rid), relayed.requirements.get(rid)
+            lines.append(f"    {rid}: {d[1:] if d else '-'} → {r[1:] if r else '-'}")
+    else:
+        lines.append("  every MUST requirement has the same verdict on every transport")
+    return lines
 
 
 @contextlib.asynccontextmanager
@@ -335,6 +387,7 @@ def report(direct: Score, relayed: Score) -> str:
         lines += [f"  {n}: {d} → {r}" for n, d, r in diffs]
     else:
         lines.append("no differences: every test has the same outcome directly and relayed")
+    lines += ["", *must_report(direct, relayed)]
     return "\n".join(lines)
 
 
