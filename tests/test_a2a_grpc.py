@@ -55,6 +55,7 @@ from tests import procs
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
 from tests.fedenv import Org, World, world
+from tests.helpers import wait_until
 
 TCK = "tck@globex.test"
 TCKG = "tckg@globex.test"
@@ -308,6 +309,64 @@ async def test_grpc_callers_need_a_local_agents_token(env: Env) -> None:
         # RFC 6750 §3, as the HTTP bindings' 401 says it.
         challenge = dict(anonymous.value.initial_metadata() or ())
         assert challenge.get("www-authenticate") == 'Bearer realm="synq"'
+
+
+def with_source_limits(config: Config, *, rate: float, burst: float, in_flight: int) -> Config:
+    data = config.model_dump()
+    data["rate_limits"] = {"source_requests": {"per_second": rate, "burst": burst}}
+    data["limits"] = {"requests_in_flight_per_source": in_flight}
+    return Config.model_validate({**data, "base_dir": config.base_dir})
+
+
+async def test_threat_one_address_flooding_the_grpc_listener_is_held_to_its_share(
+    env: Env,
+) -> None:
+    """SPEC.md §10.3 on the gRPC listener, with the HTTP listener's tables: past its calls in
+    flight or its call rate an address gets RESOURCE_EXHAUSTED with a retry-after trailer, and
+    its HTTP and gRPC calls count together."""
+    relay = env.acme.relay
+    blocking = await env.grpc_client(TCK, streaming=False)
+    [waiting] = [
+        e
+        async for e in blocking.send_message(message("tck-input-required-src"), context=env.auth())
+    ]
+    task_id = waiting.task.id
+    face = env.acme.server.app[A2A_FACE]  # type: ignore[union-attr]
+    assert face.grpc is not None
+    metadata = (("authorization", f"Bearer {env.alice.token}"),)
+    relay.reload(with_source_limits(relay.config, rate=100, burst=100, in_flight=1))
+    async with grpc.aio.insecure_channel(face.grpc.bound) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        held = stub.SubscribeToTask(
+            SubscribeToTaskRequest(tenant=TCK, id=task_id), metadata=metadata
+        )
+        first = await held.read()
+        assert first.task.id == task_id  # the stream stays open: the task waits for input
+        assert relay.sources.in_flight.held("127.0.0.1") == 1
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.GetTask(GetTaskRequest(tenant=TCK, id=task_id), metadata=metadata)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert dict(busy.value.trailing_metadata() or ()).get("retry-after") == "1"
+        assert (await env.http.get(f"{env.acme.url}/healthz")).status_code == 429
+        held.cancel()
+        await wait_until(lambda: relay.sources.in_flight.held("127.0.0.1") == 0)
+        task = await stub.GetTask(GetTaskRequest(tenant=TCK, id=task_id), metadata=metadata)
+        assert task.id == task_id
+
+        relay.reload(with_source_limits(relay.config, rate=0.25, burst=2, in_flight=8))
+        codes = []
+        for _ in range(4):
+            try:
+                await stub.GetTask(GetTaskRequest(tenant=TCK, id=task_id), metadata=metadata)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as refused:
+                codes.append(refused.code())
+                retry_after = dict(refused.trailing_metadata() or ()).get("retry-after")
+        assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_after == "4"
+        env.w.clock.advance(8)
+        task = await stub.GetTask(GetTaskRequest(tenant=TCK, id=task_id), metadata=metadata)
+        assert task.id == task_id
 
 
 async def test_a_call_without_tenant_is_for_the_default_address_when_one_is_set(

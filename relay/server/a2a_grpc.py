@@ -12,6 +12,13 @@ path, unchanged:
 1. the SDK's :class:`~a2a.server.request_handlers.GrpcHandler` parses the request and maps
    the handler's A2A errors to gRPC statuses with ``ErrorInfo`` details, as an a2a-sdk agent
    served over gRPC does;
+1a. the call is held to its source address's share (SPEC.md §10.3), the same tables the HTTP
+   listener's :func:`~relay.server.http.source_limits` uses, so one address's HTTP and gRPC
+   calls count together: its calls in flight and its call rate; past either, the call ends
+   ``RESOURCE_EXHAUSTED`` with a ``retry-after`` trailer (seconds), before anything else runs.
+   Connections are not counted per address (grpc.aio has no hook between accept and HTTP/2):
+   a connection makes no call without passing the limits above, and one left idle is closed
+   after the HTTP listener's keep-alive time (``grpc.max_connection_idle_ms``);
 2. before the handler runs, :class:`_FaceGrpcHandler` admits the call as the JSON-RPC and
    HTTP+JSON bindings do (:meth:`~relay.server.a2a_face.A2AFace.admit`): the address must
    exist, and the caller presents a local agent's bearer token in the ``authorization``
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -46,7 +54,9 @@ from google.protobuf import message
 
 from relay.core import errors as E
 from relay.core.address import Address
+from relay.core.ratelimit import SourceLimits
 from relay.server.a2a_face import _ADDRESS, _ANSWERED, _SENDER, MAX_A2A_BODY_BYTES
+from relay.server.http import DEFAULT_HTTP_LIMITS
 from relay.tasks.store import Started
 
 if TYPE_CHECKING:
@@ -164,6 +174,42 @@ class _FaceGrpcHandler(GrpcHandler):
         for started in answered:
             await self.face.tasks.answered(started)
 
+    async def _enter(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[SourceLimits, str] | None:
+        """Hold the call to its source address's share (module docstring, step 1a): the
+        tables and key to give its place back to when it ends (None: an exempt or unknown
+        source), or the call is aborted ``RESOURCE_EXHAUSTED``."""
+        relay = self.face.relay
+        sources = relay.sources  # read per call: SIGHUP may replace the tables
+        key = sources.key(_peer_host(context))
+        if key is None:
+            return None
+        if not sources.in_flight.enter(key):
+            limit = sources.in_flight.limit
+            refusal = E.RateLimited(
+                f"more than {limit} requests from this address at once", retry_after=1.0
+            )
+        else:
+            wait = sources.requests.take(key, relay.clock.monotonic())
+            if wait == 0.0:
+                return sources, key
+            sources.in_flight.leave(key)
+            refusal = E.RateLimited(
+                f"too many requests from this address; retry in {wait:.0f} s", retry_after=wait
+            )
+        relay.metrics.rejected.labels(code=refusal.code).inc()
+        retry = str(math.ceil(refusal.retry_after or 1.0))
+        return await context.abort(  # abort raises: the call ends here
+            grpc_status_of(refusal), refusal.message, trailing_metadata=(("retry-after", retry),)
+        )
+
+    @staticmethod
+    def _leave(held: tuple[SourceLimits, str] | None) -> None:
+        if held is not None:
+            sources, key = held
+            sources.in_flight.leave(key)
+
     async def _admit(
         self, request: message.Message, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[str, str]:
@@ -188,13 +234,17 @@ class _FaceGrpcHandler(GrpcHandler):
         handler_func: Callable[[ServerCallContext], Awaitable[T]],
         default_response: T,
     ) -> T:
-        owner, address = await self._admit(request, context)
+        held = await self._enter(context)
+        try:
+            owner, address = await self._admit(request, context)
 
-        async def admitted(call: ServerCallContext) -> T:
-            self._admitted(call, context, owner, address)
-            return await handler_func(call)
+            async def admitted(call: ServerCallContext) -> T:
+                self._admitted(call, context, owner, address)
+                return await handler_func(call)
 
-        return await super()._handle_unary(request, context, admitted, default_response)
+            return await super()._handle_unary(request, context, admitted, default_response)
+        finally:
+            self._leave(held)
 
     async def _handle_stream(
         self,
@@ -202,15 +252,19 @@ class _FaceGrpcHandler(GrpcHandler):
         context: grpc.aio.ServicerContext[Any, Any],
         handler_func: Callable[[ServerCallContext], AsyncIterable[T]],
     ) -> AsyncIterable[T]:
-        owner, address = await self._admit(request, context)
+        held = await self._enter(context)
+        try:
+            owner, address = await self._admit(request, context)
 
-        async def admitted(call: ServerCallContext) -> AsyncIterable[T]:
-            self._admitted(call, context, owner, address)
-            async for item in handler_func(call):
+            async def admitted(call: ServerCallContext) -> AsyncIterable[T]:
+                self._admitted(call, context, owner, address)
+                async for item in handler_func(call):
+                    yield item
+
+            async for item in super()._handle_stream(request, context, admitted):
                 yield item
-
-        async for item in super()._handle_stream(request, context, admitted):
-            yield item
+        finally:
+            self._leave(held)
 
 
 class GrpcFace:
@@ -233,6 +287,12 @@ class GrpcFace:
                 # One listener per relay process: a second relay on the same port must fail
                 # to bind, not share it.
                 ("grpc.so_reuseport", 0),
+                # An idle connection is closed as the HTTP listener closes an idle keep-alive
+                # one: connections are not counted per source here (module docstring, 1a).
+                (
+                    "grpc.max_connection_idle_ms",
+                    int(DEFAULT_HTTP_LIMITS.keepalive_timeout * 1000),
+                ),
             ],
         )
         # The SDK's generated registration function carries no annotations.
