@@ -174,6 +174,11 @@ class _FaceGrpcHandler(GrpcHandler):
         for started in answered:
             await self.face.tasks.answered(started)
 
+    async def drain(self) -> None:
+        """Wait for the key releases of calls that have ended (the listener stops before the
+        store closes)."""
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+
     async def _enter(
         self, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[SourceLimits, str] | None:
@@ -276,6 +281,7 @@ class GrpcFace:
         self.server: grpc.aio.Server | None = None
         #: ``host:port`` as bound (port 0 resolved), once started.
         self.bound = ""
+        self._handler: _FaceGrpcHandler | None = None
 
     async def start(self, listen: str) -> str:
         """Bind ``listen`` (``host:port``; port 0 picks one) and serve; return ``host:port``
@@ -295,9 +301,10 @@ class GrpcFace:
                 ),
             ],
         )
+        self._handler = _FaceGrpcHandler(self.face)
         # The SDK's generated registration function carries no annotations.
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            _FaceGrpcHandler(self.face), server
+            self._handler, server
         )
         host, _, _port = listen.rpartition(":")
         try:
@@ -315,3 +322,5 @@ class GrpcFace:
         if self.server is not None:
             await self.server.stop(STOP_GRACE)
             self.server = None
+        if self._handler is not None:
+            await self._handler.drain()
