@@ -291,31 +291,30 @@ RETURNING agent, key
     select_idempotency_keys=rows.IDEMPOTENCY_SELECT  # noqa: S608 (constants)
     + "WHERE agent = ? AND key IN (SELECT value FROM json_each(?))",
     message_status="""
-SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0, NULL, 0
+SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0, 0
 FROM envelopes AS e WHERE e.origin = :origin AND e.id = :id
 UNION ALL
 SELECT 1, r.recipient, CASE WHEN d.seq IS NULL THEN r.state ELSE 'queued' END,
        CASE WHEN d.seq IS NULL THEN r.code ELSE d.code END,
        CASE WHEN d.seq IS NULL THEN r.reason ELSE d.reason END, NULL,
        CASE WHEN d.seq IS NULL THEN r.attempts ELSE d.attempts END,
-       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk,
-       NULL, 0
+       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk, 0
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
 LEFT JOIN inbox AS i ON i.envelope = e.pk AND r.domain IS NULL AND r.state = 'delivered'
   AND r.recipient = i.agent || '@' || :own
 LEFT JOIN deliveries AS d ON d.seq = i.seq
 WHERE e.origin = :origin AND e.id = :id
 UNION ALL
-SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk, v.at, 1
+SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk, 1
 FROM envelopes AS e JOIN events AS v ON v.envelope = e.pk
 WHERE e.origin = :origin AND e.id = :id
 UNION ALL
 SELECT 2, r.recipient, CASE WHEN r.domain IS NULL THEN 'delivered' ELSE 'accepted' END, NULL,
-       NULL, e.via, 0, e.accepted, NULL, r.pk, e.accepted, 0
+       NULL, e.via, 0, e.accepted, NULL, r.pk, 0
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
 WHERE e.origin = :origin AND e.id = :id AND r.implied = 1
   AND e.accepted > coalesce((SELECT purged_before FROM event_horizon WHERE id = 1), '')
-ORDER BY 1, 11, 12, 10
+ORDER BY 1, 11, 10
 """,
     # The planner can use a partial index only when the query's WHERE clause implies the
     # index's at prepare time (https://www.sqlite.org/partialindex.html §2).

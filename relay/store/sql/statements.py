@@ -93,7 +93,7 @@ class Statements:
 
     # reads -------------------------------------------------------------------------------------
     #: {origin, id, own} → the envelope (kind 0), its recipients (1) and its events (2), the
-    #: event rows and the events its recipient rows imply (0009), twelve columns, in that
+    #: event rows and the events its recipient rows imply (0009), eleven columns, in that
     #: order: relay/store/sql/rows.py, ``message_status``.
     message_status: str
     #: {agent, after, limit[, thread]} → (seq, origin, id, token, delivered_at, acked_at).
