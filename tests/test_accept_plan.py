@@ -62,11 +62,13 @@ class Case:
     #: inserted or upgraded as (id, recipient, refused).
     inserted: set[str]
     changed: list[tuple[str, str, bool]]
-    #: The plan: per statement, its rows as (id, recipient, state, refused).
-    statements: list[list[tuple[str, str, str, bool]]]
+    #: The plan: per statement, its rows as (id, recipient, state, refused, implied), implied
+    #: as set once the envelope rows inserted are known (``accept.recipient_statements``).
+    statements: list[list[tuple[str, str, str, bool, bool]]]
     duplicates: list[bool]
     inbox: list[tuple[str, str]] = field(default_factory=list)  # (agent, id)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (id, recipient, event)
+    #: Event rows (id, recipient, event): none for a row whose event the envelope row implies.
+    events: list[tuple[str, str, str]] = field(default_factory=list)
     channels: set[str] = field(default_factory=set)
 
 
@@ -79,10 +81,9 @@ CASES = [
         batch=[env("e1", local=["bob"], remote=[DAVE])],
         inserted={"e1"},
         changed=[("e1", BOB, False), ("e1", DAVE, False)],
-        statements=[[("e1", BOB, "delivered", False), ("e1", DAVE, "queued", False)]],
+        statements=[[("e1", BOB, "delivered", False, True), ("e1", DAVE, "queued", False, True)]],
         duplicates=[False],
         inbox=[("bob", "e1")],
-        events=[("e1", BOB, "delivered"), ("e1", DAVE, "accepted")],
         channels={inbox_channel("bob"), QUEUE_CHANNEL},
     ),
     Case(
@@ -90,10 +91,10 @@ CASES = [
         batch=[env("e1", local=["bob"], refused=[CAROL])],
         inserted={"e1"},
         changed=[("e1", BOB, False), ("e1", CAROL, True)],
-        statements=[[("e1", BOB, "delivered", False), ("e1", CAROL, "bounced", True)]],
+        statements=[[("e1", BOB, "delivered", False, True), ("e1", CAROL, "bounced", True, False)]],
         duplicates=[False],
         inbox=[("bob", "e1")],
-        events=[("e1", BOB, "delivered"), ("e1", CAROL, "bounced")],
+        events=[("e1", CAROL, "bounced")],
         channels={inbox_channel("bob")},
     ),
     Case(
@@ -101,7 +102,7 @@ CASES = [
         batch=[env("e1", local=["bob"], remote=[DAVE])],
         inserted=set(),
         changed=[],
-        statements=[[("e1", BOB, "delivered", False), ("e1", DAVE, "queued", False)]],
+        statements=[[("e1", BOB, "delivered", False, False), ("e1", DAVE, "queued", False, False)]],
         duplicates=[True],
     ),
     Case(
@@ -109,7 +110,9 @@ CASES = [
         batch=[env("e1", local=["bob", "carol"])],
         inserted=set(),
         changed=[("e1", CAROL, False)],
-        statements=[[("e1", BOB, "delivered", False), ("e1", CAROL, "delivered", False)]],
+        statements=[
+            [("e1", BOB, "delivered", False, False), ("e1", CAROL, "delivered", False, False)]
+        ],
         duplicates=[False],
         inbox=[("carol", "e1")],
         events=[("e1", CAROL, "delivered")],
@@ -120,7 +123,7 @@ CASES = [
         batch=[env("e1", local=["bob"])],
         inserted=set(),
         changed=[("e1", BOB, False)],  # the refused row, upgraded
-        statements=[[("e1", BOB, "delivered", False)]],
+        statements=[[("e1", BOB, "delivered", False, False)]],
         duplicates=[False],
         inbox=[("bob", "e1")],
         events=[("e1", BOB, "delivered")],
@@ -131,7 +134,7 @@ CASES = [
         batch=[env("e1", refused=[DAVE])],
         inserted=set(),
         changed=[],
-        statements=[[("e1", DAVE, "bounced", True)]],
+        statements=[[("e1", DAVE, "bounced", True, False)]],
         duplicates=[True],
     ),
     Case(
@@ -139,9 +142,8 @@ CASES = [
         batch=[env("e1", remote=[DAVE], refused=[DAVE])],
         inserted={"e1"},
         changed=[("e1", DAVE, False)],
-        statements=[[("e1", DAVE, "queued", False)]],
+        statements=[[("e1", DAVE, "queued", False, True)]],
         duplicates=[False],
-        events=[("e1", DAVE, "accepted")],
         channels={QUEUE_CHANNEL},
     ),
     Case(
@@ -149,10 +151,9 @@ CASES = [
         batch=[env("e1", local=["bob"]), env("e2", remote=[DAVE])],
         inserted={"e1", "e2"},
         changed=[("e2", DAVE, False), ("e1", BOB, False)],  # RETURNING has no order
-        statements=[[("e1", BOB, "delivered", False), ("e2", DAVE, "queued", False)]],
+        statements=[[("e1", BOB, "delivered", False, True), ("e2", DAVE, "queued", False, True)]],
         duplicates=[False, False],
         inbox=[("bob", "e1")],
-        events=[("e1", BOB, "delivered"), ("e2", DAVE, "accepted")],
         channels={inbox_channel("bob"), QUEUE_CHANNEL},
     ),
     Case(
@@ -160,10 +161,9 @@ CASES = [
         batch=[env("e1", local=["bob"]), env("e1", local=["bob"])],
         inserted={"e1"},
         changed=[("e1", BOB, False)],
-        statements=[[("e1", BOB, "delivered", False)]],
+        statements=[[("e1", BOB, "delivered", False, True)]],
         duplicates=[False, True],
         inbox=[("bob", "e1")],
-        events=[("e1", BOB, "delivered")],
         channels={inbox_channel("bob")},
     ),
     Case(
@@ -171,10 +171,12 @@ CASES = [
         batch=[env("e1", local=["bob"]), env("e1", local=["bob", "carol"])],
         inserted={"e1"},
         changed=[("e1", BOB, False), ("e1", CAROL, False)],
-        statements=[[("e1", BOB, "delivered", False), ("e1", CAROL, "delivered", False)]],
+        statements=[
+            [("e1", BOB, "delivered", False, True), ("e1", CAROL, "delivered", False, False)]
+        ],
         duplicates=[False, False],
         inbox=[("bob", "e1"), ("carol", "e1")],
-        events=[("e1", BOB, "delivered"), ("e1", CAROL, "delivered")],
+        events=[("e1", CAROL, "delivered")],
         channels={inbox_channel("bob"), inbox_channel("carol")},
     ),
     Case(
@@ -182,7 +184,7 @@ CASES = [
         batch=[env("e1", refused=[DAVE]), env("e1", remote=[DAVE])],
         inserted={"e1"},
         changed=[("e1", DAVE, True), ("e1", DAVE, False)],
-        statements=[[("e1", DAVE, "bounced", True)], [("e1", DAVE, "queued", False)]],
+        statements=[[("e1", DAVE, "bounced", True, False)], [("e1", DAVE, "queued", False, False)]],
         duplicates=[False, False],
         events=[("e1", DAVE, "bounced"), ("e1", DAVE, "accepted")],
         channels={QUEUE_CHANNEL},
@@ -192,9 +194,8 @@ CASES = [
         batch=[env("e1", remote=[DAVE]), env("e1", refused=[DAVE])],
         inserted={"e1"},
         changed=[("e1", DAVE, False)],
-        statements=[[("e1", DAVE, "queued", False)]],
+        statements=[[("e1", DAVE, "queued", False, True)]],
         duplicates=[False, True],
-        events=[("e1", DAVE, "accepted")],
         channels={QUEUE_CHANNEL},
     ),
     Case(
@@ -207,7 +208,10 @@ CASES = [
         ],
         inserted=set(),  # known, and bob refused, before this batch
         changed=[("e1", BOB, False)],
-        statements=[[("e1", BOB, "bounced", True)], [("e1", BOB, "delivered", False)]],
+        statements=[
+            [("e1", BOB, "bounced", True, False)],
+            [("e1", BOB, "delivered", False, False)],
+        ],
         duplicates=[True, True, False, True],
         inbox=[("bob", "e1")],
         events=[("e1", BOB, "delivered")],
@@ -224,10 +228,11 @@ def _changed_rows(case: Case) -> list[tuple[Any, ...]]:
 def test_plan_and_interpret(case: Case) -> None:
     batch = [(item, AT) for item in case.batch]
     plan = accept.plan(batch, HERE, ts)
-    assert [[(r[1], r[2], r[4], r[5]) for r in rows] for rows in plan.recipients] == (
+    inserted = [(HERE, id) for id in sorted(case.inserted)]
+    statements = accept.recipient_statements(plan, inserted)
+    assert [[(r[1], r[2], r[4], r[5], r[11]) for r in rows] for rows in statements] == (
         case.statements
     )
-    inserted = [(HERE, id) for id in sorted(case.inserted)]
     out = accept.interpret(plan, inserted, _changed_rows(case))
     assert [(r.id, r.duplicate) for r in out.results] == [
         (item.id, dup) for item, dup in zip(case.batch, case.duplicates, strict=True)
@@ -259,10 +264,27 @@ def test_plan_rows_carry_every_column() -> None:
     ]
     [rows] = plan.recipients
     assert rows == [
-        (HERE, "e1", BOB, None, "delivered", False, None, None, None, "t1", None),
-        (HERE, "e1", DAVE, "b.test", "queued", False, None, None, "t1", "t1", None),
-        (HERE, "e1", CAROL, HERE, "bounced", True, "5.1.1", "no such agent", None, "t1", None),
+        (HERE, "e1", BOB, None, "delivered", False, None, None, None, "t1", None, False),
+        (HERE, "e1", DAVE, "b.test", "queued", False, None, None, "t1", "t1", None, False),
+        (
+            HERE,
+            "e1",
+            CAROL,
+            HERE,
+            "bounced",
+            True,
+            "5.1.1",
+            "no such agent",
+            None,
+            "t1",
+            None,
+            False,
+        ),
     ]
+    # Implied once the envelope row is known to be new: the taken rows of its first copy.
+    [marked] = accept.recipient_statements(plan, [(HERE, "e1")])
+    assert [row[11] for row in marked] == [True, True, False]
+    assert marked[0][:11] == rows[0][:11]
     assert all(len(row) == accept.RECIPIENT_WIDTH for row in rows)
     assert len(plan.envelopes[0]) == accept.ENVELOPE_WIDTH
 

@@ -7,6 +7,7 @@ MAX_CLOCK_SKEW), so a replay after everything else was purged is still a duplica
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from relay.delivery.retention import RetentionService
 from relay.store import open_store
 from relay.store.base import NewEnvelope, PurgeBatch, Store
 from tests import test_store
-from tests.test_store import HERE, T0, add_agent, new, sent
+from tests.test_store import HERE, T0, add_agent, at, new, sent
 from tests.test_store_a2a import task
 
 store_url = test_store.store_url
@@ -191,8 +192,13 @@ async def test_old_hop_log_events_go_and_the_status_stays(store: Store) -> None:
     await store.accept(new("e1", remote=["x@b.test"]), T0)
     later = T0 + 3 * DAY
     await store.settle([sent("e1", "x@b.test")], [], later)
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [e.event for e in status.events] == ["accepted", "sent"]
     deleted, _ = await drain(store.purge_events, before=T0 + DAY, limit=10)
-    assert deleted == 1  # "accepted", logged at T0
+    # "accepted", at T0, is implied by the recipient row (no row to delete): the horizon
+    # forgets it.
+    assert deleted == 0
     status = await store.message_status(HERE, "e1")
     assert status is not None
     assert [e.event for e in status.events] == ["sent"]
@@ -245,6 +251,83 @@ async def test_a_sweep_passes_rows_it_keeps(store: Store) -> None:
         "keep1",
         "keep2",
     ]
+
+
+# implied events (0009) ------------------------------------------------------------------------
+# A recipient row taken by the accept that created its envelope gets no event row: its event is
+# read back from the envelope row (relay/store/sql/accept.py, "Implied events"), and forgotten
+# by the event horizon rather than deleted.
+
+
+def raw(url: str, statement: str) -> None:
+    """One statement on ``url``'s database beside the store, on either backend (as an operator
+    or an older relay would write)."""
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+            db.execute(statement)
+    else:
+        test_store.sql(url, statement)
+
+
+async def test_implied_events_read_as_event_rows_and_go_by_the_horizon(store: Store) -> None:
+    await add_agent(store, "bob")
+    await add_agent(store, "carol")
+    refused = (f"zed@{HERE}", "5.1.1", "no such agent")
+    first = new("e1", local=["bob"], remote=["dave@b.test"], refused=[refused], via="api")
+    await store.accept(first, at(1))
+    # A later copy adds carol: her row has a time and a hop of its own, so an event row.
+    later = new("e1", local=["bob", "carol"], via="federation:b.test")
+    assert not (await store.accept(later, at(5))).duplicate
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [(e.at, e.recipient, e.event, e.code, e.hop) for e in status.events] == [
+        (at(1), f"bob@{HERE}", "delivered", None, "api"),
+        (at(1), "dave@b.test", "accepted", None, "api"),
+        (at(1), f"zed@{HERE}", "bounced", "5.1.1", "api"),
+        (at(5), f"carol@{HERE}", "delivered", None, "federation:b.test"),
+    ]
+    # Two event rows (zed's refusal, carol's delivery); bob's and dave's are implied: the
+    # purge deletes the one row at or before its cutoff, and the horizon hides the implied.
+    deleted, _ = await drain(store.purge_events, before=at(2), limit=10)
+    assert deleted == 1
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [(e.recipient, e.event) for e in status.events] == [(f"carol@{HERE}", "delivered")]
+    assert len(status.recipients) == 4  # the rows stay: only their events are forgotten
+    # The horizon never moves back: an earlier cutoff shows nothing again.
+    assert (await drain(store.purge_events, before=at(0), limit=10))[0] == 0
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert len(status.events) == 1
+
+
+async def test_rows_written_before_0009_keep_their_event_rows(store_url: str) -> None:
+    store = await test_store.connect(store_url)
+    try:
+        await add_agent(store, "bob")
+        await store.accept(new("e1", local=["bob"], remote=["dave@b.test"]), at(1))
+        # What a relay before 0009 wrote: the rows unmarked, each event a row.
+        raw(
+            store_url,
+            """
+            INSERT INTO events (envelope, at, recipient, event, hop)
+            SELECT r.envelope, e.accepted, r.recipient,
+                   CASE WHEN r.domain IS NULL THEN 'delivered' ELSE 'accepted' END, e.via
+            FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope
+            WHERE r.implied
+            """,
+        )
+        raw(store_url, "UPDATE recipients SET implied = false")
+        status = await store.message_status(HERE, "e1")
+        assert status is not None
+        assert [(e.recipient, e.event, e.at) for e in status.events] == [
+            (f"bob@{HERE}", "delivered", at(1)),
+            ("dave@b.test", "accepted", at(1)),
+        ]
+        # And they are purged as rows.
+        assert (await drain(store.purge_events, before=at(2), limit=10))[0] == 2
+    finally:
+        await store.close()
 
 
 # A2A face tasks -------------------------------------------------------------------------------
@@ -303,11 +386,16 @@ async def test_a_sweep_purges_every_kind_and_a_replay_inside_the_window_stays_du
     report = await service.sweep()
     assert report.deleted["envelopes"] == 7
     assert report.deleted["tasks"] == 1
-    # Acked rows and events go first, all eight; then the seven expired envelopes.
+    # Acked rows and events go first, all eight; then the seven expired envelopes. The eight
+    # "delivered" events are implied by their recipient rows (no event rows to delete): they
+    # go by the event horizon, and "long", which stays, shows none.
     assert report.deleted["acked"] == 8
-    assert report.deleted["events"] == 8
+    assert report.deleted["events"] == 0
     assert report.batches >= 7 // 3
     assert await ids_known(store, *[f"e{n}" for n in range(7)], "long") == {"long"}
+    status = await store.message_status(HERE, "long")
+    assert status is not None
+    assert (status.events, [r.state for r in status.recipients]) == ([], ["delivered"])
     # Everything else about "long" went, but its deduplication key did not.
     assert (await store.accept(new("long", local=["bob"]), clock.now())).duplicate
     assert await store.inbox("bob", limit=10, include_acked=True) == []

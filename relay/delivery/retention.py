@@ -19,6 +19,10 @@ deduplication key          queued or held, every inbox row acknowledged
                            ``acked`` ago
 =========================  ===============================================  =============
 
+The ``accepted`` and ``delivered`` events that recipient rows imply (migration 0009, no event
+row of their own) go with the events' cutoff too: the store stops showing those at or before
+it, at once, with one write (``Store.purge_events``); the sweep's count is of event rows.
+
 Never purged: an unacknowledged inbox row (mailbox quotas bound those, relay/delivery/quota.py),
 a queued or held recipient row, and an envelope inside its deduplication window — a replay of
 it stays a duplicate whatever else was purged (SPEC.md §8.5: a receiver MUST keep the key until

@@ -15,7 +15,10 @@ Data model (SPEC.md prescribes none; this is the relay's own business):
   default) and whether the one ``delayed`` report was sent (``delay_reported``).
 * **inbox** — one row per (agent, envelope) delivered locally, with a per-store sequence number
   (for SSE resumption) and the ack time.
-* **events** — the per-recipient hop log shown by ``synq status``.
+* **events** — the per-recipient hop log shown by ``synq status``. Since migration 0009 a
+  recipient row taken by the accept that created its envelope is marked ``implied`` and has no
+  event row: its ``accepted`` or ``delivered`` event is read from the envelope and recipient
+  rows (relay/store/sql/accept.py, "Implied events").
 * **a2a_tasks**, **a2a_task_events**, **a2a_task_envelopes**, **a2a_feed** — the tasks of the
   relay's A2A face, their event logs, the envelopes sent for them, and the reply tracker's
   cursor over inbox sequence numbers (migration 0003; relay/tasks/).
@@ -673,7 +676,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_events(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
-        """Delete hop-log events recorded at or before ``before``."""
+        """Delete hop-log events recorded at or before ``before``: the event rows of the window,
+        and every implied event (0009) at or before ``before``, which the store stops showing at
+        once without a write per row. ``deleted`` counts the event rows."""
 
     @abc.abstractmethod
     async def purge_envelopes(

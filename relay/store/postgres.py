@@ -344,21 +344,22 @@ RETURNING origin, id
 WITH changed AS (
     INSERT INTO recipients
         (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated,
-         notify)
+         notify, implied)
     SELECT e.pk, j.recipient, j.domain, j.state, j.refused, j.code, j.reason, j.next_attempt,
-           j.updated, j.notify
+           j.updated, j.notify, j.implied
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
-                %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])
+                %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[],
+                %s::boolean[])
          WITH ORDINALITY
          AS j (origin, id, recipient, domain, state, refused, code, reason, next_attempt,
-               updated, notify, ord)
+               updated, notify, implied, ord)
     JOIN envelopes AS e ON e.origin = j.origin AND e.id = j.id
     ORDER BY j.ord  -- a join may reorder; row numbers (pk) follow the caller's order
     ON CONFLICT (envelope, recipient) DO UPDATE SET
         domain = excluded.domain, state = excluded.state, refused = false,
         code = excluded.code, reason = excluded.reason, next_attempt = excluded.next_attempt,
         lease_until = NULL, lease_owner = NULL, updated = excluded.updated,
-        notify = excluded.notify
+        notify = excluded.notify, implied = false
     WHERE recipients.refused AND NOT excluded.refused
     RETURNING envelope, recipient, refused
 )
@@ -420,24 +421,31 @@ RETURNING agent, key
     select_idempotency_keys=rows.IDEMPOTENCY_SELECT + "WHERE agent = %s AND key = ANY(%s::text[])",
     # Typed NULLs and zeros: UNION ALL resolves each column's type from its first branch.
     message_status="""
-SELECT 0, e.origin, e.id, e.sender, NULL::text, NULL::text, 0, e.created, e.expires, 0::bigint
+SELECT 0, e.origin, e.id, e.sender, NULL::text, NULL::text, 0, e.created, e.expires, 0::bigint, 0
 FROM envelopes AS e WHERE e.origin = %(origin)s AND e.id = %(id)s
 UNION ALL
 SELECT 1, r.recipient, CASE WHEN d.seq IS NULL THEN r.state ELSE 'queued' END,
        CASE WHEN d.seq IS NULL THEN r.code ELSE d.code END,
        CASE WHEN d.seq IS NULL THEN r.reason ELSE d.reason END, NULL,
        CASE WHEN d.seq IS NULL THEN r.attempts ELSE d.attempts END,
-       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk
+       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk, 0
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
 LEFT JOIN inbox AS i ON i.envelope = e.pk AND r.domain IS NULL AND r.state = 'delivered'
   AND r.recipient = i.agent || '@' || %(own)s::text
 LEFT JOIN deliveries AS d ON d.seq = i.seq
 WHERE e.origin = %(origin)s AND e.id = %(id)s
 UNION ALL
-SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk
+SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk, 1
 FROM envelopes AS e JOIN events AS v ON v.envelope = e.pk
 WHERE e.origin = %(origin)s AND e.id = %(id)s
-ORDER BY 1, 10
+UNION ALL
+SELECT 2, r.recipient, CASE WHEN r.domain IS NULL THEN 'delivered' ELSE 'accepted' END, NULL,
+       NULL, e.via, 0, e.accepted, NULL, r.pk, 0
+FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+WHERE e.origin = %(origin)s AND e.id = %(id)s AND r.implied
+  AND e.accepted > coalesce((SELECT purged_before FROM event_horizon WHERE id = 1),
+                            '-infinity'::timestamptz)
+ORDER BY 1, 11, 10
 """,
     inbox_unacked=_INBOX_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT %(limit)s",
     inbox_all=_INBOX_PAGE + "ORDER BY i.seq LIMIT %(limit)s",

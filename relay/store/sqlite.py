@@ -221,15 +221,16 @@ RETURNING origin, id
     # JSON true/false arrive as 1/0, what the STRICT INTEGER column ``refused`` holds.
     insert_recipients="""
 INSERT INTO recipients
-    (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated, notify)
+    (envelope, recipient, domain, state, refused, code, reason, next_attempt, updated, notify,
+     implied)
 SELECT e.pk, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6,
-       j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10
+       j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10, j.value ->> 11
 FROM json_each(?) AS j CROSS JOIN envelopes AS e
 WHERE e.origin = j.value ->> 0 AND e.id = j.value ->> 1
 ON CONFLICT (envelope, recipient) DO UPDATE SET
     domain = excluded.domain, state = excluded.state, refused = 0, code = excluded.code,
     reason = excluded.reason, next_attempt = excluded.next_attempt, lease_until = NULL,
-    updated = excluded.updated, notify = excluded.notify
+    updated = excluded.updated, notify = excluded.notify, implied = 0
 WHERE recipients.refused = 1 AND excluded.refused = 0
 RETURNING envelope,
           (SELECT x.origin FROM envelopes AS x WHERE x.pk = recipients.envelope),
@@ -290,24 +291,30 @@ RETURNING agent, key
     select_idempotency_keys=rows.IDEMPOTENCY_SELECT  # noqa: S608 (constants)
     + "WHERE agent = ? AND key IN (SELECT value FROM json_each(?))",
     message_status="""
-SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0
+SELECT 0, e.origin, e.id, e.sender, NULL, NULL, 0, e.created, e.expires, 0, 0
 FROM envelopes AS e WHERE e.origin = :origin AND e.id = :id
 UNION ALL
 SELECT 1, r.recipient, CASE WHEN d.seq IS NULL THEN r.state ELSE 'queued' END,
        CASE WHEN d.seq IS NULL THEN r.code ELSE d.code END,
        CASE WHEN d.seq IS NULL THEN r.reason ELSE d.reason END, NULL,
        CASE WHEN d.seq IS NULL THEN r.attempts ELSE d.attempts END,
-       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk
+       CASE WHEN d.seq IS NULL THEN r.next_attempt ELSE d.next_attempt END, r.updated, r.pk, 0
 FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
 LEFT JOIN inbox AS i ON i.envelope = e.pk AND r.domain IS NULL AND r.state = 'delivered'
   AND r.recipient = i.agent || '@' || :own
 LEFT JOIN deliveries AS d ON d.seq = i.seq
 WHERE e.origin = :origin AND e.id = :id
 UNION ALL
-SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk
+SELECT 2, v.recipient, v.event, v.code, v.reason, v.hop, 0, v.at, NULL, v.pk, 1
 FROM envelopes AS e JOIN events AS v ON v.envelope = e.pk
 WHERE e.origin = :origin AND e.id = :id
-ORDER BY 1, 10
+UNION ALL
+SELECT 2, r.recipient, CASE WHEN r.domain IS NULL THEN 'delivered' ELSE 'accepted' END, NULL,
+       NULL, e.via, 0, e.accepted, NULL, r.pk, 0
+FROM envelopes AS e JOIN recipients AS r ON r.envelope = e.pk
+WHERE e.origin = :origin AND e.id = :id AND r.implied = 1
+  AND e.accepted > coalesce((SELECT purged_before FROM event_horizon WHERE id = 1), '')
+ORDER BY 1, 11, 10
 """,
     # The planner can use a partial index only when the query's WHERE clause implies the
     # index's at prepare time (https://www.sqlite.org/partialindex.html §2).

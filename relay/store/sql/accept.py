@@ -10,14 +10,26 @@ only the middle one touches the database (relay/store/sql/store.py runs it):
    at acceptance (recorded as bounced, ``refused``), each address once; an address both taken
    and refused counts as taken.
 2. The dialect inserts the envelope rows (``ON CONFLICT DO NOTHING``, returning the rows it
-   inserted) and the recipient rows of each statement: a missing row is inserted, and an
-   existing row changes only when it was refused and this accept takes the recipient. Each
-   statement returns the rows it inserted or changed: ``(envelope pk, origin, id, recipient,
-   refused)``.
+   inserted) and the recipient rows of each statement (:func:`recipient_statements`, which
+   marks the implied rows below once it knows which envelopes are new): a missing row is
+   inserted, and an existing row changes only when it was refused and this accept takes the
+   recipient. Each statement returns the rows it inserted or changed: ``(envelope pk, origin,
+   id, recipient, refused)``.
 3. :func:`interpret` — from what came back: one :class:`~relay.store.base.AcceptResult` per
    pair, the inbox rows and hop-log events of the rows that changed, the receipts those new
    inbox rows may owe (``NewEnvelope.receipts``: a row that did not change owes none, so a
    replay reports nothing twice), and the notifier channels to wake after COMMIT.
+
+Implied events (0009). Nearly every recipient row is taken — delivered to a local inbox or
+queued for federation — by the accept that creates its envelope, and its hop-log event
+(``delivered`` or ``accepted``, no code, the envelope's ``via`` as hop, at the envelope's
+``accepted``) then says nothing the envelope row and the recipient row do not: such a row is
+marked ``implied`` and gets no event row; ``message_status`` reads the event back from the two
+rows (relay/store/sqlite.py and postgres.py, ``message_status``). That is one row and two index
+entries fewer per recipient on each side of a relayed message. Every other change keeps its
+event row: a refused or held recipient (the code and reason are the event's), a recipient added
+by a later copy of the envelope or by a later pair of the batch (its time or hop may differ from
+the envelope row's), an upgrade of a refused row.
 
 Accept is an idempotent union (relay/store/base.py; SPEC.md §8.5): a replay changes nothing and
 is a duplicate, except a copy that reaches a recipient the first did not — an address refused
@@ -63,14 +75,16 @@ __all__ = [
     "interpret",
     "key_claims",
     "plan",
+    "recipient_statements",
     "recipients_of",
 ]
 
 #: One envelope row: (origin, id, sender, token, created, expires, thread, kind, via, accepted).
 ENVELOPE_WIDTH = 10
 #: One recipient row: (origin, id, recipient, domain, state, refused, code, reason,
-#: next_attempt, updated, notify). The dialect resolves (origin, id) to the envelope's key.
-RECIPIENT_WIDTH = 11
+#: next_attempt, updated, notify, implied). The dialect resolves (origin, id) to the envelope's
+#: key. ``implied``: the row's hop-log event is the envelope row's (the module docstring).
+RECIPIENT_WIDTH = 12
 #: One inbox row: (agent, envelope pk, delivered at).
 INBOX_WIDTH = 3
 #: One event row: (envelope pk, at, recipient, event, code, reason, hop).
@@ -186,7 +200,12 @@ class AcceptPlan:
     envelopes: list[tuple[Any, ...]]
     #: Recipient rows (:data:`RECIPIENT_WIDTH` wide), one list per statement, in order: the
     #: first mentions, then the upgrades if any. Empty when the batch names no recipient.
+    #: ``implied`` is False here: :func:`recipient_statements` sets it.
     recipients: list[list[tuple[Any, ...]]]
+    #: (origin, id, recipient) of the first mentions whose event the envelope row implies if
+    #: this accept inserts the envelope: taken rows named by the pair that wrote the envelope
+    #: row (its ``accepted`` and ``via`` are theirs).
+    derivable: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 def plan(
@@ -202,11 +221,13 @@ def plan(
     envelopes: dict[tuple[str, str], tuple[Any, ...]] = {}
     first: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     upgrades: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    derivable: set[tuple[str, str, str]] = set()
     for it, at in batch:
         rows = recipients_of(it, local_domain)
         items.append((it, at, rows))
         key = (it.origin, it.id)
-        if key not in envelopes:
+        head = key not in envelopes
+        if head:
             envelopes[key] = (
                 it.origin,
                 it.id,
@@ -243,18 +264,44 @@ def plan(
                 next_attempt,
                 at,
                 r.notify,
+                False,
             )
             row_key = (it.origin, it.id, r.key)
             earlier = first.get(row_key)
             if earlier is None:
                 first[row_key] = row
+                if head and r.klass in ("local", "remote"):
+                    derivable.add(row_key)
             elif earlier[5] and not refused and row_key not in upgrades:
                 upgrades[row_key] = row
     return AcceptPlan(
         items=items,
         envelopes=list(envelopes.values()),
         recipients=[list(rows.values()) for rows in (first, upgrades) if rows],
+        derivable=derivable,
     )
+
+
+def _implied(accept_plan: AcceptPlan, new: set[tuple[str, str]]) -> set[tuple[str, str, str]]:
+    """The derivable rows of the envelopes this accept inserted (``new``): their events are
+    implied. A derivable row of an envelope that existed before (a replay) is a recipient the
+    earlier copies did not name, with a time of its own: it keeps its event row."""
+    if not new:
+        return set()
+    return {k for k in accept_plan.derivable if (k[0], k[1]) in new}
+
+
+def recipient_statements(
+    accept_plan: AcceptPlan, inserted_envelopes: Iterable[Sequence[Any]]
+) -> list[list[tuple[Any, ...]]]:
+    """The plan's recipient statements with ``implied`` set, given the envelope rows the
+    database inserted, ``(origin, id, …)``. The upgrades' statement is never implied."""
+    implied = _implied(accept_plan, {(row[0], row[1]) for row in inserted_envelopes})
+    if not implied:
+        return accept_plan.recipients
+    first, *rest = accept_plan.recipients
+    marked = [(*row[:-1], True) if (row[0], row[1], row[2]) in implied else row for row in first]
+    return [marked, *rest]
 
 
 @dataclass(slots=True)
@@ -285,6 +332,7 @@ def interpret(
     inserted, ``(origin, id, …)``, and the recipient rows it inserted or upgraded, ``(envelope
     pk, origin, id, recipient, refused)`` from every statement of the plan."""
     new_envelopes = {(row[0], row[1]) for row in inserted_envelopes}
+    implied = _implied(accept_plan, new_envelopes)
     # (origin, id, recipient, refused) → envelope pk. A row refused by one pair and taken by a
     # later one changed twice, once per refusedness, so each of the two pairs gets its change.
     changed = {(row[1], row[2], row[3], bool(row[4])): row[0] for row in changed_recipients}
@@ -298,15 +346,18 @@ def interpret(
             if pk is None:
                 continue
             fresh = True
+            logged = (it.origin, it.id, r.key) not in implied
             if r.agent is not None:
                 out.inbox.append((r.agent, pk, at))
-                out.events.append((pk, at, r.key, "delivered", None, None, it.via))
+                if logged:
+                    out.events.append((pk, at, r.key, "delivered", None, None, it.via))
                 out.channels.add(inbox_channel(r.agent))
                 receipt = it.receipts.get(r.agent)
                 if receipt is not None:
                     out.receipts.append((r.agent, receipt, at))
             elif r.klass == "remote":
-                out.events.append((pk, at, r.key, "accepted", None, None, it.via))
+                if logged:
+                    out.events.append((pk, at, r.key, "accepted", None, None, it.via))
                 out.channels.add(QUEUE_CHANNEL)
             elif r.klass == "held":
                 out.events.append((pk, at, r.key, "deferred", r.code, r.reason, it.via))

@@ -218,11 +218,16 @@ def a2a_task(row: Row, dt: ToDatetime) -> A2ATask:
 
 
 def message_status(rows: Sequence[Row], dt: ToDatetime) -> MessageStatus | None:
-    """One statement's rows, ten columns each, kind first and in kind order:
+    """One statement's rows, eleven columns each (the last one only orders them), kind first
+    and in kind order:
 
     * 0, origin, id, sender, -, -, -, created, expires, - — the envelope;
     * 1, recipient, state, code, reason, -, attempts, next_attempt, updated, pk — per recipient;
-    * 2, recipient, event, code, reason, hop, -, at, -, pk — per event.
+    * 2, recipient, event, code, reason, hop, -, at, -, pk — per event: first the events implied
+      by recipient rows (relay/store/sql/accept.py), by recipient row, then the event rows in
+      the order they were written. An implied event comes from the accept that created the
+      envelope, which wrote its taken rows' events before any other: the order is the one event
+      rows alone gave.
 
     One statement, so the three parts come from one snapshot: never a 'sent' state without its
     'sent' event.

@@ -92,8 +92,9 @@ class Statements:
     delete_idempotency_key: str
 
     # reads -------------------------------------------------------------------------------------
-    #: {origin, id} → the envelope (kind 0), its recipients (1) and its events (2), ten
-    #: columns, in that order: relay/store/sql/rows.py, ``message_status``.
+    #: {origin, id, own} → the envelope (kind 0), its recipients (1) and its events (2), the
+    #: event rows and the events its recipient rows imply (0009), eleven columns, in that
+    #: order: relay/store/sql/rows.py, ``message_status``.
     message_status: str
     #: {agent, after, limit[, thread]} → (seq, origin, id, token, delivered_at, acked_at).
     #: Four texts rather than optional filters, so the partial index of unacked rows and the
@@ -206,6 +207,8 @@ class Statements:
     window_events: str
     #: (after, last, before)
     purge_events: str
+    #: (before, before): implied events at or before ``before`` are forgotten (0009).
+    raise_event_horizon: str
     window_envelopes: str
     #: (after, last, expired before, settled before, settled before, acked before)
     purge_envelopes: str
@@ -406,6 +409,12 @@ SELECT max(pk), max(at), count(*)
 FROM (SELECT pk, at FROM events WHERE pk > ? ORDER BY pk LIMIT ?) AS w
 """,
     "purge_events": "DELETE FROM events WHERE pk > ? AND pk <= ? AND at <= ?",
+    # One row for every implied event (migrations 0009): message_status shows none accepted at
+    # or before the horizon. Never moved back, so concurrent sweeps need no order.
+    "raise_event_horizon": """
+UPDATE event_horizon SET purged_before = ?
+WHERE id = 1 AND (purged_before IS NULL OR purged_before < ?)
+""",
     "window_envelopes": """
 SELECT max(pk), max(accepted), count(*)
 FROM (SELECT pk, accepted FROM envelopes WHERE pk > ? ORDER BY pk LIMIT ?) AS w

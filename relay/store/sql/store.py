@@ -403,7 +403,7 @@ class SqlStore(GroupWriter, Store):
         plan = accept.plan(batch, self.domain, self._ts)
         inserted = await tx.fetch_rows(sql.insert_envelopes, plan.envelopes, accept.ENVELOPE_WIDTH)
         changed: list[Any] = []
-        for statement in plan.recipients:
+        for statement in accept.recipient_statements(plan, inserted):
             changed += await tx.fetch_rows(sql.insert_recipients, statement, accept.RECIPIENT_WIDTH)
         out = accept.interpret(plan, inserted, changed)
         handed_over: set[str] = set()
@@ -922,18 +922,28 @@ class SqlStore(GroupWriter, Store):
     # retention (0004) ----------------------------------------------------------------------------
 
     async def _purge_window(
-        self, window: str, purge: str, params: tuple[Any, ...], after: int, limit: int, newest: Any
+        self,
+        window: str,
+        purge: str,
+        params: tuple[Any, ...],
+        after: int,
+        limit: int,
+        newest: Any,
+        *,
+        also: tuple[str, tuple[Any, ...]] | None = None,
     ) -> PurgeBatch:
         """One batch of a sweep: the next ``limit`` keys after ``after``, and the deletion of
         the rows among them that ``purge`` (bound to ``(after, last, *params)``) finds old
         enough, in one write. The sweep is over when the window reaches the end of the table
         or rows newer than ``newest``: keys are handed out in arrival order, so the rows after
         it are newer still (up to the clock differences of several writers; those wait for the
-        next sweep)."""
+        next sweep). ``also``: one more statement, run first in the same write."""
         if limit <= 0:
             return PurgeBatch(0, None)
 
         async def run(tx: Tx) -> tuple[PurgeBatch, Collection[str]]:
+            if also is not None:
+                await tx.execute(*also)
             found = await tx.fetch(window, (after, limit))
             last, latest, count = found[0] if found else (None, None, 0)
             if last is None:
@@ -957,8 +967,15 @@ class SqlStore(GroupWriter, Store):
     async def purge_events(self, before: datetime, *, after: int, limit: int) -> PurgeBatch:
         cutoff = self._ts(before)
         sql = self.sql
+        # The events recipient rows imply (0009) are forgotten by the horizon, not row by row.
         return await self._purge_window(
-            sql.window_events, sql.purge_events, (cutoff,), after, limit, cutoff
+            sql.window_events,
+            sql.purge_events,
+            (cutoff,),
+            after,
+            limit,
+            cutoff,
+            also=(sql.raise_event_horizon, (cutoff, cutoff)),
         )
 
     async def purge_envelopes(
