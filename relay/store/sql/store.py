@@ -1134,7 +1134,15 @@ class SqlStore(GroupWriter, Store):
                     await self._record_key(tx, key, link, params[5])
             return "updated", (*channels, a2a_task_channel(task.id))
 
-        outcome: A2AUpdate = await self._write(run)
+        # A change that folds a reply (``source``) is not synced on its own (SQLite: synchronous
+        # NORMAL for this group, as for a new task in a2a_create_task): everything it writes is
+        # derived from the reply, already durable in the owner's inbox, and a power cut that
+        # loses it loses the tracker's cursor and the ack with it, so the tracker folds the
+        # same reply again after the restart. A crash of the process alone loses nothing
+        # (WAL, https://www.sqlite.org/pragma.html#pragma_synchronous). Any other change (a
+        # cancel, a follow-up's turn and its key, a push config) is the client's own and
+        # synced before it is answered. PostgreSQL commits every group durably.
+        outcome: A2AUpdate = await self._write(run, durable=source is None)
         return outcome
 
     async def a2a_reply_tasks(self, ids: Sequence[str]) -> dict[str, A2ATask]:
