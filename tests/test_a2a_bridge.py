@@ -213,9 +213,13 @@ async def test_the_agent_is_down_the_message_waits_and_arrives_when_it_is_back(
         b.w.clock.advance(600)
         assert await dispatcher.run_once() == 1
         streaming = await b.client()
-        events = [e async for e in streaming.subscribe(SubscribeToTaskRequest(id=task_id))]
-        assert state(events[-1]) == "TASK_STATE_COMPLETED"
+        try:
+            events = [e async for e in streaming.subscribe(SubscribeToTaskRequest(id=task_id))]
+            assert state(events[-1]) == "TASK_STATE_COMPLETED"
+        except a2a_errors.UnsupportedOperationError:
+            pass  # the answer was folded before the subscription came: the task had ended
         done = await client.get_task(GetTaskRequest(id=task_id))
+        assert done.status.state == TaskState.TASK_STATE_COMPLETED
         assert done.status.message.parts[0].text == "Hello from TCK"
 
 

@@ -833,7 +833,8 @@ class Store(abc.ABC):
         For the reply tracker, in the same transaction: ``ack`` (agent, envelope id, at) acks
         the reply in the owner's inbox as :meth:`ack` does, whatever the outcome; ``cursor``
         saves the tracker's position (as :meth:`a2a_set_feed_cursor`) when the outcome is
-        ``updated`` or ``duplicate``."""
+        ``updated`` or ``duplicate``. A change with a ``source`` may commit without a sync of
+        its own: all it writes derives from the reply, durable in the inbox before it."""
 
     async def a2a_reply_tasks(self, ids: Sequence[str]) -> dict[str, A2ATask]:
         """The tasks the envelope ids belong to: envelope id → task row (ids of no task are

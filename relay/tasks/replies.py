@@ -117,9 +117,10 @@ class ReplyTracker:
             return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
 
         # One transaction acks the reply, folds it into the task and saves the cursor: once
-        # the task shows the reply, the inbox no longer offers it, and one commit (one fsync)
-        # stands between the reply's arrival and the task's readers being woken. A crash
-        # before it commits leaves all three undone: the feed offers the reply again.
+        # the task shows the reply, the inbox no longer offers it, and one commit stands
+        # between the reply's arrival and the task's readers being woken (not synced on its
+        # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
+        # undone: the feed offers the reply again.
         source = f"{envelope.sender.domain}/{envelope.id}"
         await self.tasks.change(
             row.id, fold, source=source, current=row, ack=(owner, envelope.id, now), cursor=cursor
