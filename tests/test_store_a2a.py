@@ -126,3 +126,39 @@ async def test_the_feed_offers_owners_mail_that_arrived_after_their_first_task(
     await store.a2a_set_feed_cursor(1)  # never moves back
     assert await store.a2a_feed_cursor() == feed[-1].seq
     assert await store.a2a_feed(feed[-1].seq, 10) == []
+
+
+async def test_the_trackers_ack_fold_and_cursor_are_one_write(store: Store) -> None:
+    await add_agent(store, "alice")
+    await store.a2a_create_task(task("t1", created=at(1)), envelope="t1")
+    await store.accept(new("reply", local=["alice"]), at(2))
+    [item] = await store.a2a_feed(0, 10)
+    # The task rows of the envelope ids that belong to one, in one read.
+    assert await store.a2a_reply_tasks(["t1", "nope"]) == {"t1": task("t1", created=at(1))}
+    assert await store.a2a_reply_tasks([]) == {}
+    changed = task("t1", state="TASK_STATE_WORKING", created=at(1), updated=at(3))
+    ack = ("alice", "reply", at(3))
+    # A conflict acks (the reply stays part of the task's story) but keeps the cursor.
+    assert (
+        await store.a2a_update_task(changed, 5, ["e1"], source="b/reply", ack=ack, cursor=item.seq)
+        == "conflict"
+    )
+    assert await store.inbox("alice", limit=10) == []
+    assert await store.a2a_feed_cursor() == 0
+    assert (
+        await store.a2a_update_task(changed, 0, ["e1"], source="b/reply", ack=ack, cursor=item.seq)
+        == "updated"
+    )
+    assert await store.a2a_feed_cursor() == item.seq
+    assert await store.a2a_task_events("t1", 0, 10) == [(1, "e1")]
+    # The same reply again (another process's tracker, a crash before the cursor moved): the
+    # cursor moves on, nothing else is written.
+    later = item.seq + 7
+    assert (
+        await store.a2a_update_task(changed, 1, ["e1"], source="b/reply", ack=ack, cursor=later)
+        == "duplicate"
+    )
+    assert await store.a2a_feed_cursor() == later
+    assert await store.a2a_task_events("t1", 0, 10) == [(1, "e1")]
+    [acked] = await store.inbox("alice", limit=10, include_acked=True)
+    assert (acked.id, acked.acked_at) == ("reply", at(3))

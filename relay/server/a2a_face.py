@@ -212,6 +212,7 @@ class FaceHandler(RequestHandler):
         # A retried call (the same messageId) reads the task its first call started: a new
         # task's log from the start, as the first call read it; a follow-up the agent has
         # answered already is answered at once.
+        found = None
         if not params.configuration.return_immediately and not started.settled:
             # Blocking (A2A 1.0 §3.2.2): until the task ends or waits for input, or a direct
             # message answers a new task — within MAX_BLOCKING_WAIT.
@@ -224,8 +225,11 @@ class FaceHandler(RequestHandler):
                         return event.message
                     first = False
                     if folding.ends_stream(event):
+                        # The task as the change that ended the wait left it, when that change
+                        # was handed over in this process; else as the store holds it.
+                        found = tail.current()
                         break
-        found = await self.tasks.load(started.task_id)
+        found = found or await self.tasks.load(started.task_id)
         if found is None:
             raise a2a.TaskNotFoundError
         return apply_history_length(found[1], params.configuration)

@@ -154,6 +154,22 @@ class _GatewayAuth:
     def __init__(self, app: StreamableHTTPASGIApp, relay: Relay) -> None:
         self.app = app
         self.relay = relay
+        #: The bearer rule of each address called lately: its metadata URL is two URL parses
+        #: and a build (some 50 µs), the same for every call to the address.
+        self._guards: collections.OrderedDict[str, RequireAuthMiddleware] = (
+            collections.OrderedDict()
+        )
+
+    def _guard(self, address: str) -> RequireAuthMiddleware:
+        guard = self._guards.get(address)
+        if guard is None:
+            resource_metadata = AnyHttpUrl(metadata_url(self.relay, f"/mcp/{address}"))
+            guard = self._guards[address] = RequireAuthMiddleware(self.app, [], resource_metadata)
+            while len(self._guards) > MAX_CARD_CACHE:
+                self._guards.popitem(last=False)
+        else:
+            self._guards.move_to_end(address)
+        return guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         anonymous = self.relay.config.mcp.anonymous_agent
@@ -161,8 +177,7 @@ class _GatewayAuth:
         if anonymous and not has_header and not isinstance(scope.get("user"), AuthenticatedUser):
             scope["user"] = AuthenticatedUser(_access(self.relay, anonymous, token_hash=ANONYMOUS))
         address = scope.get("path_params", {}).get("address", "")
-        resource_metadata = AnyHttpUrl(metadata_url(self.relay, f"/mcp/{address}"))
-        await RequireAuthMiddleware(self.app, [], resource_metadata)(scope, receive, send)
+        await self._guard(address)(scope, receive, send)
 
 
 def _caller(ctx: ServerRequestContext[Any, Any]) -> Address:

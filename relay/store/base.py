@@ -823,6 +823,8 @@ class Store(abc.ABC):
         source: str | None = None,
         link: str | None = None,
         key: IdempotencyKey | None = None,
+        ack: tuple[str, str, datetime] | None = None,
+        cursor: int | None = None,
     ) -> A2AUpdate:
         """Compare-and-set: if the task's version is still ``expected_version``, replace its
         state, remote_id, snapshot, push, status_at and updated with ``task``'s, append
@@ -830,8 +832,25 @@ class Store(abc.ABC):
         max(1, len(events))``, link the envelope id ``link`` to the task and record ``key`` as
         naming ``link`` (from the task's ``updated``), in one transaction. ``source`` names the
         reply envelope the events came from, recorded with the first event: a source applied
-        before makes the whole call ``duplicate`` and writes nothing. Conflict if the link or the
-        key is taken."""
+        before makes the whole call ``duplicate`` and writes nothing else. Conflict if the link
+        or the key is taken.
+
+        For the reply tracker, in the same transaction: ``ack`` (agent, envelope id, at) acks
+        the reply in the owner's inbox as :meth:`ack` does, whatever the outcome; ``cursor``
+        saves the tracker's position (as :meth:`a2a_set_feed_cursor`) when the outcome is
+        ``updated`` or ``duplicate``. A change with a ``source`` may commit without a sync of
+        its own: all it writes derives from the reply, durable in the inbox before it."""
+
+    async def a2a_reply_tasks(self, ids: Sequence[str]) -> dict[str, A2ATask]:
+        """The tasks the envelope ids belong to: envelope id → task row (ids of no task are
+        left out). One read where a dialect can join the two; this default takes two."""
+        links = await self.a2a_tasks_for_envelopes(ids)
+        found: dict[str, A2ATask] = {}
+        for envelope, task_id in links.items():
+            row = await self.a2a_get_task(task_id)
+            if row is not None:
+                found[envelope] = row
+        return found
 
     @abc.abstractmethod
     async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:

@@ -569,6 +569,7 @@ ORDER BY status_at DESC, id DESC LIMIT %(limit)s
     a2a_tasks_for_envelopes=(
         "SELECT envelope, task FROM a2a_task_envelopes WHERE envelope = ANY(%s::text[])"
     ),
+    a2a_reply_tasks=rows.A2A_REPLY_TASK_SELECT + "WHERE l.envelope = ANY(%s::text[])",
     a2a_set_feed_cursor="UPDATE a2a_feed SET cursor = greatest(cursor, %s) WHERE id = 1",
 )
 

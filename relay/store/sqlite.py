@@ -438,6 +438,8 @@ ORDER BY status_at DESC, id DESC LIMIT :limit
     a2a_tasks_for_envelopes="""
 SELECT envelope, task FROM a2a_task_envelopes WHERE envelope IN (SELECT value FROM json_each(?))
 """,
+    a2a_reply_tasks=rows.A2A_REPLY_TASK_SELECT  # noqa: S608 (constants)
+    + "WHERE l.envelope IN (SELECT value FROM json_each(?))",
     a2a_set_feed_cursor="UPDATE a2a_feed SET cursor = max(cursor, ?) WHERE id = 1",
 )
 

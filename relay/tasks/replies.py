@@ -4,13 +4,16 @@ Each task of the face was started by a local inbox agent, its owner, and the age
 to answers with envelopes to that owner (SPEC.md "A2A mapping"). The tracker follows the owners'
 inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
 
-1. read the next rows of the feed after the cursor;
-2. for each reply whose ``in_reply_to`` names an envelope of a task, sent by the address the task
-   was sent to (or a delivery-status envelope from a relay on the way): ack it in the owner's
-   inbox, and fold it into the task (adapters/a2a/tasks.py) with the task store's
-   compare-and-set, which appends it to the task's event log and pushes it to the task's
-   webhooks;
-3. move the cursor past the rows read.
+1. read the next rows of the feed after the cursor (kept in memory between passes, read from the
+   store when the tracker starts);
+2. for each reply whose ``in_reply_to`` names an envelope of a task (one read for the batch
+   gives the tasks' rows, ``Store.a2a_reply_tasks``), sent by the address the task was sent to
+   (or a delivery-status envelope from a relay on the way): fold it into the task
+   (adapters/a2a/tasks.py) with the task store's compare-and-set, which acks it in the owner's
+   inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
+   all in one transaction; then pushes it to the task's webhooks and hands it to the task's
+   readers in this process;
+3. move the cursor past the rows read, if step 2 did not.
 
 Applying is idempotent (the event log remembers its source envelope), so a crash between applying
 and moving the cursor only repeats work.
@@ -18,7 +21,6 @@ and moving the cursor only repeats work.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
@@ -55,68 +57,80 @@ class ReplyTracker:
         self.store = tasks.store
         self.clock = tasks.clock
         self.domain = tasks.domain
+        #: The feed position this tracker has saved, once read from the store.
+        self._cursor: int | None = None
 
     async def run_once(self) -> int:
         """Apply every new reply in the owners' inboxes; return how many rows were read."""
-        cursor = await self.store.a2a_feed_cursor()
+        if self._cursor is None:
+            self._cursor = await self.store.a2a_feed_cursor()
         total = 0
         while True:
-            rows = await self.store.a2a_feed(cursor, FEED_BATCH)
+            rows = await self.store.a2a_feed(self._cursor, FEED_BATCH)
             if not rows:
                 return total
-            decoded: list[tuple[str, Envelope]] = []
+            last = rows[-1].seq
+            decoded: list[tuple[int, str, Envelope]] = []
             for row in rows:
                 try:
                     payload = b64url_decode(row.token.split(".")[1])
-                    decoded.append((row.agent, env_mod.decode(payload)))
+                    decoded.append((row.seq, row.agent, env_mod.decode(payload)))
                 except (ValueError, IndexError, SynqError):
                     continue  # the store only holds envelopes that parsed; nothing to do
-            wanted = [e.in_reply_to for _, e in decoded if e.in_reply_to]
-            links = await self.store.a2a_tasks_for_envelopes(wanted) if wanted else {}
-            for owner, envelope in decoded:
-                task_id = links.get(envelope.in_reply_to or "")
-                if task_id is not None:
-                    await self.apply(task_id, owner, envelope)
-            cursor = rows[-1].seq
-            await self.store.a2a_set_feed_cursor(cursor)
+            wanted = [e.in_reply_to for _, _, e in decoded if e.in_reply_to]
+            tasks = await self.store.a2a_reply_tasks(wanted) if wanted else {}
+            saved = False
+            for seq, owner, envelope in decoded:
+                task = tasks.get(envelope.in_reply_to or "")
+                if task is not None:
+                    # The batch's last row carries the cursor in its own write.
+                    saved = await self.apply(task, owner, envelope, last if seq == last else None)
+            if not saved:
+                await self.store.a2a_set_feed_cursor(last)
+            self._cursor = last
             total += len(rows)
 
-    async def apply(self, task_id: str, owner: str, envelope: Envelope) -> bool:
-        """Fold one reply into its task; True if the task changed. The reply is acked in the
-        owner's inbox once it is part of the task, whether it changed it or not."""
-        row = await self.store.a2a_get_task(task_id)
-        if row is None or row.owner != owner or not self._from_partner(row, envelope):
+    async def apply(
+        self, row: A2ATask, owner: str, envelope: Envelope, cursor: int | None = None
+    ) -> bool:
+        """Fold one reply into its task (``row`` as just read); True if ``cursor`` was saved
+        with it. The reply is acked in the owner's inbox once it is part of the task, whether
+        it changed it or not."""
+        if row.owner != owner or not self._from_partner(row, envelope):
             return False
         try:
             event = wire.event_of_reply(envelope)
         except wire.WireError as exc:
-            log.info("reply %s to task %s is not A2A: %s", envelope.id, task_id, exc)
+            log.info("reply %s to task %s is not A2A: %s", envelope.id, row.id, exc)
             event = wire.event_of_reply(
                 envelope.model_copy(update={"content_type": "application/json"})
             )
         now = self.clock.now()
+        declined = False
 
         def fold(current: A2ATask, task: Task) -> Change | None:
+            nonlocal declined
             folded = folding.fold(task, event, now)
+            declined = folded is None
             if folded is None:
                 return None
             return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
 
-        # Acked first: once the task shows the reply, the inbox no longer offers it. The ack
-        # is queued before the task's update rather than awaited first, so its commit overlaps
-        # the update's preparation (one fsync less before the task's readers are woken). On
-        # SQLite it still commits no later than the update (one writer, in order, often both
-        # in one COMMIT); on PostgreSQL the two commit independently, and at worst the inbox
-        # offers for a moment a reply the task already shows. A crash between the two is
-        # harmless: the feed reads acked rows too, and the cursor has not moved past this one.
-        ack = asyncio.ensure_future(self.store.ack(owner, envelope.id, now))
-        try:
-            await asyncio.sleep(0)  # let the ack reach the store's queue first
-            source = f"{envelope.sender.domain}/{envelope.id}"
-            changed = await self.tasks.change(task_id, fold, source=source, current=row)
-        finally:
-            await ack
-        return changed is not None
+        # One transaction acks the reply, folds it into the task and saves the cursor: once
+        # the task shows the reply, the inbox no longer offers it, and one commit stands
+        # between the reply's arrival and the task's readers being woken (not synced on its
+        # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
+        # undone: the feed offers the reply again.
+        source = f"{envelope.sender.domain}/{envelope.id}"
+        await self.tasks.change(
+            row.id, fold, source=source, current=row, ack=(owner, envelope.id, now), cursor=cursor
+        )
+        if declined:
+            # Nothing written (the task had ended, say): the reply is acked on its own, and
+            # the cursor moves after the batch.
+            await self.store.ack(owner, envelope.id, now)
+            return False
+        return cursor is not None
 
     def _from_partner(self, row: A2ATask, envelope: Envelope) -> bool:
         """Only the address the task was sent to may advance it, or a relay reporting that the

@@ -29,11 +29,13 @@ which the reply tracker follows.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -236,12 +238,24 @@ class Tail:
     Use as ``async with Tail(...) as tail`` and call :meth:`next` with a deadline: the wake-up
     listener is registered before the first read, so no event between a read and a wait is
     missed, and a deadline never cancels anything half way.
+
+    The log in the store is the authority; a change committed in this process is also handed
+    to the open tails of its task (:meth:`TaskStore.change` → :meth:`offer`) with its events
+    and the task as it left it, so a reader waiting for a reply neither reads the log nor
+    parses it again. A tail takes a hand-off only when it continues exactly where the tail
+    stands; anything else (a gap, a change made by another process) is read from the store
+    as before.
     """
 
     def __init__(self, tasks: TaskStore, task_id: str, after: int) -> None:
         self.tasks = tasks
         self.task_id = task_id
         self.after = after
+        #: The task's version up to which this tail has seen every change: the log can skip
+        #: versions (a change without events takes one), which only a hand-off tells.
+        self._known = after
+        #: The task as the last hand-off left it (:meth:`current`).
+        self.latest: tuple[A2ATask, Task] | None = None
         self._buffer: collections.deque[tuple[int, StreamResponse]] = collections.deque()
         self._stack = contextlib.AsyncExitStack()
         self._listener: Listener | None = None
@@ -251,24 +265,65 @@ class Tail:
         self._listener = await self._stack.enter_async_context(
             notifier.listen(a2a_task_channel(self.task_id))
         )
+        self.tasks.tails.setdefault(self.task_id, set()).add(self)
+        self._stack.callback(self._unregister)
         return self
+
+    def _unregister(self) -> None:
+        tails = self.tasks.tails.get(self.task_id)
+        if tails is not None:
+            tails.discard(self)
+            if not tails:
+                del self.tasks.tails[self.task_id]
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def offer(self, base: int, events: list[StreamResponse], row: A2ATask, task: Task) -> None:
+        """A committed change of the task from version ``base``: ``events`` numbered from
+        ``base + 1``, ``row`` (at its new version) and ``task`` as it left them. Taken only if
+        this tail has seen every version up to ``base``; otherwise it reads the log."""
+        if base != self._known:
+            return
+        for number, event in enumerate(events, base + 1):
+            mine = StreamResponse()
+            mine.CopyFrom(event)  # the readers' own: the webhooks hold the originals
+            self._buffer.append((number, mine))
+        self.after = base + len(events) if events else self.after
+        self._known = row.version
+        copy = Task()
+        copy.CopyFrom(task)
+        self.latest = (row, copy)
+        if self._listener is not None:
+            self._listener.fire()
+
+    def current(self) -> tuple[A2ATask, Task] | None:
+        """The task as it stood after the last event this tail returned, when a hand-off
+        brought it and nothing came since (None: read it from the store)."""
+        latest = self.latest
+        if latest is None or self._buffer or latest[0].version != self._known:
+            return None
+        return latest
+
     async def next(self, deadline: float | None = None) -> tuple[int, StreamResponse] | None:
         """The next event, or None when ``deadline`` (event-loop time) passes first."""
-        assert self._listener is not None
-        if not self._buffer:
-            rows = await self._listener.poll(
-                lambda: self.tasks.store.a2a_task_events(self.task_id, self.after, EVENT_PAGE),
-                deadline,
-                recheck=READER_IDLE,
-            )
-            if not rows:
+        listener = self._listener
+        assert listener is not None
+        loop = asyncio.get_running_loop()
+        # Listener.poll's loop, with a look at the hand-offs before every read: the wake-up
+        # that brings a hand-off needs no read at all.
+        while not self._buffer:
+            rows = await self.tasks.store.a2a_task_events(self.task_id, self.after, EVENT_PAGE)
+            if self._buffer:  # a hand-off arrived during the read, and covers it
+                break
+            if rows:
+                self._buffer.extend((version, parse_event(text)) for version, text in rows)
+                self.after = self._known = rows[-1][0]
+                break
+            remaining = math.inf if deadline is None else deadline - loop.time()
+            if remaining <= 0:
                 return None
-            self._buffer.extend((version, parse_event(text)) for version, text in rows)
-            self.after = rows[-1][0]
+            await listener.wait(min(remaining, READER_IDLE))
         return self._buffer.popleft()
 
 
@@ -305,6 +360,8 @@ class TaskStore:
         self.domain: str = mailbox.router.domain
         self.pushes = pushes
         self.owners = OwnerInboxes(store.notifier)
+        #: The open readers of each task in this process, which its changes are handed to.
+        self.tails: dict[str, set[Tail]] = {}
 
     # reading ---------------------------------------------------------------------------------
 
@@ -367,12 +424,17 @@ class TaskStore:
         link: str | None = None,
         key: IdempotencyKey | None = None,
         current: A2ATask | None = None,
+        ack: tuple[str, str, datetime] | None = None,
+        cursor: int | None = None,
     ) -> tuple[A2ATask, Task] | None:
         """Apply ``mutate`` to the current task with compare-and-set, retrying on conflict.
         Returns the task after the change, or None if ``mutate`` declined (nothing written)
         or the source was applied before. ``current``: the row as the caller just read it,
         for the first try (a stale one only costs a conflict and a re-read). ``key`` is
-        recorded with the change, naming ``link`` (``Conflict`` if it is taken)."""
+        recorded with the change, naming ``link`` (``Conflict`` if it is taken); ``ack`` and
+        ``cursor`` are the reply tracker's, written in the same transaction
+        (``Store.a2a_update_task``). The change is handed to the task's open tails once it
+        is committed."""
         for _ in range(MAX_CAS_ATTEMPTS):
             found = current or await self.store.a2a_get_task(task_id)
             current = None
@@ -399,11 +461,18 @@ class TaskStore:
                 source=source,
                 link=link,
                 key=key,
+                ack=ack,
+                cursor=cursor,
             )
             if written == "duplicate":
                 return None
             if written == "updated":
                 self.pushes.send(new_row.push, outcome.events)
+                tails = self.tails.get(task_id)
+                if tails:
+                    committed = replace(new_row, version=row.version + max(1, len(outcome.events)))
+                    for tail in list(tails):
+                        tail.offer(row.version, outcome.events, committed, outcome.task)
                 return new_row, outcome.task
         raise a2a.InternalError(message="the task is changing too fast; retry")
 

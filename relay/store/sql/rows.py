@@ -78,6 +78,13 @@ SELECT id, owner, address, context, state, remote_id, snapshot, push, version, s
        created, updated
 FROM a2a_tasks
 """
+#: An envelope id that belongs to a task, then the task's columns as A2A_TASK_SELECT's; the
+#: dialect adds the test on ``l.envelope``.
+A2A_REPLY_TASK_SELECT: Final = """
+SELECT l.envelope, t.id, t.owner, t.address, t.context, t.state, t.remote_id, t.snapshot, t.push,
+       t.version, t.status_at, t.created, t.updated
+FROM a2a_task_envelopes AS l JOIN a2a_tasks AS t ON t.id = l.task
+"""
 
 
 def agent(row: Row, dt: ToDatetime) -> AgentRecord:

@@ -237,6 +237,8 @@ class Statements:
     a2a_events: str
     #: ([envelope ids]) → (envelope, task)
     a2a_tasks_for_envelopes: str
+    #: ([envelope ids]) → (envelope, task columns): the rows of the tasks they belong to
+    a2a_reply_tasks: str
     #: (after seq, limit) → (seq, agent, token)
     a2a_feed: str
     #: () → (owner)

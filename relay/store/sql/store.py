@@ -1095,6 +1095,8 @@ class SqlStore(GroupWriter, Store):
         source: str | None = None,
         link: str | None = None,
         key: IdempotencyKey | None = None,
+        ack: tuple[str, str, datetime] | None = None,
+        cursor: int | None = None,
     ) -> A2AUpdate:
         if key is not None and link is None:
             raise InternalError("an idempotency key names the envelope a change links")
@@ -1117,13 +1119,27 @@ class SqlStore(GroupWriter, Store):
         ]
 
         async def run(tx: Tx) -> tuple[A2AUpdate, Collection[str]]:
+            # The reply tracker's ack, cursor and fold in one transaction: one commit per
+            # reply instead of three (relay/tasks/replies.py). The ack stands whatever the
+            # outcome, as a separate ack would have; the cursor moves only past a reply that
+            # is part of the task now.
+            channels: list[str] = []
+            if ack is not None:
+                agent, envelope, at = ack
+                if await tx.execute(self.sql.ack_usage, (agent, envelope, agent)) > 0:
+                    channels.append(HELD_CHANNEL)
+                await tx.execute(self.sql.ack, (self._ts(at), agent, envelope))
             if source is not None and await tx.fetch(self.sql.a2a_source_seen, (task.id, source)):
-                return "duplicate", ()
+                if cursor is not None:
+                    await tx.execute(self.sql.a2a_set_feed_cursor, (cursor,))
+                return "duplicate", channels
             # The compare-and-set. (PostgreSQL, READ COMMITTED: an UPDATE that waited for
             # another writer's row lock re-checks ``version`` on the row as committed, so
             # exactly one of two concurrent updates from the same version wins.)
             if await tx.execute(self.sql.a2a_update_task, params) == 0:
-                return "conflict", ()
+                return "conflict", channels
+            if cursor is not None:
+                await tx.execute(self.sql.a2a_set_feed_cursor, (cursor,))
             if event_rows:
                 await tx.executemany(self.sql.a2a_insert_event, event_rows)
             if link is not None:
@@ -1133,10 +1149,25 @@ class SqlStore(GroupWriter, Store):
                     raise Conflict(f"envelope {link!r} already belongs to a task") from exc
                 if key is not None:
                     await self._record_key(tx, key, link, params[5])
-            return "updated", (a2a_task_channel(task.id),)
+            return "updated", (*channels, a2a_task_channel(task.id))
 
-        outcome: A2AUpdate = await self._write(run)
+        # A change that folds a reply (``source``) is not synced on its own (SQLite: synchronous
+        # NORMAL for this group, as for a new task in a2a_create_task): everything it writes is
+        # derived from the reply, already durable in the owner's inbox, and a power cut that
+        # loses it loses the tracker's cursor and the ack with it, so the tracker folds the
+        # same reply again after the restart. A crash of the process alone loses nothing
+        # (WAL, https://www.sqlite.org/pragma.html#pragma_synchronous). Any other change (a
+        # cancel, a follow-up's turn and its key, a push config) is the client's own and
+        # synced before it is answered. PostgreSQL commits every group durably.
+        outcome: A2AUpdate = await self._write(run, durable=source is None)
         return outcome
+
+    async def a2a_reply_tasks(self, ids: Sequence[str]) -> dict[str, A2ATask]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        found = await self._read(self.sql.a2a_reply_tasks, (self._array(wanted),))
+        return {row[0]: rows.a2a_task(row[1:], self._dt) for row in found}
 
     async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:
         if limit <= 0:
