@@ -19,8 +19,15 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 3. **Hearing** (:meth:`Signals.feed`): the open signals whose topic one of the agent's patterns
    matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
    is at least its threshold, strongest first; long-polled through the store's one long-poll
-   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``.
-4. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
+   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
+   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each.
+4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
+   this process together, one is decided (from the shared scan's copy of an open signal, no
+   read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
+   granted they are answered ``already_claimed`` without touching the store — linearizable,
+   since each of them was in flight when the grant committed. When it is refused, the next
+   one is decided on its own.
+5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
 """
@@ -53,7 +60,7 @@ from relay.core.errors import (
 from relay.core.ids import uuid7
 from relay.core.ratelimit import Rate, TokenBuckets
 from relay.delivery.mailbox import Mailbox
-from relay.store.base import SIGNALS_CHANNEL, Store
+from relay.store.base import SIGNALS_CHANNEL, Listener, Store
 
 __all__ = [
     "DEFAULT_EMIT_RATE",
@@ -61,8 +68,10 @@ __all__ = [
     "MAX_ACTIVE_SCAN",
     "MAX_CAS_ATTEMPTS",
     "MAX_FEED_PAGE",
+    "SCAN_MAX_AGE",
     "SWEEP_INTERVAL",
     "Acted",
+    "ActiveSignals",
     "Heard",
     "OwnerLink",
     "Signals",
@@ -83,6 +92,9 @@ FEED_RECHECK: Final = 5.0
 #: Open and claimed signals a feed considers, newest first. The cap on open signals per agent
 #: bounds what one agent can put here; this bounds one read.
 MAX_ACTIVE_SCAN: Final = 2000
+#: The longest the shared scan of the active signals serves feeds without a wake-up in between:
+#: a wake-up lost with another process (see FEED_RECHECK) leaves a feed at most this far behind.
+SCAN_MAX_AGE: Final = 1.0
 #: Signals one feed read lists at most.
 MAX_FEED_PAGE: Final = 200
 #: Compare-and-set attempts of one change before it gives up with 409: each failed attempt means
@@ -149,6 +161,94 @@ def signal_view(
     return view
 
 
+class _Changes(Listener):
+    """Counts the wake-ups of ``SIGNALS_CHANNEL``: every committed change to a signal or a
+    subscription, in this process or (as the dialect learns of them) in another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def fire(self) -> None:
+        self.count += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    epoch: int
+    taken: float
+    signals: Sequence[sg.Signal]
+    by_id: Mapping[str, sg.Signal]
+
+
+class ActiveSignals:
+    """The active (open and claimed) signals as stored, read once per change for every feed.
+
+    A change wakes every waiting feed at once; each used to read the whole active set for
+    itself, so N feeds queued N scans on the store's reader ahead of the claims they were about
+    to cause. Here a read is tagged with the number of wake-ups seen when it started
+    (``epoch``): it holds every change committed before (the store wakes listeners after
+    COMMIT), so any feed asking while no new wake-up came may use it, and feeds asking while it
+    runs join it. It is used for at most ``SCAN_MAX_AGE`` seconds. Rows are stored as read, not
+    settled: each reader settles them to its own now."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._changes = _Changes()
+        # Attached for the store's lifetime: a count, not a waiter, so it holds nothing.
+        store.notifier.attach(SIGNALS_CHANNEL, self._changes)
+        self._scan: _Scan | None = None
+        self._reading: tuple[int, asyncio.Future[_Scan]] | None = None
+
+    def _fresh(self) -> _Scan | None:
+        scan = self._scan
+        if (
+            scan is not None
+            and scan.epoch == self._changes.count
+            and self.clock.monotonic() - scan.taken < SCAN_MAX_AGE
+        ):
+            return scan
+        return None
+
+    async def signals(self) -> Sequence[sg.Signal]:
+        """The active signals, newest first, as of a read that started after every change
+        committed before this call."""
+        return (await self._get()).signals
+
+    def fresh(self, id: str) -> sg.Signal | None:
+        """Signal ``id`` as the current scan holds it, if a scan is current and holds it."""
+        scan = self._fresh()
+        return None if scan is None else scan.by_id.get(id)
+
+    async def _get(self) -> _Scan:
+        scan = self._fresh()
+        if scan is not None:
+            return scan
+        epoch = self._changes.count
+        reading = self._reading
+        if reading is None or reading[0] != epoch:
+            future = asyncio.ensure_future(self._read(epoch))
+            # Read by whoever awaits it; retrieved here too, so a read every caller gave up on
+            # (cancelled requests) leaves no "exception never retrieved" behind.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            reading = self._reading = (epoch, future)
+        # Shielded: one feed cancelled (its client went away) must not cancel the others' read.
+        return await asyncio.shield(reading[1])
+
+    async def _read(self, epoch: int) -> _Scan:
+        taken = self.clock.monotonic()
+        try:
+            found = await self.store.signals_active(MAX_ACTIVE_SCAN)
+        finally:
+            if self._reading is not None and self._reading[0] == epoch:
+                self._reading = None
+        scan = _Scan(epoch, taken, found, {s.id: s for s in found})
+        if self._scan is None or self._scan.epoch <= epoch:
+            self._scan = scan
+        return scan
+
+
 @dataclass(frozen=True, slots=True)
 class Acted:
     """What a claim, heartbeat, complete or release did: the signal after it, and for a claim
@@ -196,6 +296,10 @@ class Signals:
         self.on_change = on_change
         #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
         self.owner_link = owner_link
+        #: The one scan of the active signals every feed reads (step 3).
+        self.active = ActiveSignals(store, clock)
+        #: The claim being decided, per signal, in this process (step 4).
+        self._claiming: dict[str, asyncio.Future[None]] = {}
 
     @property
     def domain(self) -> str:
@@ -269,7 +373,7 @@ class Signals:
             return []
         now = self.clock.now()
         out: list[Heard] = []
-        for stored in await self.store.signals_active(MAX_ACTIVE_SCAN):
+        for stored in await self.active.signals():
             signal = sg.settle(stored, _current_claim(stored), now).signal
             level = sg.hears(subscription, signal, now)
             if level is not None:
@@ -327,11 +431,21 @@ class Signals:
         self,
         id: str,
         rule: Callable[[sg.Signal, sg.ClaimRecord | None, datetime], sg.Transition],
+        copy: sg.Signal | None = None,
     ) -> sg.Transition:
         """Step 1 of the module docstring: settle, apply ``rule``, compare-and-set; again on a
-        lost race. A refusal by ``rule`` still writes what settling found due."""
+        lost race. A refusal by ``rule`` still writes what settling found due.
+
+        ``copy``: the signal as stored, read a moment ago (the shared scan), tried first
+        instead of a read when it is ``open`` — an open signal's rule needs no claim record.
+        Its version is compared like any other: a stale copy loses and the change runs again
+        on a fresh read."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            stored, current = await self._load(id)
+            if copy is not None and copy.state == "open":
+                stored, current = copy, None
+            else:
+                stored, current = await self._load(id)
+            copy = None
             now = self.clock.now()
             settled = sg.settle(stored, current, now)
             if settled.claims:
@@ -406,14 +520,49 @@ class Signals:
         owner relay decides (``owner_link``) and the replica follows its answer."""
         if op not in sg.REQUEST_OPS:
             raise NotFound(f"no signal operation {op!r}")
-        stored = await self.store.signal_get(id)
+        if op == "claim":
+            return await self._claim(address, id, remote=remote)
+        return await self._act(address, id, op, data, remote=remote)
+
+    async def _claim(self, address: str, id: str, *, remote: bool) -> Acted:
+        """Step 4 of the module docstring: one claim of signal ``id`` decided at a time in this
+        process; the claims that arrived while one was granted are refused from memory."""
+        while (deciding := self._claiming.get(id)) is not None:
+            try:
+                await asyncio.shield(deciding)
+            except SynqError:
+                continue  # refused (closed, its own signal, the owner unreachable): ours is ours
+            raise sg.AlreadyClaimed()
+        decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read by the waiters, if any; retrieved here too, so a refusal nobody waited for
+        # leaves no "exception never retrieved" behind.
+        decided.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._claiming[id] = decided
+        try:
+            acted = await self._act(address, id, "claim", {}, remote=remote)
+        except BaseException as exc:
+            decided.set_exception(exc if isinstance(exc, SynqError) else Conflict())
+            raise
+        else:
+            decided.set_result(None)
+            return acted
+        finally:
+            del self._claiming[id]
+
+    async def _act(
+        self, address: str, id: str, op: str, data: Mapping[str, Any], *, remote: bool
+    ) -> Acted:
+        # A copy from the shared scan spares the claim that wins a race two reads (its owner
+        # never changes; the compare-and-set judges the rest).
+        copy = self.active.fresh(id)
+        stored = copy if copy is not None else await self.store.signal_get(id)
         if stored is None:
             raise NotFound("no such signal")
         if stored.owner != self.domain:
             return await self._act_remote(stored, address, op, data)
         token = data.get("token")
         if op == "claim":
-            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now))
+            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now), copy)
         elif op == "heartbeat":
             change = await self._change(
                 id, lambda s, h, now: sg.heartbeat(s, _need(h), address, token, now)
