@@ -20,7 +20,9 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
    matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
    is at least its threshold, strongest first; long-polled through the store's one long-poll
    loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
-   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each.
+   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each. A
+   new signal is offered first to a few of the agents waiting here, the others hear it a moment
+   later (``sg.offered_from``, SPEC.md §13.1).
 4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
    this process together, one is decided (from the shared scan's copy of an open signal, no
    read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
@@ -35,9 +37,11 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -300,6 +304,10 @@ class Signals:
         self.active = ActiveSignals(store, clock)
         #: The claim being decided, per signal, in this process (step 4).
         self._claiming: dict[str, asyncio.Future[None]] = {}
+        #: The agents waiting for signals in this process (long polls and streams, how many
+        #: each) and their subscriptions as last read: the rivals of a staggered offer (step 3).
+        self._waiting: Counter[str] = Counter()
+        self._listening: dict[str, sg.Subscription] = {}
 
     @property
     def domain(self) -> str:
@@ -368,43 +376,94 @@ class Signals:
 
     async def heard(self, agent: str, limit: int) -> list[Heard]:
         """What ``agent`` hears now, strongest first (newest first among equals)."""
+        return (await self._hear(agent, limit))[0]
+
+    async def _hear(self, agent: str, limit: int) -> tuple[list[Heard], datetime | None]:
+        """:meth:`heard`, and when a signal held back from ``agent`` for now (a staggered
+        offer, step 3) will be offered to it, if one is."""
         subscription = await self.subscription(agent)
         if subscription is None or not subscription.topics:
-            return []
+            return [], None
+        if agent in self._waiting:
+            self._listening[agent] = subscription
         now = self.clock.now()
         out: list[Heard] = []
+        later: datetime | None = None
         for stored in await self.active.signals():
             signal = sg.settle(stored, _current_claim(stored), now).signal
             level = sg.hears(subscription, signal, now)
-            if level is not None:
-                out.append(Heard(signal, level))
+            if level is None:
+                continue
+            rivals = self._rivals(agent, signal, now)
+            held = sg.offered_from(signal, subscription.agent, rivals, now)
+            if held is not None:
+                later = held if later is None else min(later, held)
+                continue
+            out.append(Heard(signal, level))
         out.sort(key=lambda h: (-h.intensity, h.signal.id))
-        return out[:limit]
+        return out[:limit], later
+
+    def _rivals(self, agent: str, signal: sg.Signal, now: datetime) -> Iterator[str]:
+        """The other agents waiting for signals here that hear ``signal`` (step 3)."""
+        if not sg.offer_pending(signal, now):
+            return
+        for other, subscription in self._listening.items():
+            if other != agent and sg.hears(subscription, signal, now) is not None:
+                yield subscription.agent
+
+    @contextlib.contextmanager
+    def _waits(self, agent: str) -> Iterator[None]:
+        """``agent`` is waiting for signals (a long poll, a stream) while this lasts."""
+        self._waiting[agent] += 1
+        try:
+            yield
+        finally:
+            self._waiting[agent] -= 1
+            if not self._waiting[agent]:
+                del self._waiting[agent]
+                self._listening.pop(agent, None)
+
+    def _pause(self, limit: float, later: datetime | None) -> float:
+        """The wait before the next look: ``limit``, or less when a held-back offer is due."""
+        if later is None:
+            return limit
+        return max(0.0, min(limit, (later - self.clock.now()).total_seconds()))
 
     async def feed(self, agent: str, *, wait: float, limit: int) -> list[Heard]:
         """``GET /synq/v1/signals?wait=S``: :meth:`heard`, waiting up to ``wait`` seconds for
-        something to hear."""
+        something to hear (the loop of ``Listener.poll``, also woken when an offer held back
+        from this agent is due)."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            found = await listener.poll(
-                lambda: self.heard(agent, limit), loop.time() + wait, recheck=FEED_RECHECK
-            )
-        return list(found)
+            with self._waits(agent):
+                while True:
+                    found, later = await self._hear(agent, limit)
+                    remaining = deadline - loop.time()
+                    if found or remaining <= 0:
+                        return found
+                    await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
 
     async def watch(self, agent: str, *, every: float) -> AsyncIterator[list[Heard] | None]:
         """What ``agent`` hears, the first at once and again each time the set of signals it
         hears changes; None after ``every`` seconds without a change (the SSE stream's
         keepalive). A signal that evaporated below the threshold is noticed at the next look."""
+        loop = asyncio.get_running_loop()
         last: list[tuple[str, str]] | None = None
+        said = loop.time()
         async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            while True:
-                heard = await self.heard(agent, MAX_FEED_PAGE)
-                seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
-                if seen != last:
-                    last = seen
-                    yield heard
-                if not await listener.wait(every):
-                    yield None
+            with self._waits(agent):
+                while True:
+                    heard, later = await self._hear(agent, MAX_FEED_PAGE)
+                    seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
+                    if seen != last:
+                        last = seen
+                        said = loop.time()
+                        yield heard
+                    elif loop.time() - said >= every:
+                        said = loop.time()
+                        yield None
+                    await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
 
     # --- one signal -----------------------------------------------------------------------------
 
