@@ -31,9 +31,10 @@ values in, values out, time as an argument. The store keeps the rows
    what keeps a worker whose lease lapsed from completing a signal another worker now holds.
 4. **Topics** (:func:`check_topic`, :func:`check_pattern`, :func:`matches`) and **hearing**
    (:func:`hears`).
-5. **Staggered offers** (:func:`offer_draw`, :func:`offered_from`): a new signal is heard at
-   once by the ``OFFER_FIRST`` waiting hearers that draw the lowest response threshold for it,
-   by the others ``OFFER_DELAY`` after it was created — so a new signal wakes a few claims, not
+5. **Staggered offers** (:func:`offer_draw`, :func:`first_hearers`, :func:`offered_from`): a
+   new signal is heard at once by the ``OFFER_FIRST`` hearers waiting when it is first looked
+   at that draw the lowest response threshold for it, by the others ``OFFER_DELAY`` after it
+   was created — so a new signal wakes a few claims, not
    a stampede of every capable agent, and no agent is chosen by the relay: each draw is a hash,
    uniform and independent per signal, and whoever claims first takes it.
 
@@ -56,7 +57,7 @@ import hashlib
 import math
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -118,6 +119,7 @@ __all__ = [
     "check_topic",
     "claim",
     "complete",
+    "first_hearers",
     "hash_secret",
     "hears",
     "heartbeat",
@@ -753,24 +755,23 @@ def offer_pending(signal: Signal, now: datetime) -> bool:
     return signal.created <= now < signal.created + OFFER_DELAY
 
 
+def first_hearers(signal_id: str, hearers: Iterable[str]) -> frozenset[str]:
+    """The ``OFFER_FIRST`` of ``hearers`` (the agents waiting for signals when a new signal is
+    first looked at, that hear it) whose draw for it is lowest (:func:`offer_draw`)."""
+    ranked = sorted(set(hearers), key=lambda agent: offer_draw(agent, signal_id))
+    return frozenset(ranked[:OFFER_FIRST])
+
+
 def offered_from(
-    signal: Signal, agent: str, rivals: Iterable[str], now: datetime
+    signal: Signal, agent: str, first: Collection[str], now: datetime
 ) -> datetime | None:
     """When ``agent``, which hears ``signal`` (:func:`hears`), may be offered it: None for now,
-    else ``created + OFFER_DELAY``. ``rivals``: the other agents waiting for signals now that
-    hear it too. At once when fewer than ``OFFER_FIRST`` of them draw lower (:func:`offer_draw`)
-    or the signal is ``OFFER_DELAY`` old; a signal dated after ``now`` (another relay's clock
-    ahead of this one) is not held back."""
-    if not offer_pending(signal, now):
+    else ``created + OFFER_DELAY``. At once for the ``first`` hearers (:func:`first_hearers`)
+    and once the signal is ``OFFER_DELAY`` old; a signal dated after ``now`` (another relay's
+    clock ahead of this one) is not held back."""
+    if not offer_pending(signal, now) or agent in first:
         return None
-    mine = offer_draw(agent, signal.id)
-    ahead = 0
-    for rival in rivals:
-        if rival != agent and offer_draw(rival, signal.id) < mine:
-            ahead += 1
-            if ahead >= OFFER_FIRST:
-                return signal.created + OFFER_DELAY
-    return None
+    return signal.created + OFFER_DELAY
 
 
 # --- across organisations (SPEC.md §13.6) -------------------------------------------------------

@@ -308,6 +308,9 @@ class Signals:
         #: each) and their subscriptions as last read: the rivals of a staggered offer (step 3).
         self._waiting: Counter[str] = Counter()
         self._listening: dict[str, sg.Subscription] = {}
+        #: The first hearers of the signals whose offer is held back now, by id, with the
+        #: signal's creation (step 3).
+        self._first: dict[str, tuple[datetime, frozenset[str]]] = {}
 
     @property
     def domain(self) -> str:
@@ -394,8 +397,8 @@ class Signals:
             level = sg.hears(subscription, signal, now)
             if level is None:
                 continue
-            rivals = self._rivals(agent, signal, now)
-            held = sg.offered_from(signal, subscription.agent, rivals, now)
+            first = self._first_hearers(subscription, signal, now)
+            held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
                 later = held if later is None else min(later, held)
                 continue
@@ -403,13 +406,33 @@ class Signals:
         out.sort(key=lambda h: (-h.intensity, h.signal.id))
         return out[:limit], later
 
-    def _rivals(self, agent: str, signal: sg.Signal, now: datetime) -> Iterator[str]:
-        """The other agents waiting for signals here that hear ``signal`` (step 3)."""
+    def _first_hearers(
+        self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
+    ) -> frozenset[str]:
+        """The hearers a new signal is offered to first (step 3): fixed at the first look at
+        it, from the agents waiting then (and the one looking), so that the first hearers'
+        feeds returning does not move others up while the offer is held back."""
         if not sg.offer_pending(signal, now):
-            return
-        for other, subscription in self._listening.items():
-            if other != agent and sg.hears(subscription, signal, now) is not None:
-                yield subscription.agent
+            return frozenset()
+        for id, (created, _) in list(self._first.items()):
+            if not created <= now < created + sg.OFFER_DELAY:
+                del self._first[id]
+        fixed = self._first.get(signal.id)
+        if fixed is not None:
+            return fixed[1]
+        hearers = [subscription.agent]
+        for other in self._listening.values():
+            if sg.hears(other, signal, now) is not None:
+                hearers.append(other.agent)
+        first = sg.first_hearers(signal.id, hearers)
+        self._first[signal.id] = (signal.created, first)
+        return first
+
+    @property
+    def waiting(self) -> frozenset[str]:
+        """The agents waiting for signals here now (a long poll or a stream that has looked
+        once): the rivals of a staggered offer."""
+        return frozenset(self._listening)
 
     @contextlib.contextmanager
     def _waits(self, agent: str) -> Iterator[None]:
