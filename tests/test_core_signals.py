@@ -255,6 +255,15 @@ def test_first_hearers(waiting: int, first: int) -> None:
     assert len(got) == first
 
 
+def test_first_hearers_fill_up_with_the_next_to_look() -> None:
+    s = signal()
+    alone = sg.first_hearers(s.id, ["bob@acme.test"])
+    assert alone == {"bob@acme.test"}
+    two = sg.first_hearers(s.id, ["carol@acme.test"], alone)
+    assert two == {"bob@acme.test", "carol@acme.test"}
+    assert sg.first_hearers(s.id, ["dave@acme.test"], two) == two  # full: dave waits
+
+
 @pytest.mark.parametrize(
     ("first", "seconds", "held"),
     [

@@ -32,9 +32,9 @@ values in, values out, time as an argument. The store keeps the rows
 4. **Topics** (:func:`check_topic`, :func:`check_pattern`, :func:`matches`) and **hearing**
    (:func:`hears`).
 5. **Staggered offers** (:func:`offer_draw`, :func:`first_hearers`, :func:`offered_from`): a
-   new signal is heard at once by the ``OFFER_FIRST`` hearers waiting when it is first looked
-   at that draw the lowest response threshold for it, by the others ``OFFER_DELAY`` after it
-   was created — so a new signal wakes a few claims, not
+   new signal is heard at once by ``OFFER_FIRST`` hearers — of those waiting when it is first
+   looked at, the ones that draw the lowest response threshold for it; while fewer were
+   waiting, the next to look — and by the others ``OFFER_DELAY`` after it was created — so a new signal wakes a few claims, not
    a stampede of every capable agent, and no agent is chosen by the relay: each draw is a hash,
    uniform and independent per signal, and whoever claims first takes it.
 
@@ -755,11 +755,17 @@ def offer_pending(signal: Signal, now: datetime) -> bool:
     return signal.created <= now < signal.created + OFFER_DELAY
 
 
-def first_hearers(signal_id: str, hearers: Iterable[str]) -> frozenset[str]:
-    """The ``OFFER_FIRST`` of ``hearers`` (the agents waiting for signals when a new signal is
-    first looked at, that hear it) whose draw for it is lowest (:func:`offer_draw`)."""
-    ranked = sorted(set(hearers), key=lambda agent: offer_draw(agent, signal_id))
-    return frozenset(ranked[:OFFER_FIRST])
+def first_hearers(
+    signal_id: str, hearers: Iterable[str], fixed: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The hearers a new signal is offered to at once: those ``fixed`` already, completed to
+    ``OFFER_FIRST`` with the ``hearers`` whose draw for it is lowest (:func:`offer_draw`). At
+    the first look, ``hearers`` are the agents waiting for signals then that hear it; while
+    fewer than ``OFFER_FIRST`` were, each agent that looks next (:func:`hears` it) joins."""
+    if len(fixed) >= OFFER_FIRST:
+        return fixed
+    ranked = sorted(set(hearers) - fixed, key=lambda agent: offer_draw(agent, signal_id))
+    return fixed | frozenset(ranked[: OFFER_FIRST - len(fixed)])
 
 
 def offered_from(

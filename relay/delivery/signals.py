@@ -410,21 +410,21 @@ class Signals:
         self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
     ) -> frozenset[str]:
         """The hearers a new signal is offered to first (step 3): fixed at the first look at
-        it, from the agents waiting then (and the one looking), so that the first hearers'
-        feeds returning does not move others up while the offer is held back."""
+        it, from the agents waiting then and the one looking, so that the first hearers' feeds
+        returning does not move others up while the offer is held back; while fewer than
+        ``OFFER_FIRST`` were waiting, the next agents to look join them."""
         if not sg.offer_pending(signal, now):
             return frozenset()
         for id, (created, _) in list(self._first.items()):
             if not created <= now < created + sg.OFFER_DELAY:
                 del self._first[id]
         fixed = self._first.get(signal.id)
-        if fixed is not None:
-            return fixed[1]
         hearers = [subscription.agent]
-        for other in self._listening.values():
-            if sg.hears(other, signal, now) is not None:
-                hearers.append(other.agent)
-        first = sg.first_hearers(signal.id, hearers)
+        if fixed is None:
+            for other in self._listening.values():
+                if sg.hears(other, signal, now) is not None:
+                    hearers.append(other.agent)
+        first = sg.first_hearers(signal.id, hearers, frozenset() if fixed is None else fixed[1])
         self._first[signal.id] = (signal.created, first)
         return first
 
