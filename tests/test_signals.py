@@ -325,10 +325,10 @@ async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> Non
     second = await svc.active.signals()
     assert [x.id for x in second] == [s.id]
     assert await svc.active.signals() is second
-    assert svc.active.fresh(s.id) == s
+    assert svc.active.recent(s.id) == s
     # Changes this process cannot name (another process's commits) count after SCAN_MAX_AGE.
     clock_of(relay).advance(SCAN_MAX_AGE)
-    assert svc.active.fresh(s.id) is None
+    assert svc.active.recent(s.id) is None
     third = await svc.active.signals()
     assert third is not second
     assert third == second

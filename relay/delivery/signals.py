@@ -220,10 +220,14 @@ class ActiveSignals:
         committed before this call."""
         return (await self._get()).signals
 
-    def fresh(self, id: str) -> sg.Signal | None:
-        """Signal ``id`` as the current scan holds it, if a scan is current and holds it."""
-        scan = self._fresh()
-        return None if scan is None else scan.by_id.get(id)
+    def recent(self, id: str) -> sg.Signal | None:
+        """Signal ``id`` as the latest scan holds it, if that scan is younger than
+        ``SCAN_MAX_AGE`` (changes since may have moved its version on): a starting point for a
+        compare-and-set, never an answer."""
+        scan = self._scan
+        if scan is None or self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+            return None
+        return scan.by_id.get(id)
 
     async def _get(self) -> _Scan:
         scan = self._fresh()
@@ -308,6 +312,10 @@ class Signals:
         #: each) and their subscriptions as last read: the rivals of a staggered offer (step 3).
         self._waiting: Counter[str] = Counter()
         self._listening: dict[str, sg.Subscription] = {}
+        #: When each waiting agent's subscription was read (``clock.monotonic``): a feed woken
+        #: again within ``SCAN_MAX_AGE`` uses it without a read; a subscription this process
+        #: writes replaces it at once.
+        self._read_at: dict[str, float] = {}
         #: The first hearers of the signals whose offer is held back now, by id, with the
         #: signal's creation (step 3).
         self._first: dict[str, tuple[datetime, frozenset[str]]] = {}
@@ -371,6 +379,8 @@ class Signals:
                     capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
         subscription = sg.check_subscription(self.address(agent), data, capabilities)
         await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
+        if agent in self._listening:
+            self._listening[agent] = subscription
         return subscription
 
     async def subscription(self, agent: str) -> sg.Subscription | None:
@@ -384,11 +394,9 @@ class Signals:
     async def _hear(self, agent: str, limit: int) -> tuple[list[Heard], datetime | None]:
         """:meth:`heard`, and when a signal held back from ``agent`` for now (a staggered
         offer, step 3) will be offered to it, if one is."""
-        subscription = await self.subscription(agent)
+        subscription = await self._subscription_of(agent)
         if subscription is None or not subscription.topics:
             return [], None
-        if agent in self._waiting:
-            self._listening[agent] = subscription
         now = self.clock.now()
         out: list[Heard] = []
         later: datetime | None = None
@@ -405,6 +413,19 @@ class Signals:
             out.append(Heard(signal, level))
         out.sort(key=lambda h: (-h.intensity, h.signal.id))
         return out[:limit], later
+
+    async def _subscription_of(self, agent: str) -> sg.Subscription | None:
+        """``agent``'s subscription; for a waiting agent, as read at most ``SCAN_MAX_AGE`` ago
+        (a wake-up reaches every feed at once: ten feeds, ten reads queued ahead of the claims
+        they are about to cause)."""
+        known = self._listening.get(agent)
+        if known is not None and self.clock.monotonic() - self._read_at[agent] < SCAN_MAX_AGE:
+            return known
+        subscription = await self.subscription(agent)
+        if agent in self._waiting and subscription is not None:
+            self._listening[agent] = subscription
+            self._read_at[agent] = self.clock.monotonic()
+        return subscription
 
     def _first_hearers(
         self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
@@ -445,6 +466,7 @@ class Signals:
             if not self._waiting[agent]:
                 del self._waiting[agent]
                 self._listening.pop(agent, None)
+                self._read_at.pop(agent, None)
 
     def _pause(self, limit: float, later: datetime | None) -> float:
         """The wait before the next look: ``limit``, or less when a held-back offer is due."""
@@ -634,9 +656,10 @@ class Signals:
     async def _act(
         self, address: str, id: str, op: str, data: Mapping[str, Any], *, remote: bool
     ) -> Acted:
-        # A copy from the shared scan spares the claim that wins a race two reads (its owner
-        # never changes; the compare-and-set judges the rest).
-        copy = self.active.fresh(id)
+        # A copy from the shared scan spares the claim that wins a race its reads: its owner
+        # never changes, and the compare-and-set judges the rest (a copy that is out of date
+        # costs one refused write and a read).
+        copy = self.active.recent(id)
         stored = copy if copy is not None else await self.store.signal_get(id)
         if stored is None:
             raise NotFound("no such signal")
