@@ -27,9 +27,9 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
    this process together, one is decided (from the shared scan's copy of an open signal, no
    read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
    granted they are answered ``already_claimed`` without touching the store — linearizable,
-   since each of them was in flight when the grant committed. When the owner of a partner's
-   signal did not answer it, they get the same ``owner_unreachable``; when it is refused
-   otherwise, the next one is decided on its own.
+   since each of them was in flight when the grant committed. When it found the signal
+   closed (a final state) or the owner of a partner's signal did not answer it, they get the
+   same answer; when it is refused otherwise, each is decided on its own.
 5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
@@ -632,15 +632,20 @@ class Signals:
     async def _claim(self, address: str, id: str, *, remote: bool) -> Acted:
         """Step 4 of the module docstring: one claim of signal ``id`` decided at a time in this
         process; the claims that arrived while one was granted are refused from memory."""
-        while (deciding := self._claiming.get(id)) is not None:
+        if (deciding := self._claiming.get(id)) is not None:
             try:
                 await asyncio.shield(deciding)
             except sg.OwnerUnreachable as exc:
                 # The owner relay did not answer a claim made while this one waited: the same
                 # temporary answer, at once (SPEC.md §13.6), not one more wait each, in turn.
                 raise sg.OwnerUnreachable(exc.message) from None
+            except sg.SignalClosed as exc:
+                raise sg.SignalClosed(exc.message) from None  # final: closed for this one too
             except SynqError:
-                continue  # refused (closed, its own signal): ours is decided on its own
+                # Refused for a reason that may not hold for this claim (taken by a claim
+                # before it, which may lapse; its emitter's own): decided on its own, beside
+                # the other waiters, not each after the other.
+                return await self._act(address, id, "claim", {}, remote=remote)
             raise sg.AlreadyClaimed()
         decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Read by the waiters, if any; retrieved here too, so a refusal nobody waited for
