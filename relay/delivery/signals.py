@@ -22,7 +22,8 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
    loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
    once: they share one scan of the active signals (:class:`ActiveSignals`), not one each. A
    new signal is offered first to a few of the agents waiting here, the others hear it a moment
-   later (``sg.offered_from``, SPEC.md §13.1).
+   later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that did not
+   answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
 4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
    this process together, one is decided (from the shared scan's copy of an open signal, no
    read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
@@ -44,7 +45,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from relay.core import jsonutil
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_ACTIVE_SCAN",
     "MAX_CAS_ATTEMPTS",
     "MAX_FEED_PAGE",
+    "OWNER_QUIET",
     "SCAN_MAX_AGE",
     "SWEEP_INTERVAL",
     "Acted",
@@ -100,6 +102,11 @@ MAX_ACTIVE_SCAN: Final = 2000
 #: The longest the shared scan of the active signals serves feeds without a wake-up in between:
 #: a wake-up lost with another process (see FEED_RECHECK) leaves a feed at most this far behind.
 SCAN_MAX_AGE: Final = 1.0
+#: After the owner of a partner's signal did not answer a request (``owner_unreachable``), its
+#: signals are not offered for this long: every agent that heard them would claim in vain, and
+#: an agent busy with those refusals is not there for the signals it can take. Feeds look again
+#: when it ends; the next request to that owner tries again, whatever the time.
+OWNER_QUIET: Final = 5.0
 #: Signals one feed read lists at most.
 MAX_FEED_PAGE: Final = 200
 #: Compare-and-set attempts of one change before it gives up with 409: each failed attempt means
@@ -320,6 +327,9 @@ class Signals:
         #: The first hearers of the signals whose offer is held back now, by id, with the
         #: signal's creation (step 3).
         self._first: dict[str, tuple[datetime, frozenset[str]]] = {}
+        #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
+        #: their signals are not offered (``OWNER_QUIET``).
+        self._quiet: dict[str, float] = {}
 
     @property
     def domain(self) -> str:
@@ -406,6 +416,11 @@ class Signals:
             level = sg.hears(subscription, signal, now)
             if level is None:
                 continue
+            quiet = self._quiet_for(signal.owner)
+            if quiet > 0:
+                back = now + timedelta(seconds=quiet)
+                later = back if later is None else min(later, back)
+                continue
             first = self._first_hearers(subscription, signal, now)
             held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
@@ -449,6 +464,16 @@ class Signals:
         first = sg.first_hearers(signal.id, hearers, frozenset() if fixed is None else fixed[1])
         self._first[signal.id] = (signal.created, first)
         return first
+
+    def _quiet_for(self, owner: str) -> float:
+        """Seconds before the signals of partner relay ``owner`` are offered again, or 0."""
+        until = self._quiet.get(owner)
+        if until is None:
+            return 0.0
+        left = until - self.clock.monotonic()
+        if left <= 0:
+            del self._quiet[owner]
+        return max(0.0, left)
 
     @property
     def waiting(self) -> frozenset[str]:
@@ -719,7 +744,12 @@ class Signals:
             raise sg.OwnerUnreachable("this relay has no link to partner relays")
         if op == "complete":
             _result_type(data.get("content_type"), data.get("body"))
-        answer = await self.owner_link.request(replica, address, op, data)
+        try:
+            answer = await self.owner_link.request(replica, address, op, data)
+        except sg.OwnerUnreachable:
+            self._quiet[replica.owner] = self.clock.monotonic() + OWNER_QUIET
+            raise
+        self._quiet.pop(replica.owner, None)
         claim = answer.get("claim") if isinstance(answer, dict) else None
         token = claim.get("token") if isinstance(claim, dict) else None
         until_raw = claim.get("expires") if isinstance(claim, dict) else None
