@@ -212,6 +212,76 @@ def test_hears(
     assert sg.hears(sub, signal(), at(seconds)) == heard
 
 
+# --- staggered offers ---------------------------------------------------------------------------
+
+HEARERS = [f"w{i}@acme.test" for i in range(10)]
+
+
+def by_draw(id: str) -> list[str]:
+    return sorted(HEARERS, key=lambda a: sg.offer_draw(a, id))
+
+
+def test_offer_draw_is_a_uniform_hash() -> None:
+    draws = [
+        sg.offer_draw("bob@acme.test", f"0190aaaa-0000-7000-8000-{i:012x}") for i in range(2000)
+    ]
+    assert all(0.0 <= d < 1.0 for d in draws)
+    assert sg.offer_draw("bob@acme.test", "x") == sg.offer_draw("bob@acme.test", "x")
+    assert sg.offer_draw("bob@acme.test", "x") != sg.offer_draw("carol@acme.test", "x")
+    # Uniform: each tenth of [0, 1) holds about a tenth of the draws (binomial sd ≈ 13).
+    counts = [sum(1 for d in draws if k / 10 <= d < (k + 1) / 10) for k in range(10)]
+    assert all(140 <= c <= 260 for c in counts), counts
+
+
+def test_each_hearer_is_first_about_as_often() -> None:
+    firsts = [by_draw(f"0190aaaa-0000-7000-8000-{i:012x}")[0] for i in range(2000)]
+    assert all(120 <= firsts.count(a) <= 280 for a in HEARERS)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "first"),
+    [
+        (10, 2),  # OFFER_FIRST of them, the lowest draws
+        (2, 2),
+        (1, 1),
+        (0, 0),
+    ],
+)
+def test_first_hearers(waiting: int, first: int) -> None:
+    s = signal()
+    hearers = HEARERS[:waiting]
+    got = sg.first_hearers(s.id, [*hearers, *hearers])  # an agent counts once
+    assert got == set(sorted(hearers, key=lambda a: sg.offer_draw(a, s.id))[:first])
+    assert len(got) == first
+
+
+def test_first_hearers_fill_up_with_the_next_to_look() -> None:
+    s = signal()
+    alone = sg.first_hearers(s.id, ["bob@acme.test"])
+    assert alone == {"bob@acme.test"}
+    two = sg.first_hearers(s.id, ["carol@acme.test"], alone)
+    assert two == {"bob@acme.test", "carol@acme.test"}
+    assert sg.first_hearers(s.id, ["dave@acme.test"], two) == two  # full: dave waits
+
+
+@pytest.mark.parametrize(
+    ("first", "seconds", "held"),
+    [
+        (True, 0.0, False),  # a first hearer hears at once
+        (False, 0.0, True),  # the others from created + OFFER_DELAY
+        (False, 0.099, True),
+        (False, 0.1, False),  # OFFER_DELAY passed: everyone hears it
+        (False, -1.0, False),  # dated after now (another relay's clock): not held back
+    ],
+)
+def test_offered_from(first: bool, seconds: float, held: bool) -> None:
+    s = signal()
+    me = "bob@acme.test"
+    firsts = {me, "carol@acme.test"} if first else {"carol@acme.test", "dave@acme.test"}
+    assert sg.offered_from(s, me, firsts, at(seconds)) == (at(0.1) if held else None)
+    assert timedelta(milliseconds=100) == sg.OFFER_DELAY
+
+
 # --- the state machine --------------------------------------------------------------------------
 
 

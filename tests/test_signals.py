@@ -18,7 +18,7 @@ from relay.core import signals as sg
 from relay.core.clock import FakeClock, SystemClock
 from relay.core.errors import Conflict, Forbidden, InvalidEnvelope, NotFound, RateLimited
 from relay.core.ids import hash_token, new_token
-from relay.delivery.signals import DEFAULT_EMIT_RATE, TooManySignals
+from relay.delivery.signals import DEFAULT_EMIT_RATE, SCAN_MAX_AGE, TooManySignals
 from relay.delivery.views import envelope_object
 from relay.keyring import load_keyring
 from relay.runtime import Relay
@@ -26,6 +26,7 @@ from relay.store import open_store
 from relay.store.base import SIGNALS_CHANNEL, Store
 from tests import pg, test_store
 from tests.conftest import make_config
+from tests.helpers import wait_until
 from tests.test_store import T0, add_agent, at
 
 store_url = test_store.store_url
@@ -288,6 +289,56 @@ async def test_long_poll_wakes_on_emit(relay: Relay) -> None:
     s = await svc.emit("alice", EMIT)
     heard = await asyncio.wait_for(waiting, 10)
     assert [h.signal.id for h in heard] == [s.id]
+
+
+async def test_a_new_signal_is_offered_first_to_the_lowest_draws(relay: Relay) -> None:
+    svc = relay.signals
+    names = ["bob", "carol", "dave", "erin", "frank"]
+    for name in names[2:]:
+        await relay.store.create_agent(
+            name, "inbox", hash_token(new_token()), None, relay.clock.now()
+        )
+    for name in names:
+        await svc.subscribe(name, {"topics": ["invoice.*"]})
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in names}
+    await wait_until(lambda: svc.waiting == set(names))
+    s = await svc.emit("alice", EMIT)
+    order = sorted(names, key=lambda n: sg.offer_draw(f"{n}@a.test", s.id))
+    first = order[: sg.OFFER_FIRST]
+    done, _ = await asyncio.wait([feeds[n] for n in first], timeout=10)
+    assert len(done) == sg.OFFER_FIRST
+    assert all([h.signal.id for h in feeds[n].result()] == [s.id] for n in first)
+    # The fake clock stands still: the others cannot have heard it yet.
+    assert not any(feeds[n].done() for n in order[sg.OFFER_FIRST :])
+    clock_of(relay).advance(sg.OFFER_DELAY.total_seconds())
+    for n in order[sg.OFFER_FIRST :]:
+        heard = await asyncio.wait_for(feeds[n], 10)
+        assert [h.signal.id for h in heard] == [s.id]
+    assert svc.waiting == set()
+
+
+async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> None:
+    svc = relay.signals
+    first = await svc.active.signals()
+    assert await svc.active.signals() is first
+    s = await svc.emit("alice", EMIT)
+    second = await svc.active.signals()
+    assert [x.id for x in second] == [s.id]
+    assert await svc.active.signals() is second
+    assert svc.active.recent(s.id) == s
+    # Changes this process cannot name (another process's commits) count after SCAN_MAX_AGE.
+    clock_of(relay).advance(SCAN_MAX_AGE)
+    assert svc.active.recent(s.id) is None
+    third = await svc.active.signals()
+    assert third is not second
+    assert third == second
+
+
+async def test_concurrent_feeds_read_once(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.emit("alice", EMIT)
+    scans = await asyncio.gather(*(svc.active.signals() for _ in range(20)))
+    assert all(scan is scans[0] for scan in scans)
 
 
 async def test_result_lost_in_a_crash_is_sent_once_by_the_sweep(relay: Relay) -> None:

@@ -201,6 +201,9 @@ async def test_owner_down_fails_remote_claims_fast_local_work_goes_on(w: World) 
     gina, hank = await globex.agent("gina"), await globex.agent("hank")
     _, made = await call(w, acme, "POST", "/signals", alice, EMIT)
     await flush(w)
+    await call(w, globex, "PUT", "/subscriptions", hank, {"topics": ["invoice.*"]})
+    _, heard = await call(w, globex, "GET", "/signals", hank)
+    assert [s["id"] for s in heard["signals"]] == [made["id"]]
     await acme.stop()
     status, err = await call(w, globex, "POST", f"/signals/{made['id']}/claim", gina)
     assert (status, err["error"]["code"], err["error"]["status"]) == (
@@ -208,6 +211,9 @@ async def test_owner_down_fails_remote_claims_fast_local_work_goes_on(w: World) 
         "owner_unreachable",
         "4.4.1",
     )
+    # Nobody at globex could take acme's signals now: not offered for OWNER_QUIET.
+    _, heard = await call(w, globex, "GET", "/signals", hank)
+    assert heard["signals"] == []
     # globex's own signals are its own to grant.
     _, local = await call(
         w, globex, "POST", "/signals", hank, {**EMIT, "scope": "local", "text": "ours"}

@@ -31,6 +31,12 @@ values in, values out, time as an argument. The store keeps the rows
    what keeps a worker whose lease lapsed from completing a signal another worker now holds.
 4. **Topics** (:func:`check_topic`, :func:`check_pattern`, :func:`matches`) and **hearing**
    (:func:`hears`).
+5. **Staggered offers** (:func:`offer_draw`, :func:`first_hearers`, :func:`offered_from`): a
+   new signal is heard at once by ``OFFER_FIRST`` hearers — of those waiting when it is first
+   looked at, the ones that draw the lowest response threshold for it; while fewer were
+   waiting, the next to look — and by the others ``OFFER_DELAY`` after it was created — so a new signal wakes a few claims, not
+   a stampede of every capable agent, and no agent is chosen by the relay: each draw is a hash,
+   uniform and independent per signal, and whoever claims first takes it.
 
 Defaults beside the systems this borrows from:
 
@@ -51,7 +57,7 @@ import hashlib
 import math
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -92,6 +98,8 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "MIN_HALF_LIFE",
     "MIN_LEASE",
+    "OFFER_DELAY",
+    "OFFER_FIRST",
     "AlreadyClaimed",
     "ClaimRecord",
     "Emit",
@@ -111,12 +119,16 @@ __all__ = [
     "check_topic",
     "claim",
     "complete",
+    "first_hearers",
     "hash_secret",
     "hears",
     "heartbeat",
     "intensity",
     "is_relay_signal",
     "matches",
+    "offer_draw",
+    "offer_pending",
+    "offered_from",
     "parse_token",
     "reinforce",
     "release",
@@ -713,6 +725,59 @@ def hears(subscription: Subscription, signal: Signal, now: datetime) -> float | 
     if level <= 0.0 or level < subscription.threshold:
         return None
     return level
+
+
+# --- staggered offers (SPEC.md §13.1) ------------------------------------------------------------
+
+#: How many of the agents waiting for signals hear a new signal at once. Every capable agent
+#: that hears a signal tries to claim it, and all but one are refused: with 20 agents, half of
+#: them capable, each new signal cost ten claims, nine of them refused, and the winner's claim
+#: waited behind the others' in the relay. Two keep a spare when one of them claims something
+#: else; a central dispatcher, for comparison, offers each task to one worker.
+OFFER_FIRST: Final = 2
+#: After this, every agent that hears a signal hears it: longer than a claim's round trip, so a
+#: signal the first hearers took is no longer offered when the others would hear it; short
+#: beside a lease and beside an agent's own reaction time.
+OFFER_DELAY: Final = timedelta(milliseconds=100)
+
+
+def offer_draw(agent: str, signal_id: str) -> float:
+    """``agent``'s response threshold for signal ``signal_id``, uniform in [0, 1): the first 8
+    bytes of SHA-256(``signal_id`` LF ``agent``) over 2⁶⁴. A hash, not a random source: every
+    read of every feed orders the same hearers the same way, and no agent is first twice more
+    often than chance."""
+    digest = hashlib.sha256(f"{signal_id}\n{agent}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def offer_pending(signal: Signal, now: datetime) -> bool:
+    """Whether ``signal`` is young enough at ``now`` for its offer to be staggered."""
+    return signal.created <= now < signal.created + OFFER_DELAY
+
+
+def first_hearers(
+    signal_id: str, hearers: Iterable[str], fixed: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The hearers a new signal is offered to at once: those ``fixed`` already, completed to
+    ``OFFER_FIRST`` with the ``hearers`` whose draw for it is lowest (:func:`offer_draw`). At
+    the first look, ``hearers`` are the agents waiting for signals then that hear it; while
+    fewer than ``OFFER_FIRST`` were, each agent that looks next (:func:`hears` it) joins."""
+    if len(fixed) >= OFFER_FIRST:
+        return fixed
+    ranked = sorted(set(hearers) - fixed, key=lambda agent: offer_draw(agent, signal_id))
+    return fixed | frozenset(ranked[: OFFER_FIRST - len(fixed)])
+
+
+def offered_from(
+    signal: Signal, agent: str, first: Collection[str], now: datetime
+) -> datetime | None:
+    """When ``agent``, which hears ``signal`` (:func:`hears`), may be offered it: None for now,
+    else ``created + OFFER_DELAY``. At once for the ``first`` hearers (:func:`first_hearers`)
+    and once the signal is ``OFFER_DELAY`` old; a signal dated after ``now`` (another relay's
+    clock ahead of this one) is not held back."""
+    if not offer_pending(signal, now) or agent in first:
+        return None
+    return signal.created + OFFER_DELAY
 
 
 # --- across organisations (SPEC.md §13.6) -------------------------------------------------------

@@ -19,8 +19,19 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 3. **Hearing** (:meth:`Signals.feed`): the open signals whose topic one of the agent's patterns
    matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
    is at least its threshold, strongest first; long-polled through the store's one long-poll
-   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``.
-4. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
+   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
+   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each. A
+   new signal is offered first to a few of the agents waiting here, the others hear it a moment
+   later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that did not
+   answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
+4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
+   this process together, one is decided (from the shared scan's copy of an open signal, no
+   read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
+   granted they are answered ``already_claimed`` without touching the store — linearizable,
+   since each of them was in flight when the grant committed. When it found the signal
+   closed (a final state) or the owner of a partner's signal did not answer it, they get the
+   same answer; when it is refused otherwise, each is decided on its own.
+5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
 """
@@ -28,11 +39,13 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from relay.core import jsonutil
@@ -53,7 +66,7 @@ from relay.core.errors import (
 from relay.core.ids import uuid7
 from relay.core.ratelimit import Rate, TokenBuckets
 from relay.delivery.mailbox import Mailbox
-from relay.store.base import SIGNALS_CHANNEL, Store
+from relay.store.base import SIGNALS_CHANNEL, Listener, Store
 
 __all__ = [
     "DEFAULT_EMIT_RATE",
@@ -61,8 +74,11 @@ __all__ = [
     "MAX_ACTIVE_SCAN",
     "MAX_CAS_ATTEMPTS",
     "MAX_FEED_PAGE",
+    "OWNER_QUIET",
+    "SCAN_MAX_AGE",
     "SWEEP_INTERVAL",
     "Acted",
+    "ActiveSignals",
     "Heard",
     "OwnerLink",
     "Signals",
@@ -83,6 +99,14 @@ FEED_RECHECK: Final = 5.0
 #: Open and claimed signals a feed considers, newest first. The cap on open signals per agent
 #: bounds what one agent can put here; this bounds one read.
 MAX_ACTIVE_SCAN: Final = 2000
+#: The longest the shared scan of the active signals serves feeds without a wake-up in between:
+#: a wake-up lost with another process (see FEED_RECHECK) leaves a feed at most this far behind.
+SCAN_MAX_AGE: Final = 1.0
+#: After the owner of a partner's signal did not answer a request (``owner_unreachable``), its
+#: signals are not offered for this long: every agent that heard them would claim in vain, and
+#: an agent busy with those refusals is not there for the signals it can take. Feeds look again
+#: when it ends; the next request to that owner tries again, whatever the time.
+OWNER_QUIET: Final = 5.0
 #: Signals one feed read lists at most.
 MAX_FEED_PAGE: Final = 200
 #: Compare-and-set attempts of one change before it gives up with 409: each failed attempt means
@@ -149,6 +173,98 @@ def signal_view(
     return view
 
 
+class _Changes(Listener):
+    """Counts the wake-ups of ``SIGNALS_CHANNEL``: every committed change to a signal or a
+    subscription, in this process or (as the dialect learns of them) in another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def fire(self) -> None:
+        self.count += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    epoch: int
+    taken: float
+    signals: Sequence[sg.Signal]
+    by_id: Mapping[str, sg.Signal]
+
+
+class ActiveSignals:
+    """The active (open and claimed) signals as stored, read once per change for every feed.
+
+    A change wakes every waiting feed at once; each used to read the whole active set for
+    itself, so N feeds queued N scans on the store's reader ahead of the claims they were about
+    to cause. Here a read is tagged with the number of wake-ups seen when it started
+    (``epoch``): it holds every change committed before (the store wakes listeners after
+    COMMIT), so any feed asking while no new wake-up came may use it, and feeds asking while it
+    runs join it. It is used for at most ``SCAN_MAX_AGE`` seconds. Rows are stored as read, not
+    settled: each reader settles them to its own now."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._changes = _Changes()
+        # Attached for the store's lifetime: a count, not a waiter, so it holds nothing.
+        store.notifier.attach(SIGNALS_CHANNEL, self._changes)
+        self._scan: _Scan | None = None
+        self._reading: tuple[int, asyncio.Future[_Scan]] | None = None
+
+    def _fresh(self) -> _Scan | None:
+        scan = self._scan
+        if (
+            scan is not None
+            and scan.epoch == self._changes.count
+            and self.clock.monotonic() - scan.taken < SCAN_MAX_AGE
+        ):
+            return scan
+        return None
+
+    async def signals(self) -> Sequence[sg.Signal]:
+        """The active signals, newest first, as of a read that started after every change
+        committed before this call."""
+        return (await self._get()).signals
+
+    def recent(self, id: str) -> sg.Signal | None:
+        """Signal ``id`` as the latest scan holds it, if that scan is younger than
+        ``SCAN_MAX_AGE`` (changes since may have moved its version on): a starting point for a
+        compare-and-set, never an answer."""
+        scan = self._scan
+        if scan is None or self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+            return None
+        return scan.by_id.get(id)
+
+    async def _get(self) -> _Scan:
+        scan = self._fresh()
+        if scan is not None:
+            return scan
+        epoch = self._changes.count
+        reading = self._reading
+        if reading is None or reading[0] != epoch:
+            future = asyncio.ensure_future(self._read(epoch))
+            # Read by whoever awaits it; retrieved here too, so a read every caller gave up on
+            # (cancelled requests) leaves no "exception never retrieved" behind.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            reading = self._reading = (epoch, future)
+        # Shielded: one feed cancelled (its client went away) must not cancel the others' read.
+        return await asyncio.shield(reading[1])
+
+    async def _read(self, epoch: int) -> _Scan:
+        taken = self.clock.monotonic()
+        try:
+            found = await self.store.signals_active(MAX_ACTIVE_SCAN)
+        finally:
+            if self._reading is not None and self._reading[0] == epoch:
+                self._reading = None
+        scan = _Scan(epoch, taken, found, {s.id: s for s in found})
+        if self._scan is None or self._scan.epoch <= epoch:
+            self._scan = scan
+        return scan
+
+
 @dataclass(frozen=True, slots=True)
 class Acted:
     """What a claim, heartbeat, complete or release did: the signal after it, and for a claim
@@ -196,6 +312,24 @@ class Signals:
         self.on_change = on_change
         #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
         self.owner_link = owner_link
+        #: The one scan of the active signals every feed reads (step 3).
+        self.active = ActiveSignals(store, clock)
+        #: The claim being decided, per signal, in this process (step 4).
+        self._claiming: dict[str, asyncio.Future[None]] = {}
+        #: The agents waiting for signals in this process (long polls and streams, how many
+        #: each) and their subscriptions as last read: the rivals of a staggered offer (step 3).
+        self._waiting: Counter[str] = Counter()
+        self._listening: dict[str, sg.Subscription] = {}
+        #: When each waiting agent's subscription was read (``clock.monotonic``): a feed woken
+        #: again within ``SCAN_MAX_AGE`` uses it without a read; a subscription this process
+        #: writes replaces it at once.
+        self._read_at: dict[str, float] = {}
+        #: The first hearers of the signals whose offer is held back now, by id, with the
+        #: signal's creation (step 3).
+        self._first: dict[str, tuple[datetime, frozenset[str]]] = {}
+        #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
+        #: their signals are not offered (``OWNER_QUIET``).
+        self._quiet: dict[str, float] = {}
 
     @property
     def domain(self) -> str:
@@ -256,6 +390,8 @@ class Signals:
                     capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
         subscription = sg.check_subscription(self.address(agent), data, capabilities)
         await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
+        if agent in self._listening:
+            self._listening[agent] = subscription
         return subscription
 
     async def subscription(self, agent: str) -> sg.Subscription | None:
@@ -264,43 +400,141 @@ class Signals:
 
     async def heard(self, agent: str, limit: int) -> list[Heard]:
         """What ``agent`` hears now, strongest first (newest first among equals)."""
-        subscription = await self.subscription(agent)
+        return (await self._hear(agent, limit))[0]
+
+    async def _hear(self, agent: str, limit: int) -> tuple[list[Heard], datetime | None]:
+        """:meth:`heard`, and when a signal held back from ``agent`` for now (a staggered
+        offer, step 3) will be offered to it, if one is."""
+        subscription = await self._subscription_of(agent)
         if subscription is None or not subscription.topics:
-            return []
+            return [], None
         now = self.clock.now()
         out: list[Heard] = []
-        for stored in await self.store.signals_active(MAX_ACTIVE_SCAN):
+        later: datetime | None = None
+        for stored in await self.active.signals():
             signal = sg.settle(stored, _current_claim(stored), now).signal
             level = sg.hears(subscription, signal, now)
-            if level is not None:
-                out.append(Heard(signal, level))
+            if level is None:
+                continue
+            quiet = self._quiet_for(signal.owner)
+            if quiet > 0:
+                back = now + timedelta(seconds=quiet)
+                later = back if later is None else min(later, back)
+                continue
+            first = self._first_hearers(subscription, signal, now)
+            held = sg.offered_from(signal, subscription.agent, first, now)
+            if held is not None:
+                later = held if later is None else min(later, held)
+                continue
+            out.append(Heard(signal, level))
         out.sort(key=lambda h: (-h.intensity, h.signal.id))
-        return out[:limit]
+        return out[:limit], later
+
+    async def _subscription_of(self, agent: str) -> sg.Subscription | None:
+        """``agent``'s subscription; for a waiting agent, as read at most ``SCAN_MAX_AGE`` ago
+        (a wake-up reaches every feed at once: ten feeds, ten reads queued ahead of the claims
+        they are about to cause)."""
+        known = self._listening.get(agent)
+        if known is not None and self.clock.monotonic() - self._read_at[agent] < SCAN_MAX_AGE:
+            return known
+        subscription = await self.subscription(agent)
+        if agent in self._waiting and subscription is not None:
+            self._listening[agent] = subscription
+            self._read_at[agent] = self.clock.monotonic()
+        return subscription
+
+    def _first_hearers(
+        self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
+    ) -> frozenset[str]:
+        """The hearers a new signal is offered to first (step 3): fixed at the first look at
+        it, from the agents waiting then and the one looking, so that the first hearers' feeds
+        returning does not move others up while the offer is held back; while fewer than
+        ``OFFER_FIRST`` were waiting, the next agents to look join them."""
+        if not sg.offer_pending(signal, now):
+            return frozenset()
+        for id, (created, _) in list(self._first.items()):
+            if not created <= now < created + sg.OFFER_DELAY:
+                del self._first[id]
+        fixed = self._first.get(signal.id)
+        hearers = [subscription.agent]
+        if fixed is None:
+            for other in self._listening.values():
+                if sg.hears(other, signal, now) is not None:
+                    hearers.append(other.agent)
+        first = sg.first_hearers(signal.id, hearers, frozenset() if fixed is None else fixed[1])
+        self._first[signal.id] = (signal.created, first)
+        return first
+
+    def _quiet_for(self, owner: str) -> float:
+        """Seconds before the signals of partner relay ``owner`` are offered again, or 0."""
+        until = self._quiet.get(owner)
+        if until is None:
+            return 0.0
+        left = until - self.clock.monotonic()
+        if left <= 0:
+            del self._quiet[owner]
+        return max(0.0, left)
+
+    @property
+    def waiting(self) -> frozenset[str]:
+        """The agents waiting for signals here now (a long poll or a stream that has looked
+        once): the rivals of a staggered offer."""
+        return frozenset(self._listening)
+
+    @contextlib.contextmanager
+    def _waits(self, agent: str) -> Iterator[None]:
+        """``agent`` is waiting for signals (a long poll, a stream) while this lasts."""
+        self._waiting[agent] += 1
+        try:
+            yield
+        finally:
+            self._waiting[agent] -= 1
+            if not self._waiting[agent]:
+                del self._waiting[agent]
+                self._listening.pop(agent, None)
+                self._read_at.pop(agent, None)
+
+    def _pause(self, limit: float, later: datetime | None) -> float:
+        """The wait before the next look: ``limit``, or less when a held-back offer is due."""
+        if later is None:
+            return limit
+        return max(0.0, min(limit, (later - self.clock.now()).total_seconds()))
 
     async def feed(self, agent: str, *, wait: float, limit: int) -> list[Heard]:
         """``GET /synq/v1/signals?wait=S``: :meth:`heard`, waiting up to ``wait`` seconds for
-        something to hear."""
+        something to hear (the loop of ``Listener.poll``, also woken when an offer held back
+        from this agent is due)."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            found = await listener.poll(
-                lambda: self.heard(agent, limit), loop.time() + wait, recheck=FEED_RECHECK
-            )
-        return list(found)
+            with self._waits(agent):
+                while True:
+                    found, later = await self._hear(agent, limit)
+                    remaining = deadline - loop.time()
+                    if found or remaining <= 0:
+                        return found
+                    await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
 
     async def watch(self, agent: str, *, every: float) -> AsyncIterator[list[Heard] | None]:
         """What ``agent`` hears, the first at once and again each time the set of signals it
         hears changes; None after ``every`` seconds without a change (the SSE stream's
         keepalive). A signal that evaporated below the threshold is noticed at the next look."""
+        loop = asyncio.get_running_loop()
         last: list[tuple[str, str]] | None = None
+        said = loop.time()
         async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            while True:
-                heard = await self.heard(agent, MAX_FEED_PAGE)
-                seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
-                if seen != last:
-                    last = seen
-                    yield heard
-                if not await listener.wait(every):
-                    yield None
+            with self._waits(agent):
+                while True:
+                    heard, later = await self._hear(agent, MAX_FEED_PAGE)
+                    seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
+                    if seen != last:
+                        last = seen
+                        said = loop.time()
+                        yield heard
+                    elif loop.time() - said >= every:
+                        said = loop.time()
+                        yield None
+                    await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
 
     # --- one signal -----------------------------------------------------------------------------
 
@@ -327,11 +561,21 @@ class Signals:
         self,
         id: str,
         rule: Callable[[sg.Signal, sg.ClaimRecord | None, datetime], sg.Transition],
+        copy: sg.Signal | None = None,
     ) -> sg.Transition:
         """Step 1 of the module docstring: settle, apply ``rule``, compare-and-set; again on a
-        lost race. A refusal by ``rule`` still writes what settling found due."""
+        lost race. A refusal by ``rule`` still writes what settling found due.
+
+        ``copy``: the signal as stored, read a moment ago (the shared scan), tried first
+        instead of a read when it is ``open`` — an open signal's rule needs no claim record.
+        Its version is compared like any other: a stale copy loses and the change runs again
+        on a fresh read."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            stored, current = await self._load(id)
+            if copy is not None and copy.state == "open":
+                stored, current = copy, None
+            else:
+                stored, current = await self._load(id)
+            copy = None
             now = self.clock.now()
             settled = sg.settle(stored, current, now)
             if settled.claims:
@@ -406,14 +650,59 @@ class Signals:
         owner relay decides (``owner_link``) and the replica follows its answer."""
         if op not in sg.REQUEST_OPS:
             raise NotFound(f"no signal operation {op!r}")
-        stored = await self.store.signal_get(id)
+        if op == "claim":
+            return await self._claim(address, id, remote=remote)
+        return await self._act(address, id, op, data, remote=remote)
+
+    async def _claim(self, address: str, id: str, *, remote: bool) -> Acted:
+        """Step 4 of the module docstring: one claim of signal ``id`` decided at a time in this
+        process; the claims that arrived while one was granted are refused from memory."""
+        if (deciding := self._claiming.get(id)) is not None:
+            try:
+                await asyncio.shield(deciding)
+            except sg.OwnerUnreachable as exc:
+                # The owner relay did not answer a claim made while this one waited: the same
+                # temporary answer, at once (SPEC.md §13.6), not one more wait each, in turn.
+                raise sg.OwnerUnreachable(exc.message) from None
+            except sg.SignalClosed as exc:
+                raise sg.SignalClosed(exc.message) from None  # final: closed for this one too
+            except SynqError:
+                # Refused for a reason that may not hold for this claim (taken by a claim
+                # before it, which may lapse; its emitter's own): decided on its own, beside
+                # the other waiters, not each after the other.
+                return await self._act(address, id, "claim", {}, remote=remote)
+            raise sg.AlreadyClaimed()
+        decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read by the waiters, if any; retrieved here too, so a refusal nobody waited for
+        # leaves no "exception never retrieved" behind.
+        decided.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._claiming[id] = decided
+        try:
+            acted = await self._act(address, id, "claim", {}, remote=remote)
+        except BaseException as exc:
+            decided.set_exception(exc if isinstance(exc, SynqError) else Conflict())
+            raise
+        else:
+            decided.set_result(None)
+            return acted
+        finally:
+            del self._claiming[id]
+
+    async def _act(
+        self, address: str, id: str, op: str, data: Mapping[str, Any], *, remote: bool
+    ) -> Acted:
+        # A copy from the shared scan spares the claim that wins a race its reads: its owner
+        # never changes, and the compare-and-set judges the rest (a copy that is out of date
+        # costs one refused write and a read).
+        copy = self.active.recent(id)
+        stored = copy if copy is not None else await self.store.signal_get(id)
         if stored is None:
             raise NotFound("no such signal")
         if stored.owner != self.domain:
             return await self._act_remote(stored, address, op, data)
         token = data.get("token")
         if op == "claim":
-            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now))
+            change = await self._change(id, lambda s, _h, now: sg.claim(s, address, now), copy)
         elif op == "heartbeat":
             change = await self._change(
                 id, lambda s, h, now: sg.heartbeat(s, _need(h), address, token, now)
@@ -455,7 +744,12 @@ class Signals:
             raise sg.OwnerUnreachable("this relay has no link to partner relays")
         if op == "complete":
             _result_type(data.get("content_type"), data.get("body"))
-        answer = await self.owner_link.request(replica, address, op, data)
+        try:
+            answer = await self.owner_link.request(replica, address, op, data)
+        except sg.OwnerUnreachable:
+            self._quiet[replica.owner] = self.clock.monotonic() + OWNER_QUIET
+            raise
+        self._quiet.pop(replica.owner, None)
         claim = answer.get("claim") if isinstance(answer, dict) else None
         token = claim.get("token") if isinstance(claim, dict) else None
         until_raw = claim.get("expires") if isinstance(claim, dict) else None
