@@ -266,6 +266,9 @@ async def test_a_client_that_hangs_up_mid_stream_leaves_nothing_running(b: Bridg
             async with notifier.listen(f"a2a:{first.task.id}") as listener:
                 await listener.wait(1.0)
     assert time.process_time() - cpu < 2.0
+    # A relay loop may have just cancelled a wait of its own (the federation sender's wake-up
+    # wait once a pass in flight ends): such a task is ending, one loop turn from done.
+    await wait_until(lambda: not any(t.cancelling() for t in asyncio.all_tasks() if not t.done()))
     after = {t for t in asyncio.all_tasks() if not t.done()} - before
     # What may remain: the client's idle keep-alive connection (aiohttp's per-connection task,
     # serving no request: host.active is 0) and sse-starlette's process-wide shutdown watcher.
