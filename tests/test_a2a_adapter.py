@@ -226,6 +226,38 @@ async def test_cancel_signal_reaches_the_agents_task(adapter: A2AAdapter) -> Non
         assert again.items == []
 
 
+async def test_each_delivery_speaks_as_the_card_fetched_last_says(adapter: A2AAdapter) -> None:
+    """The client built for a card serves the deliveries after it, until the card is fetched
+    anew: an agent that stops streaming is then called with SendMessage, not the old client's
+    SendStreamingMessage."""
+    streaming = True
+    methods: list[str] = []
+
+    async def rpc(request: web.Request, call: dict[str, Any]) -> web.StreamResponse:
+        methods.append(call["method"])
+        message = {"messageId": f"m{len(methods)}", "role": "ROLE_AGENT", "parts": [{"text": "ok"}]}
+        if call["method"] == "SendStreamingMessage":
+            return await sse(
+                request, [{"jsonrpc": "2.0", "id": call["id"], "result": {"message": message}}]
+            )
+        return rpc_result(call["id"], {"message": message})
+
+    peer = await serve(scripted_app(rpc, card=lambda url: card_json(url, streaming=streaming)))
+    try:
+        for i in range(2):
+            replies = Replies()
+            await adapter.deliver(record(peer.url), envelope(f"tck-{i}"), replies)
+            assert replies.states() == ["message"]
+        streaming = False
+        await adapter.fetch_card(peer.url)  # as the card's time-to-live running out would
+        replies = Replies()
+        await adapter.deliver(record(peer.url), envelope("tck-2"), replies)
+        assert replies.states() == ["message"]
+    finally:
+        await peer.stop()
+    assert methods == ["SendStreamingMessage", "SendStreamingMessage", "SendMessage"]
+
+
 # --- agents that fail ---------------------------------------------------------------------------
 
 

@@ -58,7 +58,10 @@ def starts(relay_dir: Path) -> list[dict[str, Any]]:
 
 async def exited(pid: int, timeout: float) -> None:
     """Wait until process ``pid`` (not a child of ours) has exited: its pidfd turns readable."""
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # it has exited (and been reaped) already
     loop = asyncio.get_running_loop()
     gone = asyncio.Event()
     loop.add_reader(fd, gone.set)

@@ -28,8 +28,8 @@ an A2A error answer (A2A 1.0 §5.4), other 4xx   5.x.x by kind (below)          
 a body that is no A2A message                   5.6.0                               bounced
 ==============================================  ==================================  =========
 
-The adapter keeps no state beyond a short-lived cache of agent cards: routing and storage are
-the relay's (relay/delivery/adapters.py).
+The adapter keeps no state beyond a short-lived cache of agent cards and the a2a-sdk client
+built for each: routing and storage are the relay's (relay/delivery/adapters.py).
 """
 
 from __future__ import annotations
@@ -214,6 +214,11 @@ class A2AAdapter:
         hooks["request"] = [*hooks["request"], _inject_trace]
         self.http.event_hooks = hooks
         self._cards: dict[str, tuple[AgentCard, float]] = {}
+        #: Endpoint → the a2a-sdk client built for the card it was built from (HTTP bindings
+        #: only). Built once per card rather than once per delivery: a client over the relay's
+        #: shared HTTP client holds nothing of its own (its ``close`` leaves the shared client
+        #: open), so one serves every delivery, concurrent ones included, until the card changes.
+        self._clients: dict[str, tuple[AgentCard, Client]] = {}
         #: The relay's guarded resolution for gRPC targets (adapters/a2a/channels.py; SPEC.md
         #: §7.6); without it, agents that offer only gRPC cannot be reached.
         self.resolve = resolve
@@ -355,7 +360,7 @@ class A2AAdapter:
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
             ) from None
         try:
-            client = await self._client(card)
+            client, owned = await self._client_for(agent.endpoint, card)
         except SynqError as exc:
             raise AttemptFailed(
                 exc.status if exc.status.is_permanent else st.NO_ANSWER, exc.message
@@ -374,8 +379,24 @@ class A2AAdapter:
                     span.set_status(Status(StatusCode.ERROR, exc.status.code))
                     raise
         finally:
-            with contextlib.suppress(Exception):
-                await client.close()
+            if owned:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    async def _client_for(self, endpoint: str, card: AgentCard) -> tuple[Client, bool]:
+        """The client for one delivery, and whether the delivery owns it (closes it after).
+        Over HTTP the client built for this very card is reused (see ``_clients``); a card
+        fetched anew gets a new client. A gRPC client owns its channel, opened to the address
+        the relay's policy permits at this moment (adapters/a2a/channels.py), so it is built
+        and closed per delivery, as the resolution is made per delivery."""
+        if _grpc_only(card):
+            return await self._client(card), True
+        cached = self._clients.get(endpoint)
+        if cached is not None and cached[0] is card:
+            return cached[1], False
+        client = await self._client(card)
+        self._clients[endpoint] = (card, client)
+        return client, False
 
     async def _message(
         self, client: Client, card: AgentCard, envelope: Envelope, reply: Replier
@@ -482,6 +503,7 @@ class A2AAdapter:
         await reply(reply_of_event(StreamResponse(task=task)))
 
     async def close(self) -> None:
+        self._clients.clear()
         if self._own_http:
             await self.http.aclose()
 

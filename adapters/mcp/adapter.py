@@ -119,11 +119,14 @@ class _ProgressSender:
         self._pending: tuple[float, float | None, str | None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
-        self._task = asyncio.create_task(self._run())
+        #: Started by the first report: a call that reports no progress ends without one.
+        self._task: asyncio.Task[None] | None = None
 
     async def push(self, progress: float, total: float | None, message: str | None) -> None:
         self._pending = (progress, total, message)
         self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -139,12 +142,15 @@ class _ProgressSender:
 
     async def close(self) -> None:
         """Send what is pending, then stop (before the result, so the order holds)."""
+        if self._task is None:
+            return
         self._closing = True
         self._wake.set()
         await self._task
 
     def cancel(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _Exchange:
@@ -160,7 +166,10 @@ class _Exchange:
         self.sent = 0
         self.dropped = 0
         self._queue: asyncio.Queue[translate.RpcMessage] = asyncio.Queue(MAX_QUEUED_NOTIFICATIONS)
-        self._task = asyncio.create_task(self._run())
+        #: The sender task, started by the first notification: most requests (a tool call that
+        #: reports no progress) have none, and then their answer goes out without a task being
+        #: started, cancelled and awaited around it.
+        self._task: asyncio.Task[None] | None = None
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         if self.sent + self._queue.qsize() >= MAX_NOTIFICATIONS:
@@ -170,6 +179,9 @@ class _Exchange:
             self._queue.put_nowait(translate.RpcMessage(method, params))
         except asyncio.QueueFull:
             self.dropped += 1
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -220,9 +232,10 @@ class _Exchange:
 
     async def close(self) -> None:
         """Send what is queued (before the answer, so the order holds), then stop."""
-        await self._queue.join()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         if self.dropped:
             log.info("%d notifications for %s were dropped", self.dropped, self.caller)
 
