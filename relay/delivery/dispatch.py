@@ -126,7 +126,11 @@ class Dispatcher:
             )
             if not rows:
                 return total
-            results = await asyncio.gather(*(self._one(row) for row in rows))
+            if len(rows) == 1:
+                # One row (an idle inbox's delivery): no task to spawn and wait for.
+                results = [await self._one(rows[0])]
+            else:
+                results = await asyncio.gather(*(self._one(row) for row in rows))
             outcomes = [o for o, _ in results]
             dsns = [d for _, d in results if d is not None]
             settled = self.clock.now()

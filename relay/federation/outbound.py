@@ -195,9 +195,16 @@ class FederationSender:
                 )
             else:
                 live[row.domain].append(row)
-        results = await asyncio.gather(*(self._destination(d, rs, now) for d, rs in live.items()))
-        for chunk in results:
-            outcomes.extend(chunk)
+        if len(live) == 1:
+            # One destination (an idle queue's pass): no task to spawn and wait for.
+            [(domain, some)] = live.items()
+            outcomes.extend(await self._destination(domain, some, now))
+        else:
+            results = await asyncio.gather(
+                *(self._destination(d, rs, now) for d, rs in live.items())
+            )
+            for chunk in results:
+                outcomes.extend(chunk)
         dsns = await self._dsns(outcomes, rows, now)
         settled = self.clock.now()
         await self.store.settle(outcomes, dsns, settled)
