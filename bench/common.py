@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -31,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: How long a server may take to print that it listens.
 START_TIMEOUT = 60.0
+
+#: Starts of one relay, each on a fresh port, before its address being taken is an error
+#: (``Federation.serve``).
+START_ATTEMPTS = 5
 
 #: The benchmark measures capacity, so it lifts the per-sender rate limits that a relay applies
 #: by default (relay.core.ratelimit: ~50 messages/s per agent and per address).
@@ -132,6 +137,30 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _port_taken(exc: BaseException) -> bool:
+    """Whether a relay failed to start because its listen address was taken (relay/cli.py's
+    words for EADDRINUSE)."""
+    return isinstance(exc, RuntimeError) and "already in use" in str(exc)
+
+
+#: The relay's own listen address in a ``synq init`` configuration (its first ``listen``).
+_LISTEN = re.compile(r'(?m)^listen = "127\.0\.0\.1:(\d+)"')
+
+
+def move_port(cwd: Path) -> bool:
+    """Move the relay of ``cwd`` to a fresh loopback port: its ``listen`` and every URL naming
+    the old port (``public_url``). False when it listens on port 0 or elsewhere (nothing to
+    move)."""
+    path = cwd / "synq.toml"
+    text = path.read_text(encoding="utf-8")
+    found = _LISTEN.search(text)
+    if found is None or found.group(1) == "0":
+        return False
+    old = f"127.0.0.1:{found.group(1)}"
+    path.write_text(text.replace(old, f"127.0.0.1:{free_port()}"), encoding="utf-8")
+    return True
 
 
 def free_port() -> int:
@@ -324,10 +353,28 @@ class Federation:
 
     async def serve(self, org: Org, processes: int = 1) -> str:
         """Start ``processes`` relay processes for ``org`` (several behind a round-robin
-        balancer) and publish the URL partners deliver to."""
-        started = await asyncio.gather(
-            *(start(serve_argv(), org.cwd, f"serve-{len(org.procs) + i}") for i in range(processes))
-        )
+        balancer) and publish the URL partners deliver to.
+
+        A relay given a port at ``add`` (``listen``) may find it taken when it starts: the port
+        was free when ``free_port`` looked, and the admin listener takes the next one too. Such a
+        start is tried again on a fresh port (``START_ATTEMPTS``), the relay's ``listen`` and
+        ``public_url`` moved to it first.
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            names = [f"serve-{len(org.procs) + i}" for i in range(processes)]
+            results = await asyncio.gather(
+                *(start(serve_argv(), org.cwd, name) for name in names), return_exceptions=True
+            )
+            started = [r for r in results if isinstance(r, Proc)]
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if not failed:
+                break
+            for proc in started:
+                await proc.stop()
+            if attempt == START_ATTEMPTS or not any(_port_taken(e) for e in failed):
+                raise failed[0]
+            if not move_port(org.cwd):
+                raise failed[0]
         org.procs += started
         url = started[0].url
         if processes > 1:

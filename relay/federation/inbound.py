@@ -252,7 +252,11 @@ class InboundHandler:
         per selector named, one existence query for every local recipient named."""
         staged = [self._structure(i, origin, t) for i, t in enumerate(tokens)]
         selectors = sorted({s.parsed.kid for s in staged if isinstance(s, _Parsed)})
-        found = await asyncio.gather(*(self._key(origin, kid) for kid in selectors))
+        if len(selectors) == 1:
+            # One key (the usual transaction): no task to spawn and wait for.
+            found = [await self._key(origin, selectors[0])]
+        else:
+            found = await asyncio.gather(*(self._key(origin, kid) for kid in selectors))
         keys = dict(zip(selectors, found, strict=True))
         to_verify = [
             (s.parsed, key)
