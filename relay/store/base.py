@@ -600,10 +600,14 @@ class Store(abc.ABC):
         """The recorded first uses of ``agent``'s ``keys``, by key (one query)."""
 
     @abc.abstractmethod
-    async def release_idempotency_key(self, agent: str, key: str, id: str) -> bool:
+    async def release_idempotency_key(
+        self, agent: str, key: str, id: str, *, durable: bool = True
+    ) -> bool:
         """Forget ``agent``'s ``key`` if it still names the envelope ``id``: the A2A face's call
-        that recorded it with its task was then refused, and a retry must be free to send.
-        False if it named another envelope or nothing."""
+        that recorded it with its task was then refused, or answered in full, and the same
+        message sent again is a new call. False if it named another envelope or nothing.
+        ``durable=False`` lets the commit go without a sync of its own (SQLite): a release lost
+        to a power cut leaves the key, so a resend is answered as a retry, never sent twice."""
 
     @abc.abstractmethod
     async def purge_idempotency_keys(self, before: datetime, limit: int) -> int:

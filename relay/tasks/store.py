@@ -685,8 +685,10 @@ class TaskStore:
         failing here leaves the key, and a resend answered from the first task, as before."""
         if started.key is not None:
             with contextlib.suppress(SynqError):
+                # Not synced on its own: a release lost to a power cut only leaves the key,
+                # and a resend is then answered as a retry (the rule before the answer).
                 await self.store.release_idempotency_key(
-                    started.key.agent, started.key.key, started.envelope
+                    started.key.agent, started.key.key, started.envelope, durable=False
                 )
 
     async def _refused(

@@ -497,11 +497,13 @@ class SqlStore(GroupWriter, Store):
         found = await self._read(self.sql.select_idempotency_keys, (agent, self._array(wanted)))
         return {row[1]: rows.idempotency_record(row, self._dt) for row in found}
 
-    async def release_idempotency_key(self, agent: str, key: str, id: str) -> bool:
+    async def release_idempotency_key(
+        self, agent: str, key: str, id: str, *, durable: bool = True
+    ) -> bool:
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
             return await tx.execute(self.sql.delete_idempotency_key, (agent, key, id)) > 0, ()
 
-        released: bool = await self._write(run)
+        released: bool = await self._write(run, durable=durable)
         return released
 
     async def purge_idempotency_keys(self, before: datetime, limit: int) -> int:
