@@ -34,6 +34,12 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
+6. **Partners told** (:meth:`Signals._changed`): a new signal of partner scope is in the queue
+   to its partners before the emit is answered; a change of its state (claimed, reopened, done)
+   is sent to them beside the answer, so a claim's answer waits for one commit, its own. An
+   update lost with the process (or refused by the queue) is what SPEC.md §13.6 already allows
+   for: a partner's agent that claims it is answered by this relay, and the next update
+   carries the whole state.
 """
 
 from __future__ import annotations
@@ -330,6 +336,8 @@ class Signals:
         #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
         #: their signals are not offered (``OWNER_QUIET``).
         self._quiet: dict[str, float] = {}
+        #: Updates to partners on their way, sent beside the answers (step 6).
+        self._telling: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
@@ -596,21 +604,31 @@ class Signals:
 
     async def _changed(self, before: sg.Signal | None, after: sg.Signal) -> None:
         """Tell the partners in scope of a signal this relay owns what changed: the offer when
-        it is new, an update when its state or claim moved (not for a heartbeat)."""
+        it is new, an update when its state or claim moved (not for a heartbeat).
+
+        The offer is sent before the emit is answered: a signal acknowledged to its emitter is
+        in the queue to its partners. An update is sent beside the answer, not before it
+        (step 6 of the module docstring): the change is durable already, and waiting for the
+        update's own custody (signing, a second commit) put that commit in every claim's
+        answer across relays."""
         if self.on_change is None or after.owner != self.domain or after.scope == "local":
             return
         if before is None:
-            kind = sg.KIND_SIGNAL
+            await self._tell(after, sg.KIND_SIGNAL)
         elif (before.state, before.generation) != (after.state, after.generation):
-            kind = sg.KIND_SIGNAL_UPDATE
-        else:
-            return
+            task = asyncio.create_task(self._tell(after, sg.KIND_SIGNAL_UPDATE))
+            # Held until done: the loop keeps only weak references to its tasks.
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
+
+    async def _tell(self, signal: sg.Signal, kind: str) -> None:
+        assert self.on_change is not None
         try:
-            await self.on_change(after, kind)
+            await self.on_change(signal, kind)
         except SynqError as exc:
             # The change stands; partners learn the state from the next update, or from the
             # owner's answer to a claim (SPEC.md §13.6).
-            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
+            log.warning("signal %s: partners not told (%s)", signal.id, exc.message)
 
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""
@@ -835,7 +853,7 @@ class Signals:
         try:
             await self._send_result(signal)
         except SynqError as exc:
-            # The completion is written and its result with it: the sweep sends it (step 4).
+            # The completion is written and its result with it: the sweep sends it (step 5).
             # The worker's answer is the completion's, which stands.
             log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
 
@@ -874,7 +892,7 @@ class Signals:
 
     async def run_once(self) -> int:
         """Write the lapses and expiries due now and send the results not yet in custody
-        (step 4); how many signals it changed or sent."""
+        (step 5); how many signals it changed or sent."""
         done = 0
         for id in await self.store.signals_due(self.clock.now(), SWEEP_BATCH):
             try:
