@@ -334,6 +334,26 @@ async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> Non
     assert third == second
 
 
+async def test_caps_per_agent_counted_from_a_current_scan(relay: Relay) -> None:
+    svc = relay.signals
+    svc.max_open = 2
+    await svc.active.signals()
+    first = await svc.emit("alice", EMIT)
+    await svc.emit("alice", EMIT)
+    await svc.active.signals()
+    assert svc.active.open_count("alice@a.test") == 2
+    with pytest.raises(TooManySignals):
+        await svc.emit("alice", EMIT)
+    token, _ = await svc.claim("bob", first.id)
+    await svc.active.signals()
+    with pytest.raises(TooManySignals):  # a claimed signal counts
+        await svc.emit("alice", EMIT)
+    await svc.complete("bob", first.id, token)
+    await svc.active.signals()
+    assert svc.active.open_count("alice@a.test") == 1
+    await svc.emit("alice", EMIT)
+
+
 async def test_concurrent_feeds_read_once(relay: Relay) -> None:
     svc = relay.signals
     await svc.emit("alice", EMIT)

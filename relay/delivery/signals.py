@@ -243,6 +243,17 @@ class ActiveSignals:
             return None
         return scan.by_id.get(id)
 
+    def open_count(self, emitter: str) -> int | None:
+        """Open and claimed signals of ``emitter`` in a scan that holds every active signal
+        and is current (no wake-up since its read), or None: then the store counts. A relay
+        whose feeds are waiting has one nearly always, and an emit spares its read."""
+        scan = self._fresh()
+        if scan is None or len(scan.signals) >= MAX_ACTIVE_SCAN:
+            return None
+        # The scan holds only active rows (``signals_active``). A wake-up lost with another
+        # process leaves it behind by SCAN_MAX_AGE at most: the cap may admit one signal late.
+        return sum(1 for s in scan.signals if s.emitter == emitter)
+
     async def _get(self) -> _Scan:
         scan = self._fresh()
         if scan is not None:
@@ -356,7 +367,9 @@ class Signals:
         wait = self.emit_rates.take(agent, self.clock.monotonic())
         if wait > 0:
             raise RateLimited(f"{emitter} is emitting signals too fast", retry_after=wait)
-        if await self.store.signal_open_count(emitter) >= self.max_open:
+        known = self.active.open_count(emitter)
+        count = known if known is not None else await self.store.signal_open_count(emitter)
+        if count >= self.max_open:
             # Retry once some of them are done: the shortest useful wait is one lease.
             raise TooManySignals(
                 f"{emitter} has {self.max_open} open signals already",
