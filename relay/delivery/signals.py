@@ -432,7 +432,8 @@ class Signals:
         now = self.clock.now()
         out: list[Heard] = []
         later: datetime | None = None
-        for stored in await self.active.signals():
+        active = await self.active.signals()
+        for stored in active:
             signal = sg.settle(stored, _current_claim(stored), now).signal
             level = sg.hears(subscription, signal, now)
             if level is None:
@@ -442,7 +443,7 @@ class Signals:
                 back = now + timedelta(seconds=quiet)
                 later = back if later is None else min(later, back)
                 continue
-            first = self._first_hearers(subscription, signal, now)
+            first = self._first_hearers(subscription, signal, now, active)
             held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
                 later = held if later is None else min(later, held)
@@ -465,24 +466,41 @@ class Signals:
         return subscription
 
     def _first_hearers(
-        self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
+        self,
+        subscription: sg.Subscription,
+        signal: sg.Signal,
+        now: datetime,
+        active: Sequence[sg.Signal],
     ) -> frozenset[str]:
         """The hearers a new signal is offered to first (step 3): fixed at the first look at
         it, from the agents waiting then and the one looking, so that the first hearers' feeds
         returning does not move others up while the offer is held back; while fewer than
-        ``OFFER_FIRST`` were waiting, the next agents to look join them."""
+        ``OFFER_FIRST`` were waiting, the next agents to look join them. Those holding a claim
+        of one of the ``active`` signals (a lease not run out) come after those holding none."""
         if not sg.offer_pending(signal, now):
             return frozenset()
         for id, (created, _) in list(self._first.items()):
             if not created <= now < created + sg.OFFER_DELAY:
                 del self._first[id]
         fixed = self._first.get(signal.id)
+        if fixed is not None and len(fixed[1]) >= sg.OFFER_FIRST:
+            return fixed[1]
         hearers = [subscription.agent]
         if fixed is None:
             for other in self._listening.values():
                 if sg.hears(other, signal, now) is not None:
                     hearers.append(other.agent)
-        first = sg.first_hearers(signal.id, hearers, frozenset() if fixed is None else fixed[1])
+        busy = {
+            s.holder
+            for s in active
+            if s.state == "claimed"
+            and s.holder is not None
+            and s.lease_until is not None
+            and now < s.lease_until
+        }
+        first = sg.first_hearers(
+            signal.id, hearers, frozenset() if fixed is None else fixed[1], busy
+        )
         self._first[signal.id] = (signal.created, first)
         return first
 
