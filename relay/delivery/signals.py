@@ -650,7 +650,13 @@ class Signals:
             task = asyncio.create_task(self._tell(after, sg.KIND_SIGNAL_UPDATE))
             # Held until done: the loop keeps only weak references to its tasks.
             self._telling.add(task)
-            task.add_done_callback(self._telling.discard)
+            task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task[None]) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Nobody awaits it: said here, not as "exception never retrieved" at exit.
+            log.error("signal update to partners failed", exc_info=exc)
 
     async def _tell(self, signal: sg.Signal, kind: str) -> None:
         assert self.on_change is not None
