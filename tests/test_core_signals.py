@@ -5,6 +5,7 @@ operations completes a signal twice."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -253,6 +254,28 @@ def test_first_hearers(waiting: int, first: int) -> None:
     got = sg.first_hearers(s.id, [*hearers, *hearers])  # an agent counts once
     assert got == set(sorted(hearers, key=lambda a: sg.offer_draw(a, s.id))[:first])
     assert len(got) == first
+
+
+@pytest.mark.parametrize(
+    ("waiting", "busy", "first"),
+    [
+        # Lowest draws among those holding no claim; the busy only where too few are free.
+        (5, 3, lambda free, busy: set(free[:2])),
+        (5, 4, lambda free, busy: {free[0], busy[0]}),
+        (3, 3, lambda free, busy: set(busy[:2])),
+        (3, 0, lambda free, busy: set(free[:2])),
+    ],
+)
+def test_first_hearers_free_before_busy(
+    waiting: int, busy: int, first: Callable[[list[str], list[str]], set[str]]
+) -> None:
+    s = signal()
+    hearers = HEARERS[:waiting]
+    held = set(hearers[:busy])
+    draw = sorted(hearers, key=lambda a: sg.offer_draw(a, s.id))
+    free = [a for a in draw if a not in held]
+    taken = [a for a in draw if a in held]
+    assert sg.first_hearers(s.id, hearers, busy=held) == first(free, taken)
 
 
 def test_first_hearers_fill_up_with_the_next_to_look() -> None:

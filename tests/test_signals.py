@@ -317,6 +317,30 @@ async def test_a_new_signal_is_offered_first_to_the_lowest_draws(relay: Relay) -
     assert svc.waiting == set()
 
 
+async def test_a_new_signal_is_offered_first_to_agents_holding_no_claim(relay: Relay) -> None:
+    svc = relay.signals
+    names = ["bob", "carol", "dave", "erin", "frank"]
+    for name in names[2:]:
+        await relay.store.create_agent(
+            name, "inbox", hash_token(new_token()), None, relay.clock.now()
+        )
+    busy, free = names[:4], names[4]
+    for name in names:
+        await svc.subscribe(name, {"topics": ["invoice.*"]})
+    for name in busy:
+        await svc.claim(name, (await svc.emit("alice", EMIT)).id)
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in names}
+    await wait_until(lambda: svc.waiting == set(names))
+    s = await svc.emit("alice", EMIT)
+    # The one holding no claim, then the lowest draw of those holding one.
+    first = {free, min(busy, key=lambda n: sg.offer_draw(f"{n}@a.test", s.id))}
+    done, _ = await asyncio.wait([feeds[n] for n in first], timeout=10)
+    assert len(done) == len(first)
+    assert not any(feeds[n].done() for n in set(names) - first)
+    clock_of(relay).advance(sg.OFFER_DELAY.total_seconds())
+    await asyncio.wait_for(asyncio.gather(*feeds.values()), 10)
+
+
 async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> None:
     svc = relay.signals
     first = await svc.active.signals()
@@ -332,6 +356,26 @@ async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> Non
     third = await svc.active.signals()
     assert third is not second
     assert third == second
+
+
+async def test_caps_per_agent_counted_from_a_current_scan(relay: Relay) -> None:
+    svc = relay.signals
+    svc.max_open = 2
+    await svc.active.signals()
+    first = await svc.emit("alice", EMIT)
+    await svc.emit("alice", EMIT)
+    await svc.active.signals()
+    assert svc.active.open_count("alice@a.test") == 2
+    with pytest.raises(TooManySignals):
+        await svc.emit("alice", EMIT)
+    token, _ = await svc.claim("bob", first.id)
+    await svc.active.signals()
+    with pytest.raises(TooManySignals):  # a claimed signal counts
+        await svc.emit("alice", EMIT)
+    await svc.complete("bob", first.id, token)
+    await svc.active.signals()
+    assert svc.active.open_count("alice@a.test") == 1
+    await svc.emit("alice", EMIT)
 
 
 async def test_concurrent_feeds_read_once(relay: Relay) -> None:

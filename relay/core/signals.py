@@ -756,15 +756,22 @@ def offer_pending(signal: Signal, now: datetime) -> bool:
 
 
 def first_hearers(
-    signal_id: str, hearers: Iterable[str], fixed: frozenset[str] = frozenset()
+    signal_id: str,
+    hearers: Iterable[str],
+    fixed: frozenset[str] = frozenset(),
+    busy: Collection[str] = frozenset(),
 ) -> frozenset[str]:
     """The hearers a new signal is offered to at once: those ``fixed`` already, completed to
-    ``OFFER_FIRST`` with the ``hearers`` whose draw for it is lowest (:func:`offer_draw`). At
-    the first look, ``hearers`` are the agents waiting for signals then that hear it; while
-    fewer than ``OFFER_FIRST`` were, each agent that looks next (:func:`hears` it) joins."""
+    ``OFFER_FIRST`` with the ``hearers`` whose draw for it is lowest (:func:`offer_draw`),
+    those holding no claim (not in ``busy``) before those that hold one: an agent at work on a
+    signal may take another only after it, and a free one can start now. At the first look,
+    ``hearers`` are the agents waiting for signals then that hear it; while fewer than
+    ``OFFER_FIRST`` were, each agent that looks next (:func:`hears` it) joins."""
     if len(fixed) >= OFFER_FIRST:
         return fixed
-    ranked = sorted(set(hearers) - fixed, key=lambda agent: offer_draw(agent, signal_id))
+    ranked = sorted(
+        set(hearers) - fixed, key=lambda agent: (agent in busy, offer_draw(agent, signal_id))
+    )
     return fixed | frozenset(ranked[: OFFER_FIRST - len(fixed)])
 
 

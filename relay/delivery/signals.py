@@ -34,6 +34,12 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
+6. **Partners told** (:meth:`Signals._changed`): a new signal of partner scope is in the queue
+   to its partners before the emit is answered; a change of its state (claimed, reopened, done)
+   is sent to them beside the answer, so a claim's answer waits for one commit, its own. An
+   update lost with the process (or refused by the queue) is what SPEC.md §13.6 already allows
+   for: a partner's agent that claims it is answered by this relay, and the next update
+   carries the whole state.
 """
 
 from __future__ import annotations
@@ -237,6 +243,17 @@ class ActiveSignals:
             return None
         return scan.by_id.get(id)
 
+    def open_count(self, emitter: str) -> int | None:
+        """Open and claimed signals of ``emitter`` in a scan that holds every active signal
+        and is current (no wake-up since its read), or None: then the store counts. A relay
+        whose feeds are waiting has one nearly always, and an emit spares its read."""
+        scan = self._fresh()
+        if scan is None or len(scan.signals) >= MAX_ACTIVE_SCAN:
+            return None
+        # The scan holds only active rows (``signals_active``). A wake-up lost with another
+        # process leaves it behind by SCAN_MAX_AGE at most: the cap may admit one signal late.
+        return sum(1 for s in scan.signals if s.emitter == emitter)
+
     async def _get(self) -> _Scan:
         scan = self._fresh()
         if scan is not None:
@@ -330,6 +347,8 @@ class Signals:
         #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
         #: their signals are not offered (``OWNER_QUIET``).
         self._quiet: dict[str, float] = {}
+        #: Updates to partners on their way, sent beside the answers (step 6).
+        self._telling: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
@@ -348,7 +367,9 @@ class Signals:
         wait = self.emit_rates.take(agent, self.clock.monotonic())
         if wait > 0:
             raise RateLimited(f"{emitter} is emitting signals too fast", retry_after=wait)
-        if await self.store.signal_open_count(emitter) >= self.max_open:
+        known = self.active.open_count(emitter)
+        count = known if known is not None else await self.store.signal_open_count(emitter)
+        if count >= self.max_open:
             # Retry once some of them are done: the shortest useful wait is one lease.
             raise TooManySignals(
                 f"{emitter} has {self.max_open} open signals already",
@@ -411,7 +432,8 @@ class Signals:
         now = self.clock.now()
         out: list[Heard] = []
         later: datetime | None = None
-        for stored in await self.active.signals():
+        active = await self.active.signals()
+        for stored in active:
             signal = sg.settle(stored, _current_claim(stored), now).signal
             level = sg.hears(subscription, signal, now)
             if level is None:
@@ -421,7 +443,7 @@ class Signals:
                 back = now + timedelta(seconds=quiet)
                 later = back if later is None else min(later, back)
                 continue
-            first = self._first_hearers(subscription, signal, now)
+            first = self._first_hearers(subscription, signal, now, active)
             held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
                 later = held if later is None else min(later, held)
@@ -444,24 +466,41 @@ class Signals:
         return subscription
 
     def _first_hearers(
-        self, subscription: sg.Subscription, signal: sg.Signal, now: datetime
+        self,
+        subscription: sg.Subscription,
+        signal: sg.Signal,
+        now: datetime,
+        active: Sequence[sg.Signal],
     ) -> frozenset[str]:
         """The hearers a new signal is offered to first (step 3): fixed at the first look at
         it, from the agents waiting then and the one looking, so that the first hearers' feeds
         returning does not move others up while the offer is held back; while fewer than
-        ``OFFER_FIRST`` were waiting, the next agents to look join them."""
+        ``OFFER_FIRST`` were waiting, the next agents to look join them. Those holding a claim
+        of one of the ``active`` signals (a lease not run out) come after those holding none."""
         if not sg.offer_pending(signal, now):
             return frozenset()
         for id, (created, _) in list(self._first.items()):
             if not created <= now < created + sg.OFFER_DELAY:
                 del self._first[id]
         fixed = self._first.get(signal.id)
+        if fixed is not None and len(fixed[1]) >= sg.OFFER_FIRST:
+            return fixed[1]
         hearers = [subscription.agent]
         if fixed is None:
             for other in self._listening.values():
                 if sg.hears(other, signal, now) is not None:
                     hearers.append(other.agent)
-        first = sg.first_hearers(signal.id, hearers, frozenset() if fixed is None else fixed[1])
+        busy = {
+            s.holder
+            for s in active
+            if s.state == "claimed"
+            and s.holder is not None
+            and s.lease_until is not None
+            and now < s.lease_until
+        }
+        first = sg.first_hearers(
+            signal.id, hearers, frozenset() if fixed is None else fixed[1], busy
+        )
         self._first[signal.id] = (signal.created, first)
         return first
 
@@ -596,21 +635,37 @@ class Signals:
 
     async def _changed(self, before: sg.Signal | None, after: sg.Signal) -> None:
         """Tell the partners in scope of a signal this relay owns what changed: the offer when
-        it is new, an update when its state or claim moved (not for a heartbeat)."""
+        it is new, an update when its state or claim moved (not for a heartbeat).
+
+        The offer is sent before the emit is answered: a signal acknowledged to its emitter is
+        in the queue to its partners. An update is sent beside the answer, not before it
+        (step 6 of the module docstring): the change is durable already, and waiting for the
+        update's own custody (signing, a second commit) put that commit in every claim's
+        answer across relays."""
         if self.on_change is None or after.owner != self.domain or after.scope == "local":
             return
         if before is None:
-            kind = sg.KIND_SIGNAL
+            await self._tell(after, sg.KIND_SIGNAL)
         elif (before.state, before.generation) != (after.state, after.generation):
-            kind = sg.KIND_SIGNAL_UPDATE
-        else:
-            return
+            task = asyncio.create_task(self._tell(after, sg.KIND_SIGNAL_UPDATE))
+            # Held until done: the loop keeps only weak references to its tasks.
+            self._telling.add(task)
+            task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task[None]) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Nobody awaits it: said here, not as "exception never retrieved" at exit.
+            log.error("signal update to partners failed", exc_info=exc)
+
+    async def _tell(self, signal: sg.Signal, kind: str) -> None:
+        assert self.on_change is not None
         try:
-            await self.on_change(after, kind)
+            await self.on_change(signal, kind)
         except SynqError as exc:
             # The change stands; partners learn the state from the next update, or from the
             # owner's answer to a claim (SPEC.md §13.6).
-            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
+            log.warning("signal %s: partners not told (%s)", signal.id, exc.message)
 
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""
@@ -835,7 +890,7 @@ class Signals:
         try:
             await self._send_result(signal)
         except SynqError as exc:
-            # The completion is written and its result with it: the sweep sends it (step 4).
+            # The completion is written and its result with it: the sweep sends it (step 5).
             # The worker's answer is the completion's, which stands.
             log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
 
@@ -874,7 +929,7 @@ class Signals:
 
     async def run_once(self) -> int:
         """Write the lapses and expiries due now and send the results not yet in custody
-        (step 4); how many signals it changed or sent."""
+        (step 5); how many signals it changed or sent."""
         done = 0
         for id in await self.store.signals_due(self.clock.now(), SWEEP_BATCH):
             try:
