@@ -122,8 +122,14 @@ async def synq(cwd: Path, *argv: str) -> Any:
 
 
 def unthrottle(cwd: Path) -> None:
-    with (cwd / "synq.toml").open("a", encoding="utf-8") as fh:
-        fh.write(UNTHROTTLED)
+    """Lift the per-sender rate limits (``UNTHROTTLED``) and the default mailbox quotas: a run
+    of 100,000 envelopes to one agent would otherwise wait at its 10,000-message quota (4.2.2,
+    SPEC.md §9.7) for the reader's acks, measuring the quota's backoff instead of the relay."""
+    path = cwd / "synq.toml"
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^max_unacked = .*$", "max_unacked = 0", text)
+    text = re.sub(r"(?m)^max_bytes = .*$", 'max_bytes = "0"', text)
+    path.write_text(text + UNTHROTTLED, encoding="utf-8")
 
 
 def serve_argv() -> list[str]:
