@@ -149,7 +149,7 @@ async def test_a_delivery_lease_is_committed_without_fsync_and_the_writes_around
     assert writer is not None
 
     async def level() -> int:
-        [(value,)] = await writer.execute_fetchall("PRAGMA synchronous")
+        [(value,)] = writer.conn.execute("PRAGMA synchronous").fetchall()
         return int(value)
 
     alice = await acme.agent("alice")

@@ -1067,6 +1067,32 @@ async def test_sqlite_locked_database_fails_the_group_cleanly(tmp_path: Path) ->
         await store.close()
 
 
+async def test_sqlite_a_write_waiting_for_another_process_leaves_the_event_loop_free(
+    tmp_path: Path,
+) -> None:
+    """A group's statements run inline on the event loop; a BEGIN that finds another process's
+    write lock waits on the writer's thread instead, so reads and everything else go on, and
+    the write lands once the lock is released."""
+    path = tmp_path / "relay.db"
+    store = await open_store(f"sqlite:///{path}", busy_timeout=30)
+    try:
+        await add_agent(store, "bob")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            write = asyncio.create_task(store.accept(new("e1", local=["bob"]), T0))
+            assert await store.get_agent("bob") is not None
+            assert await store.inbox("bob", limit=10) == []
+            assert not write.done()
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        assert not (await write).duplicate
+        assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await store.close()
+
+
 # PostgreSQL dialect ---------------------------------------------------------------------------
 # What the interface cannot show: migrations under a lock, leases of a dead process, the
 # listener connection coming back, a lost connection, notification payload bounds, and inbox

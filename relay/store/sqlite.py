@@ -14,12 +14,16 @@ Connections
     latest committed state, and no read transaction is ever left open between two awaits.
 
 Round trips
-    aiosqlite runs each call on its own thread, so each statement is a thread round trip
-    (≈40 µs here). Operations therefore touch many rows per statement: ``executemany``, or a
-    JSON array expanded by ``json_each`` when the statement must also say which rows it inserted
-    (``RETURNING``, https://www.sqlite.org/lang_returning.html). Consecutive accepts in a group
-    (concurrent API submissions) run as one batch. Measured here: 1,000 concurrent ``accept``
-    calls commit in 4 transactions and about 0.13 s.
+    The reader is an aiosqlite connection: each read is one round trip to its thread (≈40 µs
+    idle, a turn of the event loop under load). The writer runs a group's statements inline on
+    the event loop's thread and sends only what may wait to its own thread: the COMMIT (the
+    fsync), a BEGIN that must wait for another process's lock, checkpoints (:class:`_Writer`).
+    A group is therefore one round trip however many statements it runs. Operations still touch
+    many rows per statement: ``executemany``, or a JSON array expanded by ``json_each`` when the
+    statement must also say which rows it inserted (``RETURNING``,
+    https://www.sqlite.org/lang_returning.html); consecutive accepts in a group (concurrent API
+    submissions) run as one batch. Measured here: 1,000 concurrent ``accept`` calls commit in 4
+    transactions and about 0.13 s.
 
 Recipients
     ``NewEnvelope.local`` carries agent names. Given the relay's ``domain``, a local recipient
@@ -41,14 +45,18 @@ Errors
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 import orjson
@@ -62,6 +70,7 @@ from relay.core.errors import (
     SynqError,
 )
 from relay.store.sql import MAX_GROUP_OPS, Op, SqlStore, Statements, Tx, portable, rows
+from relay.store.sql.writer import GroupFailed
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -75,6 +84,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: ``->>`` (3.38) and ``STRICT`` tables (3.37) are used by the schema and the queries.
 MIN_SQLITE_VERSION: Final = (3, 38, 0)
@@ -506,21 +517,151 @@ def _json_param(rows: Sequence[Sequence[Any]]) -> str:
     return orjson.dumps(rows).decode("utf-8")
 
 
+class _Writer:
+    """The writer's ``sqlite3`` connection and the one thread that runs its blocking calls.
+
+    A group's statements run on the event loop's thread, inline: under a write lock already
+    held they only touch pages in memory (tens of microseconds each), while a round trip to a
+    worker thread costs about 40 µs idle and a whole turn of a busy event loop under load, once
+    per statement. What may wait runs on the thread instead, so the loop never stalls on it:
+    COMMIT (the fsync, and the checkpoint SQLite runs after it), a ``BEGIN IMMEDIATE`` that
+    must wait for another process's lock, checkpoints, VACUUM, opening and closing. One thread,
+    so those calls keep their order; the writer task awaits each one before its next
+    statement, so the two threads never use the connection at once.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self.conn = conn
+        self._thread = thread
+
+    @classmethod
+    async def open(cls, path: Path, busy_timeout: float) -> _Writer:
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synq-sqlite-writer")
+        connect = partial(
+            sqlite3.connect,
+            path,
+            timeout=busy_timeout,
+            isolation_level=None,  # transactions are the writer's own BEGIN … COMMIT
+            check_same_thread=False,  # the loop's thread and this one, never at once
+        )
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(thread, connect)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(conn, thread)
+
+    async def blocking(self, fn: Callable[[], _T]) -> _T:
+        """``fn`` on the writer's thread. A caller cancelled meanwhile still waits for it to
+        end: the connection is not free before."""
+        future = asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    async def close(self) -> None:
+        try:
+            await self.blocking(self.conn.close)
+        finally:
+            self._thread.shutdown(wait=False)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or one of its extended codes (https://www.sqlite.org/rescode.html#busy)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class _SQLiteTx(Tx):
+    """The writer connection inside a group: statements inline, COMMIT on the thread
+    (:class:`_Writer`)."""
+
     driver_errors = (sqlite3.Error,)
 
+    def __init__(
+        self, writer: _Writer, group_failed: Callable[[BaseException], GroupFailed]
+    ) -> None:
+        super().__init__(writer.conn, group_failed)
+        self.writer = writer
+
+    async def control(self, sql: str, params: Any = None) -> None:
+        try:
+            self.conn.execute(sql, () if params is None else params)
+        except sqlite3.Error as exc:
+            raise self._group_failed(exc) from exc
+
+    async def execute(self, sql: str, params: Any = ()) -> int:
+        count: int = self.conn.execute(sql, params).rowcount
+        return count
+
     async def fetch(self, sql: str, params: Any = ()) -> list[Any]:
-        # One thread round trip for the statement and its rows.
-        return list(await self.conn.execute_fetchall(sql, params))
+        rows: list[Any] = self.conn.execute(sql, params).fetchall()
+        return rows
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+        self.conn.executemany(sql, rows)
 
     async def fetch_rows(self, sql: str, rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
         return await self.fetch(sql, (_json_param(rows),))
 
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]], width: int) -> None:
-        await self.conn.executemany(sql, rows)
+        self.conn.executemany(sql, rows)
+
+    async def script(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    async def fetch_control(self, sql: str) -> None:
+        """A statement of the writer's own that answers with rows, read to their end; a driver
+        error fails the group."""
+        try:
+            self.conn.execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise self._group_failed(exc) from exc
+
+    async def commit(self) -> None:
+        try:
+            await self.writer.blocking(partial(self.conn.execute, "COMMIT"))
+        except sqlite3.Error as exc:
+            raise self._group_failed(exc) from exc
+
+    async def begin(self, busy_ms: int) -> None:
+        """``BEGIN IMMEDIATE``: the write lock first. Tried inline without waiting (the writer
+        connection's busy timeout is 0 while the store runs); only when another process holds
+        the lock is it taken again on the thread, waiting up to ``busy_ms``."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise self._group_failed(exc) from exc
+        try:
+            await self.writer.blocking(
+                partial(_waiting, self.conn, busy_ms, partial(self.conn.execute, "BEGIN IMMEDIATE"))
+            )
+        except sqlite3.Error as exc:
+            raise self._group_failed(exc) from exc
+
+    async def rollback_quietly(self) -> None:
+        # On the thread, behind a COMMIT that a cancellation may have left running there.
+        def rollback() -> None:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+        with contextlib.suppress(sqlite3.Error, OSError, ValueError, RuntimeError):
+            await self.writer.blocking(rollback)
+
+
+def _waiting(conn: sqlite3.Connection, busy_ms: int, work: Callable[[], _T]) -> _T:
+    """``work`` (on the writer's thread), waiting up to ``busy_ms`` for another process's
+    lock; the connection's busy timeout is 0 again afterwards."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    try:
+        return work()
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 # the store ------------------------------------------------------------------------------------
@@ -577,7 +718,7 @@ class SQLiteStore(SqlStore):
         self.path = Path(text)
         self.synchronous = mode
         self._busy_ms = int(busy_timeout * 1000)
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: _Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
         self._synced = True  # the writer's PRAGMA synchronous is self.synchronous, not NORMAL
@@ -636,56 +777,59 @@ class SQLiteStore(SqlStore):
             raise ConfigError(
                 f"cannot open the store at {self.path}: directory {self.path.parent} does not exist"
             )
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._configure_writer(self._writer)
-        await self._migrate_file(self._writer)
-        await self._incremental_vacuum_mode(self._writer)
-        rows = list(await self._writer.execute_fetchall("PRAGMA page_size"))
-        self._page_size = int(rows[0][0])
+        self._writer = await _Writer.open(self.path, self._busy_ms / 1000)
+        writer = self._writer
+        await writer.blocking(partial(self._configure_writer, writer.conn))
+        await self._migrate_file(writer)
+        await writer.blocking(partial(self._incremental_vacuum_mode, writer.conn))
+        self._page_size = int(writer.conn.execute("PRAGMA page_size").fetchone()[0])
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._configure_reader(self._reader)
-        self._data_version = await self._read_data_version(self._writer)
+        self._data_version = self._read_data_version(writer.conn)
+        # From here on the writer never waits inline: a BEGIN that finds another process's
+        # lock is taken again on the writer's thread (_SQLiteTx.begin).
+        writer.conn.execute("PRAGMA busy_timeout = 0")
 
-    async def _configure_writer(self, conn: aiosqlite.Connection) -> None:
+    def _configure_writer(self, conn: sqlite3.Connection) -> None:
         # First, so that even switching the journal mode waits for another process's lock.
-        await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # Space freed by the retention purge goes back to the file system a bounded step at a
         # time (``reclaim_space``), never by a full VACUUM that would stop every write. The mode
         # takes effect only in a database with no table yet, hence before the migrations; an
         # older file is converted once, below (_incremental_vacuum_mode).
-        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         # WAL: readers never block the writer nor the writer them, and a commit appends to one
         # file (https://www.sqlite.org/wal.html). The mode is stored in the file; setting it
         # again is a no-op. It cannot change inside a transaction, so it comes first.
-        rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        rows = conn.execute("PRAGMA journal_mode = WAL").fetchall()
         if not rows or str(rows[0][0]).lower() != "wal":
             raise ConfigError(
                 f"cannot put {self.path} in WAL mode (is it on a network file system?)"
             )
         # After a burst the WAL would keep its largest size for ever; past this it is cut back
         # at the next checkpoint (https://www.sqlite.org/pragma.html#pragma_journal_size_limit).
-        await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         # Durability of each COMMIT; see _SYNCHRONOUS. Per connection, not stored in the file.
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Foreign keys are off by default and per connection
         # (https://www.sqlite.org/foreignkeys.html §2).
-        await conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA foreign_keys = ON")
 
-    async def _incremental_vacuum_mode(self, conn: aiosqlite.Connection) -> None:
+    def _incremental_vacuum_mode(self, conn: sqlite3.Connection) -> None:
         """Convert a database created before incremental vacuum (auto_vacuum NONE) with one
         VACUUM, at open, before the relay takes any traffic: SQLite changes that mode only in
         a new database or by a VACUUM (https://www.sqlite.org/pragma.html#pragma_auto_vacuum).
         The VACUUM rewrites the file and needs as much free disk again: when it fails (a full
         disk, another process reading), the relay runs on without it, the freed pages still
         reused inside the file, and tries again at the next start."""
-        rows = list(await conn.execute_fetchall("PRAGMA auto_vacuum"))
+        rows = conn.execute("PRAGMA auto_vacuum").fetchall()
         if rows and int(rows[0][0]) == _AUTO_VACUUM_INCREMENTAL:
             return
         size = self.path.stat().st_size if self.path.exists() else 0
         _log.info("converting %s to incremental vacuum: one VACUUM of %d bytes", self.path, size)
         try:
-            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            await conn.execute("VACUUM")
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
         except sqlite3.Error as exc:
             _log.warning(
                 "cannot convert %s to incremental vacuum now (%s); freed space stays in the file",
@@ -699,28 +843,32 @@ class SQLiteStore(SqlStore):
         await conn.execute("PRAGMA query_only = ON")
         await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
-    async def _migrate_file(self, conn: aiosqlite.Connection) -> None:
+    async def _migrate_file(self, writer: _Writer) -> None:
         """Migrate in one IMMEDIATE transaction: two processes opening the same file at once
-        serialise here."""
-        tx = _SQLiteTx(conn, self._group_failed)
-        await conn.execute("BEGIN IMMEDIATE")
+        serialise here (the BEGIN waits on the thread, the busy timeout still set)."""
+        tx = _SQLiteTx(writer, self._group_failed)
+        await writer.blocking(partial(writer.conn.execute, "BEGIN IMMEDIATE"))
         try:
             await self._migrate(tx)
-            await conn.execute("COMMIT")
+            await tx.commit()
         except BaseException:
             await tx.rollback_quietly()
             raise
 
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is None:
-                continue
-            try:
-                await conn.close()
-            except (sqlite3.Error, ValueError):
-                _log.warning("closing an SQLite connection failed", exc_info=True)
+        reader, writer = self._reader, self._writer
         self._reader = None
         self._writer = None
+        for close in (
+            reader.close if reader is not None else None,
+            writer.close if writer is not None else None,
+        ):
+            if close is None:
+                continue
+            try:
+                await close()
+            except (sqlite3.Error, ValueError):
+                _log.warning("closing an SQLite connection failed", exc_info=True)
 
     # size ----------------------------------------------------------------------------------------
 
@@ -760,8 +908,11 @@ class SQLiteStore(SqlStore):
                 return 0, ()
             # A script, outside any transaction: Python's sqlite3 steps an ordinary statement
             # without result columns once, and this pragma frees one page per step; a script
-            # runs each statement to its end. It commits on its own, a write like any other.
-            await tx.conn.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+            # runs each statement to its end. It commits on its own, a write like any other:
+            # on the writer's thread, waiting for another process's lock as a BEGIN would.
+            assert isinstance(tx, _SQLiteTx)
+            script = partial(tx.conn.executescript, f"PRAGMA incremental_vacuum({int(max_pages)});")
+            await tx.writer.blocking(partial(_waiting, tx.conn, self._busy_ms, script))
             after = int((await tx.fetch("PRAGMA freelist_count"))[0][0])
             self._checkpoint_due = self._checkpoint_due or after < before
             return before - after, ()
@@ -772,9 +923,8 @@ class SQLiteStore(SqlStore):
     # other processes ---------------------------------------------------------------------------
 
     @staticmethod
-    async def _read_data_version(conn: aiosqlite.Connection) -> int:
-        rows = list(await conn.execute_fetchall("PRAGMA data_version"))
-        return int(rows[0][0])
+    def _read_data_version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     async def _on_idle(self) -> None:
         """Wake every listener if another process committed since the last look.
@@ -784,9 +934,10 @@ class SQLiteStore(SqlStore):
         the writer connection, whose own commits were already announced, it therefore means
         exactly "someone else wrote". Runs in the writer task, between transactions.
         """
-        assert self._writer is not None
+        writer = self._writer
+        assert writer is not None
         try:
-            version = await self._read_data_version(self._writer)
+            version = self._read_data_version(writer.conn)
         except sqlite3.Error:
             _log.warning("cannot read the SQLite data version", exc_info=True)
             return
@@ -798,7 +949,9 @@ class SQLiteStore(SqlStore):
             # truncation waits for one); a passive one, between groups, waits for no reader.
             self._checkpoint_due = False
             try:
-                await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                await writer.blocking(
+                    partial(writer.conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                )
             except sqlite3.Error:
                 _log.warning("cannot checkpoint the SQLite WAL", exc_info=True)
 
@@ -817,14 +970,14 @@ class SQLiteStore(SqlStore):
             raise _driver_error(exc) from exc
 
     def _outside(self) -> Tx:
-        conn = self._writer
-        assert conn is not None
-        return _SQLiteTx(conn, self._group_failed)
+        writer = self._writer
+        assert writer is not None
+        return _SQLiteTx(writer, self._group_failed)
 
     async def _begin(self, ops: Sequence[Op]) -> Tx:
-        conn = self._writer
-        assert conn is not None
-        tx = _SQLiteTx(conn, self._group_failed)
+        writer = self._writer
+        assert writer is not None
+        tx = _SQLiteTx(writer, self._group_failed)
         cap = UNCAPPED_PAGES if self._max_size is None else self._max_size // self._page_size
         if cap != self._page_cap_applied:
             # Outside any transaction, like the sync level: a connection setting. The pragma
@@ -832,10 +985,7 @@ class SQLiteStore(SqlStore):
             # snapshot open, and BEGIN IMMEDIATE on an old snapshot fails at once with
             # SQLITE_BUSY (SQLITE_BUSY_SNAPSHOT, https://www.sqlite.org/rescode.html#busy_snapshot)
             # when another process has committed since.
-            try:
-                await conn.execute_fetchall(f"PRAGMA max_page_count = {max(1, cap)}")
-            except sqlite3.Error as exc:
-                raise self._group_failed(exc) from exc
+            await tx.fetch_control(f"PRAGMA max_page_count = {max(1, cap)}")
             self._page_cap_applied = cap
         # A group of leases only commits without fsync (synchronous NORMAL): a lease lost to a
         # power cut is harmless, as every lease is released at the next start (release_leases;
@@ -845,5 +995,5 @@ class SQLiteStore(SqlStore):
         if durable != self._synced:
             await tx.control(f"PRAGMA synchronous = {self.synchronous if durable else 'NORMAL'}")
             self._synced = durable
-        await tx.control("BEGIN IMMEDIATE")
+        await tx.begin(self._busy_ms)
         return tx

@@ -61,8 +61,9 @@ class Tx(abc.ABC):
 
     ``execute``, ``fetch``, ``executemany``, ``fetch_rows`` and ``insert_rows`` let driver
     exceptions through unchanged: the writer classifies them. ``control`` (BEGIN, SAVEPOINT,
-    COMMIT…) raises :class:`GroupFailed` instead. ``conn`` is the driver's connection; both
-    drivers' ``execute`` returns a cursor with ``rowcount`` and an awaitable ``fetchall``.
+    COMMIT…) raises :class:`GroupFailed` instead. ``conn`` is the driver's connection; the base
+    methods take an ``execute`` that returns a cursor with ``rowcount`` and an awaitable
+    ``fetchall`` (a dialect whose driver differs overrides them: SQLite runs them inline).
     """
 
     #: The driver's exception root.
@@ -110,6 +111,10 @@ class Tx(abc.ABC):
     async def script(self, sql: str) -> None:
         """One statement of a migration (``Migration.statements``)."""
         await self.conn.execute(sql)
+
+    async def commit(self) -> None:
+        """COMMIT the group's transaction; a driver error fails the group."""
+        await self.control("COMMIT")
 
     async def rollback_quietly(self) -> None:
         """Roll back if there is anything to roll back; never raise. (It fails harmlessly when
@@ -401,7 +406,10 @@ class GroupWriter(abc.ABC):
                     await self._one(tx, op, isolated, done, failed, channels)
             if channels and done:
                 await self._before_commit(tx, channels)
-            await tx.control("COMMIT" if done else "ROLLBACK")
+            if done:
+                await tx.commit()
+            else:
+                await tx.control("ROLLBACK")
         except BaseException:
             await tx.rollback_quietly()
             raise
