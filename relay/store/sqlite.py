@@ -5,18 +5,20 @@ The store's methods, its group-commit writer and accept's plan are shared with P
 ``sqlite3`` errors, and the wake-ups for other processes' commits.
 
 Connections
-    Two connections to one database file in WAL mode. The *writer* is used by one task only, the
-    group-commit writer (relay/store/sql/writer.py), so no other coroutine's statement can ever
-    land inside its transaction, which it opens with ``BEGIN IMMEDIATE``. The *reader* is opened
-    with ``query_only``; WAL lets it read while the writer writes
-    (https://www.sqlite.org/wal.html §2.2). Every read method is **one** SQL statement in
+    Three connections to one database file in WAL mode. The *writer* is used by one task only,
+    the group-commit writer (relay/store/sql/writer.py), so no other coroutine's statement can
+    ever land inside its transaction, which it opens with ``BEGIN IMMEDIATE``. The *reader* and
+    the *quick* reader are opened with ``query_only``; WAL lets them read while the writer
+    writes (https://www.sqlite.org/wal.html §2.2). Every read method is **one** SQL statement in
     autocommit mode, so reads need no lock: each statement is its own read transaction over the
     latest committed state, and no read transaction is ever left open between two awaits.
 
 Round trips
     The reader is an aiosqlite connection: each read is one round trip to its thread (≈40 µs
-    idle, a turn of the event loop under load). The writer runs a group's statements inline on
-    the event loop's thread and sends only what may wait to its own thread: the COMMIT (the
+    idle, a turn of the event loop under load), so a long read never holds up the event loop.
+    The small reads of a call's hot path (``SqlStore._read_small``: key and index look-ups, short
+    pages) run inline on the quick reader instead. The writer runs a group's statements inline
+    on the event loop's thread and sends only what may wait to its own thread: the COMMIT (the
     fsync), a BEGIN that must wait for another process's lock, checkpoints (:class:`_Writer`).
     A group is therefore one round trip however many statements it runs. Operations still touch
     many rows per statement: ``executemany``, or a JSON array expanded by ``json_each`` when the
@@ -720,6 +722,8 @@ class SQLiteStore(SqlStore):
         self._busy_ms = int(busy_timeout * 1000)
         self._writer: _Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        #: The third connection: small reads (SqlStore._read_small) inline on the event loop.
+        self._quick: sqlite3.Connection | None = None
         self._data_version: int | None = None
         self._synced = True  # the writer's PRAGMA synchronous is self.synchronous, not NORMAL
         #: The cap on the file's size (``set_max_size``), applied by the writer before its next
@@ -785,6 +789,10 @@ class SQLiteStore(SqlStore):
         self._page_size = int(writer.conn.execute("PRAGMA page_size").fetchone()[0])
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._configure_reader(self._reader)
+        self._quick = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        # As the reader, and never waiting for a lock: a read that would wait goes to the
+        # reader's thread instead (_read_small).
+        self._quick.execute("PRAGMA query_only = ON")
         self._data_version = self._read_data_version(writer.conn)
         # From here on the writer never waits inline: a BEGIN that finds another process's
         # lock is taken again on the writer's thread (_SQLiteTx.begin).
@@ -856,6 +864,9 @@ class SQLiteStore(SqlStore):
             raise
 
     async def _close_connections(self) -> None:
+        quick, self._quick = self._quick, None
+        if quick is not None:
+            quick.close()
         reader, writer = self._reader, self._writer
         self._reader = None
         self._writer = None
@@ -968,6 +979,23 @@ class SQLiteStore(SqlStore):
             raise StoreUnavailable("the store is closed") from exc
         except sqlite3.Error as exc:
             raise _driver_error(exc) from exc
+
+    async def _read_small(self, sql: str, params: Any) -> list[Any]:
+        """A small read inline, on the event loop's own connection: an indexed look-up costs
+        tens of microseconds, less than the round trip to the reader's thread it saves. In WAL
+        mode a reader waits for no writer (https://www.sqlite.org/wal.html §2.2); the rare
+        SQLITE_BUSY (another connection recovering the WAL) sends it to the reader's thread,
+        which waits up to the busy timeout."""
+        conn = self._quick
+        if conn is None or self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            rows: list[Any] = conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                return await self._read(sql, params)
+            raise _driver_error(exc) from exc
+        return rows
 
     def _outside(self) -> Tx:
         writer = self._writer

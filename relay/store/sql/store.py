@@ -160,6 +160,17 @@ class SqlStore(GroupWriter, Store):
         found = await self._read(sql, params)
         return found[0] if found else None
 
+    async def _read_small(self, sql: str, params: Any) -> list[Any]:
+        """A read whose cost is small and bounded — a key or index look-up, a short page of
+        small rows — on the hot path of a call: a dialect may run it without a round trip to
+        a thread (SQLite). Everything else (pages an operator asks for, searches, scans) goes
+        through ``_read``, which never holds up the event loop."""
+        return await self._read(sql, params)
+
+    async def _read_small_one(self, sql: str, params: Any) -> Any:
+        found = await self._read_small(sql, params)
+        return found[0] if found else None
+
     # schema ------------------------------------------------------------------------------------
 
     @classmethod
@@ -272,11 +283,11 @@ class SqlStore(GroupWriter, Store):
         return record
 
     async def get_agent(self, name: str) -> AgentRecord | None:
-        row = await self._read_one(self.sql.select_agent, (name,))
+        row = await self._read_small_one(self.sql.select_agent, (name,))
         return None if row is None else rows.agent(row, self._dt)
 
     async def agent_for_token(self, token_hash: str) -> AgentRecord | None:
-        row = await self._read_one(self.sql.select_agent_by_hash, (token_hash,))
+        row = await self._read_small_one(self.sql.select_agent_by_hash, (token_hash,))
         return None if row is None else rows.agent(row, self._dt)
 
     async def list_agents(self) -> list[AgentRecord]:
@@ -308,7 +319,7 @@ class SqlStore(GroupWriter, Store):
         wanted = sorted(set(names))
         if not wanted:
             return set()
-        found = await self._read(self.sql.select_existing_agents, (self._array(wanted),))
+        found = await self._read_small(self.sql.select_existing_agents, (self._array(wanted),))
         return {row[0] for row in found}
 
     # custody -----------------------------------------------------------------------------------
@@ -483,7 +494,7 @@ class SqlStore(GroupWriter, Store):
         # ``own`` names the local recipient rows whose inbox row the dispatcher has yet to hand
         # to an adapter-backed agent: those show ``queued`` with the deferral (SPEC.md §9.5).
         params = {"origin": origin, "id": id, "own": self.domain or ""}
-        found = await self._read(self.sql.message_status, params)
+        found = await self._read_small(self.sql.message_status, params)
         return rows.message_status(found, self._dt)
 
     # idempotency keys --------------------------------------------------------------------------
@@ -494,7 +505,9 @@ class SqlStore(GroupWriter, Store):
         wanted = sorted(set(keys))
         if not wanted:
             return {}
-        found = await self._read(self.sql.select_idempotency_keys, (agent, self._array(wanted)))
+        found = await self._read_small(
+            self.sql.select_idempotency_keys, (agent, self._array(wanted))
+        )
         return {row[1]: rows.idempotency_record(row, self._dt) for row in found}
 
     async def release_idempotency_key(
@@ -593,7 +606,7 @@ class SqlStore(GroupWriter, Store):
         return entries
 
     async def next_due(self) -> datetime | None:
-        row = await self._read_one(self.sql.next_due, (self._own,))
+        row = await self._read_small_one(self.sql.next_due, (self._own,))
         return None if row is None or row[0] is None else self._dt(row[0])
 
     async def settle(
@@ -836,7 +849,7 @@ class SqlStore(GroupWriter, Store):
         await self._write(run, new=new)
 
     async def next_delivery_due(self) -> datetime | None:
-        row = await self._read_one(self.sql.next_delivery_due, ())
+        row = await self._read_small_one(self.sql.next_delivery_due, ())
         return None if row is None or row[0] is None else self._dt(row[0])
 
     # mailboxes and held mail (0004) ------------------------------------------------------------
@@ -845,7 +858,7 @@ class SqlStore(GroupWriter, Store):
         wanted = sorted(set(names))
         if not wanted:
             return {}
-        found = await self._read(self.sql.mailbox_usage, (self._array(wanted),))
+        found = await self._read_small(self.sql.mailbox_usage, (self._array(wanted),))
         return {
             row[0]: MailboxUsage(
                 unacked=int(row[1]), bytes=int(row[2]), max_unacked=row[3], max_bytes=row[4]
@@ -1060,7 +1073,7 @@ class SqlStore(GroupWriter, Store):
         await self._write(run, durable=False)
 
     async def a2a_get_task(self, id: str) -> A2ATask | None:
-        row = await self._read_one(self.sql.a2a_get_task, (id,))
+        row = await self._read_small_one(self.sql.a2a_get_task, (id,))
         return None if row is None else rows.a2a_task(row, self._dt)
 
     async def a2a_list_tasks(
@@ -1168,33 +1181,33 @@ class SqlStore(GroupWriter, Store):
         wanted = sorted(set(ids))
         if not wanted:
             return {}
-        found = await self._read(self.sql.a2a_reply_tasks, (self._array(wanted),))
+        found = await self._read_small(self.sql.a2a_reply_tasks, (self._array(wanted),))
         return {row[0]: rows.a2a_task(row[1:], self._dt) for row in found}
 
     async def a2a_task_events(self, id: str, after: int, limit: int) -> list[tuple[int, str]]:
         if limit <= 0:
             return []
-        found = await self._read(self.sql.a2a_events, (id, after, limit))
+        found = await self._read_small(self.sql.a2a_events, (id, after, limit))
         return [(row[0], row[1]) for row in found]
 
     async def a2a_tasks_for_envelopes(self, ids: Sequence[str]) -> dict[str, str]:
         wanted = sorted(set(ids))
         if not wanted:
             return {}
-        found = await self._read(self.sql.a2a_tasks_for_envelopes, (self._array(wanted),))
+        found = await self._read_small(self.sql.a2a_tasks_for_envelopes, (self._array(wanted),))
         return {row[0]: row[1] for row in found}
 
     async def a2a_feed(self, after_seq: int, limit: int) -> list[A2AFeedItem]:
         if limit <= 0:
             return []
-        found = await self._read(self.sql.a2a_feed, (after_seq, limit))
+        found = await self._read_small(self.sql.a2a_feed, (after_seq, limit))
         return [A2AFeedItem(seq=row[0], agent=row[1], token=row[2]) for row in found]
 
     async def a2a_owners(self) -> list[str]:
         return [row[0] for row in await self._read(self.sql.a2a_owners, ())]
 
     async def a2a_feed_cursor(self) -> int:
-        row = await self._read_one(self.sql.a2a_feed_cursor, ())
+        row = await self._read_small_one(self.sql.a2a_feed_cursor, ())
         return int(row[0]) if row else 0
 
     async def a2a_set_feed_cursor(self, seq: int) -> None:
@@ -1251,14 +1264,14 @@ class SqlStore(GroupWriter, Store):
         return inserted
 
     async def signal_get(self, id: str) -> Signal | None:
-        row = await self._read_one(self.sql.signal_get, (id,))
+        row = await self._read_small_one(self.sql.signal_get, (id,))
         if row is None:
             return None
-        found = await self._read(self.sql.signal_reinforcements, (id,))
+        found = await self._read_small(self.sql.signal_reinforcements, (id,))
         return rows.signal(row, self._dt, [rows.reinforcement(r, self._dt) for r in found])
 
     async def signal_claims(self, id: str) -> list[ClaimRecord]:
-        found = await self._read(self.sql.signal_claims, (id,))
+        found = await self._read_small(self.sql.signal_claims, (id,))
         return [rows.claim_record(r, self._dt) for r in found]
 
     async def signal_write(self, change: Transition, expected_version: int) -> bool:
@@ -1333,7 +1346,7 @@ class SqlStore(GroupWriter, Store):
         return [r[0] for r in await self._read(self.sql.signals_due, (at, at, max(limit, 0)))]
 
     async def signal_open_count(self, emitter: str) -> int:
-        row = await self._read_one(self.sql.signal_open_count, (emitter,))
+        row = await self._read_small_one(self.sql.signal_open_count, (emitter,))
         return int(row[0]) if row else 0
 
     async def signal_results_unsent(self, limit: int) -> list[Signal]:
@@ -1366,13 +1379,13 @@ class SqlStore(GroupWriter, Store):
         await self._write(run)
 
     async def subscription_get(self, agent: str) -> Subscription | None:
-        row = await self._read_one(self.sql.subscription_get, (agent,))
+        row = await self._read_small_one(self.sql.subscription_get, (agent,))
         return None if row is None else rows.subscription(row)
 
     # the discovery catalog (0008) ----------------------------------------------------------------
 
     async def catalog_get(self, agent: str) -> CatalogRecord | None:
-        row = await self._read_one(self.sql.select_catalog, (agent,))
+        row = await self._read_small_one(self.sql.select_catalog, (agent,))
         return None if row is None else rows.catalog_record(row, self._dt)
 
     async def catalog_update(
