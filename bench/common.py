@@ -102,7 +102,8 @@ async def start(
     except TimeoutError:
         line = ""
     if "listening on" not in line:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            proc.kill()
         await proc.wait()
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{argv[-1]} did not start: {line!r}\n{tail}")
