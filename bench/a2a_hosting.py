@@ -55,7 +55,8 @@ def direct_route(app: web.Application) -> None:
     face = app[A2A_FACE]
 
     async def call(request: web.Request) -> web.Response:
-        owner = await face._authenticate(request)  # the same authentication as the face
+        # The same authentication as the face.
+        owner = await face._authenticate(request.headers.get("Authorization", ""), request.remote)
         body = jsonutil.loads(await request.read(), max_bytes=1 << 20, what="request")
         context = ServerCallContext(
             state={

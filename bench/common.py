@@ -137,6 +137,15 @@ def serve_argv() -> list[str]:
     return [sys.executable, "-m", "relay.cli", "serve"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user + system, all its threads (Linux /proc,
+    proc(5): fields 14 and 15 of ``stat``, in clock ticks)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        # The command name (field 2) may hold spaces: split after its closing parenthesis.
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux /proc)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:
@@ -367,6 +376,7 @@ class Federation:
         start is tried again on a fresh port (``START_ATTEMPTS``), the relay's ``listen`` and
         ``public_url`` moved to it first.
         """
+        started: list[Proc] = []
         for attempt in range(1, START_ATTEMPTS + 1):
             names = [f"serve-{len(org.procs) + i}" for i in range(processes)]
             results = await asyncio.gather(

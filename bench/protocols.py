@@ -20,14 +20,23 @@ import importlib.util
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import httpx2
 
-from bench.common import Federation, Proc, env_with_root, free_port, percentile, start, workdir
+from bench.common import (
+    Federation,
+    Proc,
+    cpu_seconds,
+    env_with_root,
+    free_port,
+    percentile,
+    start,
+    workdir,
+)
 
 WARMUP = 5
 
@@ -35,6 +44,10 @@ WARMUP = 5
 @dataclass
 class Latency:
     samples: list[float]
+    #: CPU time per call of each watched process (label -> seconds): user + system, every
+    #: thread, from /proc, over the measured calls only. Unlike the latency it hardly moves
+    #: with the machine's load, so it compares two builds even on a busy machine.
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def p50(self) -> float:
@@ -85,10 +98,15 @@ class Traced:
 
 
 async def _timed(
-    calls: int, call: Callable[[], Awaitable[None]], traced: Traced | None = None
+    calls: int,
+    call: Callable[[], Awaitable[None]],
+    traced: Traced | None = None,
+    watch: Mapping[str, int] | None = None,
 ) -> Latency:
     for _ in range(WARMUP):
         await call()
+    watched = dict(watch or {})
+    before = {label: cpu_seconds(pid) for label, pid in watched.items()}
     samples = []
     for _ in range(calls):
         if traced is not None:
@@ -98,14 +116,19 @@ async def _timed(
         samples.append(time.perf_counter() - started)
     if traced is not None:
         traced.current = None
-    return Latency(samples)
+    cpu = {label: (cpu_seconds(pid) - before[label]) / calls for label, pid in watched.items()}
+    return Latency(samples, cpu)
 
 
 # A2A ------------------------------------------------------------------------------------------
 
 
 async def a2a_latency(
-    base_url: str, calls: int, token: str | None = None, traced: Traced | None = None
+    base_url: str,
+    calls: int,
+    token: str | None = None,
+    traced: Traced | None = None,
+    watch: Mapping[str, int] | None = None,
 ) -> Latency:
     from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
     from a2a.types import Message, Part, Role, SendMessageRequest
@@ -133,7 +156,7 @@ async def a2a_latency(
                 raise RuntimeError(f"no answer from {base_url}")
 
         try:
-            return await _timed(calls, call, traced)
+            return await _timed(calls, call, traced, watch)
         finally:
             await client.close()
 
@@ -142,7 +165,11 @@ async def a2a_latency(
 
 
 async def mcp_latency(
-    url: str, calls: int, token: str | None = None, traced: Traced | None = None
+    url: str,
+    calls: int,
+    token: str | None = None,
+    traced: Traced | None = None,
+    watch: Mapping[str, int] | None = None,
 ) -> Latency:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -164,7 +191,7 @@ async def mcp_latency(
             if result.is_error:
                 raise RuntimeError(f"tool call failed at {url}: {result.content}")
 
-        return await _timed(calls, call, traced)
+        return await _timed(calls, call, traced, watch)
 
 
 # both -----------------------------------------------------------------------------------------
@@ -194,15 +221,26 @@ async def run(calls: int, base: Path) -> list[Overhead]:
             await fed.serve(acme)
             await fed.serve(globex)
             alice = acme.tokens["alice"]
+            relays = {"acme": acme.procs[0].pid, "globex": globex.procs[0].pid}
             a2a = Overhead(
                 "A2A",
-                await a2a_latency(a2a_agent.url, calls),
-                await a2a_latency(f"{acme.url}/a2a/bob@globex.test", calls, alice),
+                await a2a_latency(a2a_agent.url, calls, watch={"agent": a2a_agent.pid}),
+                await a2a_latency(
+                    f"{acme.url}/a2a/bob@globex.test",
+                    calls,
+                    alice,
+                    watch={**relays, "agent": a2a_agent.pid},
+                ),
             )
             mcp = Overhead(
                 "MCP",
-                await mcp_latency(mcp_agent.url, calls),
-                await mcp_latency(f"{acme.url}/mcp/tools@globex.test", calls, alice),
+                await mcp_latency(mcp_agent.url, calls, watch={"agent": mcp_agent.pid}),
+                await mcp_latency(
+                    f"{acme.url}/mcp/tools@globex.test",
+                    calls,
+                    alice,
+                    watch={**relays, "agent": mcp_agent.pid},
+                ),
             )
             return [a2a, mcp]
     finally:

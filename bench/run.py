@@ -423,6 +423,14 @@ async def run(args: argparse.Namespace) -> Report:
                         f"{_ms(o.relayed.p50)} / {_ms(o.relayed.p99)}",
                         f"{_ms(o.direct.p50)} direct p50", f"{o.ratio_p50:.1f}",
                     )  # fmt: skip
+                    cpu = o.relayed.cpu
+                    if cpu:
+                        doc[f"{key}_relayed_cpu_ms"] = {k: v * 1000 for k, v in cpu.items()}
+                        report.row(
+                            f"  CPU per call: {', '.join(cpu)}",
+                            " / ".join(f"{v * 1000:.1f}" for v in cpu.values()) + " ms",
+                            f"agent direct {o.direct.cpu.get('agent', 0) * 1000:.1f} ms",
+                        )
                     report.target(
                         f"{o.protocol} relayed p50 / direct p50", f"{o.ratio_p50:.1f}x",
                         f"<= {TARGET_RELAYED_RATIO:g}x", o.ratio_p50 <= TARGET_RELAYED_RATIO,
