@@ -427,8 +427,8 @@ async def run(args: argparse.Namespace) -> Report:
                     if cpu:
                         doc[f"{key}_relayed_cpu_ms"] = {k: v * 1000 for k, v in cpu.items()}
                         report.row(
-                            f"  CPU per call: {', '.join(cpu)}",
-                            " / ".join(f"{v * 1000:.1f}" for v in cpu.values()) + " ms",
+                            f"  CPU ms per call: {', '.join(cpu)}",
+                            " / ".join(f"{v * 1000:.1f}" for v in cpu.values()),
                             f"agent direct {o.direct.cpu.get('agent', 0) * 1000:.1f} ms",
                         )
                     report.target(

@@ -45,7 +45,7 @@ from relay.store import (
 )
 from relay.store import postgres as pg_dialect
 from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, MessageStatus
-from relay.store.sqlite import SQLiteStore
+from relay.store.sqlite import MAX_INLINE_COMMITS, SQLiteStore
 from tests import pg
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -1089,6 +1089,32 @@ async def test_sqlite_a_write_waiting_for_another_process_leaves_the_event_loop_
             other.close()
         assert not (await write).duplicate
         assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_groups_without_a_sync_commit_inline_a_bounded_number_in_a_row(
+    tmp_path: Path,
+) -> None:
+    """A group of leases commits inline with the automatic checkpoint off (it only appends to
+    the WAL); after MAX_INLINE_COMMITS such groups in a row, the next commits on the writer's
+    thread with the checkpoint on, so the WAL cannot grow without bound."""
+    store = await open_store(f"sqlite:///{tmp_path / 'relay.db'}")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert store._writer is not None
+        conn = store._writer.conn
+
+        def autocheckpoint() -> int:
+            return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        for _ in range(MAX_INLINE_COMMITS):
+            assert await store.lease_due(at(1), lease_until=at(60), limit=10) == []
+            assert autocheckpoint() == 0
+        assert await store.lease_due(at(1), lease_until=at(60), limit=10) == []
+        assert autocheckpoint() == 1000
+        assert await store.lease_due(at(1), lease_until=at(60), limit=10) == []
+        assert autocheckpoint() == 0
     finally:
         await store.close()
 
