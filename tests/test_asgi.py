@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -111,3 +113,56 @@ async def test_sse_client_disconnect_is_delivered_and_nothing_spins(served: Any)
     await asyncio.wait_for(probe.disconnected.wait(), 5)
     assert probe.stream_receives == 1
     await wait_until(lambda: host.active == 0)
+
+
+async def test_a_send_after_the_client_hung_up_is_dropped_not_raised() -> None:
+    """SDK clients close an SSE stream as soon as its last event arrived, while the
+    application still writes the stream's end: that send finds the connection closed. The
+    bridge drops it (ASGI 2.3) and answers http.disconnect; the application ends normally, so
+    no traceback is logged for the ordinary end of a stream."""
+    client_gone = asyncio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: last\n\n", "more_body": True})
+        await client_gone.wait()
+        try:
+            await send({"type": "http.response.body", "body": b"data: more\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["then"] = (await receive())["type"]
+
+    host = AsgiHost(app, "test")
+    web_app = web.Application()
+    web_app.router.add_get("/s", host.handle)
+    server = TestServer(web_app, handler_cancellation=True)
+    await server.start_server()
+    loop = asyncio.get_running_loop()
+    try:
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (server.host, server.port))
+            await loop.sock_sendall(sock, b"GET /s HTTP/1.1\r\nHost: test\r\n\r\n")
+            seen = b""
+            while b"data: last" not in seen:
+                seen += await loop.sock_recv(sock, 4096)
+            # Hang up at once (a reset, as a client killed or timing out does), not by the
+            # polite end of the stream.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Closed, and the application woken in the same step: its sends run before the
+        # server has read the end of the connection (the race SDK clients win every time).
+        client_gone.set()
+        await wait_until(lambda: "then" in outcome)
+        await wait_until(lambda: host.active == 0)
+    finally:
+        await server.close()
+    assert outcome == {"then": "http.disconnect"}

@@ -4,6 +4,7 @@ text or JSON, and never a token, an Authorization header, a query string or a bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import pytest
 
 from relay import logs
 from tests.fedenv import world
+from tests.helpers import wait_until
 from tests.mcpenv import add_mcp_agent, await_message, running, stdio_endpoint
 
 # --- the formats, without a relay ---------------------------------------------------------------
@@ -175,6 +177,38 @@ async def test_a_full_send_logs_every_recipient_event_and_request_and_no_secret(
     assert inbox
     assert {"method", "path", "status", "bytes", "duration_ms", "remote"} <= set(inbox[0])
     assert all("?" not in a["path"] for a in access)
+
+
+async def test_a_client_that_hangs_up_is_logged_499_not_a_server_error(
+    tmp_path: Path, captured: io.StringIO
+) -> None:
+    """A long poll whose client leaves before the answer: the handler is cancelled, and the
+    access log says 499 ("client closed request"), not 500 — the relay did not fail."""
+    async with world(tmp_path, "acme.test") as w:
+        acme = w.orgs["acme.test"]
+        alice = await acme.agent("alice")
+        async with running(w):
+            poll = asyncio.create_task(
+                w.http.get(
+                    f"{acme.url}/synq/v1/inbox", params={"wait": 30}, headers=alice.auth
+                ).__aenter__()
+            )
+
+            await wait_until(lambda: acme.relay.sources.in_flight.held("127.0.0.1") == 1)
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+
+            def logged() -> list[dict[str, Any]]:
+                return [
+                    a
+                    for a in lines(captured)
+                    if a["logger"] == "synq.access" and a["path"] == "/synq/v1/inbox"
+                ]
+
+            await wait_until(lambda: bool(logged()))
+    [line] = logged()
+    assert line["status"] == 499
 
 
 def test_configure_quiets_the_libraries_and_replaces_its_handler() -> None:

@@ -11,7 +11,12 @@ leaves that loop spinning at 100% CPU. Here:
 * the aiohttp server must run with ``handler_cancellation=True`` (``synq serve`` does): when
   the client hangs up, aiohttp cancels the handler; the bridge turns that into
   ``http.disconnect`` for the application, gives it ``DISCONNECT_GRACE`` seconds to finish,
-  then cancels it — no task outlives its request.
+  then cancels it — no task outlives its request;
+* a ``send()`` that finds the connection closed (the client read what it wanted and hung up:
+  SDK clients close an SSE stream as soon as its last event arrived) is dropped, and
+  ``receive()`` answers ``http.disconnect`` from then on. The scope says ASGI spec 2.3, whose
+  servers do not raise there (raising, from 2.4, would be an error in the SDKs' stream tasks
+  for what is the ordinary end of a stream: a logged traceback and a 500 per call).
 
 Lifespan: ``AsgiHost.startup()`` runs the application's lifespan protocol (Starlette apps start
 their background managers there) and ``shutdown()`` ends it; the relay ties both to the aiohttp
@@ -97,12 +102,18 @@ class _Exchange:
         elif kind == "http.response.body":
             if self.response is None:
                 raise RuntimeError("http.response.body before http.response.start")
+            if self.disconnected.is_set():
+                return
             body = message.get("body", b"")
-            if body:
-                await self.response.write(body)
-            if not message.get("more_body", False):
-                await self.response.write_eof()
-                self.finished.set()
+            try:
+                if body:
+                    await self.response.write(body)
+                if not message.get("more_body", False):
+                    await self.response.write_eof()
+                    self.finished.set()
+            except ConnectionResetError:
+                # The client is gone; the application learns it from receive().
+                self.disconnected.set()
         # Other messages (extensions such as http.response.trailers) are not offered in the
         # scope, so a conforming application does not send them.
 

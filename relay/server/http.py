@@ -48,6 +48,7 @@ from relay.server.errors import Handler, error_response
 from relay.server.keys import RELAY
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "DEFAULT_HTTP_LIMITS",
     "HTTP_LIMITS",
     "GatedSite",
@@ -106,6 +107,9 @@ class HttpLimits:
 
 
 DEFAULT_HTTP_LIMITS: Final = HttpLimits()
+
+#: The access log's status for a request whose client hung up before its answer was complete.
+CLIENT_CLOSED_REQUEST: Final = 499
 
 HTTP_LIMITS: web.AppKey[HttpLimits] = web.AppKey("http_limits", HttpLimits)
 
@@ -186,6 +190,12 @@ async def trace_and_log(request: web.Request, handler: Handler) -> web.StreamRes
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            # The client hung up before the answer was complete (aiohttp cancels the handler):
+            # not a failure of the relay. Logged as 499, "client closed request", the status
+            # nginx gave this case and log tools know; the span is not marked an error.
+            status = CLIENT_CLOSED_REQUEST
             raise
         finally:
             span.set_attribute("http.response.status_code", status)
