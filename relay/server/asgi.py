@@ -16,7 +16,9 @@ leaves that loop spinning at 100% CPU. Here:
   SDK clients close an SSE stream as soon as its last event arrived) is dropped, and
   ``receive()`` answers ``http.disconnect`` from then on. The scope says ASGI spec 2.3, whose
   servers do not raise there (raising, from 2.4, would be an error in the SDKs' stream tasks
-  for what is the ordinary end of a stream: a logged traceback and a 500 per call).
+  for what is the ordinary end of a stream: a logged traceback and a 500 per call). Once the
+  application has ended, ``handle()`` raises :class:`ClientGone`, as if aiohttp had noticed
+  the disconnect first: the response was not written in full.
 
 Lifespan: ``AsgiHost.startup()`` runs the application's lifespan protocol (Starlette apps start
 their background managers there) and ``shutdown()`` ends it; the relay ties both to the aiohttp
@@ -49,6 +51,14 @@ DISCONNECT_GRACE: Final = 5.0
 LIFESPAN_TIMEOUT: Final = 30.0
 
 
+class ClientGone(asyncio.CancelledError):
+    """Raised by :meth:`AsgiHost.handle` when the client hung up before the response was
+    written in full (a send found the connection closed). A cancellation, as aiohttp's own when
+    it notices a disconnect first: the server drops the request quietly, the access log says
+    499, and a caller that acts only on a complete answer (the A2A face freeing a retry key)
+    does not act."""
+
+
 class _Exchange:
     """One request/response between aiohttp and the ASGI application."""
 
@@ -59,6 +69,8 @@ class _Exchange:
         self.body_done = False
         self.finished = asyncio.Event()
         self.disconnected = asyncio.Event()
+        #: Part of the response was dropped: the client hung up before it was written in full.
+        self.cut = False
 
     async def receive(self) -> Message:
         if not self.body_done and self.body is not None:
@@ -103,6 +115,7 @@ class _Exchange:
             if self.response is None:
                 raise RuntimeError("http.response.body before http.response.start")
             if self.disconnected.is_set():
+                self.cut = True
                 return
             body = message.get("body", b"")
             try:
@@ -113,6 +126,7 @@ class _Exchange:
                     self.finished.set()
             except ConnectionResetError:
                 # The client is gone; the application learns it from receive().
+                self.cut = True
                 self.disconnected.set()
         # Other messages (extensions such as http.response.trailers) are not offered in the
         # scope, so a conforming application does not send them.
@@ -182,6 +196,8 @@ class AsgiHost:
         finally:
             exchange.finished.set()
             self.active -= 1
+        if exchange.cut:
+            raise ClientGone(f"{self.name}: the client hung up before the response was written")
         if exchange.response is None:
             raise RuntimeError(f"{self.name}: the application sent no response")
         return exchange.response
