@@ -6,14 +6,17 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
 
 1. read the next rows of the feed after the cursor (kept in memory between passes, read from the
    store when the tracker starts);
-2. for each reply whose ``in_reply_to`` names an envelope of a task (one read for the batch
-   gives the tasks' rows, ``Store.a2a_reply_tasks``), sent by the address the task was sent to
+2. for each reply whose ``in_reply_to`` names an envelope of a task (a task whose readers wait
+   in this process is known in memory, ``TaskStore.known``, with its snapshot parsed; one read
+   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``), sent by the address
+   the task was sent to
    (or a delivery-status envelope from a relay on the way): fold it into the task
    (adapters/a2a/tasks.py) with the task store's compare-and-set, which acks it in the owner's
    inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
    all in one transaction; then pushes it to the task's webhooks and hands it to the task's
    readers in this process;
-3. move the cursor past the rows read, if step 2 did not.
+3. move the cursor past the rows read, if step 2 did not; read again only after a full batch
+   (a row committed meanwhile has woken the tracker).
 
 Applying is idempotent (the event log remembers its source envelope), so a crash between applying
 and moving the cursor only repeats work.
@@ -77,25 +80,47 @@ class ReplyTracker:
                     decoded.append((row.seq, row.agent, env_mod.decode(payload)))
                 except (ValueError, IndexError, SynqError):
                     continue  # the store only holds envelopes that parsed; nothing to do
-            wanted = [e.in_reply_to for _, _, e in decoded if e.in_reply_to]
-            tasks = await self.store.a2a_reply_tasks(wanted) if wanted else {}
+            # The tasks the replies name: one whose readers wait in this process is known in
+            # memory as this process last wrote it (looked up at each reply, so a second reply
+            # to a task in the batch meets the first one's change); the others are read at once.
+            wanted = [
+                e.in_reply_to
+                for _, _, e in decoded
+                if e.in_reply_to and not self.tasks.knows(e.in_reply_to)
+            ]
+            read = await self.store.a2a_reply_tasks(wanted) if wanted else {}
             saved = False
             for seq, owner, envelope in decoded:
-                task = tasks.get(envelope.in_reply_to or "")
+                named = envelope.in_reply_to or ""
+                known = self.tasks.known(named) if named else None
+                task, snapshot = known if known is not None else (read.get(named), None)
                 if task is not None:
                     # The batch's last row carries the cursor in its own write.
-                    saved = await self.apply(task, owner, envelope, last if seq == last else None)
+                    cursor = last if seq == last else None
+                    saved = await self.apply(task, owner, envelope, cursor, snapshot=snapshot)
             if not saved:
                 await self.store.a2a_set_feed_cursor(last)
             self._cursor = last
             total += len(rows)
+            if len(rows) < FEED_BATCH:
+                # The feed was read to its end. A row committed since has fired the tracker's
+                # wake-up (attached for an owner before its first task is written), so run()
+                # passes again at once; reading here too would only add a read to the path of
+                # the answer the face is writing now.
+                return total
 
     async def apply(
-        self, row: A2ATask, owner: str, envelope: Envelope, cursor: int | None = None
+        self,
+        row: A2ATask,
+        owner: str,
+        envelope: Envelope,
+        cursor: int | None = None,
+        *,
+        snapshot: Task | None = None,
     ) -> bool:
-        """Fold one reply into its task (``row`` as just read); True if ``cursor`` was saved
-        with it. The reply is acked in the owner's inbox once it is part of the task, whether
-        it changed it or not."""
+        """Fold one reply into its task (``row`` as just read or known, ``snapshot`` its task
+        already parsed); True if ``cursor`` was saved with it. The reply is acked in the
+        owner's inbox once it is part of the task, whether it changed it or not."""
         if row.owner != owner or not self._from_partner(row, envelope):
             return False
         try:
@@ -122,9 +147,21 @@ class ReplyTracker:
         # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
         # undone: the feed offers the reply again.
         source = f"{envelope.sender.domain}/{envelope.id}"
-        await self.tasks.change(
-            row.id, fold, source=source, current=row, ack=(owner, envelope.id, now), cursor=cursor
-        )
+        try:
+            await self.tasks.change(
+                row.id,
+                fold,
+                source=source,
+                current=row,
+                snapshot=snapshot,
+                ack=(owner, envelope.id, now),
+                cursor=cursor,
+            )
+        except a2a.TaskNotFoundError:
+            # Known in memory, gone from the store (purged since, by another process): as a
+            # reply to no task, it stays in the inbox.
+            self.tasks.forget(row.id)
+            return False
         if declined:
             # Nothing written (the task had ended, say): the reply is acked on its own, and
             # the cursor moves after the batch.
