@@ -416,6 +416,8 @@ class A2AFace:
                 if self.grpc is not None:
                     await self.grpc.stop()
                     self.grpc = None
+                # The keys of answered calls are freed before the store closes.
+                await self.tasks.drain()
         finally:
             await self.host.shutdown()
 
@@ -486,9 +488,11 @@ class A2AFace:
         state = {_SENDER: owner, _ADDRESS: str(address), _ANSWERED: answered}
         response = await self.host.handle(request, state=state, body=body)
         # The host returns once the application's response is written to the end (a client
-        # that hung up cancels this handler instead): a SendMessage answered in full.
+        # that hung up cancels this handler instead): a SendMessage answered in full. Its key
+        # is freed in the background, as the gRPC binding does: the connection's next request
+        # need not wait for that write.
         for started in answered:
-            await self.tasks.answered(started)
+            self.tasks.answered_soon(started)
         return response
 
     async def admit(self, address: Address, authorization: str, peer: str | None) -> str:

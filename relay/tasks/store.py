@@ -377,6 +377,8 @@ class TaskStore:
         #: replies will name (``in_reply_to``), each to its task (:meth:`known`).
         self._known: collections.OrderedDict[str, tuple[A2ATask, Task]] = collections.OrderedDict()
         self._links: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Key releases under way (:meth:`answered_soon`), by the key they free.
+        self._releasing: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # reading ---------------------------------------------------------------------------------
 
@@ -560,6 +562,11 @@ class TaskStore:
         notify = _notify_of(message)
         key = message_key(owner, address, message)
         if key is not None:
+            releasing = self._releasing.get((owner, key.key))
+            if releasing is not None:
+                # The first call's answer is written and its key on the way out: this is a
+                # new call, once the key is gone (answered_soon).
+                await asyncio.shield(releasing)
             known = await self.store.idempotency_records(owner, [key.key])
             if key.key in known:
                 replayed = await self._replay(owner, address, message, key, known[key.key])
@@ -766,6 +773,29 @@ class TaskStore:
                 await self.store.release_idempotency_key(
                     started.key.agent, started.key.key, started.envelope, durable=False
                 )
+
+    def answered_soon(self, started: Started) -> None:
+        """:meth:`answered`, without holding the binding that wrote the answer: the client has
+        the answer already, so the release is no part of the call, but on HTTP it would hold
+        the connection's next request back, and the call's span, for a store write. A call of
+        this process with the same key waits for the release before it looks the key up, so
+        it is a new call as if the release had been awaited; :meth:`drain` waits for the
+        releases under way before the store closes."""
+        if started.key is None:
+            return
+        name = (started.key.agent, started.key.key)
+        task = asyncio.get_running_loop().create_task(self.answered(started))
+        self._releasing[name] = task
+
+        def done(ended: asyncio.Task[None]) -> None:
+            if self._releasing.get(name) is ended:
+                del self._releasing[name]
+
+        task.add_done_callback(done)
+
+    async def drain(self) -> None:
+        """Wait for the key releases under way (:meth:`answered_soon`)."""
+        await asyncio.gather(*self._releasing.values(), return_exceptions=True)
 
     async def _refused(
         self, exc: SynqError, key: IdempotencyKey | None, envelope_id: str, *, new: bool
