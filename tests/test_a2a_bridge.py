@@ -52,11 +52,14 @@ from relay.core.ids import hash_token, new_token
 from relay.runtime import Relay
 from relay.server.a2a_face import A2A_FACE, A2AFace
 from relay.store.base import A2ATask
+from relay.tasks.replies import CURSOR_LAG, ReplyTracker
 from relay.tasks.store import Change, Tail, event_json, parse_task, task_json
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
 from tests.fedenv import Org, World, world
 from tests.helpers import wait_until
+from tests.test_store import new
+from tests.test_store_a2a import task as store_task
 
 TCK = "tck@globex.test"
 
@@ -657,6 +660,33 @@ async def test_a_waiting_task_is_known_in_memory_and_a_stale_copy_only_costs_a_r
         await tasks.change("t-gone", _status(TaskState.TASK_STATE_WORKING, now), link="e-gone")
         assert tasks.knows("e-gone")
     assert not tasks.knows("e-gone")
+
+
+async def test_the_tracker_saves_its_cursor_with_a_reply_or_after_cursor_lag_other_rows(
+    b: Bridge,
+) -> None:
+    # Mail to a task's owner that answers no task (an MCP answer, a peer's message) is read
+    # by the tracker too; saving the cursor for each would cost every such message a commit.
+    # The cursor waits for a reply's own write, or for CURSOR_LAG rows: a restart reads at
+    # most those again, which changes nothing.
+    store = b.acme.relay.store
+    now = b.w.clock.now()
+    await store.a2a_create_task(store_task("t-lag", owner="alice"), "t-lag")
+    tracker = ReplyTracker(b.acme.relay.task_store)
+    start = await store.a2a_feed_cursor()
+    await store.accept_many(
+        [new(f"m-lag-{n}", local=["alice"], created=now) for n in range(3)], now
+    )
+    assert await tracker.run_once() == 3
+    assert await store.a2a_feed_cursor() == start
+    more = [new(f"m-lag-more-{n}", local=["alice"], created=now) for n in range(CURSOR_LAG)]
+    await store.accept_many(more, now)
+    assert await tracker.run_once() == CURSOR_LAG
+    feed = await store.a2a_feed(start, 2 * CURSOR_LAG)
+    assert len(feed) == CURSOR_LAG + 3
+    assert await store.a2a_feed_cursor() == feed[-1].seq
+    # A tracker that starts again reads on from the saved cursor.
+    assert await ReplyTracker(b.acme.relay.task_store).run_once() == 0
 
 
 def _status(state: TaskState, now: datetime) -> Callable[[A2ATask, Task], Change | None]:

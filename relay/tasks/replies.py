@@ -15,11 +15,12 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
    inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
    all in one transaction; then pushes it to the task's webhooks and hands it to the task's
    readers in this process;
-3. move the cursor past the rows read, if step 2 did not; read again only after a full batch
-   (a row committed meanwhile has woken the tracker).
+3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
+   by unsaved; read again only after a full batch (a row committed meanwhile has woken the
+   tracker).
 
 Applying is idempotent (the event log remembers its source envelope), so a crash between applying
-and moving the cursor only repeats work.
+and moving the cursor, or before an unsaved cursor is written, only repeats work.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from relay.core.jws import b64url_decode
 from relay.store.base import A2ATask
 from relay.tasks.store import Change, TaskStore
 
-__all__ = ["FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
+__all__ = ["CURSOR_LAG", "FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
 
 log = logging.getLogger("synq.a2a.face")
 
@@ -49,6 +50,11 @@ log = logging.getLogger("synq.a2a.face")
 FEED_BATCH: Final = 200
 #: Longest idle wait of the tracker (a safety net for lost wake-ups, as the queues have).
 TRACKER_IDLE: Final = 30.0
+#: Feed rows the tracker may read past without saving its cursor. A batch with no reply to a
+#: task (the owners' other mail: an MCP answer, a message from a peer) saves none until this
+#: many have gone by: a cursor write per message would cost every owner's mail a commit. After
+#: a restart the tracker reads them again, which changes nothing (module docstring).
+CURSOR_LAG: Final = FEED_BATCH
 
 
 class ReplyTracker:
@@ -60,8 +66,10 @@ class ReplyTracker:
         self.store = tasks.store
         self.clock = tasks.clock
         self.domain = tasks.domain
-        #: The feed position this tracker has saved, once read from the store.
+        #: The feed position this tracker has read to, once read from the store.
         self._cursor: int | None = None
+        #: Rows read past the cursor the store holds (at most CURSOR_LAG).
+        self._unsaved = 0
 
     async def run_once(self) -> int:
         """Apply every new reply in the owners' inboxes; return how many rows were read."""
@@ -98,8 +106,10 @@ class ReplyTracker:
                     # The batch's last row carries the cursor in its own write.
                     cursor = last if seq == last else None
                     saved = await self.apply(task, owner, envelope, cursor, snapshot=snapshot)
-            if not saved:
+            self._unsaved = 0 if saved else self._unsaved + len(rows)
+            if self._unsaved >= CURSOR_LAG:
                 await self.store.a2a_set_feed_cursor(last)
+                self._unsaved = 0
             self._cursor = last
             total += len(rows)
             if len(rows) < FEED_BATCH:
