@@ -100,7 +100,7 @@ _SENDER: Final = "synq.sender"
 _ADDRESS: Final = "synq.address"
 #: In a call's state: the list the handler adds a SendMessage call's ``Started`` to once it has
 #: produced the call's whole answer. The binding that writes the answer hands the list to
-#: :meth:`TaskStore.answered` only when the answer was written in full (SPEC.md "The A2A
+#: :meth:`TaskStore.answered_soon` only when the answer was written in full (SPEC.md "The A2A
 #: face", "Retries"): a client cut off before that keeps its retry.
 _ANSWERED: Final = "synq.answered"
 _STARTED: Final = "synq.started"

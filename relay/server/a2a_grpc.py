@@ -30,7 +30,7 @@ path, unchanged:
    JSON-RPC and the other way round;
 4. when the call ends with its answer sent in full (gRPC's done callback, the call neither
    cancelled nor failed), a SendMessage's idempotency key is freed
-   (:meth:`~relay.tasks.store.TaskStore.answered`; SPEC.md "The A2A face", "Retries"), as
+   (:meth:`~relay.tasks.store.TaskStore.answered_soon`; SPEC.md "The A2A face", "Retries"), as
    the HTTP bindings do once their response is written.
 
 The listener is plaintext (h2c), as the admin listener is plain HTTP: TLS for it is a reverse
@@ -149,7 +149,7 @@ class _FaceGrpcHandler(GrpcHandler):
     ) -> None:
         """The SDK's call context for an admitted call; once gRPC has ended the call with its
         answer sent (neither cancelled nor failed), the SendMessage it answered is
-        :meth:`~relay.tasks.store.TaskStore.answered`."""
+        :meth:`~relay.tasks.store.TaskStore.answered_soon`."""
         answered: list[Started] = []
         call.state[_SENDER] = owner
         call.state[_ADDRESS] = address

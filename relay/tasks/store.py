@@ -14,14 +14,17 @@ The face's task is in the store (migration 0003), never only in memory:
   envelope, but answers from the task the first call wrote — after sending that envelope if
   the first call stopped before custody. The key lives only while the first call's answer may
   have been lost: once the binding has written that answer in full it calls
-  :meth:`TaskStore.answered`, which frees the key, so the same message sent again is a new
-  call. A call the relay refuses (rate, policy, recipients) frees its key too.
+  :meth:`TaskStore.answered_soon`, which frees the key in the background (a call of this
+  process with the same key waits for that), so the same message sent again is a new call.
+  A call the relay refuses (rate, policy, recipients) frees its key too.
 * **change** — every change of a task is a compare-and-set on its version, retried on a
   conflict, so the reply tracker (replies.py) and a CancelTask never overwrite each other. A
   change that logs events hands them to the task's webhooks (push.py).
 * **readers** (SendMessage waiting for a result, SendStreamingMessage, SubscribeToTask) tail
   the event log with :class:`Tail`, woken by the store's notifier; a restart loses nothing but
-  open connections.
+  open connections. While a reader waits, the task as this process last wrote it is kept in
+  memory for the reply tracker (:meth:`TaskStore.known`): the reply that ends the wait is
+  folded without reading the task or parsing its snapshot again.
 
 The task store also keeps :class:`OwnerInboxes`: the inboxes replies to its tasks arrive in,
 which the reply tracker follows.
