@@ -52,11 +52,14 @@ from relay.core.ids import hash_token, new_token
 from relay.runtime import Relay
 from relay.server.a2a_face import A2A_FACE, A2AFace
 from relay.store.base import A2ATask
+from relay.tasks.replies import CURSOR_LAG, ReplyTracker
 from relay.tasks.store import Change, Tail, event_json, parse_task, task_json
 from tests.a2a_peers import Peer, eventually, sdk_app
 from tests.conftest import Agent
 from tests.fedenv import Org, World, world
 from tests.helpers import wait_until
+from tests.test_store import new
+from tests.test_store_a2a import task as store_task
 
 TCK = "tck@globex.test"
 
@@ -580,6 +583,110 @@ async def test_an_anonymous_caller_acts_as_the_configured_agent(b: Bridge) -> No
     row = await relay.store.a2a_get_task(task["id"])
     assert row is not None
     assert row.owner == "guest"
+
+
+async def test_a_waiting_task_is_known_in_memory_and_a_stale_copy_only_costs_a_reread(
+    b: Bridge,
+) -> None:
+    # The reply tracker takes the task a reply names from memory while a reader of it waits
+    # in this process (TaskStore.known), instead of reading and parsing it: the store stays the
+    # authority, so a copy another process has outdated fails its compare-and-set and the
+    # change is made again on the task as stored.
+    relay = b.acme.relay
+    tasks, store = relay.task_store, relay.store
+    now = b.w.clock.now()
+    first = folding.new_task("t-known", "c-known", message("hello").message, now)
+    row = A2ATask(
+        id="t-known",
+        owner="alice",
+        address=TCK,
+        context="c-known",
+        state="TASK_STATE_SUBMITTED",
+        remote_id=None,
+        snapshot=task_json(first),
+        push="[]",
+        version=0,
+        status_at=now,
+        created=now,
+        updated=now,
+    )
+    await store.a2a_create_task(row, "t-known")
+    assert tasks.known("t-known") is None  # written by no change of this task store
+    async with Tail(tasks, "t-known", 0):
+        # A follow-up's turn links its envelope: its reply will name that envelope.
+        turn = _status(TaskState.TASK_STATE_WORKING, now)
+        await tasks.change("t-known", turn, link="e-known")
+        known = tasks.known("e-known")
+        assert known is not None
+        assert tasks.knows("e-known")
+        assert (known[0].version, known[1].status.state) == (1, TaskState.TASK_STATE_WORKING)
+        # Each caller gets its own copy.
+        known[1].status.state = TaskState.TASK_STATE_FAILED
+        again = tasks.known("e-known")
+        assert again is not None
+        assert again[1].status.state == TaskState.TASK_STATE_WORKING
+        # Another process moves the task on: the copy in memory is stale.
+        stored = await store.a2a_get_task("t-known")
+        assert stored is not None
+        waiting = _status(TaskState.TASK_STATE_INPUT_REQUIRED, now)(
+            stored, parse_task(stored.snapshot)
+        )
+        assert waiting is not None
+        written = await store.a2a_update_task(
+            replace(stored, state="TASK_STATE_INPUT_REQUIRED", snapshot=task_json(waiting.task)),
+            1,
+            [event_json(e) for e in waiting.events],
+        )
+        assert written == "updated"
+        seen: list[tuple[int, TaskState]] = []
+
+        def complete(current: A2ATask, task: Task) -> Change | None:
+            seen.append((current.version, task.status.state))
+            return _status(TaskState.TASK_STATE_COMPLETED, now)(current, task)
+
+        changed = await tasks.change("t-known", complete, current=again[0], snapshot=again[1])
+        assert changed is not None
+        # Tried on the stale copy, conflicted, made again on the stored task.
+        assert seen == [(1, TaskState.TASK_STATE_WORKING), (2, TaskState.TASK_STATE_INPUT_REQUIRED)]
+        stored = await store.a2a_get_task("t-known")
+        assert stored is not None
+        assert (stored.version, stored.state) == (3, "TASK_STATE_COMPLETED")
+        # An ended task is read from the store (it may be purged there).
+        assert tasks.known("e-known") is None
+    assert "t-known" not in tasks.tails
+    # A task not ended is kept while a reader waits, and no longer once its last one is gone.
+    await store.a2a_create_task(replace(row, id="t-gone"), "t-gone")
+    async with Tail(tasks, "t-gone", 0):
+        await tasks.change("t-gone", _status(TaskState.TASK_STATE_WORKING, now), link="e-gone")
+        assert tasks.knows("e-gone")
+    assert not tasks.knows("e-gone")
+
+
+async def test_the_tracker_saves_its_cursor_with_a_reply_or_after_cursor_lag_other_rows(
+    b: Bridge,
+) -> None:
+    # Mail to a task's owner that answers no task (an MCP answer, a peer's message) is read
+    # by the tracker too; saving the cursor for each would cost every such message a commit.
+    # The cursor waits for a reply's own write, or for CURSOR_LAG rows: a restart reads at
+    # most those again, which changes nothing.
+    store = b.acme.relay.store
+    now = b.w.clock.now()
+    await store.a2a_create_task(store_task("t-lag", owner="alice"), "t-lag")
+    tracker = ReplyTracker(b.acme.relay.task_store)
+    start = await store.a2a_feed_cursor()
+    await store.accept_many(
+        [new(f"m-lag-{n}", local=["alice"], created=now) for n in range(3)], now
+    )
+    assert await tracker.run_once() == 3
+    assert await store.a2a_feed_cursor() == start
+    more = [new(f"m-lag-more-{n}", local=["alice"], created=now) for n in range(CURSOR_LAG)]
+    await store.accept_many(more, now)
+    assert await tracker.run_once() == CURSOR_LAG
+    feed = await store.a2a_feed(start, 2 * CURSOR_LAG)
+    assert len(feed) == CURSOR_LAG + 3
+    assert await store.a2a_feed_cursor() == feed[-1].seq
+    # A tracker that starts again reads on from the saved cursor.
+    assert await ReplyTracker(b.acme.relay.task_store).run_once() == 0
 
 
 def _status(state: TaskState, now: datetime) -> Callable[[A2ATask, Task], Change | None]:

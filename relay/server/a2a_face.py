@@ -100,7 +100,7 @@ _SENDER: Final = "synq.sender"
 _ADDRESS: Final = "synq.address"
 #: In a call's state: the list the handler adds a SendMessage call's ``Started`` to once it has
 #: produced the call's whole answer. The binding that writes the answer hands the list to
-#: :meth:`TaskStore.answered` only when the answer was written in full (SPEC.md "The A2A
+#: :meth:`TaskStore.answered_soon` only when the answer was written in full (SPEC.md "The A2A
 #: face", "Retries"): a client cut off before that keeps its retry.
 _ANSWERED: Final = "synq.answered"
 _STARTED: Final = "synq.started"
@@ -416,6 +416,8 @@ class A2AFace:
                 if self.grpc is not None:
                     await self.grpc.stop()
                     self.grpc = None
+                # The keys of answered calls are freed before the store closes.
+                await self.tasks.drain()
         finally:
             await self.host.shutdown()
 
@@ -486,9 +488,11 @@ class A2AFace:
         state = {_SENDER: owner, _ADDRESS: str(address), _ANSWERED: answered}
         response = await self.host.handle(request, state=state, body=body)
         # The host returns once the application's response is written to the end (a client
-        # that hung up cancels this handler instead): a SendMessage answered in full.
+        # that hung up cancels this handler instead): a SendMessage answered in full. Its key
+        # is freed in the background, as the gRPC binding does: the connection's next request
+        # need not wait for that write.
         for started in answered:
-            await self.tasks.answered(started)
+            self.tasks.answered_soon(started)
         return response
 
     async def admit(self, address: Address, authorization: str, peer: str | None) -> str:

@@ -30,7 +30,7 @@ path, unchanged:
    JSON-RPC and the other way round;
 4. when the call ends with its answer sent in full (gRPC's done callback, the call neither
    cancelled nor failed), a SendMessage's idempotency key is freed
-   (:meth:`~relay.tasks.store.TaskStore.answered`; SPEC.md "The A2A face", "Retries"), as
+   (:meth:`~relay.tasks.store.TaskStore.answered_soon`; SPEC.md "The A2A face", "Retries"), as
    the HTTP bindings do once their response is written.
 
 The listener is plaintext (h2c), as the admin listener is plain HTTP: TLS for it is a reverse
@@ -39,7 +39,6 @@ proxy's, or a loopback-only deployment's.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import math
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -140,8 +139,6 @@ class _FaceGrpcHandler(GrpcHandler):
     def __init__(self, face: A2AFace) -> None:
         super().__init__(face.handler)
         self.face = face
-        #: Key releases under way (step 4), held so that none is collected half way.
-        self._releasing: set[asyncio.Task[None]] = set()
 
     def _admitted(
         self,
@@ -152,7 +149,7 @@ class _FaceGrpcHandler(GrpcHandler):
     ) -> None:
         """The SDK's call context for an admitted call; once gRPC has ended the call with its
         answer sent (neither cancelled nor failed), the SendMessage it answered is
-        :meth:`~relay.tasks.store.TaskStore.answered`."""
+        :meth:`~relay.tasks.store.TaskStore.answered_soon`."""
         answered: list[Started] = []
         call.state[_SENDER] = owner
         call.state[_ADDRESS] = address
@@ -163,21 +160,16 @@ class _FaceGrpcHandler(GrpcHandler):
                 return
             if ended.code() not in (None, grpc.StatusCode.OK):
                 return
-            task = asyncio.get_running_loop().create_task(self._answer(answered))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            for started in answered:
+                self.face.tasks.answered_soon(started)
 
         # The stubs declare the callback as a nominal class; gRPC takes any callable.
         context.add_done_callback(done)  # type: ignore[arg-type]
 
-    async def _answer(self, answered: list[Started]) -> None:
-        for started in answered:
-            await self.face.tasks.answered(started)
-
     async def drain(self) -> None:
         """Wait for the key releases of calls that have ended (the listener stops before the
         store closes)."""
-        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self.face.tasks.drain()
 
     async def _enter(
         self, context: grpc.aio.ServicerContext[Any, Any]

@@ -6,17 +6,21 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
 
 1. read the next rows of the feed after the cursor (kept in memory between passes, read from the
    store when the tracker starts);
-2. for each reply whose ``in_reply_to`` names an envelope of a task (one read for the batch
-   gives the tasks' rows, ``Store.a2a_reply_tasks``), sent by the address the task was sent to
+2. for each reply whose ``in_reply_to`` names an envelope of a task (a task whose readers wait
+   in this process is known in memory, ``TaskStore.known``, with its snapshot parsed; one read
+   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``), sent by the address
+   the task was sent to
    (or a delivery-status envelope from a relay on the way): fold it into the task
    (adapters/a2a/tasks.py) with the task store's compare-and-set, which acks it in the owner's
    inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
    all in one transaction; then pushes it to the task's webhooks and hands it to the task's
    readers in this process;
-3. move the cursor past the rows read, if step 2 did not.
+3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
+   by unsaved; read again only after a full batch (a row committed meanwhile has woken the
+   tracker).
 
 Applying is idempotent (the event log remembers its source envelope), so a crash between applying
-and moving the cursor only repeats work.
+and moving the cursor, or before an unsaved cursor is written, only repeats work.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from relay.core.jws import b64url_decode
 from relay.store.base import A2ATask
 from relay.tasks.store import Change, TaskStore
 
-__all__ = ["FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
+__all__ = ["CURSOR_LAG", "FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
 
 log = logging.getLogger("synq.a2a.face")
 
@@ -46,6 +50,11 @@ log = logging.getLogger("synq.a2a.face")
 FEED_BATCH: Final = 200
 #: Longest idle wait of the tracker (a safety net for lost wake-ups, as the queues have).
 TRACKER_IDLE: Final = 30.0
+#: Feed rows the tracker may read past without saving its cursor. A batch with no reply to a
+#: task (the owners' other mail: an MCP answer, a message from a peer) saves none until this
+#: many have gone by: a cursor write per message would cost every owner's mail a commit. After
+#: a restart the tracker reads them again, which changes nothing (module docstring).
+CURSOR_LAG: Final = FEED_BATCH
 
 
 class ReplyTracker:
@@ -57,8 +66,10 @@ class ReplyTracker:
         self.store = tasks.store
         self.clock = tasks.clock
         self.domain = tasks.domain
-        #: The feed position this tracker has saved, once read from the store.
+        #: The feed position this tracker has read to, once read from the store.
         self._cursor: int | None = None
+        #: Rows read past the cursor the store holds (at most CURSOR_LAG).
+        self._unsaved = 0
 
     async def run_once(self) -> int:
         """Apply every new reply in the owners' inboxes; return how many rows were read."""
@@ -77,25 +88,49 @@ class ReplyTracker:
                     decoded.append((row.seq, row.agent, env_mod.decode(payload)))
                 except (ValueError, IndexError, SynqError):
                     continue  # the store only holds envelopes that parsed; nothing to do
-            wanted = [e.in_reply_to for _, _, e in decoded if e.in_reply_to]
-            tasks = await self.store.a2a_reply_tasks(wanted) if wanted else {}
+            # The tasks the replies name: one whose readers wait in this process is known in
+            # memory as this process last wrote it (looked up at each reply, so a second reply
+            # to a task in the batch meets the first one's change); the others are read at once.
+            wanted = [
+                e.in_reply_to
+                for _, _, e in decoded
+                if e.in_reply_to and not self.tasks.knows(e.in_reply_to)
+            ]
+            read = await self.store.a2a_reply_tasks(wanted) if wanted else {}
             saved = False
             for seq, owner, envelope in decoded:
-                task = tasks.get(envelope.in_reply_to or "")
+                named = envelope.in_reply_to or ""
+                known = self.tasks.known(named) if named else None
+                task, snapshot = known if known is not None else (read.get(named), None)
                 if task is not None:
                     # The batch's last row carries the cursor in its own write.
-                    saved = await self.apply(task, owner, envelope, last if seq == last else None)
-            if not saved:
+                    cursor = last if seq == last else None
+                    saved = await self.apply(task, owner, envelope, cursor, snapshot=snapshot)
+            self._unsaved = 0 if saved else self._unsaved + len(rows)
+            if self._unsaved >= CURSOR_LAG:
                 await self.store.a2a_set_feed_cursor(last)
+                self._unsaved = 0
             self._cursor = last
             total += len(rows)
+            if len(rows) < FEED_BATCH:
+                # The feed was read to its end. A row committed since has fired the tracker's
+                # wake-up (attached for an owner before its first task is written), so run()
+                # passes again at once; reading here too would only add a read to the path of
+                # the answer the face is writing now.
+                return total
 
     async def apply(
-        self, row: A2ATask, owner: str, envelope: Envelope, cursor: int | None = None
+        self,
+        row: A2ATask,
+        owner: str,
+        envelope: Envelope,
+        cursor: int | None = None,
+        *,
+        snapshot: Task | None = None,
     ) -> bool:
-        """Fold one reply into its task (``row`` as just read); True if ``cursor`` was saved
-        with it. The reply is acked in the owner's inbox once it is part of the task, whether
-        it changed it or not."""
+        """Fold one reply into its task (``row`` as just read or known, ``snapshot`` its task
+        already parsed); True if ``cursor`` was saved with it. The reply is acked in the
+        owner's inbox once it is part of the task, whether it changed it or not."""
         if row.owner != owner or not self._from_partner(row, envelope):
             return False
         try:
@@ -122,9 +157,21 @@ class ReplyTracker:
         # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
         # undone: the feed offers the reply again.
         source = f"{envelope.sender.domain}/{envelope.id}"
-        await self.tasks.change(
-            row.id, fold, source=source, current=row, ack=(owner, envelope.id, now), cursor=cursor
-        )
+        try:
+            await self.tasks.change(
+                row.id,
+                fold,
+                source=source,
+                current=row,
+                snapshot=snapshot,
+                ack=(owner, envelope.id, now),
+                cursor=cursor,
+            )
+        except a2a.TaskNotFoundError:
+            # Known in memory, gone from the store (purged since, by another process): as a
+            # reply to no task, it stays in the inbox.
+            self.tasks.forget(row.id)
+            return False
         if declined:
             # Nothing written (the task had ended, say): the reply is acked on its own, and
             # the cursor moves after the batch.

@@ -14,14 +14,17 @@ The face's task is in the store (migration 0003), never only in memory:
   envelope, but answers from the task the first call wrote — after sending that envelope if
   the first call stopped before custody. The key lives only while the first call's answer may
   have been lost: once the binding has written that answer in full it calls
-  :meth:`TaskStore.answered`, which frees the key, so the same message sent again is a new
-  call. A call the relay refuses (rate, policy, recipients) frees its key too.
+  :meth:`TaskStore.answered_soon`, which frees the key in the background (a call of this
+  process with the same key waits for that), so the same message sent again is a new call.
+  A call the relay refuses (rate, policy, recipients) frees its key too.
 * **change** — every change of a task is a compare-and-set on its version, retried on a
   conflict, so the reply tracker (replies.py) and a CancelTask never overwrite each other. A
   change that logs events hands them to the task's webhooks (push.py).
 * **readers** (SendMessage waiting for a result, SendStreamingMessage, SubscribeToTask) tail
   the event log with :class:`Tail`, woken by the store's notifier; a restart loses nothing but
-  open connections.
+  open connections. While a reader waits, the task as this process last wrote it is kept in
+  memory for the reply tracker (:meth:`TaskStore.known`): the reply that ends the wait is
+  folded without reading the task or parsing its snapshot again.
 
 The task store also keeps :class:`OwnerInboxes`: the inboxes replies to its tasks arrive in,
 which the reply tracker follows.
@@ -121,6 +124,14 @@ MAX_CAS_ATTEMPTS: Final = 16
 #: A task still ``submitted`` this long after it was created, whose envelope the store does
 #: not hold, lost its envelope to a crash between the two writes: it is marked failed.
 ORPHAN_AGE: Final = timedelta(seconds=60)
+#: Tasks whose rows the task store keeps in memory for the reply tracker (:meth:`TaskStore.known`)
+#: at most, and the largest snapshot it keeps. An entry lives while the task's readers wait
+#: (from start to the last :class:`Tail` closing); the bounds only matter for calls that never
+#: open one (``returnImmediately``, a refused call), whose entries the oldest-first eviction
+#: drops. 256 entries of at most 64 KiB (with the parsed copy) bound the memory at some 32 MiB;
+#: a bigger task is read from the store, as every task was before.
+MAX_KNOWN_TASKS: Final = 256
+MAX_KNOWN_SNAPSHOT: Final = 64 * 1024
 #: ListTasks page size when the client names none, and the largest it may ask for (a2a-sdk's
 #: defaults, A2A 1.0 §3.1.4).
 DEFAULT_PAGE_SIZE: Final = 50
@@ -275,6 +286,8 @@ class Tail:
             tails.discard(self)
             if not tails:
                 del self.tasks.tails[self.task_id]
+                # Its last reader is gone: a reply now is read from the store.
+                self.tasks.forget(self.task_id)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -362,8 +375,70 @@ class TaskStore:
         self.owners = OwnerInboxes(store.notifier)
         #: The open readers of each task in this process, which its changes are handed to.
         self.tails: dict[str, set[Tail]] = {}
+        #: The tasks awaiting a reply in this process, as this process last wrote them (row
+        #: at its committed version, parsed snapshot), oldest first; and the envelopes their
+        #: replies will name (``in_reply_to``), each to its task (:meth:`known`).
+        self._known: collections.OrderedDict[str, tuple[A2ATask, Task]] = collections.OrderedDict()
+        self._links: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Key releases under way (:meth:`answered_soon`), by the key they free.
+        self._releasing: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # reading ---------------------------------------------------------------------------------
+
+    def known(self, envelope_id: str) -> tuple[A2ATask, Task] | None:
+        """The task a reply naming ``envelope_id`` belongs to, as this process last wrote it,
+        when a reader of it waits here and it has not ended; None: read it from the store.
+
+        What the reply tracker would otherwise read (``Store.a2a_reply_tasks``) between the
+        reply's commit and the face's answer. A stale entry (another process changed the task
+        since) costs nothing but a compare-and-set conflict, after which :meth:`change` reads
+        the store. An ended task is always read from the store, which may have purged it."""
+        found = self._known_entry(envelope_id)
+        if found is None:
+            return None
+        row, task = found
+        copy = Task()
+        copy.CopyFrom(task)  # the caller's own: a change mutates it
+        return row, copy
+
+    def knows(self, envelope_id: str) -> bool:
+        """Whether :meth:`known` has the task of a reply naming ``envelope_id``."""
+        return self._known_entry(envelope_id) is not None
+
+    def _known_entry(self, envelope_id: str) -> tuple[A2ATask, Task] | None:
+        task_id = self._links.get(envelope_id)
+        found = self._known.get(task_id) if task_id is not None else None
+        if found is None or found[1].status.state in wire.TERMINAL_STATES:
+            return None
+        return found
+
+    def _remember(self, row: A2ATask, task: Task, link: str | None = None) -> None:
+        """Keep ``row`` (at its committed version) and ``task`` for :meth:`known`: a task
+        just started (``link``: its first envelope), or one changed while it is known or gets
+        a follow-up's envelope (``link``)."""
+        if link is None and row.id not in self._known:
+            return
+        if len(row.snapshot) > MAX_KNOWN_SNAPSHOT:
+            self.forget(row.id)
+            return
+        copy = Task()
+        copy.CopyFrom(task)
+        self._known[row.id] = (row, copy)
+        self._known.move_to_end(row.id)
+        if link is not None:
+            self._links[link] = row.id
+            self._links.move_to_end(link)
+        while len(self._known) > MAX_KNOWN_TASKS:
+            self._known.popitem(last=False)
+        while len(self._links) > MAX_KNOWN_TASKS:
+            self._links.popitem(last=False)
+
+    def forget(self, task_id: str) -> None:
+        """Stop keeping the task for :meth:`known` (its readers are gone). Its envelopes'
+        links go with it, or age out (``MAX_KNOWN_TASKS``) when the task was evicted first."""
+        if self._known.pop(task_id, None) is not None:
+            for link in [k for k, v in self._links.items() if v == task_id]:
+                del self._links[link]
 
     async def load(self, task_id: str) -> tuple[A2ATask, Task] | None:
         row = await self.store.a2a_get_task(task_id)
@@ -424,24 +499,27 @@ class TaskStore:
         link: str | None = None,
         key: IdempotencyKey | None = None,
         current: A2ATask | None = None,
+        snapshot: Task | None = None,
         ack: tuple[str, str, datetime] | None = None,
         cursor: int | None = None,
     ) -> tuple[A2ATask, Task] | None:
         """Apply ``mutate`` to the current task with compare-and-set, retrying on conflict.
         Returns the task after the change, or None if ``mutate`` declined (nothing written)
         or the source was applied before. ``current``: the row as the caller just read it,
-        for the first try (a stale one only costs a conflict and a re-read). ``key`` is
+        for the first try (a stale one only costs a conflict and a re-read), and ``snapshot``
+        its snapshot already parsed (the caller's own: ``mutate`` may change it). ``key`` is
         recorded with the change, naming ``link`` (``Conflict`` if it is taken); ``ack`` and
         ``cursor`` are the reply tracker's, written in the same transaction
         (``Store.a2a_update_task``). The change is handed to the task's open tails once it
         is committed."""
         for _ in range(MAX_CAS_ATTEMPTS):
             found = current or await self.store.a2a_get_task(task_id)
-            current = None
+            parsed = snapshot if current is not None else None
+            current = snapshot = None
             if found is None:
                 raise a2a.TaskNotFoundError
             row = found
-            outcome = mutate(row, parse_task(row.snapshot))
+            outcome = mutate(row, parsed if parsed is not None else parse_task(row.snapshot))
             if outcome is None:
                 return None
             now = self.clock.now()
@@ -468,11 +546,12 @@ class TaskStore:
                 return None
             if written == "updated":
                 self.pushes.send(new_row.push, outcome.events)
+                committed = replace(new_row, version=row.version + max(1, len(outcome.events)))
                 tails = self.tails.get(task_id)
                 if tails:
-                    committed = replace(new_row, version=row.version + max(1, len(outcome.events)))
                     for tail in list(tails):
                         tail.offer(row.version, outcome.events, committed, outcome.task)
+                self._remember(committed, outcome.task, link)
                 return new_row, outcome.task
         raise a2a.InternalError(message="the task is changing too fast; retry")
 
@@ -486,6 +565,11 @@ class TaskStore:
         notify = _notify_of(message)
         key = message_key(owner, address, message)
         if key is not None:
+            releasing = self._releasing.get((owner, key.key))
+            if releasing is not None:
+                # The first call's answer is written and its key on the way out: this is a
+                # new call, once the key is gone (answered_soon).
+                await asyncio.shield(releasing)
             known = await self.store.idempotency_records(owner, [key.key])
             if key.key in known:
                 replayed = await self._replay(owner, address, message, key, known[key.key])
@@ -525,6 +609,8 @@ class TaskStore:
                 raise
             return await self._replay_raced(owner, address, message, key)
         self.owners.add(owner)
+        # Before the envelope leaves: its reply finds the task in memory (known()).
+        self._remember(row, task, envelope_id)
         body = _agent_message(message, task_id="", context_id=context_id)
         try:
             await self._send(
@@ -690,6 +776,29 @@ class TaskStore:
                 await self.store.release_idempotency_key(
                     started.key.agent, started.key.key, started.envelope, durable=False
                 )
+
+    def answered_soon(self, started: Started) -> None:
+        """:meth:`answered`, without holding the binding that wrote the answer: the client has
+        the answer already, so the release is no part of the call, but on HTTP it would hold
+        the connection's next request back, and the call's span, for a store write. A call of
+        this process with the same key waits for the release before it looks the key up, so
+        it is a new call as if the release had been awaited; :meth:`drain` waits for the
+        releases under way before the store closes."""
+        if started.key is None:
+            return
+        name = (started.key.agent, started.key.key)
+        task = asyncio.get_running_loop().create_task(self.answered(started))
+        self._releasing[name] = task
+
+        def done(ended: asyncio.Task[None]) -> None:
+            if self._releasing.get(name) is ended:
+                del self._releasing[name]
+
+        task.add_done_callback(done)
+
+    async def drain(self) -> None:
+        """Wait for the key releases under way (:meth:`answered_soon`)."""
+        await asyncio.gather(*self._releasing.values(), return_exceptions=True)
 
     async def _refused(
         self, exc: SynqError, key: IdempotencyKey | None, envelope_id: str, *, new: bool
