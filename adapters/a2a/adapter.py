@@ -78,6 +78,7 @@ from adapters.a2a.wire import (
     parse_signal,
     reply_of_event,
 )
+from adapters.keepalive import DrainingTransport, Drains
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
@@ -118,6 +119,10 @@ CARD_TTL: Final = 300.0
 #: (600 s), so the adapter reports the task's state itself rather than being cut off, which
 #: would redeliver a message the agent has already taken.
 MAX_FOLLOW_SECONDS: Final = 540.0
+#: How long an idle connection to an agent is kept for the next delivery. Below the keep-alive
+#: timeouts servers commonly use (uvicorn's and Node.js's default: 5 s), so a delivery is not
+#: written onto a connection the agent is closing at that moment.
+KEEPALIVE_EXPIRY: Final = 2.0
 #: GetTask polling: first wait, growth, longest wait (A2A 1.0 §3.2.2 polling mode).
 POLL_INITIAL: Final = 0.05
 POLL_FACTOR: Final = 2.0
@@ -205,10 +210,15 @@ class A2AAdapter:
         self.timeout = timeout
         self.follow_seconds = follow_seconds
         self._own_http = http is None
+        #: The background reads of streams the a2a-sdk client leaves early (own client only).
+        self.drains = Drains()
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             trust_env=False,
+            # The a2a-sdk client leaves a stream once it has the answer; its rest is read in
+            # the background, so the next delivery reuses the connection (adapters/keepalive.py).
+            transport=DrainingTransport(keepalive_expiry=KEEPALIVE_EXPIRY, drains=self.drains),
         )
         hooks = self.http.event_hooks
         hooks["request"] = [*hooks["request"], _inject_trace]

@@ -51,6 +51,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CLIENT_CAPABILITIES_META_KEY
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from adapters.keepalive import Drains, kept_alive
 from adapters.mcp import translate
 from adapters.mcp.stdio import (
     MAX_STDIO_MESSAGE_BYTES,
@@ -214,6 +215,7 @@ async def call_tool(
     except RuntimeError as exc:
         # The SDK's check of structured content against the tool's output schema.
         raise AttemptFailed(st.MEDIA_ERROR, f"the server's result is not valid: {exc}") from None
+
     dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     return dumped
 
@@ -647,6 +649,9 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
         self.limit = limit
         #: A request carrying our session id was answered 404: the session is gone.
         self.session_gone = False
+        #: The rest of SSE answers the SDK leaves once it has its response, read in the
+        #: background so the connection serves the next call (adapters/keepalive.py).
+        self.drains = Drains()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = _ATTEMPT.get()
@@ -675,9 +680,11 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
         if response.headers.get("content-type", "").startswith("application/json"):
             assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _BoundedStream(response.stream, self.limit)
+        kept_alive(response, self.drains)
         return response
 
     async def aclose(self) -> None:
+        await self.drains.aclose()
         await self.inner.aclose()
 
 
