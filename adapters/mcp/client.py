@@ -610,6 +610,9 @@ class _Attempt:
     (any other answer or failure)."""
 
     state: str | None = None
+    #: Set once the request is written to the connection: from then on only the server
+    #: stands between the call and its answer.
+    sending: asyncio.Event | None = None
 
     @property
     def crossed(self) -> bool:
@@ -617,6 +620,20 @@ class _Attempt:
 
 
 _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("synq_mcp_attempt", default=None)
+
+
+def _signal_sent(request: httpx2.Request, sent: asyncio.Event) -> None:
+    """Set ``sent`` when the connection has written ``request``'s body, as httpcore's request
+    trace reports it (its ``trace`` extension; a trace already there still gets every event)."""
+    inner = request.extensions.get("trace")
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".send_request_body.complete"):
+            sent.set()
+        if inner is not None:
+            await inner(name, info)
+
+    request.extensions["trace"] = trace
 
 
 class _BoundedStream(httpx2.AsyncByteStream):
@@ -659,6 +676,8 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
             attempt = None  # a later request of the same call (the call's fate is known)
         if attempt is not None:
             attempt.state = "sending"
+            if attempt.sending is not None:
+                _signal_sent(request, attempt.sending)
         try:
             response = await self.inner.handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout):
@@ -943,14 +962,19 @@ class HttpServer:
         raise Unavailable(f"the MCP server dropped the session: {why}")
 
     async def request(
-        self, message: translate.RpcMessage, timeout: float, exchange: Exchange | None
+        self,
+        message: translate.RpcMessage,
+        timeout: float,
+        exchange: Exchange | None,
+        sending: asyncio.Event | None = None,
     ) -> translate.RpcAnswer | AttemptFailed:
         """Send one carried request, at most once, as :meth:`call` sends a tool call: its
-        answer, or :class:`AttemptFailed` once it crossed; Unavailable when nothing crossed."""
+        answer, or :class:`AttemptFailed` once it crossed; Unavailable when nothing crossed.
+        ``sending`` is set once the request is written to the connection."""
         why = ""
         for _ in range(MAX_SESSION_RENEWALS + 1):
             live = await self.live()
-            attempt = _Attempt()
+            attempt = _Attempt(sending=sending)
             token = _ATTEMPT.set(attempt)
             try:
                 return await send_request(live.session, message, timeout, exchange)
