@@ -28,8 +28,9 @@ an A2A error answer (A2A 1.0 §5.4), other 4xx   5.x.x by kind (below)          
 a body that is no A2A message                   5.6.0                               bounced
 ==============================================  ==================================  =========
 
-The adapter keeps no state beyond a short-lived cache of agent cards and the a2a-sdk client
-built for each: routing and storage are the relay's (relay/delivery/adapters.py).
+The adapter keeps no state beyond a short-lived cache of agent cards, the a2a-sdk client
+built for each, and idle HTTP connections to agents, kept for the next delivery
+(adapters/keepalive.py): routing and storage are the relay's (relay/delivery/adapters.py).
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ the envelope stays in the inbox and the dispatcher retries until it expires, the
 
 An ``application/mcp-request+json`` envelope (any client request, SPEC.md "MCP mapping", "Any
 MCP message") is checked and the server reached as above; the request then runs in the
-background (:meth:`McpAdapter._carry`) so that the caller's answers to the server's own requests
-(sampling, elicitation, roots: ``application/mcp-result+json``) and its cancellation
-(``application/mcp-notification+json``) can be delivered while it runs. What the server says
+background (:meth:`McpAdapter._carry` returns once it is written to the server) so that the
+caller's answers to the server's own requests (sampling, elicitation, roots:
+``application/mcp-result+json``) and its cancellation (``application/mcp-notification+json``)
+can be delivered while it runs. What the server says
 meanwhile travels back through a bounded queue (:class:`_Exchange`); the answer ends it.
 
 The adapter remembers which agents each server was used for; when the dispatcher finds they
@@ -102,7 +103,7 @@ MAX_OPEN_ASKS: Final = 1000
 #: Carried requests running at once (each a task, answered in the background: see
 #: :meth:`McpAdapter._carry`). Past it a delivery waits for a slot, which holds the dispatcher.
 MAX_RUNNING_REQUESTS: Final = 256
-#: The longest a delivery of a carried request waits for the request to be on its way to the
+#: The longest a delivery of a carried request waits for the request to be written to the
 #: server before it returns anyway (the request goes on in the background either way). Only the
 #: client's own steps lie in between: the session is reached before.
 SEND_WAIT: Final = 5.0

@@ -11,7 +11,7 @@ Two kinds of endpoint (``AgentRecord.endpoint``):
 * ``http(s)://…`` — a streamable HTTP server, spoken to over one **kept session**
   (:class:`HttpServer`): opened (initialize, ``tools/list``) on first use and reused by every
   delivery, so a call costs one ``tools/call`` request, not a handshake, a listing and a
-  teardown. The tool list is listed again when the server sends ``list_changed``, when it is
+  teardown — on a kept connection, not a new one (adapters/keepalive.py). The tool list is listed again when the server sends ``list_changed``, when it is
   older than ``HTTP_TOOLS_TTL``, and before a call is refused by it (a tool added since is never
   refused because of a stale list). A server that is down fails the connect step, before any
   call crossed, so the envelope waits and is retried. A server that forgot the session (it
@@ -215,7 +215,6 @@ async def call_tool(
     except RuntimeError as exc:
         # The SDK's check of structured content against the tool's output schema.
         raise AttemptFailed(st.MEDIA_ERROR, f"the server's result is not valid: {exc}") from None
-
     dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     return dumped
 
