@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,4 +165,3 @@ def test_quick_ack_sets_the_option_and_ignores_what_has_none() -> None:
     closed = socket.socket()
     closed.close()
     quick_ack(closed)  # a socket that is gone: nothing raised
-    assert sys.platform.startswith("linux")
