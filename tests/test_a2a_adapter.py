@@ -28,10 +28,12 @@ from tests.a2a_peers import (
     rpc_result,
     scripted_app,
     sdk_agent,
+    sdk_app,
     sse,
     task_json,
 )
 from tests.fedenv import bound_socket
+from tests.helpers import wait_until
 
 
 class Replies:
@@ -193,6 +195,43 @@ async def test_a_direct_message_answer_is_one_message_reply(adapter: A2AAdapter)
     [reply] = replies.items
     assert reply.kind == "message"
     assert reply.body["parts"] == [{"text": "Direct message response"}]
+
+
+async def test_deliveries_share_one_connection_and_a_restarted_agent_gets_a_new_one(
+    adapter: A2AAdapter,
+) -> None:
+    """The SDK client leaves the stream at the agent's Message; the relay reads its end in the
+    background (adapters/keepalive.py), so the next delivery reuses the connection. An agent
+    that restarts closed it: the next delivery connects again and is not lost."""
+    ports: list[int] = []
+
+    def make(url: str) -> web.Application:
+        app = sdk_app(url)
+
+        async def seen(request: web.Request, _response: web.StreamResponse) -> None:
+            if request.method == "POST":
+                ports.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+
+        app.on_response_prepare.append(seen)
+        return app
+
+    agent = await serve(make)
+    try:
+        for n in range(4):
+            if n == 3:
+                await agent.stop()
+                await agent.start()
+            replies = Replies()
+            await adapter.deliver(record(agent.url), envelope(f"tck-message-response-{n}"), replies)
+            assert replies.states() == ["message"]
+            # The SDK's stream is closed as its generator is finalised, just after the answer.
+            await wait_until(lambda done=n + 1: adapter.drains.completed == done)
+    finally:
+        await agent.stop()
+    assert adapter.drains.completed == 4
+    assert len(ports) == 4
+    assert len(set(ports[:3])) == 1  # one connection for the first three
+    assert ports[3] != ports[0]  # the restarted agent's new one
 
 
 async def test_text_from_an_inbox_agent_gets_the_envelope_id_as_message_id(

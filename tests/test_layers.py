@@ -24,6 +24,7 @@ _EVERYTHING_BELOW_THE_RUNTIME = {
     "logs",
     "adapters/a2a",
     "adapters/mcp",
+    "adapters/keepalive",
 }
 
 #: unit → the units it may import. A unit is a package of relay/ ("store/"), a module directly in
@@ -40,8 +41,9 @@ ALLOWED: dict[str, set[str]] = {
     "logs": set(),
     "dnsserver": {"core/"},
     "delivery/": {"core/", "store/", "telemetry", "logs"},
-    "adapters/a2a": {"core/", "delivery/", "store/"},
-    "adapters/mcp": {"core/", "delivery/", "store/"},
+    "adapters/keepalive": set(),
+    "adapters/a2a": {"core/", "delivery/", "store/", "adapters/keepalive"},
+    "adapters/mcp": {"core/", "delivery/", "store/", "adapters/keepalive"},
     "tasks/": {"core/", "delivery/", "store/", "adapters/a2a"},
     "federation/": {"core/", "store/", "discovery/", "delivery/", "telemetry", "logs"},
     "runtime": _EVERYTHING_BELOW_THE_RUNTIME,

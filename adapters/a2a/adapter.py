@@ -28,8 +28,9 @@ an A2A error answer (A2A 1.0 §5.4), other 4xx   5.x.x by kind (below)          
 a body that is no A2A message                   5.6.0                               bounced
 ==============================================  ==================================  =========
 
-The adapter keeps no state beyond a short-lived cache of agent cards and the a2a-sdk client
-built for each: routing and storage are the relay's (relay/delivery/adapters.py).
+The adapter keeps no state beyond a short-lived cache of agent cards, the a2a-sdk client
+built for each, and idle HTTP connections to agents, kept for the next delivery
+(adapters/keepalive.py): routing and storage are the relay's (relay/delivery/adapters.py).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from adapters.a2a.wire import (
     parse_signal,
     reply_of_event,
 )
+from adapters.keepalive import DrainingTransport, Drains
 from relay.core import status as st
 from relay.core.address import Address
 from relay.core.cards import inbox_agent_card
@@ -118,6 +120,10 @@ CARD_TTL: Final = 300.0
 #: (600 s), so the adapter reports the task's state itself rather than being cut off, which
 #: would redeliver a message the agent has already taken.
 MAX_FOLLOW_SECONDS: Final = 540.0
+#: How long an idle connection to an agent is kept for the next delivery. Below the keep-alive
+#: timeouts servers commonly use (uvicorn's and Node.js's default: 5 s), so a delivery is not
+#: written onto a connection the agent is closing at that moment.
+KEEPALIVE_EXPIRY: Final = 2.0
 #: GetTask polling: first wait, growth, longest wait (A2A 1.0 §3.2.2 polling mode).
 POLL_INITIAL: Final = 0.05
 POLL_FACTOR: Final = 2.0
@@ -205,10 +211,15 @@ class A2AAdapter:
         self.timeout = timeout
         self.follow_seconds = follow_seconds
         self._own_http = http is None
+        #: The background reads of streams the a2a-sdk client leaves early (own client only).
+        self.drains = Drains()
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             trust_env=False,
+            # The a2a-sdk client leaves a stream once it has the answer; its rest is read in
+            # the background, so the next delivery reuses the connection (adapters/keepalive.py).
+            transport=DrainingTransport(keepalive_expiry=KEEPALIVE_EXPIRY, drains=self.drains),
         )
         hooks = self.http.event_hooks
         hooks["request"] = [*hooks["request"], _inject_trace]

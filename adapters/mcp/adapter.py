@@ -18,9 +18,10 @@ the envelope stays in the inbox and the dispatcher retries until it expires, the
 
 An ``application/mcp-request+json`` envelope (any client request, SPEC.md "MCP mapping", "Any
 MCP message") is checked and the server reached as above; the request then runs in the
-background (:meth:`McpAdapter._carry`) so that the caller's answers to the server's own requests
-(sampling, elicitation, roots: ``application/mcp-result+json``) and its cancellation
-(``application/mcp-notification+json``) can be delivered while it runs. What the server says
+background (:meth:`McpAdapter._carry` returns once it is written to the server) so that the
+caller's answers to the server's own requests (sampling, elicitation, roots:
+``application/mcp-result+json``) and its cancellation (``application/mcp-notification+json``)
+can be delivered while it runs. What the server says
 meanwhile travels back through a bounded queue (:class:`_Exchange`); the answer ends it.
 
 The adapter remembers which agents each server was used for; when the dispatcher finds they
@@ -102,6 +103,10 @@ MAX_OPEN_ASKS: Final = 1000
 #: Carried requests running at once (each a task, answered in the background: see
 #: :meth:`McpAdapter._carry`). Past it a delivery waits for a slot, which holds the dispatcher.
 MAX_RUNNING_REQUESTS: Final = 256
+#: The longest a delivery of a carried request waits for the request to be written to the
+#: server before it returns anyway (the request goes on in the background either way). Only the
+#: client's own steps lie in between: the session is reached before.
+SEND_WAIT: Final = 5.0
 
 
 class _ProgressSender:
@@ -588,9 +593,18 @@ class McpAdapter:
         exchange = _Exchange(self, caller, reply)
         scope = anyio.CancelScope()
         self._running[(caller, envelope.id)] = scope
-        task = asyncio.create_task(self._run_request(server, message, exchange, scope, envelope.id))
+        sending = asyncio.Event()
+        task = asyncio.create_task(
+            self._run_request(server, message, exchange, scope, envelope.id, sending)
+        )
         self._carried.add(task)
         task.add_done_callback(self._carried.discard)
+        # Return once the request is written to the server: what the dispatcher does next
+        # (settling this delivery, a store commit) then overlaps the server's work instead of
+        # delaying the request's way out on the event loop.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SEND_WAIT):
+                await sending.wait()
 
     def _http_for(self, endpoint: str, message: translate.RpcMessage) -> HttpServer:
         """The session for a request: the handshake revision's kept one, or — for a caller that
@@ -614,6 +628,7 @@ class McpAdapter:
         exchange: _Exchange,
         scope: anyio.CancelScope,
         envelope_id: str,
+        sending: asyncio.Event,
     ) -> None:
         answer: translate.RpcAnswer | AttemptFailed | None = None
         # A client span per carried request, named by its method (SPEC.md §14.3): the SDK
@@ -626,9 +641,10 @@ class McpAdapter:
         try:
             with scope, trace.use_span(span, end_on_exit=False):
                 if isinstance(server, HttpServer):
-                    answer = await server.request(message, self.call_timeout, exchange)
+                    answer = await server.request(message, self.call_timeout, exchange, sending)
                 else:
                     live = await server.live()
+                    sending.set()
                     answer = await send_request(live.session, message, self.call_timeout, exchange)
             if answer is None:
                 answer = translate.failed_answer(
@@ -642,6 +658,7 @@ class McpAdapter:
             log.exception("MCP request %s failed", envelope_id)
             answer = AttemptFailed(st.TRANSIENT, f"the request failed: {describe(exc)}")
         finally:
+            sending.set()
             self._running.pop((exchange.caller, envelope_id), None)
             self._request_slots.release()
             if isinstance(answer, AttemptFailed):

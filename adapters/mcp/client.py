@@ -11,7 +11,7 @@ Two kinds of endpoint (``AgentRecord.endpoint``):
 * ``http(s)://…`` — a streamable HTTP server, spoken to over one **kept session**
   (:class:`HttpServer`): opened (initialize, ``tools/list``) on first use and reused by every
   delivery, so a call costs one ``tools/call`` request, not a handshake, a listing and a
-  teardown. The tool list is listed again when the server sends ``list_changed``, when it is
+  teardown — on a kept connection, not a new one (adapters/keepalive.py). The tool list is listed again when the server sends ``list_changed``, when it is
   older than ``HTTP_TOOLS_TTL``, and before a call is refused by it (a tool added since is never
   refused because of a stale list). A server that is down fails the connect step, before any
   call crossed, so the envelope waits and is retried. A server that forgot the session (it
@@ -51,6 +51,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CLIENT_CAPABILITIES_META_KEY
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from adapters.keepalive import Drains, kept_alive
 from adapters.mcp import translate
 from adapters.mcp.stdio import (
     MAX_STDIO_MESSAGE_BYTES,
@@ -608,6 +609,9 @@ class _Attempt:
     (any other answer or failure)."""
 
     state: str | None = None
+    #: Set once the request is written to the connection: from then on only the server
+    #: stands between the call and its answer.
+    sending: asyncio.Event | None = None
 
     @property
     def crossed(self) -> bool:
@@ -615,6 +619,20 @@ class _Attempt:
 
 
 _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("synq_mcp_attempt", default=None)
+
+
+def _signal_sent(request: httpx2.Request, sent: asyncio.Event) -> None:
+    """Set ``sent`` when the connection has written ``request``'s body, as httpcore's request
+    trace reports it (its ``trace`` extension; a trace already there still gets every event)."""
+    inner = request.extensions.get("trace")
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".send_request_body.complete"):
+            sent.set()
+        if inner is not None:
+            await inner(name, info)
+
+    request.extensions["trace"] = trace
 
 
 class _BoundedStream(httpx2.AsyncByteStream):
@@ -647,6 +665,9 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
         self.limit = limit
         #: A request carrying our session id was answered 404: the session is gone.
         self.session_gone = False
+        #: The rest of SSE answers the SDK leaves once it has its response, read in the
+        #: background so the connection serves the next call (adapters/keepalive.py).
+        self.drains = Drains()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         attempt = _ATTEMPT.get()
@@ -654,6 +675,8 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
             attempt = None  # a later request of the same call (the call's fate is known)
         if attempt is not None:
             attempt.state = "sending"
+            if attempt.sending is not None:
+                _signal_sent(request, attempt.sending)
         try:
             response = await self.inner.handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout):
@@ -675,9 +698,11 @@ class _BoundedTransport(httpx2.AsyncBaseTransport):
         if response.headers.get("content-type", "").startswith("application/json"):
             assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _BoundedStream(response.stream, self.limit)
+        kept_alive(response, self.drains)
         return response
 
     async def aclose(self) -> None:
+        await self.drains.aclose()
         await self.inner.aclose()
 
 
@@ -936,14 +961,19 @@ class HttpServer:
         raise Unavailable(f"the MCP server dropped the session: {why}")
 
     async def request(
-        self, message: translate.RpcMessage, timeout: float, exchange: Exchange | None
+        self,
+        message: translate.RpcMessage,
+        timeout: float,
+        exchange: Exchange | None,
+        sending: asyncio.Event | None = None,
     ) -> translate.RpcAnswer | AttemptFailed:
         """Send one carried request, at most once, as :meth:`call` sends a tool call: its
-        answer, or :class:`AttemptFailed` once it crossed; Unavailable when nothing crossed."""
+        answer, or :class:`AttemptFailed` once it crossed; Unavailable when nothing crossed.
+        ``sending`` is set once the request is written to the connection."""
         why = ""
         for _ in range(MAX_SESSION_RENEWALS + 1):
             live = await self.live()
-            attempt = _Attempt()
+            attempt = _Attempt(sending=sending)
             token = _ATTEMPT.set(attempt)
             try:
                 return await send_request(live.session, message, timeout, exchange)
