@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=["a2a", "mcp"])
     args = ap.parse_args(argv)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Named TCP (not protocol 0), as a server that binds by host and port gets: asyncio turns
+    # Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol says TCP, and an
+    # agent with it on would hold its second small write of a response on a kept connection.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
