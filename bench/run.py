@@ -65,6 +65,9 @@ from bench import (
 from bench.common import Proc
 from bench.profile import Profile, Profiler
 
+#: Envelopes the floor also takes one at a time (batches of one: a commit per step).
+SINGLE_FLOOR_N = 300
+
 SECTIONS = (
     "throughput", "floor", "postfix", "protocols", "breakdown", "backlog", "discovery", "fedsearch",
     "signals", "coordination", "tracing", "soak",
@@ -368,8 +371,16 @@ async def run(args: argparse.Namespace) -> Report:
             )
             report.row("floor + sender lease and settle", _rate(result.with_queue_rate, "env/s"))
             report.row("build+sign+verify only (no store)", _rate(result.cpu_only_rate, "env/s"))
+            # The same steps one envelope at a time: each store step is then a whole commit
+            # (its fsync, and its round trips to the store's threads), as on a relayed call's
+            # path, where the batched figures above hide that cost.
+            one = await floor.run(SINGLE_FLOOR_N, base / "floor-single", batch=1)
+            doc["floor"]["single_envelope_us"] = one.per_envelope_us()
+            single_us = one.per_envelope_us()
             for stage, us in result.per_envelope_us().items():
-                report.row(f"  {stage}", f"{us:.0f} us/env")
+                report.row(
+                    f"  {stage}", f"{us:.0f} us/env", f"one at a time {single_us[stage]:.0f} us"
+                )
             # The floor is the per-envelope work as the relay batches it, without HTTP: the
             # batched relay -> relay run is the one it bounds, and the one judged; the
             # single-message run (one HTTP request per envelope) is shown beside it.
