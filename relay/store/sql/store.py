@@ -1489,7 +1489,7 @@ class SqlStore(GroupWriter, Store):
     async def catalog_records(self, keys: Sequence[int]) -> dict[int, CatalogRecord]:
         if not keys:
             return {}
-        found = await self._read(self.sql.select_catalog_keys, (self._array(list(keys)),))
+        found = await self._read_small(self.sql.select_catalog_keys, (self._array(list(keys)),))
         return {int(row[8]): rows.catalog_record(row, self._dt) for row in found}
 
     @staticmethod
