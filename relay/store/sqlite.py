@@ -17,10 +17,12 @@ Round trips
     The reader is an aiosqlite connection: each read is one round trip to its thread (≈40 µs
     idle, a turn of the event loop under load), so a long read never holds up the event loop.
     The small reads of a call's hot path (``SqlStore._read_small``: key and index look-ups, short
-    pages) run inline on the quick reader instead. The writer runs a group's statements inline
-    on the event loop's thread and sends only what may wait to its own thread: the COMMIT (the
-    fsync), a BEGIN that must wait for another process's lock, checkpoints (:class:`_Writer`).
-    A group is therefore one round trip however many statements it runs. Operations still touch
+    pages) run inline on the quick reader instead. The writer runs a small group's statements
+    inline on the event loop's thread and sends only what may wait to its own thread: the COMMIT
+    (the fsync), a BEGIN that must wait for another process's lock, checkpoints
+    (:class:`_Writer`); such a group is one round trip however many statements it runs. A large
+    group (:data:`INLINE_GROUP_WEIGHT`: load) runs its statements on that thread too, where
+    SQLite works without the GIL while the loop goes on. Operations still touch
     many rows per statement: ``executemany``, or a JSON array expanded by ``json_each`` when the
     statement must also say which rows it inserted (``RETURNING``,
     https://www.sqlite.org/lang_returning.html); consecutive accepts in a group (concurrent API
@@ -120,6 +122,12 @@ MIN_MAX_SIZE: Final = 256 * 1024
 #: Groups committed inline in a row at most (SQLiteStore._begin): each appends to the WAL with
 #: the automatic checkpoint off, so this bounds what one run of them can add to it.
 MAX_INLINE_COMMITS: Final = 64
+
+#: The largest group whose statements run inline on the event loop (SQLiteStore._begin),
+#: counting an operation as one, an accept as its envelopes: what an idle relay's call writes
+#: (one to a few operations). A larger group is load: its statements run on the writer's
+#: thread, where SQLite works without the GIL while the loop parses the next requests.
+INLINE_GROUP_WEIGHT: Final = 16
 
 #: SQLite's default ``wal_autocheckpoint``, in pages
 #: (https://www.sqlite.org/pragma.html#pragma_wal_autocheckpoint): what durable commits use.
@@ -624,8 +632,8 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 class _SQLiteTx(Tx):
-    """The writer connection inside a group: statements inline, COMMIT on the thread
-    (:class:`_Writer`)."""
+    """The writer connection inside a group: statements inline (or on the thread, for a large
+    group), COMMIT on the thread (:class:`_Writer`)."""
 
     driver_errors = (sqlite3.Error,)
 
@@ -634,32 +642,40 @@ class _SQLiteTx(Tx):
     ) -> None:
         super().__init__(writer.conn, group_failed)
         self.writer = writer
+        #: The group's statements run inline on the event loop; set by the store for a small
+        #: group (SQLiteStore._begin). A large one runs them on the writer's thread, where
+        #: SQLite works without the GIL while the loop goes on with the requests around it.
+        self.inline = True
         #: COMMIT inline too: set by the store for a group that commits without a sync and
         #: without a checkpoint (SQLiteStore._begin), whose COMMIT only appends to the WAL.
         self.inline_commit = False
 
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        return fn() if self.inline else await self.writer.blocking(fn)
+
     async def control(self, sql: str, params: Any = None) -> None:
+        # The writer's own statements (SAVEPOINT, RELEASE…) cost next to nothing: inline.
         try:
             self.conn.execute(sql, () if params is None else params)
         except sqlite3.Error as exc:
             raise self._group_failed(exc) from exc
 
     async def execute(self, sql: str, params: Any = ()) -> int:
-        count: int = self.conn.execute(sql, params).rowcount
+        count: int = (await self._run(partial(self.conn.execute, sql, params))).rowcount
         return count
 
     async def fetch(self, sql: str, params: Any = ()) -> list[Any]:
-        rows: list[Any] = self.conn.execute(sql, params).fetchall()
+        rows: list[Any] = await self._run(lambda: self.conn.execute(sql, params).fetchall())
         return rows
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, rows)
+        await self._run(partial(self.conn.executemany, sql, rows))
 
     async def fetch_rows(self, sql: str, rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
         return await self.fetch(sql, (_json_param(rows),))
 
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]], width: int) -> None:
-        self.conn.executemany(sql, rows)
+        await self._run(partial(self.conn.executemany, sql, rows))
 
     async def script(self, sql: str) -> None:
         self.conn.execute(sql)
@@ -1090,5 +1106,6 @@ class SQLiteStore(SqlStore):
             self._checkpoint_off = inline
         self._inline_commits = self._inline_commits + 1 if inline else 0
         tx.inline_commit = inline
+        tx.inline = sum(len(op.accepts or ()) or 1 for op in ops) <= INLINE_GROUP_WEIGHT
         await tx.begin(self._busy_ms)
         return tx
