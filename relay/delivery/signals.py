@@ -49,7 +49,15 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -179,6 +187,10 @@ def signal_view(
     return view
 
 
+#: The states ``signals_active`` lists.
+_ACTIVE: Final = frozenset({"open", "claimed"})
+
+
 class _Changes(Listener):
     """Counts the wake-ups of ``SIGNALS_CHANNEL``: every committed change to a signal or a
     subscription, in this process or (as the dialect learns of them) in another."""
@@ -200,15 +212,30 @@ class _Scan:
 
 
 class ActiveSignals:
-    """The active (open and claimed) signals as stored, read once per change for every feed.
+    """The active (open and claimed) signals, read once and kept current in memory for every
+    feed (step 3 of the module docstring).
 
     A change wakes every waiting feed at once; each used to read the whole active set for
     itself, so N feeds queued N scans on the store's reader ahead of the claims they were about
-    to cause. Here a read is tagged with the number of wake-ups seen when it started
-    (``epoch``): it holds every change committed before (the store wakes listeners after
-    COMMIT), so any feed asking while no new wake-up came may use it, and feeds asking while it
-    runs join it. It is used for at most ``SCAN_MAX_AGE`` seconds. Rows are stored as read, not
-    settled: each reader settles them to its own now."""
+    to cause. Here one read serves them all, and the changes this process writes are applied
+    to it in memory, so a feed woken by an emit or a claim answers without a read at all:
+
+    1. **The read** is tagged with the number of wake-ups seen when it started (``epoch``): it
+       holds every change committed before (the store wakes listeners after COMMIT). Feeds
+       asking while it runs join it.
+    2. **Changes written here** (:meth:`note`, called by the writer as its write returns):
+       the signal as written replaces the copy of its id (a newer version wins; a closed
+       signal leaves the set). A wake-up is *accounted for* when the copy reflects it: the
+       read's, and each one a noted write explains. The store settles a group's writers
+       before it wakes anyone, and they resume before the feeds it woke and before any later
+       commit; so a writer that finds exactly one wake-up unaccounted for finds its own
+       group's, and accounts for it. Any other wake-up (another process's commit, a write not
+       noted) leaves the copy behind: the next feed reads again.
+    3. **Served** while every wake-up is accounted for and the read is younger than
+       ``SCAN_MAX_AGE``: a wake-up wrongly taken as explained (a write in this process that
+       bypassed :meth:`note`) leaves a feed at most that far behind, as a lost one does.
+
+    Rows are kept as stored, not settled: each reader settles them to its own now."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
@@ -217,21 +244,27 @@ class ActiveSignals:
         # Attached for the store's lifetime: a count, not a waiter, so it holds nothing.
         store.notifier.attach(SIGNALS_CHANNEL, self._changes)
         self._scan: _Scan | None = None
+        #: The wake-ups the copy in ``_scan`` reflects (step 2): current when it is ``count``.
+        self._known = -1
         self._reading: tuple[int, asyncio.Future[_Scan]] | None = None
+        self._reads = 0
+        #: Changes noted while a read runs, applied over its rows when it ends (a read whose
+        #: snapshot came before their commit does not hold them).
+        self._notes: dict[str, sg.Signal] = {}
 
     def _fresh(self) -> _Scan | None:
         scan = self._scan
         if (
             scan is not None
-            and scan.epoch == self._changes.count
+            and self._known == self._changes.count
             and self.clock.monotonic() - scan.taken < SCAN_MAX_AGE
         ):
             return scan
         return None
 
     async def signals(self) -> Sequence[sg.Signal]:
-        """The active signals, newest first, as of a read that started after every change
-        committed before this call."""
+        """The active signals, newest first, reflecting every change committed before this call
+        that this process was told of (step 3)."""
         return (await self._get()).signals
 
     def recent(self, id: str) -> sg.Signal | None:
@@ -245,7 +278,7 @@ class ActiveSignals:
 
     def open_count(self, emitter: str) -> int | None:
         """Open and claimed signals of ``emitter`` in a scan that holds every active signal
-        and is current (no wake-up since its read), or None: then the store counts. A relay
+        and is current (every wake-up accounted for), or None: then the store counts. A relay
         whose feeds are waiting has one nearly always, and an emit spares its read."""
         scan = self._fresh()
         if scan is None or len(scan.signals) >= MAX_ACTIVE_SCAN:
@@ -253,6 +286,28 @@ class ActiveSignals:
         # The scan holds only active rows (``signals_active``). A wake-up lost with another
         # process leaves it behind by SCAN_MAX_AGE at most: the cap may admit one signal late.
         return sum(1 for s in scan.signals if s.emitter == emitter)
+
+    def note(self, signal: sg.Signal | None) -> None:
+        """Step 2: this process has just written ``signal`` (None: a change that leaves the
+        active signals as they were, a subscription). Called as the write returns, before any
+        other await: the step's accounting relies on the writer resuming before the feeds."""
+        count = self._changes.count
+        if signal is not None:
+            if self._reads:
+                self._notes[signal.id] = _newer(self._notes.get(signal.id), signal)
+            scan = self._scan
+            if scan is not None:
+                if len(scan.signals) >= MAX_ACTIVE_SCAN:
+                    # A capped read: a signal leaving it would make room for one it never held.
+                    return
+                self._scan = _applied(scan, (signal,))
+        if count == self._known + 1:
+            self._known = count
+
+    def forget(self) -> None:
+        """A change this process wrote that :meth:`note` cannot apply (a reinforcement): the
+        next feed reads again."""
+        self._known = -1
 
     async def _get(self) -> _Scan:
         scan = self._fresh()
@@ -271,15 +326,45 @@ class ActiveSignals:
 
     async def _read(self, epoch: int) -> _Scan:
         taken = self.clock.monotonic()
+        self._reads += 1
         try:
             found = await self.store.signals_active(MAX_ACTIVE_SCAN)
         finally:
+            self._reads -= 1
             if self._reading is not None and self._reading[0] == epoch:
                 self._reading = None
         scan = _Scan(epoch, taken, found, {s.id: s for s in found})
+        if len(found) < MAX_ACTIVE_SCAN and self._notes:
+            scan = _applied(scan, self._notes.values())
+        if not self._reads:
+            self._notes.clear()
         if self._scan is None or self._scan.epoch <= epoch:
             self._scan = scan
+            self._known = max(self._known, epoch)
         return scan
+
+
+def _newer(old: sg.Signal | None, new: sg.Signal) -> sg.Signal:
+    return new if old is None or new.version >= old.version else old
+
+
+def _applied(scan: _Scan, changes: Iterable[sg.Signal]) -> _Scan:
+    """``scan`` with ``changes`` in it: each replaces the copy of its id unless that copy is
+    newer, and leaves the set when it is no longer active."""
+    by_id = dict(scan.by_id)
+    for signal in changes:
+        kept = by_id.get(signal.id)
+        if kept is not None and kept.version > signal.version:
+            continue
+        if signal.state in _ACTIVE:
+            by_id[signal.id] = signal
+        else:
+            by_id.pop(signal.id, None)
+    # As ``signals_active`` orders them: newest first, then by id.
+    ordered = sorted(
+        sorted(by_id.values(), key=lambda s: s.id), key=lambda s: s.created, reverse=True
+    )
+    return _Scan(scan.epoch, scan.taken, ordered, by_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +476,8 @@ class Signals:
             body=emit.body,
             updated=now,
         )
-        await self.store.signal_insert(signal)
+        if await self.store.signal_insert(signal):
+            self.active.note(signal)
         await self._changed(None, signal)
         return signal
 
@@ -411,6 +497,7 @@ class Signals:
                     capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
         subscription = sg.check_subscription(self.address(agent), data, capabilities)
         await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
+        self.active.note(None)
         if agent in self._listening:
             self._listening[agent] = subscription
         return subscription
@@ -623,12 +710,14 @@ class Signals:
                 change = rule(settled.signal, current, now)
             except SynqError:
                 if settled.changed and await self.store.signal_write(settled, stored.version):
+                    self.active.note(settled.signal)
                     await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
             if await self.store.signal_write(merged, stored.version):
+                self.active.note(merged.signal)
                 await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
@@ -818,6 +907,7 @@ class Signals:
         new = self._follow(replica, address, op, data, token, until, result_id)
         for _ in range(MAX_CAS_ATTEMPTS):
             if await self.store.signal_write(sg.Transition(new), new.version - 1):
+                self.active.note(new)
                 break
             fresh = await self.store.signal_get(replica.id)
             if fresh is None:
@@ -864,7 +954,10 @@ class Signals:
         replica, or applied to the one kept when it is newer. True when something changed."""
         stored = await self.store.signal_get(offer.id)
         if stored is None:
-            return await self.store.signal_insert(offer)
+            if not await self.store.signal_insert(offer):
+                return False
+            self.active.note(offer)
+            return True
         if stored.owner != offer.owner or stored.emitter != offer.emitter:
             raise Forbidden("that signal belongs to another relay")
         # A final state is never left (updates may arrive out of order through the queue), and
@@ -884,7 +977,10 @@ class Signals:
             reinforcements=offer.reinforcements,
         )
         fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
-        return await self.store.signal_write(sg.Transition(new, (), fresh), stored.version)
+        if not await self.store.signal_write(sg.Transition(new, (), fresh), stored.version):
+            return False
+        self.active.note(new)
+        return True
 
     async def _try_send_result(self, signal: sg.Signal) -> None:
         try:
@@ -923,6 +1019,7 @@ class Signals:
         reinforcement = sg.reinforce(settled, self.address(agent), amount, now)
         if not await self.store.signal_reinforce(id, reinforcement):
             raise Conflict("this agent has reinforced the signal already")
+        self.active.forget()
         return replace(settled, reinforcements=(*settled.reinforcements, reinforcement))
 
     # --- the sweep ------------------------------------------------------------------------------
