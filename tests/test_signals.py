@@ -358,6 +358,48 @@ async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> Non
     assert third == second
 
 
+async def test_changes_written_here_keep_the_scan_current_without_a_read(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.active.signals()
+    s = await svc.emit("alice", EMIT)
+    # The emit's own wake-up is accounted for by the signal it wrote: no read needed.
+    current = svc.active.current()
+    assert current is not None
+    assert [x.id for x in current] == [s.id]
+    token, _ = await svc.claim("bob", s.id)
+    current = svc.active.current()
+    assert current is not None
+    assert [(x.id, x.state, x.holder) for x in current] == [(s.id, "claimed", "bob@a.test")]
+    assert current == await relay.store.signals_active(10)
+    await svc.complete("bob", s.id, token)
+    assert svc.active.current() == []
+    # A write this service did not make (as another process's would be) is not accounted
+    # for: the next feed reads, and finds it.
+    other = replace(signal(), owner="a.test", scope="local", created=relay.clock.now())
+    assert await relay.store.signal_insert(other)
+    assert svc.active.current() is None
+    assert [x.id for x in await svc.active.signals()] == [other.id]
+
+
+async def test_a_change_wakes_only_the_feeds_it_concerns(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.subscribe("bob", {"topics": ["invoice.*"]})
+    await svc.subscribe("carol", {"topics": ["weather.*"]})
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in ("bob", "carol")}
+    await wait_until(lambda: svc.waiting == {"bob", "carol"})
+    s = await svc.emit("alice", EMIT)
+    heard = await asyncio.wait_for(feeds["bob"], 10)
+    assert [h.signal.id for h in heard] == [s.id]
+    # Woken (and woken first) are those whose subscription names the topic; carol's feed was
+    # left waiting, not made to look again.
+    (carol,) = svc._feeds
+    assert not carol._event.is_set()
+    # A subscription changed wakes every feed (any of them may hear something new).
+    await svc.subscribe("carol", {"topics": ["invoice.*", "weather.*"]})
+    heard = await asyncio.wait_for(feeds["carol"], 10)
+    assert [h.signal.id for h in heard] == [s.id]
+
+
 async def test_caps_per_agent_counted_from_a_current_scan(relay: Relay) -> None:
     svc = relay.signals
     svc.max_open = 2

@@ -193,14 +193,18 @@ _ACTIVE: Final = frozenset({"open", "claimed"})
 
 class _Changes(Listener):
     """Counts the wake-ups of ``SIGNALS_CHANNEL``: every committed change to a signal or a
-    subscription, in this process or (as the dialect learns of them) in another."""
+    subscription, in this process or (as the dialect learns of them) in another; and passes
+    each on to ``then``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.then: Callable[[], None] | None = None
 
     def fire(self) -> None:
         self.count += 1
+        if self.then is not None:
+            self.then()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,28 @@ class ActiveSignals:
         #: Changes noted while a read runs, applied over its rows when it ends (a read whose
         #: snapshot came before their commit does not hold them).
         self._notes: dict[str, sg.Signal] = {}
+        #: The signals noted since the last :meth:`changes`; None after a change that names
+        #: none (a subscription, a reinforcement).
+        self._since: list[sg.Signal] | None = []
+
+    def on_wake(self, then: Callable[[], None]) -> None:
+        """Call ``then`` at each wake-up of ``SIGNALS_CHANNEL`` (synchronously: it may only
+        schedule work)."""
+        self._changes.then = then
+
+    def current(self) -> Sequence[sg.Signal] | None:
+        """The active signals if the copy is current (step 3), without a read; else None."""
+        scan = self._fresh()
+        return None if scan is None else scan.signals
+
+    def changes(self) -> list[sg.Signal] | None:
+        """The signals written by this process since the last call, when they are all that
+        changed (every wake-up since is accounted for, step 2); None when something else may
+        have changed too (another process's commit, a subscription): then any may matter."""
+        since, self._since = self._since, []
+        if self._known != self._changes.count:
+            return None
+        return since
 
     def _fresh(self) -> _Scan | None:
         scan = self._scan
@@ -292,7 +318,11 @@ class ActiveSignals:
         active signals as they were, a subscription). Called as the write returns, before any
         other await: the step's accounting relies on the writer resuming before the feeds."""
         count = self._changes.count
-        if signal is not None:
+        if signal is None:
+            self._since = None
+        else:
+            if self._since is not None:
+                self._since.append(signal)
             if self._reads:
                 self._notes[signal.id] = _newer(self._notes.get(signal.id), signal)
             scan = self._scan
@@ -308,6 +338,7 @@ class ActiveSignals:
         """A change this process wrote that :meth:`note` cannot apply (a reinforcement): the
         next feed reads again."""
         self._known = -1
+        self._since = None
 
     async def _get(self) -> _Scan:
         scan = self._fresh()
@@ -416,6 +447,11 @@ class Signals:
         self.owner_link = owner_link
         #: The one scan of the active signals every feed reads (step 3).
         self.active = ActiveSignals(store, clock)
+        self.active.on_wake(self._wake_soon)
+        #: The feeds and streams waiting here, each with its agent: woken by ``_dispatch``,
+        #: the ones a change concerns, the first hearers of a new signal first (step 3).
+        self._feeds: dict[Listener, str] = {}
+        self._dispatching = False
         #: The claim being decided, per signal, in this process (step 4).
         self._claiming: dict[str, asyncio.Future[None]] = {}
         #: The agents waiting for signals in this process (long polls and streams, how many
@@ -530,7 +566,7 @@ class Signals:
                 back = now + timedelta(seconds=quiet)
                 later = back if later is None else min(later, back)
                 continue
-            first = self._first_hearers(subscription, signal, now, active)
+            first = self._first_hearers(subscription.agent, signal, now, active)
             held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
                 later = held if later is None else min(later, held)
@@ -554,13 +590,14 @@ class Signals:
 
     def _first_hearers(
         self,
-        subscription: sg.Subscription,
+        looking: str | None,
         signal: sg.Signal,
         now: datetime,
         active: Sequence[sg.Signal],
     ) -> frozenset[str]:
         """The hearers a new signal is offered to first (step 3): fixed at the first look at
-        it, from the agents waiting then and the one looking, so that the first hearers' feeds
+        it (its write's wake-up, or the first feed to read it: ``looking``), from the agents
+        waiting then and the one looking, so that the first hearers' feeds
         returning does not move others up while the offer is held back; while fewer than
         ``OFFER_FIRST`` were waiting, the next agents to look join them. Those holding a claim
         of one of the ``active`` signals (a lease not run out) come after those holding none."""
@@ -572,7 +609,7 @@ class Signals:
         fixed = self._first.get(signal.id)
         if fixed is not None and len(fixed[1]) >= sg.OFFER_FIRST:
             return fixed[1]
-        hearers = [subscription.agent]
+        hearers = [] if looking is None else [looking]
         if fixed is None:
             for other in self._listening.values():
                 if sg.hears(other, signal, now) is not None:
@@ -588,7 +625,8 @@ class Signals:
         first = sg.first_hearers(
             signal.id, hearers, frozenset() if fixed is None else fixed[1], busy
         )
-        self._first[signal.id] = (signal.created, first)
+        if first:
+            self._first[signal.id] = (signal.created, first)
         return first
 
     def _quiet_for(self, owner: str) -> float:
@@ -608,17 +646,73 @@ class Signals:
         return frozenset(self._listening)
 
     @contextlib.contextmanager
-    def _waits(self, agent: str) -> Iterator[None]:
-        """``agent`` is waiting for signals (a long poll, a stream) while this lasts."""
+    def _waits(self, agent: str) -> Iterator[Listener]:
+        """``agent`` is waiting for signals (a long poll, a stream) while this lasts; the
+        listener its wake-ups come to, registered before its first look (so a change between
+        that look and the wait still wakes it)."""
+        listener = Listener()
+        self._feeds[listener] = agent
         self._waiting[agent] += 1
         try:
-            yield
+            yield listener
         finally:
+            del self._feeds[listener]
             self._waiting[agent] -= 1
             if not self._waiting[agent]:
                 del self._waiting[agent]
                 self._listening.pop(agent, None)
                 self._read_at.pop(agent, None)
+
+    def _wake_soon(self) -> None:
+        """A wake-up of ``SIGNALS_CHANNEL``: the feeds are woken once the writers of the
+        changes committed with it have resumed (they were scheduled first) and told
+        ``active`` what they wrote."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a store used outside an event loop: nothing waits there
+            self._dispatching = False
+            return
+        loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Step 3 of the module docstring: wake the waiting feeds a change concerns.
+
+        When the changes are known (written here, ``ActiveSignals.changes``), only the feeds
+        whose subscription names the topic of one of them are woken: the others would look,
+        find what they found before, and hold the event loop while a claim waits. The first
+        hearers of a new signal are fixed now and woken first, so their answers leave before
+        the other feeds run. When anything else may have changed, every feed is woken."""
+        self._dispatching = False
+        changes = self.active.changes()
+        if not self._feeds:
+            return
+        if not changes:  # unknown (None), or nothing noted: any feed may be concerned
+            for listener in self._feeds:
+                listener.fire()
+            return
+        now = self.clock.now()
+        active = self.active.current()
+        first: set[str] = set()
+        if active is not None:
+            for signal in changes:
+                if signal.state == "open" and sg.offer_pending(signal, now):
+                    first |= self._first_hearers(None, signal, now, active)
+        later: list[Listener] = []
+        for listener, agent in self._feeds.items():
+            sub = self._listening.get(agent)
+            if sub is not None and not any(
+                sg.matches(p, s.topic) for s in changes for p in sub.topics
+            ):
+                continue
+            if sub is not None and sub.agent in first:
+                listener.fire()
+            else:
+                later.append(listener)
+        for listener in later:
+            listener.fire()
 
     def _pause(self, limit: float, later: datetime | None) -> float:
         """The wait before the next look: ``limit``, or less when a held-back offer is due."""
@@ -632,14 +726,13 @@ class Signals:
         from this agent is due)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            with self._waits(agent):
-                while True:
-                    found, later = await self._hear(agent, limit)
-                    remaining = deadline - loop.time()
-                    if found or remaining <= 0:
-                        return found
-                    await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
+        with self._waits(agent) as listener:
+            while True:
+                found, later = await self._hear(agent, limit)
+                remaining = deadline - loop.time()
+                if found or remaining <= 0:
+                    return found
+                await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
 
     async def watch(self, agent: str, *, every: float) -> AsyncIterator[list[Heard] | None]:
         """What ``agent`` hears, the first at once and again each time the set of signals it
@@ -648,19 +741,18 @@ class Signals:
         loop = asyncio.get_running_loop()
         last: list[tuple[str, str]] | None = None
         said = loop.time()
-        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            with self._waits(agent):
-                while True:
-                    heard, later = await self._hear(agent, MAX_FEED_PAGE)
-                    seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
-                    if seen != last:
-                        last = seen
-                        said = loop.time()
-                        yield heard
-                    elif loop.time() - said >= every:
-                        said = loop.time()
-                        yield None
-                    await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
+        with self._waits(agent) as listener:
+            while True:
+                heard, later = await self._hear(agent, MAX_FEED_PAGE)
+                seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
+                if seen != last:
+                    last = seen
+                    said = loop.time()
+                    yield heard
+                elif loop.time() - said >= every:
+                    said = loop.time()
+                    yield None
+                await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
 
     # --- one signal -----------------------------------------------------------------------------
 
