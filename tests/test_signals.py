@@ -400,6 +400,27 @@ async def test_a_change_wakes_only_the_feeds_it_concerns(relay: Relay) -> None:
     assert [h.signal.id for h in heard] == [s.id]
 
 
+async def test_a_heartbeat_or_a_completion_wakes_no_feed(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.subscribe("bob", {"topics": ["invoice.*"]})
+    await svc.subscribe("carol", {"topics": ["invoice.*", "weather.*"]})
+    s = await svc.emit("alice", EMIT)
+    clock_of(relay).advance(sg.OFFER_DELAY.total_seconds())
+    token, _ = await svc.claim("bob", s.id)
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in ("bob", "carol")}
+    await wait_until(lambda: svc.waiting == {"bob", "carol"})
+    # Feeds list open signals only: a claimed signal kept claimed, or closed, changes none.
+    await svc.heartbeat("bob", s.id, token)
+    await svc.complete("bob", s.id, token)
+    weather = await svc.emit("alice", {**EMIT, "topic": "weather.storm"})
+    heard = await asyncio.wait_for(feeds["carol"], 10)
+    assert [h.signal.id for h in heard] == [weather.id]
+    # Every wake-up before the emit's was passed on first: bob's feed was woken by none.
+    (bob,) = svc._feeds
+    assert not bob._event.is_set()
+    feeds["bob"].cancel()
+
+
 async def test_caps_per_agent_counted_from_a_current_scan(relay: Relay) -> None:
     svc = relay.signals
     svc.max_open = 2

@@ -18,12 +18,15 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
    deduplicates by id): the emitter gets the result once, never twice, never not at all.
 3. **Hearing** (:meth:`Signals.feed`): the open signals whose topic one of the agent's patterns
    matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
-   is at least its threshold, strongest first; long-polled through the store's one long-poll
-   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
-   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each. A
-   new signal is offered first to a few of the agents waiting here, the others hear it a moment
-   later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that did not
-   answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
+   is at least its threshold, strongest first; long-polled like ``Listener.poll``. The feeds
+   share one copy of the active signals (:class:`ActiveSignals`), read from the store once and
+   kept current by the changes this process writes, so a feed woken by an emit or a claim
+   made here answers without a read. Each wake-up of ``SIGNALS_CHANNEL`` is passed on to the
+   feeds by :meth:`Signals._dispatch`: when the change is one written here, only to the feeds
+   whose subscription names its topic, and the first hearers of a new signal first; else to
+   all. A new signal is offered first to a few of the agents waiting here, the others hear it
+   a moment later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that
+   did not answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
 4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
    this process together, one is decided (from the shared scan's copy of an open signal, no
    read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
@@ -270,9 +273,10 @@ class ActiveSignals:
         return None if scan is None else scan.signals
 
     def changes(self) -> list[sg.Signal] | None:
-        """The signals written by this process since the last call, when they are all that
-        changed (every wake-up since is accounted for, step 2); None when something else may
-        have changed too (another process's commit, a subscription): then any may matter."""
+        """The signals written by this process since the last call that were open before or
+        after, when they are all that changed (every wake-up since is accounted for, step 2);
+        None when something else may have changed too (another process's commit, a
+        subscription): then any may matter."""
         since, self._since = self._since, []
         if self._known != self._changes.count:
             return None
@@ -313,15 +317,19 @@ class ActiveSignals:
         # process leaves it behind by SCAN_MAX_AGE at most: the cap may admit one signal late.
         return sum(1 for s in scan.signals if s.emitter == emitter)
 
-    def note(self, signal: sg.Signal | None) -> None:
-        """Step 2: this process has just written ``signal`` (None: a change that leaves the
-        active signals as they were, a subscription). Called as the write returns, before any
-        other await: the step's accounting relies on the writer resuming before the feeds."""
+    def note(self, signal: sg.Signal | None, before: sg.Signal | None = None) -> None:
+        """Step 2: this process has just written ``signal`` over ``before`` (None: a new
+        signal; ``signal`` None: a change that leaves the active signals as they were, a
+        subscription). Called as the write returns, before any other await: the step's
+        accounting relies on the writer resuming before the feeds."""
         count = self._changes.count
         if signal is None:
             self._since = None
         else:
-            if self._since is not None:
+            # Feeds list open signals only: a change between two other states (a heartbeat, a
+            # completion) alters no feed's answer, and is no reason to wake one (changes()).
+            heard = signal.state == "open" or before is None or before.state == "open"
+            if self._since is not None and heard:
                 self._since.append(signal)
             if self._reads:
                 self._notes[signal.id] = _newer(self._notes.get(signal.id), signal)
@@ -689,7 +697,7 @@ class Signals:
         changes = self.active.changes()
         if not self._feeds:
             return
-        if not changes:  # unknown (None), or nothing noted: any feed may be concerned
+        if changes is None:  # any feed may be concerned
             for listener in self._feeds:
                 listener.fire()
             return
@@ -802,14 +810,14 @@ class Signals:
                 change = rule(settled.signal, current, now)
             except SynqError:
                 if settled.changed and await self.store.signal_write(settled, stored.version):
-                    self.active.note(settled.signal)
+                    self.active.note(settled.signal, stored)
                     await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
             if await self.store.signal_write(merged, stored.version):
-                self.active.note(merged.signal)
+                self.active.note(merged.signal, stored)
                 await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
@@ -1071,7 +1079,7 @@ class Signals:
         fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
         if not await self.store.signal_write(sg.Transition(new, (), fresh), stored.version):
             return False
-        self.active.note(new)
+        self.active.note(new, stored)
         return True
 
     async def _try_send_result(self, signal: sg.Signal) -> None:
