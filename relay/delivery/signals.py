@@ -267,6 +267,11 @@ class ActiveSignals:
         schedule work)."""
         self._changes.then = then
 
+    @property
+    def accounted(self) -> bool:
+        """Whether every wake-up seen so far is reflected in the copy (step 2)."""
+        return self._known == self._changes.count
+
     def current(self) -> Sequence[sg.Signal] | None:
         """The active signals if the copy is current (step 3), without a read; else None."""
         scan = self._fresh()
@@ -521,7 +526,11 @@ class Signals:
             updated=now,
         )
         if await self.store.signal_insert(signal):
-            self.active.note(signal)
+            self._noted(signal)
+            # The feeds just woken for it answer first (one turn of the event loop): this
+            # task's own answer, and for a partner-scope signal the signing and queueing of
+            # its offer (step 6), would otherwise run ahead of them.
+            await asyncio.sleep(0)
         await self._changed(None, signal)
         return signal
 
@@ -541,7 +550,7 @@ class Signals:
                     capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
         subscription = sg.check_subscription(self.address(agent), data, capabilities)
         await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
-        self.active.note(None)
+        self._noted(None)
         if agent in self._listening:
             self._listening[agent] = subscription
         return subscription
@@ -671,6 +680,15 @@ class Signals:
                 self._listening.pop(agent, None)
                 self._read_at.pop(agent, None)
 
+    def _noted(self, signal: sg.Signal | None, before: sg.Signal | None = None) -> None:
+        """A write of this process has just returned: ``active`` applies it and, once every
+        wake-up is accounted for, the feeds it concerns are woken now (``_dispatch``), so that
+        a writer that yields once lets them answer before it goes on (the emit does); what the
+        other writers of its group note after it, the scheduled dispatch wakes."""
+        self.active.note(signal, before)
+        if self.active.accounted:
+            self._dispatch()
+
     def _wake_soon(self) -> None:
         """A wake-up of ``SIGNALS_CHANNEL``: the feeds are woken once the writers of the
         changes committed with it have resumed (they were scheduled first) and told
@@ -683,7 +701,11 @@ class Signals:
         except RuntimeError:  # a store used outside an event loop: nothing waits there
             self._dispatching = False
             return
-        loop.call_soon(self._dispatch)
+        loop.call_soon(self._dispatch_scheduled)
+
+    def _dispatch_scheduled(self) -> None:
+        self._dispatching = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         """Step 3 of the module docstring: wake the waiting feeds a change concerns.
@@ -693,13 +715,14 @@ class Signals:
         find what they found before, and hold the event loop while a claim waits. The first
         hearers of a new signal are fixed now and woken first, so their answers leave before
         the other feeds run. When anything else may have changed, every feed is woken."""
-        self._dispatching = False
         changes = self.active.changes()
         if not self._feeds:
             return
         if changes is None:  # any feed may be concerned
             for listener in self._feeds:
                 listener.fire()
+            return
+        if not changes:  # only changes no feed lists (heartbeats, completions)
             return
         now = self.clock.now()
         active = self.active.current()
@@ -810,14 +833,14 @@ class Signals:
                 change = rule(settled.signal, current, now)
             except SynqError:
                 if settled.changed and await self.store.signal_write(settled, stored.version):
-                    self.active.note(settled.signal, stored)
+                    self._noted(settled.signal, stored)
                     await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
             if await self.store.signal_write(merged, stored.version):
-                self.active.note(merged.signal, stored)
+                self._noted(merged.signal, stored)
                 await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
@@ -1007,7 +1030,7 @@ class Signals:
         new = self._follow(replica, address, op, data, token, until, result_id)
         for _ in range(MAX_CAS_ATTEMPTS):
             if await self.store.signal_write(sg.Transition(new), new.version - 1):
-                self.active.note(new)
+                self._noted(new)
                 break
             fresh = await self.store.signal_get(replica.id)
             if fresh is None:
@@ -1056,7 +1079,7 @@ class Signals:
         if stored is None:
             if not await self.store.signal_insert(offer):
                 return False
-            self.active.note(offer)
+            self._noted(offer)
             return True
         if stored.owner != offer.owner or stored.emitter != offer.emitter:
             raise Forbidden("that signal belongs to another relay")
@@ -1079,7 +1102,7 @@ class Signals:
         fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
         if not await self.store.signal_write(sg.Transition(new, (), fresh), stored.version):
             return False
-        self.active.note(new, stored)
+        self._noted(new, stored)
         return True
 
     async def _try_send_result(self, signal: sg.Signal) -> None:
