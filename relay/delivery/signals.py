@@ -116,8 +116,9 @@ FEED_RECHECK: Final = 5.0
 #: Open and claimed signals a feed considers, newest first. The cap on open signals per agent
 #: bounds what one agent can put here; this bounds one read.
 MAX_ACTIVE_SCAN: Final = 2000
-#: The longest the shared scan of the active signals serves feeds without a wake-up in between:
-#: a wake-up lost with another process (see FEED_RECHECK) leaves a feed at most this far behind.
+#: The age at which the shared copy of the active signals is read again (in the background: it
+#: serves meanwhile), so that a wake-up lost with another process (see FEED_RECHECK) or a write
+#: not applied to it is found; the feeds are woken when the read finds one.
 SCAN_MAX_AGE: Final = 1.0
 #: After the owner of a partner's signal did not answer a request (``owner_unreachable``), its
 #: signals are not offered for this long: every agent that heard them would claim in vain, and
@@ -238,9 +239,10 @@ class ActiveSignals:
        commit; so a writer that finds exactly one wake-up unaccounted for finds its own
        group's, and accounts for it. Any other wake-up (another process's commit, a write not
        noted) leaves the copy behind: the next feed reads again.
-    3. **Served** while every wake-up is accounted for and the read is younger than
-       ``SCAN_MAX_AGE``: a wake-up wrongly taken as explained (a write in this process that
-       bypassed :meth:`note`) leaves a feed at most that far behind, as a lost one does.
+    3. **Served** while every wake-up is accounted for. A copy older than ``SCAN_MAX_AGE`` is
+       read again in the background when next used, and serves meanwhile: what it missed (a
+       wake-up lost with another process, a wake-up wrongly taken as explained because a write
+       in this process bypassed :meth:`note`) is found then, and every feed is woken.
 
     Rows are kept as stored, not settled: each reader settles them to its own now."""
 
@@ -289,13 +291,21 @@ class ActiveSignals:
 
     def _fresh(self) -> _Scan | None:
         scan = self._scan
-        if (
-            scan is not None
-            and self._known == self._changes.count
-            and self.clock.monotonic() - scan.taken < SCAN_MAX_AGE
-        ):
-            return scan
-        return None
+        if scan is None or self._known != self._changes.count:
+            return None
+        if self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+            self._refresh()
+        return scan
+
+    def _refresh(self) -> None:
+        """Step 3: read the copy again behind its back; it serves meanwhile, and when the read
+        finds what it missed, every feed is woken."""
+        if self._reading is not None:  # one is on its way
+            return
+        epoch = self._changes.count
+        future = asyncio.ensure_future(self._read(epoch, refresh=True))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._reading = (epoch, future)
 
     async def signals(self) -> Sequence[sg.Signal]:
         """The active signals, newest first, reflecting every change committed before this call
@@ -303,11 +313,14 @@ class ActiveSignals:
         return (await self._get()).signals
 
     def recent(self, id: str) -> sg.Signal | None:
-        """Signal ``id`` as the latest scan holds it, if that scan is younger than
+        """Signal ``id`` as the copy holds it, if the copy is current or younger than
         ``SCAN_MAX_AGE`` (changes since may have moved its version on): a starting point for a
-        compare-and-set, never an answer."""
+        compare-and-set, never an answer (a stale one costs a refused write and a read)."""
         scan = self._scan
-        if scan is None or self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+        if scan is None or (
+            self._known != self._changes.count
+            and self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE
+        ):
             return None
         return scan.by_id.get(id)
 
@@ -368,7 +381,7 @@ class ActiveSignals:
         # Shielded: one feed cancelled (its client went away) must not cancel the others' read.
         return await asyncio.shield(reading[1])
 
-    async def _read(self, epoch: int) -> _Scan:
+    async def _read(self, epoch: int, *, refresh: bool = False) -> _Scan:
         taken = self.clock.monotonic()
         self._reads += 1
         try:
@@ -382,10 +395,21 @@ class ActiveSignals:
             scan = _applied(scan, self._notes.values())
         if not self._reads:
             self._notes.clear()
-        if self._scan is None or self._scan.epoch <= epoch:
+        old = self._scan
+        if old is None or old.epoch <= epoch:
             self._scan = scan
             self._known = max(self._known, epoch)
+            if refresh and old is not None and _versions(old) != _versions(scan):
+                # The copy had missed a change (a wake-up lost, or a write not noted): the
+                # feeds look again, at the copy now right.
+                self._since = None
+                if self._changes.then is not None:
+                    self._changes.then()
         return scan
+
+
+def _versions(scan: _Scan) -> set[tuple[str, int]]:
+    return {(s.id, s.version) for s in scan.signals}
 
 
 def _newer(old: sg.Signal | None, new: sg.Signal) -> sg.Signal:
