@@ -350,12 +350,101 @@ async def test_feeds_share_one_scan_until_something_changes(relay: Relay) -> Non
     assert [x.id for x in second] == [s.id]
     assert await svc.active.signals() is second
     assert svc.active.recent(s.id) == s
-    # Changes this process cannot name (another process's commits) count after SCAN_MAX_AGE.
+    # Changes this process cannot name (another process's commits) are looked for once the
+    # copy is SCAN_MAX_AGE old: read again behind its back, it serves meanwhile.
     clock_of(relay).advance(SCAN_MAX_AGE)
-    assert svc.active.recent(s.id) is None
-    third = await svc.active.signals()
-    assert third is not second
+    assert await svc.active.signals() is second
+    assert svc.active.recent(s.id) == s
+    await wait_until(lambda: svc.active.current() is not second)
+    third = svc.active.current()
+    assert third is not None
     assert third == second
+
+
+async def test_a_change_the_copy_missed_is_found_by_its_refresh(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.subscribe("bob", {"topics": ["invoice.due"]})
+    feed = asyncio.create_task(svc.feed("bob", wait=30, limit=10))
+    await wait_until(lambda: svc.waiting == {"bob"} and svc.active.current() is not None)
+    # A write this service is not told of, committed with one it is (so their one wake-up is
+    # taken as explained by the emit): missed, as a lost wake-up would be.
+    now = relay.clock.now()
+    other = replace(
+        signal(), scope="local", topic="invoice.due", created=now, updated=now,
+        expires=now + timedelta(hours=1),
+    )  # fmt: skip
+    await asyncio.gather(relay.store.signal_insert(other), svc.emit("alice", EMIT))
+    assert svc.active.accounted
+    assert [s.id for s in await svc.active.signals()] != [other.id]
+    assert not feed.done()
+    # Found when the copy is read again, SCAN_MAX_AGE after its read: every feed looks.
+    clock_of(relay).advance(SCAN_MAX_AGE)
+    await svc.active.signals()
+    heard = await asyncio.wait_for(feed, 10)
+    assert [h.signal.id for h in heard] == [other.id]
+
+
+async def test_changes_written_here_keep_the_scan_current_without_a_read(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.active.signals()
+    s = await svc.emit("alice", EMIT)
+    # The emit's own wake-up is accounted for by the signal it wrote: no read needed.
+    current = svc.active.current()
+    assert current is not None
+    assert [x.id for x in current] == [s.id]
+    token, _ = await svc.claim("bob", s.id)
+    current = svc.active.current()
+    assert current is not None
+    assert [(x.id, x.state, x.holder) for x in current] == [(s.id, "claimed", "bob@a.test")]
+    assert current == await relay.store.signals_active(10)
+    await svc.complete("bob", s.id, token)
+    assert svc.active.current() == []
+    # A write this service did not make (as another process's would be) is not accounted
+    # for: the next feed reads, and finds it.
+    other = replace(signal(), owner="a.test", scope="local", created=relay.clock.now())
+    assert await relay.store.signal_insert(other)
+    assert svc.active.current() is None
+    assert [x.id for x in await svc.active.signals()] == [other.id]
+
+
+async def test_a_change_wakes_only_the_feeds_it_concerns(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.subscribe("bob", {"topics": ["invoice.*"]})
+    await svc.subscribe("carol", {"topics": ["weather.*"]})
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in ("bob", "carol")}
+    await wait_until(lambda: svc.waiting == {"bob", "carol"})
+    s = await svc.emit("alice", EMIT)
+    heard = await asyncio.wait_for(feeds["bob"], 10)
+    assert [h.signal.id for h in heard] == [s.id]
+    # Woken (and woken first) are those whose subscription names the topic; carol's feed was
+    # left waiting, not made to look again.
+    (carol,) = svc._feeds
+    assert not carol._event.is_set()
+    # A subscription changed wakes every feed (any of them may hear something new).
+    await svc.subscribe("carol", {"topics": ["invoice.*", "weather.*"]})
+    heard = await asyncio.wait_for(feeds["carol"], 10)
+    assert [h.signal.id for h in heard] == [s.id]
+
+
+async def test_a_heartbeat_or_a_completion_wakes_no_feed(relay: Relay) -> None:
+    svc = relay.signals
+    await svc.subscribe("bob", {"topics": ["invoice.*"]})
+    await svc.subscribe("carol", {"topics": ["invoice.*", "weather.*"]})
+    s = await svc.emit("alice", EMIT)
+    clock_of(relay).advance(sg.OFFER_DELAY.total_seconds())
+    token, _ = await svc.claim("bob", s.id)
+    feeds = {n: asyncio.create_task(svc.feed(n, wait=30, limit=10)) for n in ("bob", "carol")}
+    await wait_until(lambda: svc.waiting == {"bob", "carol"})
+    # Feeds list open signals only: a claimed signal kept claimed, or closed, changes none.
+    await svc.heartbeat("bob", s.id, token)
+    await svc.complete("bob", s.id, token)
+    weather = await svc.emit("alice", {**EMIT, "topic": "weather.storm"})
+    heard = await asyncio.wait_for(feeds["carol"], 10)
+    assert [h.signal.id for h in heard] == [weather.id]
+    # Every wake-up before the emit's was passed on first: bob's feed was woken by none.
+    (bob,) = svc._feeds
+    assert not bob._event.is_set()
+    feeds["bob"].cancel()
 
 
 async def test_caps_per_agent_counted_from_a_current_scan(relay: Relay) -> None:

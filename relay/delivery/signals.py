@@ -18,12 +18,15 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
    deduplicates by id): the emitter gets the result once, never twice, never not at all.
 3. **Hearing** (:meth:`Signals.feed`): the open signals whose topic one of the agent's patterns
    matches and whose intensity (settled to now: a lapsed lease counts as open, with its boost)
-   is at least its threshold, strongest first; long-polled through the store's one long-poll
-   loop (``Listener.poll``) on ``SIGNALS_CHANNEL``. One change wakes every waiting feed at
-   once: they share one scan of the active signals (:class:`ActiveSignals`), not one each. A
-   new signal is offered first to a few of the agents waiting here, the others hear it a moment
-   later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that did not
-   answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
+   is at least its threshold, strongest first; long-polled like ``Listener.poll``. The feeds
+   share one copy of the active signals (:class:`ActiveSignals`), read from the store once and
+   kept current by the changes this process writes, so a feed woken by an emit or a claim
+   made here answers without a read. Each wake-up of ``SIGNALS_CHANNEL`` is passed on to the
+   feeds by :meth:`Signals._dispatch`: when the change is one written here, only to the feeds
+   whose subscription names its topic, and the first hearers of a new signal first; else to
+   all. A new signal is offered first to a few of the agents waiting here, the others hear it
+   a moment later (``sg.offered_from``, SPEC.md §13.1). The signals of a partner relay that
+   did not answer a request are not offered for ``OWNER_QUIET`` (SPEC.md §13.6).
 4. **Claims decided once** (:meth:`Signals._claim`): of the claims of one signal that reach
    this process together, one is decided (from the shared scan's copy of an open signal, no
    read: the compare-and-set refuses a stale copy) and the others wait for it; when it is
@@ -49,7 +52,15 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -105,8 +116,9 @@ FEED_RECHECK: Final = 5.0
 #: Open and claimed signals a feed considers, newest first. The cap on open signals per agent
 #: bounds what one agent can put here; this bounds one read.
 MAX_ACTIVE_SCAN: Final = 2000
-#: The longest the shared scan of the active signals serves feeds without a wake-up in between:
-#: a wake-up lost with another process (see FEED_RECHECK) leaves a feed at most this far behind.
+#: The age at which the shared copy of the active signals is read again (in the background: it
+#: serves meanwhile), so that a wake-up lost with another process (see FEED_RECHECK) or a write
+#: not applied to it is found; the feeds are woken when the read finds one.
 SCAN_MAX_AGE: Final = 1.0
 #: After the owner of a partner's signal did not answer a request (``owner_unreachable``), its
 #: signals are not offered for this long: every agent that heard them would claim in vain, and
@@ -179,16 +191,24 @@ def signal_view(
     return view
 
 
+#: The states ``signals_active`` lists.
+_ACTIVE: Final = frozenset({"open", "claimed"})
+
+
 class _Changes(Listener):
     """Counts the wake-ups of ``SIGNALS_CHANNEL``: every committed change to a signal or a
-    subscription, in this process or (as the dialect learns of them) in another."""
+    subscription, in this process or (as the dialect learns of them) in another; and passes
+    each on to ``then``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.then: Callable[[], None] | None = None
 
     def fire(self) -> None:
         self.count += 1
+        if self.then is not None:
+            self.then()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,15 +220,31 @@ class _Scan:
 
 
 class ActiveSignals:
-    """The active (open and claimed) signals as stored, read once per change for every feed.
+    """The active (open and claimed) signals, read once and kept current in memory for every
+    feed (step 3 of the module docstring).
 
     A change wakes every waiting feed at once; each used to read the whole active set for
     itself, so N feeds queued N scans on the store's reader ahead of the claims they were about
-    to cause. Here a read is tagged with the number of wake-ups seen when it started
-    (``epoch``): it holds every change committed before (the store wakes listeners after
-    COMMIT), so any feed asking while no new wake-up came may use it, and feeds asking while it
-    runs join it. It is used for at most ``SCAN_MAX_AGE`` seconds. Rows are stored as read, not
-    settled: each reader settles them to its own now."""
+    to cause. Here one read serves them all, and the changes this process writes are applied
+    to it in memory, so a feed woken by an emit or a claim answers without a read at all:
+
+    1. **The read** is tagged with the number of wake-ups seen when it started (``epoch``): it
+       holds every change committed before (the store wakes listeners after COMMIT). Feeds
+       asking while it runs join it.
+    2. **Changes written here** (:meth:`note`, called by the writer as its write returns):
+       the signal as written replaces the copy of its id (a newer version wins; a closed
+       signal leaves the set). A wake-up is *accounted for* when the copy reflects it: the
+       read's, and each one a noted write explains. The store settles a group's writers
+       before it wakes anyone, and they resume before the feeds it woke and before any later
+       commit; so a writer that finds exactly one wake-up unaccounted for finds its own
+       group's, and accounts for it. Any other wake-up (another process's commit, a write not
+       noted) leaves the copy behind: the next feed reads again.
+    3. **Served** while every wake-up is accounted for. A copy older than ``SCAN_MAX_AGE`` is
+       read again in the background when next used, and serves meanwhile: what it missed (a
+       wake-up lost with another process, a wake-up wrongly taken as explained because a write
+       in this process bypassed :meth:`note`) is found then, and every feed is woken.
+
+    Rows are kept as stored, not settled: each reader settles them to its own now."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
@@ -217,35 +253,80 @@ class ActiveSignals:
         # Attached for the store's lifetime: a count, not a waiter, so it holds nothing.
         store.notifier.attach(SIGNALS_CHANNEL, self._changes)
         self._scan: _Scan | None = None
+        #: The wake-ups the copy in ``_scan`` reflects (step 2): current when it is ``count``.
+        self._known = -1
         self._reading: tuple[int, asyncio.Future[_Scan]] | None = None
+        self._reads = 0
+        #: Changes noted while a read runs, applied over its rows when it ends (a read whose
+        #: snapshot came before their commit does not hold them).
+        self._notes: dict[str, sg.Signal] = {}
+        #: The signals noted since the last :meth:`changes`; None after a change that names
+        #: none (a subscription, a reinforcement).
+        self._since: list[sg.Signal] | None = []
+
+    def on_wake(self, then: Callable[[], None]) -> None:
+        """Call ``then`` at each wake-up of ``SIGNALS_CHANNEL`` (synchronously: it may only
+        schedule work)."""
+        self._changes.then = then
+
+    @property
+    def accounted(self) -> bool:
+        """Whether every wake-up seen so far is reflected in the copy (step 2)."""
+        return self._known == self._changes.count
+
+    def current(self) -> Sequence[sg.Signal] | None:
+        """The active signals if the copy is current (step 3), without a read; else None."""
+        scan = self._fresh()
+        return None if scan is None else scan.signals
+
+    def changes(self) -> list[sg.Signal] | None:
+        """The signals written by this process since the last call that were open before or
+        after, when they are all that changed (every wake-up since is accounted for, step 2);
+        None when something else may have changed too (another process's commit, a
+        subscription): then any may matter."""
+        since, self._since = self._since, []
+        if self._known != self._changes.count:
+            return None
+        return since
 
     def _fresh(self) -> _Scan | None:
         scan = self._scan
-        if (
-            scan is not None
-            and scan.epoch == self._changes.count
-            and self.clock.monotonic() - scan.taken < SCAN_MAX_AGE
-        ):
-            return scan
-        return None
+        if scan is None or self._known != self._changes.count:
+            return None
+        if self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+            self._refresh()
+        return scan
+
+    def _refresh(self) -> None:
+        """Step 3: read the copy again behind its back; it serves meanwhile, and when the read
+        finds what it missed, every feed is woken."""
+        if self._reading is not None:  # one is on its way
+            return
+        epoch = self._changes.count
+        future = asyncio.ensure_future(self._read(epoch, refresh=True))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._reading = (epoch, future)
 
     async def signals(self) -> Sequence[sg.Signal]:
-        """The active signals, newest first, as of a read that started after every change
-        committed before this call."""
+        """The active signals, newest first, reflecting every change committed before this call
+        that this process was told of (step 3)."""
         return (await self._get()).signals
 
     def recent(self, id: str) -> sg.Signal | None:
-        """Signal ``id`` as the latest scan holds it, if that scan is younger than
+        """Signal ``id`` as the copy holds it, if the copy is current or younger than
         ``SCAN_MAX_AGE`` (changes since may have moved its version on): a starting point for a
-        compare-and-set, never an answer."""
+        compare-and-set, never an answer (a stale one costs a refused write and a read)."""
         scan = self._scan
-        if scan is None or self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE:
+        if scan is None or (
+            self._known != self._changes.count
+            and self.clock.monotonic() - scan.taken >= SCAN_MAX_AGE
+        ):
             return None
         return scan.by_id.get(id)
 
     def open_count(self, emitter: str) -> int | None:
         """Open and claimed signals of ``emitter`` in a scan that holds every active signal
-        and is current (no wake-up since its read), or None: then the store counts. A relay
+        and is current (every wake-up accounted for), or None: then the store counts. A relay
         whose feeds are waiting has one nearly always, and an emit spares its read."""
         scan = self._fresh()
         if scan is None or len(scan.signals) >= MAX_ACTIVE_SCAN:
@@ -253,6 +334,37 @@ class ActiveSignals:
         # The scan holds only active rows (``signals_active``). A wake-up lost with another
         # process leaves it behind by SCAN_MAX_AGE at most: the cap may admit one signal late.
         return sum(1 for s in scan.signals if s.emitter == emitter)
+
+    def note(self, signal: sg.Signal | None, before: sg.Signal | None = None) -> None:
+        """Step 2: this process has just written ``signal`` over ``before`` (None: a new
+        signal; ``signal`` None: a change that leaves the active signals as they were, a
+        subscription). Called as the write returns, before any other await: the step's
+        accounting relies on the writer resuming before the feeds."""
+        count = self._changes.count
+        if signal is None:
+            self._since = None
+        else:
+            # Feeds list open signals only: a change between two other states (a heartbeat, a
+            # completion) alters no feed's answer, and is no reason to wake one (changes()).
+            heard = signal.state == "open" or before is None or before.state == "open"
+            if self._since is not None and heard:
+                self._since.append(signal)
+            if self._reads:
+                self._notes[signal.id] = _newer(self._notes.get(signal.id), signal)
+            scan = self._scan
+            if scan is not None:
+                if len(scan.signals) >= MAX_ACTIVE_SCAN:
+                    # A capped read: a signal leaving it would make room for one it never held.
+                    return
+                self._scan = _applied(scan, (signal,))
+        if count == self._known + 1:
+            self._known = count
+
+    def forget(self) -> None:
+        """A change this process wrote that :meth:`note` cannot apply (a reinforcement): the
+        next feed reads again."""
+        self._known = -1
+        self._since = None
 
     async def _get(self) -> _Scan:
         scan = self._fresh()
@@ -269,17 +381,58 @@ class ActiveSignals:
         # Shielded: one feed cancelled (its client went away) must not cancel the others' read.
         return await asyncio.shield(reading[1])
 
-    async def _read(self, epoch: int) -> _Scan:
+    async def _read(self, epoch: int, *, refresh: bool = False) -> _Scan:
         taken = self.clock.monotonic()
+        self._reads += 1
         try:
             found = await self.store.signals_active(MAX_ACTIVE_SCAN)
         finally:
+            self._reads -= 1
             if self._reading is not None and self._reading[0] == epoch:
                 self._reading = None
         scan = _Scan(epoch, taken, found, {s.id: s for s in found})
-        if self._scan is None or self._scan.epoch <= epoch:
+        if len(found) < MAX_ACTIVE_SCAN and self._notes:
+            scan = _applied(scan, self._notes.values())
+        if not self._reads:
+            self._notes.clear()
+        old = self._scan
+        if old is None or old.epoch <= epoch:
             self._scan = scan
+            self._known = max(self._known, epoch)
+            if refresh and old is not None and _versions(old) != _versions(scan):
+                # The copy had missed a change (a wake-up lost, or a write not noted): the
+                # feeds look again, at the copy now right.
+                self._since = None
+                if self._changes.then is not None:
+                    self._changes.then()
         return scan
+
+
+def _versions(scan: _Scan) -> set[tuple[str, int]]:
+    return {(s.id, s.version) for s in scan.signals}
+
+
+def _newer(old: sg.Signal | None, new: sg.Signal) -> sg.Signal:
+    return new if old is None or new.version >= old.version else old
+
+
+def _applied(scan: _Scan, changes: Iterable[sg.Signal]) -> _Scan:
+    """``scan`` with ``changes`` in it: each replaces the copy of its id unless that copy is
+    newer, and leaves the set when it is no longer active."""
+    by_id = dict(scan.by_id)
+    for signal in changes:
+        kept = by_id.get(signal.id)
+        if kept is not None and kept.version > signal.version:
+            continue
+        if signal.state in _ACTIVE:
+            by_id[signal.id] = signal
+        else:
+            by_id.pop(signal.id, None)
+    # As ``signals_active`` orders them: newest first, then by id.
+    ordered = sorted(
+        sorted(by_id.values(), key=lambda s: s.id), key=lambda s: s.created, reverse=True
+    )
+    return _Scan(scan.epoch, scan.taken, ordered, by_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +484,11 @@ class Signals:
         self.owner_link = owner_link
         #: The one scan of the active signals every feed reads (step 3).
         self.active = ActiveSignals(store, clock)
+        self.active.on_wake(self._wake_soon)
+        #: The feeds and streams waiting here, each with its agent: woken by ``_dispatch``,
+        #: the ones a change concerns, the first hearers of a new signal first (step 3).
+        self._feeds: dict[Listener, str] = {}
+        self._dispatching = False
         #: The claim being decided, per signal, in this process (step 4).
         self._claiming: dict[str, asyncio.Future[None]] = {}
         #: The agents waiting for signals in this process (long polls and streams, how many
@@ -391,7 +549,12 @@ class Signals:
             body=emit.body,
             updated=now,
         )
-        await self.store.signal_insert(signal)
+        if await self.store.signal_insert(signal):
+            self._noted(signal)
+            # The feeds just woken for it answer first (one turn of the event loop): this
+            # task's own answer, and for a partner-scope signal the signing and queueing of
+            # its offer (step 6), would otherwise run ahead of them.
+            await asyncio.sleep(0)
         await self._changed(None, signal)
         return signal
 
@@ -411,6 +574,7 @@ class Signals:
                     capabilities += [str(t) for t in tags] if isinstance(tags, list) else []
         subscription = sg.check_subscription(self.address(agent), data, capabilities)
         await self.store.subscription_set(replace(subscription, agent=agent), self.clock.now())
+        self._noted(None)
         if agent in self._listening:
             self._listening[agent] = subscription
         return subscription
@@ -443,7 +607,7 @@ class Signals:
                 back = now + timedelta(seconds=quiet)
                 later = back if later is None else min(later, back)
                 continue
-            first = self._first_hearers(subscription, signal, now, active)
+            first = self._first_hearers(subscription.agent, signal, now, active)
             held = sg.offered_from(signal, subscription.agent, first, now)
             if held is not None:
                 later = held if later is None else min(later, held)
@@ -467,13 +631,14 @@ class Signals:
 
     def _first_hearers(
         self,
-        subscription: sg.Subscription,
+        looking: str | None,
         signal: sg.Signal,
         now: datetime,
         active: Sequence[sg.Signal],
     ) -> frozenset[str]:
         """The hearers a new signal is offered to first (step 3): fixed at the first look at
-        it, from the agents waiting then and the one looking, so that the first hearers' feeds
+        it (its write's wake-up, or the first feed to read it: ``looking``), from the agents
+        waiting then and the one looking, so that the first hearers' feeds
         returning does not move others up while the offer is held back; while fewer than
         ``OFFER_FIRST`` were waiting, the next agents to look join them. Those holding a claim
         of one of the ``active`` signals (a lease not run out) come after those holding none."""
@@ -485,7 +650,7 @@ class Signals:
         fixed = self._first.get(signal.id)
         if fixed is not None and len(fixed[1]) >= sg.OFFER_FIRST:
             return fixed[1]
-        hearers = [subscription.agent]
+        hearers = [] if looking is None else [looking]
         if fixed is None:
             for other in self._listening.values():
                 if sg.hears(other, signal, now) is not None:
@@ -501,7 +666,8 @@ class Signals:
         first = sg.first_hearers(
             signal.id, hearers, frozenset() if fixed is None else fixed[1], busy
         )
-        self._first[signal.id] = (signal.created, first)
+        if first:
+            self._first[signal.id] = (signal.created, first)
         return first
 
     def _quiet_for(self, owner: str) -> float:
@@ -521,17 +687,87 @@ class Signals:
         return frozenset(self._listening)
 
     @contextlib.contextmanager
-    def _waits(self, agent: str) -> Iterator[None]:
-        """``agent`` is waiting for signals (a long poll, a stream) while this lasts."""
+    def _waits(self, agent: str) -> Iterator[Listener]:
+        """``agent`` is waiting for signals (a long poll, a stream) while this lasts; the
+        listener its wake-ups come to, registered before its first look (so a change between
+        that look and the wait still wakes it)."""
+        listener = Listener()
+        self._feeds[listener] = agent
         self._waiting[agent] += 1
         try:
-            yield
+            yield listener
         finally:
+            del self._feeds[listener]
             self._waiting[agent] -= 1
             if not self._waiting[agent]:
                 del self._waiting[agent]
                 self._listening.pop(agent, None)
                 self._read_at.pop(agent, None)
+
+    def _noted(self, signal: sg.Signal | None, before: sg.Signal | None = None) -> None:
+        """A write of this process has just returned: ``active`` applies it and, once every
+        wake-up is accounted for, the feeds it concerns are woken now (``_dispatch``), so that
+        a writer that yields once lets them answer before it goes on (the emit does); what the
+        other writers of its group note after it, the scheduled dispatch wakes."""
+        self.active.note(signal, before)
+        if self.active.accounted:
+            self._dispatch()
+
+    def _wake_soon(self) -> None:
+        """A wake-up of ``SIGNALS_CHANNEL``: the feeds are woken once the writers of the
+        changes committed with it have resumed (they were scheduled first) and told
+        ``active`` what they wrote."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a store used outside an event loop: nothing waits there
+            self._dispatching = False
+            return
+        loop.call_soon(self._dispatch_scheduled)
+
+    def _dispatch_scheduled(self) -> None:
+        self._dispatching = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Step 3 of the module docstring: wake the waiting feeds a change concerns.
+
+        When the changes are known (written here, ``ActiveSignals.changes``), only the feeds
+        whose subscription names the topic of one of them are woken: the others would look,
+        find what they found before, and hold the event loop while a claim waits. The first
+        hearers of a new signal are fixed now and woken first, so their answers leave before
+        the other feeds run. When anything else may have changed, every feed is woken."""
+        changes = self.active.changes()
+        if not self._feeds:
+            return
+        if changes is None:  # any feed may be concerned
+            for listener in self._feeds:
+                listener.fire()
+            return
+        if not changes:  # only changes no feed lists (heartbeats, completions)
+            return
+        now = self.clock.now()
+        active = self.active.current()
+        first: set[str] = set()
+        if active is not None:
+            for signal in changes:
+                if signal.state == "open" and sg.offer_pending(signal, now):
+                    first |= self._first_hearers(None, signal, now, active)
+        later: list[Listener] = []
+        for listener, agent in self._feeds.items():
+            sub = self._listening.get(agent)
+            if sub is not None and not any(
+                sg.matches(p, s.topic) for s in changes for p in sub.topics
+            ):
+                continue
+            if sub is not None and sub.agent in first:
+                listener.fire()
+            else:
+                later.append(listener)
+        for listener in later:
+            listener.fire()
 
     def _pause(self, limit: float, later: datetime | None) -> float:
         """The wait before the next look: ``limit``, or less when a held-back offer is due."""
@@ -545,14 +781,13 @@ class Signals:
         from this agent is due)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            with self._waits(agent):
-                while True:
-                    found, later = await self._hear(agent, limit)
-                    remaining = deadline - loop.time()
-                    if found or remaining <= 0:
-                        return found
-                    await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
+        with self._waits(agent) as listener:
+            while True:
+                found, later = await self._hear(agent, limit)
+                remaining = deadline - loop.time()
+                if found or remaining <= 0:
+                    return found
+                await listener.wait(self._pause(min(remaining, FEED_RECHECK), later))
 
     async def watch(self, agent: str, *, every: float) -> AsyncIterator[list[Heard] | None]:
         """What ``agent`` hears, the first at once and again each time the set of signals it
@@ -561,19 +796,18 @@ class Signals:
         loop = asyncio.get_running_loop()
         last: list[tuple[str, str]] | None = None
         said = loop.time()
-        async with self.store.notifier.listen(SIGNALS_CHANNEL) as listener:
-            with self._waits(agent):
-                while True:
-                    heard, later = await self._hear(agent, MAX_FEED_PAGE)
-                    seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
-                    if seen != last:
-                        last = seen
-                        said = loop.time()
-                        yield heard
-                    elif loop.time() - said >= every:
-                        said = loop.time()
-                        yield None
-                    await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
+        with self._waits(agent) as listener:
+            while True:
+                heard, later = await self._hear(agent, MAX_FEED_PAGE)
+                seen: list[tuple[str, str]] = [(h.signal.id, h.signal.state) for h in heard]
+                if seen != last:
+                    last = seen
+                    said = loop.time()
+                    yield heard
+                elif loop.time() - said >= every:
+                    said = loop.time()
+                    yield None
+                await listener.wait(self._pause(max(0.0, said + every - loop.time()), later))
 
     # --- one signal -----------------------------------------------------------------------------
 
@@ -623,12 +857,14 @@ class Signals:
                 change = rule(settled.signal, current, now)
             except SynqError:
                 if settled.changed and await self.store.signal_write(settled, stored.version):
+                    self._noted(settled.signal, stored)
                     await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
             if await self.store.signal_write(merged, stored.version):
+                self._noted(merged.signal, stored)
                 await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
@@ -818,6 +1054,7 @@ class Signals:
         new = self._follow(replica, address, op, data, token, until, result_id)
         for _ in range(MAX_CAS_ATTEMPTS):
             if await self.store.signal_write(sg.Transition(new), new.version - 1):
+                self._noted(new)
                 break
             fresh = await self.store.signal_get(replica.id)
             if fresh is None:
@@ -864,7 +1101,10 @@ class Signals:
         replica, or applied to the one kept when it is newer. True when something changed."""
         stored = await self.store.signal_get(offer.id)
         if stored is None:
-            return await self.store.signal_insert(offer)
+            if not await self.store.signal_insert(offer):
+                return False
+            self._noted(offer)
+            return True
         if stored.owner != offer.owner or stored.emitter != offer.emitter:
             raise Forbidden("that signal belongs to another relay")
         # A final state is never left (updates may arrive out of order through the queue), and
@@ -884,7 +1124,10 @@ class Signals:
             reinforcements=offer.reinforcements,
         )
         fresh = tuple(r for r in offer.reinforcements if r not in stored.reinforcements)
-        return await self.store.signal_write(sg.Transition(new, (), fresh), stored.version)
+        if not await self.store.signal_write(sg.Transition(new, (), fresh), stored.version):
+            return False
+        self._noted(new, stored)
+        return True
 
     async def _try_send_result(self, signal: sg.Signal) -> None:
         try:
@@ -923,6 +1166,7 @@ class Signals:
         reinforcement = sg.reinforce(settled, self.address(agent), amount, now)
         if not await self.store.signal_reinforce(id, reinforcement):
             raise Conflict("this agent has reinforced the signal already")
+        self.active.forget()
         return replace(settled, reinforcements=(*settled.reinforcements, reinforcement))
 
     # --- the sweep ------------------------------------------------------------------------------
