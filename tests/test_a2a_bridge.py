@@ -442,6 +442,14 @@ async def test_an_inbox_agent_answers_an_a2a_client_in_plain_text(b: Bridge) -> 
             "in_reply_to": mail["id"],
         },
     )
+
+    async def folded() -> bool:
+        task = await polling.get_task(GetTaskRequest(id=task_id))
+        return [p.text for p in task.status.message.parts] == ["looking"]
+
+    # Envelopes keep no order between them (SPEC.md §9.1, "No ordering guarantee"): bob, as
+    # an agent that needs its answer to come last, sends it once its update has arrived.
+    await eventually(folded)
     await b.w.send(
         b.globex, bob, {"to": ["alice@acme.test"], "body": "noon", "in_reply_to": mail["id"]}
     )
