@@ -593,6 +593,29 @@ async def test_an_anonymous_caller_acts_as_the_configured_agent(b: Bridge) -> No
     assert row.owner == "guest"
 
 
+async def _stored_task(b: Bridge, task_id: str, context: str) -> A2ATask:
+    """A submitted task of alice's to the kit's address, written straight to acme's store (as
+    another process would), its first envelope ``task_id``."""
+    now = b.w.clock.now()
+    first = folding.new_task(task_id, context, message("hello").message, now)
+    row = A2ATask(
+        id=task_id,
+        owner="alice",
+        address=TCK,
+        context=context,
+        state="TASK_STATE_SUBMITTED",
+        remote_id=None,
+        snapshot=task_json(first),
+        push="[]",
+        version=0,
+        status_at=now,
+        created=now,
+        updated=now,
+    )
+    await b.acme.relay.store.a2a_create_task(row, task_id)
+    return row
+
+
 async def test_a_waiting_task_is_known_in_memory_and_a_stale_copy_only_costs_a_reread(
     b: Bridge,
 ) -> None:
@@ -603,22 +626,7 @@ async def test_a_waiting_task_is_known_in_memory_and_a_stale_copy_only_costs_a_r
     relay = b.acme.relay
     tasks, store = relay.task_store, relay.store
     now = b.w.clock.now()
-    first = folding.new_task("t-known", "c-known", message("hello").message, now)
-    row = A2ATask(
-        id="t-known",
-        owner="alice",
-        address=TCK,
-        context="c-known",
-        state="TASK_STATE_SUBMITTED",
-        remote_id=None,
-        snapshot=task_json(first),
-        push="[]",
-        version=0,
-        status_at=now,
-        created=now,
-        updated=now,
-    )
-    await store.a2a_create_task(row, "t-known")
+    row = await _stored_task(b, "t-known", "c-known")
     assert tasks.known("t-known") is None  # written by no change of this task store
     async with Tail(tasks, "t-known", 0):
         # A follow-up's turn links its envelope: its reply will name that envelope.
@@ -714,22 +722,7 @@ async def test_a_tasks_readers_get_its_changes_in_memory_and_the_log_stays_the_a
     relay = b.acme.relay
     tasks, store = relay.task_store, relay.store
     now = b.w.clock.now()
-    first = folding.new_task("t-mem", "c-mem", message("hello").message, now)
-    row = A2ATask(
-        id="t-mem",
-        owner="alice",
-        address=TCK,
-        context="c-mem",
-        state="TASK_STATE_SUBMITTED",
-        remote_id=None,
-        snapshot=task_json(first),
-        push="[]",
-        version=0,
-        status_at=now,
-        created=now,
-        updated=now,
-    )
-    await store.a2a_create_task(row, "t-mem")
+    await _stored_task(b, "t-mem", "c-mem")
     deadline = asyncio.get_running_loop().time() + 10
     async with Tail(tasks, "t-mem", 0) as tail:
         assert tasks.tails["t-mem"] == {tail}
