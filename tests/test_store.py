@@ -976,6 +976,61 @@ async def test_sqlite_without_a_domain_names_local_recipients_by_agent(tmp_path:
         await open_store(f"sqlite:///{tmp_path / 'relay.db'}", domain="not a domain")
 
 
+def _vm_steps(path: Path, sql: str, params: dict[str, Any]) -> tuple[int, list[Any]]:
+    """The rows of ``sql`` and how many SQLite virtual-machine steps they took."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    try:
+        conn.set_progress_handler(count, 1)
+        result = conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+    return steps, result
+
+
+async def fill_inbox_then_new_thread(url: str, earlier: int, *, acked: bool) -> None:
+    """``earlier`` messages for bob, each of a thread of its own (acked or not), then the one
+    answer of the thread ``new``: the inbox of a client that has called a tool many times."""
+    store = await open_store(url, domain=HERE)
+    try:
+        await add_agent(store, "bob")
+        for n in range(earlier):
+            await store.accept(new(f"old{n}", local=["bob"], thread=f"t{n}"), at(n))
+            if acked:
+                await store.ack("bob", f"old{n}", at(n))
+        await store.accept(new("answer", local=["bob"], thread="new"), at(earlier))
+    finally:
+        await store.close()
+
+
+THREAD_PAGE = {"agent": "bob", "after": 0, "thread": "new", "limit": 10}
+
+
+@pytest.mark.parametrize("acked", [True, False])
+async def test_sqlite_a_thread_page_does_not_walk_the_agents_inbox(
+    tmp_path: Path, acked: bool
+) -> None:
+    """A caller waiting for the one answer of a new thread (the MCP gateway) reads a page of
+    that thread: its cost must not grow with the messages the agent received before."""
+    from relay.store.sqlite import _SQL
+
+    statement = _SQL.inbox_all_thread if acked else _SQL.inbox_unacked_thread
+    costs = []
+    for earlier in (10, 300):
+        path = tmp_path / f"relay-{earlier}.db"
+        await fill_inbox_then_new_thread(f"sqlite:///{path}", earlier, acked=acked)
+        steps, rows = _vm_steps(path, statement, THREAD_PAGE)
+        assert [row[2] for row in rows] == ["answer"]
+        costs.append(steps)
+    assert costs[1] <= costs[0] + 10, costs
+
+
 async def test_sqlite_relative_and_absolute_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1137,6 +1192,38 @@ def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(statement, params)
         return cursor.fetchall() if cursor.description else []
+
+
+def _inbox_rows_touched(plan: dict[str, Any]) -> int:
+    """Rows of ``inbox`` an EXPLAIN ANALYZE plan node and its children produced or filtered."""
+    touched = 0
+    if plan.get("Relation Name") == "inbox":
+        loops = plan.get("Actual Loops", 1)
+        touched += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops
+    for child in plan.get("Plans", ()):
+        touched += _inbox_rows_touched(child)
+    return touched
+
+
+@pytest.mark.parametrize("acked", [True, False])
+async def test_postgres_a_thread_page_does_not_walk_the_agents_inbox(
+    pg_url: str, acked: bool
+) -> None:
+    """As on SQLite: the page of a new thread touches that thread's inbox rows only, however
+    many messages the agent has received (with the planner's estimates from an empty table,
+    as right after they arrived)."""
+    from relay.store.postgres import _SQL
+
+    await fill_inbox_then_new_thread(pg_url, 300, acked=acked)
+    statement = _SQL.inbox_all_thread if acked else _SQL.inbox_unacked_thread
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert [row[2] for row in conn.execute(statement, THREAD_PAGE)] == ["answer"]
+        [(explained,)] = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, THREAD_PAGE
+        ).fetchall()
+    assert _inbox_rows_touched(explained[0]["Plan"]) == 1
 
 
 async def test_postgres_replicas_starting_together_migrate_once(pg_url: str) -> None:

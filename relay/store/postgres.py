@@ -247,6 +247,24 @@ _DISOWN_DELIVERIES = "UPDATE deliveries SET lease_owner = NULL WHERE lease_owner
 # use the partial index inbox_unacked only when the WHERE clause itself says
 # ``acked_at IS NULL``, and envelopes_thread only for a real ``thread = …`` term.
 _INBOX_PAGE = rows.INBOX_SELECT + "WHERE i.agent = %(agent)s AND i.seq > %(after)s "
+# A thread's page starts from the thread's envelopes (envelopes_thread), then looks each up in
+# the agent's inbox by its unique (agent, envelope) key. Left to its estimates the planner walks
+# the agent's whole inbox past the cursor, acknowledged rows too, checking each envelope's
+# thread (or hashes all of it): a caller waiting for the one answer of a new thread (the MCP
+# gateway, SPEC.md "MCP mapping") paid a step per message the agent had ever received. The
+# LATERAL subquery with OFFSET 0 is not pulled up into the join, so it runs once per envelope of
+# the thread ("LATERAL Subqueries"); the cursor is checked outside it, or the (agent, seq) index
+# looks as good as the key to the estimates of a young table. A thread's rows are few, sorted
+# afterwards.
+_INBOX_THREAD_PAGE = """
+SELECT i.seq, e.origin, e.id, e.token, i.delivered_at, i.acked_at
+FROM envelopes AS e CROSS JOIN LATERAL (
+  SELECT seq, delivered_at, acked_at FROM inbox
+  WHERE inbox.envelope = e.pk AND inbox.agent = %(agent)s
+  OFFSET 0
+) AS i
+WHERE e.thread = %(thread)s AND i.seq > %(after)s
+"""
 # Leasing (module docstring, "Leases"). ``live`` is the set of store instances whose listener
 # session still holds its lease lock in this database; a lease whose owner is not among them
 # belongs to a dead process. SKIP LOCKED: rows another process is leasing right now are
@@ -450,10 +468,9 @@ ORDER BY 1, 11, 10
     inbox_unacked=_INBOX_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT %(limit)s",
     inbox_all=_INBOX_PAGE + "ORDER BY i.seq LIMIT %(limit)s",
     inbox_unacked_thread=(
-        _INBOX_PAGE + "AND i.acked_at IS NULL AND e.thread = %(thread)s ORDER BY i.seq "
-        "LIMIT %(limit)s"
+        _INBOX_THREAD_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT %(limit)s"
     ),
-    inbox_all_thread=_INBOX_PAGE + "AND e.thread = %(thread)s ORDER BY i.seq LIMIT %(limit)s",
+    inbox_all_thread=_INBOX_THREAD_PAGE + "ORDER BY i.seq LIMIT %(limit)s",
     lease_due=_LEASE_TEMPLATE.format(domain="AND r.domain <> %(own)s"),
     lease_due_domain=_LEASE_TEMPLATE.format(domain="AND r.domain = %(domain)s"),
     lease_mark=None,

@@ -171,6 +171,18 @@ _USAGE_ERRORS: Final = (
 # from a mapping, and batches as one JSON text (``json_each``) or ``executemany``.
 
 _INBOX_PAGE = rows.INBOX_SELECT + "WHERE i.agent = :agent AND i.seq > :after "
+# A thread's page starts from the thread's envelopes (envelopes_thread), then finds each in the
+# agent's inbox: started from the inbox, SQLite walks every row of the agent's inbox past the
+# cursor, acknowledged ones too, and a caller that waits for one answer of a new thread (the
+# MCP gateway, SPEC.md "MCP mapping") paid a step per message the agent had ever received.
+# CROSS JOIN keeps this order (https://www.sqlite.org/optoverview.html, "Manual Control Of
+# Query Plans Using CROSS JOIN"); the page is sorted by seq afterwards, a thread's rows being
+# few.
+_INBOX_THREAD_PAGE = """
+SELECT i.seq, e.origin, e.id, e.token, i.delivered_at, i.acked_at
+FROM envelopes AS e CROSS JOIN inbox AS i ON i.envelope = e.pk
+WHERE e.thread = :thread AND i.agent = :agent AND i.seq > :after
+"""
 # One text with optional filters: the (owner, address, status_at, id) index serves every form.
 _A2A_FILTER = """
 WHERE owner = :owner AND address = :address
@@ -351,9 +363,9 @@ ORDER BY 1, 11, 10
     inbox_unacked=_INBOX_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT :limit",
     inbox_all=_INBOX_PAGE + "ORDER BY i.seq LIMIT :limit",
     inbox_unacked_thread=(
-        _INBOX_PAGE + "AND i.acked_at IS NULL AND e.thread = :thread ORDER BY i.seq LIMIT :limit"
+        _INBOX_THREAD_PAGE + "AND i.acked_at IS NULL ORDER BY i.seq LIMIT :limit"
     ),
-    inbox_all_thread=_INBOX_PAGE + "AND e.thread = :thread ORDER BY i.seq LIMIT :limit",
+    inbox_all_thread=_INBOX_THREAD_PAGE + "ORDER BY i.seq LIMIT :limit",
     # Leases: select the due rows in order, then mark them (lease_mark), both in the writer's
     # transaction, so two lease_due calls in one group never take the same row.
     lease_due=rows.QUEUE_SELECT
