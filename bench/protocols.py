@@ -57,6 +57,11 @@ class Latency:
     def p99(self) -> float:
         return percentile(self.samples, 99)
 
+    def thirds(self) -> tuple[float, float]:
+        """The p50 of the first third of the calls and of the last third, in call order."""
+        third = max(len(self.samples) // 3, 1)
+        return percentile(self.samples[:third], 50), percentile(self.samples[-third:], 50)
+
 
 @dataclass
 class Overhead:
