@@ -9,11 +9,12 @@ them, as the relay's background loop does.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from a2a.types import Message, Part, Role, Task, TaskState
+from a2a.types import Message, Part, Role, SendMessageRequest, Task, TaskState
 
 from adapters.a2a import tasks as folding
 from adapters.a2a import wire
@@ -24,7 +25,7 @@ from relay.core.envelope import Envelope, encode
 from relay.runtime import Relay
 from relay.store.base import A2ATask, NewEnvelope
 from relay.tasks.late import Ending
-from relay.tasks.store import parse_event, parse_task, task_json
+from relay.tasks.store import Tail, parse_event, parse_task, task_json
 from tests.conftest import AgentFactory
 
 BOB = "bob@globex.test"
@@ -103,12 +104,20 @@ class Scene:
         return [i.id for i in await self.relay.store.inbox("alice", limit=100)]
 
 
-async def scene(relay: Relay, make_agent: AgentFactory, task_id: str) -> Scene:
+async def scene(relay: Relay, make_agent: AgentFactory, task_id: str = "") -> Scene:
+    """A task of alice's to bob, written to the store as another process of the relay would
+    (``task_id``), or started by this one's task store (no ``task_id``: its id is the one the
+    task store gives it, and the task is known in memory while a reader waits)."""
     await make_agent("alice")
     now = relay.clock.now()
     # Envelopes carry milliseconds (SPEC.md §3.3): times the tests compare are whole ones.
     start = now.replace(microsecond=now.microsecond // 1000 * 1000) - timedelta(seconds=20)
     question = Message(role=Role.ROLE_USER, message_id="q", parts=[Part(text="what time is it?")])
+    if not task_id:
+        started = await relay.task_store.start(
+            "alice", Address.parse(BOB), SendMessageRequest(message=question)
+        )
+        return Scene(relay, started.task_id, start)
     first = folding.new_task(task_id, "ctx", question, start)
     row = A2ATask(
         id=task_id,
@@ -164,6 +173,25 @@ async def test_an_update_that_arrives_after_the_answer_is_kept(
     assert ending is not None
     assert ending.created == s.at(2)
     assert [r.source for r in ending.late] == ["globex.test/u1"]
+
+
+async def test_an_update_right_behind_the_answer_to_a_waiting_task_is_kept(
+    relay: Relay, make_agent: AgentFactory
+) -> None:
+    # A task whose reader waits in this process is known in memory, until it ends: the answer
+    # ends it in the middle of the tracker's batch, and the update behind it, in the same
+    # batch, finds the task in the store.
+    s = await scene(relay, make_agent)
+    async with Tail(relay.task_store, s.task_id, 0) as tail:
+        assert relay.task_store.knows(s.task_id)
+        await s.arrive(s.reply("a1", 2, "noon", kind="message"), s.reply("u1", 1, "looking"))
+        item = await tail.next(asyncio.get_running_loop().time() + 10)
+        assert item is not None
+        assert folding.state_of(item[1]) == TaskState.TASK_STATE_COMPLETED
+    _, task = await s.task()
+    assert texts(task) == ["what time is it?", "looking"]
+    assert task.status.message.parts[0].text == "noon"
+    assert await s.unread() == []
 
 
 async def test_the_same_order_as_sent_folds_as_before(

@@ -8,13 +8,13 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
    store when the tracker starts);
 2. for each reply whose ``in_reply_to`` names an envelope of a task (a task whose readers wait
    in this process is known in memory, ``TaskStore.known``, with its snapshot parsed; one read
-   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``), sent by the address
-   the task was sent to
-   (or a delivery-status envelope from a relay on the way): fold it into the task
-   (adapters/a2a/tasks.py) with the task store's compare-and-set, which acks it in the owner's
-   inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
-   all in one transaction; then pushes it to the task's webhooks and hands it to the task's
-   readers in this process;
+   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``; a known task that a
+   reply earlier in the batch ended is read when its next reply comes), sent by the address the
+   task was sent to (or a delivery-status envelope from a relay on the way): fold it into the
+   task (adapters/a2a/tasks.py; into a task that has ended, late.py) with the task store's
+   compare-and-set, which acks it in the owner's inbox, appends it to the task's event log and,
+   for the batch's last row, moves the cursor, all in one transaction; then pushes it to the
+   task's webhooks and hands it to the task's readers in this process;
 3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
    by unsaved; read again only after a full batch (a row committed meanwhile has woken the
    tracker).
@@ -99,11 +99,17 @@ class ReplyTracker:
                 if e.in_reply_to and not self.tasks.knows(e.in_reply_to)
             ]
             read = await self.store.a2a_reply_tasks(wanted) if wanted else {}
+            asked = set(wanted)
             saved = False
             for seq, owner, envelope in decoded:
                 named = envelope.in_reply_to or ""
                 known = self.tasks.known(named) if named else None
                 task, snapshot = known if known is not None else (read.get(named), None)
+                if task is None and named and named not in asked:
+                    # Known when the batch was read, and ended since by a reply before this
+                    # one (an ended task is not kept in memory): read it now, for a reply the
+                    # agent made before the one that ended the task (late.py).
+                    task = (await self.store.a2a_reply_tasks([named])).get(named)
                 if task is not None:
                     # The batch's last row carries the cursor in its own write.
                     cursor = last if seq == last else None
