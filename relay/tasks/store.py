@@ -847,7 +847,7 @@ class TaskStore:
     async def cancel(self, owner: str, address: Address, task_id: str) -> Task:
         """Cancel at the face at once and tell the agent with a ``signal`` envelope (A2A 1.0
         §3.1.5). The face's task is canceled whatever the agent says later; its later events
-        are ignored, as for any ended task."""
+        are ignored, even those it sent before the cancel: no reply ended the task (late.py)."""
         row, _task = await self.get(owner, address, task_id)
 
         def canceled(current: A2ATask, task: Task) -> Change | None:
