@@ -11,6 +11,7 @@
 
 The runtime (relay/runtime.py) builds the task store, the push sender and the tracker, and runs
 the tracker in the background beside the dispatcher and the federation sender;
-relay/server/a2a_face.py only speaks HTTP and A2A to clients on top of the task store. Nothing here is imported by ``relay`` at start-up: the a2a-sdk
-modules it needs are loaded when a relay is built.
+relay/server/a2a_face.py only speaks HTTP and A2A to clients on top of the task store. Nothing
+here is imported by ``relay`` at start-up: the a2a-sdk modules it needs are loaded when a relay is
+built.
 """
