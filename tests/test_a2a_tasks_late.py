@@ -256,7 +256,18 @@ def test_the_record_reads_back_as_written() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", [None, "", "{", "[]", '{"late":[]}', '{"created":"noon"}', '{"created":1}']
+    "text",
+    [
+        None,
+        "",
+        "{",
+        "[]",
+        '{"late":[]}',
+        '{"created":"noon"}',
+        '{"created":1}',
+        '{"created":"2026-03-01T12:00:00"}',
+        '{"created":"2026-03-01T12:00:00+00:00","late":[{"source":"b/1"}]}',
+    ],
 )
 def test_no_record_or_a_broken_one_admits_no_late_reply(text: str | None) -> None:
     assert Ending.parse(text) is None

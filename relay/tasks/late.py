@@ -2,9 +2,9 @@
 the task has ended (SPEC.md "A2A mapping", "Replies").
 
 Envelopes keep no order (SPEC.md §9.1, "No ordering guarantee"): an agent that sends an update
-and then its final answer can have the answer arrive first — always so on a first contact with a
-partner, whose first delivery pass resolves the partner. The task has ended when the update
-arrives, yet the update holds content the agent meant to be part of it. So when a reply ends a
+and then its final answer can have the answer arrive first (the update's delivery retried, or
+held up while its relay resolves the face's). The task has ended when the update arrives, yet
+the update holds content the agent meant to be part of it. So when a reply ends a
 task, the tracker keeps its envelope's ``created`` with the task (``A2ATask.ended_by``, migration
 0010), and for every later reply:
 
@@ -76,9 +76,12 @@ class Ending:
                 )
                 for r in data.get("late", ())
             )
-            return cls(datetime.fromisoformat(data["created"]), late)
+            ending = cls(datetime.fromisoformat(data["created"]), late)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
+        times = [ending.created, *(r.created for r in ending.late)]
+        # Instants only: a time without an offset compares with no envelope's ``created``.
+        return ending if all(t.tzinfo is not None for t in times) else None
 
     def to_json(self) -> str:
         data = {
