@@ -9,6 +9,12 @@ Folding follows a2a-sdk's TaskManager (A2A 1.0 §3.1.1, §4.2): a ``Task`` event
 snapshot; a status update moves the previous status message into the history and takes its
 place; an artifact update adds or appends to an artifact; a direct ``Message`` answer ends
 the task as completed with that message.
+
+An ended task takes no event that changes how it ended. What an agent sent before the reply
+that ended the task can still arrive after it, since envelopes keep no order (SPEC.md §9.1):
+:func:`fold_late` adds what such an event carries — its messages to the history, before the
+terminal status's message; its artifacts — and leaves the status as it is. Whether an event is
+late rather than new is the caller's to tell (it knows when the agent sent it).
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from adapters.a2a.wire import TERMINAL_STATES, WAITING_STATES, Event
 from relay.core.cards import SYNQ_ADDRESS_EXTENSION
 
-__all__ = ["Folded", "ends_stream", "fold", "new_task", "state_of", "stream_event"]
+__all__ = [
+    "Folded",
+    "FoldedLate",
+    "ends_stream",
+    "fold",
+    "fold_late",
+    "new_task",
+    "state_of",
+    "stream_event",
+]
 
 
 def _timestamp(now: datetime) -> Timestamp:
@@ -135,6 +150,122 @@ def fold(task: Task, event: Event, now: datetime) -> Folded | None:
         artifact.append = False
         append_artifact_to_task(out, artifact)
     return Folded(out, StreamResponse(artifact_update=artifact), remote)
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedLate:
+    """The outcome of folding one late event into an ended task: the new snapshot, and how many
+    messages the event put into its history (the caller orders later late events by them)."""
+
+    task: Task
+    messages: int
+
+
+def _copy(message: Message) -> Message:
+    out = Message()
+    out.CopyFrom(message)
+    return out
+
+
+def _has_message(task: Task, message: Message) -> bool:
+    """Whether the task holds ``message`` already: the same ``messageId`` (A2A 1.0 §3.3.1: the
+    id names the message), or, for a message without one, an equal message."""
+    held = list(task.history)
+    if task.status.HasField("message"):
+        held.append(task.status.message)
+    if message.message_id:
+        return any(m.message_id == message.message_id for m in held)
+    return any(m == message for m in held)
+
+
+def _add_late_artifact(task: Task, update: TaskArtifactUpdateEvent) -> None:
+    """An artifact update of a late event: added, or appended to the artifact it names.
+
+    A first chunk (``append`` false) of an artifact the task holds does not replace it, as a
+    live one would: what the task holds arrived before, but was sent after — the artifact's
+    later chunks, or a newer version. Its parts go before the parts held, unless the artifact
+    begins with them already, so no part the agent sent is lost."""
+    artifact = update.artifact
+    held = next((a for a in task.artifacts if a.artifact_id == artifact.artifact_id), None)
+    if held is None:
+        task.artifacts.append(artifact)
+        return
+    if update.append:
+        held.parts.extend(artifact.parts)
+        for key, value in artifact.metadata.fields.items():
+            if key not in held.metadata.fields:
+                held.metadata.fields[key].CopyFrom(value)
+        return
+    if list(held.parts[: len(artifact.parts)]) == list(artifact.parts):
+        return
+    parts = [*artifact.parts, *held.parts]
+    del held.parts[:]
+    held.parts.extend(parts)
+    if not held.name:
+        held.name = artifact.name
+    if not held.description:
+        held.description = artifact.description
+
+
+def fold_late(task: Task, event: Event, before: int) -> FoldedLate | None:
+    """Apply one late event of the agent to a task that has ended (module docstring): the
+    status stays as it ended. A status update's message (or a direct message answer) goes into
+    the history ``before`` messages from its end — the late messages the agent sent after this
+    one — so the history keeps the order the agent sent it in, and the terminal status's
+    message, after the history, stays last. An artifact update adds or appends its artifact; a
+    task snapshot adds the messages and artifacts the task lacks. Metadata only fills keys the
+    task lacks: the task's own are newer. None when the event carries nothing the task lacks
+    (a bare change of state, a repeat)."""
+    tid, cid = task.id, task.context_id
+    out = Task()
+    out.CopyFrom(task)
+    messages: list[Message] = []
+    metadata = None
+    if isinstance(event, Message):
+        message = Message()
+        message.CopyFrom(event)
+        _rewrite_message(message, tid, cid)
+        messages.append(message)
+    elif isinstance(event, TaskStatusUpdateEvent):
+        if event.status.HasField("message"):
+            message = Message()
+            message.CopyFrom(event.status.message)
+            _rewrite_message(message, tid, cid)
+            messages.append(message)
+        metadata = event.metadata
+    elif isinstance(event, Task):
+        snapshot = Task()
+        snapshot.CopyFrom(event)
+        for message in snapshot.history:
+            _rewrite_message(message, tid, cid)
+        messages.extend(snapshot.history)
+        if snapshot.status.HasField("message"):
+            _rewrite_message(snapshot.status.message, tid, cid)
+            messages.append(snapshot.status.message)
+        for artifact in snapshot.artifacts:
+            if not any(a.artifact_id == artifact.artifact_id for a in out.artifacts):
+                out.artifacts.append(artifact)
+        metadata = snapshot.metadata
+    else:
+        update = TaskArtifactUpdateEvent()
+        update.CopyFrom(event)
+        _add_late_artifact(out, update)
+    if metadata is not None:
+        for key, value in metadata.fields.items():
+            if key not in out.metadata.fields:
+                out.metadata.fields[key].CopyFrom(value)
+    added: list[Message] = []
+    for message in messages:
+        if not _has_message(out, message) and message not in added:
+            added.append(message)
+    if added:
+        at = max(0, len(out.history) - max(0, before))
+        history = [_copy(m) for m in out.history]
+        del out.history[:]
+        out.history.extend([*history[:at], *added, *history[at:]])
+    if out == task:
+        return None
+    return FoldedLate(out, len(added))
 
 
 def state_of(event: StreamResponse) -> TaskState | None:

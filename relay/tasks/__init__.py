@@ -5,10 +5,13 @@
 * push.py — :class:`~relay.tasks.push.PushSender`: each logged event POSTed to the task's
   webhooks, best effort;
 * replies.py — :class:`~relay.tasks.replies.ReplyTracker`: replies in the owners' inboxes folded
-  into their tasks.
+  into their tasks;
+* late.py — :class:`~relay.tasks.late.Ending`: which replies to an ended task still count (the
+  agent sent them before the reply that ended it) and where their messages go.
 
-The runtime (relay/runtime.py) builds the three and runs the tracker in the background beside the
-dispatcher and the federation sender; relay/server/a2a_face.py only speaks HTTP and A2A to
-clients on top of the task store. Nothing here is imported by ``relay`` at start-up: the a2a-sdk
-modules it needs are loaded when a relay is built.
+The runtime (relay/runtime.py) builds the task store, the push sender and the tracker, and runs
+the tracker in the background beside the dispatcher and the federation sender;
+relay/server/a2a_face.py only speaks HTTP and A2A to clients on top of the task store. Nothing
+here is imported by ``relay`` at start-up: the a2a-sdk modules it needs are loaded when a relay is
+built.
 """

@@ -8,13 +8,13 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
    store when the tracker starts);
 2. for each reply whose ``in_reply_to`` names an envelope of a task (a task whose readers wait
    in this process is known in memory, ``TaskStore.known``, with its snapshot parsed; one read
-   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``), sent by the address
-   the task was sent to
-   (or a delivery-status envelope from a relay on the way): fold it into the task
-   (adapters/a2a/tasks.py) with the task store's compare-and-set, which acks it in the owner's
-   inbox, appends it to the task's event log and, for the batch's last row, moves the cursor,
-   all in one transaction; then pushes it to the task's webhooks and hands it to the task's
-   readers in this process;
+   for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``; a known task that a
+   reply earlier in the batch ended is read when its next reply comes), sent by the address the
+   task was sent to (or a delivery-status envelope from a relay on the way): fold it into the
+   task (adapters/a2a/tasks.py; into a task that has ended, late.py) with the task store's
+   compare-and-set, which acks it in the owner's inbox, appends it to the task's event log and,
+   for the batch's last row, moves the cursor, all in one transaction; then pushes it to the
+   task's webhooks and hands it to the task's readers in this process;
 3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
    by unsaved; read again only after a full batch (a row committed meanwhile has woken the
    tracker).
@@ -26,6 +26,7 @@ and moving the cursor, or before an unsaved cursor is written, only repeats work
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Final
 
 from a2a.types import Task
@@ -40,6 +41,7 @@ from relay.core.envelope import KIND_DSN, Envelope
 from relay.core.errors import SynqError
 from relay.core.jws import b64url_decode
 from relay.store.base import A2ATask
+from relay.tasks.late import Ending
 from relay.tasks.store import Change, TaskStore
 
 __all__ = ["CURSOR_LAG", "FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
@@ -97,11 +99,17 @@ class ReplyTracker:
                 if e.in_reply_to and not self.tasks.knows(e.in_reply_to)
             ]
             read = await self.store.a2a_reply_tasks(wanted) if wanted else {}
+            asked = set(wanted)
             saved = False
             for seq, owner, envelope in decoded:
                 named = envelope.in_reply_to or ""
                 known = self.tasks.known(named) if named else None
                 task, snapshot = known if known is not None else (read.get(named), None)
+                if task is None and named and named not in asked:
+                    # Known when the batch was read, and ended since by a reply before this
+                    # one (an ended task is not kept in memory): read it now, for a reply the
+                    # agent made before the one that ended the task (late.py).
+                    task = (await self.store.a2a_reply_tasks([named])).get(named)
                 if task is not None:
                     # The batch's last row carries the cursor in its own write.
                     cursor = last if seq == last else None
@@ -141,22 +149,26 @@ class ReplyTracker:
                 envelope.model_copy(update={"content_type": "application/json"})
             )
         now = self.clock.now()
+        source = f"{envelope.sender.domain}/{envelope.id}"
+        created = envelope.created
         declined = False
 
         def fold(current: A2ATask, task: Task) -> Change | None:
             nonlocal declined
-            folded = folding.fold(task, event, now)
-            declined = folded is None
-            if folded is None:
-                return None
-            return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id)
+            change = (
+                _fold_late(current, task, event, source, created)
+                if task.status.state in wire.TERMINAL_STATES
+                else _fold(task, event, now, created)
+            )
+            declined = change is None
+            return change
 
         # One transaction acks the reply, folds it into the task and saves the cursor: once
         # the task shows the reply, the inbox no longer offers it, and one commit stands
         # between the reply's arrival and the task's readers being woken (not synced on its
         # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
-        # undone: the feed offers the reply again.
-        source = f"{envelope.sender.domain}/{envelope.id}"
+        # undone: the feed offers the reply again. The source makes a reply that logged an
+        # event, offered again, a duplicate; a late one (late.py) is known by the task's end.
         try:
             await self.tasks.change(
                 row.id,
@@ -173,7 +185,8 @@ class ReplyTracker:
             self.tasks.forget(row.id)
             return False
         if declined:
-            # Nothing written (the task had ended, say): the reply is acked on its own, and
+            # Nothing written (the task had ended before the reply was made, say): the reply
+            # is acked on its own, and
             # the cursor moves after the batch.
             await self.store.ack(owner, envelope.id, now)
             return False
@@ -210,3 +223,31 @@ class ReplyTracker:
     def close(self) -> None:
         """Stop being woken by the owners' inboxes."""
         self.tasks.owners.clear()
+
+
+def _fold(task: Task, event: wire.Event, now: datetime, created: datetime) -> Change | None:
+    """A reply to a running task, folded as it comes (adapters/a2a/tasks.py); a reply that
+    ends the task leaves its ``created`` with it, for the late replies (late.py)."""
+    folded = folding.fold(task, event, now)
+    if folded is None:
+        return None
+    ended = Ending(created).to_json() if folded.task.status.state in wire.TERMINAL_STATES else None
+    return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id, ended=ended)
+
+
+def _fold_late(
+    row: A2ATask, task: Task, event: wire.Event, source: str, created: datetime
+) -> Change | None:
+    """A reply to an ended task (late.py): folded without changing how the task ended when the
+    agent made it no later than the reply that ended it and it was not folded before; declined
+    (None) otherwise. It logs no event: the task's readers have had the event that ended it,
+    after which a stream ends (A2A 1.0 §3.1.2), and a webhook told that the task ended must
+    not hear of it working again. GetTask, ListTasks and a retried call's answer show it."""
+    ending = Ending.parse(row.ended_by)
+    if ending is None or not ending.admits(created) or ending.folded(source):
+        return None
+    folded = folding.fold_late(task, event, ending.before(created))
+    if folded is None:
+        return None
+    ended = ending.with_late(source, created, folded.messages)
+    return Change(task=folded.task, events=[], ended=ended.to_json())

@@ -235,12 +235,14 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a mutation of a task produced: the new snapshot and events to log."""
+    """What a mutation of a task produced: the new snapshot and events to log; ``ended``, when
+    given, the task's new ``ended_by`` (relay/tasks/late.py)."""
 
     task: Task
     events: list[StreamResponse]
     remote_id: str | None = None
     push: str | None = None
+    ended: str | None = None
 
 
 class Tail:
@@ -529,6 +531,7 @@ class TaskStore:
                 remote_id=outcome.remote_id or row.remote_id,
                 snapshot=task_json(outcome.task),
                 push=outcome.push if outcome.push is not None else row.push,
+                ended_by=outcome.ended if outcome.ended is not None else row.ended_by,
                 status_at=_status_time(outcome.task, now),
                 updated=now,
             )
@@ -844,7 +847,7 @@ class TaskStore:
     async def cancel(self, owner: str, address: Address, task_id: str) -> Task:
         """Cancel at the face at once and tell the agent with a ``signal`` envelope (A2A 1.0
         §3.1.5). The face's task is canceled whatever the agent says later; its later events
-        are ignored, as for any ended task."""
+        are ignored, even those it sent before the cancel: no reply ended the task (late.py)."""
         row, _task = await self.get(owner, address, task_id)
 
         def canceled(current: A2ATask, task: Task) -> Change | None:

@@ -1051,6 +1051,7 @@ class SqlStore(GroupWriter, Store):
             ts(task.status_at),
             ts(task.created),
             ts(task.updated),
+            task.ended_by,
         )
 
         async def run(tx: Tx) -> tuple[None, Collection[str]]:
@@ -1122,6 +1123,7 @@ class SqlStore(GroupWriter, Store):
             task.push,
             self._ts(task.status_at),
             self._ts(task.updated),
+            task.ended_by,
             expected_version + max(1, len(events)),
             task.id,
             expected_version,
