@@ -728,7 +728,9 @@ class Store(abc.ABC):
         self, outcomes: Sequence[Outcome], new: Sequence[NewEnvelope], now: datetime
     ) -> None:
         """Apply delivery outcomes and accept ``new`` envelopes (DSNs) in one transaction, so a
-        bounce and its DSN are both recorded or neither is. Releases the leases."""
+        bounce and its DSN are both recorded or neither is. Releases the leases. Outcomes that
+        are all holds (event ``held``, SPEC.md §9.3), with no ``new``, record no attempt and
+        may commit without a sync, as a lease: lost, their rows are simply held again."""
 
     # local delivery to adapter-backed agents ----------------------------------------------------
     # ``accept``/``accept_many`` give every new inbox row of an agent whose kind is not

@@ -654,7 +654,13 @@ class SqlStore(GroupWriter, Store):
                 _results, channels = await self._accept_rows(tx, [(item, at) for item in new])
             return None, channels
 
-        await self._write(run, new=new)
+        # Holds only (SPEC.md §9.3: the destination is down, the rows wait for its next probe):
+        # no attempt, nothing acknowledged, so no sync, as a lease. A hold lost to a power cut
+        # leaves its row due at its old time, leased and held again. Without this, each new
+        # envelope to a partner that is down cost a second synced commit beside every write of
+        # the relay's own work (signals' offers and updates, SPEC.md §13.6).
+        durable = bool(new) or any(o.event != "held" for o in outcomes)
+        await self._write(run, new=new, durable=durable)
 
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
         own = self.domain or ""
