@@ -304,7 +304,6 @@ class Relay:
         # replicas in through the inbound handler, requests to owners answered at once.
         self.signal_federation = SignalFederation(
             signals=self.signals,
-            mailbox=self.mailbox,
             router=self.router,
             keys=self.discovery,
             session=self._http,
@@ -312,8 +311,9 @@ class Relay:
             clock=self.clock,
             partners=lambda: self.config.discovery.partners,
             policy=lambda: self.policy,
+            on_accepted=lambda via, count: metrics.accepted.labels(via=via).inc(count),
         )
-        self.signals.on_change = self.signal_federation.offer
+        self.signals.partners = self.signal_federation
         self.signals.owner_link = self.signal_federation
         self.inbound.on_signal = self.signal_federation.receive
         #: What the relay no longer needs goes after its retention (relay/delivery/retention.py).

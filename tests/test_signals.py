@@ -23,7 +23,7 @@ from relay.delivery.views import envelope_object
 from relay.keyring import load_keyring
 from relay.runtime import Relay
 from relay.store import open_store
-from relay.store.base import SIGNALS_CHANNEL, Store
+from relay.store.base import QUEUE_CHANNEL, SIGNALS_CHANNEL, NewEnvelope, Store
 from tests import pg, test_store
 from tests.conftest import make_config
 from tests.helpers import wait_until
@@ -87,6 +87,43 @@ async def test_write_is_a_compare_and_set(store: Store) -> None:
     assert after.state == "open"
     assert after.reinforcements == lapse.reinforcements
     assert (await store.signal_claims(s.id))[0].outcome == "lapsed"
+
+
+def offer_of(id: str, kind: str = sg.KIND_SIGNAL) -> NewEnvelope:
+    """An offer or update to the partner b.test, as the router builds it (SPEC.md §13.6)."""
+    return test_store.new(
+        id, remote=[f"{sg.SIGNALS_LOCAL}@b.test"], kind=kind, via="signals", created=T0
+    )
+
+
+async def test_an_offer_is_committed_with_its_signal_or_not_at_all(store: Store) -> None:
+    s = signal()
+    offer = offer_of("0190aaaa-0000-7000-8000-0000000000f1")
+    async with store.notifier.listen(QUEUE_CHANNEL) as queue:
+        assert await store.signal_insert(s, offer)
+        assert await queue.wait(5)  # the sender is woken for it, as by any accept
+    # The id taken (an emit retried): neither the signal nor its second offer is written.
+    again = offer_of("0190aaaa-0000-7000-8000-0000000000f2")
+    assert not await store.signal_insert(replace(s, text="other"), again)
+    queued = await store.list_queue("b.test")
+    assert [(e.id, e.recipient) for e in queued] == [(offer.id, "signals@b.test")]
+    assert queued[0].next_attempt == s.created
+    assert await store.signal_get(s.id) == s
+
+
+async def test_an_update_is_written_exactly_when_its_change_is(store: Store) -> None:
+    s = signal()
+    await store.signal_insert(s)
+    a = sg.claim(s, "bob@a.test", at(1), "x")
+    b = sg.claim(s, "carol@a.test", at(1), "y")
+    won = offer_of("0190aaaa-0000-7000-8000-0000000000f3", sg.KIND_SIGNAL_UPDATE)
+    lost = offer_of("0190aaaa-0000-7000-8000-0000000000f4", sg.KIND_SIGNAL_UPDATE)
+    assert await store.signal_write(a, s.version, won)
+    assert not await store.signal_write(b, s.version, lost)
+    assert [e.id for e in await store.list_queue("b.test")] == [won.id]
+    got = await store.signal_get(s.id)
+    assert got is not None
+    assert (got.state, got.holder) == ("claimed", "bob@a.test")
 
 
 async def test_reinforce_once_per_source(store: Store) -> None:

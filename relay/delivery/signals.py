@@ -37,12 +37,16 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
-6. **Partners told** (:meth:`Signals._changed`): a new signal of partner scope is in the queue
-   to its partners before the emit is answered; a change of its state (claimed, reopened, done)
-   is sent to them beside the answer, so a claim's answer waits for one commit, its own. An
-   update lost with the process (or refused by the queue) is what SPEC.md §13.6 already allows
-   for: a partner's agent that claims it is answered by this relay, and the next update
-   carries the whole state.
+6. **Partners told** (:meth:`Signals._tell`): the offer of a new signal of partner scope, and
+   the update for each change of its state (claimed, reopened, done), is built and signed
+   before the write and taken into custody by the write itself (``Store.signal_insert``,
+   ``Store.signal_write``): one transaction, one commit, so an emit or a claim waits for its
+   own commit only, and no separate commit of an offer or update queues beside the claims. A
+   signal or change that is durable has its offer or update in the federation queue; a change
+   that loses the compare-and-set writes neither. An offer or update the router refuses (the
+   partner policy, the emitter's send rate) is logged and the change written without it: as
+   SPEC.md §13.6 allows, a partner's agent that claims is answered by this relay, and the next
+   update carries the whole state.
 """
 
 from __future__ import annotations
@@ -54,7 +58,6 @@ import re
 from collections import Counter
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Iterator,
@@ -83,6 +86,7 @@ from relay.core.errors import (
 from relay.core.ids import uuid7
 from relay.core.ratelimit import Rate, TokenBuckets
 from relay.delivery.mailbox import Mailbox
+from relay.delivery.router import Prepared
 from relay.store.base import SIGNALS_CHANNEL, Listener, Store
 
 __all__ = [
@@ -98,6 +102,7 @@ __all__ = [
     "ActiveSignals",
     "Heard",
     "OwnerLink",
+    "Partners",
     "Signals",
     "TooManySignals",
     "signal_view",
@@ -457,6 +462,19 @@ class OwnerLink(Protocol):
         ...
 
 
+class Partners(Protocol):
+    """The way to the partner relays in a signal's scope (relay/federation/signals.py)."""
+
+    async def prepare_offer(self, signal: sg.Signal, kind: str) -> Prepared | None:
+        """The offer (kind ``signal``) or update (``signal.update``) of ``signal``, checked,
+        built and signed, not stored; None when no partner relay is in its scope."""
+        ...
+
+    def offered(self, prepared: Prepared, error: BaseException | None = None) -> None:
+        """The write carrying ``prepared`` committed it (``error`` None) or did not."""
+        ...
+
+
 class Signals:
     """The signal operations of local agents (module docstring). ``agent`` arguments are local
     agent names; addresses are formed with the relay's domain."""
@@ -469,7 +487,7 @@ class Signals:
         *,
         emit_rate: Rate = DEFAULT_EMIT_RATE,
         max_open: int = sg.MAX_OPEN_PER_AGENT,
-        on_change: Callable[[sg.Signal, str], Awaitable[None]] | None = None,
+        partners: Partners | None = None,
         owner_link: OwnerLink | None = None,
     ) -> None:
         self.store = store
@@ -477,9 +495,9 @@ class Signals:
         self.clock = clock
         self.emit_rates = TokenBuckets(emit_rate)
         self.max_open = max_open
-        #: Told of each new signal of partner scope and each change of its state, with the
-        #: envelope kind to tell partners by (relay/federation/signals.py sends them).
-        self.on_change = on_change
+        #: Builds the offer of each new signal of partner scope and the update of each change
+        #: of its state, which the signal's write takes into custody (step 6).
+        self.partners = partners
         #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
         self.owner_link = owner_link
         #: The one scan of the active signals every feed reads (step 3).
@@ -505,8 +523,6 @@ class Signals:
         #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
         #: their signals are not offered (``OWNER_QUIET``).
         self._quiet: dict[str, float] = {}
-        #: Updates to partners on their way, sent beside the answers (step 6).
-        self._telling: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
@@ -549,13 +565,18 @@ class Signals:
             body=emit.body,
             updated=now,
         )
-        if await self.store.signal_insert(signal):
+        offer = await self._tell(None, signal)
+        try:
+            inserted = await self.store.signal_insert(signal, None if offer is None else offer.item)
+        except BaseException as exc:
+            self._told(offer, exc)
+            raise
+        self._told(offer, None if inserted else Conflict("the signal id is taken"))
+        if inserted:
             self._noted(signal)
             # The feeds just woken for it answer first (one turn of the event loop): this
-            # task's own answer, and for a partner-scope signal the signing and queueing of
-            # its offer (step 6), would otherwise run ahead of them.
+            # task's own answer would otherwise run ahead of them.
             await asyncio.sleep(0)
-        await self._changed(None, signal)
         return signal
 
     # --- subscribing and hearing ----------------------------------------------------------------
@@ -856,52 +877,55 @@ class Signals:
             try:
                 change = rule(settled.signal, current, now)
             except SynqError:
-                if settled.changed and await self.store.signal_write(settled, stored.version):
+                if settled.changed and await self._write(settled, stored):
                     self._noted(settled.signal, stored)
-                    await self._changed(stored, settled.signal)
                 raise
             merged = _merge(settled, change)
             if not merged.changed:
                 return merged
-            if await self.store.signal_write(merged, stored.version):
+            if await self._write(merged, stored):
                 self._noted(merged.signal, stored)
-                await self._changed(stored, merged.signal)
                 return merged
         raise Conflict("the signal is changing too fast; try again")
 
-    async def _changed(self, before: sg.Signal | None, after: sg.Signal) -> None:
-        """Tell the partners in scope of a signal this relay owns what changed: the offer when
-        it is new, an update when its state or claim moved (not for a heartbeat).
-
-        The offer is sent before the emit is answered: a signal acknowledged to its emitter is
-        in the queue to its partners. An update is sent beside the answer, not before it
-        (step 6 of the module docstring): the change is durable already, and waiting for the
-        update's own custody (signing, a second commit) put that commit in every claim's
-        answer across relays."""
-        if self.on_change is None or after.owner != self.domain or after.scope == "local":
-            return
-        if before is None:
-            await self._tell(after, sg.KIND_SIGNAL)
-        elif (before.state, before.generation) != (after.state, after.generation):
-            task = asyncio.create_task(self._tell(after, sg.KIND_SIGNAL_UPDATE))
-            # Held until done: the loop keeps only weak references to its tasks.
-            self._telling.add(task)
-            task.add_done_callback(self._told)
-
-    def _told(self, task: asyncio.Task[None]) -> None:
-        self._telling.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # Nobody awaits it: said here, not as "exception never retrieved" at exit.
-            log.error("signal update to partners failed", exc_info=exc)
-
-    async def _tell(self, signal: sg.Signal, kind: str) -> None:
-        assert self.on_change is not None
+    async def _write(self, change: sg.Transition, stored: sg.Signal) -> bool:
+        """The compare-and-set of ``change`` against ``stored``'s version, with the update that
+        tells partners of it in the same transaction (step 6)."""
+        update = await self._tell(stored, change.signal)
         try:
-            await self.on_change(signal, kind)
+            written = await self.store.signal_write(
+                change, stored.version, None if update is None else update.item
+            )
+        except BaseException as exc:
+            self._told(update, exc)
+            raise
+        self._told(update, None if written else Conflict("another change was written first"))
+        return written
+
+    async def _tell(self, before: sg.Signal | None, after: sg.Signal) -> Prepared | None:
+        """What partners in scope of a signal this relay owns are to be told with its write
+        (step 6): the offer when it is new, an update when its state or generation moves (not
+        for a heartbeat); None when nothing, or when the router refused it."""
+        if self.partners is None or after.owner != self.domain or after.scope == "local":
+            return None
+        if before is None:
+            kind = sg.KIND_SIGNAL
+        elif (before.state, before.generation) != (after.state, after.generation):
+            kind = sg.KIND_SIGNAL_UPDATE
+        else:
+            return None
+        try:
+            return await self.partners.prepare_offer(after, kind)
         except SynqError as exc:
             # The change stands; partners learn the state from the next update, or from the
             # owner's answer to a claim (SPEC.md §13.6).
-            log.warning("signal %s: partners not told (%s)", signal.id, exc.message)
+            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
+            return None
+
+    def _told(self, prepared: Prepared | None, error: BaseException | None) -> None:
+        if prepared is not None:
+            assert self.partners is not None
+            self.partners.offered(prepared, error)
 
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""

@@ -4,12 +4,15 @@ this relay owns.
 
 The owner relay alone grants claims. Everything else follows from that:
 
-1. **Offers** (:meth:`SignalFederation.offer`): a new signal of scope ``partners`` (the relays
-   of ``[discovery] partners``) or a list of domains goes to each partner relay as an envelope
-   of kind ``signal`` from the emitter, to ``signals@<partner>``, body the signal
-   (``offer_body``); each change of its state or claim as one of kind ``signal.update``. Both
-   through the federation queue, as any envelope (the partner policy applies, the queue
-   retries).
+1. **Offers** (:meth:`SignalFederation.prepare_offer`): a new signal of scope ``partners``
+   (the relays of ``[discovery] partners``) or a list of domains goes to each partner relay as
+   an envelope of kind ``signal`` from the emitter, to ``signals@<partner>``, body the signal
+   (``offer_body``); each change of its state or claim as one of kind ``signal.update``. Each
+   is checked, built and signed by the router as any submission (the partner policy applies),
+   and taken into custody in the very transaction that writes the signal or its change
+   (``Store.signal_insert``, ``Store.signal_write``): one commit for both, and a signal or a
+   change that is durable has its offer or update in the federation queue, which retries it.
+   :meth:`SignalFederation.offered` closes the submission once that write is decided.
 2. **Replicas** (:meth:`SignalFederation.receive`, called by the inbound handler after it
    verified the envelope, its times and the partner's rates): kept as a replica the partner's
    agents hear like a local signal, or applied to it when newer. A partner floods no faster
@@ -41,6 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import aiohttp
+from opentelemetry.trace import Status, StatusCode
 from yarl import URL
 
 from relay.core import envelope as env_mod
@@ -57,13 +61,14 @@ from relay.core.limits import MAX_API_BODY_BYTES, MAX_CLOCK_SKEW
 from relay.core.policy import Policy
 from relay.core.ratelimit import Rate, TokenBuckets
 from relay.core.txn import EnvelopeResult
-from relay.delivery.mailbox import Mailbox
-from relay.delivery.router import Router
+from relay.delivery.router import Prepared, Router
 from relay.delivery.signals import Signals
 from relay.discovery.ssrf import AddressPolicy
+from relay.logs import event
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "OFFER_VIA",
     "PARTNER_REQUEST_RATE",
     "PARTNER_SIGNAL_RATE",
     "REQUEST_TIMEOUT",
@@ -72,6 +77,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("synq.federation.signals")
+#: Recipient events (SPEC.md §14.4) of the offers and updates taken into custody here, under the
+#: logger every other accepted envelope's line uses (relay/delivery/custody.py).
+delivery_log = logging.getLogger("synq.delivery")
 
 #: How long a partner's agent waits for the owner relay's answer. Short: a claim is
 #: interactive, and an owner that is down must not hold the partner's agents.
@@ -84,6 +92,9 @@ PARTNER_SIGNAL_RATE: Final = Rate(per_second=20.0, burst=200.0)
 #: Claims, heartbeats, completes and releases one partner domain may ask of this relay: an
 #: authentic partner still cannot make the owner spend its writes on a storm of requests.
 PARTNER_REQUEST_RATE: Final = Rate(per_second=50.0, burst=500.0)
+#: The ``via`` of offers and updates (the hop log, the metrics; each charged to the emitter's
+#: send rate, relay/delivery/router.py): the relay sends them, made from a signal it owns.
+OFFER_VIA: Final = "signals"
 #: Request ids remembered for replay: a partner sending more distinct requests than this within
 #: ``MAX_REQUEST_LIFETIME`` pushes out the oldest, which the time check then still bounds.
 SEEN_CACHE_SIZE: Final = 100_000
@@ -117,7 +128,6 @@ class SignalFederation:
         self,
         *,
         signals: Signals,
-        mailbox: Mailbox,
         router: Router,
         keys: Keys,
         session: aiohttp.ClientSession,
@@ -125,9 +135,9 @@ class SignalFederation:
         clock: Clock,
         partners: Callable[[], Sequence[str]],
         policy: Callable[[], Policy],
+        on_accepted: Callable[[str, int], None] = lambda _via, _count: None,
     ) -> None:
         self.signals = signals
-        self.mailbox = mailbox
         self.router = router
         self.keys = keys
         self.session = session
@@ -135,6 +145,9 @@ class SignalFederation:
         self.clock = clock
         self.partners = partners
         self.policy = policy
+        #: Told of each offer or update taken into custody, as the mailbox tells of a send (relay/delivery/mailbox.py)
+        #: (the relay's ``accepted`` metric, ``via="signals"``).
+        self.on_accepted = on_accepted
         self.rates = TokenBuckets(PARTNER_SIGNAL_RATE)
         self.request_rates = TokenBuckets(PARTNER_REQUEST_RATE)
         self._seen: OrderedDict[tuple[str, str], datetime] = OrderedDict()
@@ -153,12 +166,16 @@ class SignalFederation:
 
     # --- 1. offers ------------------------------------------------------------------------------
 
-    async def offer(self, signal: sg.Signal, kind: str) -> None:
-        """Send ``signal`` (kind ``signal`` or ``signal.update``) to the partners in its scope."""
+    async def prepare_offer(self, signal: sg.Signal, kind: str) -> Prepared | None:
+        """The envelope of kind ``kind`` (``signal`` or ``signal.update``) that tells the
+        partners in the scope of ``signal`` of it, checked, built and signed as the mailbox
+        sends any envelope, not yet stored: the caller writes it with the signal (step 1) and
+        then calls :meth:`offered`. None when no partner relay is in scope. Raises what the
+        router refuses it with (the partner policy)."""
         targets = signal.scope if isinstance(signal.scope, tuple) else tuple(self.partners())
         to = tuple(Address(sg.SIGNALS_LOCAL, d) for d in targets if d != self.domain)
         if not to:
-            return
+            return None
         draft = Draft(
             Address.parse(signal.emitter),
             to,
@@ -169,7 +186,32 @@ class SignalFederation:
             thread=signal.id,
             expires=min(signal.expires, self.clock.now() + timedelta(days=1)),
         )
-        await self.mailbox.send(draft, via="signals")
+        return await self.router.prepare(draft, via=OFFER_VIA)
+
+    def offered(self, prepared: Prepared, error: BaseException | None = None) -> None:
+        """The write that was to take ``prepared`` into custody is decided: committed (``error``
+        None: its recipient events and the metric, as a send's), or not (its accept span ends
+        failed: the signal was not written, or another change won the compare-and-set)."""
+        span = prepared.span
+        if error is None:
+            self.on_accepted(OFFER_VIA, 1)
+            item = prepared.item
+            for address in item.remote:
+                event(
+                    delivery_log,
+                    "accepted",
+                    event="accepted",
+                    id=item.id,
+                    to=address,
+                    destination=address.rpartition("@")[2],
+                    via=item.via,
+                    **{"from": item.sender},
+                )
+        elif span is not None and span.is_recording():
+            # The class name only, as the router marks a refused submission.
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        if span is not None:
+            span.end()
 
     # --- 2. replicas ----------------------------------------------------------------------------
 

@@ -731,7 +731,9 @@ class Store(abc.ABC):
         self, outcomes: Sequence[Outcome], new: Sequence[NewEnvelope], now: datetime
     ) -> None:
         """Apply delivery outcomes and accept ``new`` envelopes (DSNs) in one transaction, so a
-        bounce and its DSN are both recorded or neither is. Releases the leases."""
+        bounce and its DSN are both recorded or neither is. Releases the leases. Outcomes that
+        are all holds (event ``held``, SPEC.md §9.3), with no ``new``, record no attempt and
+        may commit without a sync, as a lease: lost, their rows are simply held again."""
 
     # local delivery to adapter-backed agents ----------------------------------------------------
     # ``accept``/``accept_many`` give every new inbox row of an agent whose kind is not
@@ -888,9 +890,12 @@ class Store(abc.ABC):
     # Every write wakes ``SIGNALS_CHANNEL`` after its commit.
 
     @abc.abstractmethod
-    async def signal_insert(self, signal: Signal) -> bool:
+    async def signal_insert(self, signal: Signal, offer: NewEnvelope | None = None) -> bool:
         """Insert a new signal (or a partner's replica); False, writing nothing, when the id is
-        taken (a replica offered twice)."""
+        taken (a replica offered twice). ``offer``: the signal's offer to its partners (SPEC.md
+        §13.6), taken into custody as ``accept_many`` takes an envelope, accepted at the
+        signal's ``updated`` time, in the same transaction: committed with the signal or not
+        at all."""
 
     @abc.abstractmethod
     async def signal_get(self, id: str) -> Signal | None:
@@ -901,11 +906,16 @@ class Store(abc.ABC):
         """The signal's claim history, oldest generation first."""
 
     @abc.abstractmethod
-    async def signal_write(self, change: Transition, expected_version: int) -> bool:
+    async def signal_write(
+        self, change: Transition, expected_version: int, offer: NewEnvelope | None = None
+    ) -> bool:
         """Compare-and-set: if the signal's version is still ``expected_version``, write
         ``change.signal``'s state, generation, holder, token hash, lease end, version, update
         time and result, upsert ``change.claims`` and add ``change.reinforcements`` (each
-        source once), in one transaction. False, writing nothing, when the version moved on."""
+        source once), in one transaction. False, writing nothing, when the version moved on.
+        ``offer``: the update that tells partners of the change (SPEC.md §13.6), taken into
+        custody in that transaction, accepted at the signal's ``updated`` time: written
+        exactly when the change is."""
 
     @abc.abstractmethod
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:

@@ -654,7 +654,13 @@ class SqlStore(GroupWriter, Store):
                 _results, channels = await self._accept_rows(tx, [(item, at) for item in new])
             return None, channels
 
-        await self._write(run, new=new)
+        # Holds only (SPEC.md §9.3: the destination is down, the rows wait for its next probe):
+        # no attempt, nothing acknowledged, so no sync, as a lease. A hold lost to a power cut
+        # leaves its row due at its old time, leased and held again. Without this, each new
+        # envelope to a partner that is down cost a second synced commit beside every write of
+        # the relay's own work (signals' offers and updates, SPEC.md §13.6).
+        durable = bool(new) or any(o.event != "held" for o in outcomes)
+        await self._write(run, new=new, durable=durable)
 
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
         own = self.domain or ""
@@ -1225,7 +1231,15 @@ class SqlStore(GroupWriter, Store):
     def _text(value: Any) -> str | None:
         return None if value is None else jsonutil.dumps(value).decode("utf-8")
 
-    async def signal_insert(self, signal: Signal) -> bool:
+    async def _accept_offer(self, tx: Tx, offer: NewEnvelope | None, at: Any) -> Collection[str]:
+        """Take custody of a signal's offer or update inside the transaction that writes the
+        signal (``signal_insert``, ``signal_write``): both committed, or neither."""
+        if offer is None:
+            return ()
+        _results, channels = await self._accept_rows(tx, ((offer, at),))
+        return channels
+
+    async def signal_insert(self, signal: Signal, offer: NewEnvelope | None = None) -> bool:
         ts, text = self._ts, self._text
         row = (
             signal.id,
@@ -1255,14 +1269,16 @@ class SqlStore(GroupWriter, Store):
         )
         boosts = [(signal.id, r.source, r.amount, ts(r.at)) for r in signal.reinforcements]
 
+        at = ts(signal.updated or signal.created)
+
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
             if await tx.execute(self.sql.signal_insert, row) == 0:
                 return False, ()
             if boosts:
                 await tx.executemany(self.sql.signal_reinforce, boosts)
-            return True, (SIGNALS_CHANNEL,)
+            return True, (SIGNALS_CHANNEL, *await self._accept_offer(tx, offer, at))
 
-        inserted: bool = await self._write(run)
+        inserted: bool = await self._write(run, new=() if offer is None else (offer,))
         return inserted
 
     async def signal_get(self, id: str) -> Signal | None:
@@ -1276,7 +1292,9 @@ class SqlStore(GroupWriter, Store):
         found = await self._read_small(self.sql.signal_claims, (id,))
         return [rows.claim_record(r, self._dt) for r in found]
 
-    async def signal_write(self, change: Transition, expected_version: int) -> bool:
+    async def signal_write(
+        self, change: Transition, expected_version: int, offer: NewEnvelope | None = None
+    ) -> bool:
         ts = self._ts
         new = change.signal
         params = (
@@ -1307,6 +1325,7 @@ class SqlStore(GroupWriter, Store):
             for c in change.claims
         ]
         boosts = [(new.id, r.source, r.amount, ts(r.at)) for r in change.reinforcements]
+        at = ts(new.updated or new.created)
 
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
             # The compare-and-set (as a2a_update_task's: under PostgreSQL's READ COMMITTED an
@@ -1318,9 +1337,9 @@ class SqlStore(GroupWriter, Store):
                 await tx.executemany(self.sql.signal_claim_upsert, claims)
             if boosts:
                 await tx.executemany(self.sql.signal_reinforce, boosts)
-            return True, (SIGNALS_CHANNEL,)
+            return True, (SIGNALS_CHANNEL, *await self._accept_offer(tx, offer, at))
 
-        written: bool = await self._write(run)
+        written: bool = await self._write(run, new=() if offer is None else (offer,))
         return written
 
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:
