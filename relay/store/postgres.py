@@ -334,15 +334,18 @@ ORDER BY c.agent
 """,
     select_catalog_keys=rows.CATALOG_KEYED_SELECT + "WHERE c.pk = ANY(%s::bigint[])",
     # to_tsquery applies the 'english' configuration's stemming and stop words to each word.
+    # Per term, its keys in scope in key order up to %(scan)s, joined into one string
+    # (relay/store/sql/store.py, ``_term_groups``, groups them by bit set).
     catalog_term="""
-SELECT mask, count(*), string_agg(pk::text, ',')
-FROM (SELECT c.pk, sum(1::bigint << (t.i - 1)::int) AS mask
-      FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
-      JOIN catalog AS c ON c.tsv @@ to_tsquery('english', t.w)
-      WHERE c.visibility = ANY(%(vis)s::text[]) AND NOT (c.agent = ANY(%(hidden)s::text[]))
-      GROUP BY c.pk
-      LIMIT %(scan)s) AS m
-GROUP BY mask
+SELECT t.i - 1,
+       (SELECT string_agg(m.pk::text, ',')
+        FROM (SELECT c.pk FROM catalog AS c
+              WHERE c.tsv @@ to_tsquery('english', t.w)
+                AND c.visibility = ANY(%(vis)s::text[])
+                AND NOT (c.agent = ANY(%(hidden)s::text[]))
+              ORDER BY c.pk
+              LIMIT %(scan)s) AS m)
+FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS t (w, i)
 """,
     count_catalog="""
 SELECT count(*) FROM catalog

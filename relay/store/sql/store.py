@@ -11,7 +11,6 @@ its driver's errors, and its notifications; nothing here names a driver.
 from __future__ import annotations
 
 import abc
-import heapq
 import json
 import logging
 import re
@@ -1475,11 +1474,7 @@ class SqlStore(GroupWriter, Store):
             "scan": scan,
         }
         found = await self._read(self.sql.catalog_term, params)
-        return [
-            (int(mask), key, int(size))
-            for mask, size, keys in found
-            for key in heapq.nsmallest(limit, map(int, keys.split(",")))
-        ]
+        return _term_groups(found, limit, scan)
 
     async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
         if not visibilities:
@@ -1499,6 +1494,51 @@ class SqlStore(GroupWriter, Store):
     def _match(term: str, visibilities: Sequence[str]) -> str:
         """The dialect's full-text query for one word, where its index can also keep to the
         ``visibilities`` (``catalog_term``)."""
+
+
+def _term_groups(
+    found: Iterable[tuple[int, str | None]], limit: int, scan: int
+) -> list[tuple[int, int, int]]:
+    """``catalog_matches``'s rows from ``catalog_term``'s: per term (its index), the keys in
+    scope that match it, the ``scan`` smallest, joined by commas (None for no match).
+
+    The entries are split by the bit set of the terms they match with set operations, one term
+    at a time: a group that some of the term's keys fall in splits in two, keys seen for the
+    first time start the term's own group. Python's sets do that work in C, so it costs far
+    less than grouping row by row in SQL (a sort of every match, then of every row) or here.
+    Of all the keys, the ``scan`` smallest are kept: as each term brought its ``scan``
+    smallest, their bit sets are whole. The rows are those of the ``limit`` smallest keys of
+    each group, with its size."""
+    groups: dict[int, set[int]] = {}
+    seen: set[int] = set()
+    for index, joined in found:
+        if not joined:
+            continue
+        bit = 1 << int(index)
+        # The keys are decimal integers joined by commas: a JSON array once bracketed, which
+        # the json module's C decoder reads faster than int() one at a time.
+        keys = set(json.loads(f"[{joined}]"))
+        split: dict[int, set[int]] = {}
+        for mask, group in groups.items():
+            both = group & keys
+            if both:
+                split[mask | bit] = both
+                group -= both
+            if group:
+                split[mask] = group
+        fresh = keys - seen
+        if fresh:
+            split[bit] = fresh
+        seen |= keys
+        groups = split
+    if len(seen) > scan:
+        last = sorted(seen)[scan - 1]
+        groups = {mask: {k for k in group if k <= last} for mask, group in groups.items()}
+    return [
+        (mask, key, len(group))
+        for mask, group in groups.items()
+        for key in (sorted(group)[:limit] if len(group) > limit else group)
+    ]
 
 
 def _held_for(agent: str) -> NewEnvelope:
