@@ -228,17 +228,18 @@ ORDER BY c.agent
     + "WHERE c.pk IN (SELECT value FROM json_each(?))",
     # One FTS5 match per term (json_each's key is the term's index), each leaving out the
     # visibilities the caller may not see inside the index: its posting list read in key order
-    # up to :scan, joined into one string; three rows for three terms, however many entries
-    # match. No catalog row is read but those of agents hidden from the caller by their own
-    # rules; the grouping by bit set is relay/store/sql/store.py's (``_term_groups``), which
-    # is cheaper than SQL's sort of every match here.
+    # up to :scan, joined into one string; one row per term, however many entries match. No
+    # catalog row is read but those of agents hidden from the caller by their own rules, and
+    # none when there are none (the usual case: the constant first test settles it). The
+    # grouping by bit set is relay/store/sql/store.py's (``_term_groups``): cheaper than
+    # SQLite's sort of every match by key, then of every entry by bit set.
     catalog_term="""
 SELECT t.key,
        (SELECT group_concat(pk)
         FROM (SELECT catalog_fts.rowid AS pk FROM catalog_fts
               WHERE catalog_fts MATCH t.value
-                AND catalog_fts.rowid NOT IN (
-                    SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden)))
+                AND (json_array_length(:hidden) = 0 OR catalog_fts.rowid NOT IN (
+                    SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden))))
               ORDER BY catalog_fts.rowid
               LIMIT :scan))
 FROM json_each(:terms) AS t

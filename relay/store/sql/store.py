@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
@@ -1505,34 +1506,35 @@ def _term_groups(
     The entries are split by the bit set of the terms they match with set operations, one term
     at a time: a group that some of the term's keys fall in splits in two, keys seen for the
     first time start the term's own group. Python's sets do that work in C, so it costs far
-    less than grouping row by row in SQL (a sort of every match, then of every row) or here.
+    less than grouping row by row, in SQL (a sort of every match, then of every row) or here.
     Of all the keys, the ``scan`` smallest are kept: as each term brought its ``scan``
     smallest, their bit sets are whole. The rows are those of the ``limit`` smallest keys of
     each group, with its size."""
     groups: dict[int, set[int]] = {}
-    seen: set[int] = set()
     for index, joined in found:
         if not joined:
             continue
         bit = 1 << int(index)
-        # The keys are decimal integers joined by commas: a JSON array once bracketed, which
-        # the json module's C decoder reads faster than int() one at a time.
+        # Decimal integers joined by commas: a JSON array once bracketed, which the json
+        # module's C decoder reads faster than int() one at a time.
         keys = set(json.loads(f"[{joined}]"))
         split: dict[int, set[int]] = {}
+        shared: list[set[int]] = []
         for mask, group in groups.items():
             both = group & keys
             if both:
                 split[mask | bit] = both
+                shared.append(both)
                 group -= both
             if group:
                 split[mask] = group
-        fresh = keys - seen
+        fresh = keys.difference(*shared) if shared else keys
         if fresh:
             split[bit] = fresh
-        seen |= keys
         groups = split
-    if len(seen) > scan:
-        last = sorted(seen)[scan - 1]
+    # The groups are disjoint: their sizes add up to the number of keys.
+    if sum(map(len, groups.values())) > scan:
+        last = sorted(chain.from_iterable(groups.values()))[scan - 1]
         groups = {mask: {k for k in group if k <= last} for mask, group in groups.items()}
     return [
         (mask, key, len(group))
