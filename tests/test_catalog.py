@@ -274,6 +274,12 @@ async def test_store_groups_matches_by_term_set_within_limit_and_scan(store: Sto
         0b01: (3, ["a02", "a04", "a08"]),
         0b10: (1, ["a09"]),
     }
+    # A record read before and changed since is read as it is now.
+    [key] = [k for k, name in names.items() if name == "a00"]
+    assert (await store.catalog_records([key]))[key].description == "Handles invoices german"
+    await store.catalog_update("a00", T0, description="Handles weather", tags=["weather"])
+    now = (await store.catalog_records([key]))[key]
+    assert (now.description, now.tags) == ("Handles weather", ("weather",))
 
 
 # --- a live relay -----------------------------------------------------------------------------

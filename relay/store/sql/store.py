@@ -76,6 +76,11 @@ DELETED_REASON: Final = "deleted from the queue by the operator"
 
 #: A search term as relay.core.catalog.terms makes it: nothing of either full-text syntax.
 _TERM: Final = re.compile(r"[a-z0-9]+")
+#: The text of the catalog rows whose records ``catalog_records`` keeps
+#: (``SqlStore._catalog_mapped``), in characters: a few pages of results for each of hundreds
+#: of searches, or a handful of the largest entries (an MCP server's 128 tools); past it, the
+#: memory starts again empty. The records take a few times as many bytes.
+MAX_MAPPED_CATALOG_CHARS: Final = 4_000_000
 
 #: ``settle``'s event for an outcome that names none.
 _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounced"}
@@ -125,6 +130,10 @@ class SqlStore(GroupWriter, Store):
         #: The domain of held rows (``NewEnvelope.held``), which the federation queue never
         #: leases; "" without a domain, which no queued row has.
         self._own = self.domain or ""
+        #: Catalog rows already mapped (``catalog_records``), by the row itself, and the
+        #: characters of their text columns.
+        self._catalog_mapped: dict[tuple[Any, ...], CatalogRecord] = {}
+        self._catalog_mapped_chars = 0
 
     # dialect hooks -----------------------------------------------------------------------------
 
@@ -1488,7 +1497,27 @@ class SqlStore(GroupWriter, Store):
         if not keys:
             return {}
         found = await self._read_small(self.sql.select_catalog_keys, (self._array(list(keys)),))
-        return {int(row[8]): rows.catalog_record(row, self._dt) for row in found}
+        # Searches show the same entries again and again, and an entry changes rarely: mapping a
+        # row (its JSON columns, its timestamp) costs more than reading it, so a row seen before
+        # gives the record made then. Keyed by the whole row, a changed entry is mapped afresh;
+        # the records are immutable, so sharing them is safe.
+        mapped = self._catalog_mapped
+        records: dict[int, CatalogRecord] = {}
+        for row in found:
+            seen = tuple(row)
+            record = mapped.get(seen)
+            if record is None:
+                record = rows.catalog_record(row, self._dt)
+                # description, tags, queries, profile: the columns that can be long.
+                chars = sum(len(text) for text in row[3:7] if text is not None)
+                if self._catalog_mapped_chars + chars > MAX_MAPPED_CATALOG_CHARS:
+                    mapped.clear()
+                    self._catalog_mapped_chars = 0
+                if chars <= MAX_MAPPED_CATALOG_CHARS:
+                    mapped[seen] = record
+                    self._catalog_mapped_chars += chars
+            records[int(row[8])] = record
+        return records
 
     @staticmethod
     @abc.abstractmethod
