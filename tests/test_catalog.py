@@ -231,6 +231,57 @@ async def test_store_ranks_a_plain_language_need_by_stem(store: Store) -> None:
     assert await store.catalog_get("tools") is None
 
 
+async def test_store_groups_matches_by_term_set_within_limit_and_scan(store: Store) -> None:
+    # a00…a11, keys in creation order: "invoices" in the even ones, "german" in every third.
+    for i in range(12):
+        name = f"a{i:02d}"
+        await store.create_agent(name, "inbox", hash_token(new_token()), None, T0)
+        words = [w for w, every in (("invoices", 2), ("german", 3)) if i % every == 0]
+        await store.catalog_update(name, T0, description=" ".join(["Handles", *words]))
+    scope = ["local"]
+    every = await store.catalog_matches(["invoices", "german"], scope, [], 12, 100)
+    names = {k: r.agent for k, r in (await store.catalog_records([k for _, k, _ in every])).items()}
+
+    async def groups(limit: int, scan: int, hidden: list[str]) -> dict[int, tuple[int, list[str]]]:
+        found = await store.catalog_matches(["invoices", "german"], scope, hidden, limit, scan)
+        by_mask: dict[int, tuple[int, list[str]]] = {}
+        for mask, key, size in found:
+            assert by_mask.get(mask, (size, []))[0] == size  # one size per set
+            by_mask.setdefault(mask, (size, []))[1].append(names[key])
+        return {mask: (size, sorted(keys)) for mask, (size, keys) in by_mask.items()}
+
+    # Bit 0 "invoices", bit 1 "german"; the ``limit`` oldest of each set, with the set's size.
+    assert await groups(12, 100, []) == {
+        0b11: (2, ["a00", "a06"]),
+        0b01: (4, ["a02", "a04", "a08", "a10"]),
+        0b10: (2, ["a03", "a09"]),
+    }
+    assert await groups(2, 100, []) == {
+        0b11: (2, ["a00", "a06"]),
+        0b01: (4, ["a02", "a04"]),
+        0b10: (2, ["a03", "a09"]),
+    }
+    # ``scan`` keeps the oldest matches (a00 a02 a03 a04 a06), each with all the terms it
+    # matches, even though a06 is not among the oldest five of "german" and "invoices" both.
+    assert await groups(12, 5, []) == {
+        0b11: (2, ["a00", "a06"]),
+        0b01: (2, ["a02", "a04"]),
+        0b10: (1, ["a03"]),
+    }
+    # Agents hidden from the caller take no place among them.
+    assert await groups(12, 5, ["a00", "a03"]) == {
+        0b11: (1, ["a06"]),
+        0b01: (3, ["a02", "a04", "a08"]),
+        0b10: (1, ["a09"]),
+    }
+    # A record read before and changed since is read as it is now.
+    [key] = [k for k, name in names.items() if name == "a00"]
+    assert (await store.catalog_records([key]))[key].description == "Handles invoices german"
+    await store.catalog_update("a00", T0, description="Handles weather", tags=["weather"])
+    now = (await store.catalog_records([key]))[key]
+    assert (now.description, now.tags) == ("Handles weather", ("weather",))
+
+
 # --- a live relay -----------------------------------------------------------------------------
 
 

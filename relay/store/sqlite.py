@@ -226,21 +226,23 @@ ORDER BY c.agent
 """,
     select_catalog_keys=rows.CATALOG_KEYED_SELECT  # noqa: S608 (constants)
     + "WHERE c.pk IN (SELECT value FROM json_each(?))",
-    # One FTS5 match per term (the outer loop over the JSON array: json_each's key is the
-    # term's index), each leaving out the visibilities the caller may not see inside the
-    # index, grouped by row into its bit set, then by bit set: a few rows come back, however
-    # many entries match; no catalog row is read but those of agents hidden from the caller by
-    # their own rules.
+    # One FTS5 match per term (json_each's key is the term's index), each leaving out the
+    # visibilities the caller may not see inside the index: its posting list read in key order
+    # up to :scan, joined into one string; one row per term, however many entries match. No
+    # catalog row is read but those of agents hidden from the caller by their own rules, and
+    # none when there are none (the usual case: the constant first test settles it). The
+    # grouping by bit set is relay/store/sql/store.py's (``_term_groups``): cheaper than
+    # SQLite's sort of every match by key, then of every entry by bit set.
     catalog_term="""
-SELECT mask, count(*), group_concat(pk)
-FROM (SELECT catalog_fts.rowid AS pk, sum(1 << t.key) AS mask
-      FROM json_each(:terms) AS t
-      JOIN catalog_fts ON catalog_fts MATCH t.value
-      WHERE catalog_fts.rowid NOT IN (
-          SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden)))
-      GROUP BY catalog_fts.rowid
-      LIMIT :scan) AS m
-GROUP BY mask
+SELECT t.key,
+       (SELECT group_concat(pk)
+        FROM (SELECT catalog_fts.rowid AS pk FROM catalog_fts
+              WHERE catalog_fts MATCH t.value
+                AND (json_array_length(:hidden) = 0 OR catalog_fts.rowid NOT IN (
+                    SELECT pk FROM catalog WHERE agent IN (SELECT value FROM json_each(:hidden))))
+              ORDER BY catalog_fts.rowid
+              LIMIT :scan))
+FROM json_each(:terms) AS t
 """,
     count_catalog="""
 SELECT count(*) FROM catalog

@@ -292,11 +292,11 @@ class Statements:
     select_catalog_scope: str
     #: (visibility, description, tags, queries, profile, document, updated, agent)
     update_catalog: str
-    #: {terms, vis, hidden, scan} → (bit set, rows, their keys joined by commas): of at most
-    #: ``scan`` rows in scope whose index matches any of ``[terms]`` — each term one word:
-    #: SQLite an FTS5 query for the word and the visibilities, PostgreSQL a tsquery of the
-    #: word — grouped by the bit set of the terms each matched (relay/store/sql/store.py,
-    #: ``catalog_matches``).
+    #: {terms, vis, hidden, scan} → (term index, keys joined by commas or null), one row per
+    #: term of ``[terms]`` — each one word: SQLite an FTS5 query for the word and the
+    #: visibilities, PostgreSQL a tsquery of the word —: the ``scan`` smallest keys of the rows
+    #: in scope whose index matches it (relay/store/sql/store.py, ``catalog_matches``, groups
+    #: them by the bit set of the terms each matched).
     catalog_term: str
     #: {vis, hidden} → (count) of the rows in scope
     count_catalog: str

@@ -11,12 +11,12 @@ its driver's errors, and its notifications; nothing here names a driver.
 from __future__ import annotations
 
 import abc
-import heapq
 import json
 import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
@@ -76,6 +76,11 @@ DELETED_REASON: Final = "deleted from the queue by the operator"
 
 #: A search term as relay.core.catalog.terms makes it: nothing of either full-text syntax.
 _TERM: Final = re.compile(r"[a-z0-9]+")
+#: The text of the catalog rows whose records ``catalog_records`` keeps
+#: (``SqlStore._catalog_mapped``), in characters: a few pages of results for each of hundreds
+#: of searches, or a handful of the largest entries (an MCP server's 128 tools); past it, the
+#: memory starts again empty. The records take a few times as many bytes.
+MAX_MAPPED_CATALOG_CHARS: Final = 4_000_000
 
 #: ``settle``'s event for an outcome that names none.
 _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounced"}
@@ -125,6 +130,10 @@ class SqlStore(GroupWriter, Store):
         #: The domain of held rows (``NewEnvelope.held``), which the federation queue never
         #: leases; "" without a domain, which no queued row has.
         self._own = self.domain or ""
+        #: Catalog rows already mapped (``catalog_records``), by the row itself, and the
+        #: characters of their text columns.
+        self._catalog_mapped: dict[tuple[Any, ...], CatalogRecord] = {}
+        self._catalog_mapped_chars = 0
 
     # dialect hooks -----------------------------------------------------------------------------
 
@@ -1494,11 +1503,7 @@ class SqlStore(GroupWriter, Store):
             "scan": scan,
         }
         found = await self._read(self.sql.catalog_term, params)
-        return [
-            (int(mask), key, int(size))
-            for mask, size, keys in found
-            for key in heapq.nsmallest(limit, map(int, keys.split(",")))
-        ]
+        return _term_groups(found, limit, scan)
 
     async def catalog_count(self, visibilities: Sequence[str], hidden: Sequence[str]) -> int:
         if not visibilities:
@@ -1511,13 +1516,79 @@ class SqlStore(GroupWriter, Store):
         if not keys:
             return {}
         found = await self._read_small(self.sql.select_catalog_keys, (self._array(list(keys)),))
-        return {int(row[8]): rows.catalog_record(row, self._dt) for row in found}
+        # Searches show the same entries again and again, and an entry changes rarely: mapping a
+        # row (its JSON columns, its timestamp) costs more than reading it, so a row seen before
+        # gives the record made then. Keyed by the whole row, a changed entry is mapped afresh;
+        # the records are immutable, so sharing them is safe.
+        mapped = self._catalog_mapped
+        records: dict[int, CatalogRecord] = {}
+        for row in found:
+            seen = tuple(row)
+            record = mapped.get(seen)
+            if record is None:
+                record = rows.catalog_record(row, self._dt)
+                # description, tags, queries, profile: the columns that can be long.
+                chars = sum(len(text) for text in row[3:7] if text is not None)
+                if self._catalog_mapped_chars + chars > MAX_MAPPED_CATALOG_CHARS:
+                    mapped.clear()
+                    self._catalog_mapped_chars = 0
+                if chars <= MAX_MAPPED_CATALOG_CHARS:
+                    mapped[seen] = record
+                    self._catalog_mapped_chars += chars
+            records[int(row[8])] = record
+        return records
 
     @staticmethod
     @abc.abstractmethod
     def _match(term: str, visibilities: Sequence[str]) -> str:
         """The dialect's full-text query for one word, where its index can also keep to the
         ``visibilities`` (``catalog_term``)."""
+
+
+def _term_groups(
+    found: Iterable[tuple[int, str | None]], limit: int, scan: int
+) -> list[tuple[int, int, int]]:
+    """``catalog_matches``'s rows from ``catalog_term``'s: per term (its index), the keys in
+    scope that match it, the ``scan`` smallest, joined by commas (None for no match).
+
+    The entries are split by the bit set of the terms they match with set operations, one term
+    at a time: a group that some of the term's keys fall in splits in two, keys seen for the
+    first time start the term's own group. Python's sets do that work in C, so it costs far
+    less than grouping row by row, in SQL (a sort of every match, then of every row) or here.
+    Of all the keys, the ``scan`` smallest are kept: as each term brought its ``scan``
+    smallest, their bit sets are whole. The rows are those of the ``limit`` smallest keys of
+    each group, with its size."""
+    groups: dict[int, set[int]] = {}
+    for index, joined in found:
+        if not joined:
+            continue
+        bit = 1 << int(index)
+        # Decimal integers joined by commas: a JSON array once bracketed, which the json
+        # module's C decoder reads faster than int() one at a time.
+        keys = set(json.loads(f"[{joined}]"))
+        split: dict[int, set[int]] = {}
+        shared: list[set[int]] = []
+        for mask, group in groups.items():
+            both = group & keys
+            if both:
+                split[mask | bit] = both
+                shared.append(both)
+                group -= both
+            if group:
+                split[mask] = group
+        fresh = keys.difference(*shared) if shared else keys
+        if fresh:
+            split[bit] = fresh
+        groups = split
+    # The groups are disjoint: their sizes add up to the number of keys.
+    if sum(map(len, groups.values())) > scan:
+        last = sorted(chain.from_iterable(groups.values()))[scan - 1]
+        groups = {mask: {k for k in group if k <= last} for mask, group in groups.items()}
+    return [
+        (mask, key, len(group))
+        for mask, group in groups.items()
+        for key in (sorted(group)[:limit] if len(group) > limit else group)
+    ]
 
 
 def _held_for(agent: str) -> NewEnvelope:
