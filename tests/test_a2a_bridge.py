@@ -601,16 +601,11 @@ async def _stored_task(b: Bridge, task_id: str, context: str) -> A2ATask:
     another process would), its first envelope ``task_id``."""
     now = b.w.clock.now()
     first = folding.new_task(task_id, context, message("hello").message, now)
-    row = A2ATask(
-        id=task_id,
-        owner="alice",
+    row = store_task(
+        task_id,
         address=TCK,
         context=context,
-        state="TASK_STATE_SUBMITTED",
-        remote_id=None,
         snapshot=task_json(first),
-        push="[]",
-        version=0,
         status_at=now,
         created=now,
         updated=now,

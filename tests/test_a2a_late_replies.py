@@ -27,6 +27,7 @@ from relay.store.base import A2ATask, NewEnvelope
 from relay.tasks.late import Ending
 from relay.tasks.store import Tail, parse_event, parse_task, task_json
 from tests.conftest import AgentFactory
+from tests.test_store_a2a import task as stored_task
 
 BOB = "bob@globex.test"
 KEY = jws.SigningKey.generate("s1")
@@ -119,16 +120,11 @@ async def scene(relay: Relay, make_agent: AgentFactory, task_id: str = "") -> Sc
         )
         return Scene(relay, started.task_id, start)
     first = folding.new_task(task_id, "ctx", question, start)
-    row = A2ATask(
-        id=task_id,
-        owner="alice",
+    row = stored_task(
+        task_id,
         address=BOB,
         context="ctx",
-        state="TASK_STATE_SUBMITTED",
-        remote_id=None,
         snapshot=task_json(first),
-        push="[]",
-        version=0,
         status_at=start,
         created=start,
         updated=start,
