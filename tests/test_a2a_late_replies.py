@@ -165,7 +165,7 @@ async def test_an_update_that_arrives_after_the_answer_is_kept(
     assert await s.logged() == ["TASK_STATE_COMPLETED"]
     assert row.state == "TASK_STATE_COMPLETED"
     assert await s.unread() == []
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     assert record is not None
     assert record.created == s.at(2)
     assert [r.source for r in record.late] == ["globex.test/u1"]
@@ -199,7 +199,7 @@ async def test_the_same_order_as_sent_folds_as_before(
     assert texts(task) == ["what time is it?", "looking"]
     assert task.status.message.parts[0].text == "noon"
     assert await s.logged() == ["TASK_STATE_WORKING", "TASK_STATE_COMPLETED"]
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     assert record is not None
     assert (record.created, record.late) == (s.at(2), ())
 
@@ -289,4 +289,4 @@ async def test_a_task_the_face_ended_takes_no_late_reply(
     row, task = await s.task()
     assert task.status.state == TaskState.TASK_STATE_CANCELED
     assert texts(task) == ["what time is it?"]
-    assert row.ended_by is None
+    assert row.status_by is None

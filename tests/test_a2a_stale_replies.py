@@ -11,6 +11,8 @@ order they "arrive", and runs the reply tracker over them, as the relay's backgr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,11 +28,16 @@ from relay.core.address import Address
 from relay.runtime import Relay
 from relay.tasks.late import StatusReply
 from relay.tasks.store import Tail
-from tests import pg
+from tests import pg, test_store
 from tests.conftest import AgentFactory, make_config
 from tests.test_a2a_late_replies import BOB, Scene, artifact_update, scene, texts
+from tests.test_store import T0, add_agent
+from tests.test_store_a2a import task as stored_task
 
 A2A = {"content_type": wire.CONTENT_TYPE}
+
+# The backend-parametrised store of tests/test_store.py, for the migration's test.
+store_url = test_store.store_url
 
 
 @pytest.fixture(params=pg.BACKENDS)
@@ -87,7 +94,7 @@ async def test_an_update_behind_the_question_leaves_the_task_waiting(
     # The stale update logs no event: no stream or webhook is told the task works again.
     assert await s.logged() == ["TASK_STATE_INPUT_REQUIRED"]
     assert await s.unread() == []
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     assert record is not None
     assert record.created == s.at(2)
     assert [r.source for r in record.late] == ["globex.test/u1"]
@@ -136,7 +143,7 @@ async def test_the_same_order_as_sent_folds_as_before(
     assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
     assert texts(task) == ["what time is it?", "looking"]
     assert await s.logged() == ["TASK_STATE_WORKING", "TASK_STATE_INPUT_REQUIRED"]
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     assert record is not None
     assert (record.created, record.late) == (s.at(2), ())
 
@@ -197,7 +204,7 @@ async def test_a_reply_made_after_the_question_applies(
     assert task.status.message.parts[0].text == "noon in Paris"
     assert "Paris" in texts(task)
     assert await s.logged() == ["TASK_STATE_INPUT_REQUIRED", "TASK_STATE_COMPLETED"]
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     assert record is not None
     assert record.created == s.at(3)
 
@@ -209,7 +216,7 @@ async def test_the_follow_up_clears_the_record(relay: Relay, make_agent: AgentFa
     await s.arrive(s.reply("q1", 2, waiting("which city?"), **A2A))
     await follow_up(s, "Paris")
     row, task = await s.task()
-    assert row.ended_by is None
+    assert row.status_by is None
     assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
     await s.arrive(s.reply("a1", 1, "noon in Paris", kind="message"))
     _, task = await s.task()
@@ -227,7 +234,7 @@ async def test_a_canceled_waiting_task_takes_no_stale_reply(
     row, task = await s.task()
     assert task.status.state == TaskState.TASK_STATE_CANCELED
     assert texts(task) == ["what time is it?", "which city?"]
-    assert row.ended_by is None
+    assert row.status_by is None
     assert await s.unread() == []
 
 
@@ -262,7 +269,37 @@ async def test_a_waiting_task_stored_without_a_record_takes_replies_as_before(
     s = await scene(relay, make_agent, "t-old")
     await s.arrive(s.reply("q1", 2, waiting("which city?"), **A2A))
     row, _ = await s.task()
-    await relay.store.a2a_update_task(replace(row, ended_by=None), row.version, [])
+    await relay.store.a2a_update_task(replace(row, status_by=None), row.version, [])
     await s.arrive(s.reply("u1", 1, "looking"))
     _, task = await s.task()
     assert task.status.state == TaskState.TASK_STATE_WORKING
+
+
+def by_hand(url: str, statement: str) -> None:
+    """One statement on the store's database, beside the store (as an operator would)."""
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+            db.execute(statement)
+    else:
+        test_store.sql(url, statement)
+
+
+async def test_a_task_stored_before_the_rename_keeps_its_record(store_url: str) -> None:
+    record = StatusReply(T0).to_json()
+    store = await test_store.connect(store_url)
+    try:
+        await add_agent(store, "alice")
+        await store.a2a_create_task(stored_task("t1", status_by=record), envelope="t1")
+    finally:
+        await store.close()
+    # Back to the schema before the column was renamed (found by its name: the number is the
+    # package's), holding the record of a task that ended: opening the store renames it.
+    by_hand(store_url, "ALTER TABLE a2a_tasks RENAME COLUMN status_by TO ended_by")
+    by_hand(store_url, "DELETE FROM schema_migrations WHERE name = 'a2a_status_by'")
+    store = await test_store.connect(store_url)
+    try:
+        got = await store.a2a_get_task("t1")
+        assert got is not None
+        assert got.status_by == record
+    finally:
+        await store.close()

@@ -8,8 +8,9 @@ arrive first (the update's delivery retried, or held up while its relay resolves
 Applied as it comes, the update would undo the answer: an ended task would take no more of it,
 and a waiting one would go back to working while the agent waits for the client. So when a
 reply sets the task's status, the tracker keeps its envelope's ``created`` with the task
-(:class:`StatusReply`, in ``A2ATask.ended_by``, migration 0010: the column first held only the
-reply that ended a task), and for every later reply:
+(:class:`StatusReply`, in ``A2ATask.status_by``: migration 0010 kept only the reply that
+ended a task, 0011 renamed the column when it came to keep any status reply), and for every
+later reply:
 
 1. a reply created before the status reply is *late*: it is folded into the task without
    changing its status (adapters/a2a/tasks.py ``fold_late``) — unless it is one folded before,

@@ -231,7 +231,7 @@ def _fold(
     (adapters/a2a/tasks.py), unless the task has ended. None: declined, nothing to write."""
     state = task.status.state
     ended = state in wire.TERMINAL_STATES
-    record = StatusReply.parse(row.ended_by)
+    record = StatusReply.parse(row.status_by)
     if record is not None and record.admits(created, settled=ended or state in wire.WAITING_STATES):
         return _fold_late(record, task, event, source, created)
     if ended:

@@ -243,8 +243,8 @@ CLEAR: Final = ""
 @dataclass(frozen=True, slots=True)
 class Change:
     """What a mutation of a task produced: the new snapshot and events to log; ``status_by``,
-    when given, the task's new record of the reply that set its status (relay/tasks/late.py,
-    kept in ``ended_by``), or :data:`CLEAR` for none."""
+    when given, the task's new record of the reply that set its status (relay/tasks/late.py),
+    or :data:`CLEAR` for none."""
 
     task: Task
     events: list[StreamResponse]
@@ -539,7 +539,7 @@ class TaskStore:
                 remote_id=outcome.remote_id or row.remote_id,
                 snapshot=task_json(outcome.task),
                 push=outcome.push if outcome.push is not None else row.push,
-                ended_by=row.ended_by if outcome.status_by is None else outcome.status_by or None,
+                status_by=row.status_by if outcome.status_by is None else outcome.status_by or None,
                 status_at=_status_time(outcome.task, now),
                 updated=now,
             )
