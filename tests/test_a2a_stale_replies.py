@@ -5,7 +5,8 @@ that has not ended: an update behind the answer that asked for input (SPEC.md "A
 Envelopes keep no order (SPEC.md §9.1): bob sends an update (working) and then asks the client
 for input; the update arrives second. Each test writes a task of alice's to bob into a real
 relay's store — SQLite and PostgreSQL — puts bob's signed replies into alice's inbox in the
-order they "arrive", and runs the reply tracker over them, as the relay's background loop does.
+order they "arrive", and runs the reply tracker over them, as the relay's background loop does;
+the last test calls the face over HTTP with the relay's background loops running.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from a2a.types import Message, Part, Role, SendMessageRequest, TaskState
+from aiohttp.test_utils import TestClient
 
 from adapters.a2a import tasks as folding
 from adapters.a2a import wire
 from relay.config import StoreSection
 from relay.core.address import Address
 from relay.runtime import Relay
+from relay.store.base import inbox_channel
 from relay.tasks.late import StatusReply
 from relay.tasks.store import Tail
 from tests import pg, test_store
@@ -303,3 +307,38 @@ async def test_a_task_stored_before_the_rename_keeps_its_record(store_url: str) 
         assert got.status_by == record
     finally:
         await store.close()
+
+
+async def rpc(client: TestClient[Any, Any], token: str, method: str, params: Any) -> Any:
+    """One JSON-RPC call to the face for bob, as alice's A2A client makes it."""
+    response = await client.post(
+        "/a2a/bob@acme.test",
+        headers={"Authorization": f"Bearer {token}", "A2A-Version": "1.0"},
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+    )
+    assert response.status == 200
+    return (await response.json())["result"]
+
+
+async def test_a_client_told_to_give_input_is_not_told_otherwise(
+    relay: Relay, make_agent: AgentFactory, client: TestClient[Any, Any]
+) -> None:
+    # Through the face, the relay's background loops running: alice's blocking SendMessage to
+    # bob (an agent of this relay) is answered input-required; bob's update, made before his
+    # question, arrives after it; GetTask still reads input-required.
+    alice = await make_agent("alice")
+    await make_agent("bob")
+    question = {"role": "ROLE_USER", "messageId": "m1", "parts": [{"text": "what time is it?"}]}
+    async with relay.store.notifier.listen(inbox_channel("bob")) as bobs_inbox:
+        call = asyncio.create_task(rpc(client, alice.token, "SendMessage", {"message": question}))
+        while not (sent := await relay.store.inbox("bob", limit=1)):
+            assert await bobs_inbox.wait(10), "the face sent bob nothing"
+    s = Scene(relay, sent[0].id, relay.clock.now().replace(microsecond=0))
+    reply = partial(s.reply, sender="bob@acme.test")
+    await s.arrive(reply("q1", 2, waiting("which city?"), **A2A))
+    answered = (await call)["task"]
+    assert answered["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+    await s.arrive(reply("u1", 1, "looking"))
+    got = await rpc(client, alice.token, "GetTask", {"id": s.task_id})
+    assert got["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+    assert [m["parts"][0]["text"] for m in got["history"]] == ["what time is it?", "looking"]
