@@ -28,8 +28,9 @@ millisecond carry the same time, and equal times tell no order. A task that has 
 for the client (A2A 1.0 §4.1.3: input-required, auth-required) takes a reply of its status
 reply's own millisecond as late: an agent does not leave such a state by itself, a waiting one
 only on the client's input, which cannot reach it within the millisecond; a working task takes
-it as it comes, as before. The status reply itself, read again after a crash, is recognised by
-the store's check of its source, which logged its event.
+it as it comes, as before. The status reply itself, read again after a crash, changes nothing:
+taken as late, it adds nothing the task lacks; taken as new, the store's check of its source,
+which logged its event, makes it a duplicate.
 
 The face's own changes of status (a cancel, a message the relay refused, the client's
 follow-up) clear the record: the face's clock is not the agent's, and times of the two never

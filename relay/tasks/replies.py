@@ -11,11 +11,11 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
    for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``; a known task that a
    reply earlier in the batch ended is read when its next reply comes), sent by the address the
    task was sent to (or a delivery-status envelope from a relay on the way): fold it into the
-   task (adapters/a2a/tasks.py; a reply made before the one that set the task's status,
-   late.py) with the task store's
-   compare-and-set, which acks it in the owner's inbox, appends it to the task's event log and,
-   for the batch's last row, moves the cursor, all in one transaction; then pushes it to the
-   task's webhooks and hands it to the task's readers in this process;
+   task (adapters/a2a/tasks.py; a reply made before the one that set the task's status:
+   late.py) with the task store's compare-and-set, which acks it in the owner's inbox, appends
+   it to the task's event log and, for the batch's last row, moves the cursor, all in one
+   transaction; then pushes it to the task's webhooks and hands it to the task's readers in
+   this process;
 3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
    by unsaved; read again only after a full batch (a row committed meanwhile has woken the
    tracker).
