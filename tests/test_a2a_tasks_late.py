@@ -204,6 +204,15 @@ def test_fold_late(
     assert out.metadata["k"] == "kept"
 
 
+def test_fold_late_leaves_a_waiting_task_waiting() -> None:
+    task = ended()
+    task.status.state = TaskState.TASK_STATE_INPUT_REQUIRED
+    folded = folding.fold_late(task, status(msg("w2", "late")), 0)
+    assert folded is not None
+    assert folded.task.status == task.status
+    assert [m.parts[0].text for m in folded.task.history] == ["question", "working", "late"]
+
+
 def test_fold_late_drops_the_relays_own_metadata() -> None:
     late = msg("w2", "late")
     late.metadata.update({"urn:synq:ext:address:1": {"from": "x"}, "mine": 1})
