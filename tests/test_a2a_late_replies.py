@@ -24,7 +24,7 @@ from relay.core.address import Address
 from relay.core.envelope import Envelope, encode
 from relay.runtime import Relay
 from relay.store.base import A2ATask, NewEnvelope
-from relay.tasks.late import Ending
+from relay.tasks.late import StatusReply
 from relay.tasks.store import Tail, parse_event, parse_task, task_json
 from tests.conftest import AgentFactory
 from tests.test_store_a2a import task as stored_task
@@ -165,10 +165,10 @@ async def test_an_update_that_arrives_after_the_answer_is_kept(
     assert await s.logged() == ["TASK_STATE_COMPLETED"]
     assert row.state == "TASK_STATE_COMPLETED"
     assert await s.unread() == []
-    ending = Ending.parse(row.ended_by)
-    assert ending is not None
-    assert ending.created == s.at(2)
-    assert [r.source for r in ending.late] == ["globex.test/u1"]
+    record = StatusReply.parse(row.status_by)
+    assert record is not None
+    assert record.created == s.at(2)
+    assert [r.source for r in record.late] == ["globex.test/u1"]
 
 
 async def test_an_update_right_behind_the_answer_to_a_waiting_task_is_kept(
@@ -199,9 +199,9 @@ async def test_the_same_order_as_sent_folds_as_before(
     assert texts(task) == ["what time is it?", "looking"]
     assert task.status.message.parts[0].text == "noon"
     assert await s.logged() == ["TASK_STATE_WORKING", "TASK_STATE_COMPLETED"]
-    ending = Ending.parse(row.ended_by)
-    assert ending is not None
-    assert (ending.created, ending.late) == (s.at(2), ())
+    record = StatusReply.parse(row.status_by)
+    assert record is not None
+    assert (record.created, record.late) == (s.at(2), ())
 
 
 async def test_late_updates_take_their_place_in_the_order_they_were_sent(
@@ -247,7 +247,7 @@ async def test_a_late_reply_offered_again_is_folded_once(
     assert texts(task) == ["what time is it?", "looking", "almost"]
     # A crash before the tracker's cursor was saved offers the replies again: the one folded
     # before the end is the store's duplicate, the late one the task's end recognises, and
-    # the ending one is both.
+    # the record one is both.
     for reply in (before, answer, late):
         envelope = env_mod.decode(jws.b64url_decode(reply.token.split(".")[1]))
         current, _ = await s.task()
@@ -289,4 +289,4 @@ async def test_a_task_the_face_ended_takes_no_late_reply(
     row, task = await s.task()
     assert task.status.state == TaskState.TASK_STATE_CANCELED
     assert texts(task) == ["what time is it?"]
-    assert row.ended_by is None
+    assert row.status_by is None

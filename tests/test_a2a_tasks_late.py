@@ -1,5 +1,5 @@
-"""Late events of an ended task, as tables: adapters/a2a/tasks.py ``fold_late`` (what a late
-event adds) and relay/tasks/late.py ``Ending`` (which replies are late, and where they go)."""
+"""Late events of a task, as tables: adapters/a2a/tasks.py ``fold_late`` (what a late event
+adds) and relay/tasks/late.py ``StatusReply`` (which replies are late, and where they go)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from adapters.a2a import tasks as folding
 from adapters.a2a.wire import Event
-from relay.tasks.late import Ending, LateReply
+from relay.tasks.late import LateReply, StatusReply
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -204,6 +204,15 @@ def test_fold_late(
     assert out.metadata["k"] == "kept"
 
 
+def test_fold_late_leaves_a_waiting_task_waiting() -> None:
+    task = ended()
+    task.status.state = TaskState.TASK_STATE_INPUT_REQUIRED
+    folded = folding.fold_late(task, status(msg("w2", "late")), 0)
+    assert folded is not None
+    assert folded.task.status == task.status
+    assert [m.parts[0].text for m in folded.task.history] == ["question", "working", "late"]
+
+
 def test_fold_late_drops_the_relays_own_metadata() -> None:
     late = msg("w2", "late")
     late.metadata.update({"urn:synq:ext:address:1": {"from": "x"}, "mine": 1})
@@ -218,41 +227,45 @@ def late(source: str, seconds: float, messages: int = 1) -> LateReply:
     return LateReply(source, at(seconds), messages)
 
 
-ENDING = Ending(at(10), (late("b/1", 2), late("b/2", 5, 0), late("b/3", 7, 2)))
+RECORD = StatusReply(at(10), (late("b/1", 2), late("b/2", 5, 0), late("b/3", 7, 2)))
 
 
+# (created, late to a settled task (ended or waiting), late to a working one, messages before)
 @pytest.mark.parametrize(
-    ("created", "admits", "before"),
+    ("created", "settled", "working", "before"),
     [
-        (at(1), True, 3),  # before every late one: ahead of their three messages
-        (at(2), True, 2),  # as old as b/1: after it
-        (at(6), True, 2),  # after b/2, which added no message
-        (at(8), True, 0),
-        (at(10), True, 0),  # the ending reply's own millisecond counts as no later
-        (at(10.001), False, 0),  # made after the end
+        (at(1), True, True, 3),  # before every late one: ahead of their three messages
+        (at(2), True, True, 2),  # as old as b/1: after it
+        (at(6), True, True, 2),  # after b/2, which added no message
+        (at(8), True, True, 0),
+        # The status reply's own millisecond: made before it when the task rests in a state
+        # the agent does not leave by itself, in no telling order when it works.
+        (at(10), True, False, 0),
+        (at(10.001), False, False, 0),  # made after the status reply
     ],
 )
 def test_which_replies_are_late_and_where_they_go(
-    created: datetime, admits: bool, before: int
+    created: datetime, settled: bool, working: bool, before: int
 ) -> None:
-    assert ENDING.admits(created) is admits
-    assert ENDING.before(created) == before
+    assert RECORD.admits(created, settled=True) is settled
+    assert RECORD.admits(created, settled=False) is working
+    assert RECORD.before(created) == before
 
 
 def test_a_late_reply_is_kept_in_the_order_it_was_made() -> None:
-    ending = Ending(at(10))
+    record = StatusReply(at(10))
     for source, seconds in (("b/4", 4), ("b/1", 1), ("b/9", 9), ("b/4bis", 4)):
-        ending = ending.with_late(source, at(seconds), 1)
-    assert [r.source for r in ending.late] == ["b/1", "b/4", "b/4bis", "b/9"]
-    assert ending.folded("b/9")
-    assert not ending.folded("b/10")
-    assert ending.created == at(10)
+        record = record.with_late(source, at(seconds), 1)
+    assert [r.source for r in record.late] == ["b/1", "b/4", "b/4bis", "b/9"]
+    assert record.folded("b/9")
+    assert not record.folded("b/10")
+    assert record.created == at(10)
 
 
 def test_the_record_reads_back_as_written() -> None:
-    micro = Ending(at(10) + timedelta(microseconds=1), (late("b/1", 2.5),))
-    for ending in (ENDING, micro, Ending(at(0))):
-        assert Ending.parse(ending.to_json()) == ending
+    micro = StatusReply(at(10) + timedelta(microseconds=1), (late("b/1", 2.5),))
+    for record in (RECORD, micro, StatusReply(at(0))):
+        assert StatusReply.parse(record.to_json()) == record
 
 
 @pytest.mark.parametrize(
@@ -270,4 +283,4 @@ def test_the_record_reads_back_as_written() -> None:
     ],
 )
 def test_no_record_or_a_broken_one_admits_no_late_reply(text: str | None) -> None:
-    assert Ending.parse(text) is None
+    assert StatusReply.parse(text) is None

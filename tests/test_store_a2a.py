@@ -165,9 +165,10 @@ async def test_the_trackers_ack_fold_and_cursor_are_one_write(store: Store) -> N
 
 
 async def test_the_end_a_task_keeps_is_written_and_read_with_it(store: Store) -> None:
-    # ``ended_by`` (migration 0010): opaque text the task store keeps once a reply ends the
-    # task, read back by every read of the task; a change that logs no event but names its
-    # reply (a late reply, relay/tasks/late.py) is still refused for a reply logged before.
+    # ``status_by`` (migrations 0010, 0011): opaque text the task store keeps once a reply
+    # sets the task's status, read back by every read of the task; a change that logs no
+    # event but names its reply (a late reply, relay/tasks/late.py) is still refused for a
+    # reply logged before.
     await add_agent(store, "alice")
     await store.a2a_create_task(task("t1", created=at(1)), envelope="t1")
     assert (await store.a2a_get_task("t1")) == task("t1", created=at(1))
@@ -176,13 +177,13 @@ async def test_the_end_a_task_keeps_is_written_and_read_with_it(store: Store) ->
         state="TASK_STATE_COMPLETED",
         created=at(1),
         updated=at(3),
-        ended_by='{"created":"x"}',
+        status_by='{"created":"x"}',
     )
     assert await store.a2a_update_task(ended, 0, ["e1"], source="b/answer") == "updated"
     got = await store.a2a_get_task("t1")
     assert got is not None
-    assert (got.ended_by, got.version) == ('{"created":"x"}', 1)
-    assert (await store.a2a_reply_tasks(["t1"]))["t1"].ended_by == '{"created":"x"}'
+    assert (got.status_by, got.version) == ('{"created":"x"}', 1)
+    assert (await store.a2a_reply_tasks(["t1"]))["t1"].status_by == '{"created":"x"}'
     rows, _ = await store.a2a_list_tasks(
         "alice",
         "tck@b.test",
@@ -192,8 +193,8 @@ async def test_the_end_a_task_keeps_is_written_and_read_with_it(store: Store) ->
         before=None,
         limit=10,
     )
-    assert [r.ended_by for r in rows] == ['{"created":"x"}']
-    late = replace(ended, ended_by='{"created":"x","late":[]}', version=1)
+    assert [r.status_by for r in rows] == ['{"created":"x"}']
+    late = replace(ended, status_by='{"created":"x","late":[]}', version=1)
     assert await store.a2a_update_task(late, 1, [], source="b/answer") == "duplicate"
     assert await store.a2a_update_task(late, 1, [], source="b/late") == "updated"
     # A source is remembered with the event it logged: one that logged none is not (the task
@@ -201,8 +202,8 @@ async def test_the_end_a_task_keeps_is_written_and_read_with_it(store: Store) ->
     assert await store.a2a_update_task(late, 2, [], source="b/late") == "updated"
     got = await store.a2a_get_task("t1")
     assert got is not None
-    assert (got.ended_by, got.version) == ('{"created":"x","late":[]}', 3)
+    assert (got.status_by, got.version) == ('{"created":"x","late":[]}', 3)
     assert await store.a2a_task_events("t1", 0, 10) == [(1, "e1")]
     # A task created with an end keeps it (an import, a copy between stores).
-    await store.a2a_create_task(task("t2", ended_by="{}"), envelope="t2")
-    assert (await store.a2a_get_task("t2")) == task("t2", ended_by="{}")
+    await store.a2a_create_task(task("t2", status_by="{}"), envelope="t2")
+    assert (await store.a2a_get_task("t2")) == task("t2", status_by="{}")

@@ -10,11 +10,12 @@ snapshot; a status update moves the previous status message into the history and
 place; an artifact update adds or appends to an artifact; a direct ``Message`` answer ends
 the task as completed with that message.
 
-An ended task takes no event that changes how it ended. What an agent sent before the reply
-that ended the task can still arrive after it, since envelopes keep no order (SPEC.md §9.1):
-:func:`fold_late` adds what such an event carries — its messages to the history, before the
-terminal status's message; its artifacts — and leaves the status as it is. Whether an event is
-late rather than new is the caller's to tell (it knows when the agent sent it).
+An ended task takes no event that changes how it ended, and no task takes a status from an event
+the agent sent before the one that set its current status: what an agent sent before an answer
+can still arrive after it, since envelopes keep no order (SPEC.md §9.1). :func:`fold_late` adds
+what such an event carries — its messages to the history, before the current status's message;
+its artifacts — and leaves the status as it is. Whether an event is late rather than new is the
+caller's to tell (it knows when the agent sent it: relay/tasks/late.py).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def fold(task: Task, event: Event, now: datetime) -> Folded | None:
 
 @dataclass(frozen=True, slots=True)
 class FoldedLate:
-    """The outcome of folding one late event into an ended task: the new snapshot, and how many
+    """The outcome of folding one late event into a task: the new snapshot, and how many
     messages the event put into its history (the caller orders later late events by them)."""
 
     task: Task
@@ -208,11 +209,11 @@ def _add_late_artifact(task: Task, update: TaskArtifactUpdateEvent) -> None:
 
 
 def fold_late(task: Task, event: Event, before: int) -> FoldedLate | None:
-    """Apply one late event of the agent to a task that has ended (module docstring): the
-    status stays as it ended. A status update's message (or a direct message answer) goes into
-    the history ``before`` messages from its end — the late messages the agent sent after this
-    one — so the history keeps the order the agent sent it in, and the terminal status's
-    message, after the history, stays last. An artifact update adds or appends its artifact; a
+    """Apply one late event of the agent to a task (module docstring): the status stays as it
+    is — as the task ended, or as a later event of the agent's set it. A status update's message
+    (or a direct message answer) goes into the history ``before`` messages from its end — the
+    late messages the agent sent after this one — so the history keeps the order the agent sent
+    it in, and the current status's message, after the history, stays last. An artifact update adds or appends its artifact; a
     task snapshot adds the messages and artifacts the task lacks. Metadata only fills keys the
     task lacks: the task's own are newer. None when the event carries nothing the task lacks
     (a bare change of state, a repeat)."""

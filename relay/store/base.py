@@ -355,8 +355,9 @@ class A2ATask:
     push-notification configs; the store keeps both as opaque text. ``state`` repeats the
     snapshot's ``status.state`` (``TASK_STATE_WORKING``…) and ``status_at`` its status time, so
     listing can filter and order without parsing JSON. ``version`` counts the changes applied.
-    ``ended_by`` (migration 0010) is what the task store keeps about the reply that ended the
-    task, opaque text like ``snapshot``: None while the task runs, or when no reply ended it.
+    ``status_by`` (migrations 0010, 0011) is what the task store keeps about the reply that set
+    the task's current status, opaque text like ``snapshot``: None while no reply of the
+    agent's set it.
     """
 
     id: str
@@ -371,7 +372,7 @@ class A2ATask:
     status_at: datetime
     created: datetime
     updated: datetime
-    ended_by: str | None = None
+    status_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@
   webhooks, best effort;
 * replies.py — :class:`~relay.tasks.replies.ReplyTracker`: replies in the owners' inboxes folded
   into their tasks;
-* late.py — :class:`~relay.tasks.late.Ending`: which replies to an ended task still count (the
-  agent sent them before the reply that ended it) and where their messages go.
+* late.py — :class:`~relay.tasks.late.StatusReply`: the reply that set a task's status, which
+  replies are late (the agent sent them before it: they leave the status as it is) and where
+  their messages go.
 
 The runtime (relay/runtime.py) builds the task store, the push sender and the tracker, and runs
 the tracker in the background beside the dispatcher and the federation sender;

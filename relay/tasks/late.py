@@ -1,29 +1,41 @@
-"""The end of an A2A face task, as the reply tracker keeps it: which replies still count once
-the task has ended (SPEC.md "A2A mapping", "Replies").
+"""The reply that set an A2A face task's current status, as the reply tracker keeps it: which
+replies may still change the status, and where the others' content goes (SPEC.md "A2A
+mapping", "Late replies").
 
 Envelopes keep no order (SPEC.md §9.1, "No ordering guarantee"): an agent that sends an update
-and then its final answer can have the answer arrive first (the update's delivery retried, or
-held up while its relay resolves the face's). The task has ended when the update arrives, yet
-the update holds content the agent meant to be part of it. So when a reply ends a
-task, the tracker keeps its envelope's ``created`` with the task (``A2ATask.ended_by``, migration
-0010), and for every later reply:
+and then an answer — one that ends the task, or asks the client for input — can have the answer
+arrive first (the update's delivery retried, or held up while its relay resolves the face's).
+Applied as it comes, the update would undo the answer: an ended task would take no more of it,
+and a waiting one would go back to working while the agent waits for the client. So when a
+reply sets the task's status, the tracker keeps its envelope's ``created`` with the task
+(:class:`StatusReply`, in ``A2ATask.status_by``: migration 0010 kept only the reply that
+ended a task, 0011 renamed the column when it came to keep any status reply), and for every
+later reply:
 
-1. a reply created after the ending one is declined: the agent sent it after it ended the task;
-2. a reply created no later than the ending one is *late*: it is folded into the task without
-   changing how the task ended (adapters/a2a/tasks.py ``fold_late``) — unless it is one folded
-   before, which its source (``<sender domain>/<id>``, the envelope's deduplication key, §3.1)
-   in :attr:`Ending.late` tells; a late reply logs no event, so the store's own check of a
+1. a reply created before the status reply is *late*: it is folded into the task without
+   changing its status (adapters/a2a/tasks.py ``fold_late``) — unless it is one folded before,
+   which its source (``<sender domain>/<id>``, the envelope's deduplication key, §3.1) in
+   :attr:`StatusReply.late` tells; a late reply logs no event, so the store's own check of a
    reply's source (on the event log) cannot see it;
-3. a late reply's messages go into the history in the order the agent created the replies:
-   before the messages of the late replies created after it (:meth:`Ending.before`).
+2. a late reply's messages go into the history in the order the agent created the replies:
+   before the messages of the late replies created after it (:meth:`StatusReply.before`);
+3. a reply created after the status reply applies as it comes; one that sets the status (an
+   update, a snapshot, a message) starts a new record, an artifact update leaves it;
+4. a task that has ended takes no reply that is not late: the agent made it after the end.
 
-"No later than" rather than "before": Synq writes ``created`` at millisecond precision, so an
-update and an answer made in the same millisecond carry the same time; the ending reply itself,
-read again after a crash, is recognised by the store's check of its source, which logged the
-terminal event.
+Synq writes ``created`` at millisecond precision, so an update and an answer made in the same
+millisecond carry the same time, and equal times tell no order. A task that has ended or waits
+for the client (A2A 1.0 §4.1.3: input-required, auth-required) takes a reply of its status
+reply's own millisecond as late: an agent does not leave such a state by itself, a waiting one
+only on the client's input, which cannot reach it within the millisecond; a working task takes
+it as it comes, as before. The status reply itself, read again after a crash, changes nothing:
+taken as late, it adds nothing the task lacks; taken as new, the store's check of its source,
+which logged its event, makes it a duplicate.
 
-A task ended by the face itself (a cancel, a message the relay refused) has no :class:`Ending`:
-every later reply is declined, as the A2A face promises for a canceled task.
+The face's own changes of status (a cancel, a message the relay refused, the client's
+follow-up) clear the record: the face's clock is not the agent's, and times of the two never
+compare. After a cancel, as before, no later reply changes the task; after a follow-up, every
+reply applies as it comes until one sets the status again.
 
 Pure: the record is JSON text the store keeps without reading it.
 """
@@ -34,7 +46,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["Ending", "LateReply"]
+__all__ = ["LateReply", "StatusReply"]
 
 
 def _instant(value: datetime) -> str:
@@ -46,8 +58,8 @@ def _instant(value: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LateReply:
-    """A late reply folded into an ended task: its source, when it was created, and how many
-    messages it added to the task's history."""
+    """A late reply folded into a task: its source, when it was created, and how many messages
+    it added to the task's history."""
 
     source: str
     created: datetime
@@ -55,17 +67,18 @@ class LateReply:
 
 
 @dataclass(frozen=True, slots=True)
-class Ending:
-    """The reply that ended a task (its envelope's ``created``) and the late replies folded
-    since, oldest first (module docstring)."""
+class StatusReply:
+    """The reply that set a task's current status (its envelope's ``created``) and the late
+    replies folded since, oldest first (module docstring)."""
 
     created: datetime
     late: tuple[LateReply, ...] = ()
 
     @classmethod
-    def parse(cls, text: str | None) -> Ending | None:
+    def parse(cls, text: str | None) -> StatusReply | None:
         """The record as :meth:`to_json` wrote it; None for none, or one that does not parse
-        (then late replies are declined, the rule before the record existed)."""
+        (then no reply is late: an ended task declines them, the rule before the record
+        existed, and any other task takes them as they come)."""
         if not text:
             return None
         try:
@@ -76,12 +89,12 @@ class Ending:
                 )
                 for r in data.get("late", ())
             )
-            ending = cls(datetime.fromisoformat(data["created"]), late)
+            record = cls(datetime.fromisoformat(data["created"]), late)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
-        times = [ending.created, *(r.created for r in ending.late)]
+        times = [record.created, *(r.created for r in record.late)]
         # Instants only: a time without an offset compares with no envelope's ``created``.
-        return ending if all(t.tzinfo is not None for t in times) else None
+        return record if all(t.tzinfo is not None for t in times) else None
 
     def to_json(self) -> str:
         data = {
@@ -93,9 +106,11 @@ class Ending:
         }
         return json.dumps(data, separators=(",", ":"))
 
-    def admits(self, created: datetime) -> bool:
-        """Whether a reply created at ``created`` was made no later than the ending reply."""
-        return created <= self.created
+    def admits(self, created: datetime, *, settled: bool) -> bool:
+        """Whether a reply created at ``created`` is late: made before the status reply, or in
+        its millisecond when the task is ``settled`` — ended, or waiting for the client —
+        a state the agent does not leave by itself (module docstring)."""
+        return created <= self.created if settled else created < self.created
 
     def folded(self, source: str) -> bool:
         """Whether the late reply from ``source`` was folded before."""
@@ -106,9 +121,9 @@ class Ending:
         precedes: those of the late replies created after it."""
         return sum(r.messages for r in self.late if r.created > created)
 
-    def with_late(self, source: str, created: datetime, messages: int) -> Ending:
+    def with_late(self, source: str, created: datetime, messages: int) -> StatusReply:
         """The record once the late reply from ``source`` is folded, kept in ``created`` order
         (after the replies of the same time, as :meth:`before` places its messages)."""
         at = sum(1 for r in self.late if r.created <= created)
         reply = LateReply(source, created, messages)
-        return Ending(self.created, (*self.late[:at], reply, *self.late[at:]))
+        return StatusReply(self.created, (*self.late[:at], reply, *self.late[at:]))

@@ -11,10 +11,11 @@ inboxes (``Store.a2a_feed``, a durable cursor), woken by the store's notifier:
    for the batch gives the other tasks' rows, ``Store.a2a_reply_tasks``; a known task that a
    reply earlier in the batch ended is read when its next reply comes), sent by the address the
    task was sent to (or a delivery-status envelope from a relay on the way): fold it into the
-   task (adapters/a2a/tasks.py; into a task that has ended, late.py) with the task store's
-   compare-and-set, which acks it in the owner's inbox, appends it to the task's event log and,
-   for the batch's last row, moves the cursor, all in one transaction; then pushes it to the
-   task's webhooks and hands it to the task's readers in this process;
+   task (adapters/a2a/tasks.py; a reply made before the one that set the task's status:
+   late.py) with the task store's compare-and-set, which acks it in the owner's inbox, appends
+   it to the task's event log and, for the batch's last row, moves the cursor, all in one
+   transaction; then pushes it to the task's webhooks and hands it to the task's readers in
+   this process;
 3. move the cursor past the rows read, if step 2 did not, once ``CURSOR_LAG`` rows have gone
    by unsaved; read again only after a full batch (a row committed meanwhile has woken the
    tracker).
@@ -41,7 +42,7 @@ from relay.core.envelope import KIND_DSN, Envelope
 from relay.core.errors import SynqError
 from relay.core.jws import b64url_decode
 from relay.store.base import A2ATask
-from relay.tasks.late import Ending
+from relay.tasks.late import StatusReply
 from relay.tasks.store import Change, TaskStore
 
 __all__ = ["CURSOR_LAG", "FEED_BATCH", "TRACKER_IDLE", "ReplyTracker"]
@@ -155,11 +156,7 @@ class ReplyTracker:
 
         def fold(current: A2ATask, task: Task) -> Change | None:
             nonlocal declined
-            change = (
-                _fold_late(current, task, event, source, created)
-                if task.status.state in wire.TERMINAL_STATES
-                else _fold(task, event, now, created)
-            )
+            change = _fold(current, task, event, now, source, created)
             declined = change is None
             return change
 
@@ -168,7 +165,8 @@ class ReplyTracker:
         # between the reply's arrival and the task's readers being woken (not synced on its
         # own on SQLite: Store.a2a_update_task). A crash before it commits leaves all three
         # undone: the feed offers the reply again. The source makes a reply that logged an
-        # event, offered again, a duplicate; a late one (late.py) is known by the task's end.
+        # event, offered again, a duplicate; a late one (late.py) is known by the task's record
+        # of the reply that set its status.
         try:
             await self.tasks.change(
                 row.id,
@@ -225,29 +223,46 @@ class ReplyTracker:
         self.tasks.owners.clear()
 
 
-def _fold(task: Task, event: wire.Event, now: datetime, created: datetime) -> Change | None:
-    """A reply to a running task, folded as it comes (adapters/a2a/tasks.py); a reply that
-    ends the task leaves its ``created`` with it, for the late replies (late.py)."""
+def _fold(
+    row: A2ATask, task: Task, event: wire.Event, now: datetime, source: str, created: datetime
+) -> Change | None:
+    """One reply folded into its task (late.py): late — made before the reply that set the
+    task's status — it adds its content and leaves the status; otherwise it applies as it comes
+    (adapters/a2a/tasks.py), unless the task has ended. None: declined, nothing to write."""
+    state = task.status.state
+    ended = state in wire.TERMINAL_STATES
+    record = StatusReply.parse(row.status_by)
+    if record is not None and record.admits(created, settled=ended or state in wire.WAITING_STATES):
+        return _fold_late(record, task, event, source, created)
+    if ended:
+        return None
     folded = folding.fold(task, event, now)
     if folded is None:
         return None
-    ended = Ending(created).to_json() if folded.task.status.state in wire.TERMINAL_STATES else None
-    return Change(task=folded.task, events=[folded.event], remote_id=folded.remote_id, ended=ended)
+    # A reply that sets the status (all but an artifact update) is the one later replies are
+    # compared with; its late replies are to come.
+    sets = folding.state_of(folded.event) is not None
+    return Change(
+        task=folded.task,
+        events=[folded.event],
+        remote_id=folded.remote_id,
+        status_by=StatusReply(created).to_json() if sets else None,
+    )
 
 
 def _fold_late(
-    row: A2ATask, task: Task, event: wire.Event, source: str, created: datetime
+    record: StatusReply, task: Task, event: wire.Event, source: str, created: datetime
 ) -> Change | None:
-    """A reply to an ended task (late.py): folded without changing how the task ended when the
-    agent made it no later than the reply that ended it and it was not folded before; declined
-    (None) otherwise. It logs no event: the task's readers have had the event that ended it,
-    after which a stream ends (A2A 1.0 §3.1.2), and a webhook told that the task ended must
-    not hear of it working again. GetTask, ListTasks and a retried call's answer show it."""
-    ending = Ending.parse(row.ended_by)
-    if ending is None or not ending.admits(created) or ending.folded(source):
+    """A late reply (late.py), folded without changing the task's status unless it was folded
+    before (then declined: None). It logs no event, so it is neither streamed nor pushed: a
+    stream has ended at the event that ended the task or made it wait (A2A 1.0 §3.1.2), a
+    webhook told so must not hear of the task working again, and what the reply adds — its
+    message, its artifact — changes no state. GetTask, ListTasks and a retried call's answer
+    show it."""
+    if record.folded(source):
         return None
-    folded = folding.fold_late(task, event, ending.before(created))
+    folded = folding.fold_late(task, event, record.before(created))
     if folded is None:
         return None
-    ended = ending.with_late(source, created, folded.messages)
-    return Change(task=folded.task, events=[], ended=ended.to_json())
+    updated = record.with_late(source, created, folded.messages)
+    return Change(task=folded.task, events=[], status_by=updated.to_json())

@@ -86,6 +86,7 @@ from relay.store.base import (
 from relay.tasks.push import MAX_PUSH_CONFIGS, PushSender, push_configs, push_json
 
 __all__ = [
+    "CLEAR",
     "FIRST_EVENT_WAIT",
     "MAX_BLOCKING_WAIT",
     "NOTIFY_METADATA",
@@ -233,16 +234,23 @@ class Started:
     envelope: str = ""
 
 
+#: :attr:`Change.status_by` of a change the face makes itself (a cancel, a failure, the
+#: client's follow-up): the task keeps no reply of the agent's as the one that set its status
+#: (relay/tasks/late.py).
+CLEAR: Final = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a mutation of a task produced: the new snapshot and events to log; ``ended``, when
-    given, the task's new ``ended_by`` (relay/tasks/late.py)."""
+    """What a mutation of a task produced: the new snapshot and events to log; ``status_by``,
+    when given, the task's new record of the reply that set its status (relay/tasks/late.py),
+    or :data:`CLEAR` for none."""
 
     task: Task
     events: list[StreamResponse]
     remote_id: str | None = None
     push: str | None = None
-    ended: str | None = None
+    status_by: str | None = None
 
 
 class Tail:
@@ -531,7 +539,7 @@ class TaskStore:
                 remote_id=outcome.remote_id or row.remote_id,
                 snapshot=task_json(outcome.task),
                 push=outcome.push if outcome.push is not None else row.push,
-                ended_by=outcome.ended if outcome.ended is not None else row.ended_by,
+                status_by=row.status_by if outcome.status_by is None else outcome.status_by or None,
                 status_at=_status_time(outcome.task, now),
                 updated=now,
             )
@@ -653,7 +661,9 @@ class TaskStore:
             if snapshot.status.state in wire.TERMINAL_STATES:
                 return None
             snapshot.history.append(turn)
-            return Change(task=snapshot, events=[])
+            # The client's input: the agent's next status is made after it, whatever the
+            # agent's clock says (late.py), so no reply of the agent's is kept to compare with.
+            return Change(task=snapshot, events=[], status_by=CLEAR)
 
         try:
             changed = await self.change(row.id, add_turn, link=envelope_id, key=key)
@@ -832,7 +842,10 @@ class TaskStore:
                 )
             )
             folded = folding.fold(task, update, self.clock.now())
-            return None if folded is None else Change(task=folded.task, events=[folded.event])
+            if folded is None:
+                return None
+            # Ended by the face: no later reply changes it (late.py).
+            return Change(task=folded.task, events=[folded.event], status_by=CLEAR)
 
         with contextlib.suppress(SynqError, a2a.A2AError):
             await self.change(task_id, failed)
@@ -847,7 +860,8 @@ class TaskStore:
     async def cancel(self, owner: str, address: Address, task_id: str) -> Task:
         """Cancel at the face at once and tell the agent with a ``signal`` envelope (A2A 1.0
         §3.1.5). The face's task is canceled whatever the agent says later; its later events
-        are ignored, even those it sent before the cancel: no reply ended the task (late.py)."""
+        are ignored, even those it sent before the cancel: no reply of the agent's set the task's
+        status (late.py)."""
         row, _task = await self.get(owner, address, task_id)
 
         def canceled(current: A2ATask, task: Task) -> Change | None:
@@ -859,7 +873,8 @@ class TaskStore:
                 self.clock.now(),
             )
             assert folded is not None
-            return Change(task=folded.task, events=[folded.event])
+            # Ended by the face: whatever the agent sent, before or after, changes nothing.
+            return Change(task=folded.task, events=[folded.event], status_by=CLEAR)
 
         changed = await self.change(row.id, canceled)
         if changed is None:

@@ -75,14 +75,14 @@ SIGNAL_COLUMNS: Final = (
 SIGNAL_SELECT: Final = f"SELECT {SIGNAL_COLUMNS} FROM signals "  # noqa: S608 — constants only
 A2A_TASK_SELECT: Final = """
 SELECT id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
-       created, updated, ended_by
+       created, updated, status_by
 FROM a2a_tasks
 """
 #: An envelope id that belongs to a task, then the task's columns as A2A_TASK_SELECT's; the
 #: dialect adds the test on ``l.envelope``.
 A2A_REPLY_TASK_SELECT: Final = """
 SELECT l.envelope, t.id, t.owner, t.address, t.context, t.state, t.remote_id, t.snapshot, t.push,
-       t.version, t.status_at, t.created, t.updated, t.ended_by
+       t.version, t.status_at, t.created, t.updated, t.status_by
 FROM a2a_task_envelopes AS l JOIN a2a_tasks AS t ON t.id = l.task
 """
 
@@ -207,7 +207,7 @@ def local_delivery(row: Row, dt: ToDatetime) -> LocalDelivery:
 
 def a2a_task(row: Row, dt: ToDatetime) -> A2ATask:
     """(id, owner, address, context, state, remote_id, snapshot, push, version, status_at,
-    created, updated, ended_by)"""
+    created, updated, status_by)"""
     return A2ATask(
         id=row[0],
         owner=row[1],
@@ -221,7 +221,7 @@ def a2a_task(row: Row, dt: ToDatetime) -> A2ATask:
         status_at=dt(row[9]),
         created=dt(row[10]),
         updated=dt(row[11]),
-        ended_by=row[12],
+        status_by=row[12],
     )
 
 

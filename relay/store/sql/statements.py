@@ -444,14 +444,14 @@ WHERE recipient = ? AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.se
 """,
     "a2a_insert_task": """
 INSERT INTO a2a_tasks (id, owner, address, context, state, remote_id, snapshot, push, version,
-                       status_at, created, updated, ended_by)
+                       status_at, created, updated, status_by)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """,
     "a2a_link": "INSERT INTO a2a_task_envelopes (envelope, task) VALUES (?, ?)",
     "a2a_get_task": rows.A2A_TASK_SELECT + "WHERE id = ?",
     "a2a_update_task": """
 UPDATE a2a_tasks
-SET state = ?, remote_id = ?, snapshot = ?, push = ?, status_at = ?, updated = ?, ended_by = ?,
+SET state = ?, remote_id = ?, snapshot = ?, push = ?, status_at = ?, updated = ?, status_by = ?,
     version = ?
 WHERE id = ? AND version = ?
 """,

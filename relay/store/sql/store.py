@@ -1066,7 +1066,7 @@ class SqlStore(GroupWriter, Store):
             ts(task.status_at),
             ts(task.created),
             ts(task.updated),
-            task.ended_by,
+            task.status_by,
         )
 
         async def run(tx: Tx) -> tuple[None, Collection[str]]:
@@ -1138,7 +1138,7 @@ class SqlStore(GroupWriter, Store):
             task.push,
             self._ts(task.status_at),
             self._ts(task.updated),
-            task.ended_by,
+            task.status_by,
             expected_version + max(1, len(events)),
             task.id,
             expected_version,
