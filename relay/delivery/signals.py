@@ -40,7 +40,7 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 6. **Partners told** (:meth:`Signals.tell_owed`): a new signal of partner scope owes its
    partners an offer, each change of its state (claimed, reopened, done) an update. The write
    marks what is owed in its own transaction (``Store.signal_insert``, ``Store.signal_write``,
-   migration 0011) and is answered at once; the teller then builds and signs the envelope from
+   migration 0012) and is answered at once; the teller then builds and signs the envelope from
    the signal as it then stands and takes it into custody in the transaction that clears the
    mark (``Store.signal_told``, unsynced: a crash that loses it keeps the mark). A crash
    between the two leaves the mark, and the sweep tells partners after the restart; changes

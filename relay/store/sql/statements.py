@@ -506,7 +506,7 @@ SET state = ?, generation = ?, holder = ?, token_hash = ?, lease_until = ?, vers
     tell = CASE WHEN ? = 1 AND tell = 0 THEN 2 ELSE tell END
 WHERE id = ? AND version = ?
 """,
-    # ``tell <> 0`` exactly as the partial index signals_tell says it (0011), so that both
+    # ``tell <> 0`` exactly as the partial index signals_tell says it (0012), so that both
     # planners use the index.
     "signals_untold": "SELECT "  # noqa: S608 — constants only
     + rows.SIGNAL_COLUMNS

@@ -95,7 +95,7 @@ _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounc
 #: Settle events that record no delivery attempt: a row that expired in the queue without being
 #: tried, or one held back because its destination is known to be down.
 _NOT_ATTEMPTS: Final = frozenset({"expired", "held"})
-#: ``signals.tell`` (migration 0011): nothing owed to partners, the offer owed, an update owed.
+#: ``signals.tell`` (migration 0012): nothing owed to partners, the offer owed, an update owed.
 TELL_NOTHING: Final = 0
 TELL_OFFER: Final = 1
 TELL_UPDATE: Final = 2

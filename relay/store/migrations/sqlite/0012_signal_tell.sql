@@ -1,4 +1,4 @@
--- 0011: what partners are still to be told of a signal this relay owns (SPEC.md §13.6).
+-- 0012: what partners are still to be told of a signal this relay owns (SPEC.md §13.6).
 --
 -- * signals.tell — 0 when partners know the signal as it stands (or need not: scope local, a
 --   partner's replica, a heartbeat); 1 while its offer (an envelope of kind ``signal``) is owed;

@@ -1,5 +1,5 @@
--- 0011: what partners are still to be told of a signal; the same column and index as
--- relay/store/migrations/sqlite/0011_signal_tell.sql, which explains them.
+-- 0012: what partners are still to be told of a signal; the same column and index as
+-- relay/store/migrations/sqlite/0012_signal_tell.sql, which explains them.
 --
 -- ADD COLUMN with a constant default rewrites no table (PostgreSQL 11+).
 
