@@ -5,6 +5,8 @@ completes through several store instances on one database (exactly one completio
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -18,6 +20,7 @@ from relay.core import signals as sg
 from relay.core.clock import FakeClock, SystemClock
 from relay.core.errors import Conflict, Forbidden, InvalidEnvelope, NotFound, RateLimited
 from relay.core.ids import hash_token, new_token
+from relay.core.jws import parse_compact
 from relay.delivery.signals import DEFAULT_EMIT_RATE, SCAN_MAX_AGE, TooManySignals
 from relay.delivery.views import envelope_object
 from relay.keyring import load_keyring
@@ -96,34 +99,82 @@ def offer_of(id: str, kind: str = sg.KIND_SIGNAL) -> NewEnvelope:
     )
 
 
-async def test_an_offer_is_committed_with_its_signal_or_not_at_all(store: Store) -> None:
+async def owed(store: Store) -> list[tuple[str, int, str]]:
+    return [(s.id, s.version, kind) for s, kind in await store.signals_untold(100)]
+
+
+async def test_an_offer_is_owed_from_the_signals_write_until_it_is_in_custody(
+    store: Store,
+) -> None:
     s = signal()
+    assert await store.signal_insert(s, tell=True)
+    # The id taken (an emit retried): nothing is written, nothing more is owed.
+    assert not await store.signal_insert(replace(s, text="other"), tell=True)
+    assert await owed(store) == [(s.id, 0, sg.KIND_SIGNAL)]
+    [(read, _kind)] = await store.signals_untold(1, s.id)
+    assert read == s
     offer = offer_of("0190aaaa-0000-7000-8000-0000000000f1")
     async with store.notifier.listen(QUEUE_CHANNEL) as queue:
-        assert await store.signal_insert(s, offer)
+        await store.signal_told(s.id, s.version, offer)
         assert await queue.wait(5)  # the sender is woken for it, as by any accept
-    # The id taken (an emit retried): neither the signal nor its second offer is written.
-    again = offer_of("0190aaaa-0000-7000-8000-0000000000f2")
-    assert not await store.signal_insert(replace(s, text="other"), again)
+    assert await owed(store) == []
+    assert await store.signals_untold(1, s.id) == []
     queued = await store.list_queue("b.test")
     assert [(e.id, e.recipient) for e in queued] == [(offer.id, "signals@b.test")]
-    assert queued[0].next_attempt == s.created
+    assert queued[0].next_attempt == offer.created
     assert await store.signal_get(s.id) == s
 
 
-async def test_an_update_is_written_exactly_when_its_change_is(store: Store) -> None:
+async def test_a_signal_nobody_is_owed_is_never_untold(store: Store) -> None:
+    s = signal()
+    await store.signal_insert(s)
+    # Scope local, or a partner's replica: the write says nothing is owed.
+    claimed = sg.claim(s, "bob@a.test", at(1), "x")
+    assert await store.signal_write(claimed, s.version)
+    assert await owed(store) == []
+
+
+async def test_an_update_is_owed_exactly_when_its_change_is_written(store: Store) -> None:
     s = signal()
     await store.signal_insert(s)
     a = sg.claim(s, "bob@a.test", at(1), "x")
     b = sg.claim(s, "carol@a.test", at(1), "y")
-    won = offer_of("0190aaaa-0000-7000-8000-0000000000f3", sg.KIND_SIGNAL_UPDATE)
-    lost = offer_of("0190aaaa-0000-7000-8000-0000000000f4", sg.KIND_SIGNAL_UPDATE)
-    assert await store.signal_write(a, s.version, won)
-    assert not await store.signal_write(b, s.version, lost)
-    assert [e.id for e in await store.list_queue("b.test")] == [won.id]
+    assert await store.signal_write(a, s.version, tell=True)
+    # The compare-and-set refused: it owes nothing, and changes nothing.
+    assert not await store.signal_write(b, s.version, tell=True)
+    assert await owed(store) == [(s.id, 1, sg.KIND_SIGNAL_UPDATE)]
     got = await store.signal_get(s.id)
     assert got is not None
     assert (got.state, got.holder) == ("claimed", "bob@a.test")
+    update = offer_of("0190aaaa-0000-7000-8000-0000000000f3", sg.KIND_SIGNAL_UPDATE)
+    await store.signal_told(s.id, 1, update)
+    assert await owed(store) == []
+    assert [e.id for e in await store.list_queue("b.test")] == [update.id]
+
+
+async def test_what_is_owed_follows_the_signal_past_the_version_told(store: Store) -> None:
+    s = signal()
+    await store.signal_insert(s, tell=True)
+    claimed = sg.claim(s, "bob@a.test", at(1), "x")
+    # An offer still owed stays the offer: it will carry the claimed state.
+    assert await store.signal_write(claimed, s.version, tell=True)
+    assert await owed(store) == [(s.id, 1, sg.KIND_SIGNAL)]
+    # The offer built at version 0 went out while the claim was being written: the claim's
+    # update is still owed.
+    await store.signal_told(s.id, 0, offer_of("0190aaaa-0000-7000-8000-0000000000f5"))
+    assert await owed(store) == [(s.id, 1, sg.KIND_SIGNAL_UPDATE)]
+    # A write that owes nothing (a heartbeat) leaves an owed update owed.
+    got = await store.signal_get(s.id)
+    assert got is not None
+    beat = sg.Transition(replace(got, lease_until=at(40), version=2))
+    assert await store.signal_write(beat, 1)
+    assert await owed(store) == [(s.id, 2, sg.KIND_SIGNAL_UPDATE)]
+    # Nothing to send (no partner in scope any more): told all the same.
+    await store.signal_told(s.id, 2, None)
+    assert await owed(store) == []
+    assert [e.id for e in await store.list_queue("b.test")] == [
+        "0190aaaa-0000-7000-8000-0000000000f5"
+    ]
 
 
 async def test_reinforce_once_per_source(store: Store) -> None:
@@ -537,6 +588,94 @@ async def test_result_lost_in_a_crash_is_sent_once_by_the_sweep(relay: Relay) ->
     await svc._send_result(change.signal)
     items = await relay.store.inbox("alice", limit=10)
     assert [i.id for i in items] == ["0190aaaa-0000-7000-8000-0000000000aa"]
+
+
+async def test_an_offer_owed_when_the_relay_stopped_is_told_after_its_restart(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The emit and the claim are answered before partners are told (SPEC.md §13.6): a relay
+    stopped in between (no teller ran here) leaves the store owing them, and the restarted
+    relay's sweep tells them once, with the state as it then stands."""
+    first = await open_relay(tmp_path / "a", store_url)
+    try:
+        for name in ("alice", "bob"):
+            await first.store.create_agent(name, "inbox", hash_token(new_token()), None, T0)
+        s = await first.signals.emit("alice", {**EMIT, "scope": ["b.test"]})
+        await first.signals.claim("bob", s.id)
+        assert await first.store.list_queue("b.test") == []
+    finally:
+        await first.close()
+    again = await open_relay(tmp_path / "b", store_url)
+    try:
+        assert [(x.id, kind) for x, kind in await again.store.signals_untold(10)] == [
+            (s.id, sg.KIND_SIGNAL)
+        ]
+        assert await again.signals.run_once() == 1
+        assert await again.signals.run_once() == 0
+        [queued] = await again.store.list_queue("b.test")
+        assert queued.recipient == f"{sg.SIGNALS_LOCAL}@b.test"
+        offer = json.loads(parse_compact(queued.token).payload)
+        assert (offer["kind"], offer["body"]["id"]) == (sg.KIND_SIGNAL, s.id)
+        assert (offer["body"]["state"], offer["body"]["holder"]) == ("claimed", "bob@a.test")
+    finally:
+        await again.close()
+
+
+def queued_body(entry: Any) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(parse_compact(entry.token).payload)
+    return body
+
+
+async def test_an_offer_waits_for_the_first_hearers_here_until_a_claim_or_its_delay(
+    relay: Relay,
+) -> None:
+    """SPEC.md §13.6: partners' agents are among the others of the staggered offer (§13.1)."""
+    svc, clock = relay.signals, clock_of(relay)
+    running = asyncio.create_task(svc.run())
+    try:
+        await svc.subscribe("bob", {"topics": ["invoice.**"]})
+        waiting = asyncio.create_task(svc.feed("bob", wait=30, limit=10))
+        await wait_until(lambda: "bob" in svc._listening)
+        async with relay.store.notifier.listen(QUEUE_CHANNEL) as queue:
+            taken = await svc.emit("alice", {**EMIT, "scope": ["b.test"]})
+            assert [h.signal.id for h in await asyncio.wait_for(waiting, 10)] == [taken.id]
+            await svc.claim("bob", taken.id)
+            assert await queue.wait(5)
+        # One envelope, not an offer and an update: the offer held back for bob went with his
+        # claim, showing the signal taken.
+        [offer] = [queued_body(e) for e in await relay.store.list_queue("b.test")]
+        assert (offer["kind"], offer["body"]["id"]) == (sg.KIND_SIGNAL, taken.id)
+        assert (offer["body"]["state"], offer["body"]["holder"]) == ("claimed", "bob@a.test")
+
+        # Heard here and not taken: offered, open, once it is OFFER_DELAY old (the clock is
+        # the relay's: it stands still until the test moves it).
+        waiting = asyncio.create_task(svc.feed("bob", wait=30, limit=10))
+        await wait_until(lambda: "bob" in svc._listening)
+        left = await svc.emit("alice", {**EMIT, "scope": ["b.test"], "topic": "invoice.late"})
+        assert [h.signal.id for h in await asyncio.wait_for(waiting, 10)] == [left.id]
+        assert await svc.tell_owed() == 0  # the sweep leaves a held offer alone too
+        async with relay.store.notifier.listen(QUEUE_CHANNEL) as queue:
+            clock.advance(sg.OFFER_DELAY.total_seconds())
+            assert await queue.wait(5)
+        bodies = {
+            b["body"]["id"]: b for b in map(queued_body, await relay.store.list_queue("b.test"))
+        }
+        assert (bodies[left.id]["kind"], bodies[left.id]["body"]["state"]) == (
+            sg.KIND_SIGNAL,
+            "open",
+        )
+
+        # Heard by nobody here: offered at once.
+        async with relay.store.notifier.listen(QUEUE_CHANNEL) as queue:
+            alone = await svc.emit("alice", {**EMIT, "scope": ["b.test"], "topic": "ocr.scan"})
+            assert await queue.wait(5)
+        assert alone.id in {
+            queued_body(e)["body"]["id"] for e in await relay.store.list_queue("b.test")
+        }
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 # --- concurrency: several store instances on one database ---------------------------------------

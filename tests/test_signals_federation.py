@@ -44,7 +44,11 @@ async def call(
 
 
 async def flush(w: World) -> None:
-    """Run every relay's federation queue once: offers, updates and results cross."""
+    """Tell partners what each relay owes them (its signals' teller, driven by hand here as
+    every background loop of this world is), then run every relay's federation queue once:
+    offers, updates and results cross."""
+    for org in w.orgs.values():
+        await org.relay.signals.tell_owed()
     for org in w.orgs.values():
         await org.relay.sender.run_once()
 

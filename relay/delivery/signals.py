@@ -37,16 +37,18 @@ rule and writes the result as one compare-and-set (``Store.signal_write``):
 5. **The sweep** (:meth:`Signals.run_once`, every ``SWEEP_INTERVAL`` in the background):
    writes the lapses and expiries that are due (so feeds wake, and history records them when
    nobody touched the signal) and sends the results not yet in custody.
-6. **Partners told** (:meth:`Signals._tell`): the offer of a new signal of partner scope, and
-   the update for each change of its state (claimed, reopened, done), is built and signed
-   before the write and taken into custody by the write itself (``Store.signal_insert``,
-   ``Store.signal_write``): one transaction, one commit, so an emit or a claim waits for its
-   own commit only, and no separate commit of an offer or update queues beside the claims. A
-   signal or change that is durable has its offer or update in the federation queue; a change
-   that loses the compare-and-set writes neither. An offer or update the router refuses (the
-   partner policy, the emitter's send rate) is logged and the change written without it: as
-   SPEC.md §13.6 allows, a partner's agent that claims is answered by this relay, and the next
-   update carries the whole state.
+6. **Partners told** (:meth:`Signals.tell_owed`): a new signal of partner scope owes its
+   partners an offer, each change of its state (claimed, reopened, done) an update. The write
+   marks what is owed in its own transaction (``Store.signal_insert``, ``Store.signal_write``,
+   migration 0012) and is answered at once; the teller then builds and signs the envelope from
+   the signal as it then stands and takes it into custody in the transaction that clears the
+   mark (``Store.signal_told``, unsynced: a crash that loses it keeps the mark). A crash
+   between the two leaves the mark, and the sweep tells partners after the restart; changes
+   made meanwhile travel in one update, which carries the whole state. So an emit or a claim
+   waits for its own commit only, and never for an envelope to be built, signed or queued.
+   An offer or update the router refuses (the partner policy, the emitter's send rate) is
+   logged and not owed any more: as SPEC.md §13.6 allows, a partner's agent that claims is
+   answered by this relay, and the next update carries the whole state.
 """
 
 from __future__ import annotations
@@ -471,7 +473,7 @@ class Partners(Protocol):
         ...
 
     def offered(self, prepared: Prepared, error: BaseException | None = None) -> None:
-        """The write carrying ``prepared`` committed it (``error`` None) or did not."""
+        """The write taking ``prepared`` into custody committed (``error`` None) or did not."""
         ...
 
 
@@ -496,7 +498,7 @@ class Signals:
         self.emit_rates = TokenBuckets(emit_rate)
         self.max_open = max_open
         #: Builds the offer of each new signal of partner scope and the update of each change
-        #: of its state, which the signal's write takes into custody (step 6).
+        #: of its state, which the teller takes into custody (step 6).
         self.partners = partners
         #: Asks the owner relay of a partner's signal (relay/federation/signals.py).
         self.owner_link = owner_link
@@ -523,6 +525,13 @@ class Signals:
         #: Partner relays that did not answer a request, and until when (``clock.monotonic``)
         #: their signals are not offered (``OWNER_QUIET``).
         self._quiet: dict[str, float] = {}
+        #: Signals written here whose partners are owed an offer or update, for the teller
+        #: (step 6); the store's mark is what counts, this only says where to look first.
+        self._owing: set[str] = set()
+        self._owing_event = asyncio.Event()
+        self._telling = asyncio.Lock()
+        #: New signals whose offer waits for the first hearers here (``_hold_offer``).
+        self._held_offers: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def domain(self) -> str:
@@ -565,14 +574,11 @@ class Signals:
             body=emit.body,
             updated=now,
         )
-        offer = await self._tell(None, signal)
-        try:
-            inserted = await self.store.signal_insert(signal, None if offer is None else offer.item)
-        except BaseException as exc:
-            self._told(offer, exc)
-            raise
-        self._told(offer, None if inserted else Conflict("the signal id is taken"))
+        owed = self._owed(None, signal)
+        inserted = await self.store.signal_insert(signal, tell=owed)
         if inserted:
+            if owed:
+                self._offer_soon(signal)
             self._noted(signal)
             # The feeds just woken for it answer first (one turn of the event loop): this
             # task's own answer would otherwise run ahead of them.
@@ -889,43 +895,92 @@ class Signals:
         raise Conflict("the signal is changing too fast; try again")
 
     async def _write(self, change: sg.Transition, stored: sg.Signal) -> bool:
-        """The compare-and-set of ``change`` against ``stored``'s version, with the update that
-        tells partners of it in the same transaction (step 6)."""
-        update = await self._tell(stored, change.signal)
-        try:
-            written = await self.store.signal_write(
-                change, stored.version, None if update is None else update.item
-            )
-        except BaseException as exc:
-            self._told(update, exc)
-            raise
-        self._told(update, None if written else Conflict("another change was written first"))
+        """The compare-and-set of ``change`` against ``stored``'s version, marking in the same
+        transaction that partners are owed an update of it (step 6)."""
+        owed = self._owed(stored, change.signal)
+        written = await self.store.signal_write(change, stored.version, tell=owed)
+        if written and owed:
+            self._tell_soon(change.signal.id)
         return written
 
-    async def _tell(self, before: sg.Signal | None, after: sg.Signal) -> Prepared | None:
-        """What partners in scope of a signal this relay owns are to be told with its write
-        (step 6): the offer when it is new, an update when its state or generation moves (not
-        for a heartbeat); None when nothing, or when the router refused it."""
+    def _owed(self, before: sg.Signal | None, after: sg.Signal) -> bool:
+        """Whether partners in scope of a signal this relay owns are owed an envelope for this
+        write (step 6): the offer when it is new, an update when its state or generation moves
+        (not for a heartbeat)."""
         if self.partners is None or after.owner != self.domain or after.scope == "local":
-            return None
-        if before is None:
-            kind = sg.KIND_SIGNAL
-        elif (before.state, before.generation) != (after.state, after.generation):
-            kind = sg.KIND_SIGNAL_UPDATE
-        else:
-            return None
-        try:
-            return await self.partners.prepare_offer(after, kind)
-        except SynqError as exc:
-            # The change stands; partners learn the state from the next update, or from the
-            # owner's answer to a claim (SPEC.md §13.6).
-            log.warning("signal %s: partners not told (%s)", after.id, exc.message)
-            return None
+            return False
+        return before is None or (before.state, before.generation) != (
+            after.state,
+            after.generation,
+        )
 
-    def _told(self, prepared: Prepared | None, error: BaseException | None) -> None:
-        if prepared is not None:
-            assert self.partners is not None
-            self.partners.offered(prepared, error)
+    def _offer_soon(self, signal: sg.Signal) -> None:
+        """Have the teller offer a new signal to partners: once it is ``OFFER_DELAY`` old when
+        agents waiting here hear it — partners' agents are among the others of the staggered
+        offer (SPEC.md §13.1, §13.6), and the first hearers' claim usually comes first: its
+        update then sends the offer at once, showing the signal taken — else at once."""
+        now = self.clock.now()
+        if sg.offer_pending(signal, now) and any(
+            sg.hears(sub, signal, now) for sub in self._listening.values()
+        ):
+            self._hold_offer(signal)
+        else:
+            self._tell_soon(signal.id)
+
+    def _hold_offer(self, signal: sg.Signal) -> None:
+        """Tell partners of ``signal`` once it is ``OFFER_DELAY`` old by the relay's clock, or
+        with the first change that owes them an update (``_tell_soon``), whichever is first."""
+        now = self.clock.now()
+        if not sg.offer_pending(signal, now):
+            self._tell_soon(signal.id)
+            return
+        # At least a millisecond: a clock that stands still (tests drive it) is looked at
+        # again, not spun on.
+        left = max((signal.created + sg.OFFER_DELAY - now).total_seconds(), 0.001)
+        loop = asyncio.get_running_loop()
+        self._held_offers[signal.id] = loop.call_later(left, self._hold_offer, signal)
+
+    def _tell_soon(self, id: str) -> None:
+        """Have the teller (``run``) tell partners of ``id`` as soon as it can, after the answer
+        to the write that owes it."""
+        held = self._held_offers.pop(id, None)
+        if held is not None:
+            held.cancel()
+        self._owing.add(id)
+        self._owing_event.set()
+
+    async def tell_owed(self, id: str | None = None) -> int:
+        """Tell partners what the store says they are owed (``id``: of that signal only; else
+        up to ``SWEEP_BATCH`` signals, oldest first), each from the signal as it now stands;
+        how many were told. One at a time: two tellers of one signal would each queue an
+        envelope."""
+        told = 0
+        async with self._telling:
+            for signal, kind in await self.store.signals_untold(SWEEP_BATCH, id):
+                if id is None and signal.id in self._held_offers:
+                    continue  # an offer held back for the first hearers here (_hold_offer)
+                await self._tell(signal, kind)
+                told += 1
+        return told
+
+    async def _tell(self, signal: sg.Signal, kind: str) -> None:
+        prepared: Prepared | None = None
+        if self.partners is not None:
+            try:
+                prepared = await self.partners.prepare_offer(signal, kind)
+            except SynqError as exc:
+                # Nothing is owed any more: partners learn the state from the next update, or
+                # from the owner's answer to a claim (SPEC.md §13.6).
+                log.warning("signal %s: partners not told (%s)", signal.id, exc.message)
+        item = None if prepared is None else prepared.item
+        try:
+            await self.store.signal_told(signal.id, signal.version, item)
+        except BaseException as exc:
+            if prepared is not None and self.partners is not None:
+                self.partners.offered(prepared, exc)
+            raise
+        if prepared is not None and self.partners is not None:
+            self.partners.offered(prepared)
 
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""
@@ -1212,9 +1267,23 @@ class Signals:
                 log.warning("result of signal %s not sent yet: %s", signal.id, exc.message)
                 continue
             done += 1
-        return done
+        # What partners are owed and a crash or a failed write left untold (step 6).
+        return done + await self.tell_owed()
 
     async def run(self) -> None:
+        """The sweep and the teller, until cancelled."""
+        teller = asyncio.create_task(self._teller(), name="synq-signals-teller")
+        try:
+            await self._sweep()
+        finally:
+            teller.cancel()
+            for held in self._held_offers.values():
+                held.cancel()  # the store owes them: the next start's sweep tells them
+            self._held_offers.clear()
+            with contextlib.suppress(asyncio.CancelledError):
+                await teller
+
+    async def _sweep(self) -> None:
         # Passes start every SWEEP_INTERVAL, not SWEEP_INTERVAL after the last one ended, so a
         # lapsed lease is written (and its signal offered again) within SWEEP_INTERVAL of its
         # end however long a pass takes ("at least once a second", SPEC.md §13.5).
@@ -1225,6 +1294,19 @@ class Signals:
             except SynqError as exc:
                 log.warning("signal sweep failed: %s", exc.message)
             await asyncio.sleep(max(0.0, SWEEP_INTERVAL - (self.clock.monotonic() - started)))
+
+    async def _teller(self) -> None:
+        """Tell partners of each signal written here as soon as its write is answered (step 6);
+        what fails here, the sweep tells within ``SWEEP_INTERVAL``."""
+        while True:
+            await self._owing_event.wait()
+            self._owing_event.clear()
+            while self._owing:
+                id = self._owing.pop()
+                try:
+                    await self.tell_owed(id)
+                except SynqError as exc:
+                    log.warning("signal %s: partners not told yet: %s", id, exc.message)
 
 
 def _nothing(signal: sg.Signal, _h: sg.ClaimRecord | None, _now: datetime) -> sg.Transition:

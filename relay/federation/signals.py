@@ -8,10 +8,11 @@ The owner relay alone grants claims. Everything else follows from that:
    (the relays of ``[discovery] partners``) or a list of domains goes to each partner relay as
    an envelope of kind ``signal`` from the emitter, to ``signals@<partner>``, body the signal
    (``offer_body``); each change of its state or claim as one of kind ``signal.update``. Each
-   is checked, built and signed by the router as any submission (the partner policy applies),
-   and taken into custody in the very transaction that writes the signal or its change
-   (``Store.signal_insert``, ``Store.signal_write``): one commit for both, and a signal or a
-   change that is durable has its offer or update in the federation queue, which retries it.
+   is checked, built and signed by the router as any submission (the partner policy applies)
+   from the signal as it stands once its write is answered, and taken into custody in the
+   transaction that clears the write's mark of what partners are owed (``Store.signal_told``;
+   relay/delivery/signals.py, step 6): a signal or change that is durable has its offer or
+   update owed until it is in the federation queue, which retries it.
    :meth:`SignalFederation.offered` closes the submission once that write is decided.
 2. **Replicas** (:meth:`SignalFederation.receive`, called by the inbound handler after it
    verified the envelope, its times and the partner's rates): kept as a replica the partner's
@@ -169,7 +170,7 @@ class SignalFederation:
     async def prepare_offer(self, signal: sg.Signal, kind: str) -> Prepared | None:
         """The envelope of kind ``kind`` (``signal`` or ``signal.update``) that tells the
         partners in the scope of ``signal`` of it, checked, built and signed as the mailbox
-        sends any envelope, not yet stored: the caller writes it with the signal (step 1) and
+        sends any envelope, not yet stored: the caller takes it into custody (step 1) and
         then calls :meth:`offered`. None when no partner relay is in scope. Raises what the
         router refuses it with (the partner policy)."""
         targets = signal.scope if isinstance(signal.scope, tuple) else tuple(self.partners())

@@ -891,12 +891,11 @@ class Store(abc.ABC):
     # Every write wakes ``SIGNALS_CHANNEL`` after its commit.
 
     @abc.abstractmethod
-    async def signal_insert(self, signal: Signal, offer: NewEnvelope | None = None) -> bool:
+    async def signal_insert(self, signal: Signal, tell: bool = False) -> bool:
         """Insert a new signal (or a partner's replica); False, writing nothing, when the id is
-        taken (a replica offered twice). ``offer``: the signal's offer to its partners (SPEC.md
-        §13.6), taken into custody as ``accept_many`` takes an envelope, accepted at the
-        signal's ``updated`` time, in the same transaction: committed with the signal or not
-        at all."""
+        taken (a replica offered twice). ``tell``: partners are owed the signal's offer (SPEC.md
+        §13.6), marked in the same transaction; ``signals_untold`` finds it until ``signal_told``
+        takes the offer into custody."""
 
     @abc.abstractmethod
     async def signal_get(self, id: str) -> Signal | None:
@@ -908,15 +907,28 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def signal_write(
-        self, change: Transition, expected_version: int, offer: NewEnvelope | None = None
+        self, change: Transition, expected_version: int, tell: bool = False
     ) -> bool:
         """Compare-and-set: if the signal's version is still ``expected_version``, write
         ``change.signal``'s state, generation, holder, token hash, lease end, version, update
         time and result, upsert ``change.claims`` and add ``change.reinforcements`` (each
         source once), in one transaction. False, writing nothing, when the version moved on.
-        ``offer``: the update that tells partners of the change (SPEC.md §13.6), taken into
-        custody in that transaction, accepted at the signal's ``updated`` time: written
-        exactly when the change is."""
+        ``tell``: partners are owed an update of the change (SPEC.md §13.6), marked in that
+        transaction (an offer still owed stays owed: it will carry the new state)."""
+
+    @abc.abstractmethod
+    async def signals_untold(self, limit: int, id: str | None = None) -> list[tuple[Signal, str]]:
+        """Signals whose partners are owed an offer or an update (``id``: that signal only), as
+        stored with their reinforcements, each with the kind of envelope owed
+        (``relay.core.signals.KIND_SIGNAL`` or ``KIND_SIGNAL_UPDATE``), oldest id first."""
+
+    @abc.abstractmethod
+    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> None:
+        """``offer`` (the offer or update built from the signal at ``version``; None when no
+        partner is to have one) is in custody: accepted as ``accept_many`` accepts an envelope,
+        at its ``created`` time, in the transaction that clears what was owed. When the signal
+        has moved past ``version`` since, an update stays owed. Not synced: what a crash loses
+        of it, the mark that survives owes again."""
 
     @abc.abstractmethod
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:

@@ -249,13 +249,21 @@ class Statements:
     a2a_set_feed_cursor: str
 
     # signals (0007; SPEC.md §13) ---------------------------------------------------------------
-    #: (the 24 columns of rows.SIGNAL_SELECT); inserts nothing when the id is taken.
+    #: (the 24 columns of rows.SIGNAL_SELECT, tell); inserts nothing when the id is taken.
     signal_insert: str
     #: (id) → signal columns (relay/store/sql/rows.py, ``signal``)
     signal_get: str
     #: (state, generation, holder, token_hash, lease_until, version, updated, result_id,
-    #: result_type, result_body, result_sent, id, expected version): the compare-and-set.
+    #: result_type, result_body, result_sent, 1 if partners are owed an update else 0, id,
+    #: expected version): the compare-and-set.
     signal_update: str
+    #: (limit) → signal columns and ``tell`` of the signals whose partners are owed an envelope
+    signals_untold: str
+    #: (id) → the same, for one signal
+    signal_untold: str
+    #: (version told, id): what was owed is in custody; an update stays owed when the signal
+    #: has moved past that version
+    signal_told: str
     #: (signal, generation, holder, claimed, until, ended, outcome): a claim opened, or its
     #: lease end and outcome changed.
     signal_claim_upsert: str
@@ -487,15 +495,27 @@ WHERE (agent, key) IN (
     # Column names are constants (rows.SIGNAL_COLUMNS); every value is bound.
     "signal_insert": "INSERT INTO signals ("  # noqa: S608
     + rows.SIGNAL_COLUMNS
-    + ") VALUES ("
-    + ", ".join(["?"] * 24)
+    + ", tell) VALUES ("
+    + ", ".join(["?"] * 25)
     + ") ON CONFLICT (id) DO NOTHING",
     "signal_get": rows.SIGNAL_SELECT + "WHERE id = ?",
     "signal_update": """
 UPDATE signals
 SET state = ?, generation = ?, holder = ?, token_hash = ?, lease_until = ?, version = ?,
-    updated = ?, result_id = ?, result_type = ?, result_body = ?, result_sent = ?
+    updated = ?, result_id = ?, result_type = ?, result_body = ?, result_sent = ?,
+    tell = CASE WHEN ? = 1 AND tell = 0 THEN 2 ELSE tell END
 WHERE id = ? AND version = ?
+""",
+    # ``tell <> 0`` exactly as the partial index signals_tell says it (0012), so that both
+    # planners use the index.
+    "signals_untold": "SELECT "  # noqa: S608 — constants only
+    + rows.SIGNAL_COLUMNS
+    + ", tell FROM signals WHERE tell <> 0 ORDER BY id LIMIT ?",
+    "signal_untold": "SELECT "  # noqa: S608 — constants only
+    + rows.SIGNAL_COLUMNS
+    + ", tell FROM signals WHERE id = ? AND tell <> 0",
+    "signal_told": """
+UPDATE signals SET tell = CASE WHEN version = ? THEN 0 ELSE 2 END WHERE id = ? AND tell <> 0
 """,
     "signal_claim_upsert": """
 INSERT INTO signal_claims (signal, generation, holder, claimed, until, ended, outcome)

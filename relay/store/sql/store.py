@@ -31,7 +31,15 @@ from relay.core.errors import (
     SynqError,
     UnknownRecipient,
 )
-from relay.core.signals import ClaimRecord, Reinforcement, Signal, Subscription, Transition
+from relay.core.signals import (
+    KIND_SIGNAL,
+    KIND_SIGNAL_UPDATE,
+    ClaimRecord,
+    Reinforcement,
+    Signal,
+    Subscription,
+    Transition,
+)
 from relay.store.base import (
     DELIVERY_CHANNEL,
     HELD_CHANNEL,
@@ -87,6 +95,10 @@ _DEFAULT_EVENT: Final = {"sent": "sent", "queued": "deferred", "bounced": "bounc
 #: Settle events that record no delivery attempt: a row that expired in the queue without being
 #: tried, or one held back because its destination is known to be down.
 _NOT_ATTEMPTS: Final = frozenset({"expired", "held"})
+#: ``signals.tell`` (migration 0012): nothing owed to partners, the offer owed, an update owed.
+TELL_NOTHING: Final = 0
+TELL_OFFER: Final = 1
+TELL_UPDATE: Final = 2
 #: ``settle_deliveries``' event per outcome state.
 _DELIVERY_EVENT: Final = {"delivered": "delivered", "queued": "deferred", "bounced": "bounced"}
 
@@ -1240,15 +1252,7 @@ class SqlStore(GroupWriter, Store):
     def _text(value: Any) -> str | None:
         return None if value is None else jsonutil.dumps(value).decode("utf-8")
 
-    async def _accept_offer(self, tx: Tx, offer: NewEnvelope | None, at: Any) -> Collection[str]:
-        """Take custody of a signal's offer or update inside the transaction that writes the
-        signal (``signal_insert``, ``signal_write``): both committed, or neither."""
-        if offer is None:
-            return ()
-        _results, channels = await self._accept_rows(tx, ((offer, at),))
-        return channels
-
-    async def signal_insert(self, signal: Signal, offer: NewEnvelope | None = None) -> bool:
+    async def signal_insert(self, signal: Signal, tell: bool = False) -> bool:
         ts, text = self._ts, self._text
         row = (
             signal.id,
@@ -1275,19 +1279,18 @@ class SqlStore(GroupWriter, Store):
             signal.result_type,
             text(signal.result_body),
             int(signal.result_sent),
+            TELL_OFFER if tell else TELL_NOTHING,
         )
         boosts = [(signal.id, r.source, r.amount, ts(r.at)) for r in signal.reinforcements]
-
-        at = ts(signal.updated or signal.created)
 
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
             if await tx.execute(self.sql.signal_insert, row) == 0:
                 return False, ()
             if boosts:
                 await tx.executemany(self.sql.signal_reinforce, boosts)
-            return True, (SIGNALS_CHANNEL, *await self._accept_offer(tx, offer, at))
+            return True, (SIGNALS_CHANNEL,)
 
-        inserted: bool = await self._write(run, new=() if offer is None else (offer,))
+        inserted: bool = await self._write(run)
         return inserted
 
     async def signal_get(self, id: str) -> Signal | None:
@@ -1302,7 +1305,7 @@ class SqlStore(GroupWriter, Store):
         return [rows.claim_record(r, self._dt) for r in found]
 
     async def signal_write(
-        self, change: Transition, expected_version: int, offer: NewEnvelope | None = None
+        self, change: Transition, expected_version: int, tell: bool = False
     ) -> bool:
         ts = self._ts
         new = change.signal
@@ -1318,6 +1321,7 @@ class SqlStore(GroupWriter, Store):
             new.result_type,
             self._text(new.result_body),
             int(new.result_sent),
+            int(tell),
             new.id,
             expected_version,
         )
@@ -1334,7 +1338,6 @@ class SqlStore(GroupWriter, Store):
             for c in change.claims
         ]
         boosts = [(new.id, r.source, r.amount, ts(r.at)) for r in change.reinforcements]
-        at = ts(new.updated or new.created)
 
         async def run(tx: Tx) -> tuple[bool, Collection[str]]:
             # The compare-and-set (as a2a_update_task's: under PostgreSQL's READ COMMITTED an
@@ -1346,10 +1349,36 @@ class SqlStore(GroupWriter, Store):
                 await tx.executemany(self.sql.signal_claim_upsert, claims)
             if boosts:
                 await tx.executemany(self.sql.signal_reinforce, boosts)
-            return True, (SIGNALS_CHANNEL, *await self._accept_offer(tx, offer, at))
+            return True, (SIGNALS_CHANNEL,)
 
-        written: bool = await self._write(run, new=() if offer is None else (offer,))
+        written: bool = await self._write(run)
         return written
+
+    async def signals_untold(self, limit: int, id: str | None = None) -> list[tuple[Signal, str]]:
+        if id is None:
+            found = await self._read(self.sql.signals_untold, (max(limit, 0),))
+        else:
+            found = await self._read_small(self.sql.signal_untold, (id,))
+        out: list[tuple[Signal, str]] = []
+        for row in found:
+            boosts = await self._read_small(self.sql.signal_reinforcements, (row[0],))
+            signal = rows.signal(row, self._dt, [rows.reinforcement(r, self._dt) for r in boosts])
+            out.append((signal, KIND_SIGNAL if row[-1] == TELL_OFFER else KIND_SIGNAL_UPDATE))
+        return out
+
+    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> None:
+        at = None if offer is None else self._ts(offer.created)
+
+        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+            channels: Collection[str] = ()
+            if offer is not None:
+                _results, channels = await self._accept_rows(tx, ((offer, at),))
+            await tx.execute(self.sql.signal_told, (version, id))
+            return None, channels
+
+        # Unsynced (SPEC.md §13.6): the mark this clears was synced with the change, and a
+        # crash that loses this commit loses the offer with it, so the mark owes it again.
+        await self._write(run, new=() if offer is None else (offer,), durable=False)
 
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:
         row = (id, reinforcement.source, reinforcement.amount, self._ts(reinforcement.at))
