@@ -115,10 +115,14 @@ async def test_an_offer_is_owed_from_the_signals_write_until_it_is_in_custody(
     assert read == s
     offer = offer_of("0190aaaa-0000-7000-8000-0000000000f1")
     async with store.notifier.listen(QUEUE_CHANNEL) as queue:
-        await store.signal_told(s.id, s.version, offer)
+        assert await store.signal_told(s.id, s.version, offer)
         assert await queue.wait(5)  # the sender is woken for it, as by any accept
     assert await owed(store) == []
     assert await store.signals_untold(1, s.id) == []
+    # Told already (by another process): nothing more is queued.
+    assert not await store.signal_told(
+        s.id, s.version, offer_of("0190aaaa-0000-7000-8000-0000000000f9")
+    )
     queued = await store.list_queue("b.test")
     assert [(e.id, e.recipient) for e in queued] == [(offer.id, "signals@b.test")]
     assert queued[0].next_attempt == offer.created

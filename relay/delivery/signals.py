@@ -974,13 +974,13 @@ class Signals:
                 log.warning("signal %s: partners not told (%s)", signal.id, exc.message)
         item = None if prepared is None else prepared.item
         try:
-            await self.store.signal_told(signal.id, signal.version, item)
+            told = await self.store.signal_told(signal.id, signal.version, item)
         except BaseException as exc:
             if prepared is not None and self.partners is not None:
                 self.partners.offered(prepared, exc)
             raise
         if prepared is not None and self.partners is not None:
-            self.partners.offered(prepared)
+            self.partners.offered(prepared, None if told else Conflict("told by another process"))
 
     async def claim(self, agent: str, id: str) -> tuple[str, datetime]:
         """``POST /synq/v1/signals/{id}/claim`` → (token, lease end)."""

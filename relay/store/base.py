@@ -923,12 +923,13 @@ class Store(abc.ABC):
         (``relay.core.signals.KIND_SIGNAL`` or ``KIND_SIGNAL_UPDATE``), oldest id first."""
 
     @abc.abstractmethod
-    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> None:
+    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> bool:
         """``offer`` (the offer or update built from the signal at ``version``; None when no
         partner is to have one) is in custody: accepted as ``accept_many`` accepts an envelope,
         at its ``created`` time, in the transaction that clears what was owed. When the signal
-        has moved past ``version`` since, an update stays owed. Not synced: what a crash loses
-        of it, the mark that survives owes again."""
+        has moved past ``version`` since, an update stays owed. False, taking nothing into
+        custody, when nothing is owed any more (another process told partners first). Not
+        synced: what a crash loses of it, the mark that survives owes again."""
 
     @abc.abstractmethod
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:

@@ -1366,19 +1366,24 @@ class SqlStore(GroupWriter, Store):
             out.append((signal, KIND_SIGNAL if row[-1] == TELL_OFFER else KIND_SIGNAL_UPDATE))
         return out
 
-    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> None:
+    async def signal_told(self, id: str, version: int, offer: NewEnvelope | None) -> bool:
         at = None if offer is None else self._ts(offer.created)
 
-        async def run(tx: Tx) -> tuple[None, Collection[str]]:
+        async def run(tx: Tx) -> tuple[bool, Collection[str]]:
+            # The mark first: of two processes telling the same signal, the second finds it
+            # cleared (PostgreSQL re-checks ``tell <> 0`` once the first's row lock is gone)
+            # and queues nothing.
+            if await tx.execute(self.sql.signal_told, (version, id)) == 0:
+                return False, ()
             channels: Collection[str] = ()
             if offer is not None:
                 _results, channels = await self._accept_rows(tx, ((offer, at),))
-            await tx.execute(self.sql.signal_told, (version, id))
-            return None, channels
+            return True, channels
 
         # Unsynced (SPEC.md §13.6): the mark this clears was synced with the change, and a
         # crash that loses this commit loses the offer with it, so the mark owes it again.
-        await self._write(run, new=() if offer is None else (offer,), durable=False)
+        told: bool = await self._write(run, new=() if offer is None else (offer,), durable=False)
+        return told
 
     async def signal_reinforce(self, id: str, reinforcement: Reinforcement) -> bool:
         row = (id, reinforcement.source, reinforcement.amount, self._ts(reinforcement.at))
