@@ -585,12 +585,22 @@ async def test_the_first_success_releases_what_accepts_held(
     acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
     alice, bob = await acme.agent("alice"), await globex.agent("bob")
     first = await open_breaker_on_globex(w, acme, alice)
-    with caplog.at_level(logging.INFO, logger="synq.federation.outbound"):
+    with (
+        caplog.at_level(logging.INFO, logger="synq.federation.outbound"),
+        caplog.at_level(logging.INFO, logger="synq.delivery"),
+    ):
         held = await held_while_down(w, acme, alice, 3)
-    assert [r.getMessage() for r in caplog.records if "held at accept" in r.message] == [
-        "globex.test is down: new recipients held at accept until "
-        f"{acme.relay.sender.breaker.open_until('globex.test')}"
+    until = acme.relay.sender.breaker.open_until("globex.test")
+    assert [r.getMessage() for r in caplog.records if "held at accept" in r.getMessage()] == [
+        f"globex.test is down: new recipients held at accept until {until}"
     ]
+    # The events log (SPEC.md §14.4) has each one's accepted and held lines.
+    lines = [
+        (r.fields["id"], r.getMessage(), r.fields.get("code"))
+        for r in caplog.records
+        if r.name == "synq.delivery" and r.fields.get("to") == "bob@globex.test"
+    ]
+    assert lines == [(i, m, c) for i in held for m, c in (("accepted", None), ("held", "4.4.1"))]
     await globex.start()
     assert await acme.relay.store.flush(w.clock.now(), id=first) == 1
     assert await acme.relay.sender.run_once() == 1
