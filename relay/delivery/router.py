@@ -295,7 +295,8 @@ class Router:
     ) -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
         local recipients, partner policy, the envelope itself — then build and sign it, and
-        hold it for local recipients whose mailbox is full. Nothing is stored: :meth:`commit`
+        hold it for local recipients whose mailbox is full and for remote ones whose
+        destination is known to be down (:attr:`holds`). Nothing is stored: :meth:`commit`
         takes custody, recording ``idempotency`` with the envelope. ``full``: the full
         mailboxes as the caller already read them for a whole batch (``MailboxQuotas.full``);
         None reads them for this draft.
