@@ -616,6 +616,12 @@ class FederationSender:
                             wait = min(wait, 0.05)
                         # else they are (most likely) the leases of this process's own passes:
                         # the end of a pass wakes the loop, not a timer.
+                    # Rows held by their accept (hold_for) are due at their breaker's next
+                    # probe and woke nobody: look again then. The breaker opens only in a
+                    # pass, whose end wakes the loop, so this wait knows every opening.
+                    probe = self.breaker.next_probe(self.clock.now())
+                    if probe is not None:
+                        wait = min(wait, (probe - self.clock.now()).total_seconds())
                     await self._wait(listener, inflight, wait)
             finally:
                 for task in inflight:
