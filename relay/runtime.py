@@ -224,6 +224,8 @@ class Relay:
         )
         # A partner that reaches us is up: its held backlog goes at once (SPEC.md §9.3).
         self.inbound.on_contact = self.sender.contacted
+        # New mail to a partner known to be down is held by its accept (SPEC.md §9.3).
+        self.router.holds = self.sender.hold_for
         self.sender.on_settled = self._count_outcomes
         self.dispatcher = Dispatcher(
             store=store,

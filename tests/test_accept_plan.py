@@ -9,14 +9,14 @@ statement, the results, the inbox and event rows, and the channels to wake. The 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from relay.core.errors import InvalidAddress
-from relay.store.base import QUEUE_CHANNEL, NewEnvelope, inbox_channel
+from relay.store.base import QUEUE_CHANNEL, Hold, NewEnvelope, inbox_channel
 from relay.store.sql import accept
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -33,6 +33,7 @@ def env(
     remote: Sequence[str] = (),
     refused: Sequence[str] = (),
     via: str = "api",
+    holds: Sequence[str] = (),
 ) -> NewEnvelope:
     return NewEnvelope(
         origin=HERE,
@@ -47,6 +48,7 @@ def env(
         remote=list(remote),
         via=via,
         refused=[(address, "5.1.1", "no such agent") for address in refused],
+        holds={domain: HOLD for domain in holds},
     )
 
 
@@ -74,6 +76,9 @@ class Case:
 
 BOB, CAROL = f"bob@{HERE}", f"carol@{HERE}"
 DAVE = "dave@b.test"
+ERIN = "erin@c.test"
+#: b.test is down: its breaker's next probe is in ten minutes.
+HOLD = Hold(T0 + timedelta(minutes=10), "4.4.1", "b.test is down; held until its next probe")
 
 CASES = [
     Case(
@@ -217,6 +222,67 @@ CASES = [
         events=[("e1", BOB, "delivered")],
         channels={inbox_channel("bob")},
     ),
+    Case(
+        "held at accept: queued, accepted implied, a held event, no sender woken",
+        batch=[env("e1", remote=[DAVE], holds=["b.test"])],
+        inserted={"e1"},
+        changed=[("e1", DAVE, False)],
+        statements=[[("e1", DAVE, "queued", False, True)]],
+        duplicates=[False],
+        events=[("e1", DAVE, "held")],
+    ),
+    Case(
+        "held and not held destinations in one envelope: the sender woken for the other",
+        batch=[env("e1", local=["bob"], remote=[DAVE, ERIN], holds=["b.test"])],
+        inserted={"e1"},
+        changed=[("e1", BOB, False), ("e1", DAVE, False), ("e1", ERIN, False)],
+        statements=[
+            [
+                ("e1", BOB, "delivered", False, True),
+                ("e1", DAVE, "queued", False, True),
+                ("e1", ERIN, "queued", False, True),
+            ]
+        ],
+        duplicates=[False],
+        inbox=[("bob", "e1")],
+        events=[("e1", DAVE, "held")],
+        channels={inbox_channel("bob"), QUEUE_CHANNEL},
+    ),
+    Case(
+        "a hold for a domain the envelope does not name changes nothing",
+        batch=[env("e1", remote=[ERIN], holds=["b.test"])],
+        inserted={"e1"},
+        changed=[("e1", ERIN, False)],
+        statements=[[("e1", ERIN, "queued", False, True)]],
+        duplicates=[False],
+        channels={QUEUE_CHANNEL},
+    ),
+    Case(
+        "a held replay: the database changed nothing, no event, nobody woken",
+        batch=[env("e1", remote=[DAVE], holds=["b.test"])],
+        inserted=set(),
+        changed=[],
+        statements=[[("e1", DAVE, "queued", False, False)]],
+        duplicates=[True],
+    ),
+    Case(
+        "refused before, taken now while its destination is down: upgraded and held",
+        batch=[env("e1", remote=[DAVE], holds=["b.test"])],
+        inserted=set(),
+        changed=[("e1", DAVE, False)],
+        statements=[[("e1", DAVE, "queued", False, False)]],
+        duplicates=[False],
+        events=[("e1", DAVE, "accepted"), ("e1", DAVE, "held")],
+    ),
+    Case(
+        "refused by one copy, taken held by a later one: the upgrade is held",
+        batch=[env("e1", refused=[DAVE]), env("e1", remote=[DAVE], holds=["b.test"])],
+        inserted={"e1"},
+        changed=[("e1", DAVE, True), ("e1", DAVE, False)],
+        statements=[[("e1", DAVE, "bounced", True, False)], [("e1", DAVE, "queued", False, False)]],
+        duplicates=[False, False],
+        events=[("e1", DAVE, "bounced"), ("e1", DAVE, "accepted"), ("e1", DAVE, "held")],
+    ),
 ]
 
 
@@ -287,6 +353,48 @@ def test_plan_rows_carry_every_column() -> None:
     assert marked[0][:11] == rows[0][:11]
     assert all(len(row) == accept.RECIPIENT_WIDTH for row in rows)
     assert len(plan.envelopes[0]) == accept.ENVELOPE_WIDTH
+
+
+@pytest.mark.parametrize(
+    ("until", "due"),
+    [
+        (HOLD.until, HOLD.until),
+        (T0 + timedelta(days=3), T0 + timedelta(days=2)),  # past expiry: due at expiry
+    ],
+    ids=["at the next probe", "never after expiry"],
+)
+def test_a_held_row_is_due_at_the_hold_with_its_code(until: datetime, due: datetime) -> None:
+    """A held remote row: queued, due at the hold's end (or the envelope's expiry, to be
+    bounced then), the hold's code and reason on the row and on its ``held`` event, no hop,
+    at the accept's time; the envelope's other destination is due at once."""
+    item = replace(
+        env("e1", remote=[DAVE, ERIN]),
+        holds={"b.test": replace(HOLD, until=until)},
+    )
+    plan = accept.plan([(item, "t1")], HERE, ts)
+    [rows] = plan.recipients
+    assert rows == [
+        (
+            HERE,
+            "e1",
+            DAVE,
+            "b.test",
+            "queued",
+            False,
+            HOLD.code,
+            HOLD.reason,
+            ts(due),
+            "t1",
+            None,
+            False,
+        ),
+        (HERE, "e1", ERIN, "c.test", "queued", False, None, None, "t1", "t1", None, False),
+    ]
+    out = accept.interpret(
+        plan, [(HERE, "e1")], [(11, HERE, "e1", DAVE, 0), (11, HERE, "e1", ERIN, 0)]
+    )
+    assert out.events == [(11, "t1", DAVE, "held", HOLD.code, HOLD.reason, None)]
+    assert out.channels == {QUEUE_CHANNEL}
 
 
 def test_events_carry_the_hop_and_the_refusal() -> None:

@@ -309,3 +309,22 @@ def test_custom_bounds() -> None:
     assert breaker.failure(PARTNER, NOW, NOW, Fixed(0.0)) == NOW + seconds(30)  # the minimum
     late = NOW + seconds(1000)
     assert breaker.failure(PARTNER, late, late, Fixed(0.0)) == late + seconds(45)  # the cap
+
+
+def test_next_probe_is_the_earliest_open_breakers_probe() -> None:
+    """What the sender's loop waits for while breakers are open: the earliest probe still
+    ahead; a breaker that is failing but not open, or whose probe time has come, has none."""
+    breaker = Breaker()
+    assert breaker.next_probe(NOW) is None
+    fail_in_turn(breaker, [0, 10])
+    assert breaker.next_probe(NOW + seconds(10)) is None  # failing, not open
+    [partner] = fail_in_turn(breaker, [20])
+    assert partner is not None
+    for t in (0, 10, 60):
+        breaker.failure(OTHER, NOW + seconds(t), NOW + seconds(t), Fixed(0.0))
+    other = breaker.open_until(OTHER)
+    assert other is not None
+    assert partner < other
+    assert breaker.next_probe(NOW + seconds(20)) == partner
+    assert breaker.next_probe(partner) == other  # the first one's probe time has come
+    assert breaker.next_probe(other) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -508,28 +509,47 @@ async def open_breaker_on_globex(w: World, acme: Org, alice: Agent) -> str:
 
 
 async def held_while_down(w: World, acme: Org, alice: Agent, count: int) -> list[str]:
+    """``count`` messages to globex while acme's breaker is open: each is held by its accept
+    (SPEC.md §9.3), so a pass of the sender finds none of them due."""
     ids = [
         (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": f"m{i}"}))["id"]
         for i in range(count)
     ]
-    assert await acme.relay.sender.run_once() == count
+    assert await acme.relay.sender.run_once() == 0
     return [str(i) for i in ids]
 
 
-async def test_breaker_holds_new_envelopes_without_counting_an_attempt(w: World) -> None:
+@pytest.mark.parametrize("at_accept", [True, False], ids=["by its accept", "by the sender"])
+async def test_breaker_holds_new_envelopes_without_counting_an_attempt(
+    w: World, at_accept: bool
+) -> None:
+    """A message to a partner known to be down is held until the breaker's next probe, not an
+    attempt: by its accept, before any pass of the sender; or, for a relay whose router asks
+    no holds (as for rows accepted before the breaker opened), by the sender's next pass."""
     acme = w.orgs["acme.test"]
     alice = await acme.agent("alice")
     await open_breaker_on_globex(w, acme, alice)
-    [held] = await held_while_down(w, acme, alice, 1)
+    if not at_accept:
+        acme.relay.router.holds = None
+    held = (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "held"}))["id"]
     status = await w.status(acme, alice, held)
     rec = status["recipients"]["bob@globex.test"]
+    if at_accept:
+        assert [e["event"] for e in status["events"]] == ["accepted", "held"]
+    else:
+        assert (rec.get("code"), [e["event"] for e in status["events"]]) == (None, ["accepted"])
+        assert await acme.relay.sender.run_once() == 1
+        status = await w.status(acme, alice, held)
+        rec = status["recipients"]["bob@globex.test"]
     assert (rec["state"], rec["code"], rec["attempts"]) == ("queued", "4.4.1", 0)
-    assert "held" in rec["reason"]
+    assert rec["reason"] == "globex.test is down; held until its next probe"
     assert [e["event"] for e in status["events"]][-1] == "held"
+    assert status["events"][-1]["code"] == "4.4.1"
     # Held until the breaker's probe, which is a fifth of the outage so far away at the most.
     until = acme.relay.sender.breaker.open_until("globex.test")
     assert until is not None
     assert rec["next_attempt"] == format_timestamp(until)
+    assert await acme.relay.sender.run_once() == 0
 
 
 async def test_first_success_after_an_outage_releases_the_whole_backlog(w: World) -> None:
@@ -553,6 +573,40 @@ async def test_first_success_after_an_outage_releases_the_whole_backlog(w: World
     assert await acme.relay.sender.run_once() == 1
     assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted([first, *held])
     assert acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+    assert await acme.relay.store.list_queue() == []
+
+
+async def test_the_first_success_releases_what_accepts_held(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages held by their accept (SPEC.md §9.3) wait for the breaker's probe; the first
+    success, here of the oldest message flushed alone, releases them at once, and they are
+    delivered. Their holds are logged once for the opening, not once per message."""
+    acme, globex = w.orgs["acme.test"], w.orgs["globex.test"]
+    alice, bob = await acme.agent("alice"), await globex.agent("bob")
+    first = await open_breaker_on_globex(w, acme, alice)
+    with (
+        caplog.at_level(logging.INFO, logger="synq.federation.outbound"),
+        caplog.at_level(logging.INFO, logger="synq.delivery"),
+    ):
+        held = await held_while_down(w, acme, alice, 3)
+    until = acme.relay.sender.breaker.open_until("globex.test")
+    assert [r.getMessage() for r in caplog.records if "held at accept" in r.getMessage()] == [
+        f"globex.test is down: new recipients held at accept until {until}"
+    ]
+    # The events log (SPEC.md §14.4) has each one's accepted and held lines.
+    lines = [
+        (r.fields["id"], r.getMessage(), r.fields.get("code"))
+        for r in caplog.records
+        if r.name == "synq.delivery" and r.fields.get("to") == "bob@globex.test"
+    ]
+    assert lines == [(i, m, c) for i in held for m, c in (("accepted", None), ("held", "4.4.1"))]
+    await globex.start()
+    assert await acme.relay.store.flush(w.clock.now(), id=first) == 1
+    assert await acme.relay.sender.run_once() == 1
+    assert acme.relay.sender.breaker.allows("globex.test", w.clock.now())
+    assert await acme.relay.sender.run_once() == 3
+    assert sorted(m["id"] for m in await w.inbox(globex, bob)) == sorted([first, *held])
     assert await acme.relay.store.list_queue() == []
 
 

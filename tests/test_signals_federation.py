@@ -199,6 +199,30 @@ async def test_forged_and_replayed_requests_are_refused(w: World) -> None:
     assert (status, err["error"]["code"]) == (409, "conflict")
 
 
+async def test_offers_to_a_partner_known_down_are_held_by_their_accept(w: World) -> None:
+    """SPEC.md §9.3, §13.6: once acme's breaker for globex is open, the offer of a new signal
+    is queued held by its accept, until the breaker's next probe: no pass of acme's sender
+    has to take it to hold it."""
+    acme, globex = w.orgs[ACME], w.orgs[GLOBEX]
+    alice = await acme.agent("alice")
+    sender = acme.relay.sender
+    await globex.stop()
+    await call(w, acme, "POST", "/signals", alice, EMIT)
+    await acme.relay.signals.tell_owed()
+    for probe in range(3):
+        if probe:
+            w.clock.advance(30)  # past the offer's backoff
+        assert await sender.run_once() == 1
+    until = sender.breaker.open_until(GLOBEX)
+    assert until is not None
+    assert not sender.breaker.allows(GLOBEX, w.clock.now())
+    await call(w, acme, "POST", "/signals", alice, {**EMIT, "text": "chase #8"})
+    await acme.relay.signals.tell_owed()
+    [offer] = [q for q in await acme.relay.store.list_queue(GLOBEX) if q.attempts == 0]
+    assert (offer.code, offer.next_attempt) == ("4.4.1", until)
+    assert await sender.run_once() == 0
+
+
 async def test_owner_down_fails_remote_claims_fast_local_work_goes_on(w: World) -> None:
     acme, globex = w.orgs[ACME], w.orgs[GLOBEX]
     alice = await acme.agent("alice")

@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from relay.store import (
     schema_version,
 )
 from relay.store import postgres as pg_dialect
-from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, MessageStatus
+from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, Hold, MessageStatus
 from relay.store.sqlite import MAX_INLINE_COMMITS, SQLiteStore
 from tests import pg
 
@@ -555,6 +556,63 @@ async def test_settle_and_its_dsn_commit_together(store: Store) -> None:
     [still] = await store.list_queue()
     assert (still.recipient, still.attempts) == ("z@d.test", 0)
     assert await store.message_status(HERE, "dsn1") is None
+
+
+async def test_a_recipient_held_by_its_accept_waits_for_the_hold(store: Store) -> None:
+    """SPEC.md §9.3: a remote recipient accepted while its destination is down is queued held
+    by its accept — due at the hold's end with its code and reason, not an attempt, with its
+    ``held`` event after the ``accepted`` one — while the envelope's other destination is due
+    at once; a flush (the breaker's release, ``synq queue flush``) makes it due."""
+    until = at(600)
+    hold = Hold(until, "4.4.1", "b.test is down; held until its next probe")
+    item = replace(new("e1", remote=["x@b.test", "y@c.test"]), holds={"b.test": hold})
+    [result] = await store.accept_many([item], T0)
+    assert not result.duplicate
+    queue = {q.recipient: q for q in await store.list_queue()}
+    held, other = queue["x@b.test"], queue["y@c.test"]
+    assert (held.next_attempt, held.code, held.reason, held.attempts) == (
+        until,
+        hold.code,
+        hold.reason,
+        0,
+    )
+    assert (other.next_attempt, other.code) == (T0, None)
+    assert [q.recipient for q in await store.lease_due(at(1), lease_until=at(60), limit=10)] == [
+        "y@c.test"
+    ]
+    assert await store.lease_due(at(2), lease_until=at(60), limit=10) == []
+    await store.settle([sent("e1", "y@c.test")], [], at(2))
+    assert await store.next_due() == until
+    status = await store.message_status(HERE, "e1")
+    assert status is not None
+    assert [(e.recipient, e.event, e.code, e.reason, e.at) for e in status.events] == [
+        ("x@b.test", "accepted", None, None, T0),
+        ("y@c.test", "accepted", None, None, T0),
+        ("x@b.test", "held", hold.code, hold.reason, T0),
+        ("y@c.test", "sent", "2.0.0", "accepted", at(2)),
+    ]
+    # A replay changes nothing: not the row, not its events.
+    [again] = await store.accept_many([replace(item, holds={})], at(3))
+    assert again.duplicate
+    assert (await store.list_queue("b.test"))[0].next_attempt == until
+    replayed = await store.message_status(HERE, "e1")
+    assert replayed is not None
+    assert replayed.events == status.events
+    # Due at the hold's end...
+    [leased] = await store.lease_due(until, lease_until=until + timedelta(seconds=60), limit=10)
+    assert leased.recipient == "x@b.test"
+    await store.settle(
+        [Outcome(HERE, "e1", "x@b.test", "queued", "4.4.1", "no answer", None, at(900))],
+        [],
+        until,
+    )
+    # ...or at once when released, as the first success after the outage releases it.
+    await store.accept_many([replace(new("e2", remote=["z@b.test"]), holds={"b.test": hold})], T0)
+    async with store.notifier.listen(QUEUE_CHANNEL) as woken:
+        assert await store.flush(at(5), domain="b.test") == 2
+        assert await woken.wait(5)
+    due = sorted(q.recipient for q in await store.lease_due(at(5), lease_until=at(60), limit=10))
+    assert due == ["x@b.test", "z@b.test"]
 
 
 async def test_recent_envelopes_newest_first_and_matching(store: Store) -> None:

@@ -107,6 +107,16 @@ class Breaker:
         st = self._state.get(destination)
         return st.open_until if st else None
 
+    def next_probe(self, now: datetime) -> datetime | None:
+        """The earliest time after ``now`` an open breaker allows its next probe; None when no
+        breaker is open until after ``now``."""
+        ahead = [
+            st.open_until
+            for st in self._state.values()
+            if st.open_until is not None and st.open_until > now
+        ]
+        return min(ahead, default=None)
+
     def failing(self, destination: str) -> bool:
         """True while failures of ``destination`` are on record (open or not yet open)."""
         return destination in self._state

@@ -70,7 +70,9 @@ class Custody:
 
     def _log(self, item: NewEnvelope) -> None:
         """One line per recipient taken into custody (SPEC.md §14.4): ``accepted``, or
-        ``deferred`` for a local agent whose mailbox is full (4.2.2)."""
+        ``deferred`` for a local agent whose mailbox is full (4.2.2); and for a remote one
+        held by its accept (SPEC.md §9.3) a ``held`` line after it, as the federation sender
+        logs the rows it holds itself."""
         common = {"id": item.id, "from": item.sender, "via": item.via}
         for name in item.local:
             to = f"{name}@{self.domain}"
@@ -79,9 +81,24 @@ class Custody:
             to = f"{name}@{self.domain}"
             dest = f"local:{name}"
             event(log, "deferred", event="deferred", to=to, destination=dest, code=code, **common)
+        holds = item.holds
         for address in item.remote:
             destination = address.rpartition("@")[2]
             event(log, "accepted", event="accepted", to=address, destination=destination, **common)
+            hold = holds.get(destination) if holds else None
+            if hold is not None:
+                delay = max((hold.until - self.clock.now()).total_seconds(), 0.0)
+                event(
+                    log,
+                    "held",
+                    event="held",
+                    to=address,
+                    destination=destination,
+                    code=hold.code,
+                    attempt=0,
+                    delay=round(delay, 3),
+                    **common,
+                )
 
 
 def new_envelope(

@@ -41,7 +41,7 @@ from relay.core.policy import Policy
 from relay.core.ratelimit import DEFAULT_AGENT_RATE, TokenBuckets
 from relay.delivery.custody import Custody, new_envelope
 from relay.delivery.quota import MAILBOX_FULL, MailboxQuotas
-from relay.store.base import AcceptResult, AgentRecord, IdempotencyKey, NewEnvelope, Store
+from relay.store.base import AcceptResult, AgentRecord, Hold, IdempotencyKey, NewEnvelope, Store
 from relay.telemetry import Telemetry, context_of, traceparent
 
 #: How long, in seconds, a relay process trusts what the store told it about an agent: that a
@@ -211,6 +211,11 @@ class Router:
         #: Mailbox quotas (relay.delivery.quota): a local recipient whose mailbox is full is
         #: held, not refused (SPEC.md §9.7). The relay shares one with the inbound handler.
         self.quotas = MailboxQuotas(store)
+        #: Whether a remote destination is known to be down, asked with the destination domain
+        #: and the time for each envelope prepared here: a hold, and its recipients there are
+        #: queued held by their accept (SPEC.md §9.3), or None. The federation sender answers
+        #: (runtime.py wires it: this layer does not import federation); None asks nobody.
+        self.holds: Callable[[str, datetime], Hold | None] | None = None
 
     def split(self, recipients: Sequence[Address]) -> tuple[list[str], list[str]]:
         """(local agent names, remote addresses)."""
@@ -290,7 +295,8 @@ class Router:
     ) -> Prepared:
         """Every check of a local submission, in order — sender, rate, reserved and unknown
         local recipients, partner policy, the envelope itself — then build and sign it, and
-        hold it for local recipients whose mailbox is full. Nothing is stored: :meth:`commit`
+        hold it for local recipients whose mailbox is full and for remote ones whose
+        destination is known to be down (:attr:`holds`). Nothing is stored: :meth:`commit`
         takes custody, recording ``idempotency`` with the envelope. ``full``: the full
         mailboxes as the caller already read them for a whole batch (``MailboxQuotas.full``);
         None reads them for this draft.
@@ -360,9 +366,30 @@ class Router:
             idempotency=idempotency,
             held=held,
         )
+        if remote:
+            item = self._with_holds(item, draft.to)
         if draft.notify != dsn_mod.DEFAULT_NOTIFY:
             item = self._with_notify(item, envelope, draft.notify)
         return Prepared(envelope, token, item, span)
+
+    def _with_holds(self, item: NewEnvelope, recipients: Iterable[Address]) -> NewEnvelope:
+        """``item`` with the holds of its remote destinations known to be down (:attr:`holds`);
+        ``item`` itself when none is."""
+        ask = self.holds
+        if ask is None:
+            return item
+        now = self._clock.now()
+        holds: dict[str, Hold] = {}
+        asked: set[str] = set()
+        for a in recipients:
+            domain = a.domain
+            if domain == self.domain or domain in asked:
+                continue
+            asked.add(domain)
+            hold = ask(domain, now)
+            if hold is not None:
+                holds[domain] = hold
+        return replace(item, holds=holds) if holds else item
 
     def _with_notify(
         self, item: NewEnvelope, envelope: Envelope, notify: dsn_mod.Notify
@@ -485,7 +512,8 @@ class Router:
                 in_reply_to=report.original_id,
             )
         )
-        return new_envelope(envelope, token, local, remote, "relay")
+        item = new_envelope(envelope, token, local, remote, "relay")
+        return self._with_holds(item, (sender,)) if remote else item
 
 
 def _fail(span: Span, exc: BaseException) -> None:

@@ -53,7 +53,15 @@ from relay.core.retry import MAX_BACKOFF, Breaker, RetryPolicy
 from relay.delivery.router import Router
 from relay.discovery.wellknown import CAPABILITY_RECEIPTS, WellKnown
 from relay.logs import event as log_event
-from relay.store.base import QUEUE_CHANNEL, Listener, NewEnvelope, Outcome, QueueEntry, Store
+from relay.store.base import (
+    QUEUE_CHANNEL,
+    Hold,
+    Listener,
+    NewEnvelope,
+    Outcome,
+    QueueEntry,
+    Store,
+)
 from relay.telemetry import Telemetry, context_of
 
 log = logging.getLogger("synq.federation.outbound")
@@ -87,6 +95,9 @@ PIPELINE_PASSES: Final = 3
 MAX_IDLE_WAIT: Final = 30.0
 #: Whole-request timeout for one transaction.
 TRANSACTION_TIMEOUT: Final = 60.0
+#: The status of a recipient held while its destination is down (SPEC.md §9.3): no answer,
+#: whether held by its accept (hold_for) or by a pass.
+HELD_STATUS: Final = st.NO_ANSWER
 
 
 class TransactionTooLarge(AttemptFailed):
@@ -161,6 +172,9 @@ class FederationSender:
         self._per_destination: dict[str, tuple[asyncio.Semaphore, int]] = {}
         #: Told every outcome once it is committed (the relay counts them in its metrics).
         self.on_settled: Callable[[Sequence[Outcome]], None] | None = None
+        #: destination → the breaker opening (its ``open_until``) whose holds at accept were
+        #: logged: one line per opening, not one per envelope. Emptied as the breaker closes.
+        self._holds_logged: dict[str, datetime] = {}
 
     @property
     def domain(self) -> str:
@@ -224,12 +238,14 @@ class FederationSender:
             # which is not an attempt. Rows tried or held before are due because their own
             # schedule says so or because the operator flushed them: those are sent, and are a
             # probe of their own.
+            # Rows accepted while the breaker was open were held by their accept (hold_for);
+            # these were accepted before it opened.
             until = self.breaker.open_until(domain)
             held = [r for r in rows if r.code is None]
             rows = [r for r in rows if r.code is not None]
-            reason = f"{domain} is down; held until its next probe"
+            reason = _held_reason(domain)
             outcomes = [
-                self._outcome(r, "queued", st.NO_ANSWER, reason, None, until, event="held")
+                self._outcome(r, "queued", HELD_STATUS, reason, None, until, event="held")
                 for r in held
             ]
             if held:
@@ -442,6 +458,22 @@ class FederationSender:
 
     # --- the breaker ----------------------------------------------------------------------------
 
+    def hold_for(self, domain: str, now: datetime) -> Hold | None:
+        """The hold for new mail to ``domain`` accepted at ``now``: while its breaker is open,
+        its recipients are queued held by their accept until the next probe (SPEC.md §9.3),
+        with what :meth:`_destination` would settle them with, instead of being queued due at
+        once and held by a pass of this sender (a lease and a settle on the store's writer per
+        envelope). None while the breaker allows attempts. The router asks it (runtime.py)."""
+        if self.breaker.allows(domain, now):
+            return None
+        until = self.breaker.open_until(domain)
+        if until is None:  # allows() is False only while open_until lies ahead
+            return None
+        if self._holds_logged.get(domain) != until:
+            self._holds_logged[domain] = until
+            log.info("%s is down: new recipients held at accept until %s", domain, until)
+        return Hold(until, HELD_STATUS.code, _held_reason(domain))
+
     def _failed(self, domain: str, started: datetime) -> None:
         """Count a failed attempt begun at ``started`` against ``domain``'s breaker."""
         until = self.breaker.failure(domain, started, self.clock.now(), self.rng)
@@ -453,6 +485,7 @@ class FederationSender:
         waiting out a backoff grown during the outage — is due now (SPEC.md §9.3), as Synapse
         sends a destination's whole backlog on the first success. The partner's own limits
         (4.7.0, 429 with Retry-After) pace what follows."""
+        self._holds_logged.pop(domain, None)
         try:
             count = await self.store.flush(self.clock.now(), domain=domain)
         except SynqError as exc:
@@ -583,6 +616,12 @@ class FederationSender:
                             wait = min(wait, 0.05)
                         # else they are (most likely) the leases of this process's own passes:
                         # the end of a pass wakes the loop, not a timer.
+                    # Rows held by their accept (hold_for) are due at their breaker's next
+                    # probe and woke nobody: look again then. The breaker opens only in a
+                    # pass, whose end wakes the loop, so this wait knows every opening.
+                    probe = self.breaker.next_probe(self.clock.now())
+                    if probe is not None:
+                        wait = min(wait, (probe - self.clock.now()).total_seconds())
                     await self._wait(listener, inflight, wait)
             finally:
                 for task in inflight:
@@ -686,6 +725,11 @@ def _retry_hint(code: str, reason: str) -> timedelta | None:
     if code != st.RATE_LIMITED.code or (match := _RETRY_HINT.search(reason)) is None:
         return None
     return min(max(timedelta(seconds=int(match.group(1))), MIN_RETRY_HINT), MAX_BACKOFF)
+
+
+def _held_reason(domain: str) -> str:
+    """The reason of a recipient held because ``domain`` is down (SPEC.md §9.3)."""
+    return f"{domain} is down; held until its next probe"
 
 
 def _expiry_reason(row: QueueEntry) -> str:

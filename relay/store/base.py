@@ -136,6 +136,17 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """Why and until when new mail to a destination known to be down waits (SPEC.md §9.3): its
+    recipients are queued due at ``until`` (the breaker's next probe) with ``code`` and
+    ``reason``, and a ``held`` event, which is not a delivery attempt."""
+
+    until: datetime
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewEnvelope:
     """What the relay hands the store to take custody of one envelope.
 
@@ -178,6 +189,10 @@ class NewEnvelope:
     #: Each gets a queued row with that code (4.2.2) instead of an inbox row, until
     #: ``Store.deliver_held`` delivers it or it expires. Needs the store's domain.
     held: Sequence[tuple[str, str, str]] = ()
+
+    #: Destination domains known to be down, each with its hold: ``remote`` recipients of such
+    #: a domain are queued held by this accept (relay/store/sql/accept.py), not due at once.
+    holds: Mapping[str, Hold] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

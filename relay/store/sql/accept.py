@@ -54,6 +54,16 @@ Held recipients (``NewEnvelope.held``: local agents whose mailbox is over its qu
 §9.7) get a ``queued`` row of the store's own domain with their 4.2.2 code, due at the
 envelope's expiry, and no inbox row: the quota service (relay/delivery/quota.py) moves them into
 the inbox once the agent has made room (``Store.deliver_held``), or bounces them at expiry.
+
+Remote recipients of a destination known to be down (``NewEnvelope.holds``, SPEC.md §9.3) are
+held by their accept: a ``queued`` row due at the hold's end (the breaker's next probe, never
+after the envelope's expiry) with the hold's code and reason, as the federation sender's hold
+of a row due at once would have left it, but without that row's lease, hold and second lease.
+The row was accepted — its ``accepted`` event stays implied or written as for any remote row —
+and was held: a ``held`` event (the hold's code and reason, the accept's time, no hop) is
+written beside it, as the sender's settle writes it. A hold is not an attempt (``attempts``
+stays 0), and a batch whose remote rows are all held wakes no sender (no ``queue`` channel):
+nothing is due.
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ from typing import Any, Literal
 
 from relay.core.dsn import encode_notify
 from relay.core.errors import InternalError, InvalidAddress
-from relay.store.base import QUEUE_CHANNEL, AcceptResult, NewEnvelope, inbox_channel
+from relay.store.base import QUEUE_CHANNEL, AcceptResult, Hold, NewEnvelope, inbox_channel
 
 __all__ = [
     "AcceptPlan",
@@ -139,6 +149,9 @@ class Recipient:
     reason: str | None = None
     #: What the sender asked to be told about it, as the store keeps it (None: the default).
     notify: str | None = None
+    #: For a remote row whose destination is known to be down: its hold (code and reason
+    #: above are the hold's).
+    hold: Hold | None = None
 
 
 def _domain_of(address: str) -> str:
@@ -166,11 +179,27 @@ def recipients_of(item: NewEnvelope, local_domain: str | None) -> list[Recipient
             seen.add(key)
             notify = encode_notify(asked[name]) if name in asked else None
             rows.append(Recipient(key, None, "local", agent=name, notify=notify))
+    holds = item.holds
     for address in item.remote:
         if address not in seen:
             seen.add(address)
             notify = encode_notify(asked[address]) if address in asked else None
-            rows.append(Recipient(address, _domain_of(address), "remote", notify=notify))
+            remote_domain = _domain_of(address)
+            hold = holds.get(remote_domain) if holds else None
+            if hold is None:
+                rows.append(Recipient(address, remote_domain, "remote", notify=notify))
+            else:
+                rows.append(
+                    Recipient(
+                        address,
+                        remote_domain,
+                        "remote",
+                        code=hold.code,
+                        reason=hold.reason,
+                        notify=notify,
+                        hold=hold,
+                    )
+                )
     for name, code, reason in item.held:
         if not local_domain:
             # A held row is a queued row of the store's own domain (the module docstring).
@@ -245,7 +274,10 @@ def plan(
             if r.klass == "local":
                 state, next_attempt = "delivered", None
             elif r.klass == "remote":
-                state, next_attempt = "queued", at  # due at once
+                # Due at once; held: at the destination's next probe, or at expiry to be
+                # bounced then.
+                state = "queued"
+                next_attempt = at if r.hold is None else ts(min(r.hold.until, it.expires))
             elif r.klass == "held":
                 # Due at expiry: never before it in the order of the federation queue's index,
                 # and ``Store.expired_held`` finds it then.
@@ -315,7 +347,7 @@ class Accepted:
     #: Hop-log rows to insert (:data:`EVENT_WIDTH` wide).
     events: list[tuple[Any, ...]] = field(default_factory=list)
     #: Notifier channels to wake after COMMIT: ``inbox:<agent>`` per agent with a new inbox
-    #: row, ``queue`` when a remote row was queued.
+    #: row, ``queue`` when a remote row was queued due at once (not held).
     channels: set[str] = field(default_factory=set)
     #: The receipts the new inbox rows owe: (agent, receipt, accepted-at). The caller keeps
     #: those of agents that read their inbox themselves (an adapter-backed agent's is sent on
@@ -358,7 +390,10 @@ def interpret(
             elif r.klass == "remote":
                 if logged:
                     out.events.append((pk, at, r.key, "accepted", None, None, it.via))
-                out.channels.add(QUEUE_CHANNEL)
+                if r.hold is None:
+                    out.channels.add(QUEUE_CHANNEL)
+                else:
+                    out.events.append((pk, at, r.key, "held", r.code, r.reason, None))
             elif r.klass == "held":
                 out.events.append((pk, at, r.key, "deferred", r.code, r.reason, it.via))
             else:
