@@ -495,6 +495,7 @@ class Gateway:
         agent = caller.local
         cursor: int | None = None
         loop = asyncio.get_running_loop()
+        progress = _Progress(ctx)
         async with self.relay.mailbox.follow(agent) as reader:
             while True:
                 # Acked rows included, read past a cursor: another reader of the inbox acking
@@ -520,7 +521,9 @@ class Gateway:
                     if envelope.get("in_reply_to") != call_id:
                         continue
                     self._ack_soon(agent, item.id)
-                    result = await self._interpret(ctx, caller, address, method, envelope, asks)
+                    result = await self._interpret(
+                        ctx, caller, address, method, envelope, asks, progress
+                    )
                     if result is not None:
                         return result
 
@@ -547,6 +550,7 @@ class Gateway:
         method: str,
         envelope: dict[str, Any],
         asks: set[asyncio.Task[None]],
+        progress: _Progress,
     ) -> HandlerResult:
         body = envelope.get("body")
         content_type = envelope.get("content_type")
@@ -564,15 +568,15 @@ class Gateway:
                 raise MCPError(error.code, error.message, error.data)
             return answer.result
         if content_type == translate.MCP_NOTIFICATION_CONTENT_TYPE:
-            await self._notify(ctx, body)
+            await self._notify(ctx, body, progress)
             return None
         if content_type == translate.MCP_REQUEST_CONTENT_TYPE:
             self._ask_soon(ctx, caller, address, envelope, asks)
             return None
         # Answers in the A2A shapes of SPEC.md "MCP mapping", "Answers".
-        progress = translate.progress_from_body(body)
-        if progress is not None:
-            await ctx.session.report_progress(progress.progress, progress.total, progress.message)
+        update = translate.progress_from_body(body)
+        if update is not None:
+            await progress.report(update.progress, update.total, update.message)
             return None
         result = translate.result_from_body(body)
         if result is not None:
@@ -583,7 +587,9 @@ class Gateway:
             return {"content": [{"type": "text", "text": text}]}
         return None  # another update of the task (e.g. an A2A artifact): keep waiting
 
-    async def _notify(self, ctx: ServerRequestContext[Any, Any], body: Any) -> None:
+    async def _notify(
+        self, ctx: ServerRequestContext[Any, Any], body: Any, progress: _Progress
+    ) -> None:
         """One server notification, on the request's own stream."""
         try:
             message = translate.parse_message(body, translate.SERVER_NOTIFICATIONS)
@@ -595,7 +601,7 @@ class Gateway:
             if isinstance(params.get("progress"), int | float):
                 total = params.get("total")
                 text = params.get("message")
-                await ctx.session.report_progress(
+                await progress.report(
                     float(params["progress"]),
                     float(total) if isinstance(total, int | float) else None,
                     text if isinstance(text, str) else None,
@@ -1256,3 +1262,23 @@ def setup(app: web.Application, relay: Relay) -> None:
         await host.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+
+
+class _Progress:
+    """The progress one call has reported to its client. MCP requires each report of a request
+    to increase (2025-11-25 "Progress": the progress value MUST increase with each
+    notification), and envelopes keep no order (SPEC.md §9.1): two reports the agent's relay
+    sent in separate transactions can arrive in either order. A report not above the last one
+    passed on is dropped — the later one said more."""
+
+    __slots__ = ("ctx", "last")
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        self.ctx = ctx
+        self.last: float | None = None
+
+    async def report(self, value: float, total: float | None, message: str | None) -> None:
+        if self.last is not None and value <= self.last:
+            return
+        self.last = value
+        await self.ctx.session.report_progress(value, total, message)
