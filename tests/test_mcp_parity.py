@@ -23,6 +23,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from adapters.mcp import McpAdapter
 from adapters.mcp.adapter import MAX_NOTIFICATIONS
+from relay.delivery.views import envelope_object
+from relay.store.base import inbox_channel
 from tests.conftest import Agent
 from tests.fedenv import World, world
 from tests.helpers import wait_until
@@ -223,6 +225,57 @@ async def test_a_flood_of_progress_is_bounded(w: World) -> None:
     assert text_of(result) == f"done after {MAX_NOTIFICATIONS * 3} steps"
     assert 0 < len(seen) <= MAX_NOTIFICATIONS
     assert seen == sorted(seen)
+
+
+async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> None:
+    """Envelopes keep no order (SPEC.md §9.1) and MCP requires each progress report of a request
+    to increase: the gateway passes on only reports above the last one. The server hangs; the
+    call's replies are written to alice's inbox in the order 2, 1, 3, then the answer."""
+    acme = w.orgs["acme.test"]
+    await add_mcp_agent(acme, "tools", stdio_endpoint())
+    alice, bob = await acme.agent("alice"), await acme.agent("bob")
+    seen: list[float] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        seen.append(p)
+
+    store = acme.relay.store
+    async with (
+        running(w),
+        mcp_client(f"{acme.url}/mcp/tools@acme.test", alice) as session,
+        store.notifier.listen(inbox_channel("tools")) as delivered,
+    ):
+        call = asyncio.create_task(session.call_tool("hang", {}, progress_callback=on_progress))
+        assert await delivered.wait(30)
+        [item] = await store.inbox("tools", limit=10, include_acked=True)
+        request = envelope_object(item)
+        for body in (
+            *(
+                {"method": "notifications/progress", "params": {"progress": p, "total": 3}}
+                for p in (2, 1, 3)
+            ),
+            {
+                "result": {
+                    "content": [{"type": "text", "text": "counted"}],
+                    "structuredContent": {"result": "counted"},
+                }
+            },
+        ):
+            content_type = "notification" if "method" in body else "result"
+            await w.send(
+                acme,
+                bob,
+                {
+                    "to": ["alice@acme.test"],
+                    "content_type": f"application/mcp-{content_type}+json",
+                    "thread": request["thread"],
+                    "in_reply_to": request["id"],
+                    "body": body,
+                },
+            )
+        result = await asyncio.wait_for(call, 30)
+    assert text_of(result) == "counted"
+    assert seen == [2.0, 3.0]
 
 
 async def test_a_cancellation_that_loses_the_race_with_the_answer_is_dropped(w: World) -> None:
