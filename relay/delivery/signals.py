@@ -1307,6 +1307,9 @@ class Signals:
                     await self.tell_owed(id)
                 except SynqError as exc:
                     log.warning("signal %s: partners not told yet: %s", id, exc.message)
+                except Exception:
+                    # The teller goes on with the next; the sweep retries this one.
+                    log.exception("signal %s: partners not told yet", id)
 
 
 def _nothing(signal: sg.Signal, _h: sg.ClaimRecord | None, _now: datetime) -> sg.Transition:
