@@ -86,8 +86,11 @@ def read(label: str, path: Path) -> Profile:
 class Profiler:
     """Attaches py-spy to processes; ``finish`` waits for the profiles and reads them."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, gil: bool = False) -> None:
         self.directory = directory
+        #: Sample only the thread holding the GIL: where the Python CPU goes, without the
+        #: threads that wait in fsync or select (which a wall-clock profile counts).
+        self.gil = gil
         self._running: list[tuple[str, Path, asyncio.subprocess.Process]] = []
 
     @staticmethod
@@ -108,7 +111,7 @@ class Profiler:
             out = self.directory / f"{label}-{proc.pid}.txt"
             spy = await asyncio.create_subprocess_exec(
                 self.executable() or "py-spy", "record", "--nonblocking", "-r", str(RATE), "-f", "raw",
-                "-o", str(out), "-p", str(proc.pid),
+                "-o", str(out), "-p", str(proc.pid), *(["--gil"] if self.gil else []),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             self._running.append((f"{label} pid {proc.pid}", out, spy))

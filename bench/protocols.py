@@ -37,6 +37,7 @@ from bench.common import (
     start,
     workdir,
 )
+from bench.throughput import OnServe
 
 WARMUP = 5
 
@@ -208,7 +209,7 @@ async def _agent(kind: str, cwd: Path) -> Proc:
     )
 
 
-async def run(calls: int, base: Path) -> list[Overhead]:
+async def run(calls: int, base: Path, on_serve: OnServe | None = None) -> list[Overhead]:
     workdir(base)
     a2a_agent = await _agent("a2a", base)
     mcp_agent = await _agent("mcp", base)
@@ -225,6 +226,9 @@ async def run(calls: int, base: Path) -> list[Overhead]:
             )
             await fed.serve(acme)
             await fed.serve(globex)
+            if on_serve is not None:
+                await on_serve("calls-acme", acme.procs)
+                await on_serve("calls-globex", globex.procs)
             alice = acme.tokens["alice"]
             relays = {"acme": acme.procs[0].pid, "globex": globex.procs[0].pid}
             a2a = Overhead(

@@ -209,6 +209,16 @@ def _rate(value: float, unit: str = "/s") -> str:
     return f"{value:,.0f} {unit}".strip()
 
 
+def _cpu_row(report: Report, doc: dict[str, Any], key: str, cpu: dict[str, float]) -> None:
+    """The CPU each relay spent per envelope in a relay -> relay run (all its threads):
+    unlike the rate it hardly moves with the machine's load, so it compares two builds."""
+    report.row(
+        "  CPU us per envelope: acme / globex",
+        f"{cpu['acme'] * 1e6:.0f} / {cpu['globex'] * 1e6:.0f}",
+    )
+    doc[f"{key}_cpu_us_per_envelope"] = {k: v * 1e6 for k, v in cpu.items()}
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -254,7 +264,7 @@ async def run(args: argparse.Namespace) -> Report:
         if why:
             report.note(f"no profile: {why}")
         else:
-            profiler = Profiler(args.profile)
+            profiler = Profiler(args.profile, gil=args.profile_gil)
     on_serve: Callable[[str, list[Proc]], Any] | None = profiler.attach if profiler else None
     sizes: list[int] = args.n
     doc = report.doc
@@ -293,25 +303,33 @@ async def run(args: argparse.Namespace) -> Report:
                 )  # fmt: skip
             for n in sizes:
                 hook = on_serve if n == sizes[-1] else None
-                rate = await throughput.federated(n, args.c, base / f"federated-{n}", on_serve=hook)
+                cpu: dict[str, float] = {}
+                rate = await throughput.federated(
+                    n, args.c, base / f"federated-{n}", on_serve=hook, cpu=cpu
+                )
                 fresh[n] = rate
                 report.row(
                     f"relay -> relay, SQLite, n={n:,}", _rate(rate, "env/s"),
                     _rate(local_rate, "msg/s local"), f"{rate / local_rate:.2f}",
                 )  # fmt: skip
+                _cpu_row(report, doc, f"federated_{n}", cpu)
             doc["federated_relay_to_relay_per_s"] = fresh[sizes[0]]
             doc["federated_by_n"] = {str(k): v for k, v in fresh.items()}
             if batch > 1:
                 for n in sizes:
+                    cpu = {}
+                    hook = on_serve if n == sizes[-1] else None
                     rate = await throughput.federated(
-                        n, args.c, base / f"federated-batch-{n}", batch=batch
-                    )
+                        n, args.c, base / f"federated-batch-{n}", batch=batch, cpu=cpu,
+                        on_serve=hook, label="relay-to-relay-batched",
+                    )  # fmt: skip
                     batched[n] = rate
                     report.row(
                         f"relay -> relay, SQLite, batches of {batch}, n={n:,}",
                         _rate(rate, "env/s"), _rate(local_batched, "msg/s local batched"),
                         f"{rate / local_batched:.2f}",
                     )  # fmt: skip
+                    _cpu_row(report, doc, f"federated_batched_{n}", cpu)
                 doc["federated_relay_to_relay_batched_per_s"] = batched[sizes[0]]
                 doc["federated_batched_by_n"] = {str(k): v for k, v in batched.items()}
             if args.store == "postgresql":
@@ -421,7 +439,7 @@ async def run(args: argparse.Namespace) -> Report:
         if "protocols" in sections:
             why = protocols.bridges_missing()
             if why is None:
-                results = await protocols.run(args.calls, base / "protocols")
+                results = await protocols.run(args.calls, base / "protocols", on_serve=on_serve)
                 report.section(f"protocol overhead: {args.calls} sequential calls, after warm-up")
                 for o in results:
                     key = o.protocol.lower()
@@ -810,6 +828,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="postgresql: also run relay->relay with the receiver on PostgreSQL, 1 and 3 processes",
     )
     ap.add_argument("--profile", type=Path, help="py-spy profiles of the relays into this dir")
+    ap.add_argument(
+        "--profile-gil", action="store_true",
+        help="profile only the thread holding the GIL (Python CPU, not waits)",
+    )  # fmt: skip
     ap.add_argument(
         "--no-install", dest="install_postfix", action="store_false",
         help="do not apt-get install postfix when it is missing (skip the anchor instead)",

@@ -27,6 +27,7 @@ from bench.common import (
     Federation,
     Proc,
     blast,
+    cpu_seconds,
     drain_inbox,
     serve_argv,
     start,
@@ -95,10 +96,13 @@ async def federated(
     processes: int = 1,
     on_serve: OnServe | None = None,
     batch: int = 1,
+    cpu: dict[str, float] | None = None,
+    label: str = "relay-to-relay",
 ) -> float:
     """Envelopes/s alice@acme.test → bob@globex.test, end to end. ``store``: the store URL of
     globex.test (default its own SQLite file), served by ``processes`` processes; ``batch``
-    messages per request to acme."""
+    messages per request to acme. ``cpu``, when given, receives the CPU seconds per envelope
+    of each relay (``acme``, ``globex``: every process and thread, from /proc) over the run."""
     workdir(base)
     async with Federation(base) as fed:
         acme = await fed.add("acme.test", ["alice"])
@@ -106,13 +110,19 @@ async def federated(
         await fed.serve(acme)
         await fed.serve(globex, processes)
         if on_serve is not None:
-            await on_serve("relay-to-relay", acme.procs + globex.procs)
+            await on_serve(label, acme.procs + globex.procs)
+        pids = {"acme": [p.pid for p in acme.procs], "globex": [p.pid for p in globex.procs]}
+        before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         started = time.perf_counter()
         await blast(
             acme.url, acme.tokens["alice"], n, concurrency, to="bob@globex.test", batch=batch
         )
         await drain_inbox(globex.url, globex.tokens["bob"], n)
-        return n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if cpu is not None:
+            for k, v in pids.items():
+                cpu[k] = (sum(cpu_seconds(p) for p in v) - before[k]) / n
+        return n / elapsed
 
 
 def postgresql_available() -> str | None:

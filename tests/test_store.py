@@ -905,6 +905,22 @@ async def test_a_failing_operation_does_not_fail_the_others_in_its_group(store: 
     assert await store.message_status(HERE, "e2") is None  # rolled back as a whole
 
 
+async def test_the_way_out_runs_ahead_of_the_accepts_that_wait_before_it(store: Store) -> None:
+    # Eight batched submissions queue, then the sender's lease: the lease commits first (it
+    # sees only what was there before), so a flood of submissions cannot hold delivery back.
+    await store.accept(new("old", remote=["x@b.test"]), T0)
+    floods = [[new(f"f{i}-{n:03d}", remote=["x@b.test"]) for n in range(100)] for i in range(8)]
+    *accepted, leased = await asyncio.gather(
+        *(store.accept_many(flood, T0) for flood in floods),
+        store.lease_due(at(1), lease_until=at(60), limit=10_000),
+    )
+    assert [e.id for e in leased] == ["old"]
+    assert [len(results) for results in accepted] == [100] * 8
+    assert not any(r.duplicate for results in accepted for r in results)
+    later = await store.lease_due(at(2), lease_until=at(60), limit=10_000)
+    assert sorted(e.id for e in later) == sorted(i.id for flood in floods for i in flood)
+
+
 async def test_concurrent_accepts_all_land_and_survive_reopening(store_url: str) -> None:
     store = await connect(store_url)
     try:

@@ -623,7 +623,7 @@ class SqlStore(GroupWriter, Store):
                 await tx.executemany(sql.lease_mark, [(until, row[0]) for row in due])
             return [rows.queue_entry(row, self._dt) for row in due], ()
 
-        entries: list[QueueEntry] = await self._write(run, durable=False)
+        entries: list[QueueEntry] = await self._write(run, durable=False, way_out=True)
         return entries
 
     async def next_due(self) -> datetime | None:
@@ -681,7 +681,7 @@ class SqlStore(GroupWriter, Store):
         # envelope to a partner that is down cost a second synced commit beside every write of
         # the relay's own work (signals' offers and updates, SPEC.md §13.6).
         durable = bool(new) or any(o.event != "held" for o in outcomes)
-        await self._write(run, new=new, durable=durable)
+        await self._write(run, new=new, durable=durable, way_out=True)
 
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
         own = self.domain or ""
@@ -820,7 +820,7 @@ class SqlStore(GroupWriter, Store):
                 await tx.executemany(sql.delivery_lease_mark, [(until, row[1]) for row in due])
             return [rows.local_delivery(row, self._dt) for row in due], ()
 
-        leased: list[LocalDelivery] = await self._write(run, durable=False)
+        leased: list[LocalDelivery] = await self._write(run, durable=False, way_out=True)
         return leased
 
     async def settle_deliveries(
@@ -873,7 +873,7 @@ class SqlStore(GroupWriter, Store):
                 channels.update(accepted)
             return None, channels
 
-        await self._write(run, new=new)
+        await self._write(run, new=new, way_out=True)
 
     async def next_delivery_due(self) -> datetime | None:
         row = await self._read_small_one(self.sql.next_delivery_due, ())
