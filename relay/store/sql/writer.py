@@ -9,9 +9,10 @@ group, so batching grows with load and costs no latency when idle. Only the writ
 the writer connection, so no other coroutine's statement can land inside its transaction.
 
 The way out goes first: the leases and settles of the federation sender and of the dispatcher
-(``Op.way_out``) form the next group on their own, ahead of operations that were waiting
-before them (the group after it is taken in order again), and a group takes at most
-:data:`MAX_GROUP_ACCEPTS` accepted envelopes. Without both, a flood of
+(``Op.way_out``) lead the next group, ahead of operations that were waiting before them —
+leases in a group of their own, which commits without a sync (``next_group``; the group after
+it is taken in order again) — and a group takes at most :data:`MAX_GROUP_ACCEPTS` accepted
+envelopes. Without both, a flood of
 submissions starves delivery: with 32 clients posting batches of 100, groups of thousands of
 envelopes formed, and the sender's lease waited 0.5–0.9 s behind them while its partner sat
 idle (bench ``throughput``). Operations that wait at the same time were issued concurrently,
@@ -161,8 +162,8 @@ class Op:
     #: vacuum, which a transaction would cut short): the writer runs it alone, between groups,
     #: on a ``Tx`` from the dialect's ``_outside``.
     outside: bool = False
-    #: The way out of a queue (the sender's and the dispatcher's leases and settles): runs in
-    #: a group of its own ahead of the operations waiting before it (``next_group``).
+    #: The way out of a queue (the sender's and the dispatcher's leases and settles): leads
+    #: the next group, ahead of the operations waiting before it (``next_group``).
     way_out: bool = False
 
 
@@ -190,19 +191,20 @@ def runs(ops: list[Op]) -> list[list[Op]]:
 
 def next_group(waiting: deque[Op], way_out_first: bool = True) -> list[Op]:
     """Take the next group out of ``waiting``. With ``way_out_first``, and ``way_out``
-    operations waiting: those alone, in order (a lease's group then commits without the
-    accepts' statements and sync before it). Otherwise the operations in order, within
-    :data:`MAX_GROUP_OPS` operations and :data:`MAX_GROUP_ACCEPTS` accepted envelopes. What is
-    not taken stays in ``waiting``, in order."""
+    operations waiting, those first, in order: alone when none of them is durable (leases: the
+    group then commits without a sync, and without the statements of the accepts before it),
+    else followed by the others (a settle pays for a sync anyway; the accepts share it). The
+    others go in order, within :data:`MAX_GROUP_OPS` operations and :data:`MAX_GROUP_ACCEPTS`
+    accepted envelopes. What is not taken stays in ``waiting``, in order."""
+    group: list[Op] = []
     if way_out_first and any(op.way_out for op in waiting):
-        group: list[Op] = []
         rest: list[Op] = []
         for op in waiting:
             (group if op.way_out and len(group) < MAX_GROUP_OPS else rest).append(op)
         waiting.clear()
         waiting.extend(rest)
-        return group
-    group = []
+        if not any(op.durable for op in group):
+            return group
     accepted = 0
     while waiting and len(group) < MAX_GROUP_OPS:
         count = len(waiting[0].accepts or ())
