@@ -23,10 +23,12 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from adapters.mcp import McpAdapter
 from adapters.mcp.adapter import MAX_NOTIFICATIONS
+from relay.core.address import Address
+from relay.core.draft import Draft
 from relay.delivery.views import envelope_object
 from relay.store.base import inbox_channel
 from tests.conftest import Agent
-from tests.fedenv import World, world
+from tests.fedenv import Org, World, world
 from tests.helpers import wait_until
 from tests.mcpenv import (
     add_mcp_agent,
@@ -227,13 +229,39 @@ async def test_a_flood_of_progress_is_bounded(w: World) -> None:
     assert seen == sorted(seen)
 
 
+async def _reply(org: Org, sender: str, request: dict[str, Any], body: dict[str, Any]) -> str:
+    """An MCP reply to ``request`` from ``sender`` (an address of ``org``), written through the
+    relay's own mailbox as the agent's adapter would; its envelope id."""
+    content_type = "notification" if "method" in body else "result"
+    submitted = await org.relay.mailbox.send(
+        Draft(
+            Address.parse(sender),
+            (Address.parse(request["from"]),),
+            f"application/mcp-{content_type}+json",
+            body,
+            thread=request["thread"],
+            in_reply_to=request["id"],
+        ),
+        via="api",
+    )
+    return submitted.id
+
+
+_COUNTED: dict[str, Any] = {
+    "result": {
+        "content": [{"type": "text", "text": "counted"}],
+        "structuredContent": {"result": "counted"},
+    }
+}
+
+
 async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> None:
     """Envelopes keep no order (SPEC.md §9.1) and MCP requires each progress report of a request
     to increase: the gateway passes on only reports above the last one. The server hangs; the
     call's replies are written to alice's inbox in the order 2, 1, 3, then the answer."""
     acme = w.orgs["acme.test"]
     await add_mcp_agent(acme, "tools", stdio_endpoint())
-    alice, bob = await acme.agent("alice"), await acme.agent("bob")
+    alice = await acme.agent("alice")
     seen: list[float] = []
 
     async def on_progress(p: float, total: float | None, message: str | None) -> None:
@@ -249,33 +277,47 @@ async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> No
         assert await delivered.wait(30)
         [item] = await store.inbox("tools", limit=10, include_acked=True)
         request = envelope_object(item)
-        for body in (
-            *(
-                {"method": "notifications/progress", "params": {"progress": p, "total": 3}}
-                for p in (2, 1, 3)
-            ),
-            {
-                "result": {
-                    "content": [{"type": "text", "text": "counted"}],
-                    "structuredContent": {"result": "counted"},
-                }
-            },
-        ):
-            content_type = "notification" if "method" in body else "result"
-            await w.send(
-                acme,
-                bob,
-                {
-                    "to": ["alice@acme.test"],
-                    "content_type": f"application/mcp-{content_type}+json",
-                    "thread": request["thread"],
-                    "in_reply_to": request["id"],
-                    "body": body,
-                },
-            )
+        for p in (2, 1, 3):
+            progress = {"method": "notifications/progress", "params": {"progress": p, "total": 3}}
+            await _reply(acme, "tools@acme.test", request, progress)
+        await _reply(acme, "tools@acme.test", request, _COUNTED)
         result = await asyncio.wait_for(call, 30)
     assert text_of(result) == "counted"
     assert seen == [2.0, 3.0]
+
+
+async def test_only_the_called_address_answers_a_call(w: World) -> None:
+    """Another agent that names the call's thread and envelope id answers nothing: its
+    envelopes stay unread in the caller's inbox, and the callee's answer ends the call."""
+    acme = w.orgs["acme.test"]
+    await add_mcp_agent(acme, "tools", stdio_endpoint())
+    alice = await acme.agent("alice")
+    await acme.agent("bob")
+    seen: list[float] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        seen.append(p)
+
+    store = acme.relay.store
+    async with (
+        running(w),
+        mcp_client(f"{acme.url}/mcp/tools@acme.test", alice) as session,
+        store.notifier.listen(inbox_channel("tools")) as delivered,
+    ):
+        call = asyncio.create_task(session.call_tool("hang", {}, progress_callback=on_progress))
+        assert await delivered.wait(30)
+        [item] = await store.inbox("tools", limit=10, include_acked=True)
+        request = envelope_object(item)
+        progress = {"method": "notifications/progress", "params": {"progress": 1, "total": 2}}
+        forged_progress = await _reply(acme, "bob@acme.test", request, progress)
+        forged = await _reply(acme, "bob@acme.test", request, {"result": {"content": []}})
+        answer = await _reply(acme, "tools@acme.test", request, _COUNTED)
+        result = await asyncio.wait_for(call, 30)
+        # The answer's ack runs beside the result (Gateway._ack_soon): not looked at here.
+        unread = [i.id for i in await store.inbox("alice", limit=10) if i.id != answer]
+    assert text_of(result) == "counted"
+    assert seen == []
+    assert unread == [forged_progress, forged]
 
 
 async def test_a_cancellation_that_loses_the_race_with_the_answer_is_dropped(w: World) -> None:

@@ -61,9 +61,9 @@ from adapters.mcp import translate
 from relay import telemetry
 from relay.core import catalog, idempotency
 from relay.core import errors as E
-from relay.core.address import Address
+from relay.core.address import MAILER_DAEMON, Address
 from relay.core.draft import Draft, parse_expires
-from relay.core.dsn import parse_notify
+from relay.core.dsn import is_failure, parse_notify
 from relay.core.envelope import KIND_DSN, KIND_MESSAGE, KIND_PATTERN, format_timestamp
 from relay.core.ids import hash_token, uuid7
 from relay.core.jsonutil import dumps
@@ -518,7 +518,10 @@ class Gateway:
                 for item in items:
                     cursor = item.seq
                     envelope = views.envelope_object(item)
-                    if envelope.get("in_reply_to") != call_id:
+                    if envelope.get("in_reply_to") != call_id or not _from_callee(
+                        envelope, address, self.relay.domain
+                    ):
+                        # Not this call's, or not from whom it may come: left unread.
                         continue
                     self._ack_soon(agent, item.id)
                     result = await self._interpret(
@@ -1262,6 +1265,27 @@ def setup(app: web.Application, relay: Relay) -> None:
         await host.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+
+
+def _from_callee(envelope: Mapping[str, Any], address: Address, here: str) -> bool:
+    """Whether ``envelope`` may answer a call to ``address``: it comes from ``address``, or it
+    is a DSN reporting a failure from ``mailer-daemon`` of that address's domain or of this
+    relay (SPEC.md "MCP mapping", as the A2A face's replies). Anyone else who learned the
+    call's thread and envelope id could otherwise answer it in the callee's name."""
+    sender = envelope.get("from")
+    if sender == str(address):
+        return True
+    if envelope.get("kind") != KIND_DSN or not isinstance(sender, str):
+        return False
+    try:
+        reporter = Address.parse(sender)
+    except E.SynqError:
+        return False
+    return (
+        reporter.local == MAILER_DAEMON
+        and reporter.domain in (address.domain, here)
+        and is_failure(envelope.get("body"))
+    )
 
 
 class _Progress:
