@@ -227,6 +227,7 @@ class Relay:
         # New mail to a partner known to be down is held by its accept (SPEC.md §9.3).
         self.router.holds = self.sender.hold_for
         self.sender.on_settled = self._count_outcomes
+        self.custody.on_held = self._count_held
         self.dispatcher = Dispatcher(
             store=store,
             router=self.router,
@@ -331,6 +332,11 @@ class Relay:
         for outcome in outcomes:
             label = "deferred" if outcome.state == "queued" else outcome.state
             counter.labels(outcome=label).inc()
+
+    def _count_held(self, count: int) -> None:
+        """Remote recipients held by their accept (SPEC.md §9.3) count as ``deferred`` in
+        ``synq_federation_outbound_recipients``, as those the sender holds itself do."""
+        self.metrics.federation_outcomes.labels(outcome="deferred").inc(count)
 
     @property
     def federated(self) -> FederatedSearch | None:

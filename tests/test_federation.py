@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -531,6 +532,7 @@ async def test_breaker_holds_new_envelopes_without_counting_an_attempt(
     await open_breaker_on_globex(w, acme, alice)
     if not at_accept:
         acme.relay.router.holds = None
+    deferred = _deferred(acme)
     held = (await w.send(acme, alice, {"to": ["bob@globex.test"], "body": "held"}))["id"]
     status = await w.status(acme, alice, held)
     rec = status["recipients"]["bob@globex.test"]
@@ -550,6 +552,17 @@ async def test_breaker_holds_new_envelopes_without_counting_an_attempt(
     assert until is not None
     assert rec["next_attempt"] == format_timestamp(until)
     assert await acme.relay.sender.run_once() == 0
+    # Counted once as deferred, whoever held it.
+    assert _deferred(acme) == deferred + 1
+
+
+def _deferred(org: Org) -> float:
+    """``synq_federation_outbound_recipients{outcome="deferred"}`` of ``org``'s relay."""
+    text = org.relay.metrics.render().decode()
+    found = re.search(
+        r'synq_federation_outbound_recipients_total\{outcome="deferred"\} (\S+)', text
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_first_success_after_an_outage_releases_the_whole_backlog(w: World) -> None:

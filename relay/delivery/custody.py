@@ -11,7 +11,7 @@ then does the relay answer "queued" or "accepted" (SPEC.md §6.2, §8.6).
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.core.clock import Clock
@@ -39,6 +39,10 @@ class Custody:
         self.domain = domain
         #: Bounds the custody writes in flight (relay.store.backpressure).
         self.gate = gate or CustodyGate()
+        #: Told how many remote recipients each custody write held by its accept (SPEC.md
+        #: §9.3): the metrics count them as deferred, as they count the rows the federation
+        #: sender holds itself.
+        self.on_held: Callable[[int], None] | None = None
 
     def take(
         self, items: Sequence[NewEnvelope], *, timeout: float | None = None
@@ -55,7 +59,9 @@ class Custody:
             size=sum(len(i.token) for i in items),
             timeout=timeout,
         )
-        if not log.isEnabledFor(logging.INFO):
+        if not log.isEnabledFor(logging.INFO) and (
+            self.on_held is None or not any(item.holds for item in items)
+        ):
             return write
         return self._logged(items, write)
 
@@ -63,9 +69,17 @@ class Custody:
         self, items: Sequence[NewEnvelope], write: Coroutine[Any, Any, list[AcceptResult]]
     ) -> list[AcceptResult]:
         results = await write
+        logged = log.isEnabledFor(logging.INFO)
+        held = 0
         for item, result in zip(items, results, strict=True):
-            if not result.duplicate:
+            if result.duplicate:
+                continue
+            if logged:
                 self._log(item)
+            if item.holds:
+                held += sum(1 for a in item.remote if a.rpartition("@")[2] in item.holds)
+        if held and self.on_held is not None:
+            self.on_held(held)
         return results
 
     def _log(self, item: NewEnvelope) -> None:
