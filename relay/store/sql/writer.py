@@ -258,7 +258,8 @@ class GroupWriter(abc.ABC):
         """Last statements of a group that wakes ``channels``, before its COMMIT (none here)."""
 
     async def _on_idle(self) -> None:  # noqa: B027
-        """Called every ``idle_interval`` seconds while no operation waits (nothing here)."""
+        """Called between two groups once ``idle_interval`` seconds have passed since the last
+        call, and every ``idle_interval`` seconds while no operation waits (nothing here)."""
 
     def _outside(self) -> Tx:
         """The writer connection outside any transaction, for ``Op.outside`` operations."""
@@ -345,12 +346,14 @@ class GroupWriter(abc.ABC):
         way_out_first = True
         try:
             while True:
+                # Between two groups whenever it is due, busy or not: under a load that never
+                # empties ``waiting``, another process's commits must still wake this one.
+                if interval is not None and next_idle is not None and loop.time() >= next_idle:
+                    await self._on_idle()
+                    next_idle = loop.time() + interval
                 if not waiting:
                     if stop:
                         return
-                    if interval is not None and next_idle is not None and loop.time() >= next_idle:
-                        await self._on_idle()
-                        next_idle = loop.time() + interval
                     try:
                         async with asyncio.timeout_at(next_idle):
                             first = await queue.get()
