@@ -46,6 +46,7 @@ from relay.store import (
 )
 from relay.store import postgres as pg_dialect
 from relay.store.base import DELIVERY_CHANNEL, DeliveryOutcome, Hold, MessageStatus
+from relay.store.sql import SqlStore
 from relay.store.sqlite import MAX_INLINE_COMMITS, SQLiteStore
 from tests import pg
 
@@ -730,6 +731,40 @@ async def test_adapter_backed_agents_get_delivery_rows(store: Store) -> None:
     assert echo_events == ["delivered", "deferred", "delivered"]
 
 
+async def test_queue_commands_change_a_large_queue_one_chunk_at_a_time(store: Store) -> None:
+    # A partner's backlog is released (and an operator's delete runs) a chunk per write, so no
+    # write holds the lock for the whole queue; the outcome is the one of a single statement.
+    assert isinstance(store, SqlStore)
+    store.queue_chunk = 3
+    items = [new(f"c{n}", remote=["x@b.test", "y@c.test"]) for n in range(8)]
+    await store.accept_many(items, T0)
+    assert len(await store.lease_due(T0, lease_until=at(60), limit=100)) == 16
+    await store.settle(
+        [
+            Outcome(HERE, i.id, r, "queued", "4.4.1", "down", None, at(600))
+            for i in items
+            for r in ("x@b.test", "y@c.test")
+        ],
+        [],
+        at(1),
+    )
+    async with store.notifier.listen(QUEUE_CHANNEL) as woken:
+        assert await store.flush(at(10), domain="b.test") == 8
+        assert await woken.wait(5)
+    due = {(e.id, e.recipient): e.next_attempt for e in await store.list_queue()}
+    assert due == {
+        **{(i.id, "x@b.test"): at(10) for i in items},
+        **{(i.id, "y@c.test"): at(600) for i in items},
+    }
+    status = await store.message_status(HERE, "c7")
+    assert status is not None
+    assert [e.event for e in status.events if e.recipient == "x@b.test"][-1] == "flushed"
+    assert "flushed" not in [e.event for e in status.events if e.recipient == "y@c.test"]
+    assert await store.delete_queued(at(20)) == 16
+    assert await store.list_queue() == []
+    assert await store.delete_queued(at(30)) == 0
+
+
 async def test_a_local_delivery_waiting_for_its_agent_is_queued_listed_and_flushed(
     store: Store,
 ) -> None:
@@ -1164,6 +1199,40 @@ async def test_sqlite_not_a_database_is_unavailable_without_sql(tmp_path: Path) 
         await open_store(f"sqlite:///{path}")
     assert "not an SQLite database" in info.value.message
     assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_sqlite_another_process_writes_while_the_relay_never_rests(tmp_path: Path) -> None:
+    """SQLite queues nobody for its write lock: a second connection (``synq queue flush``
+    beside ``synq serve``) gets it only between two of the relay's groups. Four submitters keep
+    the relay's writer busy group after group; the other's write still lands, in its wait."""
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    serving = await connect(url)
+    other: Store | None = None
+    stop = asyncio.Event()
+    busy = asyncio.Event()  # set once the writer has committed a few groups
+
+    async def submit(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            items = [new(f"f{k}-{n}-{i}", remote=["x@b.test"]) for i in range(40)]
+            await serving.accept_many(items, T0)
+            n += 1
+            if n == 3:
+                busy.set()
+
+    submitters = [asyncio.create_task(submit(k)) for k in range(4)]
+    try:
+        await busy.wait()
+        other = await connect(url)
+        result = await other.accept(new("theirs", remote=["y@c.test"]), T0)
+        assert not result.duplicate
+        assert not any(t.done() for t in submitters)  # the writer was busy all along
+    finally:
+        stop.set()
+        await asyncio.gather(*submitters)
+        if other is not None:
+            await other.close()
+        await serving.close()
 
 
 async def test_sqlite_locked_database_fails_the_group_cleanly(tmp_path: Path) -> None:

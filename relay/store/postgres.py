@@ -307,6 +307,8 @@ r.state = 'queued'
   AND (%(domain)s::text IS NULL OR r.domain = %(domain)s::text)
   AND (%(id)s::text IS NULL OR r.envelope IN (SELECT pk FROM envelopes WHERE id = %(id)s::text))
 """
+#: The rows of one chunk of a queue command (SqlStore._queue_chunks).
+_QUEUE_CHUNK = _QUEUE_FILTER + "  AND r.pk > %(after)s::bigint AND r.pk <= %(upto)s::bigint\n"
 
 #: The inbox rows still to be handed to adapter-backed agents that a flush names: every one, one
 #: agent's (``local:<agent>``), or one envelope's.
@@ -525,17 +527,22 @@ WHERE seq = %s
 UPDATE recipients SET delay_reported = true
 WHERE recipient = %s AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = %s)
 """,
+    queue_chunk="""
+SELECT r.pk FROM recipients AS r
+WHERE """
+    + _QUEUE_FILTER
+    + "  AND r.pk > %(after)s::bigint ORDER BY r.pk LIMIT %(limit)s::bigint",
     flush_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT r.envelope, %(at)s::timestamptz, r.recipient, 'flushed', NULL, NULL, NULL
 FROM recipients AS r
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     flush_update="""
 UPDATE recipients AS r
 SET next_attempt = least(r.next_attempt, %(at)s::timestamptz), updated = %(at)s::timestamptz
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     flush_delivery_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT i.envelope, %(at)s::timestamptz, d.agent || '@' || %(own)s::text, 'flushed', NULL, NULL,
@@ -559,13 +566,13 @@ SELECT r.envelope, %(at)s::timestamptz, r.recipient, 'deleted', %(code)s::text,
        %(reason)s::text, NULL
 FROM recipients AS r
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     delete_update="""
 UPDATE recipients AS r
 SET state = 'bounced', code = %(code)s::text, reason = %(reason)s::text, next_attempt = NULL,
     lease_until = NULL, lease_owner = NULL, updated = %(at)s::timestamptz
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     mailbox_usage="""
 SELECT agent, unacked, bytes, max_unacked, max_bytes FROM mailboxes
 WHERE agent = ANY(%s::text[])

@@ -56,6 +56,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -99,6 +100,22 @@ MIN_SQLITE_VERSION: Final = (3, 38, 0)
 #: (https://www.sqlite.org/pragma.html#pragma_busy_timeout). Only another process can hold the
 #: write lock (this process has one writer): ``synq agent add`` while ``synq serve`` runs.
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
+
+#: Turns at SQLite's write lock (SQLiteStore._begin). SQLite queues nobody for its lock: another
+#: process (``synq queue flush`` beside ``synq serve``) takes it only between two of the relay's
+#: groups, and a relay committing group after group — a backlog of a million rows released to a
+#: partner that came back — left it free for well under a millisecond at a time: the operator's
+#: command failed after its 5 s. After WRITER_TURN seconds of groups back to back (gaps shorter
+#: than WRITER_GAP), the writer leaves the lock free for WRITER_GAP seconds: at most 2 % of its
+#: time, and only under a load that never lets it rest.
+WRITER_TURN: Final = 0.25
+WRITER_GAP: Final = 0.005
+
+#: Seconds between two tries of a write that finds another process's lock (``_waiting``): the
+#: first pause, doubled up to the last. A thread that waits for the lock wakes at most 1,000
+#: times a second, for at most the busy timeout.
+BUSY_RETRY_FIRST: Final = 0.000_25
+BUSY_RETRY_MAX: Final = 0.001
 
 #: Seconds between two looks for commits made by another process (``synq send``, ``synq agent
 #: add`` beside ``synq serve``), which then wake every listener. SQLite has no cross-process
@@ -196,6 +213,8 @@ r.state = 'queued'
   AND (:domain IS NULL OR r.domain = :domain)
   AND (:id IS NULL OR r.envelope IN (SELECT pk FROM envelopes WHERE id = :id))
 """
+#: The rows of one chunk of a queue command (SqlStore._queue_chunks).
+_QUEUE_CHUNK = _QUEUE_FILTER + "  AND r.pk > :after AND r.pk <= :upto\n"
 
 #: The inbox rows still to be handed to adapter-backed agents that a flush names: every one, one
 #: agent's (``local:<agent>``), or one envelope's.
@@ -422,16 +441,21 @@ WHERE seq = ?4
 UPDATE recipients SET delay_reported = 1
 WHERE recipient = ? AND envelope = (SELECT i.envelope FROM inbox AS i WHERE i.seq = ?)
 """,
+    queue_chunk="""
+SELECT r.pk FROM recipients AS r
+WHERE """
+    + _QUEUE_FILTER
+    + "  AND r.pk > :after ORDER BY r.pk LIMIT :limit",
     flush_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT r.envelope, :at, r.recipient, 'flushed', NULL, NULL, NULL
 FROM recipients AS r
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     flush_update="""
 UPDATE recipients AS r SET next_attempt = min(r.next_attempt, :at), updated = :at
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     flush_delivery_events="""
 INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT i.envelope, :at, d.agent || '@' || :own, 'flushed', NULL, NULL, NULL
@@ -453,13 +477,13 @@ INSERT INTO events (envelope, at, recipient, event, code, reason, hop)
 SELECT r.envelope, :at, r.recipient, 'deleted', :code, :reason, NULL
 FROM recipients AS r
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     delete_update="""
 UPDATE recipients AS r
 SET state = 'bounced', code = :code, reason = :reason, next_attempt = NULL, lease_until = NULL,
     updated = :at
 WHERE """
-    + _QUEUE_FILTER,
+    + _QUEUE_CHUNK,
     mailbox_usage="""
 SELECT agent, unacked, bytes, max_unacked, max_bytes FROM mailboxes
 WHERE agent IN (SELECT value FROM json_each(?))
@@ -578,6 +602,9 @@ class _Writer:
         )
         self._thread.start()
         self.conn: sqlite3.Connection
+        #: When a group last let go of the write lock (COMMIT or ROLLBACK), by the monotonic
+        #: clock: SQLiteStore._take_turn.
+        self.released = 0.0
 
     @classmethod
     async def open(cls, path: Path, busy_timeout: float) -> _Writer:
@@ -710,6 +737,8 @@ class _SQLiteTx(Tx):
                 await self.writer.blocking(partial(self.conn.execute, "COMMIT"))
         except sqlite3.Error as exc:
             raise self._group_failed(exc) from exc
+        finally:
+            self.writer.released = time.monotonic()
 
     async def begin(self, busy_ms: int) -> None:
         """``BEGIN IMMEDIATE``: the write lock first. Tried inline without waiting (the writer
@@ -736,16 +765,30 @@ class _SQLiteTx(Tx):
 
         with contextlib.suppress(sqlite3.Error, OSError, ValueError, RuntimeError):
             await self.writer.blocking(rollback)
+        self.writer.released = time.monotonic()
 
 
 def _waiting(conn: sqlite3.Connection, busy_ms: int, work: Callable[[], _T]) -> _T:
-    """``work`` (on the writer's thread), waiting up to ``busy_ms`` for another process's
-    lock; the connection's busy timeout is 0 again afterwards."""
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-    try:
-        return work()
-    finally:
-        conn.execute("PRAGMA busy_timeout = 0")
+    """``work`` (on the writer's thread), tried again while another process holds the lock,
+    for up to ``busy_ms``; the connection's busy timeout is 0 afterwards.
+
+    Not SQLite's own busy handler, which sleeps 1, 2, 5 … then 100 ms between tries
+    (``sqliteDefaultBusyCallback``): against a relay that commits group after group, a process
+    that looks every 100 ms rarely finds the lock free — ``synq queue flush`` beside a relay
+    re-queueing a million held rows failed with "database is locked" after its 5 s. Tries
+    :data:`BUSY_RETRY_FIRST` to :data:`BUSY_RETRY_MAX` apart land in the gaps between groups."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    deadline = time.monotonic() + busy_ms / 1000
+    pause = BUSY_RETRY_FIRST
+    while True:
+        try:
+            return work()
+        except sqlite3.Error as exc:
+            left = deadline - time.monotonic()
+            if not _is_busy(exc) or left <= 0:
+                raise
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, BUSY_RETRY_MAX)
 
 
 # the store ------------------------------------------------------------------------------------
@@ -817,6 +860,8 @@ class SQLiteStore(SqlStore):
         self._page_size = 4096
         #: Set by ``reclaim_space`` when it freed pages: the idle writer checkpoints.
         self._checkpoint_due = False
+        #: When the writer's current turn at the lock began (WRITER_TURN).
+        self._turn_began = 0.0
         self.set_max_size(max_size)
 
     # time and parameters -----------------------------------------------------------------------
@@ -867,7 +912,8 @@ class SQLiteStore(SqlStore):
             )
         self._writer = await _Writer.open(self.path, self._busy_ms / 1000)
         writer = self._writer
-        await writer.blocking(partial(self._configure_writer, writer.conn))
+        configure = partial(self._configure_writer, writer.conn)
+        await writer.blocking(partial(_waiting, writer.conn, self._busy_ms, configure))
         await self._migrate_file(writer)
         await writer.blocking(partial(self._incremental_vacuum_mode, writer.conn))
         self._page_size = int(writer.conn.execute("PRAGMA page_size").fetchone()[0])
@@ -883,8 +929,8 @@ class SQLiteStore(SqlStore):
         writer.conn.execute("PRAGMA busy_timeout = 0")
 
     def _configure_writer(self, conn: sqlite3.Connection) -> None:
-        # First, so that even switching the journal mode waits for another process's lock.
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        # Run by _waiting: tried again while another process holds a lock it needs (switching
+        # the journal mode does). Every statement here may run twice.
         # Space freed by the retention purge goes back to the file system a bounded step at a
         # time (``reclaim_space``), never by a full VACUUM that would stop every write. The mode
         # takes effect only in a database with no table yet, hence before the migrations; an
@@ -939,7 +985,11 @@ class SQLiteStore(SqlStore):
         """Migrate in one IMMEDIATE transaction: two processes opening the same file at once
         serialise here (the BEGIN waits on the thread, the busy timeout still set)."""
         tx = _SQLiteTx(writer, self._group_failed)
-        await writer.blocking(partial(writer.conn.execute, "BEGIN IMMEDIATE"))
+        begin = partial(writer.conn.execute, "BEGIN IMMEDIATE")
+        await writer.blocking(partial(_waiting, writer.conn, self._busy_ms, begin))
+        # The rest of opening waits for another process's lock as configured (the busy timeout
+        # is 0 only once the store runs).
+        writer.conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         try:
             await self._migrate(tx)
             await tx.commit()
@@ -1086,6 +1136,18 @@ class SQLiteStore(SqlStore):
         assert writer is not None
         return _SQLiteTx(writer, self._group_failed)
 
+    async def _take_turn(self) -> None:
+        """Before a group's BEGIN: after WRITER_TURN seconds of groups back to back, leave the
+        lock to another process for WRITER_GAP seconds (see WRITER_TURN)."""
+        writer = self._writer
+        assert writer is not None
+        now = time.monotonic()
+        if now - writer.released >= WRITER_GAP:
+            self._turn_began = now  # the lock was free a while: a new turn
+        elif now - self._turn_began >= WRITER_TURN:
+            await asyncio.sleep(WRITER_GAP)
+            self._turn_began = time.monotonic()
+
     async def _begin(self, ops: Sequence[Op]) -> Tx:
         writer = self._writer
         assert writer is not None
@@ -1120,6 +1182,7 @@ class SQLiteStore(SqlStore):
             self._checkpoint_off = inline
         self._inline_commits = self._inline_commits + 1 if inline else 0
         tx.inline_commit = inline
+        await self._take_turn()
         tx.inline = sum(len(op.accepts or ()) or 1 for op in ops) <= INLINE_GROUP_WEIGHT
         await tx.begin(self._busy_ms)
         return tx

@@ -168,7 +168,11 @@ class Statements:
     delivery_delay: str
 
     # operator commands -------------------------------------------------------------------------
-    #: {at, domain, id}: log ``flushed``, then make the rows due now.
+    #: {domain, id, after, limit} → (pk) of the next queued rows a queue command names, in pk
+    #: order after ``after``: one chunk of a flush or a delete (SqlStore._queue_chunks).
+    queue_chunk: str
+    #: {at, domain, id, after, upto}: log ``flushed``, then make the rows due now (the rows of
+    #: one chunk: pk in (after, upto]).
     flush_events: str
     flush_update: str
     #: {at, own, agent, id}: the same for the inbox rows still to be handed to adapter-backed
@@ -178,7 +182,8 @@ class Statements:
     #: {agent, id} → (seq, agent) of the inbox rows still to be handed over that a queue
     #: command names (as for ``flush_delivery_events``).
     select_delivery_rows: str
-    #: {at, domain, id, code, reason}: log ``deleted``, then bounce the rows without a DSN.
+    #: {at, domain, id, code, reason, after, upto}: log ``deleted``, then bounce the rows of one
+    #: chunk without a DSN.
     delete_events: str
     delete_update: str
 

@@ -110,6 +110,13 @@ _QUEUE_ORDER: Final = itemgetter(9, 0)
 _DELIVERY_ORDER: Final = itemgetter(10, 1)
 
 
+#: Queued rows a queue command (``flush``, ``delete_queued``) changes in one write. Releasing a
+#: partner's backlog of a million rows in one UPDATE held the write lock for longer than
+#: another process waits for it (``synq queue flush`` failed with "database is locked") and,
+#: on SQLite, the event loop with it; a chunk is some 50 ms of statements here.
+QUEUE_CHUNK: Final = 5_000
+
+
 class SqlStore(GroupWriter, Store):
     """A store over one SQL database; a dialect subclass supplies the rest (module docstring)."""
 
@@ -137,6 +144,8 @@ class SqlStore(GroupWriter, Store):
         #: This store's instance number, the owner of the leases it takes (PostgreSQL); 0 where
         #: one process owns the store.
         self.instance = 0
+        #: Queued rows a queue command changes per write (:data:`QUEUE_CHUNK`).
+        self.queue_chunk = QUEUE_CHUNK
         #: Migrations this ``open`` applied.
         self.applied_migrations: list[int] = []
         self._schema_version = 0
@@ -717,24 +726,53 @@ class SqlStore(GroupWriter, Store):
         if domain is None or agent is not None:
             local = {"at": params["at"], "own": self.domain or "", "agent": agent, "id": id}
 
-        async def run(tx: Tx) -> tuple[int, Collection[str]]:
-            count = 0
-            channels: list[str] = []
-            if agent is None:
-                await tx.execute(self.sql.flush_events, params)
-                count = await tx.execute(self.sql.flush_update, params)
-                if count:
-                    channels.append(QUEUE_CHANNEL)
-            if local is not None:
-                await tx.execute(self.sql.flush_delivery_events, local)
-                flushed = await tx.execute(self.sql.flush_delivery_update, local)
-                if flushed:
-                    channels.append(DELIVERY_CHANNEL)
-                count += flushed
-            return count, channels
+        count = 0
+        if agent is None:
+            sql = self.sql
+            count = await self._queue_chunks(
+                sql.flush_events, sql.flush_update, params, (QUEUE_CHANNEL,)
+            )
+        if local is not None:
+            deliveries = local
 
-        count: int = await self._write(run)
+            async def run(tx: Tx) -> tuple[int, Collection[str]]:
+                await tx.execute(self.sql.flush_delivery_events, deliveries)
+                flushed = await tx.execute(self.sql.flush_delivery_update, deliveries)
+                return flushed, (DELIVERY_CHANNEL,) if flushed else ()
+
+            count += await self._write(run)
         return count
+
+    async def _queue_chunks(
+        self, events: str, update: str, params: dict[str, Any], channels: Collection[str]
+    ) -> int:
+        """A queue command (flush, delete) on the queued rows ``params`` names, one write per
+        ``queue_chunk`` rows in pk order: its ``events`` statement, then its ``update``
+        statement, on each chunk. Returns the rows changed; each write wakes ``channels``."""
+        total = 0
+        after = 0
+        while True:
+
+            async def run(tx: Tx, after: int = after) -> tuple[tuple[int, int], Collection[str]]:
+                found = await tx.fetch(
+                    self.sql.queue_chunk, {**params, "after": after, "limit": self.queue_chunk}
+                )
+                if not found:
+                    return (0, 0), ()
+                upto = int(found[-1][0])
+                chunk = {**params, "after": after, "upto": upto}
+                await tx.execute(events, chunk)
+                changed = await tx.execute(update, chunk)
+                return (changed, upto if len(found) == self.queue_chunk else 0), (
+                    channels if changed else ()
+                )
+
+            result: tuple[int, int] = await self._write(run)
+            changed, last = result
+            total += changed
+            if not last:
+                return total
+            after = last
 
     async def delete_queued(
         self, now: datetime, id: str | None = None, domain: str | None = None
@@ -751,19 +789,20 @@ class SqlStore(GroupWriter, Store):
         own = self.domain or ""
         sql = self.sql
 
+        count = 0
+        if agent is None:
+            # Bounced without a DSN: nothing to wake.
+            count = await self._queue_chunks(sql.delete_events, sql.delete_update, params, ())
+            if domain is not None:
+                return count
+
         async def run(tx: Tx) -> tuple[int, Collection[str]]:
-            count = 0
-            if agent is None:
-                await tx.execute(sql.delete_events, params)
-                count = await tx.execute(sql.delete_update, params)
-            if domain is not None and agent is None:
-                return count, ()
             # Local deliveries (SPEC.md §9.6): the hand-over is dropped as the dispatcher drops
             # a bounce — the row off the agent's inbox and usage, the recipient ``bounced`` —
             # but with no DSN, and the event says ``deleted``.
             found = await tx.fetch(sql.select_delivery_rows, {"agent": agent, "id": id})
             if not found:
-                return count, ()
+                return 0, ()
             seqs = [(row[0],) for row in found]
             addresses = [(f"{row[1]}@{own}", row[0]) for row in found]
             await tx.executemany(
@@ -777,10 +816,10 @@ class SqlStore(GroupWriter, Store):
             await tx.executemany(sql.delivery_done, seqs)
             await tx.executemany(sql.delivery_ack_usage, seqs)
             await tx.executemany(sql.delivery_ack, [(at, q) for (q,) in seqs])
-            return count + len(found), (HELD_CHANNEL,)
+            return len(found), (HELD_CHANNEL,)
 
-        count: int = await self._write(run)
-        return count
+        delivered: int = await self._write(run)
+        return count + delivered
 
     async def release_leases(self) -> int:
         """Release every lease of a store one process owns, at relay start. A store shared by
