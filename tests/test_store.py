@@ -666,6 +666,7 @@ async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
     ]
     assert [q.recipient for q in await store.list_queue("b.test")] == ["w@b.test", "x@b.test"]
     assert await store.list_queue("nowhere.test") == []
+    assert await store.queue_depth() == 3
 
     async with store.notifier.listen(QUEUE_CHANNEL) as woken:
         assert await store.flush(at(20), domain="b.test") == 2
@@ -695,6 +696,7 @@ async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
 
     assert await store.delete_queued(at(70), domain="b.test") == 1
     assert await store.list_queue() == []
+    assert await store.queue_depth() == 0
     assert await store.next_due() is None
 
 
@@ -792,6 +794,7 @@ async def test_a_local_delivery_waiting_for_its_agent_is_queued_listed_and_flush
     assert await store.list_queue("b.test") == [queue[0]]
     assert await store.list_queue("local:tools") == [queue[1]]
     assert await store.list_queue("local:bob") == []
+    assert await store.queue_depth() == 2
 
     [row] = await store.lease_deliveries(T0, lease_until=at(60), limit=10)
     down = DeliveryOutcome("tools", row.seq, "queued", "4.4.1", "agent down", None, at(300))

@@ -789,6 +789,11 @@ class Store(abc.ABC):
         held mail, or ``local:<agent>``)."""
 
     @abc.abstractmethod
+    async def queue_depth(self) -> int:
+        """How many rows :meth:`list_queue` would return, counted by the store: a queue of a
+        million rows is not read into memory to be counted."""
+
+    @abc.abstractmethod
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
         """The ``limit`` envelopes taken into custody last, newest first; with ``match``, only
         those whose id, thread, sender or a recipient is exactly ``match`` (the console's

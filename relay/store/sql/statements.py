@@ -120,6 +120,8 @@ class Statements:
     #: destination ``local:<agent>`` (SPEC.md §9.5, §9.6).
     list_deliveries: str
     list_deliveries_agent: str
+    #: () → (the number of rows ``list_queue`` would return), without reading them.
+    queue_depth: str
     #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
@@ -371,6 +373,10 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
     "list_deliveries_agent": _DELIVERY_SELECT + "WHERE d.agent = ? ORDER BY d.next_attempt, d.seq",
     "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued' AND domain <> ?",
     "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",
+    "queue_depth": (
+        "SELECT (SELECT count(*) FROM recipients WHERE state = 'queued')"
+        " + (SELECT count(*) FROM deliveries)"
+    ),
     "delivery_done": "DELETE FROM deliveries WHERE seq = ?",
     "delivery_ack": "UPDATE inbox SET acked_at = coalesce(acked_at, ?) WHERE seq = ?",
     # Usage counters (0004): UPDATE … FROM, in both SQLite (3.33+) and PostgreSQL.

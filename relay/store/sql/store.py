@@ -708,6 +708,10 @@ class SqlStore(GroupWriter, Store):
         entries = [rows.queue_entry(row, self._dt) for row in (*remote, *local)]
         return sorted(entries, key=lambda e: e.next_attempt) if local else entries
 
+    async def queue_depth(self) -> int:
+        row = await self._read_one(self.sql.queue_depth, ())
+        return int(row[0])
+
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
         if match is None:
             found = await self._read(self.sql.recent_envelopes, (limit,))
