@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -255,10 +256,19 @@ _COUNTED: dict[str, Any] = {
 }
 
 
-async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> None:
-    """Envelopes keep no order (SPEC.md §9.1) and MCP requires each progress report of a request
-    to increase: the gateway passes on only reports above the last one. The server hangs; the
-    call's replies are written to alice's inbox in the order 2, 1, 3, then the answer."""
+@dataclasses.dataclass
+class HangingCall:
+    """alice's ``tools/call`` of ``hang`` at acme's MCP face for ``tools@acme.test``, in flight:
+    its request envelope as the agent received it, and the progress alice's client saw."""
+
+    call: asyncio.Task[mt.CallToolResult]
+    request: dict[str, Any]
+    seen: list[float]
+
+
+@contextlib.asynccontextmanager
+async def hanging_call(w: World) -> AsyncIterator[HangingCall]:
+    """A call whose server never answers: the test writes its replies (:func:`_reply`)."""
     acme = w.orgs["acme.test"]
     await add_mcp_agent(acme, "tools", stdio_endpoint())
     alice = await acme.agent("alice")
@@ -276,48 +286,40 @@ async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> No
         call = asyncio.create_task(session.call_tool("hang", {}, progress_callback=on_progress))
         assert await delivered.wait(30)
         [item] = await store.inbox("tools", limit=10, include_acked=True)
-        request = envelope_object(item)
+        yield HangingCall(call, envelope_object(item), seen)
+
+
+async def test_a_progress_report_overtaken_in_transit_is_dropped(w: World) -> None:
+    """Envelopes keep no order (SPEC.md §9.1) and MCP requires each progress report of a request
+    to increase: the gateway passes on only reports above the last one. The server hangs; the
+    call's replies are written to alice's inbox in the order 2, 1, 3, then the answer."""
+    acme = w.orgs["acme.test"]
+    async with hanging_call(w) as hung:
         for p in (2, 1, 3):
             progress = {"method": "notifications/progress", "params": {"progress": p, "total": 3}}
-            await _reply(acme, "tools@acme.test", request, progress)
-        await _reply(acme, "tools@acme.test", request, _COUNTED)
-        result = await asyncio.wait_for(call, 30)
+            await _reply(acme, "tools@acme.test", hung.request, progress)
+        await _reply(acme, "tools@acme.test", hung.request, _COUNTED)
+        result = await asyncio.wait_for(hung.call, 30)
     assert text_of(result) == "counted"
-    assert seen == [2.0, 3.0]
+    assert hung.seen == [2.0, 3.0]
 
 
 async def test_only_the_called_address_answers_a_call(w: World) -> None:
     """Another agent that names the call's thread and envelope id answers nothing: its
     envelopes stay unread in the caller's inbox, and the callee's answer ends the call."""
     acme = w.orgs["acme.test"]
-    await add_mcp_agent(acme, "tools", stdio_endpoint())
-    alice = await acme.agent("alice")
     await acme.agent("bob")
-    seen: list[float] = []
-
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        seen.append(p)
-
-    store = acme.relay.store
-    async with (
-        running(w),
-        mcp_client(f"{acme.url}/mcp/tools@acme.test", alice) as session,
-        store.notifier.listen(inbox_channel("tools")) as delivered,
-    ):
-        call = asyncio.create_task(session.call_tool("hang", {}, progress_callback=on_progress))
-        assert await delivered.wait(30)
-        [item] = await store.inbox("tools", limit=10, include_acked=True)
-        request = envelope_object(item)
+    async with hanging_call(w) as hung:
         progress = {"method": "notifications/progress", "params": {"progress": 1, "total": 2}}
-        forged_progress = await _reply(acme, "bob@acme.test", request, progress)
-        forged = await _reply(acme, "bob@acme.test", request, {"result": {"content": []}})
-        answer = await _reply(acme, "tools@acme.test", request, _COUNTED)
-        result = await asyncio.wait_for(call, 30)
+        forged_progress = await _reply(acme, "bob@acme.test", hung.request, progress)
+        forged = await _reply(acme, "bob@acme.test", hung.request, {"result": {"content": []}})
+        answer = await _reply(acme, "tools@acme.test", hung.request, _COUNTED)
+        result = await asyncio.wait_for(hung.call, 30)
         # The answer's ack runs beside the result (Gateway._ack_soon): not looked at here.
-        unread = [i.id for i in await store.inbox("alice", limit=10) if i.id != answer]
+        inbox = await acme.relay.store.inbox("alice", limit=10)
     assert text_of(result) == "counted"
-    assert seen == []
-    assert unread == [forged_progress, forged]
+    assert hung.seen == []
+    assert [i.id for i in inbox if i.id != answer] == [forged_progress, forged]
 
 
 async def test_a_cancellation_that_loses_the_race_with_the_answer_is_dropped(w: World) -> None:
