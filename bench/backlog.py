@@ -11,6 +11,9 @@ For each queue size Q:
    breaker, and deferred. The sweep is over when no queued row is left that the relay has not
    settled since it started. Its RSS is sampled throughout: the peak and the value at the end
    are reported, and RSS / Q;
+3a. the operator opens the console: one ``GET /console/api/snapshot`` (SPEC.md §14.2) on acme's
+   admin listener, timed, and acme's RSS after it (a snapshot that read the whole queue cost
+   gigabytes at a million rows);
 4. globex's relay starts on that port, ``synq queue flush`` makes every row due, and the clock
    runs until all Q envelopes are in bob's inbox at globex (counted in globex's database,
    read-only, so the count costs the relays nothing).
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import Federation, env_with_root, free_port, synq, workdir
+import aiohttp
+
+from bench.common import Federation, Proc, env_with_root, free_port, synq, workdir
 from bench.throughput import OnServe
 
 #: Seconds between two RSS samples / progress reads.
@@ -44,6 +49,9 @@ class BacklogResult:
     rss_start: int
     rss_peak: int
     rss_end: int
+    #: One console snapshot after the sweep: its time, and acme's RSS after it.
+    console_seconds: float
+    rss_console: int
     drain_seconds: float
 
     @property
@@ -73,6 +81,30 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+async def _admin_url(proc: Proc) -> str:
+    """The admin listener's URL, from the line ``synq serve`` prints after its first."""
+    assert proc.proc.stdout is not None
+    line = (await asyncio.wait_for(proc.proc.stdout.readline(), 60)).decode()
+    if "admin listener on " not in line:
+        raise RuntimeError(f"no admin listener line from synq serve: {line!r}")
+    return line.split("admin listener on ", 1)[1].split()[0]
+
+
+async def _console_snapshot(admin: str, token: str, queued: int) -> float:
+    """Seconds for one console snapshot, checked to count the whole queue."""
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        async with session.get(
+            f"{admin}/console/api/snapshot", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            response.raise_for_status()
+            snapshot = await response.json()
+        took = time.perf_counter() - started
+    if snapshot["queued"] != queued:
+        raise RuntimeError(f"the console counted {snapshot['queued']} queued, not {queued}")
+    return took
+
+
 async def run(
     queued: int, base: Path, timeout: float = 3600.0, on_serve: OnServe | None = None
 ) -> BacklogResult:
@@ -94,9 +126,11 @@ async def run(
             raise RuntimeError(f"bench.fill failed: {err.decode(errors='replace')[-2000:]}")
         fill_seconds = time.perf_counter() - started
 
+        token = (await synq(acme.cwd, "admin", "token"))["token"]
         serve_start = datetime.now(UTC)
         await fed.serve(acme)
         proc = acme.procs[0]
+        admin = await _admin_url(proc)
         started = time.perf_counter()
         rss_start = rss_peak = proc.rss()
         untouched = "SELECT count(*) FROM recipients WHERE state = 'queued' AND updated < ?"
@@ -116,6 +150,8 @@ async def run(
                 raise RuntimeError(f"acme's relay did not sweep its queue in {timeout:.0f} s")
         sweep_seconds = time.perf_counter() - started
         rss_end = proc.rss()
+        console_seconds = await _console_snapshot(admin, token, queued)
+        rss_console = proc.rss()
 
         await fed.serve(globex)
         if on_serve is not None:
@@ -137,5 +173,7 @@ async def run(
             rss_start=rss_start,
             rss_peak=rss_peak,
             rss_end=rss_end,
+            console_seconds=console_seconds,
+            rss_console=rss_console,
             drain_seconds=drain_seconds,
         )

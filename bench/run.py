@@ -530,12 +530,18 @@ async def run(args: argparse.Namespace) -> Report:
                     "fill_s": r.fill_seconds, "sweep_s": r.sweep_seconds,
                     "rss_start": r.rss_start, "rss_peak": r.rss_peak, "rss_end": r.rss_end,
                     "rss_per_envelope": r.rss_per_envelope, "drain_s": r.drain_seconds,
-                    "drain_per_s": r.drain_rate,
+                    "drain_per_s": r.drain_rate, "console_s": r.console_seconds,
+                    "rss_console": r.rss_console,
                 }  # fmt: skip
                 report.row(
                     f"queued {q:,}: RSS peak / at sweep end", f"{_mb(r.rss_peak)} / {_mb(r.rss_end)}",
                     f"{_mb(r.rss_start)} at start", f"{r.rss_per_envelope:,.0f} B/env",
                 )  # fmt: skip
+                report.row(
+                    f"queued {q:,}: console snapshot, RSS after",
+                    f"{r.console_seconds * 1000:,.0f} ms",
+                    f"{_mb(r.rss_console)} after",
+                )
                 report.row(
                     f"queued {q:,}: sweep while down",
                     f"{r.sweep_seconds:.1f} s",

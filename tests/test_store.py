@@ -700,6 +700,57 @@ async def test_next_due_list_queue_flush_and_delete(store: Store) -> None:
     assert await store.next_due() is None
 
 
+async def test_queue_summary_counts_by_destination_and_names_recent_failures(
+    store: Store,
+) -> None:
+    """The console's queue (SPEC.md §14.2): each destination counted, its oldest row and next
+    attempt, its distinct recent failures latest first; the first rows as list_queue orders
+    them; the deepest destinations when they are more than asked for."""
+    empty = await store.queue_summary(10, 10)
+    assert (empty.depth, empty.destinations, empty.first) == (0, [], [])
+
+    await add_agent(store, "echo", "a2a", "http://127.0.0.1:9/a2a")
+    await store.accept(new("e1", remote=["x@b.test", "y@c.test"]), T0)
+    await store.accept(new("e2", remote=["w@b.test"]), at(10))
+    await store.accept(new("e3", local=["echo"]), at(20))
+    await store.lease_due(at(20), lease_until=at(60), limit=10)
+    await store.settle(
+        [
+            Outcome(HERE, "e1", "x@b.test", "queued", "4.4.1", "no answer", None, at(3600)),
+            Outcome(HERE, "e1", "y@c.test", "queued", "4.4.1", "no answer", None, at(3600)),
+            Outcome(HERE, "e2", "w@b.test", "queued", "4.7.0", "TLS failed", None, at(7200)),
+        ],
+        [],
+        at(21),
+    )
+    [row] = await store.lease_deliveries(at(20), lease_until=at(60), limit=10)
+    down = DeliveryOutcome("echo", row.seq, "queued", "4.4.1", "agent down", None, at(30))
+    await store.settle_deliveries([down], [], at(22))
+
+    queue = await store.queue_summary(2, 10)
+    assert queue.depth == await store.queue_depth() == 4
+    listed = await store.list_queue()
+    assert [(e.id, e.recipient) for e in queue.first] == [(e.id, e.recipient) for e in listed[:2]]
+    by_domain = {d.domain: d for d in queue.destinations}
+    assert queue.destinations[0].domain == "b.test"  # deepest first
+    b, c, echo = by_domain["b.test"], by_domain["c.test"], by_domain["local:echo"]
+    assert (b.depth, b.next_attempt) == (2, at(3600))
+    assert b.oldest == min(e.accepted or e.next_attempt for e in await store.list_queue("b.test"))
+    # The latest-due row failed last: its failure leads.
+    assert b.failures == (("4.7.0", "TLS failed"), ("4.4.1", "no answer"))
+    assert (c.depth, c.next_attempt, c.failures) == (1, at(3600), (("4.4.1", "no answer"),))
+    assert (echo.depth, echo.next_attempt, echo.failures) == (1, at(30), (("4.4.1", "agent down"),))
+    assert echo.oldest == (await store.list_queue("local:echo"))[0].accepted
+
+    [deepest] = (await store.queue_summary(1, 1)).destinations
+    assert (deepest.domain, deepest.depth) == ("b.test", 2)
+
+    # A row not yet tried names no failure.
+    await store.accept(new("e4", remote=["v@d.test"]), at(40))
+    fresh = {d.domain: d for d in (await store.queue_summary(10, 10)).destinations}
+    assert (fresh["d.test"].depth, fresh["d.test"].failures) == (1, ())
+
+
 # local deliveries -----------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from relay.core.envelope import format_timestamp
 from relay.core.jws import b64url_decode
 from relay.delivery.signals import signal_view
 from relay.runtime import Relay
-from relay.store.base import EnvelopeSummary, QueueEntry
+from relay.store.base import EnvelopeSummary, QueueEntry, QueueSummary, local_agent
 
 __all__ = [
     "ADMIN_SESSION_TTL",
@@ -186,7 +186,9 @@ class Console:
     async def _read(self) -> dict[str, Any]:
         relay = self.relay
         now = relay.clock.now()
-        entries = await relay.store.list_queue()
+        # Counted and sampled by the store: reading the whole queue here made each page view
+        # of a relay with 1,000,000 rows queued hold every row and its token in memory.
+        queue = await relay.store.queue_summary(MAX_ROWS, MAX_ROWS)
         recent = await relay.store.recent_envelopes(MAX_ROWS)
         return {
             "now": format_timestamp(now),
@@ -194,10 +196,10 @@ class Console:
                 "domain": relay.domain,
                 "version": __version__,
             },
-            "destinations": self._destinations(entries, now),
-            "queue": [_queue_row(e) for e in entries[:MAX_ROWS]],
-            "queued": len(entries),
-            "partners": self._partners(entries, recent, await self._keys_seen(), now),
+            "destinations": self._destinations(queue, now),
+            "queue": [_queue_row(e) for e in queue.first],
+            "queued": queue.depth,
+            "partners": self._partners(queue, recent, await self._keys_seen(), now),
             "agents": await self._agents(),
             "recent": [summary(e) for e in recent],
             "bounces": _bounces(recent),
@@ -212,23 +214,19 @@ class Console:
         views = [signal_view(s, now) for s in active]
         return sorted(views, key=lambda v: -float(v["intensity"]))
 
-    def _destinations(self, entries: list[QueueEntry], now: datetime) -> list[dict[str, Any]]:
-        by_domain: dict[str, list[QueueEntry]] = {}
-        for e in entries:
-            by_domain.setdefault(e.domain, []).append(e)
+    def _destinations(self, queue: QueueSummary, now: datetime) -> list[dict[str, Any]]:
         out = []
-        for domain, rows in sorted(by_domain.items()):
-            oldest = min(rows, key=lambda r: r.accepted or r.next_attempt)
-            last = max(rows, key=lambda r: r.attempts)
+        for d in sorted(queue.destinations, key=lambda d: d.domain):
+            code, reason = d.failures[0] if d.failures else (None, None)
             out.append(
                 {
-                    "domain": domain,
-                    "depth": len(rows),
-                    "oldest": format_timestamp(oldest.accepted or oldest.next_attempt),
-                    "next_attempt": format_timestamp(min(r.next_attempt for r in rows)),
-                    **self._breaker(domain, now),
-                    "code": last.code,
-                    "reason": last.reason,
+                    "domain": d.domain,
+                    "depth": d.depth,
+                    "oldest": format_timestamp(d.oldest),
+                    "next_attempt": format_timestamp(d.next_attempt),
+                    **self._breaker(d.domain, now),
+                    "code": code,
+                    "reason": reason,
                 }
             )
         return out
@@ -245,7 +243,7 @@ class Console:
 
     def _partners(
         self,
-        entries: list[QueueEntry],
+        queue: QueueSummary,
         recent: list[EnvelopeSummary],
         keys: dict[str, list[str]],
         now: datetime,
@@ -279,11 +277,12 @@ class Console:
             if p[key] is None or stamp > p[key]:
                 p[key] = stamp
 
-        for e in entries:
-            if e.domain != own:
-                p = partner(e.domain)
-                p["queued"] += 1
-                failed(p, e.code, e.reason)
+        for d in queue.destinations:
+            if d.domain != own and local_agent(d.domain) is None:
+                p = partner(d.domain)
+                p["queued"] = d.depth
+                for code, reason in d.failures:
+                    failed(p, code, reason)
         for env in recent:
             if env.origin != own:
                 later(partner(env.origin), "last_received", env.accepted)

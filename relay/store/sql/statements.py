@@ -122,6 +122,22 @@ class Statements:
     list_deliveries_agent: str
     #: () → (the number of rows ``list_queue`` would return), without reading them.
     queue_depth: str
+    #: The console's queue (``Store.queue_summary``), none of which reads every row's columns:
+    #: () → (domain, rows, earliest next attempt, lowest pk) of the queued rows by domain, from
+    #: the partial index ``recipients_due_domain`` alone; () → (agent, rows, earliest next
+    #: attempt, lowest seq) of the deliveries by agent.
+    queue_domains: str
+    delivery_agents: str
+    #: (pk) / (seq) → (accepted) of the envelope of one recipient row / one delivery.
+    queue_row_accepted: str
+    delivery_row_accepted: str
+    #: (domain, n) / (agent, n) → (code, reason) of those of the n latest-due rows of one
+    #: destination that have failed, latest first.
+    queue_failures: str
+    delivery_failures: str
+    #: (n) / (own, own, n) → the first n rows of ``list_queue`` / ``list_deliveries``.
+    list_queue_first: str
+    list_deliveries_first: str
     #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
@@ -377,6 +393,37 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
         "SELECT (SELECT count(*) FROM recipients WHERE state = 'queued')"
         " + (SELECT count(*) FROM deliveries)"
     ),
+    "queue_domains": """
+SELECT domain, count(*), min(next_attempt), min(pk) FROM recipients
+WHERE state = 'queued' GROUP BY domain
+""",
+    "delivery_agents": (
+        "SELECT agent, count(*), min(next_attempt), min(seq) FROM deliveries GROUP BY agent"
+    ),
+    "queue_row_accepted": """
+SELECT e.accepted FROM recipients AS r JOIN envelopes AS e ON e.pk = r.envelope WHERE r.pk = ?
+""",
+    "delivery_row_accepted": """
+SELECT e.accepted FROM inbox AS i JOIN envelopes AS e ON e.pk = i.envelope WHERE i.seq = ?
+""",
+    "queue_failures": """
+SELECT code, reason FROM (
+    SELECT code, reason, next_attempt, pk FROM recipients
+    WHERE state = 'queued' AND domain = ? ORDER BY next_attempt DESC, pk DESC LIMIT ?
+) AS latest
+WHERE code IS NOT NULL ORDER BY next_attempt DESC, pk DESC
+""",
+    "delivery_failures": """
+SELECT code, reason FROM (
+    SELECT code, reason, next_attempt, seq FROM deliveries
+    WHERE agent = ? ORDER BY next_attempt DESC, seq DESC LIMIT ?
+) AS latest
+WHERE code IS NOT NULL ORDER BY next_attempt DESC, seq DESC
+""",
+    "list_queue_first": (
+        rows.QUEUE_SELECT + "WHERE r.state = 'queued' ORDER BY r.next_attempt, r.pk LIMIT ?"
+    ),
+    "list_deliveries_first": _DELIVERY_SELECT + "ORDER BY d.next_attempt, d.seq LIMIT ?",
     "delivery_done": "DELETE FROM deliveries WHERE seq = ?",
     "delivery_ack": "UPDATE inbox SET acked_at = coalesce(acked_at, ?) WHERE seq = ?",
     # Usage counters (0004): UPDATE … FROM, in both SQLite (3.33+) and PostgreSQL.

@@ -44,7 +44,10 @@ from relay.core.signals import (
 )
 from relay.store.base import (
     DELIVERY_CHANNEL,
+    FAILURE_SAMPLE,
+    FAILURES_SHOWN,
     HELD_CHANNEL,
+    LOCAL_DESTINATION,
     QUEUE_CHANNEL,
     SIGNALS_CHANNEL,
     A2AFeedItem,
@@ -54,6 +57,7 @@ from relay.store.base import (
     AgentKind,
     AgentRecord,
     DeliveryOutcome,
+    DestinationSummary,
     EnvelopeSummary,
     IdempotencyKey,
     IdempotencyRecord,
@@ -65,6 +69,7 @@ from relay.store.base import (
     Outcome,
     PurgeBatch,
     QueueEntry,
+    QueueSummary,
     ReceiptMark,
     Store,
     a2a_task_channel,
@@ -711,6 +716,53 @@ class SqlStore(GroupWriter, Store):
     async def queue_depth(self) -> int:
         row = await self._read_one(self.sql.queue_depth, ())
         return int(row[0])
+
+    async def queue_summary(self, limit: int, destinations: int) -> QueueSummary:
+        own = self.domain or ""
+        sql = self.sql
+        groups = [
+            (domain, False, n, due, first)
+            for domain, n, due, first in await self._read(sql.queue_domains, ())
+        ] + [
+            (LOCAL_DESTINATION + agent, True, n, due, first)
+            for agent, n, due, first in await self._read(sql.delivery_agents, ())
+        ]
+        groups.sort(key=lambda g: (-g[2], g[0]))
+        shown: list[DestinationSummary] = []
+        for domain, local, n, due, first in groups[:destinations]:
+            accepted = await self._read_one(
+                sql.delivery_row_accepted if local else sql.queue_row_accepted, (first,)
+            )
+            sample = await self._read(
+                sql.delivery_failures if local else sql.queue_failures,
+                (local_agent(domain) if local else domain, FAILURE_SAMPLE),
+            )
+            failures: list[tuple[str, str | None]] = []
+            for code, reason in sample:
+                if (code, reason) not in failures:
+                    failures.append((code, reason))
+                    if len(failures) == FAILURES_SHOWN:
+                        break
+            next_attempt = self._dt(due)
+            shown.append(
+                DestinationSummary(
+                    domain=domain,
+                    depth=int(n),
+                    # The row may have gone between the two reads (sent, deleted): its next
+                    # attempt then stands for its age, as for a row without ``accepted``.
+                    oldest=self._dt(accepted[0]) if accepted and accepted[0] else next_attempt,
+                    next_attempt=next_attempt,
+                    failures=tuple(failures),
+                )
+            )
+        remote = await self._read(sql.list_queue_first, (limit,))
+        handed = await self._read(sql.list_deliveries_first, (own, own, limit))
+        first = [rows.queue_entry(row, self._dt) for row in (*remote, *handed)]
+        if handed:
+            first.sort(key=lambda e: e.next_attempt)
+        return QueueSummary(
+            depth=sum(int(g[2]) for g in groups), destinations=shown, first=first[:limit]
+        )
 
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
         if match is None:
