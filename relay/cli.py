@@ -60,7 +60,7 @@ from relay.keyring import (
     write_key,
 )
 from relay.runtime import Relay
-from relay.store.base import AgentKind, local_agent
+from relay.store.base import AgentKind, QueueEntry, local_agent
 
 log = logging.getLogger("synq")
 
@@ -926,32 +926,46 @@ def keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
-    """Like ``postqueue -p``: what waits for which destination, and why."""
-    entries = await relay.store.list_queue(args.domain)
-    rows = [
-        {
-            "id": e.id,
-            "from": e.sender,
-            "recipient": e.recipient,
-            "domain": e.domain,
-            "attempts": e.attempts,
-            "next_attempt": format_timestamp(e.next_attempt),
-            "expires": format_timestamp(e.expires),
-            "code": e.code,
-            "reason": e.reason,
-        }
-        for e in entries
-    ]
-    lines = [
-        f"{r['id']}  {r['from']} -> {r['recipient']}"
-        # A local agent's hand-over waits in the queue too (SPEC.md §9.6): say so.
-        + (f" [{r['domain']}]" if local_agent(str(r["domain"])) else "")
-        + f"  attempts {r['attempts']}  next {r['next_attempt']}"
-        + (f"\n    ({r['code']} {r['reason']})" if r["code"] else "")
-        for r in rows
-    ]
-    out(args, rows, "\n".join(lines) + f"\n-- {len(rows)} queued" if rows else "queue is empty")
+    """Like ``postqueue -p``: what waits for which destination, and why. Printed as it is read,
+    a page at a time (Store.iter_queue): a queue of a million rows is listed in the memory of
+    one page, and its first lines show at once."""
+    write = sys.stdout.write
+    count = 0
+    async for entry in relay.store.iter_queue(args.domain):
+        row = _queue_row(entry)
+        if args.json:
+            # One JSON array, written element by element, as json.dumps(rows, indent=2) would.
+            item = json.dumps(row, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            write(("[\n  " if count == 0 else ",\n  ") + item)
+        else:
+            write(
+                f"{row['id']}  {row['from']} -> {row['recipient']}"
+                # A local agent's hand-over waits in the queue too (SPEC.md §9.6): say so.
+                + (f" [{row['domain']}]" if local_agent(str(row["domain"])) else "")
+                + f"  attempts {row['attempts']}  next {row['next_attempt']}"
+                + (f"\n    ({row['code']} {row['reason']})" if row["code"] else "")
+                + "\n"
+            )
+        count += 1
+    if args.json:
+        write("\n]\n" if count else "[]\n")
+    else:
+        write(f"-- {count} queued\n" if count else "queue is empty\n")
     return 0
+
+
+def _queue_row(e: QueueEntry) -> dict[str, object]:
+    return {
+        "id": e.id,
+        "from": e.sender,
+        "recipient": e.recipient,
+        "domain": e.domain,
+        "attempts": e.attempts,
+        "next_attempt": format_timestamp(e.next_attempt),
+        "expires": format_timestamp(e.expires),
+        "code": e.code,
+        "reason": e.reason,
+    }
 
 
 async def queue_flush(args: argparse.Namespace, relay: Relay) -> int:

@@ -83,6 +83,38 @@ def test_agents_send_inbox_ack_status(relay_dir: Path, capsys: pytest.CaptureFix
     assert [a["address"] for a in cli(capsys, relay_dir, "agent", "list")[1]] == ["alice@acme.test"]
 
 
+def test_queue_list_prints_the_queue_as_it_reads_it(
+    relay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``synq queue list`` (postqueue -p) writes each row as its page is read: one JSON array
+    with ``--json``, a line per recipient and a count otherwise; ``--domain`` one destination."""
+    assert cli(capsys, relay_dir, "agent", "add", "alice")[0] == 0
+    sent = [
+        cli(capsys, relay_dir, "send", "alice", to, "hello")[1]["id"]
+        for to in ("carol@globex.test", "dave@globex.test", "erin@initech.test")
+    ]
+    code, rows, _ = cli(capsys, relay_dir, "queue", "list")
+    assert code == 0
+    assert [(r["id"], r["recipient"], r["domain"], r["attempts"]) for r in rows] == [
+        (sent[0], "carol@globex.test", "globex.test", 0),
+        (sent[1], "dave@globex.test", "globex.test", 0),
+        (sent[2], "erin@initech.test", "initech.test", 0),
+    ]
+    code, rows, _ = cli(capsys, relay_dir, "queue", "list", "--domain", "globex.test")
+    assert [r["recipient"] for r in rows] == ["carol@globex.test", "dave@globex.test"]
+
+    config = str(relay_dir / "synq.toml")
+    code, out, _ = run(capsys, "--config", config, "queue", "list")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{sent[0]}  alice@acme.test -> carol@globex.test  attempts 0")
+    assert len(lines) == 4
+    assert lines[-1] == "-- 3 queued"
+
+    assert cli(capsys, relay_dir, "queue", "delete", "--all")[1] == {"deleted": 3}
+    assert cli(capsys, relay_dir, "queue", "list")[1] == []
+    assert run(capsys, "--config", config, "queue", "list")[1] == "queue is empty\n"
+
+
 def test_send_idempotency_key_sends_once_and_notify_is_kept(
     relay_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -751,6 +751,56 @@ async def test_queue_summary_counts_by_destination_and_names_recent_failures(
     assert (fresh["d.test"].depth, fresh["d.test"].failures) == (1, ())
 
 
+async def test_iter_queue_pages_through_rows_due_at_one_instant(store: Store) -> None:
+    """``synq queue list`` reads the queue a page at a time (Store.iter_queue): pages of any
+    size give the rows in list order — next attempt, then custody order, the federation queue
+    before a local hand-over due at the same instant — also when a flush made them all due at
+    one instant, the case a page that starts after a row's (time, key) must seek through."""
+    await add_agent(store, "echo", "a2a", "http://127.0.0.1:9/a2a")
+    await store.accept(new("e1", remote=["x@b.test", "y@c.test"]), T0)
+    await store.accept(new("e2", remote=["w@b.test"]), at(10))
+    await store.accept(new("e3", local=["echo"]), at(5))
+    await store.accept(new("e4", remote=["v@b.test"]), at(20))
+    # Every row deferred to an hour on, then flushed: all due at one instant.
+    await store.lease_due(at(30), lease_until=at(60), limit=10)
+    later = [("e1", "x@b.test"), ("e1", "y@c.test"), ("e2", "w@b.test"), ("e4", "v@b.test")]
+    await store.settle(
+        [Outcome(HERE, i, r, "queued", "4.4.1", "no answer", None, at(3600)) for i, r in later],
+        [],
+        at(31),
+    )
+    [row] = await store.lease_deliveries(at(30), lease_until=at(60), limit=10)
+    down = DeliveryOutcome("echo", row.seq, "queued", "4.4.1", "agent down", None, at(3600))
+    await store.settle_deliveries([down], [], at(31))
+    assert await store.flush(at(40)) == 5
+    assert {e.next_attempt for e in await store.list_queue()} == {at(40)}
+    # And one deferred again: last.
+    await store.lease_due(at(40), lease_until=at(60), limit=10)
+    deferred = Outcome(HERE, "e2", "w@b.test", "queued", "4.4.1", "no answer", None, at(3600))
+    await store.settle([deferred], [], at(41))
+
+    async def listed(domain: str | None, page: int) -> list[tuple[str, str]]:
+        return [(e.id, e.recipient) async for e in store.iter_queue(domain, page)]
+
+    everything = [
+        ("e1", "x@b.test"),
+        ("e1", "y@c.test"),
+        ("e4", "v@b.test"),
+        ("e3", f"echo@{HERE}"),
+        ("e2", "w@b.test"),
+    ]
+    for page in (1, 2, 1000):
+        assert await listed(None, page) == everything, page
+        assert await listed("b.test", page) == [
+            ("e1", "x@b.test"),
+            ("e4", "v@b.test"),
+            ("e2", "w@b.test"),
+        ]
+        assert await listed("local:echo", page) == [("e3", f"echo@{HERE}")]
+        assert await listed("nowhere.test", page) == []
+    assert [(e.id, e.recipient) for e in await store.list_queue()] == everything
+
+
 # local deliveries -----------------------------------------------------------------------------
 
 

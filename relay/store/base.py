@@ -331,6 +331,8 @@ class QueueSummary:
 #: destination they are read from: a bounded read however deep the destination's queue.
 FAILURES_SHOWN: Final = 5
 FAILURE_SAMPLE: Final = 500
+#: Rows per read of :meth:`Store.iter_queue`.
+QUEUE_PAGE: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -819,6 +821,13 @@ class Store(abc.ABC):
         adapter-backed agents have yet to be handed, as entries whose ``domain`` is
         ``local:<agent>``. ``domain``: one destination's (a partner domain, this relay's own for
         held mail, or ``local:<agent>``)."""
+
+    @abc.abstractmethod
+    def iter_queue(
+        self, domain: str | None = None, page: int = QUEUE_PAGE
+    ) -> AsyncIterator[QueueEntry]:
+        """The rows of :meth:`list_queue` (``domain`` as there), in its order, read ``page``
+        rows at a time: ``synq queue list`` prints a million-row queue in memory for a page."""
 
     @abc.abstractmethod
     async def queue_depth(self) -> int:

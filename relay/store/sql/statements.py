@@ -108,18 +108,10 @@ class Statements:
     #: (agent, id, agent): takes the rows ``ack`` is about to ack for the first time off the
     #: agent's mailbox usage; run before it. Rowcount 0 when there were none.
     ack_usage: str
-    #: () / (domain) → queue entries (relay/store/sql/rows.py, ``queue_entry``), oldest first.
-    list_queue: str
-    list_queue_domain: str
     #: (limit) / (match, match, match, match, limit) → envelope summaries, one row per
     #: recipient (relay/store/sql/rows.py, ``envelope_summaries``), newest envelope first.
     recent_envelopes: str
     recent_envelopes_matching: str
-    #: (own, own) / (own, own, agent) → queue entries of the inbox rows still to be handed to
-    #: adapter-backed agents (``deliveries``), oldest due first: recipient ``<agent>@<own>``,
-    #: destination ``local:<agent>`` (SPEC.md §9.5, §9.6).
-    list_deliveries: str
-    list_deliveries_agent: str
     #: () → (the number of rows ``list_queue`` would return), without reading them.
     queue_depth: str
     #: The console's queue (``Store.queue_summary``), none of which reads every row's columns:
@@ -135,9 +127,18 @@ class Statements:
     #: destination that have failed, latest first.
     queue_failures: str
     delivery_failures: str
-    #: (n) / (own, own, n) → the first n rows of ``list_queue`` / ``list_deliveries``.
-    list_queue_first: str
-    list_deliveries_first: str
+    #: The queue (``Store.iter_queue``) as queue entries (relay/store/sql/rows.py,
+    #: ``queue_entry``), in pages, oldest due first, each after a row's (next attempt, pk /
+    #: seq): the federation queue, one destination's (fixed parameters: domain); the inbox rows
+    #: still to be handed to adapter-backed agents (``deliveries``: recipient
+    #: ``<agent>@<own>``, destination ``local:<agent>``, SPEC.md §9.5, §9.6) (own, own), one
+    #: agent's (own, own, agent). Parameters: (fixed, at, key, fixed, at, n), see ``_after``.
+    #: Keyset pages: each starts in the index where the last ended, so a page at the end of a
+    #: million rows costs what the first did, and a listing holds one page at a time.
+    list_queue_after: str
+    list_queue_domain_after: str
+    list_deliveries_after: str
+    list_deliveries_agent_after: str
     #: (own domain) → (earliest next attempt of a queued row not held for a local agent)
     next_due: str
     #: () → (earliest next attempt of a delivery row)
@@ -355,6 +356,22 @@ JOIN envelopes AS e ON e.pk = i.envelope
 LEFT JOIN recipients AS r ON r.envelope = e.pk AND r.recipient = d.agent || '@' || ?
 """
 
+
+def _after(select: str, where: str, table: str) -> str:
+    """A page of queue rows after a (next attempt, key), as two index range scans merged: the
+    rest of the rows due at that very instant (``next_attempt = ? AND key > ?``), then those
+    due later. The row value ``(next_attempt, key) > (?, ?)`` reads the same, but SQLite seeks
+    on its first column only and steps over every row due at that instant with a lower key:
+    after ``synq queue flush`` a million rows share one, and each page walked them again. The
+    parameters: (the ``select``'s and ``where``'s, at, key, the same again, at, n). Columns
+    10 and 1 are next_attempt and the key in both selects."""
+    key = "r.pk" if table == "r" else "d.seq"
+    return (
+        f"{select}WHERE {where}{table}.next_attempt = ? AND {key} > ?\n"
+        f"UNION ALL\n{select}WHERE {where}{table}.next_attempt > ?\nORDER BY 10, 1 LIMIT ?"
+    )
+
+
 #: The texts of :func:`portable`, with ``?`` for each parameter (and no other ``?``).
 _PORTABLE: Final = {
     "select_migrations": "SELECT version FROM schema_migrations",
@@ -371,11 +388,6 @@ ON CONFLICT (name) DO NOTHING
 UPDATE inbox SET acked_at = coalesce(acked_at, ?)
 WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
 """,
-    "list_queue": rows.QUEUE_SELECT + "WHERE r.state = 'queued' ORDER BY r.next_attempt, r.pk",
-    "list_queue_domain": (
-        rows.QUEUE_SELECT
-        + "WHERE r.state = 'queued' AND r.domain = ? ORDER BY r.next_attempt, r.pk"
-    ),
     "recent_envelopes": rows.SUMMARY_SELECT.format(
         pick="SELECT pk FROM envelopes ORDER BY pk DESC LIMIT ?"
     ),
@@ -385,8 +397,6 @@ WHERE agent = ? AND envelope IN (SELECT pk FROM envelopes WHERE id = ?)
        OR pk IN (SELECT envelope FROM recipients WHERE recipient = ?)
     ORDER BY pk DESC LIMIT ?"""
     ),
-    "list_deliveries": _DELIVERY_SELECT + "ORDER BY d.next_attempt, d.seq",
-    "list_deliveries_agent": _DELIVERY_SELECT + "WHERE d.agent = ? ORDER BY d.next_attempt, d.seq",
     "next_due": "SELECT min(next_attempt) FROM recipients WHERE state = 'queued' AND domain <> ?",
     "next_delivery_due": "SELECT min(next_attempt) FROM deliveries",
     "queue_depth": (
@@ -420,10 +430,12 @@ SELECT code, reason FROM (
 ) AS latest
 WHERE code IS NOT NULL ORDER BY next_attempt DESC, seq DESC
 """,
-    "list_queue_first": (
-        rows.QUEUE_SELECT + "WHERE r.state = 'queued' ORDER BY r.next_attempt, r.pk LIMIT ?"
+    "list_queue_after": _after(rows.QUEUE_SELECT, "r.state = 'queued' AND ", "r"),
+    "list_queue_domain_after": _after(
+        rows.QUEUE_SELECT, "r.state = 'queued' AND r.domain = ? AND ", "r"
     ),
-    "list_deliveries_first": _DELIVERY_SELECT + "ORDER BY d.next_attempt, d.seq LIMIT ?",
+    "list_deliveries_after": _after(_DELIVERY_SELECT, "", "d"),
+    "list_deliveries_agent_after": _after(_DELIVERY_SELECT, "d.agent = ? AND ", "d"),
     "delivery_done": "DELETE FROM deliveries WHERE seq = ?",
     "delivery_ack": "UPDATE inbox SET acked_at = coalesce(acked_at, ?) WHERE seq = ?",
     # Usage counters (0004): UPDATE … FROM, in both SQLite (3.33+) and PostgreSQL.

@@ -11,10 +11,11 @@ its driver's errors, and its notifications; nothing here names a driver.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
@@ -49,6 +50,7 @@ from relay.store.base import (
     HELD_CHANNEL,
     LOCAL_DESTINATION,
     QUEUE_CHANNEL,
+    QUEUE_PAGE,
     SIGNALS_CHANNEL,
     A2AFeedItem,
     A2ATask,
@@ -700,18 +702,40 @@ class SqlStore(GroupWriter, Store):
         await self._write(run, new=new, durable=durable, way_out=True)
 
     async def list_queue(self, domain: str | None = None) -> list[QueueEntry]:
+        return [entry async for entry in self.iter_queue(domain)]
+
+    async def iter_queue(
+        self, domain: str | None = None, page: int = QUEUE_PAGE
+    ) -> AsyncIterator[QueueEntry]:
         own = self.domain or ""
         agent = local_agent(domain)
+        sql = self.sql
         if agent is not None:
-            found = await self._read(self.sql.list_deliveries_agent, (own, own, agent))
-            return [rows.queue_entry(row, self._dt) for row in found]
-        if domain is not None:
-            found = await self._read(self.sql.list_queue_domain, (domain,))
-            return [rows.queue_entry(row, self._dt) for row in found]
-        remote = await self._read(self.sql.list_queue, ())
-        local = await self._read(self.sql.list_deliveries, (own, own))
-        entries = [rows.queue_entry(row, self._dt) for row in (*remote, *local)]
-        return sorted(entries, key=lambda e: e.next_attempt) if local else entries
+            pages = self._queue_pages(sql.list_deliveries_agent_after, (own, own, agent), page)
+        elif domain is not None:
+            pages = self._queue_pages(sql.list_queue_domain_after, (domain,), page)
+        else:
+            pages = _due_first(
+                self._queue_pages(sql.list_queue_after, (), page),
+                self._queue_pages(sql.list_deliveries_after, (own, own), page),
+            )
+        async with contextlib.aclosing(pages):
+            async for entry in pages:
+                yield entry
+
+    async def _queue_pages(
+        self, sql: str, fixed: tuple[Any, ...], page: int
+    ) -> AsyncGenerator[QueueEntry, None]:
+        """The rows of one of the ``list_*_after`` statements, ``page`` at a time: each page
+        starts after the (next attempt, pk / seq) the last one ended on (columns 9 and 0)."""
+        at, key = self._ts(QUEUE_START), 0
+        while True:
+            found = await self._read(sql, (*fixed, at, key, *fixed, at, page))
+            for row in found:
+                yield rows.queue_entry(row, self._dt)
+            if len(found) < page:
+                return
+            at, key = found[-1][9], found[-1][0]
 
     async def queue_depth(self) -> int:
         row = await self._read_one(self.sql.queue_depth, ())
@@ -755,8 +779,11 @@ class SqlStore(GroupWriter, Store):
                     failures=tuple(failures),
                 )
             )
-        remote = await self._read(sql.list_queue_first, (limit,))
-        handed = await self._read(sql.list_deliveries_first, (own, own, limit))
+        start = self._ts(QUEUE_START)
+        remote = await self._read(sql.list_queue_after, (start, 0, start, limit))
+        handed = await self._read(
+            sql.list_deliveries_after, (own, own, start, 0, own, own, start, limit)
+        )
         first = [rows.queue_entry(row, self._dt) for row in (*remote, *handed)]
         if handed:
             first.sort(key=lambda e: e.next_attempt)
@@ -1741,3 +1768,28 @@ def _held_for(agent: str) -> NewEnvelope:
         remote=[],
         via="",
     )
+
+
+#: Before the first queued row of any listing: no row is due before 1970.
+QUEUE_START: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+async def _due_first(
+    first: AsyncGenerator[QueueEntry, None], second: AsyncGenerator[QueueEntry, None]
+) -> AsyncGenerator[QueueEntry, None]:
+    """Two listings, each in next-attempt order, as one in that order (``first``'s row first
+    of two due at once)."""
+    async with contextlib.aclosing(first), contextlib.aclosing(second):
+        a = await anext(first, None)
+        b = await anext(second, None)
+        while a is not None and b is not None:
+            if b.next_attempt < a.next_attempt:
+                yield b
+                b = await anext(second, None)
+            else:
+                yield a
+                a = await anext(first, None)
+        rest, head = (first, a) if a is not None else (second, b)
+        while head is not None:
+            yield head
+            head = await anext(rest, None)
