@@ -230,6 +230,11 @@ async def run(
         sender = asyncio.create_task(_sender(acme, rate, seconds, result))
         try:
             while not sender.done():
+                for task in readers:
+                    if task.done():
+                        # A reader stops only on an error (an ack refused): the run fails with
+                        # it rather than going on with mail piling up unread.
+                        task.result()
                 size, partner, count = await asyncio.to_thread(measure)
                 at = time.monotonic() - started
                 result.samples.append(Sample(at, size, partner, count))

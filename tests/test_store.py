@@ -1395,6 +1395,38 @@ async def test_sqlite_a_write_waiting_for_another_process_leaves_the_event_loop_
         await store.close()
 
 
+async def test_sqlite_the_checkpoint_after_reclaimed_space_leaves_the_next_commit_free(
+    tmp_path: Path,
+) -> None:
+    """Pages given back by incremental vacuum make the writer's next idle pass checkpoint the
+    WAL. That pragma answers with a row, which must be read to its end: left unread, the
+    writer's connection still had a statement in progress, and the next COMMIT on the writer's
+    thread failed ("cannot commit transaction - SQL statements in progress": a 503 to whoever
+    sent, after every retention sweep that reclaimed space)."""
+    path = tmp_path / "relay.db"
+    store = await open_store(f"sqlite:///{path}", domain=HERE)
+    try:
+        await add_agent(store, "bob")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:  # free pages in the file, as a purge leaves them
+            other.execute(
+                "CREATE TABLE junk AS WITH RECURSIVE n(i) AS "
+                "(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+                "SELECT randomblob(4096) AS b FROM n"
+            )
+            other.execute("DROP TABLE junk")
+        finally:
+            other.close()
+        assert await store.reclaim_space(10_000) > 0
+        assert isinstance(store, SQLiteStore)
+        await store._on_idle()  # the checkpoint the reclaimed pages call for
+        # A durable group: its COMMIT runs on the writer's thread, after the checkpoint.
+        await store.accept(new("e1", local=["bob"]), T0)
+        assert [i.id for i in await store.inbox("bob", limit=10)] == ["e1"]
+    finally:
+        await store.close()
+
+
 async def test_sqlite_groups_without_a_sync_commit_inline_a_bounded_number_in_a_row(
     tmp_path: Path,
 ) -> None:

@@ -655,6 +655,16 @@ def _work(
             result, error = None, exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
             loop.call_soon_threadsafe(_settle, future, result, error)
+        # Nothing of this job outlives it here: a cursor kept until the next job would keep
+        # its statement open on the connection that job uses.
+        del job, loop, future, fn, result, error
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """A passive checkpoint (https://www.sqlite.org/pragma.html#pragma_wal_checkpoint). The
+    pragma answers with a row, read here to its end: a statement left unfinished on the writer's
+    connection makes its next COMMIT fail ("SQL statements in progress")."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -1094,9 +1104,7 @@ class SQLiteStore(SqlStore):
             # truncation waits for one); a passive one, between groups, waits for no reader.
             self._checkpoint_due = False
             try:
-                await writer.blocking(
-                    partial(writer.conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
-                )
+                await writer.blocking(partial(_checkpoint, writer.conn))
             except sqlite3.Error:
                 _log.warning("cannot checkpoint the SQLite WAL", exc_info=True)
 
