@@ -60,7 +60,7 @@ from relay.keyring import (
     write_key,
 )
 from relay.runtime import Relay
-from relay.store.base import AgentKind, QueueEntry, local_agent
+from relay.store.base import AgentKind, local_agent
 
 log = logging.getLogger("synq")
 
@@ -932,7 +932,7 @@ async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
     write = sys.stdout.write
     count = 0
     async for entry in relay.store.iter_queue(args.domain):
-        row = _queue_row(entry)
+        row = views.queue_row(entry)
         if args.json:
             # One JSON array, written element by element, as json.dumps(rows, indent=2) would.
             item = json.dumps(row, indent=2, ensure_ascii=False).replace("\n", "\n  ")
@@ -952,20 +952,6 @@ async def queue_list(args: argparse.Namespace, relay: Relay) -> int:
     else:
         write(f"-- {count} queued\n" if count else "queue is empty\n")
     return 0
-
-
-def _queue_row(e: QueueEntry) -> dict[str, object]:
-    return {
-        "id": e.id,
-        "from": e.sender,
-        "recipient": e.recipient,
-        "domain": e.domain,
-        "attempts": e.attempts,
-        "next_attempt": format_timestamp(e.next_attempt),
-        "expires": format_timestamp(e.expires),
-        "code": e.code,
-        "reason": e.reason,
-    }
 
 
 async def queue_flush(args: argparse.Namespace, relay: Relay) -> int:

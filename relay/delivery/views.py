@@ -1,8 +1,9 @@
 """How an agent's mail looks on the wire: inbox entries and message status (SPEC.md §6).
 
 One rendering for every face — the local API, the MCP face, ``synq inbox`` and ``synq status``
-— so an envelope or a status reads the same whichever way an agent asks for it. Pure functions
-of store records; no I/O.
+— so an envelope or a status reads the same whichever way an agent asks for it; and one for a
+queued row, in ``synq queue list`` and the console (SPEC.md §9.6, §14.2). Pure functions of
+store records; no I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from typing import Any
 from relay.core import jsonutil
 from relay.core.envelope import format_timestamp
 from relay.core.jws import b64url_decode
-from relay.store.base import InboxItem, MessageStatus
+from relay.store.base import InboxItem, MessageStatus, QueueEntry
 
-__all__ = ["envelope_object", "envelope_payload", "inbox_body", "queued", "status_to_wire"]
+__all__ = [
+    "envelope_object",
+    "envelope_payload",
+    "inbox_body",
+    "queue_row",
+    "queued",
+    "status_to_wire",
+]
 
 
 def envelope_payload(item: InboxItem) -> bytes:
@@ -77,4 +85,19 @@ def status_to_wire(status: MessageStatus) -> dict[str, Any]:
             }
             for ev in status.events
         ],
+    }
+
+
+def queue_row(e: QueueEntry) -> dict[str, Any]:
+    """A queued recipient row: what waits for which destination, and why."""
+    return {
+        "id": e.id,
+        "from": e.sender,
+        "recipient": e.recipient,
+        "domain": e.domain,
+        "attempts": e.attempts,
+        "next_attempt": format_timestamp(e.next_attempt),
+        "expires": format_timestamp(e.expires),
+        "code": e.code,
+        "reason": e.reason,
     }

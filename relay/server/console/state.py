@@ -23,9 +23,10 @@ from relay.admintoken import read_admin_token_hash
 from relay.core import errors as E
 from relay.core.envelope import format_timestamp
 from relay.core.jws import b64url_decode
+from relay.delivery import views
 from relay.delivery.signals import signal_view
 from relay.runtime import Relay
-from relay.store.base import EnvelopeSummary, QueueEntry, QueueSummary, local_agent
+from relay.store.base import EnvelopeSummary, QueueSummary, local_agent
 
 __all__ = [
     "ADMIN_SESSION_TTL",
@@ -197,7 +198,7 @@ class Console:
                 "version": __version__,
             },
             "destinations": self._destinations(queue, now),
-            "queue": [_queue_row(e) for e in queue.first],
+            "queue": [views.queue_row(e) for e in queue.first],
             "queued": queue.depth,
             "partners": self._partners(queue, recent, await self._keys_seen(), now),
             "agents": await self._agents(),
@@ -383,20 +384,6 @@ def _kid(token: str) -> str | None:
         return None
     kid = header.get("kid") if isinstance(header, dict) else None
     return kid if isinstance(kid, str) else None
-
-
-def _queue_row(e: QueueEntry) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "from": e.sender,
-        "recipient": e.recipient,
-        "domain": e.domain,
-        "attempts": e.attempts,
-        "next_attempt": format_timestamp(e.next_attempt),
-        "expires": format_timestamp(e.expires),
-        "code": e.code,
-        "reason": e.reason,
-    }
 
 
 def _counter_totals(relay: Relay) -> dict[str, dict[str, float]]:

@@ -742,20 +742,19 @@ class SqlStore(GroupWriter, Store):
         return int(row[0])
 
     async def queue_summary(self, limit: int, destinations: int) -> QueueSummary:
-        own = self.domain or ""
         sql = self.sql
         groups = [
-            (domain, False, n, due, first)
-            for domain, n, due, first in await self._read(sql.queue_domains, ())
+            (domain, False, n, due, lowest)
+            for domain, n, due, lowest in await self._read(sql.queue_domains, ())
         ] + [
-            (LOCAL_DESTINATION + agent, True, n, due, first)
-            for agent, n, due, first in await self._read(sql.delivery_agents, ())
+            (LOCAL_DESTINATION + agent, True, n, due, lowest)
+            for agent, n, due, lowest in await self._read(sql.delivery_agents, ())
         ]
         groups.sort(key=lambda g: (-g[2], g[0]))
         shown: list[DestinationSummary] = []
-        for domain, local, n, due, first in groups[:destinations]:
+        for domain, local, n, due, lowest in groups[:destinations]:
             accepted = await self._read_one(
-                sql.delivery_row_accepted if local else sql.queue_row_accepted, (first,)
+                sql.delivery_row_accepted if local else sql.queue_row_accepted, (lowest,)
             )
             sample = await self._read(
                 sql.delivery_failures if local else sql.queue_failures,
@@ -779,17 +778,15 @@ class SqlStore(GroupWriter, Store):
                     failures=tuple(failures),
                 )
             )
-        start = self._ts(QUEUE_START)
-        remote = await self._read(sql.list_queue_after, (start, 0, start, limit))
-        handed = await self._read(
-            sql.list_deliveries_after, (own, own, start, 0, own, own, start, limit)
-        )
-        first = [rows.queue_entry(row, self._dt) for row in (*remote, *handed)]
-        if handed:
-            first.sort(key=lambda e: e.next_attempt)
-        return QueueSummary(
-            depth=sum(int(g[2]) for g in groups), destinations=shown, first=first[:limit]
-        )
+        # The first rows: one page of each listing (a generator left behind holds no cursor;
+        # each page is read whole).
+        first: list[QueueEntry] = []
+        if limit > 0:
+            async for entry in self.iter_queue(page=limit):
+                first.append(entry)
+                if len(first) == limit:
+                    break
+        return QueueSummary(depth=sum(int(g[2]) for g in groups), destinations=shown, first=first)
 
     async def recent_envelopes(self, limit: int, match: str | None = None) -> list[EnvelopeSummary]:
         if match is None:
