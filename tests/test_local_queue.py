@@ -15,6 +15,7 @@ import pytest
 
 from relay.cli import main
 from relay.config import render_config
+from relay.server.console.state import Console
 from tests import pg
 from tests.fedenv import Org, World, world
 from tests.mcpenv import add_mcp_agent, http_server
@@ -77,6 +78,14 @@ async def test_mail_for_a_local_mcp_server_that_is_down_waits_in_the_queue_until
     assert (row["attempts"], row["code"]) == (1, rec["code"])
     code, out = await synq(capsys, acme, "queue", "list", "--domain", "local:tools")
     assert f"{sent['id']}  alice@acme.test -> tools@acme.test [local:tools]  attempts 1" in out
+    # The console shows the hand-over as a destination of its own, with its failure; it is no
+    # partner (SPEC.md §14.2).
+    snap = await Console(acme.relay).snapshot()
+    [dest] = snap["destinations"]
+    assert (dest["domain"], dest["depth"], dest["code"]) == ("local:tools", 1, rec["code"])
+    assert [q["id"] for q in snap["queue"]] == [sent["id"]]
+    assert snap["queued"] == 1
+    assert snap["partners"] == []
     code, out = await synq(capsys, acme, "status", sent["id"])
     assert f"tools@acme.test: queued {rec['code']}" in out
     assert "next " in out
